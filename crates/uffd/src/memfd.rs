@@ -1,0 +1,226 @@
+//! memfd (the node's page cache for a segment) and shared mappings of it.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::ptr::NonNull;
+
+/// A memfd: anonymous shared memory with a file's interface (holes, punch-hole, pread/pwrite).
+#[derive(Debug)]
+pub struct Memfd {
+    file: File,
+}
+
+impl Memfd {
+    /// Create a memfd of `len_bytes` (sparse: no memory is used until pages are written).
+    pub fn create(name: &str, len_bytes: u64) -> io::Result<Memfd> {
+        let cname = CString::new(name.replace('\0', "_")).expect("NULs replaced");
+        // SAFETY: `cname` is a valid NUL-terminated string for the duration of the call.
+        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: memfd_create returned a new fd that nothing else owns.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.set_len(len_bytes)?;
+        Ok(Memfd { file })
+    }
+
+    /// Wrap a memfd received from the daemon.
+    pub fn from_owned(fd: OwnedFd) -> Memfd {
+        Memfd {
+            file: File::from(fd),
+        }
+    }
+
+    /// Size of the memfd.
+    pub fn len_bytes(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Free the pages of `[offset, offset+len)` (they become holes) and zap them from every
+    /// mapping of the memfd in every process.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        // SAFETY: fallocate takes plain integers; the fd is open for the call.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Read bytes at `offset` (holes read as zero and stay holes).
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Write bytes at `offset` (allocating the pages).
+    pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    /// Whether the page at `offset` is present (not a hole), by `lseek(SEEK_DATA)`.
+    pub fn is_present(&self, offset: u64) -> io::Result<bool> {
+        // SAFETY: lseek takes plain integers.
+        let rc = unsafe {
+            libc::lseek(
+                self.file.as_raw_fd(),
+                offset as libc::off_t,
+                libc::SEEK_DATA,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        Ok(rc as u64 == offset)
+    }
+
+    /// Bytes of memory the memfd holds (allocated blocks).
+    pub fn resident_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+}
+
+impl AsFd for Memfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+/// A `MAP_SHARED` mapping of a file, unmapped on drop. Not forked into children
+/// (`MADV_DONTFORK`: a child would get an unarmed copy, UFFD-NOTES pitfall 5) and without
+/// transparent huge pages (pitfall 6).
+#[derive(Debug)]
+pub struct SharedMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; the struct only holds its address and length, and
+// all access to the bytes goes through raw pointers whose users synchronise themselves.
+unsafe impl Send for SharedMapping {}
+// SAFETY: as above; `&SharedMapping` gives no access to the bytes without raw pointers.
+unsafe impl Sync for SharedMapping {}
+
+impl SharedMapping {
+    /// Map `len` bytes of `fd` from offset 0, readable and writable, shared.
+    pub fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMapping> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot map zero bytes",
+            ));
+        }
+        // SAFETY: a fresh mapping at an address the kernel chooses cannot alias any Rust object.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let m = SharedMapping {
+            ptr: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
+            len,
+        };
+        m.advise(0, len, libc::MADV_DONTFORK)?;
+        // THP may be unavailable; ignoring EINVAL is correct (no huge pages then).
+        let _ = m.advise(0, len, libc::MADV_NOHUGEPAGE);
+        Ok(m)
+    }
+
+    /// Map `len` bytes of private anonymous memory (for tests and benchmarks).
+    pub fn anonymous(len: usize) -> io::Result<SharedMapping> {
+        // SAFETY: a fresh anonymous mapping cannot alias any Rust object.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let m = SharedMapping {
+            ptr: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
+            len,
+        };
+        let _ = m.advise(0, len, libc::MADV_NOHUGEPAGE);
+        Ok(m)
+    }
+
+    fn advise(&self, offset: usize, len: usize, advice: libc::c_int) -> io::Result<()> {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "advise out of range"
+        );
+        // SAFETY: the range lies within this mapping (asserted); the advice values used here
+        // change paging behaviour, not the validity of the range.
+        let rc = unsafe { libc::madvise(self.ptr.as_ptr().add(offset).cast(), len, advice) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Drop this process's page-table entries for a range (`MADV_DONTNEED`): the memfd keeps its
+    /// pages; the next access faults again (MINOR or MISSING). Also clears poison markers.
+    pub fn zap(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.advise(offset, len, libc::MADV_DONTNEED)
+    }
+
+    /// Start address.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Start address as an integer (for uffd ranges).
+    pub fn addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never: zero-length mappings are refused).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len describe a mapping this struct created and still owns.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}

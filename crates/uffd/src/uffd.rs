@@ -1,0 +1,459 @@
+//! A typed userfaultfd: open, API handshake, register, resolve (COPY, ZEROPAGE, CONTINUE,
+//! WRITEPROTECT, WAKE, POISON) and batched message reads.
+//!
+//! Addresses are plain `u64`s in the address space of the process that *created* the uffd (the
+//! daemon resolves faults of client processes through fds they sent it), so no resolving ioctl
+//! here dereferences memory of the calling process except the `src` slice of [`Uffd::copy`].
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::sys;
+
+/// How the uffd was obtained. `UserModeOnly` cannot see faults raised by the kernel itself
+/// (a `read(2)` into an unpopulated page fails with EFAULT instead).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// `/dev/userfaultfd` + `USERFAULTFD_IOC_NEW`.
+    Device,
+    /// The `userfaultfd(2)` system call with kernel faults included.
+    Syscall,
+    /// `userfaultfd(UFFD_USER_MODE_ONLY)`: user-space faults only.
+    UserModeOnly,
+}
+
+impl std::fmt::Display for OpenMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OpenMode::Device => "full (/dev/userfaultfd)",
+            OpenMode::Syscall => "full (userfaultfd syscall)",
+            OpenMode::UserModeOnly => {
+                "user-mode-only (kernel accesses to unpopulated pages fail with EFAULT)"
+            }
+        })
+    }
+}
+
+/// Feature bits (`UFFD_FEATURE_*`).
+pub mod features {
+    pub use linux_raw_sys::general::{
+        UFFD_FEATURE_EVENT_FORK as EVENT_FORK, UFFD_FEATURE_EXACT_ADDRESS as EXACT_ADDRESS,
+        UFFD_FEATURE_MINOR_SHMEM as MINOR_SHMEM, UFFD_FEATURE_MISSING_SHMEM as MISSING_SHMEM,
+        UFFD_FEATURE_MOVE as MOVE, UFFD_FEATURE_PAGEFAULT_FLAG_WP as PAGEFAULT_FLAG_WP,
+        UFFD_FEATURE_POISON as POISON, UFFD_FEATURE_SIGBUS as SIGBUS,
+        UFFD_FEATURE_THREAD_ID as THREAD_ID, UFFD_FEATURE_WP_ASYNC as WP_ASYNC,
+        UFFD_FEATURE_WP_HUGETLBFS_SHMEM as WP_HUGETLBFS_SHMEM,
+        UFFD_FEATURE_WP_UNPOPULATED as WP_UNPOPULATED,
+    };
+
+    /// What pagemesh needs: missing, minor and write-protect faults on shmem, and poison.
+    pub const PAGEMESH: u64 =
+        (MISSING_SHMEM | MINOR_SHMEM | PAGEFAULT_FLAG_WP | WP_HUGETLBFS_SHMEM | POISON | THREAD_ID)
+            as u64;
+
+    /// Names of the feature bits, for `pagemesh doctor`.
+    pub const NAMES: [(u64, &str); 17] = [
+        (1 << 0, "PAGEFAULT_FLAG_WP"),
+        (1 << 1, "EVENT_FORK"),
+        (1 << 2, "EVENT_REMAP"),
+        (1 << 3, "EVENT_REMOVE"),
+        (1 << 4, "MISSING_HUGETLBFS"),
+        (1 << 5, "MISSING_SHMEM"),
+        (1 << 6, "EVENT_UNMAP"),
+        (1 << 7, "SIGBUS"),
+        (1 << 8, "THREAD_ID"),
+        (1 << 9, "MINOR_HUGETLBFS"),
+        (1 << 10, "MINOR_SHMEM"),
+        (1 << 11, "EXACT_ADDRESS"),
+        (1 << 12, "WP_HUGETLBFS_SHMEM"),
+        (1 << 13, "WP_UNPOPULATED"),
+        (1 << 14, "POISON"),
+        (1 << 15, "WP_ASYNC"),
+        (1 << 16, "MOVE"),
+    ];
+}
+
+/// Registration modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegisterMode(u64);
+
+impl RegisterMode {
+    pub const MISSING: RegisterMode = RegisterMode(sys::UFFDIO_REGISTER_MODE_MISSING);
+    pub const MINOR: RegisterMode = RegisterMode(sys::UFFDIO_REGISTER_MODE_MINOR);
+    pub const WP: RegisterMode = RegisterMode(sys::UFFDIO_REGISTER_MODE_WP);
+
+    pub const fn union(self, other: RegisterMode) -> RegisterMode {
+        RegisterMode(self.0 | other.0)
+    }
+}
+
+/// A failed userfaultfd operation: which one, and the errno.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} failed: {source}")]
+pub struct UffdError {
+    pub op: &'static str,
+    #[source]
+    pub source: io::Error,
+}
+
+impl UffdError {
+    fn last(op: &'static str) -> UffdError {
+        UffdError {
+            op,
+            source: io::Error::last_os_error(),
+        }
+    }
+
+    /// The page is already there (COPY/ZEROPAGE/CONTINUE/POISON): the fault was served, but the
+    /// faulting thread is not woken by the failed ioctl; send [`Uffd::wake`].
+    pub fn is_exists(&self) -> bool {
+        self.source.raw_os_error() == Some(libc::EEXIST)
+    }
+
+    /// The process whose address space the uffd belongs to has exited.
+    pub fn is_process_gone(&self) -> bool {
+        self.source.raw_os_error() == Some(libc::ESRCH)
+    }
+
+    /// A non-cooperative event is pending: drain events, then retry.
+    pub fn is_again(&self) -> bool {
+        self.source.raw_os_error() == Some(libc::EAGAIN)
+    }
+}
+
+/// One message read from the uffd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A page fault at `address` (page-aligned unless EXACT_ADDRESS).
+    PageFault {
+        address: u64,
+        kind: FaultKind,
+        write: bool,
+        thread_id: u32,
+    },
+    /// Some other event (fork, remap, remove, unmap), which pagemesh does not enable.
+    Other { event: u8 },
+}
+
+/// What kind of fault it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// No page in the page cache (a memfd hole) or no anonymous page.
+    Missing,
+    /// The page is in the page cache but not mapped in this process.
+    Minor,
+    /// A write to a write-protected page.
+    WriteProtect,
+}
+
+/// Features and ioctls the kernel reported.
+#[derive(Clone, Copy, Debug)]
+pub struct Probe {
+    pub mode: OpenMode,
+    pub features: u64,
+    pub ioctls: u64,
+}
+
+/// An open userfaultfd (non-blocking, close-on-exec).
+#[derive(Debug)]
+pub struct Uffd {
+    fd: OwnedFd,
+}
+
+fn open_raw() -> Result<(OwnedFd, OpenMode), UffdError> {
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    if let Ok(dev) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/userfaultfd")
+    {
+        // SAFETY: USERFAULTFD_IOC_NEW takes its flags by value and returns a new fd or -1; `dev`
+        // is an open fd for the call's duration.
+        let fd = unsafe {
+            libc::ioctl(
+                dev.as_raw_fd(),
+                sys::USERFAULTFD_IOC_NEW as libc::c_ulong,
+                flags,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the ioctl returned a new fd that nothing else owns.
+            return Ok((unsafe { OwnedFd::from_raw_fd(fd) }, OpenMode::Device));
+        }
+    }
+    for (extra, mode) in [
+        (0, OpenMode::Syscall),
+        (sys::UFFD_USER_MODE_ONLY as i32, OpenMode::UserModeOnly),
+    ] {
+        // SAFETY: userfaultfd(2) takes flags by value and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags | extra) };
+        if fd >= 0 {
+            // SAFETY: the syscall returned a new fd that nothing else owns.
+            return Ok((unsafe { OwnedFd::from_raw_fd(fd as i32) }, mode));
+        }
+    }
+    Err(UffdError::last(
+        "userfaultfd open (device, syscall, user-mode-only)",
+    ))
+}
+
+impl Uffd {
+    /// Open a uffd and perform the API handshake with `wanted` features.
+    /// Fails with a message naming the missing features if the kernel lacks any.
+    pub fn open(wanted: u64) -> Result<(Uffd, OpenMode), UffdError> {
+        let (fd, mode) = open_raw()?;
+        let uffd = Uffd { fd };
+        let mut api = sys::uffdio_api {
+            api: sys::UFFD_API as u64,
+            features: wanted,
+            ioctls: 0,
+        };
+        uffd.ioctl("UFFDIO_API", sys::UFFDIO_API, &mut api)?;
+        Ok((uffd, mode))
+    }
+
+    /// Probe the kernel's features on a throw-away uffd (UFFDIO_API may run once per fd).
+    pub fn probe() -> Result<Probe, UffdError> {
+        let (fd, mode) = open_raw()?;
+        let uffd = Uffd { fd };
+        let mut api = sys::uffdio_api {
+            api: sys::UFFD_API as u64,
+            features: 0,
+            ioctls: 0,
+        };
+        uffd.ioctl("UFFDIO_API", sys::UFFDIO_API, &mut api)?;
+        Ok(Probe {
+            mode,
+            features: api.features,
+            ioctls: api.ioctls,
+        })
+    }
+
+    /// Wrap a uffd received from another process (its API handshake is already done).
+    pub fn from_owned(fd: OwnedFd) -> Uffd {
+        Uffd { fd }
+    }
+
+    /// A second handle to the same uffd (`dup`).
+    pub fn try_clone(&self) -> io::Result<Uffd> {
+        Ok(Uffd {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
+    fn ioctl<T>(&self, op: &'static str, request: u32, arg: &mut T) -> Result<(), UffdError> {
+        // SAFETY: every uffd ioctl takes a pointer to its argument struct, which `arg` is, valid
+        // and exclusively borrowed for the call. The structs are the bindings' own, and their
+        // sizes are checked against the request numbers in `sys`.
+        let rc =
+            unsafe { libc::ioctl(self.fd.as_raw_fd(), request as libc::c_ulong, arg as *mut T) };
+        if rc < 0 {
+            Err(UffdError::last(op))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Register `[start, start+len)` of the creating process for `mode` faults.
+    /// Returns the ioctls supported on the range.
+    pub fn register(&self, start: u64, len: u64, mode: RegisterMode) -> Result<u64, UffdError> {
+        let mut reg = sys::uffdio_register {
+            range: sys::uffdio_range { start, len },
+            mode: mode.0,
+            ioctls: 0,
+        };
+        self.ioctl("UFFDIO_REGISTER", sys::UFFDIO_REGISTER, &mut reg)?;
+        Ok(reg.ioctls)
+    }
+
+    /// Unregister a range.
+    pub fn unregister(&self, start: u64, len: u64) -> Result<(), UffdError> {
+        let mut range = sys::uffdio_range { start, len };
+        self.ioctl("UFFDIO_UNREGISTER", sys::UFFDIO_UNREGISTER, &mut range)
+    }
+
+    /// Install a copy of `src` at `dst` (page-aligned, `src.len()` a multiple of the page size),
+    /// write-protected if `write_protect`.
+    pub fn copy(
+        &self,
+        dst: u64,
+        src: &[u8],
+        write_protect: bool,
+        wake: bool,
+    ) -> Result<(), UffdError> {
+        let mut mode = 0;
+        if write_protect {
+            mode |= sys::UFFDIO_COPY_MODE_WP;
+        }
+        if !wake {
+            mode |= sys::UFFDIO_COPY_MODE_DONTWAKE;
+        }
+        let mut c = sys::uffdio_copy {
+            dst,
+            src: src.as_ptr() as u64,
+            len: src.len() as u64,
+            mode,
+            copy: 0,
+        };
+        self.ioctl("UFFDIO_COPY", sys::UFFDIO_COPY, &mut c)
+    }
+
+    /// Install zero pages over `[dst, dst+len)`.
+    pub fn zeropage(&self, dst: u64, len: u64, wake: bool) -> Result<(), UffdError> {
+        let mut z = sys::uffdio_zeropage {
+            range: sys::uffdio_range { start: dst, len },
+            mode: if wake {
+                0
+            } else {
+                sys::UFFDIO_ZEROPAGE_MODE_DONTWAKE
+            },
+            zeropage: 0,
+        };
+        self.ioctl("UFFDIO_ZEROPAGE", sys::UFFDIO_ZEROPAGE, &mut z)
+    }
+
+    /// Map the pages already in the page cache over `[start, start+len)` (minor faults),
+    /// write-protected if `write_protect`.
+    pub fn continue_(
+        &self,
+        start: u64,
+        len: u64,
+        write_protect: bool,
+        wake: bool,
+    ) -> Result<(), UffdError> {
+        let mut mode = 0;
+        if write_protect {
+            mode |= sys::UFFDIO_CONTINUE_MODE_WP;
+        }
+        if !wake {
+            mode |= sys::UFFDIO_CONTINUE_MODE_DONTWAKE;
+        }
+        let mut c = sys::uffdio_continue {
+            range: sys::uffdio_range { start, len },
+            mode,
+            mapped: 0,
+        };
+        self.ioctl("UFFDIO_CONTINUE", sys::UFFDIO_CONTINUE, &mut c)
+    }
+
+    /// Set (`protect`) or clear write protection over a range. Clearing wakes the waiting
+    /// threads unless `wake` is false (the kernel refuses DONTWAKE with protect, so `wake` only
+    /// matters when clearing).
+    pub fn write_protect(
+        &self,
+        start: u64,
+        len: u64,
+        protect: bool,
+        wake: bool,
+    ) -> Result<(), UffdError> {
+        let mut mode = 0;
+        if protect {
+            mode |= sys::UFFDIO_WRITEPROTECT_MODE_WP;
+        }
+        if !wake && !protect {
+            mode |= sys::UFFDIO_WRITEPROTECT_MODE_DONTWAKE;
+        }
+        let mut wp = sys::uffdio_writeprotect {
+            range: sys::uffdio_range { start, len },
+            mode,
+        };
+        self.ioctl("UFFDIO_WRITEPROTECT", sys::UFFDIO_WRITEPROTECT, &mut wp)
+    }
+
+    /// Wake the threads waiting on faults in a range.
+    pub fn wake(&self, start: u64, len: u64) -> Result<(), UffdError> {
+        let mut range = sys::uffdio_range { start, len };
+        self.ioctl("UFFDIO_WAKE", sys::UFFDIO_WAKE, &mut range)
+    }
+
+    /// Install poison markers over the unpopulated pages of `[start, start+len)`: an access gets
+    /// SIGBUS. Returns the number of bytes poisoned before the first populated page (`EEXIST`
+    /// ends the run early and is reported as `Ok` with the shorter length).
+    pub fn poison(&self, start: u64, len: u64, wake: bool) -> Result<u64, UffdError> {
+        let mut p = sys::uffdio_poison {
+            range: sys::uffdio_range { start, len },
+            mode: if wake {
+                0
+            } else {
+                sys::UFFDIO_POISON_MODE_DONTWAKE
+            },
+            updated: 0,
+        };
+        match self.ioctl("UFFDIO_POISON", sys::UFFDIO_POISON, &mut p) {
+            Ok(()) => Ok(len),
+            Err(e) if e.is_exists() => Ok(p.updated.max(0) as u64),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Read up to `out.len()` pending messages without blocking. Returns how many were read
+    /// (0 when none is pending).
+    pub fn read_events(&self, out: &mut Vec<Event>, max: usize) -> Result<usize, UffdError> {
+        const BATCH: usize = 64;
+        let mut raw = [0u8; 32 * BATCH];
+        let want = max.clamp(1, BATCH) * 32;
+        // SAFETY: `raw` is a writable buffer of at least `want` bytes owned by this frame.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), raw.as_mut_ptr().cast(), want) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EAGAIN) {
+                return Ok(0);
+            }
+            return Err(UffdError {
+                op: "read(uffd)",
+                source: err,
+            });
+        }
+        let n = n as usize / 32;
+        for chunk in raw.chunks_exact(32).take(n) {
+            out.push(decode(chunk));
+        }
+        Ok(n)
+    }
+}
+
+/// Decode one 32-byte `uffd_msg` (packed; fields read by value from their offsets).
+fn decode(b: &[u8]) -> Event {
+    let event = b[0];
+    if u32::from(event) != sys::UFFD_EVENT_PAGEFAULT {
+        return Event::Other { event };
+    }
+    let flags = u64::from_ne_bytes(b[8..16].try_into().expect("8 bytes"));
+    let address = u64::from_ne_bytes(b[16..24].try_into().expect("8 bytes"));
+    let thread_id = u32::from_ne_bytes(b[24..28].try_into().expect("4 bytes"));
+    let kind = if flags & u64::from(sys::UFFD_PAGEFAULT_FLAG_MINOR) != 0 {
+        FaultKind::Minor
+    } else if flags & u64::from(sys::UFFD_PAGEFAULT_FLAG_WP) != 0 {
+        FaultKind::WriteProtect
+    } else {
+        FaultKind::Missing
+    };
+    let write = flags & u64::from(sys::UFFD_PAGEFAULT_FLAG_WRITE) != 0;
+    Event::PageFault {
+        address,
+        kind,
+        write,
+        thread_id,
+    }
+}
+
+impl AsFd for Uffd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Uffd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl From<Uffd> for OwnedFd {
+    fn from(u: Uffd) -> OwnedFd {
+        u.fd
+    }
+}

@@ -1,0 +1,233 @@
+//! Each userfaultfd primitive against the real kernel: a memfd mapped shared and registered
+//! MISSING | MINOR | WP, a thread that touches it, and this thread resolving its faults.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pagemesh_uffd::{
+    fdpass, features, Event, FaultKind, Memfd, RegisterMode, SharedMapping, Uffd, PAGE_SIZE,
+};
+
+const PS: u64 = PAGE_SIZE as u64;
+
+fn all_modes() -> RegisterMode {
+    RegisterMode::MISSING
+        .union(RegisterMode::MINOR)
+        .union(RegisterMode::WP)
+}
+
+struct Setup {
+    memfd: Memfd,
+    map: SharedMapping,
+    uffd: Uffd,
+}
+
+fn setup(pages: u64) -> Setup {
+    let memfd = Memfd::create("uffd-test", pages * PS).unwrap();
+    let map = SharedMapping::map(memfd.as_fd(), (pages * PS) as usize).unwrap();
+    let (uffd, _mode) = Uffd::open(features::PAGEMESH).unwrap();
+    uffd.register(map.addr(), pages * PS, all_modes()).unwrap();
+    Setup { memfd, map, uffd }
+}
+
+/// Wait (bounded) for the next fault event.
+fn next_fault(uffd: &Uffd) -> (u64, FaultKind, bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut evs = Vec::new();
+    loop {
+        uffd.read_events(&mut evs, 1).unwrap();
+        if let Some(ev) = evs.pop() {
+            match ev {
+                Event::PageFault {
+                    address,
+                    kind,
+                    write,
+                    ..
+                } => return (address, kind, write),
+                Event::Other { event } => panic!("unexpected uffd event {event}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "no fault within 10 s");
+        thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn word(map: &SharedMapping, page: u64) -> &AtomicU64 {
+    // SAFETY: the page lies inside the mapping, is 8-aligned, and is only accessed atomically.
+    unsafe { &*(map.as_ptr().add((page * PS) as usize) as *const AtomicU64) }
+}
+
+#[test]
+fn probe_reports_what_pagemesh_needs() {
+    let p = Uffd::probe().unwrap();
+    assert_eq!(
+        p.features & features::PAGEMESH,
+        features::PAGEMESH,
+        "features {:#x}",
+        p.features
+    );
+}
+
+#[test]
+fn missing_fault_copy_write_protected_then_write_fault_unprotects() {
+    let s = setup(4);
+    let addr = s.map.addr();
+    thread::scope(|sc| {
+        let map = &s.map;
+        let h = sc.spawn(move || {
+            let v = word(map, 1).load(Ordering::SeqCst);
+            word(map, 1).store(v + 1, Ordering::SeqCst);
+            word(map, 1).load(Ordering::SeqCst)
+        });
+        let (a, kind, write) = next_fault(&s.uffd);
+        assert_eq!((a, kind, write), (addr + PS, FaultKind::Missing, false));
+        let mut page = vec![0u8; PAGE_SIZE];
+        page[..8].copy_from_slice(&41u64.to_ne_bytes());
+        s.uffd.copy(a, &page, true, true).unwrap();
+        let (a2, kind2, write2) = next_fault(&s.uffd);
+        assert_eq!(
+            (a2, kind2, write2),
+            (addr + PS, FaultKind::WriteProtect, true)
+        );
+        s.uffd.write_protect(a2, PS, false, true).unwrap();
+        assert_eq!(h.join().unwrap(), 42);
+    });
+    // The copy went into the memfd: the page cache holds it.
+    let mut b = [0u8; 8];
+    s.memfd.read_exact_at(&mut b, PS).unwrap();
+    assert_eq!(u64::from_ne_bytes(b), 42);
+}
+
+#[test]
+fn zeropage_and_copy_eexist_needs_wake() {
+    let s = setup(2);
+    let addr = s.map.addr();
+    thread::scope(|sc| {
+        let map = &s.map;
+        let h = sc.spawn(move || word(map, 0).load(Ordering::SeqCst));
+        let (a, kind, _) = next_fault(&s.uffd);
+        assert_eq!((a, kind), (addr, FaultKind::Missing));
+        // Resolve without waking, then a second COPY sees EEXIST; only WAKE releases the thread.
+        s.uffd.zeropage(a, PS, false).unwrap();
+        let err = s.uffd.copy(a, &[1u8; PAGE_SIZE], false, true).unwrap_err();
+        assert!(err.is_exists(), "{err}");
+        s.uffd.wake(a, PS).unwrap();
+        assert_eq!(h.join().unwrap(), 0);
+    });
+}
+
+#[test]
+fn minor_fault_continue() {
+    let s = setup(2);
+    s.memfd.write_all_at(&7u64.to_ne_bytes(), PS).unwrap();
+    thread::scope(|sc| {
+        let map = &s.map;
+        let h = sc.spawn(move || word(map, 1).load(Ordering::SeqCst));
+        let (a, kind, _) = next_fault(&s.uffd);
+        assert_eq!((a, kind), (s.map.addr() + PS, FaultKind::Minor));
+        s.uffd.continue_(a, PS, true, true).unwrap();
+        assert_eq!(h.join().unwrap(), 7);
+    });
+    assert!(s.memfd.is_present(PS).unwrap());
+    assert!(!s.memfd.is_present(0).unwrap());
+}
+
+#[test]
+fn punch_hole_zaps_mapping_and_refaults() {
+    let s = setup(1);
+    s.memfd.write_all_at(&9u64.to_ne_bytes(), 0).unwrap();
+    thread::scope(|sc| {
+        let map = &s.map;
+        let h = sc.spawn(move || word(map, 0).load(Ordering::SeqCst));
+        let (a, _, _) = next_fault(&s.uffd);
+        s.uffd.continue_(a, PS, false, true).unwrap();
+        assert_eq!(h.join().unwrap(), 9);
+    });
+    s.memfd.punch_hole(0, PS).unwrap();
+    assert!(!s.memfd.is_present(0).unwrap());
+    thread::scope(|sc| {
+        let map = &s.map;
+        let h = sc.spawn(move || word(map, 0).load(Ordering::SeqCst));
+        let (_, kind, _) = next_fault(&s.uffd);
+        assert_eq!(kind, FaultKind::Missing);
+        s.uffd.zeropage(s.map.addr(), PS, true).unwrap();
+        assert_eq!(h.join().unwrap(), 0);
+    });
+}
+
+#[test]
+fn poison_gives_sigbus_at_the_page() {
+    // An anonymous mapping (no MADV_DONTFORK) so a forked child inherits the poison marker.
+    let map = SharedMapping::anonymous(2 * PAGE_SIZE).unwrap();
+    let (uffd, _) = Uffd::open(features::PAGEMESH).unwrap();
+    uffd.register(map.addr(), 2 * PS, RegisterMode::MISSING)
+        .unwrap();
+    assert_eq!(uffd.poison(map.addr() + PS, PS, true).unwrap(), PS);
+    let target = map.addr() + PS;
+    // SAFETY: the child only performs a volatile read and _exit (async-signal-safe).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: the address is inside the mapping; the read is expected to raise SIGBUS.
+        unsafe {
+            std::ptr::read_volatile(target as *const u8);
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFSIGNALED(status),
+        "child exited normally: status {status:#x}"
+    );
+    assert_eq!(libc::WTERMSIG(status), libc::SIGBUS);
+}
+
+#[test]
+fn fd_passing_shares_one_memfd() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let memfd = Memfd::create("pass", PS).unwrap();
+    fdpass::send_with_fds(&a, b"hello", &[memfd.as_fd()]).unwrap();
+    let mut buf = [0u8; 16];
+    let mut fds = Vec::new();
+    let n = fdpass::recv_with_fds(&b, &mut buf, &mut fds).unwrap();
+    assert_eq!(&buf[..n], b"hello");
+    assert_eq!(fds.len(), 1);
+    let other = Memfd::from_owned(fds.pop().unwrap());
+    other.write_all_at(b"shared", 100).unwrap();
+    let mut out = [0u8; 6];
+    memfd.read_exact_at(&mut out, 100).unwrap();
+    assert_eq!(&out, b"shared");
+    let cred = fdpass::peer_cred(&a).unwrap();
+    assert_eq!(cred.pid, std::process::id() as i32);
+}
+
+#[test]
+fn write_protect_then_write_raises_wp_fault() {
+    let s = setup(1);
+    s.memfd.write_all_at(&[5u8; 8], 0).unwrap();
+    // Map it writable first, then protect.
+    thread::scope(|sc| {
+        let map = &s.map;
+        let h = sc.spawn(move || word(map, 0).load(Ordering::SeqCst));
+        let (a, _, _) = next_fault(&s.uffd);
+        s.uffd.continue_(a, PS, false, true).unwrap();
+        h.join().unwrap();
+    });
+    s.uffd.write_protect(s.map.addr(), PS, true, false).unwrap();
+    thread::scope(|sc| {
+        let map = &s.map;
+        let h = sc.spawn(move || word(map, 0).store(3, Ordering::SeqCst));
+        let (_, kind, write) = next_fault(&s.uffd);
+        assert_eq!((kind, write), (FaultKind::WriteProtect, true));
+        s.uffd.write_protect(s.map.addr(), PS, false, true).unwrap();
+        h.join().unwrap();
+    });
+    let mut b = [0u8; 8];
+    s.memfd.read_exact_at(&mut b, 0).unwrap();
+    assert_eq!(u64::from_ne_bytes(b), 3);
+}
