@@ -1,0 +1,180 @@
+//! The messages themselves.
+
+use serde::{Deserialize, Serialize};
+
+/// What backs a segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backing {
+    /// Anonymous memory: dormant pages read as zero.
+    Zero,
+    /// A file on the home node: read on first access, dirty pages written back on sync.
+    File { path: String },
+}
+
+impl std::fmt::Display for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backing::Zero => f.write_str("zero"),
+            Backing::File { path } => write!(f, "file:{path}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Backing {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "zero" {
+            Ok(Backing::Zero)
+        } else if let Some(path) = s.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err("file backing needs a path: file:PATH".into());
+            }
+            Ok(Backing::File { path: path.to_string() })
+        } else {
+            Err(format!("unknown backing {s:?}: expected zero or file:PATH"))
+        }
+    }
+}
+
+/// A request from a client to its node's daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// First message on every connection.
+    Hello { magic: [u8; 4], version: u32, client: String },
+    /// Create a segment. `size_bytes: None` for a file backing means the file's size.
+    CreateSegment { name: String, size_bytes: Option<u64>, backing: Backing },
+    ListSegments,
+    StatSegment { name: String },
+    /// Write every dirty page of a file segment back to its file and fsync it.
+    SyncSegment { name: String },
+    RemoveSegment { name: String },
+    /// Read `len` bytes (at most `MAX_IO_CHUNK_BYTES`) through the node's page cache.
+    ReadAt { name: String, offset: u64, len: u64 },
+    /// Write bytes through the node's page cache (at most `MAX_IO_CHUNK_BYTES`).
+    WriteAt { name: String, offset: u64, data: Vec<u8> },
+    /// Forget poison on every poisoned page: the page reloads from the mapper (or reads as
+    /// zero for `zero` segments) on next access.
+    ClearPoison { name: String },
+    /// Ask for the segment's memfd (sent with the reply).
+    Attach { name: String },
+    /// Hand the daemon the uffd (sent with this frame) that covers the mapping at `base`.
+    /// After the reply this connection is the attachment's lease: when it closes, the daemon
+    /// forgets the client, and when the daemon dies the client's watchdog sees the close.
+    RegisterUffd { attach_id: u64, base: u64, len: u64 },
+    /// Daemon identity, uffd mode and limits.
+    DaemonStatus,
+}
+
+/// Fault and I/O counters of a segment on this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentCounters {
+    pub faults_missing: u64,
+    pub faults_minor: u64,
+    pub faults_wp: u64,
+    pub zero_fills: u64,
+    pub mapper_reads: u64,
+    pub mapper_bytes_read: u64,
+    pub mapper_bytes_written: u64,
+    pub poisonings: u64,
+    pub syncs: u64,
+    /// Fault service time in the daemon (from reading the message to resolving it).
+    pub fault_service_p50_ns: u64,
+    pub fault_service_p99_ns: u64,
+}
+
+/// A segment's description.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    pub name: String,
+    pub id: u64,
+    pub size_bytes: u64,
+    pub backing: Backing,
+}
+
+/// A segment's state on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentStat {
+    pub info: SegmentInfo,
+    pub resident_pages: u64,
+    pub dirty_pages: u64,
+    pub poisoned_pages: u64,
+    pub attached_clients: u64,
+    pub counters: SegmentCounters,
+}
+
+/// The daemon's identity and environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub version: String,
+    pub uffd_mode: String,
+    pub fault_workers: u32,
+    pub segments: u64,
+    pub attached_clients: u64,
+    pub data_dir: String,
+}
+
+/// Classes of failure, so clients can match on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    NotFound,
+    AlreadyExists,
+    InvalidArgument,
+    Io,
+    Poisoned,
+    Protocol,
+    VersionMismatch,
+    Internal,
+}
+
+/// A reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    HelloOk { version: u32, daemon_pid: u32 },
+    Segment(SegmentInfo),
+    Segments(Vec<SegmentInfo>),
+    Stat(SegmentStat),
+    Synced { pages_written: u64 },
+    Removed,
+    Data(Vec<u8>),
+    Written { bytes: u64 },
+    PoisonCleared { pages: u64 },
+    /// The memfd comes with this frame.
+    Attached { info: SegmentInfo, attach_id: u64 },
+    Registered,
+    Status(DaemonInfo),
+    Error { code: ErrorCode, message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backing_round_trips() {
+        for s in ["zero", "file:/tmp/x"] {
+            assert_eq!(s.parse::<Backing>().unwrap().to_string(), s);
+        }
+        assert!("file:".parse::<Backing>().is_err());
+        assert!("nfs:x".parse::<Backing>().is_err());
+    }
+
+    #[test]
+    fn garbage_never_panics_the_decoder() {
+        // A fixed-seed xorshift stream of random buffers and truncations of valid messages.
+        let valid = postcard::to_stdvec(&Request::WriteAt { name: "s".into(), offset: 1, data: vec![1, 2, 3] }).unwrap();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 64) as usize;
+            let buf: Vec<u8> = (0..len).map(|j| (x >> (j % 8 * 8)) as u8 ^ j as u8).collect();
+            let _ = postcard::from_bytes::<Request>(&buf);
+            let _ = postcard::from_bytes::<Response>(&buf);
+            let cut = i % valid.len();
+            assert!(postcard::from_bytes::<Request>(&valid[..cut]).is_err() || cut == valid.len());
+        }
+    }
+}
