@@ -8,6 +8,7 @@
 
 pub mod fdpass;
 pub mod memfd;
+pub mod poll;
 pub mod sigbus;
 mod sys;
 pub mod uffd;

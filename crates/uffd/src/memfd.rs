@@ -195,6 +195,49 @@ impl SharedMapping {
         self.advise(offset, len, libc::MADV_DONTNEED)
     }
 
+    fn check(&self, offset: usize, len: usize) {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "range {offset}+{len} outside mapping of {} bytes",
+            self.len
+        );
+    }
+
+    /// Copy bytes out of the mapping (through page faults, like any access). Concurrent writers
+    /// in other threads or processes may be seen mid-write, as with `memcpy` on shared memory.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) {
+        self.check(offset, buf.len());
+        // SAFETY: the source range lies within this live mapping (checked) and cannot overlap
+        // `buf`, a Rust slice; the mapping is plain memory, so a byte copy is defined apart from
+        // the tearing documented above.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+    }
+
+    /// Copy bytes into the mapping (through page faults, like any access).
+    pub fn write_at(&self, offset: usize, data: &[u8]) {
+        self.check(offset, data.len());
+        // SAFETY: the destination lies within this live, writable mapping (checked) and cannot
+        // overlap `data`, a Rust slice.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len())
+        };
+    }
+
+    /// View the mapping as `u64` atomics (the mapping is page-aligned, so 8-aligned). Atomic
+    /// operations on it are atomic with respect to every process that maps the segment.
+    pub fn atomics_u64(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: the mapping is live for the returned borrow, page-aligned (so aligned for
+        // AtomicU64), `len / 8` elements fit inside it, and AtomicU64 has no invalid bit
+        // patterns; atomics are the documented way to share this memory between processes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.len / 8) }
+    }
+
     /// Start address.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
