@@ -1,0 +1,420 @@
+//! The per-node page cache: which pages this node holds and in what state, the faults waiting
+//! on the home, and the node's answers to the home's fetches and invalidations.
+
+use crate::coverage::Branch;
+use crate::ids::{
+    Access, CacheState, CallId, CallResult, FaultId, FaultResult, PageData, PageKey, ReqId,
+    TxnId, Version, Want,
+};
+use crate::io::Io;
+use crate::msg::{DenyReason, Msg};
+use crate::output::Output;
+use pagemesh_types::NodeId;
+use std::collections::BTreeMap;
+
+/// A copy of a page held by this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyInfo {
+    /// Its state.
+    pub state: CacheState,
+    /// The version it holds.
+    pub version: Version,
+    /// The home transaction that granted it.
+    pub grant: TxnId,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Waiter {
+    fault: FaultId,
+    access: Access,
+    deadline_ms: u64,
+}
+
+/// An `Acquire` in flight for one page (at most one per page).
+#[derive(Clone, Debug)]
+struct Pending {
+    home: NodeId,
+    req: ReqId,
+    want: Want,
+    waiters: Vec<Waiter>,
+    next_retry_ms: u64,
+}
+
+/// A sync or clear-poison in flight.
+#[derive(Clone, Debug)]
+struct Call {
+    id: CallId,
+    home: NodeId,
+    msg: Msg,
+    deadline_ms: u64,
+    next_retry_ms: u64,
+}
+
+/// Result of asking the core to evict a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvictStart {
+    /// The home was asked to take the copy back (after writing it to the mapper if it is the
+    /// last copy of unsynced data); an `Invalidate` output follows later.
+    Requested,
+    /// This node holds no copy.
+    NotHeld,
+    /// A fault on the page is in flight; try later.
+    Busy,
+}
+
+/// The cache side of a node.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    copies: BTreeMap<PageKey, CopyInfo>,
+    pending: BTreeMap<PageKey, Pending>,
+    calls: BTreeMap<ReqId, Call>,
+    next_req: u64,
+}
+
+impl Cache {
+    pub fn copy(&self, page: PageKey) -> Option<CopyInfo> {
+        self.copies.get(&page).copied()
+    }
+
+    pub fn copies(&self) -> impl Iterator<Item = (PageKey, CopyInfo)> + '_ {
+        self.copies.iter().map(|(k, c)| (*k, *c))
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.calls.is_empty()
+    }
+
+    fn new_req(&mut self) -> ReqId {
+        self.next_req += 1;
+        ReqId(self.next_req)
+    }
+
+    fn acquire_msg(&self, page: PageKey, req: ReqId, want: Want) -> Msg {
+        Msg::Acquire {
+            page,
+            req,
+            want,
+            have: self.copies.get(&page).map(|c| (c.version, c.grant)),
+        }
+    }
+
+    fn satisfies(c: Option<&CopyInfo>, access: Access) -> bool {
+        match (c, access) {
+            (None, _) => false,
+            (Some(_), Access::Read) => true,
+            (Some(c), Access::Write) => c.state == CacheState::Modified,
+        }
+    }
+
+    /// A local fault on `page` (whose home is `home`).
+    pub fn fault(&mut self, io: &mut Io, home: NodeId, fault: FaultId, page: PageKey, access: Access) {
+        if Self::satisfies(self.copies.get(&page), access) {
+            io.hit(Branch::FaultHit);
+            io.emit(Output::FaultDone {
+                fault,
+                page,
+                result: FaultResult::Ok,
+            });
+            return;
+        }
+        let waiter = Waiter {
+            fault,
+            access,
+            deadline_ms: io.now_ms.saturating_add(io.timing.fault_timeout_ms),
+        };
+        if let Some(p) = self.pending.get_mut(&page) {
+            // Writers joining a Shared request are re-requested when it is granted.
+            io.hit(Branch::FaultJoinPending);
+            p.waiters.push(waiter);
+            return;
+        }
+        let want = match access {
+            Access::Read => Want::Shared,
+            Access::Write => Want::Exclusive,
+        };
+        if self.copies.contains_key(&page) {
+            io.hit(Branch::FaultUpgradeFromShared);
+        } else {
+            io.hit(Branch::FaultMiss);
+        }
+        self.start_acquire(io, home, page, want, vec![waiter]);
+    }
+
+    fn start_acquire(&mut self, io: &mut Io, home: NodeId, page: PageKey, want: Want, waiters: Vec<Waiter>) {
+        let req = self.new_req();
+        let msg = self.acquire_msg(page, req, want);
+        io.send(home, msg);
+        self.pending.insert(
+            page,
+            Pending {
+                home,
+                req,
+                want,
+                waiters,
+                next_retry_ms: io.retry_at(),
+            },
+        );
+    }
+
+    /// Start a sync or clear-poison call to `home`; `make` builds the message from the request id.
+    pub fn call(&mut self, io: &mut Io, home: NodeId, id: CallId, make: impl FnOnce(ReqId) -> Msg) {
+        if self.calls.len() >= io.max_queue {
+            io.emit(Output::CallDone {
+                call: id,
+                result: CallResult::Failed { pages: 0 },
+            });
+            return;
+        }
+        let req = self.new_req();
+        let msg = make(req);
+        io.send(home, msg.clone());
+        self.calls.insert(
+            req,
+            Call {
+                id,
+                home,
+                msg,
+                deadline_ms: io.now_ms.saturating_add(io.timing.fault_timeout_ms),
+                next_retry_ms: io.retry_at(),
+            },
+        );
+    }
+
+    pub fn evict(&mut self, io: &mut Io, home: NodeId, page: PageKey) -> EvictStart {
+        if self.pending.contains_key(&page) {
+            io.hit(Branch::EvictBusy);
+            return EvictStart::Busy;
+        }
+        if !self.copies.contains_key(&page) {
+            return EvictStart::NotHeld;
+        }
+        io.hit(Branch::EvictRequested);
+        io.send(home, Msg::Evict { page });
+        EvictStart::Requested
+    }
+
+    /// Messages from a home to this node's cache.
+    pub fn on_msg(&mut self, io: &mut Io, from: NodeId, msg: Msg) {
+        match msg {
+            Msg::Grant {
+                page,
+                req,
+                txn,
+                version,
+                state,
+                data,
+            } => self.on_grant(io, from, page, req, txn, version, state, data),
+            Msg::Deny { page, req, reason } => self.on_deny(io, page, req, reason),
+            Msg::Fetch { page, txn, then } => self.on_fetch(io, from, page, txn, then),
+            Msg::Inval { page, txn } => self.on_inval(io, from, page, txn),
+            Msg::SyncDone {
+                req, failed_pages, ..
+            } => {
+                let result = if failed_pages == 0 {
+                    CallResult::Ok
+                } else {
+                    CallResult::Failed {
+                        pages: failed_pages,
+                    }
+                };
+                self.finish_call(io, req, result);
+            }
+            Msg::ClearPoisonDone { req, .. } => self.finish_call(io, req, CallResult::Ok),
+            other => io.protocol_error(format!("cache got a home-bound message: {other}")),
+        }
+    }
+
+    fn finish_call(&mut self, io: &mut Io, req: ReqId, result: CallResult) {
+        if let Some(c) = self.calls.remove(&req) {
+            io.emit(Output::CallDone { call: c.id, result });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_grant(
+        &mut self,
+        io: &mut Io,
+        from: NodeId,
+        page: PageKey,
+        req: ReqId,
+        txn: TxnId,
+        version: Version,
+        state: CacheState,
+        data: Option<PageData>,
+    ) {
+        let current = self.pending.get(&page).is_some_and(|p| p.req == req);
+        if !current {
+            // A duplicate of a grant already installed (or one for a request superseded).
+            io.hit(Branch::GrantDuplicate);
+            io.send(from, Msg::GrantAck { page, txn });
+            return;
+        }
+        match data {
+            Some(d) => {
+                io.hit(Branch::GrantInstallData);
+                if self.copies.contains_key(&page) {
+                    io.emit(Output::Invalidate { page });
+                }
+                io.emit(Output::Install {
+                    page,
+                    data: d,
+                    writable: state == CacheState::Modified,
+                });
+            }
+            None => {
+                let Some(c) = self.copies.get(&page) else {
+                    io.protocol_error(format!(
+                        "{page}: grant txn{} without data but this node holds no copy",
+                        txn.0
+                    ));
+                    return;
+                };
+                io.hit(Branch::GrantKeepCopy);
+                if state == CacheState::Modified && c.state != CacheState::Modified {
+                    io.emit(Output::Unprotect { page });
+                }
+            }
+        }
+        self.copies.insert(
+            page,
+            CopyInfo {
+                state,
+                version,
+                grant: txn,
+            },
+        );
+        io.send(from, Msg::GrantAck { page, txn });
+        let Some(p) = self.pending.remove(&page) else {
+            return;
+        };
+        let c = self.copies.get(&page).copied();
+        let mut left = Vec::new();
+        for w in p.waiters {
+            if Self::satisfies(c.as_ref(), w.access) {
+                io.emit(Output::FaultDone {
+                    fault: w.fault,
+                    page,
+                    result: FaultResult::Ok,
+                });
+            } else {
+                left.push(w);
+            }
+        }
+        if !left.is_empty() {
+            io.hit(Branch::GrantRequeueWriters);
+            self.start_acquire(io, p.home, page, Want::Exclusive, left);
+        }
+    }
+
+    fn on_deny(&mut self, io: &mut Io, page: PageKey, req: ReqId, reason: DenyReason) {
+        if !self.pending.get(&page).is_some_and(|p| p.req == req) {
+            return;
+        }
+        let Some(p) = self.pending.remove(&page) else {
+            return;
+        };
+        io.hit(Branch::DenyPoisoned);
+        let DenyReason::Poisoned = reason;
+        for w in p.waiters {
+            io.emit(Output::FaultDone {
+                fault: w.fault,
+                page,
+                result: FaultResult::Poisoned,
+            });
+        }
+    }
+
+    fn on_fetch(&mut self, io: &mut Io, from: NodeId, page: PageKey, txn: TxnId, then: CacheState) {
+        let Some(c) = self.copies.get_mut(&page) else {
+            io.hit(Branch::FetchNoCopy);
+            io.send(from, Msg::FetchReply { page, txn, copy: None });
+            return;
+        };
+        if c.grant >= txn {
+            // A late duplicate from a transaction older than this copy.
+            io.hit(Branch::FetchStale);
+            return;
+        }
+        let next = match (c.state, then) {
+            (CacheState::Modified, CacheState::ExclusiveClean) => CacheState::ExclusiveClean,
+            (CacheState::ExclusiveClean, CacheState::ExclusiveClean) => CacheState::ExclusiveClean,
+            _ => CacheState::Shared,
+        };
+        if next == CacheState::Shared {
+            io.hit(Branch::FetchDowngradeToShared);
+        } else {
+            io.hit(Branch::FetchDowngradeToExclusiveClean);
+        }
+        if c.state == CacheState::Modified {
+            io.emit(Output::Downgrade { page });
+        }
+        c.state = next;
+        let version = c.version;
+        io.send(
+            from,
+            Msg::FetchReply {
+                page,
+                txn,
+                copy: Some((version, PageData::Local)),
+            },
+        );
+    }
+
+    fn on_inval(&mut self, io: &mut Io, from: NodeId, page: PageKey, txn: TxnId) {
+        match self.copies.get(&page) {
+            None => io.hit(Branch::InvalNoCopy),
+            Some(c) if c.grant >= txn => {
+                io.hit(Branch::InvalStale);
+                return;
+            }
+            Some(_) => {
+                io.hit(Branch::InvalDrop);
+                self.copies.remove(&page);
+                io.emit(Output::Invalidate { page });
+            }
+        }
+        io.send(from, Msg::InvalAck { page, txn });
+    }
+
+    /// Retransmit what is unanswered and end waits that ran out of time.
+    pub fn tick(&mut self, io: &mut Io) {
+        let now = io.now_ms;
+        let mut resend = Vec::new();
+        for (page, p) in self.pending.iter_mut() {
+            if p.next_retry_ms <= now {
+                p.next_retry_ms = now.saturating_add(io.timing.retry_ms);
+                resend.push((*page, p.home, p.req, p.want));
+            }
+            let (expired, kept): (Vec<Waiter>, Vec<Waiter>) =
+                p.waiters.iter().partition(|w| w.deadline_ms <= now);
+            p.waiters = kept;
+            for w in expired {
+                io.hit(Branch::FaultTimedOut);
+                io.emit(Output::FaultDone {
+                    fault: w.fault,
+                    page: *page,
+                    result: FaultResult::TimedOut,
+                });
+            }
+        }
+        for (page, home, req, want) in resend {
+            io.hit(Branch::AcquireRetransmit);
+            let msg = self.acquire_msg(page, req, want);
+            io.send(home, msg);
+        }
+        let mut timed_out = Vec::new();
+        for (req, c) in self.calls.iter_mut() {
+            if c.deadline_ms <= now {
+                timed_out.push(*req);
+            } else if c.next_retry_ms <= now {
+                c.next_retry_ms = now.saturating_add(io.timing.retry_ms);
+                io.hit(Branch::CallRetransmit);
+                io.send(c.home, c.msg.clone());
+            }
+        }
+        for req in timed_out {
+            io.hit(Branch::CallTimedOut);
+            self.finish_call(io, req, CallResult::TimedOut);
+        }
+    }
+}

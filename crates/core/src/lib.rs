@@ -1,0 +1,45 @@
+//! The coherence protocol of pagemesh as pure state machines (see `docs/protocol.md`).
+//!
+//! Each node runs one [`Node`]: its page cache, plus the directory of every segment it is home
+//! of. Nothing here does I/O, reads a clock, spawns a thread or draws a random number: the
+//! driver (the daemon with real sockets and userfaultfds, or the simulator with a seeded network)
+//! feeds inputs and executes the [`Output`]s.
+//!
+//! ```
+//! use pagemesh_core::*;
+//! use pagemesh_types::{NodeId, SegmentId};
+//!
+//! let seg = SegmentInfo { id: SegmentId(1), home: NodeId(0), pages: 16, backing: Backing::Zero };
+//! let mut n = Node::new(NodeConfig::new(NodeId(0), Epoch(1), vec![NodeId(0)]), &[seg]);
+//! n.start(0);
+//! n.fault(0, FaultId(1), PageKey::new(SegmentId(1), 3), Access::Write);
+//! // The home is local: the Acquire goes to ourselves; deliver it.
+//! let out = n.take_outputs();
+//! assert!(matches!(out[0], Output::Send(_)));
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod cache;
+mod config;
+mod coverage;
+mod directory;
+mod ids;
+mod io;
+mod msg;
+mod node;
+mod output;
+mod plan;
+
+pub use cache::{CopyInfo, EvictStart};
+pub use config::{Backing, InjectedBugs, NodeConfig, SegmentInfo, Timing};
+pub use coverage::{Branch, Coverage};
+pub use directory::DirView;
+pub use ids::{
+    Access, CacheState, CallId, CallResult, Epoch, FaultId, FaultResult, MapperError,
+    MapperToken, PageData, PageKey, ReqId, TxnId, Version, Want,
+};
+pub use msg::{DenyReason, Envelope, Msg};
+pub use node::Node;
+pub use output::{Event, Output};

@@ -1,0 +1,238 @@
+//! A node's protocol engine: its cache, the directory of the segments it is home of, and the
+//! envelope checks (epochs) in front of both. This is the type a driver (the daemon, the
+//! simulator) owns and feeds.
+
+use crate::cache::{Cache, CopyInfo, EvictStart};
+use crate::config::{NodeConfig, SegmentInfo};
+use crate::coverage::{Branch, Coverage};
+use crate::directory::{DirView, Directory};
+use crate::ids::{
+    Access, CallId, CallResult, Epoch, FaultId, FaultResult, MapperError, MapperToken, PageData,
+    PageKey,
+};
+use crate::io::Io;
+use crate::msg::{Envelope, Msg};
+use crate::output::{Event, Output};
+use pagemesh_types::{NodeId, SegmentId};
+use std::collections::BTreeMap;
+
+/// The coherence protocol of one node, as a pure state machine.
+///
+/// Inputs: [`Node::step`] (a message from a peer or from itself), [`Node::tick`] (time passed),
+/// [`Node::fault`], [`Node::sync`], [`Node::evict`], [`Node::clear_poison`] (local requests),
+/// [`Node::mapper_read_done`] and [`Node::mapper_write_done`] (I/O completions). Every input
+/// takes the driver's clock in milliseconds. Outputs accumulate until [`Node::take_outputs`].
+#[derive(Debug)]
+pub struct Node {
+    io: Io,
+    peers: Vec<NodeId>,
+    segments: BTreeMap<SegmentId, SegmentInfo>,
+    cache: Cache,
+    dir: Directory,
+}
+
+impl Node {
+    /// A node that takes part in `segments` (the ones whose `home` is this node get a
+    /// directory here). Call [`Node::start`] before anything else.
+    pub fn new(cfg: NodeConfig, segments: &[SegmentInfo]) -> Node {
+        assert!(cfg.epoch > Epoch(0), "epochs start at 1");
+        let mut dir = Directory::default();
+        for s in segments.iter().filter(|s| s.home == cfg.id) {
+            dir.segs.insert(s.id, *s);
+        }
+        Node {
+            io: Io {
+                id: cfg.id,
+                epoch: cfg.epoch,
+                now_ms: 0,
+                timing: cfg.timing,
+                max_queue: cfg.max_queue.max(1),
+                bugs: cfg.bugs,
+                peer_epochs: BTreeMap::new(),
+                out: Vec::new(),
+                cov: Coverage::default(),
+            },
+            peers: cfg.peers,
+            segments: segments.iter().map(|s| (s.id, *s)).collect(),
+            cache: Cache::default(),
+            dir,
+        }
+    }
+
+    /// This node.
+    pub fn id(&self) -> NodeId {
+        self.io.id
+    }
+
+    /// This incarnation.
+    pub fn epoch(&self) -> Epoch {
+        self.io.epoch
+    }
+
+    /// Announce this incarnation to every peer.
+    pub fn start(&mut self, now_ms: u64) {
+        self.io.now_ms = now_ms;
+        for p in self.peers.clone() {
+            if p != self.io.id {
+                self.io.send(p, Msg::Hello);
+            }
+        }
+    }
+
+    /// The outputs produced since the last call, in the order they must be executed.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.io.out)
+    }
+
+    /// A message arrived (possibly from this node itself).
+    pub fn step(&mut self, now_ms: u64, env: Envelope) {
+        self.io.now_ms = now_ms;
+        if env.to != self.io.id {
+            self.io.protocol_error(format!("{} got a message for {}: {}", self.io.id, env.to, env.msg));
+            return;
+        }
+        let from = env.from;
+        if from != self.io.id {
+            let known = self.io.peer_epochs.get(&from).copied().unwrap_or_default();
+            if env.from_epoch < known {
+                self.io.hit(Branch::StaleEpochDropped);
+                return;
+            }
+            if env.from_epoch > known {
+                self.io.peer_epochs.insert(from, env.from_epoch);
+                if known > Epoch(0) {
+                    self.peer_restarted(from);
+                }
+            }
+        }
+        if env.to_epoch != Epoch(0) && env.to_epoch != self.io.epoch {
+            // Meant for an earlier incarnation of this node: tell the sender who we are now.
+            self.io.hit(Branch::OldIncarnationHello);
+            if env.msg != Msg::Hello {
+                self.io.send(from, Msg::Hello);
+            }
+            return;
+        }
+        match env.msg {
+            Msg::Hello => {}
+            m @ (Msg::Acquire { .. }
+            | Msg::GrantAck { .. }
+            | Msg::FetchReply { .. }
+            | Msg::InvalAck { .. }
+            | Msg::Evict { .. }
+            | Msg::SyncReq { .. }
+            | Msg::ClearPoison { .. }) => self.dir.on_msg(&mut self.io, from, m),
+            m => self.cache.on_msg(&mut self.io, from, m),
+        }
+    }
+
+    fn peer_restarted(&mut self, peer: NodeId) {
+        self.io.event(Event::PeerRestarted { peer });
+        self.dir.peer_restarted(&mut self.io, peer);
+    }
+
+    /// Time passed: retransmit what is unanswered, end waits that ran out.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.io.now_ms = now_ms;
+        self.cache.tick(&mut self.io);
+        self.dir.tick(&mut self.io);
+    }
+
+    fn home_of(&self, seg: SegmentId) -> Option<NodeId> {
+        self.segments.get(&seg).map(|s| s.home)
+    }
+
+    /// A local access to `page` faulted; resolve it. Ends with an [`Output::FaultDone`].
+    pub fn fault(&mut self, now_ms: u64, fault: FaultId, page: PageKey, access: Access) {
+        self.io.now_ms = now_ms;
+        match self.segments.get(&page.seg) {
+            Some(s) if page.page.0 < s.pages => {
+                let home = s.home;
+                self.cache.fault(&mut self.io, home, fault, page, access);
+            }
+            _ => {
+                self.io.hit(Branch::FaultUnknownSegment);
+                self.io.emit(Output::FaultDone {
+                    fault,
+                    page,
+                    result: FaultResult::UnknownSegment,
+                });
+            }
+        }
+    }
+
+    /// Make every write to `seg` that completed before this call durable in the mapper. Ends
+    /// with an [`Output::CallDone`].
+    pub fn sync(&mut self, now_ms: u64, call: CallId, seg: SegmentId) {
+        self.io.now_ms = now_ms;
+        let Some(home) = self.home_of(seg) else {
+            self.io.emit(Output::CallDone {
+                call,
+                result: CallResult::UnknownSegment,
+            });
+            return;
+        };
+        self.cache
+            .call(&mut self.io, home, call, |req| Msg::SyncReq { seg, req });
+    }
+
+    /// Restore a poisoned page from the mapper (or zero). Ends with an [`Output::CallDone`].
+    pub fn clear_poison(&mut self, now_ms: u64, call: CallId, page: PageKey) {
+        self.io.now_ms = now_ms;
+        let Some(home) = self.home_of(page.seg) else {
+            self.io.emit(Output::CallDone {
+                call,
+                result: CallResult::UnknownSegment,
+            });
+            return;
+        };
+        self.cache
+            .call(&mut self.io, home, call, |req| Msg::ClearPoison { page, req });
+    }
+
+    /// Give this node's copy of `page` back (memory pressure).
+    pub fn evict(&mut self, now_ms: u64, page: PageKey) -> EvictStart {
+        self.io.now_ms = now_ms;
+        let Some(home) = self.home_of(page.seg) else {
+            return EvictStart::NotHeld;
+        };
+        self.cache.evict(&mut self.io, home, page)
+    }
+
+    /// A [`Output::MapperRead`] finished.
+    pub fn mapper_read_done(&mut self, now_ms: u64, token: MapperToken, result: Result<PageData, MapperError>) {
+        self.io.now_ms = now_ms;
+        self.dir.mapper_read_done(&mut self.io, token, result);
+    }
+
+    /// A [`Output::MapperWrite`] finished.
+    pub fn mapper_write_done(&mut self, now_ms: u64, token: MapperToken, result: Result<(), MapperError>) {
+        self.io.now_ms = now_ms;
+        self.dir.mapper_write_done(&mut self.io, token, result);
+    }
+
+    /// This node's copy of `page`, if it holds one.
+    pub fn copy(&self, page: PageKey) -> Option<CopyInfo> {
+        self.cache.copy(page)
+    }
+
+    /// Every copy this node holds.
+    pub fn copies(&self) -> impl Iterator<Item = (PageKey, CopyInfo)> + '_ {
+        self.cache.copies()
+    }
+
+    /// The directory entry of `page`, if this node is its home and it was ever touched.
+    pub fn dir_page(&self, page: PageKey) -> Option<DirView> {
+        self.dir.view(page)
+    }
+
+    /// Whether nothing is in flight: no fault, call or home transaction waits.
+    pub fn is_idle(&self) -> bool {
+        self.cache.is_idle() && self.dir.is_idle()
+    }
+
+    /// How often each protocol branch ran on this node.
+    pub fn coverage(&self) -> &Coverage {
+        &self.io.cov
+    }
+}
