@@ -30,7 +30,11 @@ impl FrameError {
 }
 
 /// Encode `msg` and send it with `fds` attached.
-pub fn write_frame<T: Serialize>(sock: &UnixStream, msg: &T, fds: &[BorrowedFd<'_>]) -> Result<(), FrameError> {
+pub fn write_frame<T: Serialize>(
+    sock: &UnixStream,
+    msg: &T,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), FrameError> {
     let payload = postcard::to_stdvec(msg)?;
     let len = u32::try_from(payload.len()).map_err(|_| FrameError::TooLarge(u32::MAX))?;
     if len > MAX_FRAME_BYTES {
@@ -43,7 +47,12 @@ pub fn write_frame<T: Serialize>(sock: &UnixStream, msg: &T, fds: &[BorrowedFd<'
     Ok(())
 }
 
-fn read_full(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>, at_start: bool) -> Result<(), FrameError> {
+fn read_full(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    at_start: bool,
+) -> Result<(), FrameError> {
     let mut got = 0;
     while got < buf.len() {
         let n = fdpass::recv_with_fds(sock, &mut buf[got..], fds)?;
@@ -51,7 +60,10 @@ fn read_full(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>, at_start
             return Err(if at_start && got == 0 {
                 FrameError::Closed
             } else {
-                FrameError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-frame"))
+                FrameError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed mid-frame",
+                ))
             });
         }
         got += n;

@@ -30,7 +30,9 @@ impl std::str::FromStr for Backing {
             if path.is_empty() {
                 return Err("file backing needs a path: file:PATH".into());
             }
-            Ok(Backing::File { path: path.to_string() })
+            Ok(Backing::File {
+                path: path.to_string(),
+            })
         } else {
             Err(format!("unknown backing {s:?}: expected zero or file:PATH"))
         }
@@ -41,27 +43,57 @@ impl std::str::FromStr for Backing {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// First message on every connection.
-    Hello { magic: [u8; 4], version: u32, client: String },
+    Hello {
+        magic: [u8; 4],
+        version: u32,
+        client: String,
+    },
     /// Create a segment. `size_bytes: None` for a file backing means the file's size.
-    CreateSegment { name: String, size_bytes: Option<u64>, backing: Backing },
+    CreateSegment {
+        name: String,
+        size_bytes: Option<u64>,
+        backing: Backing,
+    },
     ListSegments,
-    StatSegment { name: String },
+    StatSegment {
+        name: String,
+    },
     /// Write every dirty page of a file segment back to its file and fsync it.
-    SyncSegment { name: String },
-    RemoveSegment { name: String },
+    SyncSegment {
+        name: String,
+    },
+    RemoveSegment {
+        name: String,
+    },
     /// Read `len` bytes (at most `MAX_IO_CHUNK_BYTES`) through the node's page cache.
-    ReadAt { name: String, offset: u64, len: u64 },
+    ReadAt {
+        name: String,
+        offset: u64,
+        len: u64,
+    },
     /// Write bytes through the node's page cache (at most `MAX_IO_CHUNK_BYTES`).
-    WriteAt { name: String, offset: u64, data: Vec<u8> },
+    WriteAt {
+        name: String,
+        offset: u64,
+        data: Vec<u8>,
+    },
     /// Forget poison on every poisoned page: the page reloads from the mapper (or reads as
     /// zero for `zero` segments) on next access.
-    ClearPoison { name: String },
+    ClearPoison {
+        name: String,
+    },
     /// Ask for the segment's memfd (sent with the reply).
-    Attach { name: String },
+    Attach {
+        name: String,
+    },
     /// Hand the daemon the uffd (sent with this frame) that covers the mapping at `base`.
     /// After the reply this connection is the attachment's lease: when it closes, the daemon
     /// forgets the client, and when the daemon dies the client's watchdog sees the close.
-    RegisterUffd { attach_id: u64, base: u64, len: u64 },
+    RegisterUffd {
+        attach_id: u64,
+        base: u64,
+        len: u64,
+    },
     /// Daemon identity, uffd mode and limits.
     DaemonStatus,
 }
@@ -131,20 +163,35 @@ pub enum ErrorCode {
 /// A reply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    HelloOk { version: u32, daemon_pid: u32 },
+    HelloOk {
+        version: u32,
+        daemon_pid: u32,
+    },
     Segment(SegmentInfo),
     Segments(Vec<SegmentInfo>),
     Stat(SegmentStat),
-    Synced { pages_written: u64 },
+    Synced {
+        pages_written: u64,
+    },
     Removed,
     Data(Vec<u8>),
-    Written { bytes: u64 },
-    PoisonCleared { pages: u64 },
+    Written {
+        bytes: u64,
+    },
+    PoisonCleared {
+        pages: u64,
+    },
     /// The memfd comes with this frame.
-    Attached { info: SegmentInfo, attach_id: u64 },
+    Attached {
+        info: SegmentInfo,
+        attach_id: u64,
+    },
     Registered,
     Status(DaemonInfo),
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 #[cfg(test)]
@@ -163,14 +210,21 @@ mod tests {
     #[test]
     fn garbage_never_panics_the_decoder() {
         // A fixed-seed xorshift stream of random buffers and truncations of valid messages.
-        let valid = postcard::to_stdvec(&Request::WriteAt { name: "s".into(), offset: 1, data: vec![1, 2, 3] }).unwrap();
+        let valid = postcard::to_stdvec(&Request::WriteAt {
+            name: "s".into(),
+            offset: 1,
+            data: vec![1, 2, 3],
+        })
+        .unwrap();
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         for i in 0..20_000 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             let len = (x % 64) as usize;
-            let buf: Vec<u8> = (0..len).map(|j| (x >> (j % 8 * 8)) as u8 ^ j as u8).collect();
+            let buf: Vec<u8> = (0..len)
+                .map(|j| (x >> (j % 8 * 8)) as u8 ^ j as u8)
+                .collect();
             let _ = postcard::from_bytes::<Request>(&buf);
             let _ = postcard::from_bytes::<Response>(&buf);
             let cut = i % valid.len();

@@ -90,12 +90,14 @@ impl Mapper for ZeroMapper {
     }
 }
 
-/// A file on this node. Pages past the end of the file at open time read as zero (the file was
-/// extended to the segment size on creation); a file that shrinks later gives `ShortRead`.
+/// A file on this node. Its length when opened is the mapper's logical length: the tail of the
+/// last page past it reads as zero and is not written back (the file never grows by a partial
+/// page), while a file that shrinks below it later gives `ShortRead` (the page is poisoned).
 #[derive(Debug)]
 pub struct FileMapper {
     file: File,
     path: PathBuf,
+    logical_len: u64,
 }
 
 impl FileMapper {
@@ -113,9 +115,11 @@ impl FileMapper {
                 file.set_len(size)?;
             }
         }
+        let logical_len = file.metadata()?.len();
         Ok(FileMapper {
             file,
             path: path.to_path_buf(),
+            logical_len,
         })
     }
 
@@ -131,9 +135,13 @@ impl FileMapper {
 
 impl Mapper for FileMapper {
     fn read_page(&self, offset: u64, buf: &mut [u8]) -> Result<PageData, MapperError> {
+        let want = buf
+            .len()
+            .min(self.logical_len.saturating_sub(offset) as usize);
+        buf[want..].fill(0);
         let mut got = 0;
-        while got < buf.len() {
-            match self.file.read_at(&mut buf[got..], offset + got as u64) {
+        while got < want {
+            match self.file.read_at(&mut buf[got..want], offset + got as u64) {
                 Ok(0) => {
                     let file_len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
                     return Err(MapperError::ShortRead {
@@ -158,8 +166,11 @@ impl Mapper for FileMapper {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), MapperError> {
+        let keep = data
+            .len()
+            .min(self.logical_len.saturating_sub(offset) as usize);
         self.file
-            .write_all_at(data, offset)
+            .write_all_at(&data[..keep], offset)
             .map_err(|source| MapperError::Write {
                 path: self.path_str(),
                 offset,

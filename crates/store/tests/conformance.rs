@@ -81,3 +81,19 @@ fn faulty_mapper_conforms_and_injects() {
     assert!(m.write_at(0, &buf).is_err());
     m.write_at(0, &buf).unwrap();
 }
+
+#[test]
+fn file_mapper_partial_last_page_reads_zero_tail_and_never_grows_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, vec![7u8; PAGE_SIZE + 100]).unwrap();
+    let m = FileMapper::open(&path, None).unwrap();
+    let mut buf = vec![1u8; PAGE_SIZE];
+    m.read_page(PAGE_SIZE as u64, &mut buf).unwrap();
+    assert!(buf[..100].iter().all(|&b| b == 7) && buf[100..].iter().all(|&b| b == 0));
+    m.write_at(PAGE_SIZE as u64, &vec![9u8; PAGE_SIZE]).unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        PAGE_SIZE as u64 + 100
+    );
+}

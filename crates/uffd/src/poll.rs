@@ -21,9 +21,8 @@ impl Epoll {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a new fd nothing else owns.
-        Ok(Epoll {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Epoll { fd })
     }
 
     fn ctl(&self, op: libc::c_int, fd: BorrowedFd<'_>, token: Token) -> io::Result<()> {

@@ -1,0 +1,126 @@
+//! `pagemesh`: run a node daemon, manage segments, test memory through real page faults, check
+//! the machine, and show it all working (`pagemesh demo`).
+
+#![forbid(unsafe_code)]
+
+mod demo;
+mod doctor;
+mod logger;
+mod memtest;
+mod segment_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pagemesh_types::ByteSize;
+
+#[derive(Parser)]
+#[command(
+    name = "pagemesh",
+    version,
+    about = "Distributed memory manager on userfaultfd: named segments used as plain memory"
+)]
+struct Cli {
+    /// The node daemon's socket.
+    #[arg(long, global = true, env = "PAGEMESH_SOCKET", default_value = pagemesh::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node daemon (pagemeshd) in the foreground.
+    Daemon {
+        /// Where the segment catalog lives.
+        #[arg(long, default_value = pagemesh_daemon::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Fault worker threads (default: number of CPUs).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// error, warn, info, debug.
+        #[arg(long, env = "PAGEMESH_LOG", default_value = "info")]
+        log_level: String,
+    },
+    /// Create, inspect, sync, read, write and remove segments.
+    #[command(subcommand)]
+    Segment(segment_cmd::SegmentCmd),
+    /// Write, verify, increment or hash a segment through its mapping (real page faults).
+    Memtest(memtest::MemtestArgs),
+    /// Check the kernel, userfaultfd mode and features, and limits.
+    Doctor,
+    /// Start a throw-away daemon, run a parallel job in several processes, verify, clean up.
+    Demo(demo::DemoArgs),
+    /// Show the daemon's identity and state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<ByteSize>()
+        .map(|b| b.0)
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Daemon {
+            data_dir,
+            workers,
+            log_level,
+        } => {
+            logger::init(&log_level);
+            let config = pagemesh_daemon::Config {
+                socket_path: cli.socket,
+                data_dir,
+                fault_workers: workers
+                    .unwrap_or_else(|| {
+                        std::thread::available_parallelism()
+                            .map(|n| n.get())
+                            .unwrap_or(2)
+                    })
+                    .max(1),
+            };
+            pagemesh_daemon::run(config)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
+        }
+        Cmd::Segment(cmd) => segment_cmd::run(&cli.socket, cmd),
+        Cmd::Memtest(args) => memtest::run(&cli.socket, args),
+        Cmd::Doctor => doctor::run(&cli.socket),
+        Cmd::Demo(args) => demo::run(args),
+        Cmd::Status { json } => status(&cli.socket, json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pagemesh: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let s = pagemesh::Client::connect(socket)?.status()?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "pid": s.pid, "version": s.version, "uffd_mode": s.uffd_mode, "fault_workers": s.fault_workers,
+                "segments": s.segments, "attached_clients": s.attached_clients, "data_dir": s.data_dir,
+            })
+        );
+    } else {
+        println!("daemon pid {} version {}", s.pid, s.version);
+        println!("uffd mode       {}", s.uffd_mode);
+        println!("fault workers   {}", s.fault_workers);
+        println!("segments        {}", s.segments);
+        println!("attached        {}", s.attached_clients);
+        println!("data dir        {}", s.data_dir);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,317 @@
+//! The pagemesh client library: talk to the node daemon, and attach named segments as memory.
+//!
+//! ```no_run
+//! use std::sync::atomic::Ordering;
+//!
+//! let client = pagemesh::Client::connect_default()?;
+//! let seg = client.attach("counters")?;
+//! // Plain memory, shared with every process that attached "counters":
+//! seg.write_at(4096, b"hello")?;
+//! let total = seg.atomics_u64()[0].fetch_add(1, Ordering::SeqCst) + 1;
+//! println!("{total} increments so far; {} bytes mapped at {:p}", seg.len(), seg.as_ptr());
+//! seg.sync()?; // file-backed segments: dirty pages are durable in the file after this
+//! # Ok::<(), pagemesh::ClientError>(())
+//! ```
+//!
+//! Every page fault in the mapping is served by the daemon. If the daemon goes away, a watchdog
+//! in this library answers every later fault with a poisoned page, so the access raises SIGBUS
+//! at its address: the process never reads silent zeros and never hangs.
+
+#![forbid(unsafe_code)]
+
+mod mapping;
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pagemesh_proto::{
+    read_frame, write_frame, FrameError, Request, Response, MAGIC, PROTOCOL_VERSION,
+};
+
+pub use mapping::Mapping;
+pub use pagemesh_proto::{
+    Backing, DaemonInfo, ErrorCode, SegmentInfo, SegmentStat, MAX_IO_CHUNK_BYTES,
+};
+
+/// Default daemon socket, overridden by `PAGEMESH_SOCKET`.
+pub const DEFAULT_SOCKET: &str = "/run/pagemesh/pagemesh.sock";
+/// How long a request waits for its reply by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `sync` may take (it writes every dirty page and fsyncs).
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What went wrong talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the pagemesh daemon at {path}: {source}; is `pagemesh daemon` running? (set --socket or PAGEMESH_SOCKET)")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("talking to the daemon at {path}: {source}")]
+    Frame { path: PathBuf, source: FrameError },
+    #[error("the daemon at {path} did not answer {what} within {timeout:?}")]
+    Timeout {
+        path: PathBuf,
+        what: &'static str,
+        timeout: Duration,
+    },
+    #[error("{message}")]
+    Daemon { code: ErrorCode, message: String },
+    #[error("the daemon sent an unexpected reply to {what}: {reply}")]
+    Unexpected { what: &'static str, reply: String },
+    #[error("segment {segment}: {what}: {source}")]
+    Attach {
+        segment: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("range {offset}+{len} is outside the {size}-byte segment")]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+}
+
+impl ClientError {
+    /// The daemon's error class, when the daemon refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Daemon { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    sock: Mutex<UnixStream>,
+}
+
+/// A connection to the node daemon. Cheap to clone; requests are serialised per connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// The socket path from `PAGEMESH_SOCKET`, or the default.
+pub fn default_socket() -> PathBuf {
+    std::env::var_os("PAGEMESH_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+/// Connect and say hello (bounded by `DEFAULT_TIMEOUT`).
+pub(crate) fn handshake(path: &Path) -> Result<UnixStream, ClientError> {
+    let sock = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        path: path.into(),
+        source,
+    })?;
+    let hello = Request::Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        client: format!(
+            "pagemesh-client/{} pid {}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id()
+        ),
+    };
+    match roundtrip(path, &sock, &hello, &[], "hello", DEFAULT_TIMEOUT)? {
+        (Response::HelloOk { .. }, _) => Ok(sock),
+        (other, _) => Err(unexpected("hello", other)),
+    }
+}
+
+pub(crate) fn roundtrip(
+    path: &Path,
+    sock: &UnixStream,
+    req: &Request,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    what: &'static str,
+    timeout: Duration,
+) -> Result<(Response, Vec<OwnedFd>), ClientError> {
+    let frame_err = |source| ClientError::Frame {
+        path: path.into(),
+        source,
+    };
+    sock.set_read_timeout(Some(timeout))
+        .map_err(|e| frame_err(FrameError::Io(e)))?;
+    write_frame(sock, req, fds).map_err(frame_err)?;
+    match read_frame::<Response>(sock) {
+        Ok((Response::Error { code, message }, _)) => Err(ClientError::Daemon { code, message }),
+        Ok(r) => Ok(r),
+        Err(e) if e.is_timeout() => Err(ClientError::Timeout {
+            path: path.into(),
+            what,
+            timeout,
+        }),
+        Err(e) => Err(frame_err(e)),
+    }
+}
+
+pub(crate) fn unexpected(what: &'static str, reply: Response) -> ClientError {
+    ClientError::Unexpected {
+        what,
+        reply: format!("{reply:?}"),
+    }
+}
+
+impl Client {
+    /// Connect to the daemon at `path`.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
+        let path = path.as_ref().to_path_buf();
+        let sock = handshake(&path)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                path,
+                sock: Mutex::new(sock),
+            }),
+        })
+    }
+
+    /// Connect to the daemon at `PAGEMESH_SOCKET`, or at `/run/pagemesh/pagemesh.sock`.
+    pub fn connect_default() -> Result<Client, ClientError> {
+        Client::connect(default_socket())
+    }
+
+    /// The daemon's socket path.
+    pub fn socket_path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn call(
+        &self,
+        req: Request,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<(Response, Vec<OwnedFd>), ClientError> {
+        let sock = self.inner.sock.lock().unwrap_or_else(|e| e.into_inner());
+        roundtrip(&self.inner.path, &sock, &req, &[], what, timeout)
+    }
+
+    /// Create a segment. `size_bytes: None` is allowed for file backing (the file's size).
+    pub fn create_segment(
+        &self,
+        name: &str,
+        size_bytes: Option<u64>,
+        backing: Backing,
+    ) -> Result<SegmentInfo, ClientError> {
+        match self.call(
+            Request::CreateSegment {
+                name: name.into(),
+                size_bytes,
+                backing,
+            },
+            "create",
+            DEFAULT_TIMEOUT,
+        )? {
+            (Response::Segment(info), _) => Ok(info),
+            (r, _) => Err(unexpected("create", r)),
+        }
+    }
+
+    /// Every segment of this node's catalog.
+    pub fn list_segments(&self) -> Result<Vec<SegmentInfo>, ClientError> {
+        match self.call(Request::ListSegments, "list", DEFAULT_TIMEOUT)? {
+            (Response::Segments(v), _) => Ok(v),
+            (r, _) => Err(unexpected("list", r)),
+        }
+    }
+
+    /// A segment's page counts and counters on this node.
+    pub fn stat(&self, name: &str) -> Result<SegmentStat, ClientError> {
+        match self.call(
+            Request::StatSegment { name: name.into() },
+            "stat",
+            DEFAULT_TIMEOUT,
+        )? {
+            (Response::Stat(s), _) => Ok(s),
+            (r, _) => Err(unexpected("stat", r)),
+        }
+    }
+
+    /// Write a file segment's dirty pages back and fsync; returns the pages written.
+    pub fn sync(&self, name: &str) -> Result<u64, ClientError> {
+        match self.call(
+            Request::SyncSegment { name: name.into() },
+            "sync",
+            SYNC_TIMEOUT,
+        )? {
+            (Response::Synced { pages_written }, _) => Ok(pages_written),
+            (r, _) => Err(unexpected("sync", r)),
+        }
+    }
+
+    /// Remove a segment from the catalog (its backing file stays).
+    pub fn remove_segment(&self, name: &str) -> Result<(), ClientError> {
+        match self.call(
+            Request::RemoveSegment { name: name.into() },
+            "rm",
+            DEFAULT_TIMEOUT,
+        )? {
+            (Response::Removed, _) => Ok(()),
+            (r, _) => Err(unexpected("rm", r)),
+        }
+    }
+
+    /// Read through the node's page cache (split into requests of at most 4 MiB).
+    pub fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), ClientError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let n = (buf.len() - done).min(MAX_IO_CHUNK_BYTES as usize);
+            let req = Request::ReadAt {
+                name: name.into(),
+                offset: offset + done as u64,
+                len: n as u64,
+            };
+            match self.call(req, "read", DEFAULT_TIMEOUT)? {
+                (Response::Data(d), _) if d.len() == n => buf[done..done + n].copy_from_slice(&d),
+                (r, _) => return Err(unexpected("read", r)),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Write through the node's page cache (split into requests of at most 4 MiB).
+    pub fn write_at(&self, name: &str, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        for (i, chunk) in data.chunks(MAX_IO_CHUNK_BYTES as usize).enumerate() {
+            let off = offset + (i as u64) * MAX_IO_CHUNK_BYTES;
+            let req = Request::WriteAt {
+                name: name.into(),
+                offset: off,
+                data: chunk.to_vec(),
+            };
+            match self.call(req, "write", DEFAULT_TIMEOUT)? {
+                (Response::Written { .. }, _) => {}
+                (r, _) => return Err(unexpected("write", r)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Clear every poisoned page of a segment; returns how many.
+    pub fn clear_poison(&self, name: &str) -> Result<u64, ClientError> {
+        match self.call(
+            Request::ClearPoison { name: name.into() },
+            "clear-poison",
+            DEFAULT_TIMEOUT,
+        )? {
+            (Response::PoisonCleared { pages }, _) => Ok(pages),
+            (r, _) => Err(unexpected("clear-poison", r)),
+        }
+    }
+
+    /// The daemon's identity and state.
+    pub fn status(&self) -> Result<DaemonInfo, ClientError> {
+        match self.call(Request::DaemonStatus, "status", DEFAULT_TIMEOUT)? {
+            (Response::Status(s), _) => Ok(s),
+            (r, _) => Err(unexpected("status", r)),
+        }
+    }
+
+    /// Map a segment into this process. Every access is served by the daemon.
+    pub fn attach(&self, name: &str) -> Result<Mapping, ClientError> {
+        Mapping::attach(self.clone(), name)
+    }
+}

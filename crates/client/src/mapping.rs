@@ -1,0 +1,261 @@
+//! An attached segment and the watchdog that turns a lost daemon into SIGBUS.
+
+use std::io::Read;
+use std::net::Shutdown;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use pagemesh_proto::{Request, Response};
+use pagemesh_types::PAGE_SIZE;
+use pagemesh_uffd::poll::wait_readable;
+use pagemesh_uffd::{features, Event, Memfd, RegisterMode, SharedMapping, Uffd};
+
+use crate::{handshake, roundtrip, unexpected, Client, ClientError, SegmentInfo, DEFAULT_TIMEOUT};
+
+/// How often the watchdog looks at its stop flag while waiting.
+const WATCH_TICK_MS: i32 = 100;
+
+struct Shared {
+    map: SharedMapping,
+    uffd: Uffd,
+    stop: AtomicBool,
+    daemon_lost: AtomicBool,
+    name: String,
+}
+
+/// A segment mapped into this process. Dropping it detaches.
+pub struct Mapping {
+    info: SegmentInfo,
+    client: Client,
+    shared: Arc<Shared>,
+    lease: UnixStream,
+    watchdog: Option<JoinHandle<()>>,
+}
+
+impl Mapping {
+    pub(crate) fn attach(client: Client, name: &str) -> Result<Mapping, ClientError> {
+        let path = client.socket_path().to_path_buf();
+        let lease = handshake(&path)?;
+        let (info, attach_id, memfd) = match roundtrip(
+            &path,
+            &lease,
+            &Request::Attach { name: name.into() },
+            &[],
+            "attach",
+            DEFAULT_TIMEOUT,
+        )? {
+            (Response::Attached { info, attach_id }, mut fds) if fds.len() == 1 => (
+                info,
+                attach_id,
+                Memfd::from_owned(fds.pop().expect("one fd")),
+            ),
+            (r, _) => return Err(unexpected("attach", r)),
+        };
+        let io = |what: &'static str| {
+            let segment = name.to_string();
+            move |source| ClientError::Attach {
+                segment,
+                what,
+                source,
+            }
+        };
+        let len = info.size_bytes.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let map = SharedMapping::map(memfd.as_fd(), len as usize)
+            .map_err(io("mapping the segment's memfd"))?;
+        drop(memfd); // the mapping keeps the memfd alive
+        let (uffd, _mode) = Uffd::open(features::PAGEMESH)
+            .map_err(|e| e.source)
+            .map_err(io(
+                "opening a userfaultfd (needs root or access to /dev/userfaultfd)",
+            ))?;
+        let modes = RegisterMode::MISSING
+            .union(RegisterMode::MINOR)
+            .union(RegisterMode::WP);
+        uffd.register(map.addr(), len, modes)
+            .map_err(|e| e.source)
+            .map_err(io("registering the mapping"))?;
+        let daemon_copy = uffd.try_clone().map_err(io("duplicating the uffd"))?;
+        let req = Request::RegisterUffd {
+            attach_id,
+            base: map.addr(),
+            len,
+        };
+        match roundtrip(
+            &path,
+            &lease,
+            &req,
+            &[daemon_copy.as_fd()],
+            "register",
+            DEFAULT_TIMEOUT,
+        )? {
+            (Response::Registered, _) => {}
+            (r, _) => return Err(unexpected("register", r)),
+        }
+        drop(daemon_copy);
+        let _ = lease.set_read_timeout(None);
+        let shared = Arc::new(Shared {
+            map,
+            uffd,
+            stop: AtomicBool::new(false),
+            daemon_lost: AtomicBool::new(false),
+            name: name.to_string(),
+        });
+        let watch_sock = lease.try_clone().map_err(io("cloning the lease socket"))?;
+        let s = Arc::clone(&shared);
+        let watchdog = std::thread::Builder::new()
+            .name(format!("pagemesh-watchdog-{name}"))
+            .spawn(move || watchdog(s, watch_sock))
+            .map_err(io("starting the watchdog thread"))?;
+        Ok(Mapping {
+            info,
+            client,
+            shared,
+            lease,
+            watchdog: Some(watchdog),
+        })
+    }
+
+    /// The segment's description.
+    pub fn info(&self) -> &SegmentInfo {
+        &self.info
+    }
+
+    /// Size of the segment in bytes.
+    pub fn len(&self) -> usize {
+        self.info.size_bytes as usize
+    }
+
+    /// Whether the segment is empty (never: segments have at least one byte).
+    pub fn is_empty(&self) -> bool {
+        self.info.size_bytes == 0
+    }
+
+    /// Start of the mapping. Reads and writes through it are served like any memory access;
+    /// concurrent access from several threads or processes needs the usual synchronisation
+    /// (atomics, locks), exactly as with shared memory.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.shared.map.as_ptr()
+    }
+
+    fn check(&self, offset: u64, len: usize) -> Result<(), ClientError> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.info.size_bytes => Ok(()),
+            _ => Err(ClientError::OutOfRange {
+                offset,
+                len: len as u64,
+                size: self.info.size_bytes,
+            }),
+        }
+    }
+
+    /// Copy bytes out of the mapping (faulting pages in as needed).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ClientError> {
+        self.check(offset, buf.len())?;
+        self.shared.map.read_at(offset as usize, buf);
+        Ok(())
+    }
+
+    /// Copy bytes into the mapping.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        self.check(offset, data.len())?;
+        self.shared.map.write_at(offset as usize, data);
+        Ok(())
+    }
+
+    /// The segment as `u64` atomics, shared with every attached process.
+    pub fn atomics_u64(&self) -> &[AtomicU64] {
+        let words = self.len() / 8;
+        &self.shared.map.atomics_u64()[..words]
+    }
+
+    /// Make the segment's dirty pages durable in its backing file; returns the pages written.
+    pub fn sync(&self) -> Result<u64, ClientError> {
+        self.client.sync(&self.info.name)
+    }
+
+    /// Whether the watchdog has seen the daemon go away (every later fault gets SIGBUS).
+    pub fn daemon_lost(&self) -> bool {
+        self.shared.daemon_lost.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = self.lease.shutdown(Shutdown::Both);
+        if let Some(w) = self.watchdog.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Wait for the lease to end. If it ends while the mapping is in use, the daemon is gone:
+/// from then on every fault is answered with poison (SIGBUS), never left hanging or zero-filled.
+fn watchdog(s: Arc<Shared>, mut lease: UnixStream) {
+    let mut byte = [0u8; 64];
+    loop {
+        if s.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match wait_readable(lease.as_fd(), WATCH_TICK_MS) {
+            Ok(false) => continue,
+            Ok(true) => match lease.read(&mut byte) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue, // the daemon sends nothing on a lease yet; ignore
+            },
+            Err(_) => break,
+        }
+    }
+    if s.stop.load(Ordering::SeqCst) {
+        return;
+    }
+    s.daemon_lost.store(true, Ordering::SeqCst);
+    eprintln!(
+        "pagemesh: lost the daemon while segment {} is attached (pid {}); every further access to it raises SIGBUS. \
+         Restart the daemon and re-attach.",
+        s.name,
+        std::process::id()
+    );
+    poison_forever(&s);
+}
+
+fn poison_forever(s: &Shared) {
+    let base = s.map.addr();
+    let len = s.map.len() as u64;
+    // Drop our page-table entries (the memfd keeps its pages), so every later access faults
+    // here; then wake threads whose faults the dead daemon had read but not served.
+    let _ = s.map.zap(0, s.map.len());
+    let _ = s.uffd.wake(base, len);
+    let mut events = Vec::with_capacity(16);
+    while !s.stop.load(Ordering::SeqCst) {
+        match wait_readable(s.uffd.as_fd(), WATCH_TICK_MS) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => return,
+        }
+        events.clear();
+        if s.uffd.read_events(&mut events, 16).is_err() {
+            return;
+        }
+        for ev in &events {
+            if let Event::PageFault { address, .. } = *ev {
+                let page = address & !(PAGE_SIZE - 1);
+                if page < base || page >= base + len {
+                    continue;
+                }
+                match s.uffd.poison(page, PAGE_SIZE, true) {
+                    Ok(n) if n == PAGE_SIZE => {}
+                    _ => {
+                        // Mapped again meanwhile (a racing write-protect fault): zap and retry.
+                        let _ = s.map.zap((page - base) as usize, PAGE_SIZE as usize);
+                        let _ = s.uffd.poison(page, PAGE_SIZE, true);
+                        let _ = s.uffd.wake(page, PAGE_SIZE);
+                    }
+                }
+            }
+        }
+    }
+}

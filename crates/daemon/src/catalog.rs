@@ -1,0 +1,155 @@
+//! The segment catalog, persisted in `DATA_DIR/catalog.json` (written atomically: temp file,
+//! fsync, rename, fsync of the directory), so segments survive a daemon restart.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use pagemesh_proto::{Backing, SegmentInfo};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("reading the catalog {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the catalog {path} is corrupt ({source}); move it away to start with an empty catalog"
+    )]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("writing the catalog {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Entry {
+    name: String,
+    id: u64,
+    size_bytes: u64,
+    backing: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Stored {
+    version: u32,
+    next_id: u64,
+    segments: Vec<Entry>,
+}
+
+pub struct Catalog {
+    path: PathBuf,
+    stored: Stored,
+}
+
+impl Catalog {
+    /// Load the catalog in `dir`, or start an empty one.
+    pub fn open(dir: &Path) -> Result<Catalog, CatalogError> {
+        let path = dir.join("catalog.json");
+        let stored = match fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| CatalogError::Corrupt {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored {
+                version: 1,
+                next_id: 1,
+                segments: Vec::new(),
+            },
+            Err(source) => return Err(CatalogError::Read { path, source }),
+        };
+        Ok(Catalog { path, stored })
+    }
+
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.stored
+            .segments
+            .iter()
+            .map(|e| SegmentInfo {
+                name: e.name.clone(),
+                id: e.id,
+                size_bytes: e.size_bytes,
+                backing: e.backing.parse().unwrap_or(Backing::Zero),
+            })
+            .collect()
+    }
+
+    /// Allocate an id for a new segment (persisted with the next `add`).
+    pub fn next_id(&mut self) -> u64 {
+        let id = self.stored.next_id.max(1);
+        self.stored.next_id = id + 1;
+        id
+    }
+
+    pub fn add(&mut self, info: &SegmentInfo) -> Result<(), CatalogError> {
+        self.stored.segments.push(Entry {
+            name: info.name.clone(),
+            id: info.id,
+            size_bytes: info.size_bytes,
+            backing: info.backing.to_string(),
+        });
+        self.save()
+    }
+
+    pub fn remove(&mut self, name: &str) -> Result<(), CatalogError> {
+        self.stored.segments.retain(|e| e.name != name);
+        self.save()
+    }
+
+    fn save(&self) -> Result<(), CatalogError> {
+        let err = |source| CatalogError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(&self.stored).expect("catalog serialises");
+        let mut f = fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        fs::rename(&tmp, &self.path).map_err(err)?;
+        if let Some(dir) = self.path.parent() {
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(dir.path()).unwrap();
+        let id = c.next_id();
+        let info = SegmentInfo {
+            name: "a".into(),
+            id,
+            size_bytes: 4096,
+            backing: Backing::File { path: "/x".into() },
+        };
+        c.add(&info).unwrap();
+        let mut c2 = Catalog::open(dir.path()).unwrap();
+        assert_eq!(c2.segments(), vec![info]);
+        assert!(c2.next_id() > id);
+        c2.remove("a").unwrap();
+        assert!(Catalog::open(dir.path()).unwrap().segments().is_empty());
+        fs::write(dir.path().join("catalog.json"), b"{not json").unwrap();
+        assert!(matches!(
+            Catalog::open(dir.path()),
+            Err(CatalogError::Corrupt { .. })
+        ));
+    }
+}

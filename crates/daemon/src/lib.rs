@@ -1,0 +1,120 @@
+//! pagemeshd: the node daemon. It owns each segment's page cache (a memfd), receives the uffd of
+//! every process that attaches a segment, and serves all their page faults from a pool of
+//! worker threads: dormant pages as zeros, file pages from the file, present pages by mapping
+//! the one shared copy, tracking clean/dirty with write protection.
+
+#![forbid(unsafe_code)]
+
+mod catalog;
+mod histogram;
+mod pages;
+mod segment;
+mod server;
+mod workers;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+pub use server::Daemon;
+
+/// Default socket path.
+pub const DEFAULT_SOCKET: &str = "/run/pagemesh/pagemesh.sock";
+/// Default state directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/pagemesh";
+
+/// How a daemon is started.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub socket_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub fault_workers: usize,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Kernel(String),
+    #[error("creating {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another daemon is already listening on {0}; stop it or use --socket")]
+    AlreadyRunning(PathBuf),
+    #[error("binding {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    State(String),
+}
+
+fn check_kernel() -> Result<String, StartError> {
+    pagemesh_uffd::check_page_size().map_err(|e| StartError::Kernel(e.to_string()))?;
+    let probe = pagemesh_uffd::Uffd::probe().map_err(|e| {
+        StartError::Kernel(format!(
+            "cannot open a userfaultfd ({e}): run as root, or give the daemon's user access to /dev/userfaultfd"
+        ))
+    })?;
+    let need = pagemesh_uffd::features::PAGEMESH;
+    if probe.features & need != need {
+        let missing: Vec<&str> = pagemesh_uffd::features::NAMES
+            .iter()
+            .filter(|(bit, _)| need & bit != 0 && probe.features & bit == 0)
+            .map(|(_, n)| *n)
+            .collect();
+        return Err(StartError::Kernel(format!(
+            "this kernel's userfaultfd lacks {missing:?}: pagemesh needs Linux >= 6.8"
+        )));
+    }
+    Ok(probe.mode.to_string())
+}
+
+fn bind(path: &Path) -> Result<UnixListener, StartError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| StartError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(StartError::AlreadyRunning(path.to_path_buf()));
+        }
+        log::info!("removing stale socket {}", path.display());
+        let _ = std::fs::remove_file(path);
+    }
+    let l = UnixListener::bind(path).map_err(|source| StartError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // Access is governed by the socket's mode: owner and group (the daemon logs peer creds).
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+    Ok(l)
+}
+
+/// Start a daemon and serve until the process is killed. The catalog is persisted on every
+/// change, so a kill at any point loses nothing but unsynced page-cache contents.
+pub fn run(config: Config) -> Result<(), StartError> {
+    let uffd_mode = check_kernel()?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::Dir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let listener = bind(&config.socket_path)?;
+    let daemon = Daemon::new(config.clone(), uffd_mode.clone()).map_err(StartError::State)?;
+    log::info!(
+        "pagemeshd {} pid {} listening on {} (uffd {uffd_mode}, {} fault workers, data in {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        config.socket_path.display(),
+        config.fault_workers,
+        config.data_dir.display()
+    );
+    daemon
+        .serve(listener)
+        .map_err(|e| StartError::State(format!("serving {}: {e}", config.socket_path.display())))
+}

@@ -1,0 +1,568 @@
+//! A segment on this node: its page cache (one memfd), its mapper, its page states, the
+//! processes attached to it, and the transitions that faults, segment I/O and sync make.
+//!
+//! Locking: every transition of a page's state happens under that page's stripe lock, together
+//! with the uffd ioctls that make the kernel agree with it (install write-protected for Clean,
+//! writable for Dirty). Sync takes the stripe locks of a run of pages in increasing order and is
+//! serialised per segment, and nothing else holds two stripe locks, so there is no lock cycle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use pagemesh_proto::{SegmentCounters, SegmentInfo, SegmentStat};
+use pagemesh_store::{Mapper, MapperError, PageData};
+use pagemesh_types::PAGE_SIZE;
+use pagemesh_uffd::{FaultKind, Memfd, Uffd, UffdError};
+
+use crate::histogram::Histogram;
+use crate::pages::{PageState, PageTable};
+
+const PS: u64 = PAGE_SIZE;
+const PSU: usize = PAGE_SIZE as usize;
+const STRIPES: u64 = 512;
+/// Most pages one sync step write-protects and copies at once.
+const SYNC_RUN_PAGES: u64 = 64;
+
+static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+
+/// One process's attachment: its uffd (a dup of the client's) and where it mapped the segment.
+pub struct Attachment {
+    pub id: u64,
+    pub pid: i32,
+    pub uffd: Uffd,
+    pub base: u64,
+    pub len: u64,
+    pub segment: Arc<Segment>,
+}
+
+/// Why a segment I/O request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error("segment {segment}: range {offset}+{len} is outside the segment ({size} bytes)")]
+    OutOfRange {
+        segment: String,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error("segment {segment}: page {page} (offset {offset}) is poisoned: {hint}")]
+    Poisoned {
+        segment: String,
+        page: u64,
+        offset: u64,
+        hint: &'static str,
+    },
+    #[error("segment {segment}: page {page}: {source}")]
+    Mapper {
+        segment: String,
+        page: u64,
+        source: MapperError,
+    },
+    #[error("segment {segment}: page cache (memfd) I/O at offset {offset}: {source}")]
+    Memfd {
+        segment: String,
+        offset: u64,
+        source: std::io::Error,
+    },
+}
+
+const POISON_HINT: &str =
+    "its data could not be read; fix the backing store, then run `pagemesh segment clear-poison`";
+
+#[derive(Default)]
+struct Counters {
+    faults_missing: AtomicU64,
+    faults_minor: AtomicU64,
+    faults_wp: AtomicU64,
+    zero_fills: AtomicU64,
+    mapper_reads: AtomicU64,
+    mapper_bytes_read: AtomicU64,
+    mapper_bytes_written: AtomicU64,
+    poisonings: AtomicU64,
+    syncs: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A segment's node-local state.
+pub struct Segment {
+    pub info: SegmentInfo,
+    memfd: Memfd,
+    mapper: Box<dyn Mapper>,
+    pages: PageTable,
+    stripes: Box<[Mutex<()>]>,
+    clients: RwLock<Vec<Arc<Attachment>>>,
+    sync_lock: Mutex<()>,
+    counters: Counters,
+    latency: Histogram,
+}
+
+fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
+    // A panic while holding a stripe lock is a bug already reported; the page state it guards
+    // is a single atomic byte, so continuing is sound.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Segment {
+    pub fn new(info: SegmentInfo, mapper: Box<dyn Mapper>) -> std::io::Result<Segment> {
+        let len = info.size_bytes.div_ceil(PS) * PS;
+        let memfd = Memfd::create(&format!("pagemesh:{}", info.name), len)?;
+        Ok(Segment {
+            pages: PageTable::new(len / PS),
+            memfd,
+            mapper,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            clients: RwLock::new(Vec::new()),
+            sync_lock: Mutex::new(()),
+            counters: Counters::default(),
+            latency: Histogram::default(),
+            info,
+        })
+    }
+
+    pub fn memfd(&self) -> &Memfd {
+        &self.memfd
+    }
+
+    /// Length of the mapping clients make (the size rounded up to pages).
+    pub fn mapped_len(&self) -> u64 {
+        self.pages.npages() * PS
+    }
+
+    fn stripe(&self, page: u64) -> &Mutex<()> {
+        &self.stripes[(page % STRIPES) as usize]
+    }
+
+    pub fn attach(&self, a: Arc<Attachment>) {
+        self.clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(a);
+    }
+
+    pub fn detach(&self, id: u64) {
+        self.clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|a| a.id != id);
+    }
+
+    pub fn attached_pids(&self) -> Vec<i32> {
+        self.clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|a| a.pid)
+            .collect()
+    }
+
+    /// Serve one page fault of `att` at byte offset `page * PAGE_SIZE`. `scratch` is a
+    /// page-sized buffer owned by the worker (the fault path allocates nothing).
+    pub fn resolve_fault(
+        &self,
+        att: &Attachment,
+        page: u64,
+        kind: FaultKind,
+        write: bool,
+        scratch: &mut [u8],
+    ) {
+        let start = Instant::now();
+        match kind {
+            FaultKind::Missing => bump(&self.counters.faults_missing, 1),
+            FaultKind::Minor => bump(&self.counters.faults_minor, 1),
+            FaultKind::WriteProtect => bump(&self.counters.faults_wp, 1),
+        }
+        let addr = att.base + page * PS;
+        let _g = lock(self.stripe(page));
+        let result = match self.pages.get(page) {
+            PageState::Poisoned => poison_one(&att.uffd, addr),
+            PageState::Absent => self.fill(att, page, addr, write, scratch),
+            state @ (PageState::Clean | PageState::Dirty) => {
+                let dirty = state == PageState::Dirty || write || kind == FaultKind::WriteProtect;
+                if dirty && state == PageState::Clean {
+                    self.pages.set(page, PageState::Dirty);
+                }
+                map_present(&att.uffd, addr, kind, dirty)
+            }
+        };
+        drop(_g);
+        if let Err(e) = result {
+            self.resolve_failed(att, page, addr, e);
+        }
+        self.latency.record(start.elapsed().as_nanos() as u64);
+    }
+
+    /// Bring an Absent page in from the mapper (or as zeros) and map it into `att`.
+    fn fill(
+        &self,
+        att: &Attachment,
+        page: u64,
+        addr: u64,
+        write: bool,
+        scratch: &mut [u8],
+    ) -> Result<(), UffdError> {
+        let data: &[u8] = match self.mapper.read_page(page * PS, &mut scratch[..PSU]) {
+            Ok(PageData::Dormant) => {
+                bump(&self.counters.zero_fills, 1);
+                &ZERO_PAGE
+            }
+            Ok(PageData::Filled) => {
+                bump(&self.counters.mapper_reads, 1);
+                bump(&self.counters.mapper_bytes_read, PS);
+                &scratch[..PSU]
+            }
+            Err(e) => {
+                self.pages.set(page, PageState::Poisoned);
+                bump(&self.counters.poisonings, 1);
+                log::error!(
+                    "segment {} page {page} (offset {:#x}): {e}; the page is poisoned and pid {} gets SIGBUS. \
+                     Fix the backing store, then run `pagemesh segment clear-poison {}`",
+                    self.info.name,
+                    page * PS,
+                    att.pid,
+                    self.info.name
+                );
+                return poison_one(&att.uffd, addr);
+            }
+        };
+        match att.uffd.copy(addr, data, !write, true) {
+            Ok(()) => {}
+            // The page is already mapped here (a racing thread of the same process was served).
+            Err(e) if e.is_exists() => {
+                if !self.memfd.is_present(page * PS).unwrap_or(false) {
+                    return Err(e);
+                }
+                att.uffd.wake(addr, PS)?;
+            }
+            Err(e) => return Err(e),
+        }
+        self.pages.set(
+            page,
+            if write {
+                PageState::Dirty
+            } else {
+                PageState::Clean
+            },
+        );
+        Ok(())
+    }
+
+    fn resolve_failed(&self, att: &Attachment, page: u64, addr: u64, e: UffdError) {
+        if e.is_process_gone() {
+            log::debug!(
+                "segment {} page {page}: pid {} exited mid-fault",
+                self.info.name,
+                att.pid
+            );
+            return;
+        }
+        // Never leave the thread hanging: a fault we cannot serve becomes SIGBUS.
+        log::error!(
+            "segment {} page {page}: cannot resolve fault of pid {}: {e}; sending SIGBUS",
+            self.info.name,
+            att.pid
+        );
+        if let Err(e2) = poison_one(&att.uffd, addr) {
+            log::error!(
+                "segment {} page {page}: poisoning for pid {} failed too: {e2}",
+                self.info.name,
+                att.pid
+            );
+        }
+    }
+
+    /// Read through the page cache. Absent pages come from the mapper without being cached.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.check_range(offset, buf.len() as u64)?;
+        let mut page_buf = vec![0u8; PSU];
+        let mut done = 0usize;
+        while done < buf.len() {
+            let off = offset + done as u64;
+            let page = off / PS;
+            let in_page = (off % PS) as usize;
+            let n = (PSU - in_page).min(buf.len() - done);
+            let _g = lock(self.stripe(page));
+            match self.pages.get(page) {
+                PageState::Poisoned => return Err(self.poisoned_err(page)),
+                PageState::Absent => {
+                    match self.mapper.read_page(page * PS, &mut page_buf) {
+                        Ok(PageData::Dormant) => page_buf.fill(0),
+                        Ok(PageData::Filled) => {
+                            bump(&self.counters.mapper_bytes_read, PS);
+                        }
+                        Err(source) => {
+                            self.pages.set(page, PageState::Poisoned);
+                            bump(&self.counters.poisonings, 1);
+                            log::error!(
+                                "segment {} page {page}: {source}; the page is poisoned",
+                                self.info.name
+                            );
+                            return Err(IoError::Mapper {
+                                segment: self.info.name.clone(),
+                                page,
+                                source,
+                            });
+                        }
+                    }
+                    buf[done..done + n].copy_from_slice(&page_buf[in_page..in_page + n]);
+                }
+                PageState::Clean | PageState::Dirty => {
+                    self.memfd
+                        .read_exact_at(&mut buf[done..done + n], off)
+                        .map_err(|source| IoError::Memfd {
+                            segment: self.info.name.clone(),
+                            offset: off,
+                            source,
+                        })?;
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Write through the page cache; written pages become Dirty.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        self.check_range(offset, data.len() as u64)?;
+        let mut page_buf = vec![0u8; PSU];
+        let mut done = 0usize;
+        while done < data.len() {
+            let off = offset + done as u64;
+            let page = off / PS;
+            let in_page = (off % PS) as usize;
+            let n = (PSU - in_page).min(data.len() - done);
+            let _g = lock(self.stripe(page));
+            let memfd_err = |source| IoError::Memfd {
+                segment: self.info.name.clone(),
+                offset: off,
+                source,
+            };
+            match self.pages.get(page) {
+                PageState::Poisoned => return Err(self.poisoned_err(page)),
+                PageState::Absent => {
+                    // Compose the whole page first: a partial write must keep the rest of it.
+                    match self.mapper.read_page(page * PS, &mut page_buf) {
+                        Ok(PageData::Dormant) => page_buf.fill(0),
+                        Ok(PageData::Filled) => bump(&self.counters.mapper_bytes_read, PS),
+                        Err(source) => {
+                            return Err(IoError::Mapper {
+                                segment: self.info.name.clone(),
+                                page,
+                                source,
+                            });
+                        }
+                    }
+                    page_buf[in_page..in_page + n].copy_from_slice(&data[done..done + n]);
+                    self.memfd
+                        .write_all_at(&page_buf, page * PS)
+                        .map_err(memfd_err)?;
+                }
+                PageState::Clean | PageState::Dirty => {
+                    self.memfd
+                        .write_all_at(&data[done..done + n], off)
+                        .map_err(memfd_err)?;
+                }
+            }
+            self.pages.set(page, PageState::Dirty);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), IoError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.info.size_bytes => Ok(()),
+            _ => Err(IoError::OutOfRange {
+                segment: self.info.name.clone(),
+                offset,
+                len,
+                size: self.info.size_bytes,
+            }),
+        }
+    }
+
+    fn poisoned_err(&self, page: u64) -> IoError {
+        IoError::Poisoned {
+            segment: self.info.name.clone(),
+            page,
+            offset: page * PS,
+            hint: POISON_HINT,
+        }
+    }
+
+    /// Write every dirty page back to the mapper and make it durable. Each page is first
+    /// write-protected in every attached process and marked Clean, then copied: a write that
+    /// lands after that faults and marks the page Dirty again, so no write is ever lost between
+    /// the copy and the state change. Returns the number of pages written.
+    pub fn sync(&self) -> Result<u64, IoError> {
+        let _s = lock(&self.sync_lock);
+        bump(&self.counters.syncs, 1);
+        if !self.mapper.is_persistent() {
+            return Ok(0);
+        }
+        let dirty = self.pages.pages_in(PageState::Dirty);
+        let mut written = 0u64;
+        let mut buf = vec![0u8; (SYNC_RUN_PAGES * PS) as usize];
+        let mut i = 0;
+        while i < dirty.len() {
+            // A run of consecutive dirty pages, at most SYNC_RUN_PAGES long.
+            let first = dirty[i];
+            let mut n = 1;
+            while i + (n as usize) < dirty.len()
+                && dirty[i + n as usize] == first + n
+                && n < SYNC_RUN_PAGES
+            {
+                n += 1;
+            }
+            i += n as usize;
+            written += self.sync_run(first, n, &mut buf)?;
+        }
+        self.mapper.sync().map_err(|source| IoError::Mapper {
+            segment: self.info.name.clone(),
+            page: 0,
+            source,
+        })?;
+        Ok(written)
+    }
+
+    fn sync_run(&self, first: u64, n: u64, buf: &mut [u8]) -> Result<u64, IoError> {
+        let guards: Vec<_> = (first..first + n).map(|p| lock(self.stripe(p))).collect();
+        // Re-check under the locks; pages are never Absent here (no eviction yet), but a run may
+        // have been cleaned by nothing else since sync is serialised: keep the check anyway.
+        if (first..first + n).any(|p| self.pages.get(p) != PageState::Dirty) {
+            drop(guards);
+            let mut w = 0;
+            for p in first..first + n {
+                if self.pages.get(p) == PageState::Dirty {
+                    w += self.sync_run(p, 1, buf)?;
+                }
+            }
+            return Ok(w);
+        }
+        for a in self
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            match a
+                .uffd
+                .write_protect(a.base + first * PS, n * PS, true, true)
+            {
+                Ok(()) => {}
+                Err(e) if e.is_process_gone() => {}
+                Err(e) => log::warn!(
+                    "segment {}: write-protecting pages {first}..{} in pid {} for sync: {e}",
+                    self.info.name,
+                    first + n,
+                    a.pid
+                ),
+            }
+        }
+        for p in first..first + n {
+            self.pages.set(p, PageState::Clean);
+        }
+        let bytes = &mut buf[..(n * PS) as usize];
+        let read = self.memfd.read_exact_at(bytes, first * PS);
+        drop(guards);
+        let fail_back = |this: &Segment| {
+            for p in first..first + n {
+                let _g = lock(this.stripe(p));
+                if this.pages.get(p) == PageState::Clean {
+                    this.pages.set(p, PageState::Dirty);
+                }
+            }
+        };
+        if let Err(source) = read {
+            fail_back(self);
+            return Err(IoError::Memfd {
+                segment: self.info.name.clone(),
+                offset: first * PS,
+                source,
+            });
+        }
+        if let Err(source) = self.mapper.write_at(first * PS, bytes) {
+            fail_back(self);
+            return Err(IoError::Mapper {
+                segment: self.info.name.clone(),
+                page: first,
+                source,
+            });
+        }
+        bump(&self.counters.mapper_bytes_written, n * PS);
+        Ok(n)
+    }
+
+    /// Forget every poisoned page: it becomes Absent, so the next access reloads it from the
+    /// mapper (or reads zero). Returns how many pages were cleared.
+    pub fn clear_poison(&self) -> u64 {
+        let mut n = 0;
+        for p in self.pages.pages_in(PageState::Poisoned) {
+            let _g = lock(self.stripe(p));
+            if self.pages.get(p) == PageState::Poisoned {
+                self.pages.set(p, PageState::Absent);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn stat(&self) -> SegmentStat {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SegmentStat {
+            info: self.info.clone(),
+            resident_pages: self.pages.resident(),
+            dirty_pages: self.pages.dirty(),
+            poisoned_pages: self.pages.poisoned(),
+            attached_clients: self.clients.read().unwrap_or_else(|e| e.into_inner()).len() as u64,
+            counters: SegmentCounters {
+                faults_missing: l(&c.faults_missing),
+                faults_minor: l(&c.faults_minor),
+                faults_wp: l(&c.faults_wp),
+                zero_fills: l(&c.zero_fills),
+                mapper_reads: l(&c.mapper_reads),
+                mapper_bytes_read: l(&c.mapper_bytes_read),
+                mapper_bytes_written: l(&c.mapper_bytes_written),
+                poisonings: l(&c.poisonings),
+                syncs: l(&c.syncs),
+                fault_service_p50_ns: self.latency.quantile(0.50),
+                fault_service_p99_ns: self.latency.quantile(0.99),
+            },
+        }
+    }
+}
+
+/// Map a page that is in the memfd: CONTINUE for a missing/minor fault, un-protect for a
+/// write-protect fault.
+fn map_present(uffd: &Uffd, addr: u64, kind: FaultKind, writable: bool) -> Result<(), UffdError> {
+    match kind {
+        FaultKind::WriteProtect => uffd.write_protect(addr, PS, false, true),
+        FaultKind::Missing | FaultKind::Minor => match uffd.continue_(addr, PS, !writable, true) {
+            Ok(()) => Ok(()),
+            // Already mapped here by a racing fault of the same process: make its protection
+            // match the state (only ever loosening it), and wake the thread.
+            Err(e) if e.is_exists() => {
+                if writable {
+                    uffd.write_protect(addr, PS, false, true)
+                } else {
+                    uffd.wake(addr, PS)
+                }
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Poison one page in one process; if a page is mapped there already, the thread is woken and
+/// retries, which is served by the same path.
+fn poison_one(uffd: &Uffd, addr: u64) -> Result<(), UffdError> {
+    let n = uffd.poison(addr, PS, true)?;
+    if n == 0 {
+        uffd.wake(addr, PS)?;
+    }
+    Ok(())
+}

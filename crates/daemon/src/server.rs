@@ -1,0 +1,541 @@
+//! The daemon's Unix socket: handshake, requests, and attachment leases.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use pagemesh_proto::{
+    read_frame, write_frame, Backing, DaemonInfo, ErrorCode, FrameError, Request, Response,
+    SegmentInfo, MAGIC, MAX_IO_CHUNK_BYTES, PROTOCOL_VERSION,
+};
+use pagemesh_store::{FileMapper, Mapper, ZeroMapper};
+use pagemesh_types::{ByteSize, PAGE_SIZE};
+use pagemesh_uffd::{fdpass, Uffd};
+
+use crate::catalog::Catalog;
+use crate::segment::{Attachment, IoError, Segment};
+use crate::workers::Workers;
+use crate::Config;
+
+/// Most client connections at once; more are refused with an error.
+const MAX_CONNECTIONS: usize = 1024;
+/// Time a new connection has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest segment (the kernel's memfd limit is far higher; this bounds page-table metadata).
+const MAX_SEGMENT_BYTES: u64 = 64 << 40;
+
+pub struct Daemon {
+    pub config: Config,
+    pub uffd_mode: String,
+    catalog: Mutex<Catalog>,
+    segments: RwLock<HashMap<String, Arc<Segment>>>,
+    workers: Arc<Workers>,
+    next_attach: AtomicU64,
+    connections: AtomicUsize,
+}
+
+type Reply = (Response, Option<Arc<Segment>>);
+
+fn err(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+fn io_err(e: IoError) -> Response {
+    let code = match e {
+        IoError::OutOfRange { .. } => ErrorCode::InvalidArgument,
+        IoError::Poisoned { .. } => ErrorCode::Poisoned,
+        IoError::Mapper { .. } | IoError::Memfd { .. } => ErrorCode::Io,
+    };
+    err(code, e.to_string())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn open_mapper(backing: &Backing, size: Option<u64>) -> Result<(Box<dyn Mapper>, u64), String> {
+    match backing {
+        Backing::Zero => {
+            let size = size.ok_or("a zero segment needs --size")?;
+            Ok((Box::new(ZeroMapper), size))
+        }
+        Backing::File { path } => {
+            let p = Path::new(path);
+            if !p.is_absolute() {
+                return Err(format!("file backing path {path:?} must be absolute"));
+            }
+            let m = FileMapper::open(p, size)
+                .map_err(|e| format!("opening backing file {path}: {e}"))?;
+            let len = m
+                .len_bytes()
+                .map_err(|e| format!("reading the size of {path}: {e}"))?;
+            let size = size.unwrap_or(len);
+            Ok((Box::new(m), size))
+        }
+    }
+}
+
+impl Daemon {
+    pub fn new(config: Config, uffd_mode: String) -> Result<Arc<Daemon>, String> {
+        let catalog = Catalog::open(&config.data_dir).map_err(|e| e.to_string())?;
+        let mut segments = HashMap::new();
+        for info in catalog.segments() {
+            let size = Some(info.size_bytes);
+            match open_mapper(&info.backing, size) {
+                Ok((mapper, _)) => {
+                    let seg = Segment::new(info.clone(), mapper)
+                        .map_err(|e| format!("segment {}: creating its memfd: {e}", info.name))?;
+                    segments.insert(info.name.clone(), Arc::new(seg));
+                }
+                Err(e) => log::error!(
+                    "segment {} from the catalog is unavailable: {e}; restore the file or `pagemesh segment rm {}`",
+                    info.name,
+                    info.name
+                ),
+            }
+        }
+        log::info!(
+            "catalog: {} segment(s) loaded from {}",
+            segments.len(),
+            config.data_dir.display()
+        );
+        let workers =
+            Workers::new().map_err(|e| format!("creating the fault workers' epoll: {e}"))?;
+        workers
+            .spawn(config.fault_workers)
+            .map_err(|e| format!("starting fault worker threads: {e}"))?;
+        Ok(Arc::new(Daemon {
+            config,
+            uffd_mode,
+            catalog: Mutex::new(catalog),
+            segments: RwLock::new(segments),
+            workers,
+            next_attach: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Accept connections until the listener fails.
+    pub fn serve(self: &Arc<Self>, listener: UnixListener) -> std::io::Result<()> {
+        for conn in listener.incoming() {
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    continue;
+                }
+            };
+            if self.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                self.connections.fetch_sub(1, Ordering::SeqCst);
+                let _ = write_frame(
+                    &conn,
+                    &err(
+                        ErrorCode::Internal,
+                        format!("the daemon has {MAX_CONNECTIONS} connections; try again later"),
+                    ),
+                    &[],
+                );
+                continue;
+            }
+            let d = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("client-conn".into())
+                .spawn(move || {
+                    d.connection(conn);
+                    d.connections.fetch_sub(1, Ordering::SeqCst);
+                });
+            if let Err(e) = spawned {
+                self.connections.fetch_sub(1, Ordering::SeqCst);
+                log::error!("cannot start a connection thread: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    // The error is the reply itself, built once per request: its size does not matter here.
+    #[allow(clippy::result_large_err)]
+    fn segment(&self, name: &str) -> Result<Arc<Segment>, Response> {
+        self.segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::NotFound,
+                    format!("no segment named {name:?} (see `pagemesh segment list`)"),
+                )
+            })
+    }
+
+    fn connection(&self, sock: UnixStream) {
+        let cred = match fdpass::peer_cred(&sock) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("cannot read peer credentials: {e}; closing");
+                return;
+            }
+        };
+        let _ = sock.set_read_timeout(Some(HELLO_TIMEOUT));
+        match read_frame::<Request>(&sock) {
+            Ok((
+                Request::Hello {
+                    magic,
+                    version,
+                    client,
+                },
+                _,
+            )) if magic == MAGIC && version == PROTOCOL_VERSION => {
+                log::debug!(
+                    "client {client:?} connected: pid {} uid {} gid {}",
+                    cred.pid,
+                    cred.uid,
+                    cred.gid
+                );
+                let _ = write_frame(
+                    &sock,
+                    &Response::HelloOk {
+                        version: PROTOCOL_VERSION,
+                        daemon_pid: std::process::id(),
+                    },
+                    &[],
+                );
+            }
+            Ok((Request::Hello { magic, version, .. }, _)) if magic == MAGIC => {
+                log::warn!("pid {}: protocol version {version}, this daemon speaks {PROTOCOL_VERSION}; closing", cred.pid);
+                let _ = write_frame(
+                    &sock,
+                    &err(
+                        ErrorCode::VersionMismatch,
+                        format!("client protocol version {version} but daemon speaks {PROTOCOL_VERSION}: use a pagemesh client of the daemon's version"),
+                    ),
+                    &[],
+                );
+                return;
+            }
+            Ok(_) | Err(FrameError::Malformed(_)) | Err(FrameError::TooLarge(_)) => {
+                log::warn!(
+                    "pid {} (uid {}): no valid hello; closing",
+                    cred.pid,
+                    cred.uid
+                );
+                let _ = write_frame(
+                    &sock,
+                    &err(
+                        ErrorCode::Protocol,
+                        "expected a pagemesh hello first; closing",
+                    ),
+                    &[],
+                );
+                return;
+            }
+            Err(e) => {
+                log::debug!("pid {}: connection ended before hello: {e}", cred.pid);
+                return;
+            }
+        }
+        let _ = sock.set_read_timeout(None);
+        let mut pending_attach: Option<(u64, Arc<Segment>)> = None;
+        loop {
+            let (req, fds) = match read_frame::<Request>(&sock) {
+                Ok(r) => r,
+                Err(FrameError::Closed) => return,
+                Err(e @ (FrameError::Malformed(_) | FrameError::TooLarge(_))) => {
+                    log::warn!("pid {}: {e}; disconnecting it", cred.pid);
+                    let _ = write_frame(
+                        &sock,
+                        &err(ErrorCode::Protocol, format!("{e}; closing")),
+                        &[],
+                    );
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("pid {}: {e}", cred.pid);
+                    return;
+                }
+            };
+            if let Request::RegisterUffd {
+                attach_id,
+                base,
+                len,
+            } = req
+            {
+                match pending_attach.take() {
+                    Some((id, seg)) if id == attach_id => {
+                        self.lease(sock, cred.pid, id, seg, base, len, fds);
+                    }
+                    _ => {
+                        let _ = write_frame(
+                            &sock,
+                            &err(
+                                ErrorCode::Protocol,
+                                "RegisterUffd without a matching Attach",
+                            ),
+                            &[],
+                        );
+                    }
+                }
+                return;
+            }
+            let (resp, memfd_of) = self.handle(req);
+            let fds: Vec<_> = memfd_of.iter().map(|s| s.memfd().as_fd()).collect();
+            if let (Response::Attached { attach_id, .. }, Some(seg)) = (&resp, &memfd_of) {
+                pending_attach = Some((*attach_id, Arc::clone(seg)));
+            }
+            if let Err(e) = write_frame(&sock, &resp, &fds) {
+                log::debug!("pid {}: reply failed: {e}", cred.pid);
+                return;
+            }
+        }
+    }
+
+    /// Turn the connection into an attachment lease: serve the uffd until the connection closes.
+    #[allow(clippy::too_many_arguments)]
+    fn lease(
+        &self,
+        sock: UnixStream,
+        pid: i32,
+        id: u64,
+        seg: Arc<Segment>,
+        base: u64,
+        len: u64,
+        mut fds: Vec<std::os::fd::OwnedFd>,
+    ) {
+        if fds.len() != 1 || len != seg.mapped_len() || !base.is_multiple_of(PAGE_SIZE) {
+            let _ = write_frame(
+                &sock,
+                &err(
+                    ErrorCode::InvalidArgument,
+                    format!("RegisterUffd needs exactly one uffd and the whole mapping ({} bytes, page-aligned)", seg.mapped_len()),
+                ),
+                &[],
+            );
+            return;
+        }
+        let uffd = Uffd::from_owned(fds.pop().expect("one fd"));
+        let att = Arc::new(Attachment {
+            id,
+            pid,
+            uffd,
+            base,
+            len,
+            segment: Arc::clone(&seg),
+        });
+        if let Err(e) = self.workers.add(att) {
+            let _ = write_frame(
+                &sock,
+                &err(ErrorCode::Internal, format!("cannot watch the uffd: {e}")),
+                &[],
+            );
+            return;
+        }
+        log::info!(
+            "pid {pid} attached segment {} at {base:#x} (attachment {id})",
+            seg.info.name
+        );
+        if write_frame(&sock, &Response::Registered, &[]).is_ok() {
+            // Nothing more is expected on a lease: any frame or the close ends it.
+            let _ = read_frame::<Request>(&sock);
+        }
+        self.workers.remove(id);
+        log::info!(
+            "pid {pid} detached segment {} (attachment {id})",
+            seg.info.name
+        );
+    }
+
+    fn handle(&self, req: Request) -> Reply {
+        let r = |resp| (resp, None);
+        match req {
+            Request::Hello { .. } => r(err(ErrorCode::Protocol, "hello sent twice")),
+            Request::CreateSegment {
+                name,
+                size_bytes,
+                backing,
+            } => r(self.create(name, size_bytes, backing)),
+            Request::ListSegments => {
+                let mut v: Vec<SegmentInfo> = self
+                    .segments
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .map(|s| s.info.clone())
+                    .collect();
+                v.sort_by(|a, b| a.name.cmp(&b.name));
+                r(Response::Segments(v))
+            }
+            Request::StatSegment { name } => r(self
+                .segment(&name)
+                .map(|s| Response::Stat(s.stat()))
+                .unwrap_or_else(|e| e)),
+            Request::SyncSegment { name } => r(match self.segment(&name) {
+                Ok(s) => match s.sync() {
+                    Ok(pages_written) => Response::Synced { pages_written },
+                    Err(e) => io_err(e),
+                },
+                Err(e) => e,
+            }),
+            Request::RemoveSegment { name } => r(self.remove(&name)),
+            Request::ReadAt { name, offset, len } => r(match self.segment(&name) {
+                Ok(_) if len > MAX_IO_CHUNK_BYTES => err(
+                    ErrorCode::InvalidArgument,
+                    format!("read of {len} bytes exceeds {MAX_IO_CHUNK_BYTES} per request"),
+                ),
+                Ok(s) => {
+                    let mut buf = vec![0u8; len as usize];
+                    match s.read_at(offset, &mut buf) {
+                        Ok(()) => Response::Data(buf),
+                        Err(e) => io_err(e),
+                    }
+                }
+                Err(e) => e,
+            }),
+            Request::WriteAt { name, offset, data } => r(match self.segment(&name) {
+                Ok(s) => match s.write_at(offset, &data) {
+                    Ok(()) => Response::Written {
+                        bytes: data.len() as u64,
+                    },
+                    Err(e) => io_err(e),
+                },
+                Err(e) => e,
+            }),
+            Request::ClearPoison { name } => r(match self.segment(&name) {
+                Ok(s) => Response::PoisonCleared {
+                    pages: s.clear_poison(),
+                },
+                Err(e) => e,
+            }),
+            Request::Attach { name } => match self.segment(&name) {
+                Ok(s) => {
+                    let attach_id = self.next_attach.fetch_add(1, Ordering::Relaxed);
+                    (
+                        Response::Attached {
+                            info: s.info.clone(),
+                            attach_id,
+                        },
+                        Some(s),
+                    )
+                }
+                Err(e) => r(e),
+            },
+            Request::RegisterUffd { .. } => unreachable!("handled by the connection loop"),
+            Request::DaemonStatus => r(Response::Status(DaemonInfo {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                uffd_mode: self.uffd_mode.clone(),
+                fault_workers: self.config.fault_workers as u32,
+                segments: self
+                    .segments
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .len() as u64,
+                attached_clients: self.workers.count() as u64,
+                data_dir: self.config.data_dir.display().to_string(),
+            })),
+        }
+    }
+
+    fn create(&self, name: String, size: Option<u64>, backing: Backing) -> Response {
+        if !valid_name(&name) {
+            return err(
+                ErrorCode::InvalidArgument,
+                format!("invalid segment name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"),
+            );
+        }
+        if size == Some(0) {
+            return err(
+                ErrorCode::InvalidArgument,
+                "segment size must be at least one byte",
+            );
+        }
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        if self
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&name)
+        {
+            return err(
+                ErrorCode::AlreadyExists,
+                format!("segment {name:?} already exists (`pagemesh segment rm {name}` first)"),
+            );
+        }
+        let (mapper, size) = match open_mapper(&backing, size) {
+            Ok(m) => m,
+            Err(e) => return err(ErrorCode::InvalidArgument, format!("segment {name}: {e}")),
+        };
+        if size == 0 || size > MAX_SEGMENT_BYTES {
+            return err(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "segment {name}: size {} is outside 1B..{}",
+                    ByteSize(size),
+                    ByteSize(MAX_SEGMENT_BYTES)
+                ),
+            );
+        }
+        let info = SegmentInfo {
+            name: name.clone(),
+            id: catalog.next_id(),
+            size_bytes: size,
+            backing,
+        };
+        let seg = match Segment::new(info.clone(), mapper) {
+            Ok(s) => s,
+            Err(e) => {
+                return err(
+                    ErrorCode::Io,
+                    format!("segment {name}: creating its memfd: {e}"),
+                )
+            }
+        };
+        if let Err(e) = catalog.add(&info) {
+            return err(ErrorCode::Io, e.to_string());
+        }
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), Arc::new(seg));
+        log::info!(
+            "created segment {name}: {} backed by {}",
+            ByteSize(size),
+            info.backing
+        );
+        Response::Segment(info)
+    }
+
+    fn remove(&self, name: &str) -> Response {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        let seg = match self.segment(name) {
+            Ok(s) => s,
+            Err(e) => return e,
+        };
+        let pids = seg.attached_pids();
+        if !pids.is_empty() {
+            return err(
+                ErrorCode::InvalidArgument,
+                format!("segment {name} is attached by pid(s) {pids:?}; end those processes or detach first"),
+            );
+        }
+        if let Err(e) = catalog.remove(name) {
+            return err(ErrorCode::Io, e.to_string());
+        }
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        log::info!("removed segment {name}");
+        Response::Removed
+    }
+}

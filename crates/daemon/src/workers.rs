@@ -1,0 +1,146 @@
+//! The fault worker pool: N threads share one epoll over the uffds of every attached process.
+//!
+//! Each uffd is registered one-shot: the worker that wakes for it reads a batch of messages,
+//! re-arms it at once (so another worker can take the next batch of the same process while this
+//! one serves), then resolves its batch. Page-level serialisation is the segment's stripe lock.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use pagemesh_types::PAGE_SIZE;
+use pagemesh_uffd::poll::Epoll;
+use pagemesh_uffd::Event;
+
+use crate::segment::Attachment;
+
+/// Most messages one worker takes from one uffd at a time.
+const BATCH: usize = 16;
+/// Bound on one epoll wait (workers live as long as the daemon).
+const IDLE_WAIT_MS: i32 = 500;
+
+pub struct Workers {
+    epoll: Epoll,
+    attachments: RwLock<HashMap<u64, Arc<Attachment>>>,
+}
+
+impl Workers {
+    pub fn new() -> std::io::Result<Arc<Workers>> {
+        Ok(Arc::new(Workers {
+            epoll: Epoll::new()?,
+            attachments: RwLock::new(HashMap::new()),
+        }))
+    }
+
+    pub fn spawn(self: &Arc<Self>, n: usize) -> std::io::Result<Vec<JoinHandle<()>>> {
+        (0..n)
+            .map(|i| {
+                let w = Arc::clone(self);
+                std::thread::Builder::new()
+                    .name(format!("fault-worker-{i}"))
+                    .spawn(move || w.run())
+            })
+            .collect()
+    }
+
+    /// Start serving an attachment's faults.
+    pub fn add(&self, a: Arc<Attachment>) -> std::io::Result<()> {
+        self.attachments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(a.id, Arc::clone(&a));
+        a.segment.attach(Arc::clone(&a));
+        if let Err(e) = self.epoll.add(a.uffd.as_fd(), a.id) {
+            self.remove(a.id);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Stop serving an attachment (its process detached or died).
+    pub fn remove(&self, id: u64) -> Option<Arc<Attachment>> {
+        let a = self
+            .attachments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)?;
+        let _ = self.epoll.remove(a.uffd.as_fd());
+        a.segment.detach(id);
+        Some(a)
+    }
+
+    pub fn count(&self) -> usize {
+        self.attachments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    fn run(&self) {
+        let mut tokens = Vec::with_capacity(8);
+        let mut events = Vec::with_capacity(BATCH);
+        let mut scratch = vec![0u8; PAGE_SIZE as usize];
+        loop {
+            tokens.clear();
+            if let Err(e) = self.epoll.wait(&mut tokens, 8, IDLE_WAIT_MS) {
+                log::error!("fault worker: epoll_wait failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+            for &t in &tokens {
+                let Some(a) = self
+                    .attachments
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&t)
+                    .cloned()
+                else {
+                    continue;
+                };
+                events.clear();
+                let read = a.uffd.read_events(&mut events, BATCH);
+                // ENOENT here means the attachment was removed meanwhile: nothing to re-arm.
+                let _ = self.epoll.rearm(a.uffd.as_fd(), t);
+                if let Err(e) = read {
+                    log::error!("pid {}: reading its uffd failed: {e}; detaching it", a.pid);
+                    self.remove(a.id);
+                    continue;
+                }
+                for ev in &events {
+                    serve(&a, ev, &mut scratch);
+                }
+            }
+        }
+    }
+}
+
+fn serve(a: &Attachment, ev: &Event, scratch: &mut [u8]) {
+    match *ev {
+        Event::PageFault {
+            address,
+            kind,
+            write,
+            ..
+        } => {
+            if address < a.base || address >= a.base + a.len {
+                log::error!(
+                    "pid {}: fault at {address:#x} outside its mapping {:#x}+{:#x}; waking it",
+                    a.pid,
+                    a.base,
+                    a.len
+                );
+                let _ = a.uffd.wake(address & !(PAGE_SIZE - 1), PAGE_SIZE);
+                return;
+            }
+            let page = (address - a.base) / PAGE_SIZE;
+            a.segment.resolve_fault(a, page, kind, write, scratch);
+        }
+        Event::Other { event } => {
+            log::warn!(
+                "pid {}: unexpected uffd event {event} (pagemesh enables none); ignored",
+                a.pid
+            );
+        }
+    }
+}
