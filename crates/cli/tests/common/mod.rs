@@ -1,0 +1,196 @@
+//! Test harness: a real daemon process in a temp dir, killed (by its pid) and cleaned up on drop,
+//! and bounded runs of the `pagemesh` command.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pagemesh");
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("pagemesh-test-")
+            .tempdir()
+            .expect("temp dir");
+        let socket = dir.path().join("pm.sock");
+        let data_dir = dir.path().join("data");
+        let mut d = Daemon {
+            dir,
+            socket,
+            data_dir,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Start (or restart) the daemon process and wait (bounded) until it answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args([
+                "daemon",
+                "--log-level",
+                "debug",
+                "--workers",
+                "2",
+                "--data-dir",
+            ])
+            .arg(&self.data_dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pagemesh::Client::connect(&self.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL the daemon (a process this test started) and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> pagemesh::Client {
+        pagemesh::Client::connect(&self.socket).expect("connect")
+    }
+
+    /// Run `pagemesh --socket S args...` to completion (bounded).
+    pub fn run(&self, args: &[&str]) -> Out {
+        self.run_stdin(args, &[])
+    }
+
+    pub fn run_stdin(&self, args: &[&str], stdin: &[u8]) -> Out {
+        let child = self.spawn_cmd(args, true);
+        finish(child, stdin, Duration::from_secs(120), args)
+    }
+
+    /// Start `pagemesh --socket S args...` without waiting.
+    pub fn spawn_cmd(&self, args: &[&str], piped_stdin: bool) -> Child {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(if piped_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pagemesh")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Out {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn ok(self) -> Out {
+        assert!(
+            self.status.success(),
+            "command failed ({}): {}{}",
+            self.status,
+            self.stdout_str(),
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Wait for a child with a bound; kill it (we started it) if it overruns.
+pub fn finish(mut child: Child, stdin: &[u8], timeout: Duration, what: &[&str]) -> Out {
+    if let Some(mut s) = child.stdin.take() {
+        s.write_all(stdin).expect("write stdin");
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let o = child.wait_with_output().expect("output");
+    Out {
+        status: o.status,
+        stdout: o.stdout,
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// The memtest pattern, written independently of the CLI's implementation.
+pub fn pattern_word(seed: u64, offset: u64) -> u64 {
+    let mut z = seed
+        .wrapping_add(offset / 8)
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+pub fn stat_json(d: &Daemon, name: &str) -> serde_json::Value {
+    let out = d.run(&["segment", "stat", name, "--json"]).ok();
+    serde_json::from_slice(&out.stdout).expect("stat --json is JSON")
+}
+
+pub fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).expect("metadata").len()
+}
