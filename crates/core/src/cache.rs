@@ -3,8 +3,8 @@
 
 use crate::coverage::Branch;
 use crate::ids::{
-    Access, CacheState, CallId, CallResult, FaultId, FaultResult, PageData, PageKey, ReqId,
-    TxnId, Version, Want,
+    Access, CacheState, CallId, CallResult, FaultId, FaultResult, PageData, PageKey, ReqId, TxnId,
+    Version, Want,
 };
 use crate::io::Io;
 use crate::msg::{DenyReason, Msg};
@@ -28,6 +28,8 @@ struct Waiter {
     fault: FaultId,
     access: Access,
     deadline_ms: u64,
+    /// Joined a request already sent: a refusal decided before it faulted does not apply.
+    late: bool,
 }
 
 /// An `Acquire` in flight for one page (at most one per page).
@@ -80,6 +82,10 @@ impl Cache {
         self.copies.iter().map(|(k, c)| (*k, *c))
     }
 
+    pub fn pending_want(&self, page: PageKey) -> Option<Want> {
+        self.pending.get(&page).map(|p| p.want)
+    }
+
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.calls.is_empty()
     }
@@ -107,7 +113,14 @@ impl Cache {
     }
 
     /// A local fault on `page` (whose home is `home`).
-    pub fn fault(&mut self, io: &mut Io, home: NodeId, fault: FaultId, page: PageKey, access: Access) {
+    pub fn fault(
+        &mut self,
+        io: &mut Io,
+        home: NodeId,
+        fault: FaultId,
+        page: PageKey,
+        access: Access,
+    ) {
         if Self::satisfies(self.copies.get(&page), access) {
             io.hit(Branch::FaultHit);
             io.emit(Output::FaultDone {
@@ -121,8 +134,13 @@ impl Cache {
             fault,
             access,
             deadline_ms: io.now_ms.saturating_add(io.timing.fault_timeout_ms),
+            late: false,
         };
         if let Some(p) = self.pending.get_mut(&page) {
+            let waiter = Waiter {
+                late: true,
+                ..waiter
+            };
             // Writers joining a Shared request are re-requested when it is granted.
             io.hit(Branch::FaultJoinPending);
             p.waiters.push(waiter);
@@ -140,7 +158,14 @@ impl Cache {
         self.start_acquire(io, home, page, want, vec![waiter]);
     }
 
-    fn start_acquire(&mut self, io: &mut Io, home: NodeId, page: PageKey, want: Want, waiters: Vec<Waiter>) {
+    fn start_acquire(
+        &mut self,
+        io: &mut Io,
+        home: NodeId,
+        page: PageKey,
+        want: Want,
+        waiters: Vec<Waiter>,
+    ) {
         let req = self.new_req();
         let msg = self.acquire_msg(page, req, want);
         io.send(home, msg);
@@ -315,19 +340,38 @@ impl Cache {
         };
         io.hit(Branch::DenyPoisoned);
         let DenyReason::Poisoned = reason;
-        for w in p.waiters {
+        let (late, early): (Vec<Waiter>, Vec<Waiter>) = p.waiters.into_iter().partition(|w| w.late);
+        for w in early {
             io.emit(Output::FaultDone {
                 fault: w.fault,
                 page,
                 result: FaultResult::Poisoned,
             });
         }
+        if !late.is_empty() {
+            // They faulted after the request went out: the page may have been cleared since.
+            io.hit(Branch::DenyRetryLateWaiters);
+            let want = if late.iter().any(|w| w.access == Access::Write) {
+                Want::Exclusive
+            } else {
+                Want::Shared
+            };
+            let late = late.into_iter().map(|w| Waiter { late: false, ..w }).collect();
+            self.start_acquire(io, p.home, page, want, late);
+        }
     }
 
     fn on_fetch(&mut self, io: &mut Io, from: NodeId, page: PageKey, txn: TxnId, then: CacheState) {
         let Some(c) = self.copies.get_mut(&page) else {
             io.hit(Branch::FetchNoCopy);
-            io.send(from, Msg::FetchReply { page, txn, copy: None });
+            io.send(
+                from,
+                Msg::FetchReply {
+                    page,
+                    txn,
+                    copy: None,
+                },
+            );
             return;
         };
         if c.grant >= txn {

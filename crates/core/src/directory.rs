@@ -5,10 +5,12 @@
 
 use crate::config::SegmentInfo;
 use crate::coverage::Branch;
-use crate::ids::{CacheState, MapperError, MapperToken, PageData, PageKey, ReqId, TxnId, Version, Want};
+use crate::ids::{
+    CacheState, MapperError, MapperToken, PageData, PageKey, ReqId, TxnId, Version, Want,
+};
 use crate::io::Io;
 use crate::msg::{DenyReason, Msg};
-use crate::output::{Event, Output};
+use crate::output::Event;
 use pagemesh_types::{NodeId, SegmentId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -56,7 +58,10 @@ pub(crate) enum Stage {
     /// The `GrantAck` for `msg`.
     Grant { to: NodeId, msg: Msg },
     /// A mapper write of `version`.
-    MapperWrite { token: MapperToken, version: Version },
+    MapperWrite {
+        token: MapperToken,
+        version: Version,
+    },
 }
 
 /// The transaction in progress on a page.
@@ -418,7 +423,14 @@ impl Directory {
             if req <= r {
                 io.hit(Branch::SyncDuplicate);
                 if let (true, Some(failed_pages)) = (req == r, res) {
-                    io.send(from, Msg::SyncDone { seg, req, failed_pages });
+                    io.send(
+                        from,
+                        Msg::SyncDone {
+                            seg,
+                            req,
+                            failed_pages,
+                        },
+                    );
                 }
                 return;
             }
@@ -432,7 +444,14 @@ impl Directory {
         if dirty.is_empty() {
             io.hit(Branch::SyncEmpty);
             self.syncs_served.insert((from, seg), (req, Some(0)));
-            io.send(from, Msg::SyncDone { seg, req, failed_pages: 0 });
+            io.send(
+                from,
+                Msg::SyncDone {
+                    seg,
+                    req,
+                    failed_pages: 0,
+                },
+            );
             return;
         }
         io.hit(Branch::SyncStarted);
@@ -468,7 +487,8 @@ impl Directory {
         }
         if j.remaining == 0 {
             if let Some(j) = self.jobs.remove(&job) {
-                self.syncs_served.insert((j.node, j.seg), (j.req, Some(j.failed)));
+                self.syncs_served
+                    .insert((j.node, j.seg), (j.req, Some(j.failed)));
                 io.send(
                     j.node,
                     Msg::SyncDone {
@@ -481,7 +501,12 @@ impl Directory {
         }
     }
 
-    pub fn mapper_read_done(&mut self, io: &mut Io, token: MapperToken, result: Result<PageData, MapperError>) {
+    pub fn mapper_read_done(
+        &mut self,
+        io: &mut Io,
+        token: MapperToken,
+        result: Result<PageData, MapperError>,
+    ) {
         let Some(page) = self.mapper.ops.remove(&token) else {
             return;
         };
@@ -489,7 +514,11 @@ impl Directory {
             return;
         };
         let version = p.version;
-        let Some(t) = p.txn.as_mut().filter(|t| t.stage == Stage::MapperRead { token }) else {
+        let Some(t) = p
+            .txn
+            .as_mut()
+            .filter(|t| t.stage == Stage::MapperRead { token })
+        else {
             return;
         };
         match result {
@@ -504,7 +533,12 @@ impl Directory {
         self.advance(io, page);
     }
 
-    pub fn mapper_write_done(&mut self, io: &mut Io, token: MapperToken, result: Result<(), MapperError>) {
+    pub fn mapper_write_done(
+        &mut self,
+        io: &mut Io,
+        token: MapperToken,
+        result: Result<(), MapperError>,
+    ) {
         let Some(page) = self.mapper.ops.remove(&token) else {
             return;
         };
@@ -543,7 +577,13 @@ impl Directory {
             p.cleared.remove(&peer);
             p.queue.retain(|w| w.requester() != Some(peer));
             if let Some(mut t) = p.txn.take() {
-                if t.work.requester() == Some(peer) {
+                if t.work.requester() == Some(peer) && matches!(t.stage, Stage::Inval { .. }) {
+                    // Holders may or may not have dropped their copies: finish invalidating so
+                    // the directory stays exact, then keep the contents if only we have them.
+                    io.hit(Branch::PeerRestartFinishInval);
+                    t.work = Work::Flush { job: None };
+                    p.txn = Some(t);
+                } else if t.work.requester() == Some(peer) {
                     let has_current = t.data.as_ref().is_some_and(|(v, _)| *v == p.version);
                     if has_current && p.version > p.durable && p.holders().is_empty() {
                         // The requester held nothing; the contents it was going to get exist
@@ -605,7 +645,14 @@ impl Directory {
             match &t.stage {
                 Stage::Fetch { from, then } => {
                     io.hit(Branch::HomeRetransmit);
-                    io.send(*from, Msg::Fetch { page: key, txn, then: *then });
+                    io.send(
+                        *from,
+                        Msg::Fetch {
+                            page: key,
+                            txn,
+                            then: *then,
+                        },
+                    );
                 }
                 Stage::Inval { pending } => {
                     io.hit(Branch::HomeRetransmit);

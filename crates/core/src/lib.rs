@@ -37,8 +37,8 @@ pub use config::{Backing, InjectedBugs, NodeConfig, SegmentInfo, Timing};
 pub use coverage::{Branch, Coverage};
 pub use directory::DirView;
 pub use ids::{
-    Access, CacheState, CallId, CallResult, Epoch, FaultId, FaultResult, MapperError,
-    MapperToken, PageData, PageKey, ReqId, TxnId, Version, Want,
+    Access, CacheState, CallId, CallResult, Epoch, FaultId, FaultResult, MapperError, MapperToken,
+    PageData, PageKey, ReqId, TxnId, Version, Want,
 };
 pub use msg::{DenyReason, Envelope, Msg};
 pub use node::Node;

@@ -218,7 +218,9 @@ impl fmt::Display for Msg {
             Msg::Deny { page, req, reason } => write!(f, "Deny {page} req{} {reason:?}", req.0),
             Msg::Fetch { page, txn, then } => write!(f, "Fetch {page} txn{} then={then:?}", txn.0),
             Msg::FetchReply { page, txn, copy } => match copy {
-                Some((v, d)) => write!(f, "FetchReply {page} txn{} v{} {}", txn.0, v.0, data_str(d)),
+                Some((v, d)) => {
+                    write!(f, "FetchReply {page} txn{} v{} {}", txn.0, v.0, data_str(d))
+                }
                 None => write!(f, "FetchReply {page} txn{} none", txn.0),
             },
             Msg::Inval { page, txn } => write!(f, "Inval {page} txn{}", txn.0),

@@ -8,7 +8,7 @@ use crate::coverage::{Branch, Coverage};
 use crate::directory::{DirView, Directory};
 use crate::ids::{
     Access, CallId, CallResult, Epoch, FaultId, FaultResult, MapperError, MapperToken, PageData,
-    PageKey,
+    PageKey, Want,
 };
 use crate::io::Io;
 use crate::msg::{Envelope, Msg};
@@ -88,7 +88,10 @@ impl Node {
     pub fn step(&mut self, now_ms: u64, env: Envelope) {
         self.io.now_ms = now_ms;
         if env.to != self.io.id {
-            self.io.protocol_error(format!("{} got a message for {}: {}", self.io.id, env.to, env.msg));
+            self.io.protocol_error(format!(
+                "{} got a message for {}: {}",
+                self.io.id, env.to, env.msg
+            ));
             return;
         }
         let from = env.from;
@@ -187,7 +190,10 @@ impl Node {
             return;
         };
         self.cache
-            .call(&mut self.io, home, call, |req| Msg::ClearPoison { page, req });
+            .call(&mut self.io, home, call, |req| Msg::ClearPoison {
+                page,
+                req,
+            });
     }
 
     /// Give this node's copy of `page` back (memory pressure).
@@ -200,13 +206,23 @@ impl Node {
     }
 
     /// A [`Output::MapperRead`] finished.
-    pub fn mapper_read_done(&mut self, now_ms: u64, token: MapperToken, result: Result<PageData, MapperError>) {
+    pub fn mapper_read_done(
+        &mut self,
+        now_ms: u64,
+        token: MapperToken,
+        result: Result<PageData, MapperError>,
+    ) {
         self.io.now_ms = now_ms;
         self.dir.mapper_read_done(&mut self.io, token, result);
     }
 
     /// A [`Output::MapperWrite`] finished.
-    pub fn mapper_write_done(&mut self, now_ms: u64, token: MapperToken, result: Result<(), MapperError>) {
+    pub fn mapper_write_done(
+        &mut self,
+        now_ms: u64,
+        token: MapperToken,
+        result: Result<(), MapperError>,
+    ) {
         self.io.now_ms = now_ms;
         self.dir.mapper_write_done(&mut self.io, token, result);
     }
@@ -214,6 +230,11 @@ impl Node {
     /// This node's copy of `page`, if it holds one.
     pub fn copy(&self, page: PageKey) -> Option<CopyInfo> {
         self.cache.copy(page)
+    }
+
+    /// What this node is asking the home for on `page`, if a request is in flight.
+    pub fn pending_request(&self, page: PageKey) -> Option<Want> {
+        self.cache.pending_want(page)
     }
 
     /// Every copy this node holds.

@@ -135,7 +135,13 @@ fn fetch(cx: &mut Cx, t: &mut Txn, from: NodeId, then: CacheState) -> Source {
 
 /// Get the current version into `t.data`: from the owner, a sharer (other than `exclude`), the
 /// zero page or the mapper.
-fn obtain_data(cx: &mut Cx, p: &DirPage, t: &mut Txn, exclude: Option<NodeId>, owner_then: CacheState) -> Source {
+fn obtain_data(
+    cx: &mut Cx,
+    p: &DirPage,
+    t: &mut Txn,
+    exclude: Option<NodeId>,
+    owner_then: CacheState,
+) -> Source {
     if t.data.as_ref().is_some_and(|(v, _)| *v == p.version) {
         return Source::Ready;
     }
@@ -171,7 +177,10 @@ fn obtain_data(cx: &mut Cx, p: &DirPage, t: &mut Txn, exclude: Option<NodeId>, o
         cx.io.hit(Branch::HomeMapperRead);
         let token = cx.mapper.start(cx.key);
         t.stage = Stage::MapperRead { token };
-        cx.io.emit(Output::MapperRead { token, page: cx.key });
+        cx.io.emit(Output::MapperRead {
+            token,
+            page: cx.key,
+        });
         return Source::Waiting;
     }
     Source::Lost
@@ -235,7 +244,13 @@ fn plan_acquire(
         if !others.is_empty() {
             cx.io.hit(Branch::HomeInvalidate);
             for n in &others {
-                cx.io.send(*n, Msg::Inval { page: cx.key, txn: t.id });
+                cx.io.send(
+                    *n,
+                    Msg::Inval {
+                        page: cx.key,
+                        txn: t.id,
+                    },
+                );
             }
             if cx.io.bugs.skip_one_inval_ack && others.len() >= 2 {
                 // Injected bug: forget to wait for the last holder's ack.
@@ -288,7 +303,12 @@ fn plan_acquire(
 }
 
 /// Write the current version to the mapper, fetching it first if needed.
-fn write_current(cx: &mut Cx, p: &mut DirPage, t: &mut Txn, owner_then: CacheState) -> Option<Progress> {
+fn write_current(
+    cx: &mut Cx,
+    p: &mut DirPage,
+    t: &mut Txn,
+    owner_then: CacheState,
+) -> Option<Progress> {
     match obtain_data(cx, p, t, None, owner_then) {
         Source::Ready => {}
         Source::Waiting => return Some(Progress::Wait),
@@ -337,7 +357,13 @@ fn plan_evict(cx: &mut Cx, p: &mut DirPage, t: &mut Txn, node: NodeId) -> Progre
         return write_current(cx, p, t, CacheState::Shared).unwrap_or(Progress::Done(false));
     }
     cx.io.hit(Branch::HomeEvictInval);
-    cx.io.send(node, Msg::Inval { page: cx.key, txn: t.id });
+    cx.io.send(
+        node,
+        Msg::Inval {
+            page: cx.key,
+            txn: t.id,
+        },
+    );
     t.stage = Stage::Inval {
         pending: BTreeSet::from([node]),
     };

@@ -1,0 +1,102 @@
+//! Invariants checked after every event, and what a crash may legitimately lose.
+
+use crate::world::{fail, Ev, Violation, World};
+use pagemesh_core::{CacheState, PageKey, Want};
+use pagemesh_types::NodeId;
+
+impl World {
+    /// Single writer or many readers per page; every valid copy holds the latest write; memory
+    /// and cache state agree.
+    pub(crate) fn check_every_step(&self) -> Result<(), Violation> {
+        for (page, m) in &self.model.pages {
+            let mut exclusive = Vec::new();
+            let mut shared = Vec::new();
+            for (i, n) in self.nodes.iter().enumerate() {
+                let Some(core) = &n.core else {
+                    continue;
+                };
+                let copy = core.copy(*page);
+                let mem = n.mem.get(page);
+                match (copy, mem) {
+                    (Some(c), Some(v)) => {
+                        if c.state.is_exclusive() {
+                            exclusive.push(i);
+                        } else {
+                            shared.push(i);
+                        }
+                        if !m.poisoned && *v != m.value {
+                            return Err(fail(
+                                self,
+                                Some(*page),
+                                format!(
+                                    "node{i} holds {page} ({:?} v{}) = {v}, but the latest write is {}",
+                                    c.state, c.version.0, m.value
+                                ),
+                            ));
+                        }
+                    }
+                    (None, None) => {}
+                    (c, v) => {
+                        return Err(fail(
+                            self,
+                            Some(*page),
+                            format!("node{i}: cache state {c:?} disagrees with memory {v:?} for {page}"),
+                        ))
+                    }
+                }
+            }
+            if exclusive.len() > 1 || (!exclusive.is_empty() && !shared.is_empty()) {
+                return Err(fail(
+                    self,
+                    Some(*page),
+                    format!(
+                        "single writer broken on {page}: exclusive on {exclusive:?}, shared on {shared:?}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Before node `i` crashes: which pages may now be lost (and so may be poisoned). A page
+    /// may be lost if the node held (or was being granted) its exclusive copy, or held a copy,
+    /// or was sending its data, while the latest write was not yet synced.
+    pub(crate) fn mark_lost_by_crash(&mut self, i: usize) {
+        let me = NodeId(i as u32);
+        let pages: Vec<PageKey> = self.model.pages.keys().copied().collect();
+        for page in pages {
+            let copy = self.nodes[i].core.as_ref().and_then(|c| c.copy(page));
+            let home = self.segs.iter().find(|s| s.id == page.seg).map(|s| s.home);
+            let dir = home.and_then(|h| {
+                self.nodes[h.0 as usize]
+                    .core
+                    .as_ref()
+                    .and_then(|c| c.dir_page(page))
+            });
+            let dir_owner = dir.as_ref().is_some_and(|d| d.owner == Some(me));
+            let dir_sharer = dir.as_ref().is_some_and(|d| d.sharers.contains(&me));
+            let in_flight = self.data_in_flight_from(me, page);
+            // A node that dies while asking for write access may have been granted it (and
+            // written) without the home hearing back: the home must assume the worst.
+            let acquiring = self.nodes[i]
+                .core
+                .as_ref()
+                .is_some_and(|c| c.pending_request(page) == Some(Want::Exclusive));
+            let involved = copy.is_some() || dir_owner || dir_sharer || in_flight || acquiring;
+            let exclusive = dir_owner
+                || acquiring
+                || copy.is_some_and(|c| c.state == CacheState::Modified);
+            let m = self.model.pages.entry(page).or_default();
+            if involved && (!m.synced || exclusive) {
+                m.poison_ok = true;
+            }
+        }
+    }
+
+    fn data_in_flight_from(&self, from: NodeId, page: PageKey) -> bool {
+        self.pending_events().any(|ev| match ev {
+            Ev::Deliver(env) => env.from == from && env.msg.page() == Some(page) && env.msg.carries_data(),
+            _ => false,
+        })
+    }
+}

@@ -1,0 +1,167 @@
+//! `pagemesh-sim`: run the deterministic simulator on one seed or many.
+
+#![forbid(unsafe_code)]
+
+use pagemesh_core::Branch;
+use pagemesh_sim::{run_seed, run_seeds, SimConfig};
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: pagemesh-sim (--seed S | --seeds N [--start S]) [options]
+  --seed S            run one seed and print a summary
+  --seeds N           run N seeds; ends with 'N seeds passed' or the first failing seed
+  --start S           first seed for --seeds (default 0)
+  --threads T         threads for --seeds (default: available cores)
+  --nodes N           nodes (default 4; nodes 0 and 1 are homes, the others may crash)
+  --pages P           pages per segment (default 6)
+  --ops N             operations per simulated process (default 40; two processes per node)
+  --drop R            message drop probability (default 0.05)
+  --dup R             message duplication probability (default 0.03)
+  --max-delay MS      largest network delay (default 20)
+  --crash R           crash probability per 10 ms tick (default 0.004)
+  --partition R       partition probability per 10 ms tick (default 0.004)
+  --mapper-ms MS      largest mapper latency (default 15)
+  --inject-bug        switch on the core's injected bug (skip one invalidation ack)
+  --coverage          list protocol branches no seed reached
+  --trace             print the full trace of a single seed";
+
+struct Args {
+    seed: Option<u64>,
+    seeds: Option<u64>,
+    start: u64,
+    threads: usize,
+    coverage: bool,
+    cfg: SimConfig,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        seed: None,
+        seeds: None,
+        start: 0,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        coverage: false,
+        cfg: SimConfig::default(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || {
+            it.next()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
+            v.parse()
+                .map_err(|_| format!("{flag}: cannot parse {v:?} as a number\n{USAGE}"))
+        }
+        match flag.as_str() {
+            "--seed" => a.seed = Some(num(&flag, val()?)?),
+            "--seeds" => a.seeds = Some(num(&flag, val()?)?),
+            "--start" => a.start = num(&flag, val()?)?,
+            "--threads" => a.threads = num(&flag, val()?)?,
+            "--nodes" => a.cfg.nodes = num(&flag, val()?)?,
+            "--pages" => a.cfg.pages = num(&flag, val()?)?,
+            "--ops" => a.cfg.ops_per_process = num(&flag, val()?)?,
+            "--drop" => a.cfg.drop_rate = num(&flag, val()?)?,
+            "--dup" => a.cfg.dup_rate = num(&flag, val()?)?,
+            "--max-delay" => a.cfg.max_delay_ms = num(&flag, val()?)?,
+            "--crash" => a.cfg.crash_rate = num(&flag, val()?)?,
+            "--partition" => a.cfg.partition_rate = num(&flag, val()?)?,
+            "--mapper-ms" => a.cfg.max_mapper_ms = num(&flag, val()?)?,
+            "--inject-bug" => a.cfg.inject_bug = true,
+            "--coverage" => a.coverage = true,
+            "--trace" => a.cfg.trace = true,
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    if a.cfg.nodes < 3 || a.cfg.pages < 2 || a.cfg.max_delay_ms == 0 || a.cfg.max_mapper_ms == 0 {
+        return Err(format!(
+            "need --nodes >= 3, --pages >= 2, --max-delay >= 1, --mapper-ms >= 1\n{USAGE}"
+        ));
+    }
+    if a.seed.is_none() == a.seeds.is_none() {
+        return Err(format!("give exactly one of --seed and --seeds\n{USAGE}"));
+    }
+    Ok(a)
+}
+
+fn print_coverage(cov: &pagemesh_core::Coverage) {
+    let unreached = cov.unreached();
+    println!(
+        "coverage: {}/{} protocol branches reached",
+        Branch::ALL.len() - unreached.len(),
+        Branch::ALL.len()
+    );
+    for b in Branch::ALL {
+        println!("  {:>10}  {}", cov.count(*b), b.name());
+    }
+    if !unreached.is_empty() {
+        let names: Vec<&str> = unreached.iter().map(|b| b.name()).collect();
+        println!("unreached: {}", names.join(", "));
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(seed) = args.seed {
+        let traced = args.cfg.trace;
+        match run_seed(&args.cfg, seed) {
+            Ok((s, cov)) => {
+                if traced {
+                    let mut w = pagemesh_sim::World::new(args.cfg.clone(), seed);
+                    let _ = w.run();
+                    for l in w.trace() {
+                        println!("{l}");
+                    }
+                }
+                println!(
+                    "seed {seed} passed: {} steps, {} ms simulated; {} reads, {} writes, {} increments, {} SIGBUS, {} syncs, {} evictions; {} messages ({} dropped, {} duplicated); {} crashes, {} partitions, {} pages poisoned",
+                    s.steps, s.time_ms, s.reads, s.writes, s.incrs, s.sigbus, s.syncs, s.evictions, s.sent, s.dropped, s.duplicated, s.crashes, s.partitions, s.poisoned
+                );
+                if args.coverage {
+                    print_coverage(&cov);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(f) => {
+                if traced {
+                    let mut w = pagemesh_sim::World::new(args.cfg.clone(), seed);
+                    let _ = w.run();
+                    for l in w.trace() {
+                        println!("{l}");
+                    }
+                }
+                println!("{f}");
+                ExitCode::FAILURE
+            }
+        }
+    } else {
+        let n = args.seeds.unwrap_or(0);
+        let t0 = std::time::Instant::now();
+        let out = run_seeds(&args.cfg, args.start, n, args.threads);
+        let secs = t0.elapsed().as_secs_f64();
+        if args.coverage {
+            print_coverage(&out.coverage);
+        }
+        match out.failure {
+            None => {
+                let t = &out.total;
+                println!(
+                    "totals: {} reads, {} writes, {} increments, {} SIGBUS, {} syncs; {} messages ({} dropped, {} duplicated); {} crashes, {} partitions, {} poisoned; {:.1} s",
+                    t.reads, t.writes, t.incrs, t.sigbus, t.syncs, t.sent, t.dropped, t.duplicated, t.crashes, t.partitions, t.poisoned, secs
+                );
+                println!("{} seeds passed", out.passed);
+                ExitCode::SUCCESS
+            }
+            Some(f) => {
+                println!("{f}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! The simulated cluster: nodes running the real core, a seeded network, durable mappers and an
+//! event queue in simulated time.
+
+use crate::config::SimConfig;
+use crate::model::Model;
+use crate::rng::Rng;
+use pagemesh_core::{
+    Backing, CallId, Coverage, Envelope, Epoch, FaultId, MapperToken, Node, NodeConfig, PageKey,
+    SegmentInfo, Timing,
+};
+use pagemesh_types::{NodeId, SegmentId};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+/// A broken invariant, with where it broke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Event number at which it was detected.
+    pub step: u64,
+    /// Simulated time.
+    pub time_ms: u64,
+    /// The page involved, if one is.
+    pub page: Option<PageKey>,
+    /// What went wrong.
+    pub what: String,
+}
+
+/// Counts of what a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events processed.
+    pub steps: u64,
+    /// Simulated time at the end.
+    pub time_ms: u64,
+    /// Reads, writes, increments that completed.
+    pub reads: u64,
+    /// Writes completed.
+    pub writes: u64,
+    /// Increments completed.
+    pub incrs: u64,
+    /// Faults that ended in SIGBUS.
+    pub sigbus: u64,
+    /// Syncs completed successfully.
+    pub syncs: u64,
+    /// Evictions asked for.
+    pub evictions: u64,
+    /// Messages sent, dropped, duplicated.
+    pub sent: u64,
+    /// Messages dropped.
+    pub dropped: u64,
+    /// Messages duplicated.
+    pub duplicated: u64,
+    /// Node crashes.
+    pub crashes: u64,
+    /// Partitions.
+    pub partitions: u64,
+    /// Pages poisoned.
+    pub poisoned: u64,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Ev {
+    Deliver(Envelope),
+    MapperRead { node: usize, epoch: u64, token: MapperToken, page: PageKey },
+    MapperWrite { node: usize, epoch: u64, token: MapperToken, page: PageKey, value: u64 },
+    Tick,
+    Proc { node: usize, proc: usize, epoch: u64 },
+    Restart(usize),
+    Heal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpKind {
+    Read,
+    Write(u64),
+    Incr,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Op {
+    pub page: PageKey,
+    pub kind: OpKind,
+    /// `None` for audit reads.
+    pub proc: Option<usize>,
+    /// Model sequence number when issued.
+    pub issued_seq: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum CallKind {
+    Sync { seg: SegmentId, start_seq: u64 },
+    Clear,
+}
+
+#[derive(Debug)]
+pub(crate) struct SimNode {
+    pub core: Option<Node>,
+    pub epoch: u64,
+    pub mem: BTreeMap<PageKey, u64>,
+    pub ops: BTreeMap<FaultId, Op>,
+    pub calls: BTreeMap<CallId, (CallKind, usize)>,
+    /// Operations each process has left to issue, and whether one is in flight.
+    pub procs: Vec<(u32, bool)>,
+    pub crashable: bool,
+}
+
+/// The whole simulated world of one seed.
+pub struct World {
+    pub(crate) cfg: SimConfig,
+    pub(crate) rng: Rng,
+    pub(crate) now: u64,
+    pub(crate) step: u64,
+    next_ev: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: BTreeMap<u64, Ev>,
+    pub(crate) nodes: Vec<SimNode>,
+    pub(crate) segs: Vec<SegmentInfo>,
+    /// Durable mapper contents (each segment's mapper lives with its home).
+    pub(crate) mapper: BTreeMap<PageKey, u64>,
+    pub(crate) model: Model,
+    /// Nodes cut off from the rest, while a partition lasts.
+    pub(crate) partition: Option<BTreeSet<NodeId>>,
+    pub(crate) faults_on: bool,
+    pub(crate) quiesce_at: Option<u64>,
+    pub(crate) audited: bool,
+    pub(crate) next_id: u64,
+    pub(crate) trace: Vec<String>,
+    pub(crate) cov: Coverage,
+    pub(crate) stats: Stats,
+}
+
+pub(crate) const TICK_MS: u64 = 10;
+const MAX_STEPS: u64 = 5_000_000;
+
+pub(crate) fn fail(w: &World, page: Option<PageKey>, what: impl Into<String>) -> Violation {
+    Violation {
+        step: w.step,
+        time_ms: w.now,
+        page,
+        what: what.into(),
+    }
+}
+
+impl World {
+    /// A cluster for `seed`.
+    pub fn new(cfg: SimConfig, seed: u64) -> World {
+        let nodes = cfg.nodes.max(3);
+        let segs = vec![
+            SegmentInfo {
+                id: SegmentId(0),
+                home: NodeId(0),
+                pages: cfg.pages,
+                backing: Backing::Zero,
+            },
+            SegmentInfo {
+                id: SegmentId(1),
+                home: NodeId(1),
+                pages: cfg.pages,
+                backing: Backing::Mapper,
+            },
+        ];
+        let mut w = World {
+            rng: Rng::new(seed),
+            now: 0,
+            step: 0,
+            next_ev: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            nodes: Vec::new(),
+            segs,
+            mapper: BTreeMap::new(),
+            model: Model::default(),
+            partition: None,
+            faults_on: true,
+            quiesce_at: None,
+            audited: false,
+            next_id: 0,
+            trace: Vec::new(),
+            cov: Coverage::default(),
+            stats: Stats::default(),
+            cfg,
+        };
+        for s in w.segs.clone() {
+            for i in 0..s.pages {
+                let page = PageKey::new(s.id, i);
+                let initial = match s.backing {
+                    Backing::Zero => 0,
+                    Backing::Mapper => {
+                        let v = w.rng.range(1, 1_000_000);
+                        w.mapper.insert(page, v);
+                        v
+                    }
+                };
+                w.model.add_page(page, initial, s.id == SegmentId(0) && i < 2);
+            }
+        }
+        for i in 0..nodes {
+            let homes = w.segs.iter().any(|s| s.home == NodeId(i as u32));
+            w.nodes.push(SimNode {
+                core: None,
+                epoch: 0,
+                mem: BTreeMap::new(),
+                ops: BTreeMap::new(),
+                calls: BTreeMap::new(),
+                procs: vec![(w.cfg.ops_per_process, false); 2],
+                crashable: !homes,
+            });
+        }
+        w
+    }
+
+    pub(crate) fn node_config(&self, i: usize, epoch: u64) -> NodeConfig {
+        let peers = (0..self.nodes.len()).map(|n| NodeId(n as u32)).collect();
+        let mut c = NodeConfig::new(NodeId(i as u32), Epoch(epoch), peers);
+        c.timing = Timing {
+            retry_ms: 40,
+            fault_timeout_ms: 120_000,
+        };
+        c.bugs.skip_one_inval_ack = self.cfg.inject_bug;
+        c
+    }
+
+    pub(crate) fn schedule(&mut self, delay_ms: u64, ev: Ev) {
+        self.next_ev += 1;
+        let id = self.next_ev;
+        self.queue.push(Reverse((self.now + delay_ms, id)));
+        self.events.insert(id, ev);
+    }
+
+    pub(crate) fn log(&mut self, line: impl FnOnce() -> String) {
+        if self.cfg.trace {
+            let l = format!("t={:>6} #{:<7} {}", self.now, self.step, line());
+            self.trace.push(l);
+        }
+    }
+
+    pub(crate) fn pending_events(&self) -> impl Iterator<Item = &Ev> {
+        self.events.values()
+    }
+
+    /// Branch counts of every node so far.
+    pub fn coverage(&self) -> &Coverage {
+        &self.cov
+    }
+
+    pub(crate) fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Start every node and schedule the workload.
+    fn boot(&mut self) -> Result<(), Violation> {
+        for i in 0..self.nodes.len() {
+            self.restart(i)?;
+        }
+        self.schedule(TICK_MS, Ev::Tick);
+        Ok(())
+    }
+
+    /// Run to the end: the workload, then quiescence and the audit.
+    pub fn run(&mut self) -> Result<Stats, Violation> {
+        self.boot()?;
+        while let Some(Reverse((t, id))) = self.queue.pop() {
+            let Some(ev) = self.events.remove(&id) else {
+                continue;
+            };
+            self.now = t;
+            self.step += 1;
+            if self.step > MAX_STEPS {
+                return Err(fail(self, None, "step bound exceeded (livelock?)"));
+            }
+            self.handle(ev)?;
+            self.check_every_step()?;
+            if self.progress_phase()? {
+                break;
+            }
+        }
+        for n in &self.nodes {
+            if let Some(c) = &n.core {
+                self.cov.merge(c.coverage());
+            }
+        }
+        self.stats.steps = self.step;
+        self.stats.time_ms = self.now;
+        Ok(self.stats.clone())
+    }
+
+    fn handle(&mut self, ev: Ev) -> Result<(), Violation> {
+        match ev {
+            Ev::Deliver(env) => self.deliver(env),
+            Ev::MapperRead {
+                node,
+                epoch,
+                token,
+                page,
+            } => {
+                let value = self.mapper.get(&page).copied().unwrap_or(0);
+                self.log(|| format!("{} mapper read {page} -> {value}", NodeId(node as u32)));
+                if self.nodes[node].epoch != epoch {
+                    return Ok(());
+                }
+                let now = self.now;
+                if let Some(c) = self.nodes[node].core.as_mut() {
+                    let data = pagemesh_core::PageData::Bytes(value.to_le_bytes().to_vec());
+                    c.mapper_read_done(now, token, Ok(data));
+                }
+                self.run_outputs(node)
+            }
+            Ev::MapperWrite {
+                node,
+                epoch,
+                token,
+                page,
+                value,
+            } => {
+                self.mapper.insert(page, value);
+                self.log(|| format!("{} mapper wrote {page} = {value}", NodeId(node as u32)));
+                if self.nodes[node].epoch != epoch {
+                    return Ok(());
+                }
+                let now = self.now;
+                if let Some(c) = self.nodes[node].core.as_mut() {
+                    c.mapper_write_done(now, token, Ok(()));
+                }
+                self.run_outputs(node)
+            }
+            Ev::Tick => self.tick(),
+            Ev::Proc { node, proc, epoch } => self.next_op(node, proc, epoch),
+            Ev::Restart(i) => {
+                if self.nodes[i].core.is_none() {
+                    self.restart(i)?;
+                }
+                Ok(())
+            }
+            Ev::Heal => {
+                self.log(|| "partition healed".into());
+                self.partition = None;
+                Ok(())
+            }
+        }
+    }
+
+    fn tick(&mut self) -> Result<(), Violation> {
+        let now = self.now;
+        for i in 0..self.nodes.len() {
+            if let Some(c) = self.nodes[i].core.as_mut() {
+                c.tick(now);
+                self.run_outputs(i)?;
+            }
+        }
+        if self.faults_on {
+            if self.rng.chance(self.cfg.crash_rate) {
+                let up: Vec<usize> = (0..self.nodes.len())
+                    .filter(|i| self.nodes[*i].crashable && self.nodes[*i].core.is_some())
+                    .collect();
+                if !up.is_empty() {
+                    let victim = up[self.rng.below(up.len())];
+                    self.crash(victim);
+                    let down = self.rng.range(30, 600);
+                    self.schedule(down, Ev::Restart(victim));
+                }
+            }
+            if self.partition.is_none() && self.rng.chance(self.cfg.partition_rate) {
+                let n = self.nodes.len();
+                let mut side = BTreeSet::new();
+                while side.is_empty() || side.len() == n {
+                    side = (0..n)
+                        .filter(|_| self.rng.chance(0.5))
+                        .map(|i| NodeId(i as u32))
+                        .collect();
+                }
+                self.log(|| format!("partition: {side:?} cut off"));
+                self.partition = Some(side);
+                self.stats.partitions += 1;
+                let heal = self.rng.range(50, 1500);
+                self.schedule(heal, Ev::Heal);
+            }
+        }
+        self.schedule(TICK_MS, Ev::Tick);
+        Ok(())
+    }
+
+    /// Bring node `i` (back) up with a new epoch and an empty cache.
+    fn restart(&mut self, i: usize) -> Result<(), Violation> {
+        let n = &mut self.nodes[i];
+        n.epoch += 1;
+        let epoch = n.epoch;
+        let cfg = self.node_config(i, epoch);
+        let mut core = Node::new(cfg, &self.segs);
+        core.start(self.now);
+        let n = &mut self.nodes[i];
+        n.core = Some(core);
+        n.mem.clear();
+        for p in &mut n.procs {
+            p.1 = false;
+        }
+        self.log(|| format!("{} up, epoch {epoch}", NodeId(i as u32)));
+        for proc in 0..self.nodes[i].procs.len() {
+            let d = self.rng.range(0, 20);
+            self.schedule(d, Ev::Proc { node: i, proc, epoch });
+        }
+        self.run_outputs(i)
+    }
+
+    /// Node `i` dies: its cache, its in-flight operations and its processes' state are gone.
+    fn crash(&mut self, i: usize) {
+        self.mark_lost_by_crash(i);
+        self.stats.crashes += 1;
+        let n = &mut self.nodes[i];
+        if let Some(c) = n.core.take() {
+            self.cov.merge(c.coverage());
+        }
+        n.mem.clear();
+        n.ops.clear();
+        n.calls.clear();
+        for p in &mut n.procs {
+            p.1 = false;
+        }
+        self.log(|| format!("{} CRASHED", NodeId(i as u32)));
+    }
+
+    /// The recorded trace (empty unless `SimConfig::trace`).
+    pub fn trace(&self) -> &[String] {
+        &self.trace
+    }
+
+    fn partitioned(&self, a: NodeId, b: NodeId) -> bool {
+        self.partition
+            .as_ref()
+            .is_some_and(|s| s.contains(&a) != s.contains(&b))
+    }
+
+    pub(crate) fn send(&mut self, env: Envelope) {
+        self.stats.sent += 1;
+        if env.from == env.to {
+            self.schedule(0, Ev::Deliver(env));
+            return;
+        }
+        if self.faults_on && self.rng.chance(self.cfg.drop_rate) {
+            self.stats.dropped += 1;
+            self.log(|| format!("DROP {env}"));
+            return;
+        }
+        let d = self.rng.range(1, self.cfg.max_delay_ms);
+        if self.faults_on && self.rng.chance(self.cfg.dup_rate) {
+            self.stats.duplicated += 1;
+            let d2 = self.rng.range(1, self.cfg.max_delay_ms * 3);
+            self.schedule(d2, Ev::Deliver(env.clone()));
+        }
+        self.schedule(d, Ev::Deliver(env));
+    }
+
+    fn deliver(&mut self, env: Envelope) -> Result<(), Violation> {
+        let to = env.to.0 as usize;
+        if self.nodes[to].core.is_none() || self.partitioned(env.from, env.to) {
+            self.log(|| format!("LOST {env} (node down or partitioned)"));
+            return Ok(());
+        }
+        self.log(|| format!("recv {env}"));
+        let now = self.now;
+        if let Some(c) = self.nodes[to].core.as_mut() {
+            c.step(now, env);
+        }
+        self.run_outputs(to)
+    }
+
+    /// Decide whether the workload is over, start quiescence and the audit, and tell whether
+    /// the run is finished.
+    fn progress_phase(&mut self) -> Result<bool, Violation> {
+        let issuing = self
+            .nodes
+            .iter()
+            .any(|n| n.procs.iter().any(|(left, busy)| *left > 0 || *busy));
+        if self.faults_on {
+            if issuing {
+                return Ok(false);
+            }
+            self.faults_on = false;
+            self.quiesce_at = Some(self.now);
+            self.partition = None;
+            self.log(|| "QUIESCE: faults stop, partitions heal, crashed nodes restart".into());
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].core.is_none() {
+                    self.restart(i)?;
+                }
+            }
+            return Ok(false);
+        }
+        let busy = self.nodes.iter().any(|n| {
+            !n.ops.is_empty() || !n.calls.is_empty() || n.core.as_ref().is_none_or(|c| !c.is_idle())
+        });
+        if busy {
+            let since = self.quiesce_at.unwrap_or(self.now);
+            if self.now > since + self.cfg.liveness_bound_ms {
+                return Err(fail(self, None, self.liveness_report()));
+            }
+            return Ok(false);
+        }
+        if !self.audited {
+            self.audited = true;
+            self.start_audit()?;
+            return Ok(false);
+        }
+        self.model
+            .check_increments()
+            .map_err(|e| fail(self, None, e))?;
+        Ok(true)
+    }
+
+    fn liveness_report(&self) -> String {
+        let mut s = format!(
+            "liveness: work still pending {} ms after faults stopped and partitions healed:",
+            self.cfg.liveness_bound_ms
+        );
+        for (i, n) in self.nodes.iter().enumerate() {
+            for op in n.ops.values() {
+                s.push_str(&format!(" [node{i} {:?} {}]", op.kind, op.page));
+            }
+            if !n.calls.is_empty() {
+                s.push_str(&format!(" [node{i} {} calls]", n.calls.len()));
+            }
+            if n.core.as_ref().is_some_and(|c| !c.is_idle()) {
+                s.push_str(&format!(" [node{i} core busy]"));
+            }
+        }
+        s
+    }
+}
