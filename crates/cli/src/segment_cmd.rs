@@ -36,7 +36,7 @@ pub enum SegmentCmd {
     },
     /// Write a file segment's dirty pages back to the file and fsync.
     Sync { name: String },
-    /// Remove a segment from the catalog (a backing file is kept).
+    /// Remove a segment (a backing file is kept; its dirty pages are written back first).
     Rm { name: String },
     /// Read bytes through the node's page cache to stdout.
     Read {

@@ -242,7 +242,8 @@ impl Client {
         }
     }
 
-    /// Remove a segment from the catalog (its backing file stays).
+    /// Remove a segment from the catalog; dirty pages of a file segment are written back first
+    /// and the file stays.
     pub fn remove_segment(&self, name: &str) -> Result<(), ClientError> {
         match self.call(
             Request::RemoveSegment { name: name.into() },

@@ -528,6 +528,13 @@ impl Daemon {
                 format!("segment {name} is attached by pid(s) {pids:?}; end those processes or detach first"),
             );
         }
+        // Like unmapping a file: dirty data reaches the file before the cache goes away.
+        if let Err(e) = seg.sync() {
+            return err(
+                ErrorCode::Io,
+                format!("segment {name} not removed: writing back its dirty pages failed: {e}"),
+            );
+        }
         if let Err(e) = catalog.remove(name) {
             return err(ErrorCode::Io, e.to_string());
         }
