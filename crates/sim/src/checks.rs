@@ -1,7 +1,7 @@
 //! Invariants checked after every event, and what a crash may legitimately lose.
 
 use crate::world::{fail, Ev, Violation, World};
-use pagemesh_core::{CacheState, PageKey, Want};
+use pagemesh_core::{CacheState, Envelope, Msg, PageKey};
 use pagemesh_types::NodeId;
 
 impl World {
@@ -76,19 +76,27 @@ impl World {
             let dir_owner = dir.as_ref().is_some_and(|d| d.owner == Some(me));
             let dir_sharer = dir.as_ref().is_some_and(|d| d.sharers.contains(&me));
             let in_flight = self.data_in_flight_from(me, page);
-            // A node that dies while asking for write access may have been granted it (and
-            // written) without the home hearing back: the home must assume the worst.
-            let acquiring = self.nodes[i]
-                .core
-                .as_ref()
-                .is_some_and(|c| c.pending_request(page) == Some(Want::Exclusive));
-            let involved = copy.is_some() || dir_owner || dir_sharer || in_flight || acquiring;
-            let exclusive = dir_owner
-                || acquiring
-                || copy.is_some_and(|c| c.state == CacheState::Modified);
+            let involved = copy.is_some() || dir_owner || dir_sharer || in_flight;
+            let exclusive = dir_owner || copy.is_some_and(|c| c.state == CacheState::Modified);
             let m = self.model.pages.entry(page).or_default();
             if involved && (!m.synced || exclusive) {
                 m.poison_ok = true;
+            }
+        }
+    }
+
+    /// A home granting write access to an incarnation that is already dead cannot know whether
+    /// it wrote before dying: the page may be poisoned when the home learns of the restart.
+    pub(crate) fn note_grant_to_dead(&mut self, env: &Envelope) {
+        if let Msg::Grant {
+            page,
+            state: CacheState::Modified,
+            ..
+        } = env.msg
+        {
+            let n = &self.nodes[env.to.0 as usize];
+            if n.core.is_none() || n.epoch != env.to_epoch.0 {
+                self.model.pages.entry(page).or_default().poison_ok = true;
             }
         }
     }

@@ -160,6 +160,7 @@ impl World {
             Output::Send(mut env) => {
                 self.resolve_local(i, &mut env.msg)?;
                 self.log(|| format!("send {env}"));
+                self.note_grant_to_dead(&env);
                 self.send(env);
             }
             Output::Install { page, data, writable } => {
