@@ -332,7 +332,7 @@ impl Cache {
     }
 
     fn on_deny(&mut self, io: &mut Io, page: PageKey, req: ReqId, reason: DenyReason) {
-        if !self.pending.get(&page).is_some_and(|p| p.req == req) {
+        if self.pending.get(&page).is_none_or(|p| p.req != req) {
             return;
         }
         let Some(p) = self.pending.remove(&page) else {
@@ -356,7 +356,10 @@ impl Cache {
             } else {
                 Want::Shared
             };
-            let late = late.into_iter().map(|w| Waiter { late: false, ..w }).collect();
+            let late = late
+                .into_iter()
+                .map(|w| Waiter { late: false, ..w })
+                .collect();
             self.start_acquire(io, p.home, page, want, late);
         }
     }

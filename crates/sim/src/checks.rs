@@ -40,7 +40,9 @@ impl World {
                         return Err(fail(
                             self,
                             Some(*page),
-                            format!("node{i}: cache state {c:?} disagrees with memory {v:?} for {page}"),
+                            format!(
+                                "node{i}: cache state {c:?} disagrees with memory {v:?} for {page}"
+                            ),
                         ))
                     }
                 }
@@ -103,7 +105,9 @@ impl World {
 
     fn data_in_flight_from(&self, from: NodeId, page: PageKey) -> bool {
         self.pending_events().any(|ev| match ev {
-            Ev::Deliver(env) => env.from == from && env.msg.page() == Some(page) && env.msg.carries_data(),
+            Ev::Deliver(env) => {
+                env.from == from && env.msg.page() == Some(page) && env.msg.carries_data()
+            }
             _ => false,
         })
     }

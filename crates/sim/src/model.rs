@@ -106,7 +106,9 @@ impl Model {
         if m.poisoned || m.cleared_seq > issued_seq {
             Ok(())
         } else {
-            Err(format!("{page}: fault got SIGBUS but the home never poisoned the page"))
+            Err(format!(
+                "{page}: fault got SIGBUS but the home never poisoned the page"
+            ))
         }
     }
 

@@ -128,7 +128,10 @@ pub fn run_seeds(cfg: &SimConfig, start: u64, n: u64, threads: usize) -> SeedsOu
                     }
                     Err(v) => {
                         lowest_fail.fetch_min(seed, Ordering::SeqCst);
-                        failures.lock().unwrap_or_else(|e| e.into_inner()).push((seed, v));
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((seed, v));
                     }
                 }
             });

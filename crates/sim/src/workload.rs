@@ -3,7 +3,7 @@
 
 use crate::world::{fail, CallKind, Ev, Op, OpKind, Violation, World};
 use pagemesh_core::{
-    Access, CallId, CallResult, EvictStart, Event, FaultId, FaultResult, Msg, Output, PageData,
+    Access, CallId, CallResult, Event, EvictStart, FaultId, FaultResult, Msg, Output, PageData,
     PageKey,
 };
 use pagemesh_types::{NodeId, SegmentId};
@@ -31,7 +31,12 @@ impl World {
     }
 
     /// Process `proc` of node `node` issues its next operation.
-    pub(crate) fn next_op(&mut self, node: usize, proc: usize, epoch: u64) -> Result<(), Violation> {
+    pub(crate) fn next_op(
+        &mut self,
+        node: usize,
+        proc: usize,
+        epoch: u64,
+    ) -> Result<(), Violation> {
         let n = &self.nodes[node];
         if n.epoch != epoch || n.core.is_none() || n.procs[proc].1 || n.procs[proc].0 == 0 {
             return Ok(());
@@ -44,7 +49,9 @@ impl World {
             let start_seq = self.model.tick();
             let call = CallId(self.new_id());
             self.log(|| format!("{} proc{proc}: sync {seg}", NodeId(node as u32)));
-            self.nodes[node].calls.insert(call, (CallKind::Sync { seg, start_seq }, proc));
+            self.nodes[node]
+                .calls
+                .insert(call, (CallKind::Sync { seg, start_seq }, proc));
             self.nodes[node].procs[proc].1 = true;
             if let Some(c) = self.nodes[node].core.as_mut() {
                 c.sync(now, call, seg);
@@ -99,7 +106,15 @@ impl World {
         } else {
             Access::Write
         };
-        self.log(|| format!("{} fault{} {:?} {}", NodeId(node as u32), fault.0, op.kind, op.page));
+        self.log(|| {
+            format!(
+                "{} fault{} {:?} {}",
+                NodeId(node as u32),
+                fault.0,
+                op.kind,
+                op.page
+            )
+        });
         self.nodes[node].ops.insert(fault, op);
         let now = self.now;
         if let Some(c) = self.nodes[node].core.as_mut() {
@@ -163,9 +178,17 @@ impl World {
                 self.note_grant_to_dead(&env);
                 self.send(env);
             }
-            Output::Install { page, data, writable } => {
+            Output::Install {
+                page,
+                data,
+                writable,
+            } => {
                 let Some(v) = data_value(&data) else {
-                    return Err(fail(self, Some(page), format!("{me}: install of unresolved data")));
+                    return Err(fail(
+                        self,
+                        Some(page),
+                        format!("{me}: install of unresolved data"),
+                    ));
                 };
                 self.log(|| format!("{me} install {page} = {v} writable={writable}"));
                 self.nodes[i].mem.insert(page, v);
@@ -178,17 +201,42 @@ impl World {
             Output::MapperRead { token, page } => {
                 let d = self.rng.range(1, self.cfg.max_mapper_ms);
                 let epoch = self.nodes[i].epoch;
-                self.schedule(d, Ev::MapperRead { node: i, epoch, token, page });
+                self.schedule(
+                    d,
+                    Ev::MapperRead {
+                        node: i,
+                        epoch,
+                        token,
+                        page,
+                    },
+                );
             }
             Output::MapperWrite { token, page, data } => {
                 let Some(value) = data_value(&data) else {
-                    return Err(fail(self, Some(page), format!("{me}: mapper write of unresolved data")));
+                    return Err(fail(
+                        self,
+                        Some(page),
+                        format!("{me}: mapper write of unresolved data"),
+                    ));
                 };
                 let d = self.rng.range(1, self.cfg.max_mapper_ms);
                 let epoch = self.nodes[i].epoch;
-                self.schedule(d, Ev::MapperWrite { node: i, epoch, token, page, value });
+                self.schedule(
+                    d,
+                    Ev::MapperWrite {
+                        node: i,
+                        epoch,
+                        token,
+                        page,
+                        value,
+                    },
+                );
             }
-            Output::FaultDone { fault, page, result } => self.fault_done(i, fault, page, result)?,
+            Output::FaultDone {
+                fault,
+                page,
+                result,
+            } => self.fault_done(i, fault, page, result)?,
             Output::CallDone { call, result } => self.call_done(i, call, result),
             Output::Event(e) => self.event(i, e)?,
         }
@@ -206,7 +254,11 @@ impl World {
         };
         if *slot == PageData::Local {
             let Some(v) = page.and_then(|p| self.nodes[i].mem.get(&p).copied()) else {
-                return Err(fail(self, page, format!("node{i} sent its copy of a page it does not hold")));
+                return Err(fail(
+                    self,
+                    page,
+                    format!("node{i} sent its copy of a page it does not hold"),
+                ));
             };
             *slot = bytes(v);
         }
@@ -224,7 +276,9 @@ impl World {
         match e {
             Event::PagePoisoned { page, .. } => {
                 self.stats.poisoned += 1;
-                self.model.poisoned(page).map_err(|m| fail(self, Some(page), m))
+                self.model
+                    .poisoned(page)
+                    .map_err(|m| fail(self, Some(page), m))
             }
             Event::PoisonCleared { page } => {
                 let v = self.mapper.get(&page).copied().unwrap_or(0);
@@ -232,13 +286,25 @@ impl World {
                 Ok(())
             }
             Event::PeerRestarted { .. } => Ok(()),
-            Event::ProtocolError { what } => Err(fail(self, None, format!("node{i}: protocol error: {what}"))),
+            Event::ProtocolError { what } => {
+                Err(fail(self, None, format!("node{i}: protocol error: {what}")))
+            }
         }
     }
 
-    fn fault_done(&mut self, i: usize, fault: FaultId, page: PageKey, result: FaultResult) -> Result<(), Violation> {
+    fn fault_done(
+        &mut self,
+        i: usize,
+        fault: FaultId,
+        page: PageKey,
+        result: FaultResult,
+    ) -> Result<(), Violation> {
         let Some(op) = self.nodes[i].ops.remove(&fault) else {
-            return Err(fail(self, Some(page), format!("node{i}: completion of unknown fault{}", fault.0)));
+            return Err(fail(
+                self,
+                Some(page),
+                format!("node{i}: completion of unknown fault{}", fault.0),
+            ));
         };
         self.log(|| format!("node{i} fault{} done {result:?}", fault.0));
         match result {
@@ -251,14 +317,20 @@ impl World {
                 if self.rng.chance(0.5) {
                     let call = CallId(self.new_id());
                     let now = self.now;
-                    self.nodes[i].calls.insert(call, (CallKind::Clear, usize::MAX));
+                    self.nodes[i]
+                        .calls
+                        .insert(call, (CallKind::Clear, usize::MAX));
                     if let Some(c) = self.nodes[i].core.as_mut() {
                         c.clear_poison(now, call, page);
                     }
                 }
             }
             FaultResult::TimedOut | FaultResult::UnknownSegment => {
-                return Err(fail(self, Some(page), format!("node{i}: fault on {page} ended {result:?}")));
+                return Err(fail(
+                    self,
+                    Some(page),
+                    format!("node{i}: fault on {page} ended {result:?}"),
+                ));
             }
         }
         self.proc_done(i, op.proc);
@@ -270,13 +342,25 @@ impl World {
         let page = op.page;
         let copy = self.nodes[i].core.as_ref().and_then(|c| c.copy(page));
         let Some(copy) = copy else {
-            return Err(fail(self, Some(page), format!("node{i}: fault completed but no copy is held")));
+            return Err(fail(
+                self,
+                Some(page),
+                format!("node{i}: fault completed but no copy is held"),
+            ));
         };
         if op.kind != OpKind::Read && copy.state != pagemesh_core::CacheState::Modified {
-            return Err(fail(self, Some(page), format!("node{i}: write fault completed in state {:?}", copy.state)));
+            return Err(fail(
+                self,
+                Some(page),
+                format!("node{i}: write fault completed in state {:?}", copy.state),
+            ));
         }
         let Some(v) = self.nodes[i].mem.get(&page).copied() else {
-            return Err(fail(self, Some(page), format!("node{i}: copy held but not installed")));
+            return Err(fail(
+                self,
+                Some(page),
+                format!("node{i}: copy held but not installed"),
+            ));
         };
         let r = match op.kind {
             OpKind::Read => {

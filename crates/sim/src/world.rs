@@ -61,10 +61,25 @@ pub struct Stats {
 #[derive(Clone, Debug)]
 pub(crate) enum Ev {
     Deliver(Envelope),
-    MapperRead { node: usize, epoch: u64, token: MapperToken, page: PageKey },
-    MapperWrite { node: usize, epoch: u64, token: MapperToken, page: PageKey, value: u64 },
+    MapperRead {
+        node: usize,
+        epoch: u64,
+        token: MapperToken,
+        page: PageKey,
+    },
+    MapperWrite {
+        node: usize,
+        epoch: u64,
+        token: MapperToken,
+        page: PageKey,
+        value: u64,
+    },
     Tick,
-    Proc { node: usize, proc: usize, epoch: u64 },
+    Proc {
+        node: usize,
+        proc: usize,
+        epoch: u64,
+    },
     Restart(usize),
     Heal,
 }
@@ -191,7 +206,8 @@ impl World {
                         v
                     }
                 };
-                w.model.add_page(page, initial, s.id == SegmentId(0) && i < 2);
+                w.model
+                    .add_page(page, initial, s.id == SegmentId(0) && i < 2);
             }
         }
         for i in 0..nodes {
@@ -397,7 +413,14 @@ impl World {
         self.log(|| format!("{} up, epoch {epoch}", NodeId(i as u32)));
         for proc in 0..self.nodes[i].procs.len() {
             let d = self.rng.range(0, 20);
-            self.schedule(d, Ev::Proc { node: i, proc, epoch });
+            self.schedule(
+                d,
+                Ev::Proc {
+                    node: i,
+                    proc,
+                    epoch,
+                },
+            );
         }
         self.run_outputs(i)
     }
