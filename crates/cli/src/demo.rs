@@ -2,15 +2,16 @@
 //! job in several processes that share segments through real page faults, sync, check the file
 //! independently, print what happened, and clean up.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use pagemesh::{Backing, Client, SegmentStat};
+use pagemesh::{Backing, SegmentStat};
 use pagemesh_types::ByteSize;
 
+use crate::harness::{spawn, wait_all, PrivateDaemon};
 use crate::memtest::pattern;
 use crate::parse_size;
 
@@ -31,108 +32,6 @@ pub struct DemoArgs {
 const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
 const SEED_FILE: u64 = 42;
 const SEED_ZERO: u64 = 4242;
-
-/// A child process that is killed (by its pid, which we started) if still running on drop.
-struct Proc {
-    child: Child,
-    what: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn exe() -> anyhow::Result<PathBuf> {
-    std::env::current_exe().context("finding the pagemesh executable")
-}
-
-fn spawn(socket: &Path, args: &[String], what: String) -> anyhow::Result<Proc> {
-    let child = Command::new(exe()?)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {what}"))?;
-    Ok(Proc { child, what })
-}
-
-/// Wait for every process (bounded); fail naming the first that failed.
-fn wait_all(procs: Vec<Proc>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + PHASE_TIMEOUT;
-    let mut failures = Vec::new();
-    for mut p in procs {
-        loop {
-            match p.child.try_wait()? {
-                Some(status) => {
-                    if !status.success() {
-                        let out = p.child.wait_with_output_ref();
-                        failures.push(format!("{} failed ({status}): {out}", p.what));
-                    }
-                    break;
-                }
-                None if Instant::now() > deadline => {
-                    failures.push(format!(
-                        "{} did not finish within {PHASE_TIMEOUT:?}",
-                        p.what
-                    ));
-                    break;
-                }
-                None => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    }
-    if !failures.is_empty() {
-        bail!("{}", failures.join("\n"));
-    }
-    Ok(())
-}
-
-trait OutputRef {
-    fn wait_with_output_ref(&mut self) -> String;
-}
-
-impl OutputRef for Child {
-    fn wait_with_output_ref(&mut self) -> String {
-        use std::io::Read;
-        let mut s = String::new();
-        if let Some(o) = self.stdout.as_mut() {
-            let _ = o.read_to_string(&mut s);
-        }
-        if let Some(e) = self.stderr.as_mut() {
-            let _ = e.read_to_string(&mut s);
-        }
-        s.trim().to_string()
-    }
-}
-
-fn wait_for_daemon(socket: &Path, daemon: &mut Proc, log: &Path) -> anyhow::Result<Client> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(c) = Client::connect(socket) {
-            return Ok(c);
-        }
-        if let Some(status) = daemon.child.try_wait()? {
-            bail!(
-                "the demo daemon exited ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the demo daemon did not listen on {} within 10 s",
-                socket.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 struct Phase {
     name: String,
@@ -223,32 +122,15 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     if a.workers == 0 || a.size < 2 * 4096 || !a.size.is_multiple_of(4096) {
         bail!("--workers must be >= 1 and --size a multiple of 4KiB of at least 8KiB");
     }
-    let dir = tempfile::Builder::new()
-        .prefix("pagemesh-demo-")
-        .tempdir()
-        .context("creating a temp dir")?;
-    let socket = dir.path().join("pagemesh.sock");
-    let log = dir.path().join("daemon.log");
-    let file = dir.path().join("demo.dat");
+    let daemon = PrivateDaemon::start("pagemesh-demo-", &[])?;
+    let socket = daemon.socket.clone();
+    let file = daemon.dir.path().join("demo.dat");
     println!(
         "pagemesh demo: a private daemon in {}, {} worker processes",
-        dir.path().display(),
+        daemon.dir.path().display(),
         a.workers
     );
-    let child = Command::new(exe()?)
-        .arg("--socket")
-        .arg(&socket)
-        .args(["daemon", "--log-level", "warn", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .context("starting the demo daemon")?;
-    let mut daemon = Proc {
-        child,
-        what: "daemon".into(),
-    };
-    let client = wait_for_daemon(&socket, &mut daemon, &log)?;
+    let client = daemon.client.clone();
     client.create_segment(
         "demo-file",
         Some(a.size),
@@ -290,7 +172,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
                     )?);
                 }
             }
-            wait_all(procs)
+            wait_all(procs, PHASE_TIMEOUT).map(|_| ())
         },
     )?;
     phase(&mut phases, "every worker verifies every stripe", || {
@@ -304,7 +186,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
                 )?);
             }
         }
-        wait_all(procs)
+        wait_all(procs, PHASE_TIMEOUT).map(|_| ())
     })?;
     phase(
         &mut phases,
@@ -322,7 +204,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
                 ];
                 procs.push(spawn(&socket, &args, format!("worker {i} incrementing"))?);
             }
-            wait_all(procs)?;
+            wait_all(procs, PHASE_TIMEOUT)?;
             let mut b = [0u8; 8];
             client.read_at("demo-zero", 0, &mut b)?;
             let got = u64::from_le_bytes(b);
@@ -349,7 +231,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let total = t0.elapsed().as_secs_f64();
     let stats = vec![client.stat("demo-file")?, client.stat("demo-zero")?];
     drop(client);
-    drop(daemon);
+    daemon.stop();
     println!();
     println!("{:<55} {:>8}", "phase", "seconds");
     for p in &phases {

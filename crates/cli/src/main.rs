@@ -5,9 +5,12 @@
 
 mod demo;
 mod doctor;
+mod harness;
 mod logger;
 mod memtest;
 mod segment_cmd;
+mod volume_cmd;
+mod bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +42,10 @@ enum Cmd {
         /// Fault worker threads (default: number of CPUs).
         #[arg(long)]
         workers: Option<usize>,
+        /// Faults a volume block needs before it enters the shared volume cache; below that a
+        /// fault gets a private copy read from storage (1: share every block at once).
+        #[arg(long, default_value_t = 1)]
+        share_threshold: u8,
         /// error, warn, info, debug.
         #[arg(long, env = "PAGEMESH_LOG", default_value = "info")]
         log_level: String,
@@ -46,6 +53,12 @@ enum Cmd {
     /// Create, inspect, sync, read, write and remove segments.
     #[command(subcommand)]
     Segment(segment_cmd::SegmentCmd),
+    /// Read-only volumes whose frames many segments share (shortcut I/O).
+    #[command(subcommand)]
+    Volume(volume_cmd::VolumeCmd),
+    /// Measurements, each against a baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
     /// Write, verify, increment or hash a segment through its mapping (real page faults).
     Memtest(memtest::MemtestArgs),
     /// Check the kernel, userfaultfd mode and features, and limits.
@@ -71,6 +84,7 @@ fn main() -> ExitCode {
         Cmd::Daemon {
             data_dir,
             workers,
+            share_threshold,
             log_level,
         } => {
             logger::init(&log_level);
@@ -84,12 +98,15 @@ fn main() -> ExitCode {
                             .unwrap_or(2)
                     })
                     .max(1),
+                share_threshold,
             };
             pagemesh_daemon::run(config)
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }
         Cmd::Segment(cmd) => segment_cmd::run(&cli.socket, cmd),
+        Cmd::Volume(cmd) => volume_cmd::run(&cli.socket, cmd),
+        Cmd::Bench(cmd) => bench::run(cmd),
         Cmd::Memtest(args) => memtest::run(&cli.socket, args),
         Cmd::Doctor => doctor::run(&cli.socket),
         Cmd::Demo(args) => demo::run(args),

@@ -33,7 +33,8 @@ use pagemesh_proto::{
 
 pub use mapping::Mapping;
 pub use pagemesh_proto::{
-    Backing, DaemonInfo, ErrorCode, SegmentInfo, SegmentStat, MAX_IO_CHUNK_BYTES,
+    Backing, DaemonInfo, ErrorCode, SegmentInfo, SegmentStat, VolumeInfo, VolumeStat,
+    MAX_IO_CHUNK_BYTES,
 };
 
 /// Default daemon socket, overridden by `PAGEMESH_SOCKET`.
@@ -308,6 +309,41 @@ impl Client {
         match self.call(Request::DaemonStatus, "status", DEFAULT_TIMEOUT)? {
             (Response::Status(s), _) => Ok(s),
             (r, _) => Err(unexpected("status", r)),
+        }
+    }
+
+    /// Register a raw image file (absolute path) as a read-only volume.
+    pub fn add_volume(&self, name: &str, path: &str) -> Result<VolumeInfo, ClientError> {
+        let req = Request::AddVolume { name: name.into(), path: path.into() };
+        match self.call(req, "volume add", DEFAULT_TIMEOUT)? {
+            (Response::Volume(v), _) => Ok(v),
+            (r, _) => Err(unexpected("volume add", r)),
+        }
+    }
+
+    /// Every volume of this node.
+    pub fn list_volumes(&self) -> Result<Vec<VolumeInfo>, ClientError> {
+        match self.call(Request::ListVolumes, "volume list", DEFAULT_TIMEOUT)? {
+            (Response::Volumes(v), _) => Ok(v),
+            (r, _) => Err(unexpected("volume list", r)),
+        }
+    }
+
+    /// A volume's cache and storage counters.
+    pub fn stat_volume(&self, name: &str) -> Result<VolumeStat, ClientError> {
+        let req = Request::StatVolume { name: name.into() };
+        match self.call(req, "volume stat", DEFAULT_TIMEOUT)? {
+            (Response::VolumeStat(v), _) => Ok(v),
+            (r, _) => Err(unexpected("volume stat", r)),
+        }
+    }
+
+    /// Remove a volume no segment uses.
+    pub fn remove_volume(&self, name: &str) -> Result<(), ClientError> {
+        let req = Request::RemoveVolume { name: name.into() };
+        match self.call(req, "volume rm", DEFAULT_TIMEOUT)? {
+            (Response::Removed, _) => Ok(()),
+            (r, _) => Err(unexpected("volume rm", r)),
         }
     }
 

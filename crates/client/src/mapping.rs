@@ -63,17 +63,25 @@ impl Mapping {
             }
         };
         let len = info.size_bytes.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        let map = SharedMapping::map(memfd.as_fd(), len as usize)
-            .map_err(io("mapping the segment's memfd"))?;
+        // Volume segments map the volume's shared frames privately: writes stay in this process.
+        let volume = matches!(info.backing, crate::Backing::Volume { .. });
+        let map = if volume {
+            SharedMapping::map_private(memfd.as_fd(), len as usize)
+        } else {
+            SharedMapping::map(memfd.as_fd(), len as usize)
+        }
+        .map_err(io("mapping the segment's memfd"))?;
         drop(memfd); // the mapping keeps the memfd alive
         let (uffd, _mode) = Uffd::open(features::PAGEMESH)
             .map_err(|e| e.source)
             .map_err(io(
                 "opening a userfaultfd (needs root or access to /dev/userfaultfd)",
             ))?;
-        let modes = RegisterMode::MISSING
-            .union(RegisterMode::MINOR)
-            .union(RegisterMode::WP);
+        let modes = if volume {
+            RegisterMode::MISSING.union(RegisterMode::MINOR)
+        } else {
+            RegisterMode::MISSING.union(RegisterMode::MINOR).union(RegisterMode::WP)
+        };
         uffd.register(map.addr(), len, modes)
             .map_err(|e| e.source)
             .map_err(io("registering the mapping"))?;

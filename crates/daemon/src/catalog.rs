@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use pagemesh_proto::{Backing, SegmentInfo};
+use pagemesh_proto::{Backing, SegmentInfo, VolumeInfo};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +37,20 @@ struct Entry {
     backing: String,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct VolumeEntry {
+    name: String,
+    path: String,
+    size_bytes: u64,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Stored {
     version: u32,
     next_id: u64,
     segments: Vec<Entry>,
+    #[serde(default)]
+    volumes: Vec<VolumeEntry>,
 }
 
 pub struct Catalog {
@@ -64,6 +73,7 @@ impl Catalog {
                 version: 1,
                 next_id: 1,
                 segments: Vec::new(),
+                volumes: Vec::new(),
             },
             Err(source) => return Err(CatalogError::Read { path, source }),
         };
@@ -97,6 +107,24 @@ impl Catalog {
             size_bytes: info.size_bytes,
             backing: info.backing.to_string(),
         });
+        self.save()
+    }
+
+    pub fn volumes(&self) -> Vec<VolumeInfo> {
+        self.stored
+            .volumes
+            .iter()
+            .map(|v| VolumeInfo { name: v.name.clone(), path: v.path.clone(), size_bytes: v.size_bytes })
+            .collect()
+    }
+
+    pub fn add_volume(&mut self, v: &VolumeInfo) -> Result<(), CatalogError> {
+        self.stored.volumes.push(VolumeEntry { name: v.name.clone(), path: v.path.clone(), size_bytes: v.size_bytes });
+        self.save()
+    }
+
+    pub fn remove_volume(&mut self, name: &str) -> Result<(), CatalogError> {
+        self.stored.volumes.retain(|v| v.name != name);
         self.save()
     }
 

@@ -10,6 +10,7 @@ mod histogram;
 mod pages;
 mod segment;
 mod server;
+mod volume;
 mod workers;
 
 use std::os::unix::fs::PermissionsExt;
@@ -29,6 +30,8 @@ pub struct Config {
     pub socket_path: PathBuf,
     pub data_dir: PathBuf,
     pub fault_workers: usize,
+    /// Faults a volume block needs before it enters the shared volume cache (1: always share).
+    pub share_threshold: u8,
 }
 
 /// Why the daemon could not start.

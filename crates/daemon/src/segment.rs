@@ -17,6 +17,7 @@ use pagemesh_uffd::{FaultKind, Memfd, Uffd, UffdError};
 
 use crate::histogram::Histogram;
 use crate::pages::{PageState, PageTable};
+use crate::volume::{Volume, VolumeError};
 
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
@@ -65,6 +66,13 @@ pub enum IoError {
         offset: u64,
         source: std::io::Error,
     },
+    #[error("segment {segment}: {source}")]
+    Volume {
+        segment: String,
+        source: VolumeError,
+    },
+    #[error("segment {segment} is backed by a read-only volume: writes are private to each attached process; write through a mapping instead")]
+    ReadOnly { segment: String },
 }
 
 const POISON_HINT: &str =
@@ -98,6 +106,8 @@ pub struct Segment {
     sync_lock: Mutex<()>,
     counters: Counters,
     latency: Histogram,
+    /// Set for `volume:` segments: faults and reads go to the volume's shared cache.
+    volume: Option<Arc<Volume>>,
 }
 
 fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
@@ -120,8 +130,27 @@ impl Segment {
             counters: Counters::default(),
             latency: Histogram::default(),
             info,
+            volume: None,
         })
     }
+
+    /// A segment whose pages are a volume's shared frames (mapped privately by clients).
+    pub fn on_volume(info: SegmentInfo, volume: Arc<Volume>) -> std::io::Result<Segment> {
+        let len = info.size_bytes.div_ceil(PS) * PS;
+        Ok(Segment {
+            pages: PageTable::new(len / PS),
+            memfd: volume.memfd().try_clone()?,
+            mapper: Box::new(pagemesh_store::ZeroMapper),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            clients: RwLock::new(Vec::new()),
+            sync_lock: Mutex::new(()),
+            counters: Counters::default(),
+            latency: Histogram::default(),
+            info,
+            volume: Some(volume),
+        })
+    }
+
 
     pub fn memfd(&self) -> &Memfd {
         &self.memfd
@@ -163,7 +192,7 @@ impl Segment {
     /// page-sized buffer owned by the worker (the fault path allocates nothing).
     pub fn resolve_fault(
         &self,
-        att: &Attachment,
+        att: &Arc<Attachment>,
         page: u64,
         kind: FaultKind,
         write: bool,
@@ -176,6 +205,12 @@ impl Segment {
             FaultKind::WriteProtect => bump(&self.counters.faults_wp, 1),
         }
         let addr = att.base + page * PS;
+        if let Some(v) = &self.volume {
+            v.resolve(att, page, addr, scratch);
+            self.latency.record(start.elapsed().as_nanos() as u64);
+            return;
+        }
+
         let _g = lock(self.stripe(page));
         let result = match self.pages.get(page) {
             PageState::Poisoned => poison_one(&att.uffd, addr),
@@ -277,6 +312,9 @@ impl Segment {
     /// Read through the page cache. Absent pages come from the mapper without being cached.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
         self.check_range(offset, buf.len() as u64)?;
+        if let Some(v) = &self.volume {
+            return v.read_at(offset, buf).map_err(|source| IoError::Volume { segment: self.info.name.clone(), source });
+        }
         let mut page_buf = vec![0u8; PSU];
         let mut done = 0usize;
         while done < buf.len() {
@@ -327,6 +365,9 @@ impl Segment {
     /// Write through the page cache; written pages become Dirty.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
         self.check_range(offset, data.len() as u64)?;
+        if self.volume.is_some() {
+            return Err(IoError::ReadOnly { segment: self.info.name.clone() });
+        }
         let mut page_buf = vec![0u8; PSU];
         let mut done = 0usize;
         while done < data.len() {
@@ -499,6 +540,9 @@ impl Segment {
     /// Forget every poisoned page: it becomes Absent, so the next access reloads it from the
     /// mapper (or reads zero). Returns how many pages were cleared.
     pub fn clear_poison(&self) -> u64 {
+        if let Some(v) = &self.volume {
+            return v.clear_poison();
+        }
         let mut n = 0;
         for p in self.pages.pages_in(PageState::Poisoned) {
             let _g = lock(self.stripe(p));
@@ -515,9 +559,9 @@ impl Segment {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         SegmentStat {
             info: self.info.clone(),
-            resident_pages: self.pages.resident(),
+            resident_pages: self.volume.as_ref().map_or(self.pages.resident(), |v| v.cached_blocks()),
             dirty_pages: self.pages.dirty(),
-            poisoned_pages: self.pages.poisoned(),
+            poisoned_pages: self.volume.as_ref().map_or(self.pages.poisoned(), |v| v.poisoned_blocks()),
             attached_clients: self.clients.read().unwrap_or_else(|e| e.into_inner()).len() as u64,
             counters: SegmentCounters {
                 faults_missing: l(&c.faults_missing),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use pagemesh_proto::{
     read_frame, write_frame, Backing, DaemonInfo, ErrorCode, FrameError, Request, Response,
-    SegmentInfo, MAGIC, MAX_IO_CHUNK_BYTES, PROTOCOL_VERSION,
+    SegmentInfo, VolumeInfo, MAGIC, MAX_IO_CHUNK_BYTES, PROTOCOL_VERSION,
 };
 use pagemesh_store::{FileMapper, Mapper, ZeroMapper};
 use pagemesh_types::{ByteSize, PAGE_SIZE};
@@ -18,6 +18,7 @@ use pagemesh_uffd::{fdpass, Uffd};
 
 use crate::catalog::Catalog;
 use crate::segment::{Attachment, IoError, Segment};
+use crate::volume::Volume;
 use crate::workers::Workers;
 use crate::Config;
 
@@ -33,6 +34,7 @@ pub struct Daemon {
     pub uffd_mode: String,
     catalog: Mutex<Catalog>,
     segments: RwLock<HashMap<String, Arc<Segment>>>,
+    volumes: RwLock<HashMap<String, Arc<Volume>>>,
     workers: Arc<Workers>,
     next_attach: AtomicU64,
     connections: AtomicUsize,
@@ -51,7 +53,8 @@ fn io_err(e: IoError) -> Response {
     let code = match e {
         IoError::OutOfRange { .. } => ErrorCode::InvalidArgument,
         IoError::Poisoned { .. } => ErrorCode::Poisoned,
-        IoError::Mapper { .. } | IoError::Memfd { .. } => ErrorCode::Io,
+        IoError::Mapper { .. } | IoError::Memfd { .. } | IoError::Volume { .. } => ErrorCode::Io,
+        IoError::ReadOnly { .. } => ErrorCode::InvalidArgument,
     };
     err(code, e.to_string())
 }
@@ -70,6 +73,7 @@ fn open_mapper(backing: &Backing, size: Option<u64>) -> Result<(Box<dyn Mapper>,
             let size = size.ok_or("a zero segment needs --size")?;
             Ok((Box::new(ZeroMapper), size))
         }
+        Backing::Volume { .. } => Err("a volume segment has no mapper".into()),
         Backing::File { path } => {
             let p = Path::new(path);
             if !p.is_absolute() {
@@ -86,20 +90,47 @@ fn open_mapper(backing: &Backing, size: Option<u64>) -> Result<(Box<dyn Mapper>,
     }
 }
 
+/// Build a segment's node-local state from its description.
+fn build_segment(info: &SegmentInfo, size: Option<u64>, volumes: &HashMap<String, Arc<Volume>>) -> Result<Segment, String> {
+    let mut info = info.clone();
+    if let Backing::Volume { name } = &info.backing {
+        let v = volumes.get(name).ok_or_else(|| format!("volume {name} is not available"))?;
+        info.size_bytes = v.info.size_bytes;
+        return Segment::on_volume(info, Arc::clone(v)).map_err(|e| format!("creating its memfd: {e}"));
+    }
+    let (mapper, size) = open_mapper(&info.backing, size)?;
+    if size == 0 || size > MAX_SEGMENT_BYTES {
+        return Err(format!("size {size} is outside 1B..{}; give --size", ByteSize(MAX_SEGMENT_BYTES)));
+    }
+    info.size_bytes = size;
+    Segment::new(info, mapper).map_err(|e| format!("creating its memfd: {e}"))
+}
+
 impl Daemon {
     pub fn new(config: Config, uffd_mode: String) -> Result<Arc<Daemon>, String> {
         let catalog = Catalog::open(&config.data_dir).map_err(|e| e.to_string())?;
+        let mut volumes = HashMap::new();
+        for v in catalog.volumes() {
+            match Volume::open(v.clone(), config.share_threshold) {
+                Ok(vol) => {
+                    volumes.insert(v.name.clone(), Arc::new(vol));
+                }
+                Err(e) => log::error!(
+                    "volume {} ({}) from the catalog is unavailable: {e}; restore the image or `pagemesh volume rm {}`",
+                    v.name,
+                    v.path,
+                    v.name
+                ),
+            }
+        }
         let mut segments = HashMap::new();
         for info in catalog.segments() {
-            let size = Some(info.size_bytes);
-            match open_mapper(&info.backing, size) {
-                Ok((mapper, _)) => {
-                    let seg = Segment::new(info.clone(), mapper)
-                        .map_err(|e| format!("segment {}: creating its memfd: {e}", info.name))?;
+            match build_segment(&info, Some(info.size_bytes), &volumes) {
+                Ok(seg) => {
                     segments.insert(info.name.clone(), Arc::new(seg));
                 }
                 Err(e) => log::error!(
-                    "segment {} from the catalog is unavailable: {e}; restore the file or `pagemesh segment rm {}`",
+                    "segment {} from the catalog is unavailable: {e}; restore its backing or `pagemesh segment rm {}`",
                     info.name,
                     info.name
                 ),
@@ -120,6 +151,7 @@ impl Daemon {
             uffd_mode,
             catalog: Mutex::new(catalog),
             segments: RwLock::new(segments),
+            volumes: RwLock::new(volumes),
             workers,
             next_attach: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
@@ -430,6 +462,18 @@ impl Daemon {
                 Err(e) => r(e),
             },
             Request::RegisterUffd { .. } => unreachable!("handled by the connection loop"),
+            Request::AddVolume { name, path } => r(self.add_volume(name, path)),
+            Request::ListVolumes => {
+                let mut v: Vec<VolumeInfo> =
+                    self.volumes.read().unwrap_or_else(|e| e.into_inner()).values().map(|v| v.info.clone()).collect();
+                v.sort_by(|a, b| a.name.cmp(&b.name));
+                r(Response::Volumes(v))
+            }
+            Request::StatVolume { name } => r(match self.volume(&name) {
+                Ok(v) => Response::VolumeStat(v.stat(self.volume_users(&name).len() as u64)),
+                Err(e) => e,
+            }),
+            Request::RemoveVolume { name } => r(self.remove_volume(&name)),
             Request::DaemonStatus => r(Response::Status(DaemonInfo {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -471,35 +515,38 @@ impl Daemon {
                 format!("segment {name:?} already exists (`pagemesh segment rm {name}` first)"),
             );
         }
-        let (mapper, size) = match open_mapper(&backing, size) {
-            Ok(m) => m,
-            Err(e) => return err(ErrorCode::InvalidArgument, format!("segment {name}: {e}")),
+        let size = match (&backing, size) {
+            (Backing::Volume { name: v }, _) => match self.volumes.read().unwrap_or_else(|e| e.into_inner()).get(v) {
+                Some(vol) if size.is_none() || size == Some(vol.info.size_bytes) => vol.info.size_bytes,
+                Some(vol) => {
+                    return err(
+                        ErrorCode::InvalidArgument,
+                        format!("segment {name}: a volume segment has the volume's size ({} bytes); omit --size", vol.info.size_bytes),
+                    )
+                }
+                None => return err(ErrorCode::NotFound, format!("no volume named {v:?} (see `pagemesh volume list`)")),
+            },
+            (Backing::Zero, None) => return err(ErrorCode::InvalidArgument, format!("segment {name}: a zero segment needs --size")),
+            (_, s) => s.unwrap_or(0),
         };
-        if size == 0 || size > MAX_SEGMENT_BYTES {
+        if size > MAX_SEGMENT_BYTES {
             return err(
                 ErrorCode::InvalidArgument,
-                format!(
-                    "segment {name}: size {} is outside 1B..{}",
-                    ByteSize(size),
-                    ByteSize(MAX_SEGMENT_BYTES)
-                ),
+                format!("segment {name}: size {} is larger than the limit {}", ByteSize(size), ByteSize(MAX_SEGMENT_BYTES)),
             );
         }
-        let info = SegmentInfo {
-            name: name.clone(),
-            id: catalog.next_id(),
-            size_bytes: size,
-            backing,
-        };
-        let seg = match Segment::new(info.clone(), mapper) {
-            Ok(s) => s,
-            Err(e) => {
-                return err(
-                    ErrorCode::Io,
-                    format!("segment {name}: creating its memfd: {e}"),
-                )
+        let info0 = SegmentInfo { name: name.clone(), id: 0, size_bytes: size, backing };
+        let req_size = if matches!(info0.backing, Backing::File { .. }) && size == 0 { None } else { Some(size) };
+        let seg = {
+            let volumes = self.volumes.read().unwrap_or_else(|e| e.into_inner());
+            match build_segment(&info0, req_size, &volumes) {
+                Ok(s) => s,
+                Err(e) => return err(ErrorCode::InvalidArgument, format!("segment {name}: {e}")),
             }
         };
+        let mut seg = seg;
+        seg.info.id = catalog.next_id();
+        let info = seg.info.clone();
         if let Err(e) = catalog.add(&info) {
             return err(ErrorCode::Io, e.to_string());
         }
@@ -513,6 +560,73 @@ impl Daemon {
             info.backing
         );
         Response::Segment(info)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn volume(&self, name: &str) -> Result<Arc<Volume>, Response> {
+        self.volumes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("no volume named {name:?} (see `pagemesh volume list`)")))
+    }
+
+    /// Segments backed by a volume.
+    fn volume_users(&self, volume: &str) -> Vec<String> {
+        self.segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| matches!(&s.info.backing, Backing::Volume { name } if name == volume))
+            .map(|s| s.info.name.clone())
+            .collect()
+    }
+
+    fn add_volume(&self, name: String, path: String) -> Response {
+        if !valid_name(&name) {
+            return err(ErrorCode::InvalidArgument, format!("invalid volume name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"));
+        }
+        if !Path::new(&path).is_absolute() {
+            return err(ErrorCode::InvalidArgument, format!("volume image path {path:?} must be absolute"));
+        }
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        if self.volumes.read().unwrap_or_else(|e| e.into_inner()).contains_key(&name) {
+            return err(ErrorCode::AlreadyExists, format!("volume {name:?} already exists (`pagemesh volume rm {name}` first)"));
+        }
+        let size = match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.len() > 0 => m.len(),
+            Ok(_) => return err(ErrorCode::InvalidArgument, format!("volume image {path} is not a non-empty regular file")),
+            Err(e) => return err(ErrorCode::InvalidArgument, format!("volume image {path}: {e}")),
+        };
+        let info = VolumeInfo { name: name.clone(), path: path.clone(), size_bytes: size };
+        let vol = match Volume::open(info.clone(), self.config.share_threshold) {
+            Ok(v) => v,
+            Err(e) => return err(ErrorCode::Io, format!("volume {name}: opening {path} read-only: {e}")),
+        };
+        if let Err(e) = catalog.add_volume(&info) {
+            return err(ErrorCode::Io, e.to_string());
+        }
+        self.volumes.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), Arc::new(vol));
+        log::info!("added volume {name}: {path} ({})", ByteSize(size));
+        Response::Volume(info)
+    }
+
+    fn remove_volume(&self, name: &str) -> Response {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = self.volume(name) {
+            return e;
+        }
+        let users = self.volume_users(name);
+        if !users.is_empty() {
+            return err(ErrorCode::InvalidArgument, format!("volume {name} backs segment(s) {users:?}; remove them first"));
+        }
+        if let Err(e) = catalog.remove_volume(name) {
+            return err(ErrorCode::Io, e.to_string());
+        }
+        self.volumes.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        log::info!("removed volume {name}");
+        Response::Removed
     }
 
     fn remove(&self, name: &str) -> Response {

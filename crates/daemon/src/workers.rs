@@ -115,7 +115,7 @@ impl Workers {
     }
 }
 
-fn serve(a: &Attachment, ev: &Event, scratch: &mut [u8]) {
+fn serve(a: &Arc<Attachment>, ev: &Event, scratch: &mut [u8]) {
     match *ev {
         Event::PageFault {
             address,

@@ -9,6 +9,9 @@ pub enum Backing {
     Zero,
     /// A file on the home node: read on first access, dirty pages written back on sync.
     File { path: String },
+    /// A read-only volume (`pagemesh volume add`): unmodified pages are the volume's shared
+    /// frames; a write gives the writing process a private copy.
+    Volume { name: String },
 }
 
 impl std::fmt::Display for Backing {
@@ -16,6 +19,7 @@ impl std::fmt::Display for Backing {
         match self {
             Backing::Zero => f.write_str("zero"),
             Backing::File { path } => write!(f, "file:{path}"),
+            Backing::Volume { name } => write!(f, "volume:{name}"),
         }
     }
 }
@@ -96,6 +100,41 @@ pub enum Request {
     },
     /// Daemon identity, uffd mode and limits.
     DaemonStatus,
+    /// Register a raw image file as a read-only volume.
+    AddVolume { name: String, path: String },
+    ListVolumes,
+    StatVolume { name: String },
+    RemoveVolume { name: String },
+}
+
+/// A read-only volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub path: String,
+    pub size_bytes: u64,
+}
+
+/// A volume's cache and I/O on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeStat {
+    pub info: VolumeInfo,
+    /// Blocks in the shared volume cache (one frame each, however many processes map it).
+    pub cached_blocks: u64,
+    pub poisoned_blocks: u64,
+    /// Reads issued to the image file, and their bytes.
+    pub storage_reads: u64,
+    pub storage_bytes_read: u64,
+    /// Faults served by mapping a shared frame.
+    pub shared_maps: u64,
+    /// Faults served with a private copy (block below the sharing threshold).
+    pub private_copies: u64,
+    /// Faults that found their block already being read and waited for that read.
+    pub coalesced_waits: u64,
+    /// Segments backed by this volume.
+    pub segments: u64,
+    /// Faults a block needs before it enters the shared cache.
+    pub share_threshold: u32,
 }
 
 /// Fault and I/O counters of a segment on this node.
@@ -188,6 +227,9 @@ pub enum Response {
     },
     Registered,
     Status(DaemonInfo),
+    Volume(VolumeInfo),
+    Volumes(Vec<VolumeInfo>),
+    VolumeStat(VolumeStat),
     Error {
         code: ErrorCode,
         message: String,
@@ -200,7 +242,7 @@ mod tests {
 
     #[test]
     fn backing_round_trips() {
-        for s in ["zero", "file:/tmp/x"] {
+        for s in ["zero", "file:/tmp/x", "volume:golden"] {
             assert_eq!(s.parse::<Backing>().unwrap().to_string(), s);
         }
         assert!("file:".parse::<Backing>().is_err());

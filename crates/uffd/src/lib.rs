@@ -7,6 +7,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod fdpass;
+pub mod fileio;
 pub mod memfd;
 pub mod poll;
 pub mod sigbus;

@@ -35,6 +35,11 @@ impl Memfd {
         }
     }
 
+    /// A second handle to the same memfd (`dup`).
+    pub fn try_clone(&self) -> io::Result<Memfd> {
+        Ok(Memfd { file: self.file.try_clone()? })
+    }
+
     /// Size of the memfd.
     pub fn len_bytes(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
@@ -148,6 +153,54 @@ impl SharedMapping {
         // THP may be unavailable; ignoring EINVAL is correct (no huge pages then).
         let _ = m.advise(0, len, libc::MADV_NOHUGEPAGE);
         Ok(m)
+    }
+
+    /// Map `len` bytes of `fd` privately (copy-on-write): reads see the file's frames, a write
+    /// gives this process its own copy of the page. Not forked into children, no THP.
+    pub fn map_private(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMapping> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot map zero bytes"));
+        }
+        // SAFETY: a fresh mapping at an address the kernel chooses cannot alias any Rust object.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let m = SharedMapping {
+            ptr: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
+            len,
+        };
+        m.advise(0, len, libc::MADV_DONTFORK)?;
+        let _ = m.advise(0, len, libc::MADV_NOHUGEPAGE);
+        Ok(m)
+    }
+
+    /// Map `len` bytes of a file read-only and shared (for comparisons with the kernel's mmap).
+    /// Writes through the returned mapping would fault: use only `read_at`.
+    pub fn map_readonly(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMapping> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot map zero bytes"));
+        }
+        // SAFETY: a fresh mapping at an address the kernel chooses cannot alias any Rust object.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedMapping {
+            ptr: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
+            len,
+        })
     }
 
     /// Map `len` bytes of private anonymous memory (for tests and benchmarks).

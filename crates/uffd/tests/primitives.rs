@@ -231,3 +231,31 @@ fn write_protect_then_write_raises_wp_fault() {
     s.memfd.read_exact_at(&mut b, 0).unwrap();
     assert_eq!(u64::from_ne_bytes(b), 3);
 }
+
+/// The shortcut-I/O primitive: a private mapping of a memfd, registered MINOR, resolved with
+/// CONTINUE, maps the shared frame; a write then copies it privately with no uffd event.
+#[test]
+fn private_mapping_continue_shares_the_frame_and_writes_copy() {
+    let memfd = Memfd::create("vol", 2 * PS).unwrap();
+    memfd.write_all_at(&77u64.to_ne_bytes(), 0).unwrap();
+    let map = SharedMapping::map_private(memfd.as_fd(), 2 * PAGE_SIZE).unwrap();
+    let (uffd, _) = Uffd::open(features::PAGEMESH).unwrap();
+    uffd.register(map.addr(), 2 * PS, RegisterMode::MISSING.union(RegisterMode::MINOR)).unwrap();
+    thread::scope(|sc| {
+        let m = &map;
+        let h = sc.spawn(move || {
+            let v = word(m, 0).load(Ordering::SeqCst);
+            word(m, 0).store(v + 1, Ordering::SeqCst); // COW: no second uffd event
+            (v, word(m, 0).load(Ordering::SeqCst))
+        });
+        let (a, kind, _) = next_fault(&uffd);
+        assert_eq!((a, kind), (map.addr(), FaultKind::Minor));
+        uffd.continue_(a, PS, false, true).unwrap();
+        assert_eq!(h.join().unwrap(), (77, 78));
+    });
+    let mut b = [0u8; 8];
+    memfd.read_exact_at(&mut b, 0).unwrap();
+    assert_eq!(u64::from_ne_bytes(b), 77, "the shared frame must not see a private write");
+    let mut evs = Vec::new();
+    assert_eq!(uffd.read_events(&mut evs, 4).unwrap(), 0, "unexpected events: {evs:?}");
+}

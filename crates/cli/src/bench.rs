@@ -1,0 +1,250 @@
+//! `pagemesh bench ...`: measurements, each side by side with a baseline measured in the same run.
+//!
+//! With `--json`, one object per line:
+//! `{"bench","metric","unit","pagemesh","baseline","ratio","better","runs","min","median","max"}`
+//! where min/median/max are pagemesh's over the runs and `pagemesh`/`baseline` are medians.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use pagemesh::Backing;
+use pagemesh_types::ByteSize;
+use pagemesh_uffd::fileio::drop_cached;
+use pagemesh_uffd::SharedMapping;
+use sha2::{Digest, Sha256};
+
+use crate::harness::{spawn, wait_all, PrivateDaemon, Proc};
+use crate::memtest::pattern;
+use crate::parse_size;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// N processes read one read-only image: through pagemesh volume segments (one shared frame
+    /// per block), versus each process mmap'ing its own copy of the image (no sharing), versus
+    /// all mmap'ing the one file. Wall time and memory used.
+    Volume(VolumeBench),
+    /// (internal) mmap FILE read-only and print the SHA-256 of its bytes.
+    #[command(hide = true)]
+    MmapHash { file: PathBuf },
+}
+
+#[derive(Args)]
+pub struct VolumeBench {
+    /// Image size.
+    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    pub size: u64,
+    /// Reader processes.
+    #[arg(long, default_value_t = 8)]
+    pub procs: usize,
+    /// Repetitions of each case.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const CASE_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BenchCmd::Volume(b) => volume(b),
+        BenchCmd::MmapHash { file } => {
+            let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let len = f.metadata()?.len() as usize;
+            let m = SharedMapping::map_readonly(f.as_fd(), len)?;
+            println!("{}", sha256_of(|off, buf| m.read_at(off, buf), len));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn sha256_of(mut read: impl FnMut(usize, &mut [u8]), len: usize) -> String {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(buf.len());
+        read(off, &mut buf[..n]);
+        h.update(&buf[..n]);
+        off += n;
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `Cached:` of /proc/meminfo in bytes (page cache, shmem and memfds included).
+fn cached_bytes() -> anyhow::Result<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo")?;
+    let line = m.lines().find(|l| l.starts_with("Cached:")).context("no Cached: in /proc/meminfo")?;
+    let kib: u64 = line.split_whitespace().nth(1).context("malformed Cached: line")?.parse()?;
+    Ok(kib * 1024)
+}
+
+/// Median, min and max of a sample.
+pub struct Stats {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+    pub runs: usize,
+}
+
+pub fn stats(v: &[f64]) -> Stats {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    let median = if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
+    Stats { min: s[0], median, max: s[n - 1], runs: n }
+}
+
+/// Print one result line (JSON or a table row).
+#[allow(clippy::too_many_arguments)]
+pub fn report(json: bool, bench: &str, metric: &str, unit: &str, pm: &[f64], base: &[f64], better: &str) {
+    let p = stats(pm);
+    let b = stats(base);
+    let ratio = if b.median == 0.0 { f64::NAN } else { p.median / b.median };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"bench": bench, "metric": metric, "unit": unit, "pagemesh": p.median,
+                "baseline": b.median, "ratio": ratio, "better": better, "runs": p.runs,
+                "min": p.min, "median": p.median, "max": p.max})
+        );
+    } else {
+        println!(
+            "{bench:<8} {metric:<34} {unit:>5} {:>10.3} {:>10.3} {:>7.3}  ({better} is better; pagemesh min {:.3} max {:.3}, n={})",
+            p.median, b.median, ratio, p.min, p.max, p.runs
+        );
+    }
+}
+
+fn write_image(path: &Path, size: u64) -> anyhow::Result<()> {
+    let mut f = std::io::BufWriter::new(File::create(path)?);
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut off = 0;
+    while off < size {
+        buf.clear();
+        let n = (size - off).min(1 << 20);
+        for o in (off..off + n).step_by(8) {
+            buf.extend_from_slice(&pattern(99, o).to_le_bytes());
+        }
+        buf.truncate(n as usize);
+        f.write_all(&buf)?;
+        off += n;
+    }
+    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
+}
+
+struct Sample {
+    secs: f64,
+    mem_bytes: f64,
+}
+
+/// Run `procs` at once; the time until all are done, and the growth of Cached.
+fn measure(procs: impl FnOnce() -> anyhow::Result<Vec<Proc>>, want: &str) -> anyhow::Result<Sample> {
+    let before = cached_bytes()?;
+    let t = Instant::now();
+    let outs = wait_all(procs()?, CASE_TIMEOUT)?;
+    let secs = t.elapsed().as_secs_f64();
+    let after = cached_bytes()?;
+    for o in outs {
+        if o.trim() != want {
+            bail!("a reader saw different bytes: sha256 {} instead of {want}", o.trim());
+        }
+    }
+    Ok(Sample { secs, mem_bytes: after.saturating_sub(before) as f64 })
+}
+
+fn drop_file(p: &Path) -> anyhow::Result<()> {
+    drop_cached(&File::open(p)?, 0, 0)?;
+    Ok(())
+}
+
+fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
+    if b.procs == 0 || b.runs == 0 || b.size == 0 {
+        bail!("--procs, --runs and --size must be positive");
+    }
+    let d = PrivateDaemon::start("pagemesh-bench-", &[])?;
+    let image = d.dir.path().join("image.raw");
+    write_image(&image, b.size)?;
+    let want = {
+        let f = File::open(&image)?;
+        let m = SharedMapping::map_readonly(f.as_fd(), b.size as usize)?;
+        sha256_of(|off, buf| m.read_at(off, buf), b.size as usize)
+    };
+    let copies: Vec<PathBuf> = (0..b.procs).map(|i| d.dir.path().join(format!("copy{i}.raw"))).collect();
+    for c in &copies {
+        std::fs::copy(&image, c)?;
+    }
+    let socket = d.socket.clone();
+    let (mut pm, mut own, mut one) = (Vec::new(), Vec::new(), Vec::new());
+    let mut storage = Vec::new();
+    for run in 0..b.runs {
+        // pagemesh: a fresh volume (empty cache) per run, one segment per process.
+        drop_file(&image)?;
+        d.client.add_volume("bench", &image.display().to_string())?;
+        for i in 0..b.procs {
+            d.client.create_segment(&format!("vm{i}"), None, Backing::Volume { name: "bench".into() })?;
+        }
+        pm.push(measure(
+            || {
+                (0..b.procs)
+                    .map(|i| spawn(&socket, &["memtest".into(), format!("vm{i}"), "--sha256".into()], format!("reader {i}")))
+                    .collect()
+            },
+            &want,
+        )?);
+        let vs = d.client.stat_volume("bench")?;
+        storage.push(vs.storage_bytes_read as f64);
+        for i in 0..b.procs {
+            d.client.remove_segment(&format!("vm{i}"))?;
+        }
+        d.client.remove_volume("bench")?;
+        // Baseline 1: every process mmaps its own copy (what a system without shared frames does).
+        for c in &copies {
+            drop_file(c)?;
+        }
+        own.push(measure(
+            || copies.iter().enumerate().map(|(i, c)| mmap_reader(&socket, c, i)).collect(),
+            &want,
+        )?);
+        // Baseline 2: every process mmaps the one file (the kernel's own sharing).
+        drop_file(&image)?;
+        one.push(measure(|| (0..b.procs).map(|i| mmap_reader(&socket, &image, i)).collect(), &want)?);
+        if !b.json {
+            eprintln!("run {}/{} done", run + 1, b.runs);
+        }
+    }
+    let secs = |v: &[Sample]| v.iter().map(|s| s.secs).collect::<Vec<_>>();
+    let mib = |v: &[Sample]| v.iter().map(|s| s.mem_bytes / (1 << 20) as f64).collect::<Vec<_>>();
+    if !b.json {
+        println!(
+            "{} processes reading a {} image; pagemesh = volume segments, baselines: own copies via mmap | one file via mmap",
+            b.procs,
+            ByteSize(b.size)
+        );
+        println!("{:<8} {:<34} {:>5} {:>10} {:>10} {:>7}", "bench", "metric", "unit", "pagemesh", "baseline", "ratio");
+    }
+    report(b.json, "volume", "wall_time_vs_private_copies", "s", &secs(&pm), &secs(&own), "lower");
+    report(b.json, "volume", "memory_vs_private_copies", "MiB", &mib(&pm), &mib(&own), "lower");
+    report(b.json, "volume", "wall_time_vs_one_file_mmap", "s", &secs(&pm), &secs(&one), "lower");
+    report(b.json, "volume", "memory_vs_one_file_mmap", "MiB", &mib(&pm), &mib(&one), "lower");
+    let image_bytes = vec![b.size as f64; storage.len()];
+    report(b.json, "volume", "storage_bytes_read_vs_image_size", "B", &storage, &image_bytes, "lower");
+    d.stop();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mmap_reader(socket: &Path, file: &Path, i: usize) -> anyhow::Result<Proc> {
+    spawn(
+        socket,
+        &["bench".into(), "mmap-hash".into(), file.display().to_string()],
+        format!("mmap reader {i}"),
+    )
+}

@@ -1,0 +1,130 @@
+//! A private daemon in a temp dir, and bounded child processes: shared by `demo` and `bench`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use pagemesh::Client;
+
+/// A child process that is killed (by its pid, which we started) if still running on drop.
+pub struct Proc {
+    pub child: Child,
+    pub what: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("finding the pagemesh executable")
+}
+
+/// Start `pagemesh --socket SOCKET args...` with piped output.
+pub fn spawn(socket: &Path, args: &[String], what: String) -> anyhow::Result<Proc> {
+    let child = Command::new(exe()?)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    Ok(Proc { child, what })
+}
+
+/// Wait for every process (bounded by `timeout` in all); return their stdouts, or fail naming
+/// the first that failed.
+pub fn wait_all(procs: Vec<Proc>, timeout: Duration) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + timeout;
+    let mut failures = Vec::new();
+    let mut outs = Vec::new();
+    for mut p in procs {
+        loop {
+            match p.child.try_wait()? {
+                Some(status) => {
+                    let out = read_output(&mut p.child);
+                    if !status.success() {
+                        failures.push(format!("{} failed ({status}): {}", p.what, out.1));
+                    }
+                    outs.push(out.0);
+                    break;
+                }
+                None if Instant::now() > deadline => {
+                    failures.push(format!("{} did not finish within {timeout:?}", p.what));
+                    break;
+                }
+                None => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("\n"));
+    }
+    Ok(outs)
+}
+
+fn read_output(c: &mut Child) -> (String, String) {
+    use std::io::Read;
+    let (mut o, mut e) = (String::new(), String::new());
+    if let Some(s) = c.stdout.as_mut() {
+        let _ = s.read_to_string(&mut o);
+    }
+    if let Some(s) = c.stderr.as_mut() {
+        let _ = s.read_to_string(&mut e);
+    }
+    let both = format!("{}{}", o.trim(), e.trim());
+    (o, both)
+}
+
+/// A daemon of our own in a temp dir; killed and cleaned up on drop.
+pub struct PrivateDaemon {
+    pub client: Client,
+    pub socket: PathBuf,
+    proc: Proc,
+    pub dir: tempfile::TempDir,
+}
+
+impl PrivateDaemon {
+    pub fn start(prefix: &str, extra: &[&str]) -> anyhow::Result<PrivateDaemon> {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().context("creating a temp dir")?;
+        let socket = dir.path().join("pagemesh.sock");
+        let log = dir.path().join("daemon.log");
+        let child = Command::new(exe()?)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["daemon", "--log-level", "warn", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting a private daemon")?;
+        let mut proc = Proc { child, what: "daemon".into() };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = loop {
+            if let Ok(c) = Client::connect(&socket) {
+                break c;
+            }
+            if let Some(status) = proc.child.try_wait()? {
+                bail!("the private daemon exited ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                bail!("the private daemon did not listen on {} within 10 s", socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(PrivateDaemon { client, socket, proc, dir })
+    }
+
+    /// Stop the daemon now (it is also stopped on drop).
+    pub fn stop(self) {
+        drop(self.proc);
+    }
+}
