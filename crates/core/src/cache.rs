@@ -9,7 +9,7 @@ use crate::ids::{
 use crate::io::Io;
 use crate::msg::{DenyReason, Msg};
 use crate::output::Output;
-use pagemesh_types::NodeId;
+use pagemesh_types::{NodeId, SegmentId};
 use std::collections::BTreeMap;
 
 /// A copy of a page held by this node.
@@ -45,7 +45,7 @@ struct Pending {
 /// A sync or clear-poison in flight.
 #[derive(Clone, Debug)]
 struct Call {
-    id: CallId,
+    ids: Vec<CallId>,
     home: NodeId,
     msg: Msg,
     deadline_ms: u64,
@@ -70,6 +70,9 @@ pub(crate) struct Cache {
     copies: BTreeMap<PageKey, CopyInfo>,
     pending: BTreeMap<PageKey, Pending>,
     calls: BTreeMap<ReqId, Call>,
+    /// Syncs asked for while one of the same segment is in flight: they start when it ends
+    /// (they must not join it: it may have been served before their writes completed).
+    sync_next: BTreeMap<SegmentId, Vec<CallId>>,
     next_req: u64,
 }
 
@@ -87,7 +90,7 @@ impl Cache {
     }
 
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.calls.is_empty()
+        self.pending.is_empty() && self.calls.is_empty() && self.sync_next.is_empty()
     }
 
     fn new_req(&mut self) -> ReqId {
@@ -181,13 +184,35 @@ impl Cache {
         );
     }
 
+    /// Start a sync of `seg`, or queue it behind the one in flight.
+    pub fn sync(&mut self, io: &mut Io, home: NodeId, id: CallId, seg: SegmentId) {
+        let busy = self
+            .calls
+            .values()
+            .any(|c| matches!(c.msg, Msg::SyncReq { seg: s, .. } if s == seg));
+        if busy {
+            io.hit(Branch::SyncQueuedBehindInFlight);
+            self.sync_next.entry(seg).or_default().push(id);
+            return;
+        }
+        self.call(io, home, vec![id], |req| Msg::SyncReq { seg, req });
+    }
+
     /// Start a sync or clear-poison call to `home`; `make` builds the message from the request id.
-    pub fn call(&mut self, io: &mut Io, home: NodeId, id: CallId, make: impl FnOnce(ReqId) -> Msg) {
+    pub fn call(
+        &mut self,
+        io: &mut Io,
+        home: NodeId,
+        ids: Vec<CallId>,
+        make: impl FnOnce(ReqId) -> Msg,
+    ) {
         if self.calls.len() >= io.max_queue {
-            io.emit(Output::CallDone {
-                call: id,
-                result: CallResult::Failed { pages: 0 },
-            });
+            for id in ids {
+                io.emit(Output::CallDone {
+                    call: id,
+                    result: CallResult::Failed { pages: 0 },
+                });
+            }
             return;
         }
         let req = self.new_req();
@@ -196,7 +221,7 @@ impl Cache {
         self.calls.insert(
             req,
             Call {
-                id,
+                ids,
                 home,
                 msg,
                 deadline_ms: io.now_ms.saturating_add(io.timing.fault_timeout_ms),
@@ -250,8 +275,16 @@ impl Cache {
     }
 
     fn finish_call(&mut self, io: &mut Io, req: ReqId, result: CallResult) {
-        if let Some(c) = self.calls.remove(&req) {
-            io.emit(Output::CallDone { call: c.id, result });
+        let Some(c) = self.calls.remove(&req) else {
+            return;
+        };
+        for id in c.ids {
+            io.emit(Output::CallDone { call: id, result });
+        }
+        if let Msg::SyncReq { seg, .. } = c.msg {
+            if let Some(ids) = self.sync_next.remove(&seg) {
+                self.call(io, c.home, ids, |req| Msg::SyncReq { seg, req });
+            }
         }
     }
 

@@ -52,6 +52,7 @@ branches! {
     SyncDuplicate,
     SyncEmpty,
     SyncStarted,
+    SyncQueuedBehindInFlight,
     HomeMapperReadFailed,
     FlushMapperWriteFailed,
     PeerRestartRescue,

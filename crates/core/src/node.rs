@@ -175,8 +175,7 @@ impl Node {
             });
             return;
         };
-        self.cache
-            .call(&mut self.io, home, call, |req| Msg::SyncReq { seg, req });
+        self.cache.sync(&mut self.io, home, call, seg);
     }
 
     /// Restore a poisoned page from the mapper (or zero). Ends with an [`Output::CallDone`].
@@ -190,7 +189,7 @@ impl Node {
             return;
         };
         self.cache
-            .call(&mut self.io, home, call, |req| Msg::ClearPoison {
+            .call(&mut self.io, home, vec![call], |req| Msg::ClearPoison {
                 page,
                 req,
             });
