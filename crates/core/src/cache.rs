@@ -372,13 +372,16 @@ impl Cache {
             return;
         };
         io.hit(Branch::DenyPoisoned);
-        let DenyReason::Poisoned = reason;
+        let result = match reason {
+            DenyReason::Poisoned => FaultResult::Poisoned,
+            DenyReason::MapperFailed => FaultResult::MapperFailed,
+        };
         let (late, early): (Vec<Waiter>, Vec<Waiter>) = p.waiters.into_iter().partition(|w| w.late);
         for w in early {
             io.emit(Output::FaultDone {
                 fault: w.fault,
                 page,
-                result: FaultResult::Poisoned,
+                result,
             });
         }
         if !late.is_empty() {

@@ -525,7 +525,11 @@ impl Directory {
             Ok(data) => t.data = Some((version, data)),
             Err(e) => {
                 io.hit(Branch::HomeMapperReadFailed);
-                io.protocol_error(format!("{page}: mapper read failed: {}", e.0));
+                io.event(Event::MapperFailed {
+                    page,
+                    write: false,
+                    error: e.0,
+                });
                 t.failed = true;
             }
         }
@@ -556,7 +560,12 @@ impl Directory {
         }
         match result {
             Ok(()) => p.durable = p.durable.max(version),
-            Err(_) => {
+            Err(e) => {
+                io.event(Event::MapperFailed {
+                    page,
+                    write: true,
+                    error: e.0,
+                });
                 io.hit(Branch::FlushMapperWriteFailed);
                 t.failed = true;
             }

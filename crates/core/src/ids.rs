@@ -121,6 +121,8 @@ pub enum FaultResult {
     /// The page's only valid copy was lost (or the mapper failed): deliver SIGBUS
     /// (`UFFDIO_POISON`).
     Poisoned,
+    /// The mapper could not read the page: deliver SIGBUS, and report the I/O error.
+    MapperFailed,
     /// No answer within `fault_timeout_ms`; deliver SIGBUS and report which page and home.
     TimedOut,
     /// The page is not in any segment this node knows.

@@ -25,6 +25,8 @@ pub struct Envelope {
 pub enum DenyReason {
     /// The page is poisoned: its only valid copy was lost.
     Poisoned,
+    /// The mapper failed to read the page (the page is not poisoned; a retry may work).
+    MapperFailed,
 }
 
 /// The protocol's messages. Requests go node -> home; the home drives every transfer and

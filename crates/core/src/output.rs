@@ -91,6 +91,15 @@ pub enum Event {
         /// The peer.
         peer: NodeId,
     },
+    /// A mapper read or write failed.
+    MapperFailed {
+        /// Page.
+        page: PageKey,
+        /// Whether it was a write.
+        write: bool,
+        /// The mapper's error.
+        error: String,
+    },
     /// A message broke a protocol rule (a bug or a lying peer); it was ignored.
     ProtocolError {
         /// What was wrong.

@@ -197,8 +197,13 @@ fn poison(cx: &mut Cx, p: &mut DirPage) {
     }
 }
 
-fn deny(cx: &mut Cx, p: &mut DirPage, node: NodeId, req: crate::ids::ReqId) -> Progress {
-    let reason = DenyReason::Poisoned;
+fn deny(
+    cx: &mut Cx,
+    p: &mut DirPage,
+    node: NodeId,
+    req: crate::ids::ReqId,
+    reason: DenyReason,
+) -> Progress {
     p.served.insert(node, (req, Some(reason)));
     cx.io.send(
         node,
@@ -221,7 +226,12 @@ fn plan_acquire(
     have: Option<(Version, TxnId)>,
 ) -> Progress {
     if p.poisoned || t.failed {
-        return deny(cx, p, node, req);
+        let reason = if p.poisoned {
+            DenyReason::Poisoned
+        } else {
+            DenyReason::MapperFailed
+        };
+        return deny(cx, p, node, req, reason);
     }
     let held = p.holder_grant(node);
     let current = held.is_some() && have.is_some_and(|(v, g)| v == p.version && Some(g) == held);
@@ -235,7 +245,7 @@ fn plan_acquire(
             Source::Waiting => return Progress::Wait,
             Source::Lost => {
                 poison(cx, p);
-                return deny(cx, p, node, req);
+                return deny(cx, p, node, req, DenyReason::Poisoned);
             }
         }
     }

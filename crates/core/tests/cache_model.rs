@@ -34,6 +34,7 @@ enum Op {
     },
     Deny {
         current: bool,
+        mapper: bool,
     },
 }
 
@@ -65,6 +66,7 @@ fn gen(rng: &mut Rng) -> Vec<Op> {
             },
             _ => Op::Deny {
                 current: rng.below(3) != 0,
+                mapper: rng.below(3) == 0,
             },
         })
         .collect()
@@ -259,7 +261,7 @@ impl RefCache {
         self.send(Msg::InvalAck { page: page(), txn });
     }
 
-    fn deny(&mut self, req: ReqId) {
+    fn deny(&mut self, req: ReqId, reason: DenyReason) {
         let Some((_, waiters)) = self.pending.clone().filter(|(r, _)| *r == req) else {
             return;
         };
@@ -269,7 +271,10 @@ impl RefCache {
             self.out.push(Output::FaultDone {
                 fault: w.fault,
                 page: page(),
-                result: FaultResult::Poisoned,
+                result: match reason {
+                    DenyReason::Poisoned => FaultResult::Poisoned,
+                    DenyReason::MapperFailed => FaultResult::MapperFailed,
+                },
             });
         }
         if !late.is_empty() {
@@ -368,17 +373,22 @@ fn check(ops: &[Op]) -> Result<(), String> {
                 model.inval(txn);
                 Some(Msg::Inval { page: page(), txn })
             }
-            Op::Deny { current } => {
+            Op::Deny { current, mapper } => {
+                let reason = if mapper {
+                    DenyReason::MapperFailed
+                } else {
+                    DenyReason::Poisoned
+                };
                 let req = match (current, pending_req) {
                     (true, Some(r)) => r,
                     (_, Some(r)) => ReqId(r.0.saturating_sub(1)),
                     (_, None) => ReqId(model.next_req),
                 };
-                model.deny(req);
+                model.deny(req, reason);
                 Some(Msg::Deny {
                     page: page(),
                     req,
-                    reason: DenyReason::Poisoned,
+                    reason,
                 })
             }
         };

@@ -22,6 +22,8 @@ pub struct SimConfig {
     pub partition_rate: f64,
     /// Largest mapper latency in ms.
     pub max_mapper_ms: u64,
+    /// Probability that a mapper read or write fails (while faults are on).
+    pub mapper_fail_rate: f64,
     /// Time allowed after faults stop and partitions heal for everything to complete.
     pub liveness_bound_ms: u64,
     /// Switch on the core's injected bug (the checkers must catch it).
@@ -42,6 +44,7 @@ impl Default for SimConfig {
             crash_rate: 0.004,
             partition_rate: 0.004,
             max_mapper_ms: 15,
+            mapper_fail_rate: 0.005,
             liveness_bound_ms: 20_000,
             inject_bug: false,
             trace: false,

@@ -20,6 +20,7 @@ const USAGE: &str = "usage: pagemesh-sim (--seed S | --seeds N [--start S]) [opt
   --crash R           crash probability per 10 ms tick (default 0.004)
   --partition R       partition probability per 10 ms tick (default 0.004)
   --mapper-ms MS      largest mapper latency (default 15)
+  --mapper-fail R     mapper I/O failure probability (default 0.005)
   --inject-bug        switch on the core's injected bug (skip one invalidation ack)
   --coverage          list protocol branches no seed reached
   --trace             print the full trace of a single seed";
@@ -66,6 +67,7 @@ fn parse() -> Result<Args, String> {
             "--crash" => a.cfg.crash_rate = num(&flag, val()?)?,
             "--partition" => a.cfg.partition_rate = num(&flag, val()?)?,
             "--mapper-ms" => a.cfg.max_mapper_ms = num(&flag, val()?)?,
+            "--mapper-fail" => a.cfg.mapper_fail_rate = num(&flag, val()?)?,
             "--inject-bug" => a.cfg.inject_bug = true,
             "--coverage" => a.coverage = true,
             "--trace" => a.cfg.trace = true,

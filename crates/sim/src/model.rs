@@ -19,6 +19,8 @@ pub struct PageModel {
     pub poisoned: bool,
     /// Sequence number of the last clear-poison.
     pub cleared_seq: u64,
+    /// Sequence number of the last failed mapper read.
+    pub read_error_seq: u64,
     /// Only atomic increments touch this page.
     pub incr_only: bool,
     /// Value when increments started being counted (after the last clear).
@@ -108,6 +110,33 @@ impl Model {
         } else {
             Err(format!(
                 "{page}: fault got SIGBUS but the home never poisoned the page"
+            ))
+        }
+    }
+
+    /// A mapper read of `page` failed.
+    pub fn read_error(&mut self, page: PageKey) {
+        let seq = self.tick();
+        self.page(page).read_error_seq = seq;
+    }
+
+    /// A mapper write of `page` failed: the contents being written may now exist nowhere, and
+    /// an unrecoverable I/O error is a legitimate reason to poison.
+    pub fn write_error(&mut self, page: PageKey) {
+        self.page(page).poison_ok = true;
+    }
+
+    /// A fault issued at `issued_seq` failed because a mapper read failed since.
+    pub fn check_mapper_failed_fault(
+        &mut self,
+        page: PageKey,
+        issued_seq: u64,
+    ) -> Result<(), String> {
+        if self.page(page).read_error_seq > issued_seq {
+            Ok(())
+        } else {
+            Err(format!(
+                "{page}: fault reported a mapper failure but no mapper read failed"
             ))
         }
     }

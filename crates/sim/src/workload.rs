@@ -285,7 +285,7 @@ impl World {
                 self.model.cleared(page, v);
                 Ok(())
             }
-            Event::PeerRestarted { .. } => Ok(()),
+            Event::PeerRestarted { .. } | Event::MapperFailed { .. } => Ok(()),
             Event::ProtocolError { what } => {
                 Err(fail(self, None, format!("node{i}: protocol error: {what}")))
             }
@@ -324,6 +324,12 @@ impl World {
                         c.clear_poison(now, call, page);
                     }
                 }
+            }
+            FaultResult::MapperFailed => {
+                self.stats.sigbus += 1;
+                self.model
+                    .check_mapper_failed_fault(page, op.issued_seq)
+                    .map_err(|m| fail(self, Some(page), m))?;
             }
             FaultResult::TimedOut | FaultResult::UnknownSegment => {
                 return Err(fail(

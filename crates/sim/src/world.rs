@@ -5,8 +5,8 @@ use crate::config::SimConfig;
 use crate::model::Model;
 use crate::rng::Rng;
 use pagemesh_core::{
-    Backing, CallId, Coverage, Envelope, Epoch, FaultId, MapperToken, Node, NodeConfig, PageKey,
-    SegmentInfo, Timing,
+    Backing, CallId, Coverage, Envelope, Epoch, FaultId, MapperError, MapperToken, Node,
+    NodeConfig, PageData, PageKey, SegmentInfo, Timing,
 };
 use pagemesh_types::{NodeId, SegmentId};
 use std::cmp::Reverse;
@@ -309,37 +309,14 @@ impl World {
                 epoch,
                 token,
                 page,
-            } => {
-                let value = self.mapper.get(&page).copied().unwrap_or(0);
-                self.log(|| format!("{} mapper read {page} -> {value}", NodeId(node as u32)));
-                if self.nodes[node].epoch != epoch {
-                    return Ok(());
-                }
-                let now = self.now;
-                if let Some(c) = self.nodes[node].core.as_mut() {
-                    let data = pagemesh_core::PageData::Bytes(value.to_le_bytes().to_vec());
-                    c.mapper_read_done(now, token, Ok(data));
-                }
-                self.run_outputs(node)
-            }
+            } => self.mapper_read(node, epoch, token, page),
             Ev::MapperWrite {
                 node,
                 epoch,
                 token,
                 page,
                 value,
-            } => {
-                self.mapper.insert(page, value);
-                self.log(|| format!("{} mapper wrote {page} = {value}", NodeId(node as u32)));
-                if self.nodes[node].epoch != epoch {
-                    return Ok(());
-                }
-                let now = self.now;
-                if let Some(c) = self.nodes[node].core.as_mut() {
-                    c.mapper_write_done(now, token, Ok(()));
-                }
-                self.run_outputs(node)
-            }
+            } => self.mapper_write(node, epoch, token, page, value),
             Ev::Tick => self.tick(),
             Ev::Proc { node, proc, epoch } => self.next_op(node, proc, epoch),
             Ev::Restart(i) => {
@@ -354,6 +331,71 @@ impl World {
                 Ok(())
             }
         }
+    }
+
+    /// A mapper read completes (or fails, while faults are on).
+    fn mapper_read(
+        &mut self,
+        node: usize,
+        epoch: u64,
+        token: MapperToken,
+        page: PageKey,
+    ) -> Result<(), Violation> {
+        let value = self.mapper.get(&page).copied().unwrap_or(0);
+        let failed = self.faults_on && self.rng.chance(self.cfg.mapper_fail_rate);
+        self.log(|| {
+            format!(
+                "{} mapper read {page} -> {value} failed={failed}",
+                NodeId(node as u32)
+            )
+        });
+        if self.nodes[node].epoch != epoch {
+            return Ok(());
+        }
+        let result = if failed {
+            self.model.read_error(page);
+            Err(MapperError("simulated EIO".into()))
+        } else {
+            Ok(PageData::Bytes(value.to_le_bytes().to_vec()))
+        };
+        let now = self.now;
+        if let Some(c) = self.nodes[node].core.as_mut() {
+            c.mapper_read_done(now, token, result);
+        }
+        self.run_outputs(node)
+    }
+
+    /// A mapper write completes: durable from now on (or fails, while faults are on).
+    fn mapper_write(
+        &mut self,
+        node: usize,
+        epoch: u64,
+        token: MapperToken,
+        page: PageKey,
+        value: u64,
+    ) -> Result<(), Violation> {
+        let failed = self.faults_on && self.rng.chance(self.cfg.mapper_fail_rate);
+        let result = if failed {
+            self.model.write_error(page);
+            Err(MapperError("simulated EIO".into()))
+        } else {
+            self.mapper.insert(page, value);
+            Ok(())
+        };
+        self.log(|| {
+            format!(
+                "{} mapper wrote {page} = {value} failed={failed}",
+                NodeId(node as u32)
+            )
+        });
+        if self.nodes[node].epoch != epoch {
+            return Ok(());
+        }
+        let now = self.now;
+        if let Some(c) = self.nodes[node].core.as_mut() {
+            c.mapper_write_done(now, token, result);
+        }
+        self.run_outputs(node)
     }
 
     fn tick(&mut self) -> Result<(), Violation> {
