@@ -307,31 +307,8 @@ impl Cache {
             io.send(from, Msg::GrantAck { page, txn });
             return;
         }
-        match data {
-            Some(d) => {
-                io.hit(Branch::GrantInstallData);
-                if self.copies.contains_key(&page) {
-                    io.emit(Output::Invalidate { page });
-                }
-                io.emit(Output::Install {
-                    page,
-                    data: d,
-                    writable: state == CacheState::Modified,
-                });
-            }
-            None => {
-                let Some(c) = self.copies.get(&page) else {
-                    io.protocol_error(format!(
-                        "{page}: grant txn{} without data but this node holds no copy",
-                        txn.0
-                    ));
-                    return;
-                };
-                io.hit(Branch::GrantKeepCopy);
-                if state == CacheState::Modified && c.state != CacheState::Modified {
-                    io.emit(Output::Unprotect { page });
-                }
-            }
+        if !self.install(io, page, txn, state, data) {
+            return;
         }
         self.copies.insert(
             page,
@@ -362,6 +339,44 @@ impl Cache {
             io.hit(Branch::GrantRequeueWriters);
             self.start_acquire(io, p.home, page, Want::Exclusive, left);
         }
+    }
+
+    /// Put a granted copy in place; false if the grant cannot be honoured.
+    fn install(
+        &mut self,
+        io: &mut Io,
+        page: PageKey,
+        txn: TxnId,
+        state: CacheState,
+        data: Option<PageData>,
+    ) -> bool {
+        match data {
+            Some(d) => {
+                io.hit(Branch::GrantInstallData);
+                if self.copies.contains_key(&page) {
+                    io.emit(Output::Invalidate { page });
+                }
+                io.emit(Output::Install {
+                    page,
+                    data: d,
+                    writable: state == CacheState::Modified,
+                });
+            }
+            None => {
+                let Some(c) = self.copies.get(&page) else {
+                    io.protocol_error(format!(
+                        "{page}: grant txn{} without data but this node holds no copy",
+                        txn.0
+                    ));
+                    return false;
+                };
+                io.hit(Branch::GrantKeepCopy);
+                if state == CacheState::Modified && c.state != CacheState::Modified {
+                    io.emit(Output::Unprotect { page });
+                }
+            }
+        }
+        true
     }
 
     fn on_deny(&mut self, io: &mut Io, page: PageKey, req: ReqId, reason: DenyReason) {

@@ -25,12 +25,14 @@ mod cache;
 mod config;
 mod coverage;
 mod directory;
+mod home;
 mod ids;
 mod io;
 mod msg;
 mod node;
 mod output;
 mod plan;
+mod recovery;
 
 pub use cache::{CopyInfo, EvictStart};
 pub use config::{Backing, InjectedBugs, NodeConfig, SegmentInfo, Timing};

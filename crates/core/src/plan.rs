@@ -249,50 +249,10 @@ fn plan_acquire(
             }
         }
     }
-    let state = if want == Want::Exclusive {
-        let mut others: BTreeSet<NodeId> = p.holders().into_iter().filter(|n| *n != node).collect();
-        if !others.is_empty() {
-            cx.io.hit(Branch::HomeInvalidate);
-            for n in &others {
-                cx.io.send(
-                    *n,
-                    Msg::Inval {
-                        page: cx.key,
-                        txn: t.id,
-                    },
-                );
-            }
-            if cx.io.bugs.skip_one_inval_ack && others.len() >= 2 {
-                // Injected bug: forget to wait for the last holder's ack.
-                if let Some(last) = others.pop_last() {
-                    p.remove_holder(last);
-                }
-            }
-            t.stage = Stage::Inval { pending: others };
-            return Progress::Wait;
-        }
-        cx.io.hit(Branch::HomeGrantExclusive);
-        p.version = Version(p.version.0 + 1);
-        p.owner = Some((node, t.id));
-        p.sharers.clear();
-        CacheState::Modified
-    } else {
-        cx.io.hit(Branch::HomeGrantShared);
-        match p.owner {
-            Some((o, _)) if o == node => {
-                p.owner = Some((node, t.id));
-                if p.version == p.durable {
-                    CacheState::ExclusiveClean
-                } else {
-                    CacheState::Modified
-                }
-            }
-            _ => {
-                p.sharers.insert(node, t.id);
-                CacheState::Shared
-            }
-        }
-    };
+    if want == Want::Exclusive && invalidate_others(cx, p, t, node) {
+        return Progress::Wait;
+    }
+    let state = record_grant(cx, p, t, node, want);
     let data = if current {
         cx.io.hit(Branch::HomeGrantNoData);
         None
@@ -310,6 +270,58 @@ fn plan_acquire(
     cx.io.send(node, msg.clone());
     t.stage = Stage::Grant { to: node, msg };
     Progress::Wait
+}
+
+/// Send `Inval` to every holder but `node`; true if there were any (wait for their acks).
+fn invalidate_others(cx: &mut Cx, p: &mut DirPage, t: &mut Txn, node: NodeId) -> bool {
+    let mut others: BTreeSet<NodeId> = p.holders().into_iter().filter(|n| *n != node).collect();
+    if others.is_empty() {
+        return false;
+    }
+    cx.io.hit(Branch::HomeInvalidate);
+    for n in &others {
+        cx.io.send(
+            *n,
+            Msg::Inval {
+                page: cx.key,
+                txn: t.id,
+            },
+        );
+    }
+    if cx.io.bugs.skip_one_inval_ack && others.len() >= 2 {
+        // Injected bug: forget to wait for the last holder's ack.
+        if let Some(last) = others.pop_last() {
+            p.remove_holder(last);
+        }
+    }
+    t.stage = Stage::Inval { pending: others };
+    true
+}
+
+/// Record in the directory that `node` gets the page as `want` asks; the state to grant.
+fn record_grant(cx: &mut Cx, p: &mut DirPage, t: &Txn, node: NodeId, want: Want) -> CacheState {
+    if want == Want::Exclusive {
+        cx.io.hit(Branch::HomeGrantExclusive);
+        p.version = Version(p.version.0 + 1);
+        p.owner = Some((node, t.id));
+        p.sharers.clear();
+        return CacheState::Modified;
+    }
+    cx.io.hit(Branch::HomeGrantShared);
+    match p.owner {
+        Some((o, _)) if o == node => {
+            p.owner = Some((node, t.id));
+            if p.version == p.durable {
+                CacheState::ExclusiveClean
+            } else {
+                CacheState::Modified
+            }
+        }
+        _ => {
+            p.sharers.insert(node, t.id);
+            CacheState::Shared
+        }
+    }
 }
 
 /// Write the current version to the mapper, fetching it first if needed.
