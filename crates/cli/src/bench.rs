@@ -81,8 +81,15 @@ fn sha256_of(mut read: impl FnMut(usize, &mut [u8]), len: usize) -> String {
 /// `Cached:` of /proc/meminfo in bytes (page cache, shmem and memfds included).
 fn cached_bytes() -> anyhow::Result<u64> {
     let m = std::fs::read_to_string("/proc/meminfo")?;
-    let line = m.lines().find(|l| l.starts_with("Cached:")).context("no Cached: in /proc/meminfo")?;
-    let kib: u64 = line.split_whitespace().nth(1).context("malformed Cached: line")?.parse()?;
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("Cached:"))
+        .context("no Cached: in /proc/meminfo")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed Cached: line")?
+        .parse()?;
     Ok(kib * 1024)
 }
 
@@ -98,16 +105,37 @@ pub fn stats(v: &[f64]) -> Stats {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     let n = s.len();
-    let median = if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
-    Stats { min: s[0], median, max: s[n - 1], runs: n }
+    let median = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    Stats {
+        min: s[0],
+        median,
+        max: s[n - 1],
+        runs: n,
+    }
 }
 
 /// Print one result line (JSON or a table row).
 #[allow(clippy::too_many_arguments)]
-pub fn report(json: bool, bench: &str, metric: &str, unit: &str, pm: &[f64], base: &[f64], better: &str) {
+pub fn report(
+    json: bool,
+    bench: &str,
+    metric: &str,
+    unit: &str,
+    pm: &[f64],
+    base: &[f64],
+    better: &str,
+) {
     let p = stats(pm);
     let b = stats(base);
-    let ratio = if b.median == 0.0 { f64::NAN } else { p.median / b.median };
+    let ratio = if b.median == 0.0 {
+        f64::NAN
+    } else {
+        p.median / b.median
+    };
     if json {
         println!(
             "{}",
@@ -147,7 +175,10 @@ struct Sample {
 }
 
 /// Run `procs` at once; the time until all are done, and the growth of Cached.
-fn measure(procs: impl FnOnce() -> anyhow::Result<Vec<Proc>>, want: &str) -> anyhow::Result<Sample> {
+fn measure(
+    procs: impl FnOnce() -> anyhow::Result<Vec<Proc>>,
+    want: &str,
+) -> anyhow::Result<Sample> {
     let before = cached_bytes()?;
     let t = Instant::now();
     let outs = wait_all(procs()?, CASE_TIMEOUT)?;
@@ -155,10 +186,16 @@ fn measure(procs: impl FnOnce() -> anyhow::Result<Vec<Proc>>, want: &str) -> any
     let after = cached_bytes()?;
     for o in outs {
         if o.trim() != want {
-            bail!("a reader saw different bytes: sha256 {} instead of {want}", o.trim());
+            bail!(
+                "a reader saw different bytes: sha256 {} instead of {want}",
+                o.trim()
+            );
         }
     }
-    Ok(Sample { secs, mem_bytes: after.saturating_sub(before) as f64 })
+    Ok(Sample {
+        secs,
+        mem_bytes: after.saturating_sub(before) as f64,
+    })
 }
 
 fn drop_file(p: &Path) -> anyhow::Result<()> {
@@ -178,7 +215,9 @@ fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
         let m = SharedMapping::map_readonly(f.as_fd(), b.size as usize)?;
         sha256_of(|off, buf| m.read_at(off, buf), b.size as usize)
     };
-    let copies: Vec<PathBuf> = (0..b.procs).map(|i| d.dir.path().join(format!("copy{i}.raw"))).collect();
+    let copies: Vec<PathBuf> = (0..b.procs)
+        .map(|i| d.dir.path().join(format!("copy{i}.raw")))
+        .collect();
     for c in &copies {
         std::fs::copy(&image, c)?;
     }
@@ -190,12 +229,24 @@ fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
         drop_file(&image)?;
         d.client.add_volume("bench", &image.display().to_string())?;
         for i in 0..b.procs {
-            d.client.create_segment(&format!("vm{i}"), None, Backing::Volume { name: "bench".into() })?;
+            d.client.create_segment(
+                &format!("vm{i}"),
+                None,
+                Backing::Volume {
+                    name: "bench".into(),
+                },
+            )?;
         }
         pm.push(measure(
             || {
                 (0..b.procs)
-                    .map(|i| spawn(&socket, &["memtest".into(), format!("vm{i}"), "--sha256".into()], format!("reader {i}")))
+                    .map(|i| {
+                        spawn(
+                            &socket,
+                            &["memtest".into(), format!("vm{i}"), "--sha256".into()],
+                            format!("reader {i}"),
+                        )
+                    })
                     .collect()
             },
             &want,
@@ -211,32 +262,92 @@ fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
             drop_file(c)?;
         }
         own.push(measure(
-            || copies.iter().enumerate().map(|(i, c)| mmap_reader(&socket, c, i)).collect(),
+            || {
+                copies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| mmap_reader(&socket, c, i))
+                    .collect()
+            },
             &want,
         )?);
         // Baseline 2: every process mmaps the one file (the kernel's own sharing).
         drop_file(&image)?;
-        one.push(measure(|| (0..b.procs).map(|i| mmap_reader(&socket, &image, i)).collect(), &want)?);
+        one.push(measure(
+            || {
+                (0..b.procs)
+                    .map(|i| mmap_reader(&socket, &image, i))
+                    .collect()
+            },
+            &want,
+        )?);
         if !b.json {
             eprintln!("run {}/{} done", run + 1, b.runs);
         }
     }
     let secs = |v: &[Sample]| v.iter().map(|s| s.secs).collect::<Vec<_>>();
-    let mib = |v: &[Sample]| v.iter().map(|s| s.mem_bytes / (1 << 20) as f64).collect::<Vec<_>>();
+    let mib = |v: &[Sample]| {
+        v.iter()
+            .map(|s| s.mem_bytes / (1 << 20) as f64)
+            .collect::<Vec<_>>()
+    };
     if !b.json {
         println!(
             "{} processes reading a {} image; pagemesh = volume segments, baselines: own copies via mmap | one file via mmap",
             b.procs,
             ByteSize(b.size)
         );
-        println!("{:<8} {:<34} {:>5} {:>10} {:>10} {:>7}", "bench", "metric", "unit", "pagemesh", "baseline", "ratio");
+        println!(
+            "{:<8} {:<34} {:>5} {:>10} {:>10} {:>7}",
+            "bench", "metric", "unit", "pagemesh", "baseline", "ratio"
+        );
     }
-    report(b.json, "volume", "wall_time_vs_private_copies", "s", &secs(&pm), &secs(&own), "lower");
-    report(b.json, "volume", "memory_vs_private_copies", "MiB", &mib(&pm), &mib(&own), "lower");
-    report(b.json, "volume", "wall_time_vs_one_file_mmap", "s", &secs(&pm), &secs(&one), "lower");
-    report(b.json, "volume", "memory_vs_one_file_mmap", "MiB", &mib(&pm), &mib(&one), "lower");
+    report(
+        b.json,
+        "volume",
+        "wall_time_vs_private_copies",
+        "s",
+        &secs(&pm),
+        &secs(&own),
+        "lower",
+    );
+    report(
+        b.json,
+        "volume",
+        "memory_vs_private_copies",
+        "MiB",
+        &mib(&pm),
+        &mib(&own),
+        "lower",
+    );
+    report(
+        b.json,
+        "volume",
+        "wall_time_vs_one_file_mmap",
+        "s",
+        &secs(&pm),
+        &secs(&one),
+        "lower",
+    );
+    report(
+        b.json,
+        "volume",
+        "memory_vs_one_file_mmap",
+        "MiB",
+        &mib(&pm),
+        &mib(&one),
+        "lower",
+    );
     let image_bytes = vec![b.size as f64; storage.len()];
-    report(b.json, "volume", "storage_bytes_read_vs_image_size", "B", &storage, &image_bytes, "lower");
+    report(
+        b.json,
+        "volume",
+        "storage_bytes_read_vs_image_size",
+        "B",
+        &storage,
+        &image_bytes,
+        "lower",
+    );
     d.stop();
     Ok(ExitCode::SUCCESS)
 }
@@ -244,7 +355,11 @@ fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
 fn mmap_reader(socket: &Path, file: &Path, i: usize) -> anyhow::Result<Proc> {
     spawn(
         socket,
-        &["bench".into(), "mmap-hash".into(), file.display().to_string()],
+        &[
+            "bench".into(),
+            "mmap-hash".into(),
+            file.display().to_string(),
+        ],
         format!("mmap reader {i}"),
     )
 }

@@ -93,7 +93,10 @@ pub struct PrivateDaemon {
 
 impl PrivateDaemon {
     pub fn start(prefix: &str, extra: &[&str]) -> anyhow::Result<PrivateDaemon> {
-        let dir = tempfile::Builder::new().prefix(prefix).tempdir().context("creating a temp dir")?;
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .context("creating a temp dir")?;
         let socket = dir.path().join("pagemesh.sock");
         let log = dir.path().join("daemon.log");
         let child = Command::new(exe()?)
@@ -106,21 +109,35 @@ impl PrivateDaemon {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting a private daemon")?;
-        let mut proc = Proc { child, what: "daemon".into() };
+        let mut proc = Proc {
+            child,
+            what: "daemon".into(),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         let client = loop {
             if let Ok(c) = Client::connect(&socket) {
                 break c;
             }
             if let Some(status) = proc.child.try_wait()? {
-                bail!("the private daemon exited ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+                bail!(
+                    "the private daemon exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             if Instant::now() > deadline {
-                bail!("the private daemon did not listen on {} within 10 s", socket.display());
+                bail!(
+                    "the private daemon did not listen on {} within 10 s",
+                    socket.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        Ok(PrivateDaemon { client, socket, proc, dir })
+        Ok(PrivateDaemon {
+            client,
+            socket,
+            proc,
+            dir,
+        })
     }
 
     /// Stop the daemon now (it is also stopped on drop).

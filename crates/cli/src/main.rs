@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod demo;
 mod doctor;
 mod harness;
@@ -10,7 +11,6 @@ mod logger;
 mod memtest;
 mod segment_cmd;
 mod volume_cmd;
-mod bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -46,18 +46,35 @@ pub fn run(socket: &Path, cmd: VolumeCmd) -> anyhow::Result<ExitCode> {
     let client = Client::connect(socket)?;
     match cmd {
         VolumeCmd::Add { name, path } => {
-            let abs = if path.is_absolute() { path } else { std::env::current_dir()?.join(path) };
+            let abs = if path.is_absolute() {
+                path
+            } else {
+                std::env::current_dir()?.join(path)
+            };
             let v = client.add_volume(&name, &abs.display().to_string())?;
-            println!("added volume {} ({}, {})", v.name, ByteSize(v.size_bytes), v.path);
+            println!(
+                "added volume {} ({}, {})",
+                v.name,
+                ByteSize(v.size_bytes),
+                v.path
+            );
         }
         VolumeCmd::List { json } => {
             let vols = client.list_volumes()?;
             if json {
-                println!("{}", serde_json::Value::Array(vols.iter().map(info_json).collect()));
+                println!(
+                    "{}",
+                    serde_json::Value::Array(vols.iter().map(info_json).collect())
+                );
             } else {
                 println!("{:<24} {:>12}  PATH", "NAME", "SIZE");
                 for v in vols {
-                    println!("{:<24} {:>12}  {}", v.name, ByteSize(v.size_bytes).to_string(), v.path);
+                    println!(
+                        "{:<24} {:>12}  {}",
+                        v.name,
+                        ByteSize(v.size_bytes).to_string(),
+                        v.path
+                    );
                 }
             }
         }
@@ -68,8 +85,15 @@ pub fn run(socket: &Path, cmd: VolumeCmd) -> anyhow::Result<ExitCode> {
             } else {
                 println!("volume           {} ({})", s.info.name, s.info.path);
                 println!("size             {}", ByteSize(s.info.size_bytes));
-                println!("cached           {} blocks ({})", s.cached_blocks, ByteSize(s.cached_blocks * 4096));
-                println!("storage reads    {} ({} bytes)", s.storage_reads, s.storage_bytes_read);
+                println!(
+                    "cached           {} blocks ({})",
+                    s.cached_blocks,
+                    ByteSize(s.cached_blocks * 4096)
+                );
+                println!(
+                    "storage reads    {} ({} bytes)",
+                    s.storage_reads, s.storage_bytes_read
+                );
                 println!("shared maps      {}", s.shared_maps);
                 println!("private copies   {}", s.private_copies);
                 println!("coalesced waits  {}", s.coalesced_waits);

@@ -314,7 +314,10 @@ impl Client {
 
     /// Register a raw image file (absolute path) as a read-only volume.
     pub fn add_volume(&self, name: &str, path: &str) -> Result<VolumeInfo, ClientError> {
-        let req = Request::AddVolume { name: name.into(), path: path.into() };
+        let req = Request::AddVolume {
+            name: name.into(),
+            path: path.into(),
+        };
         match self.call(req, "volume add", DEFAULT_TIMEOUT)? {
             (Response::Volume(v), _) => Ok(v),
             (r, _) => Err(unexpected("volume add", r)),

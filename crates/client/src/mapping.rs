@@ -80,7 +80,9 @@ impl Mapping {
         let modes = if volume {
             RegisterMode::MISSING.union(RegisterMode::MINOR)
         } else {
-            RegisterMode::MISSING.union(RegisterMode::MINOR).union(RegisterMode::WP)
+            RegisterMode::MISSING
+                .union(RegisterMode::MINOR)
+                .union(RegisterMode::WP)
         };
         uffd.register(map.addr(), len, modes)
             .map_err(|e| e.source)

@@ -114,12 +114,20 @@ impl Catalog {
         self.stored
             .volumes
             .iter()
-            .map(|v| VolumeInfo { name: v.name.clone(), path: v.path.clone(), size_bytes: v.size_bytes })
+            .map(|v| VolumeInfo {
+                name: v.name.clone(),
+                path: v.path.clone(),
+                size_bytes: v.size_bytes,
+            })
             .collect()
     }
 
     pub fn add_volume(&mut self, v: &VolumeInfo) -> Result<(), CatalogError> {
-        self.stored.volumes.push(VolumeEntry { name: v.name.clone(), path: v.path.clone(), size_bytes: v.size_bytes });
+        self.stored.volumes.push(VolumeEntry {
+            name: v.name.clone(),
+            path: v.path.clone(),
+            size_bytes: v.size_bytes,
+        });
         self.save()
     }
 

@@ -22,6 +22,8 @@ use crate::volume::{Volume, VolumeError};
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
 const STRIPES: u64 = 512;
+/// Most pages one read fault maps after the faulting one (fault-around).
+const FAULT_AROUND_PAGES: u64 = 15;
 /// Most pages one sync step write-protects and copies at once.
 const SYNC_RUN_PAGES: u64 = 64;
 
@@ -151,7 +153,6 @@ impl Segment {
         })
     }
 
-
     pub fn memfd(&self) -> &Memfd {
         &self.memfd
     }
@@ -224,10 +225,45 @@ impl Segment {
             }
         };
         drop(_g);
-        if let Err(e) = result {
-            self.resolve_failed(att, page, addr, e);
+        match result {
+            Err(e) => self.resolve_failed(att, page, addr, e),
+            Ok(()) if kind == FaultKind::Minor && !write => self.map_ahead(att, page),
+            Ok(()) => {}
         }
         self.latency.record(start.elapsed().as_nanos() as u64);
+    }
+
+    /// Fault-around for reads: map the runs of present pages after and before a minor read
+    /// fault into `att` write-protected, so a sequential reader takes one fault per run instead of one per
+    /// page. Mapping a present page write-protected is always safe whatever its state (a write
+    /// then takes the usual WP fault), so no stripe lock is needed; pages never leave the memfd
+    /// except by punch-hole, which zaps the mapping again anyway.
+    fn map_ahead(&self, att: &Attachment, page: u64) {
+        let present = |p: u64| matches!(self.pages.get(p), PageState::Clean | PageState::Dirty);
+        let end = (page + 1 + FAULT_AROUND_PAGES)
+            .min(att.len / PS)
+            .min(self.pages.npages());
+        let mut p = page + 1;
+        while p < end && present(p) {
+            p += 1;
+        }
+        if p > page + 1 {
+            // A page of the run already mapped ends it early: harmless.
+            let _ =
+                att.uffd
+                    .continue_run(att.base + (page + 1) * PS, (p - page - 1) * PS, true, false);
+        }
+        // The same below the fault, for backward scans.
+        let start = page.saturating_sub(FAULT_AROUND_PAGES);
+        let mut q = page;
+        while q > start && present(q - 1) {
+            q -= 1;
+        }
+        if q < page {
+            let _ = att
+                .uffd
+                .continue_run(att.base + q * PS, (page - q) * PS, true, false);
+        }
     }
 
     /// Bring an Absent page in from the mapper (or as zeros) and map it into `att`.
@@ -313,7 +349,10 @@ impl Segment {
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
         self.check_range(offset, buf.len() as u64)?;
         if let Some(v) = &self.volume {
-            return v.read_at(offset, buf).map_err(|source| IoError::Volume { segment: self.info.name.clone(), source });
+            return v.read_at(offset, buf).map_err(|source| IoError::Volume {
+                segment: self.info.name.clone(),
+                source,
+            });
         }
         let mut page_buf = vec![0u8; PSU];
         let mut done = 0usize;
@@ -366,7 +405,9 @@ impl Segment {
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
         self.check_range(offset, data.len() as u64)?;
         if self.volume.is_some() {
-            return Err(IoError::ReadOnly { segment: self.info.name.clone() });
+            return Err(IoError::ReadOnly {
+                segment: self.info.name.clone(),
+            });
         }
         let mut page_buf = vec![0u8; PSU];
         let mut done = 0usize;
@@ -559,9 +600,15 @@ impl Segment {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         SegmentStat {
             info: self.info.clone(),
-            resident_pages: self.volume.as_ref().map_or(self.pages.resident(), |v| v.cached_blocks()),
+            resident_pages: self
+                .volume
+                .as_ref()
+                .map_or(self.pages.resident(), |v| v.cached_blocks()),
             dirty_pages: self.pages.dirty(),
-            poisoned_pages: self.volume.as_ref().map_or(self.pages.poisoned(), |v| v.poisoned_blocks()),
+            poisoned_pages: self
+                .volume
+                .as_ref()
+                .map_or(self.pages.poisoned(), |v| v.poisoned_blocks()),
             attached_clients: self.clients.read().unwrap_or_else(|e| e.into_inner()).len() as u64,
             counters: SegmentCounters {
                 faults_missing: l(&c.faults_missing),

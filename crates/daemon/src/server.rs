@@ -91,16 +91,26 @@ fn open_mapper(backing: &Backing, size: Option<u64>) -> Result<(Box<dyn Mapper>,
 }
 
 /// Build a segment's node-local state from its description.
-fn build_segment(info: &SegmentInfo, size: Option<u64>, volumes: &HashMap<String, Arc<Volume>>) -> Result<Segment, String> {
+fn build_segment(
+    info: &SegmentInfo,
+    size: Option<u64>,
+    volumes: &HashMap<String, Arc<Volume>>,
+) -> Result<Segment, String> {
     let mut info = info.clone();
     if let Backing::Volume { name } = &info.backing {
-        let v = volumes.get(name).ok_or_else(|| format!("volume {name} is not available"))?;
+        let v = volumes
+            .get(name)
+            .ok_or_else(|| format!("volume {name} is not available"))?;
         info.size_bytes = v.info.size_bytes;
-        return Segment::on_volume(info, Arc::clone(v)).map_err(|e| format!("creating its memfd: {e}"));
+        return Segment::on_volume(info, Arc::clone(v))
+            .map_err(|e| format!("creating its memfd: {e}"));
     }
     let (mapper, size) = open_mapper(&info.backing, size)?;
     if size == 0 || size > MAX_SEGMENT_BYTES {
-        return Err(format!("size {size} is outside 1B..{}; give --size", ByteSize(MAX_SEGMENT_BYTES)));
+        return Err(format!(
+            "size {size} is outside 1B..{}; give --size",
+            ByteSize(MAX_SEGMENT_BYTES)
+        ));
     }
     info.size_bytes = size;
     Segment::new(info, mapper).map_err(|e| format!("creating its memfd: {e}"))
@@ -464,8 +474,13 @@ impl Daemon {
             Request::RegisterUffd { .. } => unreachable!("handled by the connection loop"),
             Request::AddVolume { name, path } => r(self.add_volume(name, path)),
             Request::ListVolumes => {
-                let mut v: Vec<VolumeInfo> =
-                    self.volumes.read().unwrap_or_else(|e| e.into_inner()).values().map(|v| v.info.clone()).collect();
+                let mut v: Vec<VolumeInfo> = self
+                    .volumes
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .map(|v| v.info.clone())
+                    .collect();
                 v.sort_by(|a, b| a.name.cmp(&b.name));
                 r(Response::Volumes(v))
             }
@@ -532,11 +547,24 @@ impl Daemon {
         if size > MAX_SEGMENT_BYTES {
             return err(
                 ErrorCode::InvalidArgument,
-                format!("segment {name}: size {} is larger than the limit {}", ByteSize(size), ByteSize(MAX_SEGMENT_BYTES)),
+                format!(
+                    "segment {name}: size {} is larger than the limit {}",
+                    ByteSize(size),
+                    ByteSize(MAX_SEGMENT_BYTES)
+                ),
             );
         }
-        let info0 = SegmentInfo { name: name.clone(), id: 0, size_bytes: size, backing };
-        let req_size = if matches!(info0.backing, Backing::File { .. }) && size == 0 { None } else { Some(size) };
+        let info0 = SegmentInfo {
+            name: name.clone(),
+            id: 0,
+            size_bytes: size,
+            backing,
+        };
+        let req_size = if matches!(info0.backing, Backing::File { .. }) && size == 0 {
+            None
+        } else {
+            Some(size)
+        };
         let seg = {
             let volumes = self.volumes.read().unwrap_or_else(|e| e.into_inner());
             match build_segment(&info0, req_size, &volumes) {
@@ -569,7 +597,12 @@ impl Daemon {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
-            .ok_or_else(|| err(ErrorCode::NotFound, format!("no volume named {name:?} (see `pagemesh volume list`)")))
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::NotFound,
+                    format!("no volume named {name:?} (see `pagemesh volume list`)"),
+                )
+            })
     }
 
     /// Segments backed by a volume.
@@ -585,29 +618,65 @@ impl Daemon {
 
     fn add_volume(&self, name: String, path: String) -> Response {
         if !valid_name(&name) {
-            return err(ErrorCode::InvalidArgument, format!("invalid volume name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"));
+            return err(
+                ErrorCode::InvalidArgument,
+                format!("invalid volume name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"),
+            );
         }
         if !Path::new(&path).is_absolute() {
-            return err(ErrorCode::InvalidArgument, format!("volume image path {path:?} must be absolute"));
+            return err(
+                ErrorCode::InvalidArgument,
+                format!("volume image path {path:?} must be absolute"),
+            );
         }
         let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
-        if self.volumes.read().unwrap_or_else(|e| e.into_inner()).contains_key(&name) {
-            return err(ErrorCode::AlreadyExists, format!("volume {name:?} already exists (`pagemesh volume rm {name}` first)"));
+        if self
+            .volumes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&name)
+        {
+            return err(
+                ErrorCode::AlreadyExists,
+                format!("volume {name:?} already exists (`pagemesh volume rm {name}` first)"),
+            );
         }
         let size = match std::fs::metadata(&path) {
             Ok(m) if m.is_file() && m.len() > 0 => m.len(),
-            Ok(_) => return err(ErrorCode::InvalidArgument, format!("volume image {path} is not a non-empty regular file")),
-            Err(e) => return err(ErrorCode::InvalidArgument, format!("volume image {path}: {e}")),
+            Ok(_) => {
+                return err(
+                    ErrorCode::InvalidArgument,
+                    format!("volume image {path} is not a non-empty regular file"),
+                )
+            }
+            Err(e) => {
+                return err(
+                    ErrorCode::InvalidArgument,
+                    format!("volume image {path}: {e}"),
+                )
+            }
         };
-        let info = VolumeInfo { name: name.clone(), path: path.clone(), size_bytes: size };
+        let info = VolumeInfo {
+            name: name.clone(),
+            path: path.clone(),
+            size_bytes: size,
+        };
         let vol = match Volume::open(info.clone(), self.config.share_threshold) {
             Ok(v) => v,
-            Err(e) => return err(ErrorCode::Io, format!("volume {name}: opening {path} read-only: {e}")),
+            Err(e) => {
+                return err(
+                    ErrorCode::Io,
+                    format!("volume {name}: opening {path} read-only: {e}"),
+                )
+            }
         };
         if let Err(e) = catalog.add_volume(&info) {
             return err(ErrorCode::Io, e.to_string());
         }
-        self.volumes.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), Arc::new(vol));
+        self.volumes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), Arc::new(vol));
         log::info!("added volume {name}: {path} ({})", ByteSize(size));
         Response::Volume(info)
     }
@@ -619,12 +688,18 @@ impl Daemon {
         }
         let users = self.volume_users(name);
         if !users.is_empty() {
-            return err(ErrorCode::InvalidArgument, format!("volume {name} backs segment(s) {users:?}; remove them first"));
+            return err(
+                ErrorCode::InvalidArgument,
+                format!("volume {name} backs segment(s) {users:?}; remove them first"),
+            );
         }
         if let Err(e) = catalog.remove_volume(name) {
             return err(ErrorCode::Io, e.to_string());
         }
-        self.volumes.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.volumes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         log::info!("removed volume {name}");
         Response::Removed
     }

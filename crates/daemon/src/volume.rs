@@ -27,6 +27,10 @@ use crate::segment::Attachment;
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
 const STRIPES: u64 = 256;
+/// Blocks one storage read brings in (read-ahead), at most.
+pub const READAHEAD_BLOCKS: u64 = 16;
+/// Present blocks one fault maps at once (fault-around), at most.
+const FAULT_AROUND_BLOCKS: u64 = 16;
 const CHUNK: u64 = 1 << 15;
 /// Bound on a segment read waiting for a block another fault is reading.
 const PENDING_WAIT: Duration = Duration::from_secs(30);
@@ -47,14 +51,19 @@ struct ByteTable {
 
 impl ByteTable {
     fn new(n: u64) -> ByteTable {
-        ByteTable { chunks: (0..n.div_ceil(CHUNK)).map(|_| OnceLock::new()).collect() }
+        ByteTable {
+            chunks: (0..n.div_ceil(CHUNK)).map(|_| OnceLock::new()).collect(),
+        }
     }
     fn cell(&self, i: u64) -> &AtomicU8 {
-        let c = self.chunks[(i / CHUNK) as usize].get_or_init(|| (0..CHUNK).map(|_| AtomicU8::new(0)).collect());
+        let c = self.chunks[(i / CHUNK) as usize]
+            .get_or_init(|| (0..CHUNK).map(|_| AtomicU8::new(0)).collect());
         &c[(i % CHUNK) as usize]
     }
     fn get(&self, i: u64) -> u8 {
-        self.chunks[(i / CHUNK) as usize].get().map_or(0, |c| c[(i % CHUNK) as usize].load(Ordering::Acquire))
+        self.chunks[(i / CHUNK) as usize]
+            .get()
+            .map_or(0, |c| c[(i % CHUNK) as usize].load(Ordering::Acquire))
     }
 }
 
@@ -73,13 +82,21 @@ struct Counters {
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     #[error("volume {volume}: reading block {block} of {path}: {source}")]
-    Storage { volume: String, path: String, block: u64, source: std::io::Error },
+    Storage {
+        volume: String,
+        path: String,
+        block: u64,
+        source: std::io::Error,
+    },
     #[error("volume {volume}: block {block} is poisoned (its read failed); fix the image, then `pagemesh segment clear-poison` a segment on it")]
     Poisoned { volume: String, block: u64 },
     #[error("volume {volume}: block {block} still being read after {PENDING_WAIT:?}")]
     Timeout { volume: String, block: u64 },
     #[error("volume {volume}: cache memfd: {source}")]
-    Cache { volume: String, source: std::io::Error },
+    Cache {
+        volume: String,
+        source: std::io::Error,
+    },
 }
 
 /// Who waits for a block being read: the attachment and the faulting address.
@@ -156,23 +173,81 @@ impl Volume {
         &self.stripes[(b % STRIPES) as usize]
     }
 
-    /// Read block `b` of the image into `buf` (zero past the end of the file).
-    fn read_storage(&self, b: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
+    /// Read blocks `[b, b+n)` of the image into `buf` with one read (zero past the end of
+    /// the file).
+    fn read_storage(&self, b: u64, n: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
         let off = b * PS;
-        let want = (self.info.size_bytes - off).min(PS) as usize;
+        let buf = &mut buf[..(n * PS) as usize];
+        let want = (self.info.size_bytes - off).min(n * PS) as usize;
         buf[want..].fill(0);
         self.counters.storage_reads.fetch_add(1, Ordering::Relaxed);
-        self.file.read_exact_at(&mut buf[..want], off).map_err(|source| VolumeError::Storage {
-            volume: self.info.name.clone(),
-            path: self.info.path.clone(),
-            block: b,
-            source,
-        })?;
-        self.counters.storage_bytes_read.fetch_add(want as u64, Ordering::Relaxed);
-        // The block now lives in the volume cache: do not keep a second copy in the kernel's
+        self.file
+            .read_exact_at(&mut buf[..want], off)
+            .map_err(|source| VolumeError::Storage {
+                volume: self.info.name.clone(),
+                path: self.info.path.clone(),
+                block: b,
+                source,
+            })?;
+        self.counters
+            .storage_bytes_read
+            .fetch_add(want as u64, Ordering::Relaxed);
+        // The blocks now live in the volume cache: do not keep a second copy in the kernel's
         // page cache of the image (best effort; a failure only costs memory).
-        let _ = pagemesh_uffd::fileio::drop_cached(&self.file, off, PS);
+        let _ = pagemesh_uffd::fileio::drop_cached(&self.file, off, want as u64);
         Ok(())
+    }
+
+    /// Fault-around: map the run of Present blocks from `b` up (at most FAULT_AROUND_BLOCKS,
+    /// within the attachment) with one CONTINUE that wakes the faulting thread, then the run
+    /// just below `b` without waking (a backward scan, as glibc's memcpy does for some
+    /// alignments, gets the same benefit; for a forward scan it stops at once on a mapped page).
+    fn map_around(&self, att: &Attachment, b: u64, addr: u64) -> Result<(), UffdError> {
+        let limit = FAULT_AROUND_BLOCKS
+            .min((att.base + att.len - addr) / PS)
+            .min(self.blocks - b);
+        let mut n = 1;
+        while n < limit && self.block_state(b + n) == Block::Present {
+            n += 1;
+        }
+        self.counters.shared_maps.fetch_add(1, Ordering::Relaxed);
+        if att.uffd.continue_run(addr, n * PS, false, true)? == 0 {
+            // Another thread of this process mapped the page first: just wake this one.
+            att.uffd.wake(addr, PS)?;
+        }
+        let below = FAULT_AROUND_BLOCKS.min((addr - att.base) / PS).min(b);
+        let mut m = 0;
+        while m < below && self.block_state(b - m - 1) == Block::Present {
+            m += 1;
+        }
+        if m > 0 {
+            let _ = att.uffd.continue_run(addr - m * PS, m * PS, false, false);
+        }
+        Ok(())
+    }
+
+    /// Claim the Absent blocks next to `b` (already Pending) for one storage read: up to
+    /// READAHEAD_BLOCKS after it, or, when the block after it is not Absent (a backward scan),
+    /// before it. Returns the run `[lo, lo+n)`, all Pending and owned by the caller.
+    fn claim_run(&self, b: u64) -> (u64, u64) {
+        let claim = |blk: u64| {
+            let _g = lock(self.stripe(blk));
+            let absent = self.block_state(blk) == Block::Absent;
+            if absent {
+                self.set(blk, Block::Pending);
+            }
+            absent
+        };
+        let mut n = 1;
+        while n < READAHEAD_BLOCKS && b + n < self.blocks && claim(b + n) {
+            n += 1;
+        }
+        let mut lo = b;
+        while n < READAHEAD_BLOCKS && lo > 0 && claim(lo - 1) {
+            lo -= 1;
+            n += 1;
+        }
+        (lo, n)
     }
 
     /// Serve a fault of `att` on block `b` (at `addr` in its private mapping).
@@ -189,21 +264,25 @@ impl Volume {
         match self.block_state(b) {
             Block::Present => {
                 drop(g);
-                self.counters.shared_maps.fetch_add(1, Ordering::Relaxed);
-                finish(att, addr, map_shared(&att.uffd, addr));
+                finish(att, addr, self.map_around(att, b, addr));
             }
             Block::Poisoned => {
                 drop(g);
                 finish(att, addr, poison(&att.uffd, addr));
             }
             Block::Pending => {
-                self.counters.coalesced_waits.fetch_add(1, Ordering::Relaxed);
-                lock(&self.waiters).entry(b).or_default().push((Arc::clone(att), addr));
+                self.counters
+                    .coalesced_waits
+                    .fetch_add(1, Ordering::Relaxed);
+                lock(&self.waiters)
+                    .entry(b)
+                    .or_default()
+                    .push((Arc::clone(att), addr));
             }
             Block::Absent if hits < self.share_threshold => {
                 drop(g);
                 // Not (yet) likely to be shared: a private copy, and the cache stays as it is.
-                let r = match self.read_storage(b, &mut scratch[..PSU]) {
+                let r = match self.read_storage(b, 1, scratch) {
                     Ok(()) => {
                         self.counters.private_copies.fetch_add(1, Ordering::Relaxed);
                         copy_private(&att.uffd, addr, &scratch[..PSU])
@@ -217,34 +296,49 @@ impl Volume {
             }
             Block::Absent => {
                 self.set(b, Block::Pending);
-                lock(&self.waiters).entry(b).or_default().push((Arc::clone(att), addr));
+                lock(&self.waiters)
+                    .entry(b)
+                    .or_default()
+                    .push((Arc::clone(att), addr));
                 drop(g);
-                self.complete_fill(b, scratch);
+                let (lo, n) = self.claim_run(b);
+                self.complete_fill(lo, n, scratch);
             }
         }
     }
 
-    /// The block is Pending and this thread owns its read: read, publish, serve every waiter.
-    fn complete_fill(&self, b: u64, scratch: &mut [u8]) -> bool {
-        let result = self.read_storage(b, &mut scratch[..PSU]).and_then(|()| {
+    /// Blocks `[b, b+n)` are Pending and this thread owns their read: read them with one
+    /// storage read, publish them, serve every fault that waited on them. `scratch` holds at
+    /// least `n` pages.
+    fn complete_fill(&self, b: u64, n: u64, scratch: &mut [u8]) -> bool {
+        let bytes = (n * PS) as usize;
+        let result = self.read_storage(b, n, scratch).and_then(|()| {
             self.memfd
-                .write_all_at(&scratch[..PSU], b * PS)
-                .map_err(|source| VolumeError::Cache { volume: self.info.name.clone(), source })
+                .write_all_at(&scratch[..bytes], b * PS)
+                .map_err(|source| VolumeError::Cache {
+                    volume: self.info.name.clone(),
+                    source,
+                })
         });
-        let g = lock(self.stripe(b));
         let ok = result.is_ok();
-        self.set(b, if ok { Block::Present } else { Block::Poisoned });
-        let waiters = lock(&self.waiters).remove(&b).unwrap_or_default();
-        drop(g);
         if let Err(e) = &result {
-            log::error!("{e}; the block is poisoned for every segment on the volume");
+            log::error!(
+                "{e}; blocks {b}..{} are poisoned for every segment on the volume",
+                b + n
+            );
         }
-        for (a, addr) in &waiters {
-            if ok {
-                self.counters.shared_maps.fetch_add(1, Ordering::Relaxed);
-                finish(a, *addr, map_shared(&a.uffd, *addr));
-            } else {
-                finish(a, *addr, poison(&a.uffd, *addr));
+        for blk in b..b + n {
+            let g = lock(self.stripe(blk));
+            self.set(blk, if ok { Block::Present } else { Block::Poisoned });
+            let waiters = lock(&self.waiters).remove(&blk).unwrap_or_default();
+            drop(g);
+            for (a, addr) in &waiters {
+                let r = if ok {
+                    self.map_around(a, blk, *addr)
+                } else {
+                    poison(&a.uffd, *addr)
+                };
+                finish(a, *addr, r);
             }
         }
         ok
@@ -258,19 +352,31 @@ impl Volume {
             let g = lock(self.stripe(b));
             match self.block_state(b) {
                 Block::Present => return Ok(()),
-                Block::Poisoned => return Err(VolumeError::Poisoned { volume: self.info.name.clone(), block: b }),
+                Block::Poisoned => {
+                    return Err(VolumeError::Poisoned {
+                        volume: self.info.name.clone(),
+                        block: b,
+                    })
+                }
                 Block::Pending => {
                     drop(g);
                     if Instant::now() > deadline {
-                        return Err(VolumeError::Timeout { volume: self.info.name.clone(), block: b });
+                        return Err(VolumeError::Timeout {
+                            volume: self.info.name.clone(),
+                            block: b,
+                        });
                     }
                     std::thread::sleep(Duration::from_micros(200));
                 }
                 Block::Absent => {
                     self.set(b, Block::Pending);
                     drop(g);
-                    if !self.complete_fill(b, scratch) {
-                        return Err(VolumeError::Poisoned { volume: self.info.name.clone(), block: b });
+                    let (lo, n) = self.claim_run(b);
+                    if !self.complete_fill(lo, n, scratch) {
+                        return Err(VolumeError::Poisoned {
+                            volume: self.info.name.clone(),
+                            block: b,
+                        });
                     }
                     return Ok(());
                 }
@@ -280,7 +386,7 @@ impl Volume {
 
     /// Read through the volume cache (filling it), as `segment read` does.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
-        let mut scratch = vec![0u8; PSU];
+        let mut scratch = vec![0u8; (READAHEAD_BLOCKS * PS) as usize];
         let mut done = 0usize;
         while done < buf.len() {
             let off = offset + done as u64;
@@ -289,7 +395,10 @@ impl Volume {
             self.ensure_present(b, &mut scratch)?;
             self.memfd
                 .read_exact_at(&mut buf[done..done + n], off)
-                .map_err(|source| VolumeError::Cache { volume: self.info.name.clone(), source })?;
+                .map_err(|source| VolumeError::Cache {
+                    volume: self.info.name.clone(),
+                    source,
+                })?;
             done += n;
         }
         Ok(())
@@ -336,14 +445,6 @@ impl Volume {
     }
 }
 
-/// Map the cached frame into a private mapping (read-only until the process writes).
-fn map_shared(uffd: &Uffd, addr: u64) -> Result<(), UffdError> {
-    match uffd.continue_(addr, PS, false, true) {
-        Err(e) if e.is_exists() => uffd.wake(addr, PS),
-        r => r,
-    }
-}
-
 fn copy_private(uffd: &Uffd, addr: u64, data: &[u8]) -> Result<(), UffdError> {
     match uffd.copy(addr, data, false, true) {
         Err(e) if e.is_exists() => uffd.wake(addr, PS),
@@ -364,7 +465,10 @@ fn finish(a: &Attachment, addr: u64, r: Result<(), UffdError>) {
         Ok(()) => {}
         Err(e) if e.is_process_gone() => {}
         Err(e) => {
-            log::error!("volume fault of pid {} at {addr:#x}: {e}; sending SIGBUS", a.pid);
+            log::error!(
+                "volume fault of pid {} at {addr:#x}: {e}; sending SIGBUS",
+                a.pid
+            );
             let _ = poison(&a.uffd, addr);
         }
     }

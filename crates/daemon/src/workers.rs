@@ -80,7 +80,8 @@ impl Workers {
     fn run(&self) {
         let mut tokens = Vec::with_capacity(8);
         let mut events = Vec::with_capacity(BATCH);
-        let mut scratch = vec![0u8; PAGE_SIZE as usize];
+        // Room for one read-ahead run of a volume (and one page for everything else).
+        let mut scratch = vec![0u8; (crate::volume::READAHEAD_BLOCKS * PAGE_SIZE) as usize];
         loop {
             tokens.clear();
             if let Err(e) = self.epoll.wait(&mut tokens, 8, IDLE_WAIT_MS) {

@@ -37,8 +37,17 @@ impl std::str::FromStr for Backing {
             Ok(Backing::File {
                 path: path.to_string(),
             })
+        } else if let Some(name) = s.strip_prefix("volume:") {
+            if name.is_empty() {
+                return Err("volume backing needs a volume name: volume:NAME".into());
+            }
+            Ok(Backing::Volume {
+                name: name.to_string(),
+            })
         } else {
-            Err(format!("unknown backing {s:?}: expected zero or file:PATH"))
+            Err(format!(
+                "unknown backing {s:?}: expected zero, file:PATH or volume:NAME"
+            ))
         }
     }
 }
@@ -101,10 +110,17 @@ pub enum Request {
     /// Daemon identity, uffd mode and limits.
     DaemonStatus,
     /// Register a raw image file as a read-only volume.
-    AddVolume { name: String, path: String },
+    AddVolume {
+        name: String,
+        path: String,
+    },
     ListVolumes,
-    StatVolume { name: String },
-    RemoveVolume { name: String },
+    StatVolume {
+        name: String,
+    },
+    RemoveVolume {
+        name: String,
+    },
 }
 
 /// A read-only volume.

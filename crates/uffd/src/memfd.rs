@@ -37,7 +37,9 @@ impl Memfd {
 
     /// A second handle to the same memfd (`dup`).
     pub fn try_clone(&self) -> io::Result<Memfd> {
-        Ok(Memfd { file: self.file.try_clone()? })
+        Ok(Memfd {
+            file: self.file.try_clone()?,
+        })
     }
 
     /// Size of the memfd.
@@ -159,7 +161,10 @@ impl SharedMapping {
     /// gives this process its own copy of the page. Not forked into children, no THP.
     pub fn map_private(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMapping> {
         if len == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot map zero bytes"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot map zero bytes",
+            ));
         }
         // SAFETY: a fresh mapping at an address the kernel chooses cannot alias any Rust object.
         let p = unsafe {
@@ -188,11 +193,21 @@ impl SharedMapping {
     /// Writes through the returned mapping would fault: use only `read_at`.
     pub fn map_readonly(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMapping> {
         if len == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot map zero bytes"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot map zero bytes",
+            ));
         }
         // SAFETY: a fresh mapping at an address the kernel chooses cannot alias any Rust object.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());

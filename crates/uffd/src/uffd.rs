@@ -339,6 +339,37 @@ impl Uffd {
         self.ioctl("UFFDIO_CONTINUE", sys::UFFDIO_CONTINUE, &mut c)
     }
 
+    /// CONTINUE over a run of pages (fault-around). The kernel stops at the first page already
+    /// mapped: it then maps and wakes what came before and reports `EAGAIN` with the count in
+    /// `mapped`, which this returns as success. Returns the bytes mapped (0 if the first page
+    /// was already there).
+    pub fn continue_run(
+        &self,
+        start: u64,
+        len: u64,
+        write_protect: bool,
+        wake: bool,
+    ) -> Result<u64, UffdError> {
+        let mut mode = 0;
+        if write_protect {
+            mode |= sys::UFFDIO_CONTINUE_MODE_WP;
+        }
+        if !wake {
+            mode |= sys::UFFDIO_CONTINUE_MODE_DONTWAKE;
+        }
+        let mut c = sys::uffdio_continue {
+            range: sys::uffdio_range { start, len },
+            mode,
+            mapped: 0,
+        };
+        match self.ioctl("UFFDIO_CONTINUE", sys::UFFDIO_CONTINUE, &mut c) {
+            Ok(()) => Ok(len),
+            Err(e) if e.is_again() && c.mapped > 0 => Ok(c.mapped as u64),
+            Err(e) if e.is_exists() => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Set (`protect`) or clear write protection over a range. Clearing wakes the waiting
     /// threads unless `wake` is false (the kernel refuses DONTWAKE with protect, so `wake` only
     /// matters when clearing).

@@ -240,7 +240,12 @@ fn private_mapping_continue_shares_the_frame_and_writes_copy() {
     memfd.write_all_at(&77u64.to_ne_bytes(), 0).unwrap();
     let map = SharedMapping::map_private(memfd.as_fd(), 2 * PAGE_SIZE).unwrap();
     let (uffd, _) = Uffd::open(features::PAGEMESH).unwrap();
-    uffd.register(map.addr(), 2 * PS, RegisterMode::MISSING.union(RegisterMode::MINOR)).unwrap();
+    uffd.register(
+        map.addr(),
+        2 * PS,
+        RegisterMode::MISSING.union(RegisterMode::MINOR),
+    )
+    .unwrap();
     thread::scope(|sc| {
         let m = &map;
         let h = sc.spawn(move || {
@@ -255,7 +260,89 @@ fn private_mapping_continue_shares_the_frame_and_writes_copy() {
     });
     let mut b = [0u8; 8];
     memfd.read_exact_at(&mut b, 0).unwrap();
-    assert_eq!(u64::from_ne_bytes(b), 77, "the shared frame must not see a private write");
+    assert_eq!(
+        u64::from_ne_bytes(b),
+        77,
+        "the shared frame must not see a private write"
+    );
     let mut evs = Vec::new();
-    assert_eq!(uffd.read_events(&mut evs, 4).unwrap(), 0, "unexpected events: {evs:?}");
+    assert_eq!(
+        uffd.read_events(&mut evs, 4).unwrap(),
+        0,
+        "unexpected events: {evs:?}"
+    );
+}
+
+/// One CONTINUE over a run maps every page of it (fault-around): touching the run raises one
+/// fault, on shared and private mappings alike.
+#[test]
+fn continue_over_a_run_maps_every_page() {
+    for private in [false, true] {
+        let memfd = Memfd::create("run", 8 * PS).unwrap();
+        memfd.write_all_at(&[1u8; 8 * PAGE_SIZE], 0).unwrap();
+        let map = if private {
+            SharedMapping::map_private(memfd.as_fd(), 8 * PAGE_SIZE).unwrap()
+        } else {
+            SharedMapping::map(memfd.as_fd(), 8 * PAGE_SIZE).unwrap()
+        };
+        let (uffd, _) = Uffd::open(features::PAGEMESH).unwrap();
+        uffd.register(
+            map.addr(),
+            8 * PS,
+            RegisterMode::MISSING.union(RegisterMode::MINOR),
+        )
+        .unwrap();
+        thread::scope(|sc| {
+            let m = &map;
+            let h = sc.spawn(move || {
+                (0..8)
+                    .map(|p| word(m, p).load(Ordering::SeqCst))
+                    .sum::<u64>()
+            });
+            let (a, kind, _) = next_fault(&uffd);
+            assert_eq!((a, kind), (map.addr(), FaultKind::Minor));
+            uffd.continue_(a, 8 * PS, false, true).unwrap();
+            assert_eq!(h.join().unwrap(), 8 * 0x0101_0101_0101_0101);
+        });
+        let mut evs = Vec::new();
+        assert_eq!(
+            uffd.read_events(&mut evs, 4).unwrap(),
+            0,
+            "private={private}: {evs:?}"
+        );
+    }
+}
+
+/// A run that reaches an already-mapped page maps (and wakes) what comes before it and reports
+/// the partial count instead of failing.
+#[test]
+fn continue_run_reports_partial_runs() {
+    let memfd = Memfd::create("partial", 8 * PS).unwrap();
+    memfd.write_all_at(&[2u8; 8 * PAGE_SIZE], 0).unwrap();
+    let map = SharedMapping::map_private(memfd.as_fd(), 8 * PAGE_SIZE).unwrap();
+    let (uffd, _) = Uffd::open(features::PAGEMESH).unwrap();
+    uffd.register(
+        map.addr(),
+        8 * PS,
+        RegisterMode::MISSING.union(RegisterMode::MINOR),
+    )
+    .unwrap();
+    // Map page 3 first.
+    assert_eq!(
+        uffd.continue_run(map.addr() + 3 * PS, PS, false, false)
+            .unwrap(),
+        PS
+    );
+    thread::scope(|sc| {
+        let m = &map;
+        let h = sc.spawn(move || word(m, 0).load(Ordering::SeqCst));
+        let (a, _, _) = next_fault(&uffd);
+        assert_eq!(uffd.continue_run(a, 8 * PS, false, true).unwrap(), 3 * PS);
+        assert_eq!(h.join().unwrap(), 0x0202_0202_0202_0202);
+    });
+    assert_eq!(
+        uffd.continue_run(map.addr() + 3 * PS, 2 * PS, false, false)
+            .unwrap(),
+        0
+    );
 }
