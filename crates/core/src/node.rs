@@ -256,3 +256,207 @@ impl Node {
         &self.io.cov
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Backing, Timing};
+    use crate::ids::{CacheState, Version};
+
+    fn seg(home: u32) -> SegmentInfo {
+        SegmentInfo {
+            id: SegmentId(1),
+            home: NodeId(home),
+            pages: 8,
+            backing: Backing::Zero,
+        }
+    }
+
+    fn node(id: u32, home: u32, epoch: u64) -> Node {
+        let mut cfg = NodeConfig::new(NodeId(id), Epoch(epoch), vec![NodeId(0), NodeId(1)]);
+        cfg.timing = Timing {
+            retry_ms: 10,
+            fault_timeout_ms: 100,
+        };
+        Node::new(cfg, &[seg(home)])
+    }
+
+    fn page() -> PageKey {
+        PageKey::new(SegmentId(1), 3)
+    }
+
+    /// Deliver every message a single node sends itself until none is left.
+    fn loopback(n: &mut Node, now: u64) -> Vec<Output> {
+        let mut seen = Vec::new();
+        loop {
+            let outs = n.take_outputs();
+            if outs.is_empty() {
+                return seen;
+            }
+            for o in outs {
+                match o {
+                    Output::Send(e) if e.to == n.id() => n.step(now, e),
+                    other => seen.push(other),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_dormant_page_is_zero_filled_by_the_local_home() {
+        let mut n = node(0, 0, 1);
+        n.fault(0, FaultId(1), page(), Access::Write);
+        let outs = loopback(&mut n, 0);
+        assert!(outs.contains(&Output::Install {
+            page: page(),
+            data: PageData::Zero,
+            writable: true
+        }));
+        assert!(outs.contains(&Output::FaultDone {
+            fault: FaultId(1),
+            page: page(),
+            result: FaultResult::Ok
+        }));
+        let c = n.copy(page()).expect("installed");
+        assert_eq!((c.state, c.version), (CacheState::Modified, Version(1)));
+        assert!(n.is_idle());
+        // A second write is a local hit.
+        n.fault(0, FaultId(2), page(), Access::Write);
+        assert_eq!(
+            n.take_outputs(),
+            vec![Output::FaultDone {
+                fault: FaultId(2),
+                page: page(),
+                result: FaultResult::Ok
+            }]
+        );
+    }
+
+    #[test]
+    fn an_unanswered_fault_times_out_but_the_request_stays() {
+        let mut n = node(1, 0, 1);
+        n.fault(0, FaultId(1), page(), Access::Read);
+        assert!(matches!(n.take_outputs()[..], [Output::Send(_)]));
+        n.tick(10);
+        let resent = n.take_outputs();
+        assert!(matches!(
+            resent[..],
+            [Output::Send(Envelope {
+                msg: Msg::Acquire { .. },
+                ..
+            })]
+        ));
+        n.tick(100);
+        assert!(n.take_outputs().contains(&Output::FaultDone {
+            fault: FaultId(1),
+            page: page(),
+            result: FaultResult::TimedOut
+        }));
+        assert!(!n.is_idle(), "the protocol request outlives the local wait");
+        assert_eq!(n.coverage().count(Branch::FaultTimedOut), 1);
+    }
+
+    #[test]
+    fn a_fault_outside_every_segment_is_refused() {
+        let mut n = node(1, 0, 1);
+        n.fault(0, FaultId(9), PageKey::new(SegmentId(7), 0), Access::Read);
+        n.fault(0, FaultId(10), PageKey::new(SegmentId(1), 8), Access::Read);
+        let outs = n.take_outputs();
+        assert_eq!(outs.len(), 2);
+        assert!(outs.iter().all(|o| matches!(
+            o,
+            Output::FaultDone {
+                result: FaultResult::UnknownSegment,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn epochs_drop_stale_senders_and_answer_old_incarnations() {
+        let mut n = node(0, 0, 2);
+        let hello = |from_epoch, to_epoch| Envelope {
+            from: NodeId(1),
+            from_epoch: Epoch(from_epoch),
+            to: NodeId(0),
+            to_epoch: Epoch(to_epoch),
+            msg: Msg::Hello,
+        };
+        n.step(0, hello(3, 2));
+        assert!(n.take_outputs().is_empty());
+        // A message from node1's earlier incarnation is dropped.
+        n.step(0, hello(2, 2));
+        assert_eq!(n.coverage().count(Branch::StaleEpochDropped), 1);
+        // A request for this node's earlier incarnation is answered with a Hello.
+        let old = Envelope {
+            msg: Msg::SyncReq {
+                seg: SegmentId(1),
+                req: crate::ids::ReqId(1),
+            },
+            ..hello(3, 1)
+        };
+        n.step(0, old);
+        let outs = n.take_outputs();
+        assert!(matches!(
+            &outs[..],
+            [Output::Send(Envelope {
+                msg: Msg::Hello,
+                to: NodeId(1),
+                to_epoch: Epoch(3),
+                ..
+            })]
+        ));
+    }
+
+    #[test]
+    fn a_newer_epoch_voids_what_the_peer_held() {
+        let mut n = node(0, 0, 1);
+        let from1 = |epoch, msg| Envelope {
+            from: NodeId(1),
+            from_epoch: Epoch(epoch),
+            to: NodeId(0),
+            to_epoch: Epoch(1),
+            msg,
+        };
+        n.step(
+            0,
+            from1(
+                1,
+                Msg::Acquire {
+                    page: page(),
+                    req: crate::ids::ReqId(1),
+                    want: crate::ids::Want::Exclusive,
+                    have: None,
+                },
+            ),
+        );
+        let grant = n.take_outputs();
+        let Some(Output::Send(Envelope {
+            msg: Msg::Grant { txn, .. },
+            ..
+        })) = grant.first()
+        else {
+            panic!("expected a grant, got {grant:?}");
+        };
+        n.step(
+            0,
+            from1(
+                1,
+                Msg::GrantAck {
+                    page: page(),
+                    txn: *txn,
+                },
+            ),
+        );
+        assert_eq!(n.dir_page(page()).and_then(|d| d.owner), Some(NodeId(1)));
+        // node1 restarts: its Modified copy is gone and nothing else holds version 1.
+        n.step(0, from1(2, Msg::Hello));
+        let outs = n.take_outputs();
+        assert!(outs.contains(&Output::Event(Event::PagePoisoned {
+            page: page(),
+            lost_with: Some(NodeId(1))
+        })));
+        let d = n.dir_page(page()).expect("entry");
+        assert!(d.poisoned && d.owner.is_none());
+    }
+}
