@@ -1,0 +1,242 @@
+//! Volumes (shortcut I/O), end to end: one frame per block shared by every process, private
+//! copies on write, one storage read per block however many processes fault on it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{finish, Daemon};
+use sha2::{Digest, Sha256};
+
+fn volume_stat(d: &Daemon, name: &str) -> serde_json::Value {
+    let out = d.run(&["volume", "stat", name, "--json"]).ok();
+    serde_json::from_slice(&out.stdout).expect("volume stat --json is JSON")
+}
+
+/// An image with no two equal pages (so a wrong frame cannot go unnoticed).
+fn make_image(path: &std::path::Path, size: usize) -> String {
+    let mut data = vec![0u8; size];
+    for (i, w) in data.chunks_exact_mut(8).enumerate() {
+        w.copy_from_slice(&common::pattern_word(1234, i as u64 * 8).to_le_bytes());
+    }
+    std::fs::write(path, &data).unwrap();
+    Sha256::digest(&data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn eight_processes_share_one_copy_of_a_1gib_volume() {
+    let d = Daemon::start();
+    let img = d.path("golden.img");
+    let want = make_image(&img, 1 << 30);
+    d.run(&["volume", "add", "golden", img.to_str().unwrap()])
+        .ok();
+    for i in 0..8 {
+        d.run(&[
+            "segment",
+            "create",
+            &format!("vm{i}"),
+            "--backing",
+            "volume:golden",
+        ])
+        .ok();
+    }
+    let readers: Vec<_> = (0..8)
+        .map(|i| d.spawn_cmd(&["memtest", &format!("vm{i}"), "--sha256"], false))
+        .collect();
+    for (i, r) in readers.into_iter().enumerate() {
+        let out = finish(r, &[], Duration::from_secs(300), &["reader"]).ok();
+        assert_eq!(
+            out.stdout_str().trim(),
+            want,
+            "reader {i} saw different bytes"
+        );
+    }
+    let v = volume_stat(&d, "golden");
+    assert_eq!(v["storage_bytes_read"], 1u64 << 30, "{v}");
+    assert_eq!(v["cached_bytes"], 1u64 << 30, "{v}");
+    assert_eq!(v["segments"], 8);
+    assert_eq!(v["poisoned_blocks"], 0);
+}
+
+#[test]
+fn writes_are_private_to_the_writing_process() {
+    let d = Daemon::start();
+    let img = d.path("base.img");
+    let want = make_image(&img, 1 << 20);
+    d.run(&["volume", "add", "base", img.to_str().unwrap()])
+        .ok();
+    d.run(&["segment", "create", "vm0", "--backing", "volume:base"])
+        .ok();
+    d.run(&["segment", "create", "vm1", "--backing", "volume:base"])
+        .ok();
+    let client = d.client();
+    let m = client.attach("vm0").unwrap();
+    let mut before = [0u8; 16];
+    m.read_at(8192, &mut before).unwrap();
+    m.write_at(8192, b"private write!!!").unwrap();
+    let mut after = [0u8; 16];
+    m.read_at(8192, &mut after).unwrap();
+    assert_eq!(&after, b"private write!!!");
+    // Another process on the same segment, one on another segment, segment I/O and the image
+    // itself all still see the volume's bytes.
+    for seg in ["vm0", "vm1"] {
+        let out = d.run(&["memtest", seg, "--sha256"]).ok();
+        assert_eq!(out.stdout_str().trim(), want, "{seg} saw the private write");
+    }
+    let out = d
+        .run(&["segment", "read", "vm0", "--offset", "8192", "--len", "16"])
+        .ok();
+    assert_eq!(out.stdout, before);
+    let file: String = Sha256::digest(std::fs::read(&img).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(file, want);
+    // Segment writes to a volume segment are refused with a reason.
+    let e = d.run_stdin(&["segment", "write", "vm1", "--offset", "0"], b"x");
+    assert!(
+        !e.status.success() && e.stderr.contains("read-only volume"),
+        "{}",
+        e.stderr
+    );
+    drop(m);
+}
+
+#[test]
+fn eight_processes_faulting_one_block_cause_one_storage_read() {
+    let d = Daemon::start();
+    let img = d.path("one.img");
+    let want_block: String = {
+        make_image(&img, 4 << 20);
+        let data = std::fs::read(&img).unwrap();
+        Sha256::digest(&data[40960..45056])
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    d.run(&["volume", "add", "one", img.to_str().unwrap()]).ok();
+    for i in 0..8 {
+        d.run(&[
+            "segment",
+            "create",
+            &format!("vm{i}"),
+            "--backing",
+            "volume:one",
+        ])
+        .ok();
+    }
+    let readers: Vec<_> = (0..8)
+        .map(|i| {
+            d.spawn_cmd(
+                &[
+                    "memtest",
+                    &format!("vm{i}"),
+                    "--sha256",
+                    "--offset",
+                    "40960",
+                    "--len",
+                    "4096",
+                ],
+                false,
+            )
+        })
+        .collect();
+    for r in readers {
+        let out = finish(r, &[], Duration::from_secs(60), &["block reader"]).ok();
+        assert_eq!(out.stdout_str().trim(), want_block);
+    }
+    let v = volume_stat(&d, "one");
+    assert_eq!(v["storage_reads"], 1, "{v}");
+}
+
+#[test]
+fn blocks_below_the_share_threshold_get_private_copies() {
+    let mut d = Daemon::start();
+    d.kill9();
+    // Restart the test daemon with a threshold of 3 faults before a block is shared.
+    let log = std::fs::File::create(d.path("t.log")).unwrap();
+    let _child = KillOnDrop(
+        std::process::Command::new(common::BIN)
+            .arg("--socket")
+            .arg(d.path("t.sock"))
+            .args(["daemon", "--share-threshold", "3", "--data-dir"])
+            .arg(d.path("t-data"))
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let sock = d.path("t.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pagemesh::Client::connect(&sock).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "threshold daemon did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let c = pagemesh::Client::connect(&sock).unwrap();
+    let img = d.path("t.img");
+    let want = make_image(&img, 64 << 10);
+    c.add_volume("t", img.to_str().unwrap()).unwrap();
+    c.create_segment("s", None, pagemesh::Backing::Volume { name: "t".into() })
+        .unwrap();
+    let hash = |c: &pagemesh::Client| {
+        let m = c.attach("s").unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        m.read_at(0, &mut buf).unwrap();
+        Sha256::digest(&buf)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert_eq!(hash(&c), want);
+    assert_eq!(hash(&c), want);
+    let v = c.stat_volume("t").unwrap();
+    assert_eq!(
+        (v.cached_blocks, v.private_copies),
+        (0, 32),
+        "two readers below the threshold: private copies"
+    );
+    assert_eq!(hash(&c), want);
+    let v = c.stat_volume("t").unwrap();
+    assert_eq!(
+        v.cached_blocks, 16,
+        "third reader: the blocks enter the shared cache"
+    );
+}
+
+/// A daemon this test started, killed (by its pid) and reaped even if the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn volume_errors_say_what_to_do() {
+    let d = Daemon::start();
+    let img = d.path("e.img");
+    make_image(&img, 8192);
+    let e = d.run(&["volume", "add", "e", "/nonexistent.img"]);
+    assert!(e.stderr.contains("/nonexistent.img"), "{}", e.stderr);
+    d.run(&["volume", "add", "e", img.to_str().unwrap()]).ok();
+    d.run(&["segment", "create", "s", "--backing", "volume:e"])
+        .ok();
+    let e = d.run(&["volume", "rm", "e"]);
+    assert!(e.stderr.contains("remove them first"), "{}", e.stderr);
+    let e = d.run(&["segment", "create", "t", "--backing", "volume:nope"]);
+    assert!(
+        e.stderr.contains("no volume named \"nope\""),
+        "{}",
+        e.stderr
+    );
+    d.run(&["segment", "rm", "s"]).ok();
+    d.run(&["volume", "rm", "e"]).ok();
+    assert!(!d.run(&["volume", "list"]).ok().stdout_str().contains(" e "));
+}
