@@ -45,6 +45,9 @@ pub struct VolumeBench {
     /// Repetitions of each case.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Passed to the bench's daemon: faults a block needs before it is shared.
+    #[arg(long, default_value_t = 1)]
+    pub share_threshold: u8,
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -78,19 +81,23 @@ fn sha256_of(mut read: impl FnMut(usize, &mut [u8]), len: usize) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `Cached:` of /proc/meminfo in bytes (page cache, shmem and memfds included).
-fn cached_bytes() -> anyhow::Result<u64> {
+/// Page cache (shmem and memfds included) plus anonymous memory, from /proc/meminfo, in bytes:
+/// what a set of readers costs the machine, whether their copies are cached or private.
+fn used_bytes() -> anyhow::Result<u64> {
     let m = std::fs::read_to_string("/proc/meminfo")?;
-    let line = m
-        .lines()
-        .find(|l| l.starts_with("Cached:"))
-        .context("no Cached: in /proc/meminfo")?;
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("malformed Cached: line")?
-        .parse()?;
-    Ok(kib * 1024)
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = m
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in /proc/meminfo"))?;
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .context("malformed /proc/meminfo line")?
+            .parse()?;
+        Ok(kib * 1024)
+    };
+    Ok(field("Cached:")? + field("AnonPages:")?)
 }
 
 /// Median, min and max of a sample.
@@ -174,16 +181,32 @@ struct Sample {
     mem_bytes: f64,
 }
 
-/// Run `procs` at once; the time until all are done, and the growth of Cached.
+/// Run `procs` at once; the time until all are done, and the peak growth of used memory
+/// (sampled every 5 ms while they run, and once after).
 fn measure(
     procs: impl FnOnce() -> anyhow::Result<Vec<Proc>>,
     want: &str,
 ) -> anyhow::Result<Sample> {
-    let before = cached_bytes()?;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let before = used_bytes()?;
+    let peak = AtomicU64::new(before);
+    let done = AtomicBool::new(false);
     let t = Instant::now();
-    let outs = wait_all(procs()?, CASE_TIMEOUT)?;
+    let outs = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(u) = used_bytes() {
+                    peak.fetch_max(u, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let r = procs().and_then(|p| wait_all(p, CASE_TIMEOUT));
+        done.store(true, Ordering::Relaxed);
+        r
+    })?;
     let secs = t.elapsed().as_secs_f64();
-    let after = cached_bytes()?;
+    peak.fetch_max(used_bytes()?, Ordering::Relaxed);
     for o in outs {
         if o.trim() != want {
             bail!(
@@ -194,7 +217,7 @@ fn measure(
     }
     Ok(Sample {
         secs,
-        mem_bytes: after.saturating_sub(before) as f64,
+        mem_bytes: peak.load(Ordering::Relaxed).saturating_sub(before) as f64,
     })
 }
 
@@ -207,7 +230,8 @@ fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
     if b.procs == 0 || b.runs == 0 || b.size == 0 {
         bail!("--procs, --runs and --size must be positive");
     }
-    let d = PrivateDaemon::start("pagemesh-bench-", &[])?;
+    let threshold = b.share_threshold.to_string();
+    let d = PrivateDaemon::start("pagemesh-bench-", &["--share-threshold", &threshold])?;
     let image = d.dir.path().join("image.raw");
     write_image(&image, b.size)?;
     let want = {

@@ -37,6 +37,9 @@ pub struct Attachment {
     pub base: u64,
     pub len: u64,
     pub segment: Arc<Segment>,
+    /// The page of this process's previous volume fault: tells a backward scan from a forward
+    /// one, so private-copy runs go the way the process is reading.
+    pub last_page: AtomicU64,
 }
 
 /// Why a segment I/O request failed.

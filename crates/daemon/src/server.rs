@@ -373,6 +373,7 @@ impl Daemon {
             base,
             len,
             segment: Arc::clone(&seg),
+            last_page: std::sync::atomic::AtomicU64::new(0),
         });
         if let Err(e) = self.workers.add(att) {
             let _ = write_frame(

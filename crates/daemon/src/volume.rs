@@ -123,6 +123,9 @@ impl Volume {
     /// Open the image read-only and create its (empty) cache.
     pub fn open(info: VolumeInfo, share_threshold: u8) -> std::io::Result<Volume> {
         let file = File::open(&info.path)?;
+        // pagemesh reads ahead itself and caches the blocks in the volume memfd: kernel
+        // read-ahead on the image would only fill the page cache with a second copy.
+        let _ = pagemesh_uffd::fileio::advise_random(&file);
         let blocks = info.size_bytes.div_ceil(PS);
         let memfd = Memfd::create(&format!("pagemesh-volume:{}", info.name), blocks * PS)?;
         Ok(Volume {
@@ -226,6 +229,35 @@ impl Volume {
         Ok(())
     }
 
+    /// Give `att` private copies of blocks `[lo, lo+n)` (read into `scratch`), which include
+    /// the faulting block `b`. The run stops at a page the process has mapped already; if that
+    /// leaves `b` out, `b` alone is copied.
+    fn copy_private_run(
+        &self,
+        att: &Attachment,
+        lo: u64,
+        n: u64,
+        b: u64,
+        scratch: &[u8],
+    ) -> Result<(), UffdError> {
+        let run = &scratch[..(n * PS) as usize];
+        let copied = att.uffd.copy_run(att.base + lo * PS, run, false, true)?;
+        self.counters
+            .private_copies
+            .fetch_add(copied / PS, Ordering::Relaxed);
+        if lo + copied / PS > b {
+            return Ok(());
+        }
+        let one = &scratch[((b - lo) * PS) as usize..((b - lo + 1) * PS) as usize];
+        match att.uffd.copy_run(att.base + b * PS, one, false, true)? {
+            0 => att.uffd.wake(att.base + b * PS, PS),
+            _ => {
+                self.counters.private_copies.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
     /// Claim the Absent blocks next to `b` (already Pending) for one storage read: up to
     /// READAHEAD_BLOCKS after it, or, when the block after it is not Absent (a backward scan),
     /// before it. Returns the run `[lo, lo+n)`, all Pending and owned by the caller.
@@ -281,12 +313,29 @@ impl Volume {
             }
             Block::Absent if hits < self.share_threshold => {
                 drop(g);
-                // Not (yet) likely to be shared: a private copy, and the cache stays as it is.
-                let r = match self.read_storage(b, 1, scratch) {
-                    Ok(()) => {
-                        self.counters.private_copies.fetch_add(1, Ordering::Relaxed);
-                        copy_private(&att.uffd, addr, &scratch[..PSU])
+                // Not (yet) likely to be shared: private copies of a run of blocks (the volume
+                // is read-only, so a copy is right whatever the blocks' cache states), and the
+                // shared cache stays as it is.
+                let backward = b < att.last_page.swap(b, Ordering::Relaxed);
+                let (lo, n) = if backward {
+                    let limit = READAHEAD_BLOCKS.min((addr - att.base) / PS + 1);
+                    let mut n = 1;
+                    while n < limit && self.block_state(b - n) != Block::Poisoned {
+                        n += 1;
                     }
+                    (b + 1 - n, n)
+                } else {
+                    let limit = READAHEAD_BLOCKS
+                        .min((att.base + att.len - addr) / PS)
+                        .min(self.blocks - b);
+                    let mut n = 1;
+                    while n < limit && self.block_state(b + n) != Block::Poisoned {
+                        n += 1;
+                    }
+                    (b, n)
+                };
+                let r = match self.read_storage(lo, n, scratch) {
+                    Ok(()) => self.copy_private_run(att, lo, n, b, scratch),
                     Err(e) => {
                         log::error!("{e}; pid {} gets SIGBUS at this page", att.pid);
                         poison(&att.uffd, addr)
@@ -442,13 +491,6 @@ impl Volume {
 
     pub fn poisoned_blocks(&self) -> u64 {
         self.counters.poisoned.load(Ordering::Relaxed)
-    }
-}
-
-fn copy_private(uffd: &Uffd, addr: u64, data: &[u8]) -> Result<(), UffdError> {
-    match uffd.copy(addr, data, false, true) {
-        Err(e) if e.is_exists() => uffd.wake(addr, PS),
-        r => r,
     }
 }
 

@@ -21,3 +21,13 @@ pub fn drop_cached(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Tell the kernel not to read ahead on `file` (`posix_fadvise(RANDOM)`).
+pub fn advise_random(file: &File) -> io::Result<()> {
+    // SAFETY: posix_fadvise takes an open fd and plain integers.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}

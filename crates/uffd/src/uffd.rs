@@ -301,6 +301,37 @@ impl Uffd {
         self.ioctl("UFFDIO_COPY", sys::UFFDIO_COPY, &mut c)
     }
 
+    /// COPY a run of pages; like [`Uffd::continue_run`], a run that reaches a page already
+    /// mapped copies (and wakes) what came before it and returns the bytes copied.
+    pub fn copy_run(
+        &self,
+        dst: u64,
+        src: &[u8],
+        write_protect: bool,
+        wake: bool,
+    ) -> Result<u64, UffdError> {
+        let mut mode = 0;
+        if write_protect {
+            mode |= sys::UFFDIO_COPY_MODE_WP;
+        }
+        if !wake {
+            mode |= sys::UFFDIO_COPY_MODE_DONTWAKE;
+        }
+        let mut c = sys::uffdio_copy {
+            dst,
+            src: src.as_ptr() as u64,
+            len: src.len() as u64,
+            mode,
+            copy: 0,
+        };
+        match self.ioctl("UFFDIO_COPY", sys::UFFDIO_COPY, &mut c) {
+            Ok(()) => Ok(src.len() as u64),
+            Err(e) if e.is_again() && c.copy > 0 => Ok(c.copy as u64),
+            Err(e) if e.is_exists() => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Install zero pages over `[dst, dst+len)`.
     pub fn zeropage(&self, dst: u64, len: u64, wake: bool) -> Result<(), UffdError> {
         let mut z = sys::uffdio_zeropage {
