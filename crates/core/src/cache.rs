@@ -270,6 +270,15 @@ impl Cache {
                 self.finish_call(io, req, result);
             }
             Msg::ClearPoisonDone { req, .. } => self.finish_call(io, req, CallResult::Ok),
+            Msg::Recover { seg } => {
+                io.hit(Branch::HoldingsReported);
+                let copies = self
+                    .copies
+                    .range(PageKey::new(seg, 0)..=PageKey::new(seg, u64::MAX))
+                    .map(|(k, c)| (k.page.0, c.state, c.version, c.grant))
+                    .collect();
+                io.send(from, Msg::Holdings { seg, copies });
+            }
             other => io.protocol_error(format!("cache got a home-bound message: {other}")),
         }
     }

@@ -58,6 +58,8 @@ pub(crate) enum Stage {
         token: MapperToken,
         version: Version,
     },
+    /// A write-intent update.
+    Intent { token: MapperToken, dirty: bool },
 }
 
 /// The transaction in progress on a page.
@@ -87,6 +89,9 @@ pub(crate) struct DirPage {
     /// Holders of shared copies, with the transaction that granted each.
     pub sharers: BTreeMap<NodeId, TxnId>,
     pub poisoned: bool,
+    /// A write intent is durably recorded for this page (set before the first version newer
+    /// than the mapper's is granted; cleared once the mapper is current again).
+    pub intent: bool,
     pub txn: Option<Txn>,
     pub queue: VecDeque<Work>,
     /// Last request served per node, and whether it was denied (to answer duplicates).
@@ -162,6 +167,12 @@ pub(crate) struct MapperOps {
 }
 
 impl MapperOps {
+    /// A fresh token not tied to a page.
+    pub fn token(&mut self) -> MapperToken {
+        self.next += 1;
+        MapperToken(self.next)
+    }
+
     pub fn start(&mut self, page: PageKey) -> MapperToken {
         self.next += 1;
         let t = MapperToken(self.next);
@@ -192,6 +203,24 @@ pub(crate) struct Directory {
     pub next_job: u64,
     /// Last sync request per (node, segment) and its result once known.
     pub syncs_served: BTreeMap<(NodeId, SegmentId), (ReqId, Option<u32>)>,
+    /// Segments whose directory is being rebuilt after this home restarted.
+    pub recovering: BTreeMap<SegmentId, Recovery>,
+    /// Segments rebuilt after a restart: no page is known dormant any more.
+    pub recovered: BTreeSet<SegmentId>,
+    /// Intent reads in flight.
+    pub intent_reads: BTreeMap<MapperToken, SegmentId>,
+}
+
+/// Rebuilding one segment's directory after the home restarted.
+#[derive(Debug, Default)]
+pub(crate) struct Recovery {
+    /// Pages with a durable write intent, once read.
+    pub intents: Option<BTreeSet<u64>>,
+    /// Peers that have not reported their holdings yet.
+    pub waiting: BTreeSet<NodeId>,
+    /// What the peers reported.
+    pub holdings: Vec<(NodeId, u64, CacheState, Version, TxnId)>,
+    pub next_retry_ms: u64,
 }
 
 pub(crate) fn seg_range(seg: SegmentId) -> std::ops::RangeInclusive<PageKey> {
@@ -212,7 +241,7 @@ impl Directory {
     }
 
     pub fn is_idle(&self) -> bool {
-        self.active.is_empty()
+        self.active.is_empty() && self.recovering.is_empty()
     }
 
     pub(crate) fn page_mut(&mut self, io: &mut Io, page: PageKey) -> Option<&mut DirPage> {

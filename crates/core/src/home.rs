@@ -27,6 +27,7 @@ impl Directory {
             Msg::Evict { page } => self.on_evict(io, from, page),
             Msg::SyncReq { seg, req } => self.on_sync_req(io, from, seg, req),
             Msg::ClearPoison { page, req } => self.on_clear_poison(io, from, page, req),
+            Msg::Holdings { seg, copies } => self.on_holdings(io, from, seg, copies),
             other => io.protocol_error(format!("home got a cache-bound message: {other}")),
         }
     }
@@ -40,6 +41,10 @@ impl Directory {
         want: Want,
         have: Option<(Version, TxnId)>,
     ) {
+        if self.recovering.contains_key(&page.seg) {
+            io.hit(Branch::HomeRebuildingIgnored);
+            return;
+        }
         let max_queue = io.max_queue;
         let Some(p) = self.page_mut(io, page) else {
             return;
@@ -167,6 +172,10 @@ impl Directory {
     }
 
     fn on_evict(&mut self, io: &mut Io, from: NodeId, page: PageKey) {
+        if self.recovering.contains_key(&page.seg) {
+            io.hit(Branch::HomeRebuildingIgnored);
+            return;
+        }
         let Some(p) = self.page_mut(io, page) else {
             return;
         };
@@ -182,6 +191,10 @@ impl Directory {
     }
 
     fn on_clear_poison(&mut self, io: &mut Io, from: NodeId, page: PageKey, req: ReqId) {
+        if self.recovering.contains_key(&page.seg) {
+            io.hit(Branch::HomeRebuildingIgnored);
+            return;
+        }
         let Some(p) = self.page_mut(io, page) else {
             return;
         };
@@ -198,6 +211,10 @@ impl Directory {
     }
 
     fn on_sync_req(&mut self, io: &mut Io, from: NodeId, seg: SegmentId, req: ReqId) {
+        if self.recovering.contains_key(&seg) {
+            io.hit(Branch::HomeRebuildingIgnored);
+            return;
+        }
         if !self.segs.contains_key(&seg) {
             io.protocol_error(format!("sync of {seg}, which is not homed on {}", io.id));
             return;
@@ -350,6 +367,43 @@ impl Directory {
                     error: e.0,
                 });
                 io.hit(Branch::FlushMapperWriteFailed);
+                t.failed = true;
+            }
+        }
+        t.stage = Stage::Plan;
+        self.advance(io, page);
+    }
+
+    pub(crate) fn intent_write_done(
+        &mut self,
+        io: &mut Io,
+        token: MapperToken,
+        result: Result<(), MapperError>,
+    ) {
+        let Some(page) = self.mapper.ops.remove(&token) else {
+            return;
+        };
+        let Some(p) = self.pages.get_mut(&page) else {
+            return;
+        };
+        let Some(t) = p.txn.as_mut() else {
+            return;
+        };
+        let Stage::Intent { token: tk, dirty } = t.stage else {
+            return;
+        };
+        if tk != token {
+            return;
+        }
+        match result {
+            Ok(()) => p.intent = dirty,
+            Err(e) => {
+                io.hit(Branch::HomeIntentFailed);
+                io.event(Event::MapperFailed {
+                    page,
+                    write: true,
+                    error: format!("write intent: {}", e.0),
+                });
                 t.failed = true;
             }
         }

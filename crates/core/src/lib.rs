@@ -32,6 +32,7 @@ mod msg;
 mod node;
 mod output;
 mod plan;
+mod rebuild;
 mod recovery;
 
 pub use cache::{CopyInfo, EvictStart};

@@ -118,6 +118,18 @@ pub enum Msg {
         /// Page.
         page: PageKey,
     },
+    /// home -> node: this home restarted; tell me what you hold of `seg`.
+    Recover {
+        /// Segment.
+        seg: SegmentId,
+    },
+    /// node -> home: the copies of `seg` this node holds: page, state, version, grant.
+    Holdings {
+        /// Segment.
+        seg: SegmentId,
+        /// The copies.
+        copies: Vec<(u64, CacheState, Version, TxnId)>,
+    },
     /// node -> home: make every write to the segment that completed so far durable.
     SyncReq {
         /// Segment.
@@ -165,7 +177,11 @@ impl Msg {
             | Msg::Evict { page }
             | Msg::ClearPoison { page, .. }
             | Msg::ClearPoisonDone { page, .. } => Some(*page),
-            Msg::Hello | Msg::SyncReq { .. } | Msg::SyncDone { .. } => None,
+            Msg::Hello
+            | Msg::SyncReq { .. }
+            | Msg::SyncDone { .. }
+            | Msg::Recover { .. }
+            | Msg::Holdings { .. } => None,
         }
     }
 
@@ -228,6 +244,8 @@ impl fmt::Display for Msg {
             Msg::Inval { page, txn } => write!(f, "Inval {page} txn{}", txn.0),
             Msg::InvalAck { page, txn } => write!(f, "InvalAck {page} txn{}", txn.0),
             Msg::Evict { page } => write!(f, "Evict {page}"),
+            Msg::Recover { seg } => write!(f, "Recover {seg}"),
+            Msg::Holdings { seg, copies } => write!(f, "Holdings {seg} {copies:?}"),
             Msg::SyncReq { seg, req } => write!(f, "SyncReq {seg} req{}", req.0),
             Msg::SyncDone {
                 seg,

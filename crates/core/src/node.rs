@@ -36,7 +36,11 @@ impl Node {
     /// directory here). Call [`Node::start`] before anything else.
     pub fn new(cfg: NodeConfig, segments: &[SegmentInfo]) -> Node {
         assert!(cfg.epoch > Epoch(0), "epochs start at 1");
-        let mut dir = Directory::default();
+        let mut dir = Directory {
+            // Transaction ids of a new incarnation sort after every earlier one's.
+            next_txn: cfg.epoch.0 << 32,
+            ..Directory::default()
+        };
         for s in segments.iter().filter(|s| s.home == cfg.id) {
             dir.segs.insert(s.id, *s);
         }
@@ -76,6 +80,11 @@ impl Node {
             if p != self.io.id {
                 self.io.send(p, Msg::Hello);
             }
+        }
+        if self.io.epoch > Epoch(1) {
+            // A restart: the directory of every segment homed here must be rebuilt.
+            let peers = self.peers.clone();
+            self.dir.start_rebuild(&mut self.io, &peers);
         }
     }
 
@@ -124,7 +133,8 @@ impl Node {
             | Msg::InvalAck { .. }
             | Msg::Evict { .. }
             | Msg::SyncReq { .. }
-            | Msg::ClearPoison { .. }) => self.dir.on_msg(&mut self.io, from, m),
+            | Msg::ClearPoison { .. }
+            | Msg::Holdings { .. }) => self.dir.on_msg(&mut self.io, from, m),
             m => self.cache.on_msg(&mut self.io, from, m),
         }
     }
@@ -226,6 +236,28 @@ impl Node {
         self.dir.mapper_write_done(&mut self.io, token, result);
     }
 
+    /// An [`Output::IntentWrite`] finished.
+    pub fn intent_write_done(
+        &mut self,
+        now_ms: u64,
+        token: MapperToken,
+        result: Result<(), MapperError>,
+    ) {
+        self.io.now_ms = now_ms;
+        self.dir.intent_write_done(&mut self.io, token, result);
+    }
+
+    /// An [`Output::IntentRead`] finished: the pages of the segment with a write intent.
+    pub fn intents_read_done(
+        &mut self,
+        now_ms: u64,
+        token: MapperToken,
+        result: Result<Vec<u64>, MapperError>,
+    ) {
+        self.io.now_ms = now_ms;
+        self.dir.intents_read_done(&mut self.io, token, result);
+    }
+
     /// This node's copy of `page`, if it holds one.
     pub fn copy(&self, page: PageKey) -> Option<CopyInfo> {
         self.cache.copy(page)
@@ -296,6 +328,7 @@ mod tests {
             for o in outs {
                 match o {
                     Output::Send(e) if e.to == n.id() => n.step(now, e),
+                    Output::IntentWrite { token, .. } => n.intent_write_done(now, token, Ok(())),
                     other => seen.push(other),
                 }
             }
@@ -430,6 +463,12 @@ mod tests {
                 },
             ),
         );
+        // The home records the write intent durably before granting.
+        let intent = n.take_outputs();
+        let Some(Output::IntentWrite { token, .. }) = intent.first() else {
+            panic!("expected a write intent first, got {intent:?}");
+        };
+        n.intent_write_done(0, *token, Ok(()));
         let grant = n.take_outputs();
         let Some(Output::Send(Envelope {
             msg: Msg::Grant { txn, .. },

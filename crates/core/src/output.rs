@@ -3,7 +3,7 @@
 
 use crate::ids::{CallId, CallResult, FaultId, FaultResult, MapperToken, PageData, PageKey};
 use crate::msg::Envelope;
-use pagemesh_types::NodeId;
+use pagemesh_types::{NodeId, SegmentId};
 
 /// One thing for the driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +51,24 @@ pub enum Output {
         /// Contents (always `Bytes` or `Zero`).
         data: PageData,
     },
+    /// Durably record (`dirty`) or clear the write intent of a page: "versions newer than the
+    /// mapper's may exist". Answer with `Node::intent_write_done`.
+    IntentWrite {
+        /// Matches the completion.
+        token: MapperToken,
+        /// Page.
+        page: PageKey,
+        /// Set (true) or clear (false).
+        dirty: bool,
+    },
+    /// Read the durable write intents of a segment (its home restarted). Answer with
+    /// `Node::intents_read_done`.
+    IntentRead {
+        /// Matches the completion.
+        token: MapperToken,
+        /// Segment.
+        seg: SegmentId,
+    },
     /// A local fault is resolved.
     FaultDone {
         /// The fault.
@@ -80,6 +98,13 @@ pub enum Event {
         page: PageKey,
         /// The node whose loss caused it, if one did.
         lost_with: Option<NodeId>,
+    },
+    /// A restarted home rebuilt the directory of a segment from what the nodes hold.
+    Recovered {
+        /// Segment.
+        seg: SegmentId,
+        /// Pages poisoned because a write intent was recorded and no copy survived.
+        poisoned: u32,
     },
     /// The home restored a poisoned page from the mapper.
     PoisonCleared {

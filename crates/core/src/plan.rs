@@ -34,6 +34,8 @@ struct Cx<'a> {
     io: &'a mut Io,
     key: PageKey,
     backing: Backing,
+    /// The segment's directory was rebuilt: no page is known to be dormant.
+    recovered: bool,
     mapper: &'a mut MapperOps,
 }
 
@@ -43,6 +45,7 @@ impl Directory {
         let Some(backing) = self.segs.get(&key.seg).map(|s| s.backing) else {
             return;
         };
+        let recovered = self.recovered.contains(&key.seg);
         loop {
             let Some(p) = self.pages.get_mut(&key) else {
                 return;
@@ -75,6 +78,7 @@ impl Directory {
                 io: &mut *io,
                 key,
                 backing,
+                recovered,
                 mapper: &mut self.mapper,
             };
             match plan(&mut cx, p, &mut t) {
@@ -112,6 +116,10 @@ fn plan(cx: &mut Cx, p: &mut DirPage, t: &mut Txn) -> Progress {
                 cx.io.event(Event::PoisonCleared { page: cx.key });
             } else {
                 cx.io.hit(Branch::ClearPoisonNotPoisoned);
+            }
+            if p.intent && p.version == p.durable && !t.failed {
+                // The mapper is current again: a later home restart must not poison it.
+                return write_intent(cx, t, false);
             }
             p.cleared.insert(node, req);
             cx.io.send(node, Msg::ClearPoisonDone { page: cx.key, req });
@@ -168,7 +176,7 @@ fn obtain_data(
         });
         return fetch(cx, t, s, CacheState::Shared);
     }
-    if p.version == Version(0) && cx.backing == Backing::Zero {
+    if p.version == Version(0) && cx.backing == Backing::Zero && !cx.recovered {
         cx.io.hit(Branch::HomeZeroFillDormant);
         t.data = Some((Version(0), PageData::Zero));
         return Source::Ready;
@@ -252,6 +260,12 @@ fn plan_acquire(
     if want == Want::Exclusive && invalidate_others(cx, p, t, node) {
         return Progress::Wait;
     }
+    if want == Want::Exclusive && !p.intent {
+        // Record durably that this page may become newer than the mapper before it does, so
+        // a restarted home knows which pages a lost copy may have held.
+        cx.io.hit(Branch::HomeIntentSet);
+        return write_intent(cx, t, true);
+    }
     let state = record_grant(cx, p, t, node, want);
     let data = if current {
         cx.io.hit(Branch::HomeGrantNoData);
@@ -324,6 +338,18 @@ fn record_grant(cx: &mut Cx, p: &mut DirPage, t: &Txn, node: NodeId, want: Want)
     }
 }
 
+/// Set or clear the page's durable write intent.
+fn write_intent(cx: &mut Cx, t: &mut Txn, dirty: bool) -> Progress {
+    let token = cx.mapper.start(cx.key);
+    t.stage = Stage::Intent { token, dirty };
+    cx.io.emit(Output::IntentWrite {
+        token,
+        page: cx.key,
+        dirty,
+    });
+    Progress::Wait
+}
+
 /// Write the current version to the mapper, fetching it first if needed.
 fn write_current(
     cx: &mut Cx,
@@ -362,6 +388,10 @@ fn plan_flush(cx: &mut Cx, p: &mut DirPage, t: &mut Txn) -> Progress {
         return Progress::Done(false);
     }
     if p.version <= p.durable {
+        if p.intent {
+            cx.io.hit(Branch::FlushIntentClear);
+            return write_intent(cx, t, false);
+        }
         cx.io.hit(Branch::FlushClean);
         return Progress::Done(true);
     }

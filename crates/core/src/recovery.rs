@@ -12,6 +12,7 @@ use pagemesh_types::NodeId;
 impl Directory {
     /// `peer` came back with a new epoch: nothing it held counts, nothing it asked for stands.
     pub(crate) fn peer_restarted(&mut self, io: &mut Io, peer: NodeId) {
+        self.rebuild_peer_restarted(io, peer);
         let keys: Vec<PageKey> = self.pages.keys().copied().collect();
         for key in keys {
             let Some(p) = self.pages.get_mut(&key) else {
@@ -76,6 +77,7 @@ impl Directory {
 
     /// Retransmit every message a transaction waits on for longer than `retry_ms`.
     pub(crate) fn tick(&mut self, io: &mut Io) {
+        self.rebuild_tick(io);
         let now = io.now_ms;
         let active: Vec<PageKey> = self.active.iter().copied().collect();
         for key in active {
@@ -109,7 +111,10 @@ impl Directory {
                     io.hit(Branch::HomeRetransmit);
                     io.send(*to, msg.clone());
                 }
-                Stage::Plan | Stage::MapperRead { .. } | Stage::MapperWrite { .. } => {}
+                Stage::Plan
+                | Stage::MapperRead { .. }
+                | Stage::MapperWrite { .. }
+                | Stage::Intent { .. } => {}
             }
         }
     }

@@ -176,9 +176,10 @@ impl Cluster {
                 self.mem[i].remove(&page);
             }
             Output::Unprotect { .. } | Output::Downgrade { .. } => {}
-            o @ (Output::MapperRead { .. } | Output::MapperWrite { .. }) => {
-                self.mapper_ops.push((i, o))
-            }
+            Output::IntentRead { .. } => return Err("intent read without a restart".into()),
+            o @ (Output::MapperRead { .. }
+            | Output::MapperWrite { .. }
+            | Output::IntentWrite { .. }) => self.mapper_ops.push((i, o)),
             Output::FaultDone {
                 fault,
                 page,
@@ -313,6 +314,9 @@ impl Cluster {
                     Output::MapperWrite { token, page, data } => {
                         self.mapper.insert(page, value(&data, None));
                         self.nodes[i].mapper_write_done(now, token, Ok(()));
+                    }
+                    Output::IntentWrite { token, .. } => {
+                        self.nodes[i].intent_write_done(now, token, Ok(()))
                     }
                     _ => unreachable!(),
                 }

@@ -80,8 +80,12 @@ impl World {
             let in_flight = self.data_in_flight_from(me, page);
             let involved = copy.is_some() || dir_owner || dir_sharer || in_flight;
             let exclusive = dir_owner || copy.is_some_and(|c| c.state == CacheState::Modified);
+            // A restarted home poisons every page with a write intent that no node holds.
+            // (An intent still being written counts: it may land after the crash.)
+            let home_with_intent = home == Some(me)
+                && (self.intents.contains(&page) || self.intent_in_flight(me, page));
             let m = self.model.pages.entry(page).or_default();
-            if involved && (!m.synced || exclusive) {
+            if (involved && (!m.synced || exclusive)) || home_with_intent {
                 m.poison_ok = true;
             }
         }
@@ -101,6 +105,13 @@ impl World {
                 self.model.pages.entry(page).or_default().poison_ok = true;
             }
         }
+    }
+
+    fn intent_in_flight(&self, home: NodeId, page: PageKey) -> bool {
+        self.pending_events().any(|ev| {
+            matches!(ev, Ev::IntentWrite { node, page: p, dirty: true, .. }
+                if *node == home.0 as usize && *p == page)
+        })
     }
 
     fn data_in_flight_from(&self, from: NodeId, page: PageKey) -> bool {

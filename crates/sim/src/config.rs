@@ -26,6 +26,8 @@ pub struct SimConfig {
     pub mapper_fail_rate: f64,
     /// Time allowed after faults stop and partitions heal for everything to complete.
     pub liveness_bound_ms: u64,
+    /// Homes crash too (their directory is rebuilt from the nodes and the write intents).
+    pub crash_homes: bool,
     /// Switch on the core's injected bug (the checkers must catch it).
     pub inject_bug: bool,
     /// Record a readable trace (used to replay a failing seed).
@@ -46,6 +48,7 @@ impl Default for SimConfig {
             max_mapper_ms: 15,
             mapper_fail_rate: 0.005,
             liveness_bound_ms: 20_000,
+            crash_homes: true,
             inject_bug: false,
             trace: false,
         }

@@ -11,7 +11,7 @@ const USAGE: &str = "usage: pagemesh-sim (--seed S | --seeds N [--start S]) [opt
   --seeds N           run N seeds; ends with 'N seeds passed' or the first failing seed
   --start S           first seed for --seeds (default 0)
   --threads T         threads for --seeds (default: available cores)
-  --nodes N           nodes (default 4; nodes 0 and 1 are homes, the others may crash)
+  --nodes N           nodes (default 4; nodes 0 and 1 are homes; any node may crash)
   --pages P           pages per segment (default 6)
   --ops N             operations per simulated process (default 40; two processes per node)
   --drop R            message drop probability (default 0.05)
@@ -21,6 +21,7 @@ const USAGE: &str = "usage: pagemesh-sim (--seed S | --seeds N [--start S]) [opt
   --partition R       partition probability per 10 ms tick (default 0.004)
   --mapper-ms MS      largest mapper latency (default 15)
   --mapper-fail R     mapper I/O failure probability (default 0.005)
+  --no-home-crash     only non-home nodes crash
   --inject-bug        switch on the core's injected bug (skip one invalidation ack)
   --coverage          list protocol branches no seed reached
   --trace             print the full trace of a single seed";
@@ -69,6 +70,7 @@ fn parse() -> Result<Args, String> {
             "--mapper-ms" => a.cfg.max_mapper_ms = num(&flag, val()?)?,
             "--mapper-fail" => a.cfg.mapper_fail_rate = num(&flag, val()?)?,
             "--inject-bug" => a.cfg.inject_bug = true,
+            "--no-home-crash" => a.cfg.crash_homes = false,
             "--coverage" => a.coverage = true,
             "--trace" => a.cfg.trace = true,
             "-h" | "--help" => return Err(USAGE.to_string()),

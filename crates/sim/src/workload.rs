@@ -232,6 +232,33 @@ impl World {
                     },
                 );
             }
+            Output::IntentWrite { token, page, dirty } => {
+                let d = self.rng.range(1, self.cfg.max_mapper_ms);
+                let epoch = self.nodes[i].epoch;
+                self.schedule(
+                    d,
+                    Ev::IntentWrite {
+                        node: i,
+                        epoch,
+                        token,
+                        page,
+                        dirty,
+                    },
+                );
+            }
+            Output::IntentRead { token, seg } => {
+                let d = self.rng.range(1, self.cfg.max_mapper_ms);
+                let epoch = self.nodes[i].epoch;
+                self.schedule(
+                    d,
+                    Ev::IntentRead {
+                        node: i,
+                        epoch,
+                        token,
+                        seg,
+                    },
+                );
+            }
             Output::FaultDone {
                 fault,
                 page,
@@ -285,7 +312,9 @@ impl World {
                 self.model.cleared(page, v);
                 Ok(())
             }
-            Event::PeerRestarted { .. } | Event::MapperFailed { .. } => Ok(()),
+            Event::PeerRestarted { .. } | Event::MapperFailed { .. } | Event::Recovered { .. } => {
+                Ok(())
+            }
             Event::ProtocolError { what } => {
                 Err(fail(self, None, format!("node{i}: protocol error: {what}")))
             }

@@ -74,6 +74,19 @@ pub(crate) enum Ev {
         page: PageKey,
         value: u64,
     },
+    IntentWrite {
+        node: usize,
+        epoch: u64,
+        token: MapperToken,
+        page: PageKey,
+        dirty: bool,
+    },
+    IntentRead {
+        node: usize,
+        epoch: u64,
+        token: MapperToken,
+        seg: SegmentId,
+    },
     Tick,
     Proc {
         node: usize,
@@ -132,6 +145,8 @@ pub struct World {
     pub(crate) segs: Vec<SegmentInfo>,
     /// Durable mapper contents (each segment's mapper lives with its home).
     pub(crate) mapper: BTreeMap<PageKey, u64>,
+    /// Durable write intents (kept with the mapper).
+    pub(crate) intents: BTreeSet<PageKey>,
     pub(crate) model: Model,
     /// Nodes cut off from the rest, while a partition lasts.
     pub(crate) partition: Option<BTreeSet<NodeId>>,
@@ -184,6 +199,7 @@ impl World {
             nodes: Vec::new(),
             segs,
             mapper: BTreeMap::new(),
+            intents: BTreeSet::new(),
             model: Model::default(),
             partition: None,
             faults_on: true,
@@ -219,7 +235,7 @@ impl World {
                 ops: BTreeMap::new(),
                 calls: BTreeMap::new(),
                 procs: vec![(w.cfg.ops_per_process, false); 2],
-                crashable: !homes,
+                crashable: !homes || w.cfg.crash_homes,
             });
         }
         w
@@ -317,6 +333,19 @@ impl World {
                 page,
                 value,
             } => self.mapper_write(node, epoch, token, page, value),
+            Ev::IntentWrite {
+                node,
+                epoch,
+                token,
+                page,
+                dirty,
+            } => self.intent_write(node, epoch, token, page, dirty),
+            Ev::IntentRead {
+                node,
+                epoch,
+                token,
+                seg,
+            } => self.intent_read(node, epoch, token, seg),
             Ev::Tick => self.tick(),
             Ev::Proc { node, proc, epoch } => self.next_op(node, proc, epoch),
             Ev::Restart(i) => {
@@ -394,6 +423,68 @@ impl World {
         let now = self.now;
         if let Some(c) = self.nodes[node].core.as_mut() {
             c.mapper_write_done(now, token, result);
+        }
+        self.run_outputs(node)
+    }
+
+    /// A write-intent update completes (or fails, while faults are on).
+    fn intent_write(
+        &mut self,
+        node: usize,
+        epoch: u64,
+        token: MapperToken,
+        page: PageKey,
+        dirty: bool,
+    ) -> Result<(), Violation> {
+        let failed = self.faults_on && self.rng.chance(self.cfg.mapper_fail_rate);
+        let result = if failed {
+            self.model.read_error(page);
+            Err(MapperError("simulated EIO".into()))
+        } else {
+            if dirty {
+                self.intents.insert(page);
+            } else {
+                self.intents.remove(&page);
+            }
+            Ok(())
+        };
+        self.log(|| {
+            format!(
+                "{} intent {page} dirty={dirty} failed={failed}",
+                NodeId(node as u32)
+            )
+        });
+        if self.nodes[node].epoch != epoch {
+            return Ok(());
+        }
+        let now = self.now;
+        if let Some(c) = self.nodes[node].core.as_mut() {
+            c.intent_write_done(now, token, result);
+        }
+        self.run_outputs(node)
+    }
+
+    /// A restarted home reads the write intents of a segment.
+    fn intent_read(
+        &mut self,
+        node: usize,
+        epoch: u64,
+        token: MapperToken,
+        seg: SegmentId,
+    ) -> Result<(), Violation> {
+        let pages: Vec<u64> = self
+            .intents
+            .iter()
+            .filter(|p| p.seg == seg)
+            .map(|p| p.page.0)
+            .collect();
+        self.log(|| format!("{} read intents of {seg}: {pages:?}", NodeId(node as u32)));
+        if self.nodes[node].epoch != epoch {
+            return Ok(());
+        }
+        let now = self.now;
+        if let Some(c) = self.nodes[node].core.as_mut() {
+            c.intents_read_done(now, token, Ok(pages));
         }
         self.run_outputs(node)
     }
