@@ -58,7 +58,9 @@ pub struct InjectedBugs {
 pub struct NodeConfig {
     /// This node.
     pub id: NodeId,
-    /// This incarnation; must grow across restarts (the driver persists it). At least 1.
+    /// This incarnation; must grow across restarts (the driver persists it). 1 is the first
+    /// start of a fresh cluster; a larger epoch makes the node rebuild the directory of every
+    /// segment it is home of (see `docs/protocol.md`).
     pub epoch: Epoch,
     /// Every node of the cluster, this one included.
     pub peers: Vec<NodeId>,

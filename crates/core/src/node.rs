@@ -498,4 +498,63 @@ mod tests {
         let d = n.dir_page(page()).expect("entry");
         assert!(d.poisoned && d.owner.is_none());
     }
+
+    #[test]
+    fn a_restarted_home_rebuilds_from_holdings_and_intents() {
+        let mut n = node(0, 0, 2);
+        n.start(0);
+        let outs = n.take_outputs();
+        let token = outs
+            .iter()
+            .find_map(|o| match o {
+                Output::IntentRead { token, .. } => Some(*token),
+                _ => None,
+            })
+            .expect("the home reads its write intents");
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::Send(Envelope {
+                msg: Msg::Recover { .. },
+                to: NodeId(1),
+                ..
+            })
+        )));
+        let from1 = |msg| Envelope {
+            from: NodeId(1),
+            from_epoch: Epoch(1),
+            to: NodeId(0),
+            to_epoch: Epoch(2),
+            msg,
+        };
+        // Requests wait for the rebuild (the node retransmits them).
+        n.step(
+            0,
+            from1(Msg::Acquire {
+                page: PageKey::new(SegmentId(1), 5),
+                req: crate::ids::ReqId(1),
+                want: crate::ids::Want::Shared,
+                have: None,
+            }),
+        );
+        assert!(n.take_outputs().is_empty());
+        n.intents_read_done(0, token, Ok(vec![3, 4]));
+        n.step(
+            0,
+            from1(Msg::Holdings {
+                seg: SegmentId(1),
+                copies: vec![(4, CacheState::Modified, Version(7), crate::ids::TxnId(9))],
+            }),
+        );
+        let outs = n.take_outputs();
+        assert!(outs.contains(&Output::Event(Event::Recovered {
+            seg: SegmentId(1),
+            poisoned: 1
+        })));
+        let lost = n.dir_page(PageKey::new(SegmentId(1), 3)).expect("entry");
+        assert!(lost.poisoned, "an intent and no surviving copy: poisoned");
+        let kept = n.dir_page(PageKey::new(SegmentId(1), 4)).expect("entry");
+        assert_eq!((kept.owner, kept.version), (Some(NodeId(1)), Version(7)));
+        assert!(kept.durable < kept.version && !kept.poisoned);
+        assert!(n.is_idle());
+    }
 }
