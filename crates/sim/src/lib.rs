@@ -11,8 +11,10 @@
 mod checks;
 mod config;
 mod model;
+mod net;
 mod rng;
 mod run;
+mod storage;
 mod workload;
 mod world;
 

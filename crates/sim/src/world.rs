@@ -5,8 +5,8 @@ use crate::config::SimConfig;
 use crate::model::Model;
 use crate::rng::Rng;
 use pagemesh_core::{
-    Backing, CallId, Coverage, Envelope, Epoch, FaultId, MapperError, MapperToken, Node,
-    NodeConfig, PageData, PageKey, SegmentInfo, Timing,
+    Backing, CallId, Coverage, Envelope, Epoch, FaultId, MapperToken, Node, NodeConfig, PageKey,
+    SegmentInfo, Timing,
 };
 use pagemesh_types::{NodeId, SegmentId};
 use std::cmp::Reverse;
@@ -362,133 +362,6 @@ impl World {
         }
     }
 
-    /// A mapper read completes (or fails, while faults are on).
-    fn mapper_read(
-        &mut self,
-        node: usize,
-        epoch: u64,
-        token: MapperToken,
-        page: PageKey,
-    ) -> Result<(), Violation> {
-        let value = self.mapper.get(&page).copied().unwrap_or(0);
-        let failed = self.faults_on && self.rng.chance(self.cfg.mapper_fail_rate);
-        self.log(|| {
-            format!(
-                "{} mapper read {page} -> {value} failed={failed}",
-                NodeId(node as u32)
-            )
-        });
-        if self.nodes[node].epoch != epoch {
-            return Ok(());
-        }
-        let result = if failed {
-            self.model.read_error(page);
-            Err(MapperError("simulated EIO".into()))
-        } else {
-            Ok(PageData::Bytes(value.to_le_bytes().to_vec()))
-        };
-        let now = self.now;
-        if let Some(c) = self.nodes[node].core.as_mut() {
-            c.mapper_read_done(now, token, result);
-        }
-        self.run_outputs(node)
-    }
-
-    /// A mapper write completes: durable from now on (or fails, while faults are on).
-    fn mapper_write(
-        &mut self,
-        node: usize,
-        epoch: u64,
-        token: MapperToken,
-        page: PageKey,
-        value: u64,
-    ) -> Result<(), Violation> {
-        let failed = self.faults_on && self.rng.chance(self.cfg.mapper_fail_rate);
-        let result = if failed {
-            self.model.write_error(page);
-            Err(MapperError("simulated EIO".into()))
-        } else {
-            self.mapper.insert(page, value);
-            Ok(())
-        };
-        self.log(|| {
-            format!(
-                "{} mapper wrote {page} = {value} failed={failed}",
-                NodeId(node as u32)
-            )
-        });
-        if self.nodes[node].epoch != epoch {
-            return Ok(());
-        }
-        let now = self.now;
-        if let Some(c) = self.nodes[node].core.as_mut() {
-            c.mapper_write_done(now, token, result);
-        }
-        self.run_outputs(node)
-    }
-
-    /// A write-intent update completes (or fails, while faults are on).
-    fn intent_write(
-        &mut self,
-        node: usize,
-        epoch: u64,
-        token: MapperToken,
-        page: PageKey,
-        dirty: bool,
-    ) -> Result<(), Violation> {
-        let failed = self.faults_on && self.rng.chance(self.cfg.mapper_fail_rate);
-        let result = if failed {
-            self.model.read_error(page);
-            Err(MapperError("simulated EIO".into()))
-        } else {
-            if dirty {
-                self.intents.insert(page);
-            } else {
-                self.intents.remove(&page);
-            }
-            Ok(())
-        };
-        self.log(|| {
-            format!(
-                "{} intent {page} dirty={dirty} failed={failed}",
-                NodeId(node as u32)
-            )
-        });
-        if self.nodes[node].epoch != epoch {
-            return Ok(());
-        }
-        let now = self.now;
-        if let Some(c) = self.nodes[node].core.as_mut() {
-            c.intent_write_done(now, token, result);
-        }
-        self.run_outputs(node)
-    }
-
-    /// A restarted home reads the write intents of a segment.
-    fn intent_read(
-        &mut self,
-        node: usize,
-        epoch: u64,
-        token: MapperToken,
-        seg: SegmentId,
-    ) -> Result<(), Violation> {
-        let pages: Vec<u64> = self
-            .intents
-            .iter()
-            .filter(|p| p.seg == seg)
-            .map(|p| p.page.0)
-            .collect();
-        self.log(|| format!("{} read intents of {seg}: {pages:?}", NodeId(node as u32)));
-        if self.nodes[node].epoch != epoch {
-            return Ok(());
-        }
-        let now = self.now;
-        if let Some(c) = self.nodes[node].core.as_mut() {
-            c.intents_read_done(now, token, Ok(pages));
-        }
-        self.run_outputs(node)
-    }
-
     fn tick(&mut self) -> Result<(), Violation> {
         let now = self.now;
         for i in 0..self.nodes.len() {
@@ -578,46 +451,6 @@ impl World {
     /// The recorded trace (empty unless `SimConfig::trace`).
     pub fn trace(&self) -> &[String] {
         &self.trace
-    }
-
-    fn partitioned(&self, a: NodeId, b: NodeId) -> bool {
-        self.partition
-            .as_ref()
-            .is_some_and(|s| s.contains(&a) != s.contains(&b))
-    }
-
-    pub(crate) fn send(&mut self, env: Envelope) {
-        self.stats.sent += 1;
-        if env.from == env.to {
-            self.schedule(0, Ev::Deliver(env));
-            return;
-        }
-        if self.faults_on && self.rng.chance(self.cfg.drop_rate) {
-            self.stats.dropped += 1;
-            self.log(|| format!("DROP {env}"));
-            return;
-        }
-        let d = self.rng.range(1, self.cfg.max_delay_ms);
-        if self.faults_on && self.rng.chance(self.cfg.dup_rate) {
-            self.stats.duplicated += 1;
-            let d2 = self.rng.range(1, self.cfg.max_delay_ms * 3);
-            self.schedule(d2, Ev::Deliver(env.clone()));
-        }
-        self.schedule(d, Ev::Deliver(env));
-    }
-
-    fn deliver(&mut self, env: Envelope) -> Result<(), Violation> {
-        let to = env.to.0 as usize;
-        if self.nodes[to].core.is_none() || self.partitioned(env.from, env.to) {
-            self.log(|| format!("LOST {env} (node down or partitioned)"));
-            return Ok(());
-        }
-        self.log(|| format!("recv {env}"));
-        let now = self.now;
-        if let Some(c) = self.nodes[to].core.as_mut() {
-            c.step(now, env);
-        }
-        self.run_outputs(to)
     }
 
     /// Decide whether the workload is over, start quiescence and the audit, and tell whether
