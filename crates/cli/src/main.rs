@@ -9,6 +9,7 @@ mod doctor;
 mod harness;
 mod logger;
 mod memtest;
+mod partition_cmd;
 mod segment_cmd;
 mod volume_cmd;
 
@@ -46,6 +47,16 @@ enum Cmd {
         /// fault gets a private copy read from storage (1: share every block at once).
         #[arg(long, default_value_t = 1)]
         share_threshold: u8,
+        /// Memory budget for segment pages (default: half of the machine's RAM). Resident pages
+        /// above it are evicted: clean ones dropped, dirty ones written back or paged out.
+        #[arg(long, value_parser = parse_size)]
+        memory: Option<u64>,
+        /// Paging device file (default: DATA_DIR/paging.swap; recreated at every start).
+        #[arg(long)]
+        paging_device: Option<PathBuf>,
+        /// Paging device size (default: 4 x --memory; the file is sparse).
+        #[arg(long, value_parser = parse_size)]
+        paging_device_size: Option<u64>,
         /// error, warn, info, debug.
         #[arg(long, env = "PAGEMESH_LOG", default_value = "info")]
         log_level: String,
@@ -53,6 +64,9 @@ enum Cmd {
     /// Create, inspect, sync, read, write and remove segments.
     #[command(subcommand)]
     Segment(segment_cmd::SegmentCmd),
+    /// Memory partitions: min, max and weight in the node's pool.
+    #[command(subcommand)]
+    Partition(partition_cmd::PartitionCmd),
     /// Read-only volumes whose frames many segments share (shortcut I/O).
     #[command(subcommand)]
     Volume(volume_cmd::VolumeCmd),
@@ -85,12 +99,15 @@ fn main() -> ExitCode {
             data_dir,
             workers,
             share_threshold,
+            memory,
+            paging_device,
+            paging_device_size,
             log_level,
         } => {
             logger::init(&log_level);
+            let memory_bytes = memory.unwrap_or_else(pagemesh_daemon::default_memory_bytes);
             let config = pagemesh_daemon::Config {
                 socket_path: cli.socket,
-                data_dir,
                 fault_workers: workers
                     .unwrap_or_else(|| {
                         std::thread::available_parallelism()
@@ -99,6 +116,10 @@ fn main() -> ExitCode {
                     })
                     .max(1),
                 share_threshold,
+                memory_bytes,
+                paging_device: paging_device.unwrap_or_else(|| data_dir.join("paging.swap")),
+                paging_device_bytes: paging_device_size.unwrap_or(memory_bytes * 4),
+                data_dir,
             };
             pagemesh_daemon::run(config)
                 .map(|()| ExitCode::SUCCESS)
@@ -106,6 +127,7 @@ fn main() -> ExitCode {
         }
         Cmd::Segment(cmd) => segment_cmd::run(&cli.socket, cmd),
         Cmd::Volume(cmd) => volume_cmd::run(&cli.socket, cmd),
+        Cmd::Partition(cmd) => partition_cmd::run(&cli.socket, cmd),
         Cmd::Bench(cmd) => bench::run(cmd),
         Cmd::Memtest(args) => memtest::run(&cli.socket, args),
         Cmd::Doctor => doctor::run(&cli.socket),

@@ -19,9 +19,30 @@ pub enum SegmentCmd {
         /// Size (e.g. 64GiB). Optional for file backing: the file's size.
         #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
-        /// zero (anonymous, dormant pages read as zero) or file:PATH (created/extended to --size).
+        /// zero (anonymous, dormant pages read as zero), file:PATH (created/extended to --size)
+        /// or volume:NAME (the volume's frames; writes private to each process).
         #[arg(long, default_value = "zero")]
         backing: String,
+        /// The memory partition its pages count against.
+        #[arg(long)]
+        partition: Option<String>,
+    },
+    /// Fault in and pin a range: never evicted until unpinned.
+    Pin {
+        name: String,
+        #[arg(long, value_parser = parse_size, default_value = "0")]
+        offset: u64,
+        /// Default: to the end of the segment.
+        #[arg(long, value_parser = parse_size)]
+        len: Option<u64>,
+    },
+    /// Unpin a range.
+    Unpin {
+        name: String,
+        #[arg(long, value_parser = parse_size, default_value = "0")]
+        offset: u64,
+        #[arg(long, value_parser = parse_size)]
+        len: Option<u64>,
     },
     /// List the segments of this node.
     List {
@@ -33,6 +54,9 @@ pub enum SegmentCmd {
         name: String,
         #[arg(long)]
         json: bool,
+        /// Show one page's state and paging slot instead.
+        #[arg(long)]
+        page: Option<u64>,
     },
     /// Write a file segment's dirty pages back to the file and fsync.
     Sync { name: String },
@@ -82,7 +106,9 @@ pub fn info_json(i: &SegmentInfo) -> serde_json::Value {
 pub fn stat_json(s: &SegmentStat) -> serde_json::Value {
     let c = &s.counters;
     serde_json::json!({
-        "segment": info_json(&s.info),
+        "segment": info_json(&s.info), "partition": s.partition,
+        "paged_pages": s.paged_pages, "pinned_pages": s.pinned_pages,
+        "evictions": c.evictions, "page_ins": c.page_ins, "page_outs": c.page_outs,
         "resident_pages": s.resident_pages, "dirty_pages": s.dirty_pages, "poisoned_pages": s.poisoned_pages,
         "attached_clients": s.attached_clients,
         "faults": {"missing": c.faults_missing, "minor": c.faults_minor, "write_protect": c.faults_wp},
@@ -105,6 +131,13 @@ fn print_stat(s: &SegmentStat) {
     println!("resident pages {}", s.resident_pages);
     println!("dirty pages    {}", s.dirty_pages);
     println!("poisoned pages {}", s.poisoned_pages);
+    println!("paged out      {}", s.paged_pages);
+    println!("pinned pages   {}", s.pinned_pages);
+    println!("partition      {}", s.partition);
+    println!(
+        "evictions      {}  page-ins {}  page-outs {}",
+        c.evictions, c.page_ins, c.page_outs
+    );
     println!("attached       {}", s.attached_clients);
     println!(
         "faults         missing {}  minor {}  write-protect {}",
@@ -133,8 +166,14 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             name,
             size,
             backing,
+            partition,
         } => {
-            let info = client.create_segment(&name, size, backing_arg(&backing)?)?;
+            let info = client.create_segment_in(
+                &name,
+                size,
+                backing_arg(&backing)?,
+                partition.as_deref(),
+            )?;
             println!(
                 "created segment {} ({}, {})",
                 info.name,
@@ -162,7 +201,44 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        SegmentCmd::Stat { name, json } => {
+        SegmentCmd::Stat {
+            name,
+            json,
+            page: Some(page),
+        } => {
+            let p = client.page_info(&name, page)?;
+            let v = serde_json::json!({"page": p.page, "state": p.state, "pinned": p.pinned,
+                "referenced": p.referenced, "slot": p.slot});
+            if json {
+                println!("{v}");
+            } else {
+                let slot = p.slot.map_or("-".to_string(), |s| s.to_string());
+                println!(
+                    "segment {name} page {}: {} pinned={} referenced={} slot={slot}",
+                    p.page, p.state, p.pinned, p.referenced
+                );
+            }
+        }
+        SegmentCmd::Pin { name, offset, len } => {
+            let size = client.stat(&name)?.info.size_bytes;
+            let len = len.unwrap_or(size.saturating_sub(offset));
+            let n = client.pin(&name, offset, len)?;
+            println!(
+                "segment {name}: {n} page(s) newly pinned ({}+{})",
+                offset, len
+            );
+        }
+        SegmentCmd::Unpin { name, offset, len } => {
+            let size = client.stat(&name)?.info.size_bytes;
+            let len = len.unwrap_or(size.saturating_sub(offset));
+            let n = client.unpin(&name, offset, len)?;
+            println!("segment {name}: {n} page(s) unpinned");
+        }
+        SegmentCmd::Stat {
+            name,
+            json,
+            page: None,
+        } => {
             let s = client.stat(&name)?;
             if json {
                 println!("{}", stat_json(&s));

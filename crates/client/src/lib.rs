@@ -33,8 +33,8 @@ use pagemesh_proto::{
 
 pub use mapping::Mapping;
 pub use pagemesh_proto::{
-    Backing, DaemonInfo, ErrorCode, SegmentInfo, SegmentStat, VolumeInfo, VolumeStat,
-    MAX_IO_CHUNK_BYTES,
+    Backing, DaemonInfo, ErrorCode, PageInfo, PartitionLimits, PartitionStat, SegmentInfo,
+    SegmentStat, VolumeInfo, VolumeStat, MAX_IO_CHUNK_BYTES,
 };
 
 /// Default daemon socket, overridden by `PAGEMESH_SOCKET`.
@@ -190,24 +190,152 @@ impl Client {
         roundtrip(&self.inner.path, &sock, &req, &[], what, timeout)
     }
 
-    /// Create a segment. `size_bytes: None` is allowed for file backing (the file's size).
+    /// Create a segment in the `default` partition. `size_bytes: None` is allowed for file
+    /// backing (the file's size) and volume backing (the volume's size).
     pub fn create_segment(
         &self,
         name: &str,
         size_bytes: Option<u64>,
         backing: Backing,
     ) -> Result<SegmentInfo, ClientError> {
-        match self.call(
-            Request::CreateSegment {
-                name: name.into(),
-                size_bytes,
-                backing,
-            },
-            "create",
-            DEFAULT_TIMEOUT,
-        )? {
+        self.create_segment_in(name, size_bytes, backing, None)
+    }
+
+    /// Create a segment whose pages count against `partition`.
+    pub fn create_segment_in(
+        &self,
+        name: &str,
+        size_bytes: Option<u64>,
+        backing: Backing,
+        partition: Option<&str>,
+    ) -> Result<SegmentInfo, ClientError> {
+        let req = Request::CreateSegment {
+            name: name.into(),
+            size_bytes,
+            backing,
+            partition: partition.map(str::to_string),
+        };
+        match self.call(req, "create", DEFAULT_TIMEOUT)? {
             (Response::Segment(info), _) => Ok(info),
             (r, _) => Err(unexpected("create", r)),
+        }
+    }
+
+    fn partition_call(
+        &self,
+        req: Request,
+        what: &'static str,
+    ) -> Result<PartitionStat, ClientError> {
+        match self.call(req, what, DEFAULT_TIMEOUT)? {
+            (Response::Partition(p), _) => Ok(p),
+            (r, _) => Err(unexpected(what, r)),
+        }
+    }
+
+    /// Create a memory partition.
+    pub fn create_partition(
+        &self,
+        name: &str,
+        limits: PartitionLimits,
+    ) -> Result<PartitionStat, ClientError> {
+        self.partition_call(
+            Request::CreatePartition {
+                name: name.into(),
+                limits,
+            },
+            "partition create",
+        )
+    }
+
+    /// Change a partition's limits (`None` keeps a limit).
+    pub fn set_partition(
+        &self,
+        name: &str,
+        min_bytes: Option<u64>,
+        max_bytes: Option<u64>,
+        weight: Option<u32>,
+    ) -> Result<PartitionStat, ClientError> {
+        let req = Request::SetPartition {
+            name: name.into(),
+            min_bytes,
+            max_bytes,
+            weight,
+        };
+        self.partition_call(req, "partition set")
+    }
+
+    /// One partition's limits and use.
+    pub fn stat_partition(&self, name: &str) -> Result<PartitionStat, ClientError> {
+        self.partition_call(
+            Request::StatPartition { name: name.into() },
+            "partition stat",
+        )
+    }
+
+    /// Every partition.
+    pub fn list_partitions(&self) -> Result<Vec<PartitionStat>, ClientError> {
+        match self.call(Request::ListPartitions, "partition list", DEFAULT_TIMEOUT)? {
+            (Response::Partitions(v), _) => Ok(v),
+            (r, _) => Err(unexpected("partition list", r)),
+        }
+    }
+
+    /// Remove a partition that holds no segment.
+    pub fn remove_partition(&self, name: &str) -> Result<(), ClientError> {
+        match self.call(
+            Request::RemovePartition { name: name.into() },
+            "partition rm",
+            DEFAULT_TIMEOUT,
+        )? {
+            (Response::Removed, _) => Ok(()),
+            (r, _) => Err(unexpected("partition rm", r)),
+        }
+    }
+
+    /// Fault in and pin a byte range of a segment; returns the pages newly pinned.
+    pub fn pin(&self, name: &str, offset: u64, len: u64) -> Result<u64, ClientError> {
+        match self.call(
+            Request::Pin {
+                name: name.into(),
+                offset,
+                len,
+            },
+            "pin",
+            SYNC_TIMEOUT,
+        )? {
+            (Response::Pinned { pages }, _) => Ok(pages),
+            (r, _) => Err(unexpected("pin", r)),
+        }
+    }
+
+    /// Unpin a byte range of a segment; returns the pages unpinned.
+    pub fn unpin(&self, name: &str, offset: u64, len: u64) -> Result<u64, ClientError> {
+        match self.call(
+            Request::Unpin {
+                name: name.into(),
+                offset,
+                len,
+            },
+            "unpin",
+            DEFAULT_TIMEOUT,
+        )? {
+            (Response::Unpinned { pages }, _) => Ok(pages),
+            (r, _) => Err(unexpected("unpin", r)),
+        }
+    }
+
+    /// One page's state and paging slot.
+    pub fn page_info(&self, name: &str, page: u64) -> Result<PageInfo, ClientError> {
+        match self.call(
+            Request::PageInfo {
+                name: name.into(),
+                page,
+            },
+            "page info",
+            DEFAULT_TIMEOUT,
+        )? {
+            (Response::Page(p), _) => Ok(p),
+            (r, _) => Err(unexpected("page info", r)),
         }
     }
 

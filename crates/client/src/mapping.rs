@@ -186,6 +186,19 @@ impl Mapping {
         self.client.sync(&self.info.name)
     }
 
+    /// Fault in and pin `[offset, offset+len)`: those pages are never evicted until unpinned.
+    /// Fails with a clear error if the segment's partition may not pin that much.
+    pub fn pin(&self, offset: u64, len: u64) -> Result<u64, ClientError> {
+        self.check(offset, len as usize)?;
+        self.client.pin(&self.info.name, offset, len)
+    }
+
+    /// Unpin `[offset, offset+len)`.
+    pub fn unpin(&self, offset: u64, len: u64) -> Result<u64, ClientError> {
+        self.check(offset, len as usize)?;
+        self.client.unpin(&self.info.name, offset, len)
+    }
+
     /// Whether the watchdog has seen the daemon go away (every later fault gets SIGBUS).
     pub fn daemon_lost(&self) -> bool {
         self.shared.daemon_lost.load(Ordering::SeqCst)

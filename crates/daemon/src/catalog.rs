@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use pagemesh_proto::{Backing, SegmentInfo, VolumeInfo};
+use pagemesh_proto::{Backing, PartitionLimits, SegmentInfo, VolumeInfo};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,12 +29,26 @@ pub enum CatalogError {
     },
 }
 
+fn default_partition() -> String {
+    "default".into()
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct Entry {
     name: String,
     id: u64,
     size_bytes: u64,
     backing: String,
+    #[serde(default = "default_partition")]
+    partition: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct PartitionEntry {
+    name: String,
+    min_bytes: u64,
+    max_bytes: u64,
+    weight: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,6 +65,8 @@ struct Stored {
     segments: Vec<Entry>,
     #[serde(default)]
     volumes: Vec<VolumeEntry>,
+    #[serde(default)]
+    partitions: Vec<PartitionEntry>,
 }
 
 pub struct Catalog {
@@ -74,23 +90,60 @@ impl Catalog {
                 next_id: 1,
                 segments: Vec::new(),
                 volumes: Vec::new(),
+                partitions: Vec::new(),
             },
             Err(source) => return Err(CatalogError::Read { path, source }),
         };
         Ok(Catalog { path, stored })
     }
 
-    pub fn segments(&self) -> Vec<SegmentInfo> {
+    /// Every segment with the name of its partition.
+    pub fn segments(&self) -> Vec<(SegmentInfo, String)> {
         self.stored
             .segments
             .iter()
-            .map(|e| SegmentInfo {
-                name: e.name.clone(),
-                id: e.id,
-                size_bytes: e.size_bytes,
-                backing: e.backing.parse().unwrap_or(Backing::Zero),
+            .map(|e| {
+                let info = SegmentInfo {
+                    name: e.name.clone(),
+                    id: e.id,
+                    size_bytes: e.size_bytes,
+                    backing: e.backing.parse().unwrap_or(Backing::Zero),
+                };
+                (info, e.partition.clone())
             })
             .collect()
+    }
+
+    pub fn partitions(&self) -> Vec<(String, PartitionLimits)> {
+        self.stored
+            .partitions
+            .iter()
+            .map(|p| {
+                let l = PartitionLimits {
+                    min_bytes: p.min_bytes,
+                    max_bytes: p.max_bytes,
+                    weight: p.weight,
+                };
+                (p.name.clone(), l)
+            })
+            .collect()
+    }
+
+    /// Add or replace a partition.
+    pub fn put_partition(&mut self, name: &str, l: PartitionLimits) -> Result<(), CatalogError> {
+        self.stored.partitions.retain(|p| p.name != name);
+        self.stored.partitions.push(PartitionEntry {
+            name: name.to_string(),
+            min_bytes: l.min_bytes,
+            max_bytes: l.max_bytes,
+            weight: l.weight,
+        });
+        self.save()
+    }
+
+    pub fn remove_partition(&mut self, name: &str) -> Result<(), CatalogError> {
+        self.stored.partitions.retain(|p| p.name != name);
+        self.save()
     }
 
     /// Allocate an id for a new segment (persisted with the next `add`).
@@ -100,12 +153,13 @@ impl Catalog {
         id
     }
 
-    pub fn add(&mut self, info: &SegmentInfo) -> Result<(), CatalogError> {
+    pub fn add(&mut self, info: &SegmentInfo, partition: &str) -> Result<(), CatalogError> {
         self.stored.segments.push(Entry {
             name: info.name.clone(),
             id: info.id,
             size_bytes: info.size_bytes,
             backing: info.backing.to_string(),
+            partition: partition.to_string(),
         });
         self.save()
     }
@@ -176,9 +230,9 @@ mod tests {
             size_bytes: 4096,
             backing: Backing::File { path: "/x".into() },
         };
-        c.add(&info).unwrap();
+        c.add(&info, "default").unwrap();
         let mut c2 = Catalog::open(dir.path()).unwrap();
-        assert_eq!(c2.segments(), vec![info]);
+        assert_eq!(c2.segments(), vec![(info, "default".to_string())]);
         assert!(c2.next_id() > id);
         c2.remove("a").unwrap();
         assert!(Catalog::open(dir.path()).unwrap().segments().is_empty());

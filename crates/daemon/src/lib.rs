@@ -7,7 +7,11 @@
 
 mod catalog;
 mod histogram;
+mod memory;
 mod pages;
+mod partitions;
+mod pool;
+mod residency;
 mod segment;
 mod server;
 mod volume;
@@ -32,6 +36,30 @@ pub struct Config {
     pub fault_workers: usize,
     /// Faults a volume block needs before it enters the shared volume cache (1: always share).
     pub share_threshold: u8,
+    /// The memory pool's budget for segment pages.
+    pub memory_bytes: u64,
+    /// The paging device file (created at start; its contents do not survive a restart).
+    pub paging_device: PathBuf,
+    /// Its size.
+    pub paging_device_bytes: u64,
+}
+
+/// The default memory budget: half of the machine's RAM.
+pub fn default_memory_bytes() -> u64 {
+    let mem_total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(2 << 20);
+    mem_total_kib * 1024 / 2
 }
 
 /// Why the daemon could not start.

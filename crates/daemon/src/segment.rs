@@ -11,13 +11,17 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use pagemesh_proto::{SegmentCounters, SegmentInfo, SegmentStat};
-use pagemesh_store::{Mapper, MapperError, PageData};
+use pagemesh_store::{Mapper, MapperError};
 use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::{FaultKind, Memfd, Uffd, UffdError};
 
 use crate::histogram::Histogram;
+use crate::memory::{Partition, Pool};
 use crate::pages::{PageState, PageTable};
+use crate::residency::{LoadError, Loaded};
 use crate::volume::{Volume, VolumeError};
+use pagemesh_store::paging::Slot;
+use std::collections::HashMap;
 
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
@@ -78,20 +82,39 @@ pub enum IoError {
     },
     #[error("segment {segment} is backed by a read-only volume: writes are private to each attached process; write through a mapping instead")]
     ReadOnly { segment: String },
+    #[error("segment {segment} page {page}: {source}; the page is poisoned: fix the backing store, then run `pagemesh segment clear-poison {segment}`")]
+    Load {
+        segment: String,
+        page: u64,
+        source: LoadError,
+    },
+    #[error("segment {segment}: pinning {want_bytes} more bytes would exceed what partition {partition} may pin ({pinned_bytes} of {cap_bytes} bytes pinned); unpin something or raise the partition's --max")]
+    PinLimit {
+        segment: String,
+        partition: String,
+        want_bytes: u64,
+        pinned_bytes: u64,
+        cap_bytes: u64,
+    },
+    #[error("segment {segment} is a volume segment: its frames belong to the volume and cannot be pinned")]
+    PinUnsupported { segment: String },
 }
 
 const POISON_HINT: &str =
     "its data could not be read; fix the backing store, then run `pagemesh segment clear-poison`";
 
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
+    pub(crate) page_ins: AtomicU64,
+    pub(crate) page_outs: AtomicU64,
+    pub(crate) evictions: AtomicU64,
     faults_missing: AtomicU64,
     faults_minor: AtomicU64,
     faults_wp: AtomicU64,
-    zero_fills: AtomicU64,
-    mapper_reads: AtomicU64,
-    mapper_bytes_read: AtomicU64,
-    mapper_bytes_written: AtomicU64,
+    pub(crate) zero_fills: AtomicU64,
+    pub(crate) mapper_reads: AtomicU64,
+    pub(crate) mapper_bytes_read: AtomicU64,
+    pub(crate) mapper_bytes_written: AtomicU64,
     poisonings: AtomicU64,
     syncs: AtomicU64,
 }
@@ -103,26 +126,42 @@ fn bump(c: &AtomicU64, n: u64) {
 /// A segment's node-local state.
 pub struct Segment {
     pub info: SegmentInfo,
-    memfd: Memfd,
-    mapper: Box<dyn Mapper>,
-    pages: PageTable,
+    pub(crate) memfd: Memfd,
+    pub(crate) mapper: Box<dyn Mapper>,
+    pub(crate) pages: PageTable,
     stripes: Box<[Mutex<()>]>,
-    clients: RwLock<Vec<Arc<Attachment>>>,
+    pub(crate) clients: RwLock<Vec<Arc<Attachment>>>,
     sync_lock: Mutex<()>,
-    counters: Counters,
+    pub(crate) counters: Counters,
     latency: Histogram,
     /// Set for `volume:` segments: faults and reads go to the volume's shared cache.
     volume: Option<Arc<Volume>>,
+    /// The pool and partition this segment's pages count against (none for volume segments,
+    /// whose frames belong to the volume).
+    pub(crate) memory: Option<Memory>,
+    /// Paging-device slots holding this segment's paged-out pages (and the clean copy of a
+    /// paged-in page, until it is written).
+    pub(crate) slots: Mutex<HashMap<u64, Slot>>,
 }
 
-fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
+/// Where a segment's pages are accounted.
+pub struct Memory {
+    pub pool: Arc<Pool>,
+    pub partition: Arc<Partition>,
+}
+
+pub(crate) fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
     // A panic while holding a stripe lock is a bug already reported; the page state it guards
     // is a single atomic byte, so continuing is sound.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Segment {
-    pub fn new(info: SegmentInfo, mapper: Box<dyn Mapper>) -> std::io::Result<Segment> {
+    pub fn new(
+        info: SegmentInfo,
+        mapper: Box<dyn Mapper>,
+        memory: Option<Memory>,
+    ) -> std::io::Result<Segment> {
         let len = info.size_bytes.div_ceil(PS) * PS;
         let memfd = Memfd::create(&format!("pagemesh:{}", info.name), len)?;
         Ok(Segment {
@@ -136,6 +175,8 @@ impl Segment {
             latency: Histogram::default(),
             info,
             volume: None,
+            memory,
+            slots: Mutex::new(HashMap::new()),
         })
     }
 
@@ -153,7 +194,23 @@ impl Segment {
             latency: Histogram::default(),
             info,
             volume: Some(volume),
+            memory: None,
+            slots: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Change a page's state and keep the pool's accounting and clock in step (caller holds
+    /// the page's stripe lock).
+    pub(crate) fn set_state(&self, page: u64, new: PageState) -> PageState {
+        let old = self.pages.set(page, new);
+        if let Some(m) = &self.memory {
+            match (old.is_resident(), new.is_resident()) {
+                (false, true) => m.pool.page_in(&m.partition, self.info.id, page),
+                (true, false) => m.pool.page_out(&m.partition),
+                _ => {}
+            }
+        }
+        old
     }
 
     pub fn memfd(&self) -> &Memfd {
@@ -165,7 +222,7 @@ impl Segment {
         self.pages.npages() * PS
     }
 
-    fn stripe(&self, page: u64) -> &Mutex<()> {
+    pub(crate) fn stripe(&self, page: u64) -> &Mutex<()> {
         &self.stripes[(page % STRIPES) as usize]
     }
 
@@ -214,15 +271,23 @@ impl Segment {
             self.latency.record(start.elapsed().as_nanos() as u64);
             return;
         }
+        self.pages.touch(page);
+        if let Some(m) = &self.memory {
+            if matches!(self.pages.get(page), PageState::Absent | PageState::Paged) {
+                // Backpressure: no page comes in while the pool is at its budget (bounded wait,
+                // no lock held).
+                m.pool.wait_for_room();
+            }
+        }
 
         let _g = lock(self.stripe(page));
         let result = match self.pages.get(page) {
             PageState::Poisoned => poison_one(&att.uffd, addr),
-            PageState::Absent => self.fill(att, page, addr, write, scratch),
+            PageState::Absent | PageState::Paged => self.fill(att, page, addr, write, scratch),
             state @ (PageState::Clean | PageState::Dirty) => {
                 let dirty = state == PageState::Dirty || write || kind == FaultKind::WriteProtect;
                 if dirty && state == PageState::Clean {
-                    self.pages.set(page, PageState::Dirty);
+                    self.set_state(page, PageState::Dirty);
                 }
                 map_present(&att.uffd, addr, kind, dirty)
             }
@@ -278,22 +343,19 @@ impl Segment {
         write: bool,
         scratch: &mut [u8],
     ) -> Result<(), UffdError> {
-        let data: &[u8] = match self.mapper.read_page(page * PS, &mut scratch[..PSU]) {
-            Ok(PageData::Dormant) => {
-                bump(&self.counters.zero_fills, 1);
-                &ZERO_PAGE
-            }
-            Ok(PageData::Filled) => {
-                bump(&self.counters.mapper_reads, 1);
-                bump(&self.counters.mapper_bytes_read, PS);
-                &scratch[..PSU]
-            }
+        let data: &[u8] = match self.load(page, &mut scratch[..PSU]) {
+            Ok(Loaded::Zero) => &ZERO_PAGE,
+            Ok(Loaded::Data) => &scratch[..PSU],
             Err(e) => {
-                self.pages.set(page, PageState::Poisoned);
+                self.set_state(page, PageState::Poisoned);
                 bump(&self.counters.poisonings, 1);
+                let partition = self
+                    .memory
+                    .as_ref()
+                    .map_or("-", |m| m.partition.name.as_str());
                 log::error!(
-                    "segment {} page {page} (offset {:#x}): {e}; the page is poisoned and pid {} gets SIGBUS. \
-                     Fix the backing store, then run `pagemesh segment clear-poison {}`",
+                    "segment {} page {page} (offset {:#x}, partition {partition}): {e}; the page is poisoned and \
+                     pid {} gets SIGBUS. Fix the backing store, then run `pagemesh segment clear-poison {}`",
                     self.info.name,
                     page * PS,
                     att.pid,
@@ -313,7 +375,7 @@ impl Segment {
             }
             Err(e) => return Err(e),
         }
-        self.pages.set(
+        self.set_state(
             page,
             if write {
                 PageState::Dirty
@@ -367,20 +429,18 @@ impl Segment {
             let _g = lock(self.stripe(page));
             match self.pages.get(page) {
                 PageState::Poisoned => return Err(self.poisoned_err(page)),
-                PageState::Absent => {
-                    match self.mapper.read_page(page * PS, &mut page_buf) {
-                        Ok(PageData::Dormant) => page_buf.fill(0),
-                        Ok(PageData::Filled) => {
-                            bump(&self.counters.mapper_bytes_read, PS);
-                        }
+                PageState::Absent | PageState::Paged => {
+                    match self.load(page, &mut page_buf) {
+                        Ok(Loaded::Zero) => page_buf.fill(0),
+                        Ok(Loaded::Data) => {}
                         Err(source) => {
-                            self.pages.set(page, PageState::Poisoned);
+                            self.set_state(page, PageState::Poisoned);
                             bump(&self.counters.poisonings, 1);
                             log::error!(
                                 "segment {} page {page}: {source}; the page is poisoned",
                                 self.info.name
                             );
-                            return Err(IoError::Mapper {
+                            return Err(IoError::Load {
                                 segment: self.info.name.clone(),
                                 page,
                                 source,
@@ -419,6 +479,11 @@ impl Segment {
             let page = off / PS;
             let in_page = (off % PS) as usize;
             let n = (PSU - in_page).min(data.len() - done);
+            if let Some(m) = &self.memory {
+                if !self.pages.get(page).is_resident() {
+                    m.pool.wait_for_room();
+                }
+            }
             let _g = lock(self.stripe(page));
             let memfd_err = |source| IoError::Memfd {
                 segment: self.info.name.clone(),
@@ -427,13 +492,15 @@ impl Segment {
             };
             match self.pages.get(page) {
                 PageState::Poisoned => return Err(self.poisoned_err(page)),
-                PageState::Absent => {
+                PageState::Absent | PageState::Paged => {
                     // Compose the whole page first: a partial write must keep the rest of it.
-                    match self.mapper.read_page(page * PS, &mut page_buf) {
-                        Ok(PageData::Dormant) => page_buf.fill(0),
-                        Ok(PageData::Filled) => bump(&self.counters.mapper_bytes_read, PS),
+                    match self.load(page, &mut page_buf) {
+                        Ok(Loaded::Zero) => page_buf.fill(0),
+                        Ok(Loaded::Data) => {}
                         Err(source) => {
-                            return Err(IoError::Mapper {
+                            self.set_state(page, PageState::Poisoned);
+                            bump(&self.counters.poisonings, 1);
+                            return Err(IoError::Load {
                                 segment: self.info.name.clone(),
                                 page,
                                 source,
@@ -451,7 +518,7 @@ impl Segment {
                         .map_err(memfd_err)?;
                 }
             }
-            self.pages.set(page, PageState::Dirty);
+            self.set_state(page, PageState::Dirty);
             done += n;
         }
         Ok(())
@@ -469,7 +536,7 @@ impl Segment {
         }
     }
 
-    fn poisoned_err(&self, page: u64) -> IoError {
+    pub(crate) fn poisoned_err(&self, page: u64) -> IoError {
         IoError::Poisoned {
             segment: self.info.name.clone(),
             page,
@@ -548,7 +615,7 @@ impl Segment {
             }
         }
         for p in first..first + n {
-            self.pages.set(p, PageState::Clean);
+            self.set_state(p, PageState::Clean);
         }
         let bytes = &mut buf[..(n * PS) as usize];
         let read = self.memfd.read_exact_at(bytes, first * PS);
@@ -591,7 +658,7 @@ impl Segment {
         for p in self.pages.pages_in(PageState::Poisoned) {
             let _g = lock(self.stripe(p));
             if self.pages.get(p) == PageState::Poisoned {
-                self.pages.set(p, PageState::Absent);
+                self.set_state(p, PageState::Absent);
                 n += 1;
             }
         }
@@ -603,6 +670,12 @@ impl Segment {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         SegmentStat {
             info: self.info.clone(),
+            partition: self
+                .memory
+                .as_ref()
+                .map_or("-".to_string(), |m| m.partition.name.clone()),
+            paged_pages: self.pages.paged(),
+            pinned_pages: self.pages.pinned(),
             resident_pages: self
                 .volume
                 .as_ref()
@@ -614,6 +687,9 @@ impl Segment {
                 .map_or(self.pages.poisoned(), |v| v.poisoned_blocks()),
             attached_clients: self.clients.read().unwrap_or_else(|e| e.into_inner()).len() as u64,
             counters: SegmentCounters {
+                evictions: l(&c.evictions),
+                page_ins: l(&c.page_ins),
+                page_outs: l(&c.page_outs),
                 faults_missing: l(&c.faults_missing),
                 faults_minor: l(&c.faults_minor),
                 faults_wp: l(&c.faults_wp),

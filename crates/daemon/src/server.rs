@@ -17,7 +17,8 @@ use pagemesh_types::{ByteSize, PAGE_SIZE};
 use pagemesh_uffd::{fdpass, Uffd};
 
 use crate::catalog::Catalog;
-use crate::segment::{Attachment, IoError, Segment};
+use crate::memory::Pool;
+use crate::segment::{Attachment, IoError, Memory, Segment};
 use crate::volume::Volume;
 use crate::workers::Workers;
 use crate::Config;
@@ -32,9 +33,10 @@ const MAX_SEGMENT_BYTES: u64 = 64 << 40;
 pub struct Daemon {
     pub config: Config,
     pub uffd_mode: String,
-    catalog: Mutex<Catalog>,
-    segments: RwLock<HashMap<String, Arc<Segment>>>,
+    pub(crate) catalog: Mutex<Catalog>,
+    pub(crate) segments: RwLock<HashMap<String, Arc<Segment>>>,
     volumes: RwLock<HashMap<String, Arc<Volume>>>,
+    pub(crate) pool: Arc<Pool>,
     workers: Arc<Workers>,
     next_attach: AtomicU64,
     connections: AtomicUsize,
@@ -42,24 +44,27 @@ pub struct Daemon {
 
 type Reply = (Response, Option<Arc<Segment>>);
 
-fn err(code: ErrorCode, message: impl Into<String>) -> Response {
+pub(crate) fn err(code: ErrorCode, message: impl Into<String>) -> Response {
     Response::Error {
         code,
         message: message.into(),
     }
 }
 
-fn io_err(e: IoError) -> Response {
+pub(crate) fn io_err(e: IoError) -> Response {
     let code = match e {
         IoError::OutOfRange { .. } => ErrorCode::InvalidArgument,
         IoError::Poisoned { .. } => ErrorCode::Poisoned,
         IoError::Mapper { .. } | IoError::Memfd { .. } | IoError::Volume { .. } => ErrorCode::Io,
-        IoError::ReadOnly { .. } => ErrorCode::InvalidArgument,
+        IoError::ReadOnly { .. } | IoError::PinLimit { .. } | IoError::PinUnsupported { .. } => {
+            ErrorCode::InvalidArgument
+        }
+        IoError::Load { .. } => ErrorCode::Poisoned,
     };
     err(code, e.to_string())
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -91,10 +96,11 @@ fn open_mapper(backing: &Backing, size: Option<u64>) -> Result<(Box<dyn Mapper>,
 }
 
 /// Build a segment's node-local state from its description.
-fn build_segment(
+pub(crate) fn build_segment(
     info: &SegmentInfo,
     size: Option<u64>,
     volumes: &HashMap<String, Arc<Volume>>,
+    memory: Option<Memory>,
 ) -> Result<Segment, String> {
     let mut info = info.clone();
     if let Backing::Volume { name } = &info.backing {
@@ -113,7 +119,7 @@ fn build_segment(
         ));
     }
     info.size_bytes = size;
-    Segment::new(info, mapper).map_err(|e| format!("creating its memfd: {e}"))
+    Segment::new(info, mapper, memory).map_err(|e| format!("creating its memfd: {e}"))
 }
 
 impl Daemon {
@@ -133,11 +139,15 @@ impl Daemon {
                 ),
             }
         }
+        let pool = crate::partitions::build_pool(&config, &catalog)?;
         let mut segments = HashMap::new();
-        for info in catalog.segments() {
-            match build_segment(&info, Some(info.size_bytes), &volumes) {
+        for (info, partition) in catalog.segments() {
+            let memory = crate::partitions::memory_for(&pool, &info.backing, &partition);
+            match memory.and_then(|m| build_segment(&info, Some(info.size_bytes), &volumes, m)) {
                 Ok(seg) => {
-                    segments.insert(info.name.clone(), Arc::new(seg));
+                    let seg = Arc::new(seg);
+                    pool.register(&seg);
+                    segments.insert(info.name.clone(), seg);
                 }
                 Err(e) => log::error!(
                     "segment {} from the catalog is unavailable: {e}; restore its backing or `pagemesh segment rm {}`",
@@ -162,6 +172,7 @@ impl Daemon {
             catalog: Mutex::new(catalog),
             segments: RwLock::new(segments),
             volumes: RwLock::new(volumes),
+            pool,
             workers,
             next_attach: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
@@ -207,7 +218,7 @@ impl Daemon {
 
     // The error is the reply itself, built once per request: its size does not matter here.
     #[allow(clippy::result_large_err)]
-    fn segment(&self, name: &str) -> Result<Arc<Segment>, Response> {
+    pub(crate) fn segment(&self, name: &str) -> Result<Arc<Segment>, Response> {
         self.segments
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -406,7 +417,8 @@ impl Daemon {
                 name,
                 size_bytes,
                 backing,
-            } => r(self.create(name, size_bytes, backing)),
+                partition,
+            } => r(self.create(name, size_bytes, backing, partition)),
             Request::ListSegments => {
                 let mut v: Vec<SegmentInfo> = self
                     .segments
@@ -490,8 +502,26 @@ impl Daemon {
                 Err(e) => e,
             }),
             Request::RemoveVolume { name } => r(self.remove_volume(&name)),
+            req @ (Request::CreatePartition { .. }
+            | Request::ListPartitions
+            | Request::StatPartition { .. }
+            | Request::SetPartition { .. }
+            | Request::RemovePartition { .. }
+            | Request::Pin { .. }
+            | Request::Unpin { .. }
+            | Request::PageInfo { .. }) => r(self.handle_memory(req)),
             Request::DaemonStatus => r(Response::Status(DaemonInfo {
                 pid: std::process::id(),
+                memory_budget_bytes: self.pool.budget_bytes(),
+                memory_resident_bytes: self.pool.resident() * PAGE_SIZE,
+                paging_device: self.config.paging_device.display().to_string(),
+                paging_slots_used: self.pool.paging.as_ref().map_or(0, |p| u64::from(p.used())),
+                paging_slots_total: self
+                    .pool
+                    .paging
+                    .as_ref()
+                    .map_or(0, |p| u64::from(p.slots())),
+                backpressure_waits: self.pool.waits.load(Ordering::Relaxed),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 uffd_mode: self.uffd_mode.clone(),
                 fault_workers: self.config.fault_workers as u32,
@@ -506,7 +536,14 @@ impl Daemon {
         }
     }
 
-    fn create(&self, name: String, size: Option<u64>, backing: Backing) -> Response {
+    fn create(
+        &self,
+        name: String,
+        size: Option<u64>,
+        backing: Backing,
+        partition: Option<String>,
+    ) -> Response {
+        let partition = partition.unwrap_or_else(|| "default".to_string());
         if !valid_name(&name) {
             return err(
                 ErrorCode::InvalidArgument,
@@ -568,7 +605,12 @@ impl Daemon {
         };
         let seg = {
             let volumes = self.volumes.read().unwrap_or_else(|e| e.into_inner());
-            match build_segment(&info0, req_size, &volumes) {
+            let memory = match crate::partitions::memory_for(&self.pool, &info0.backing, &partition)
+            {
+                Ok(m) => m,
+                Err(e) => return err(ErrorCode::NotFound, format!("segment {name}: {e}")),
+            };
+            match build_segment(&info0, req_size, &volumes, memory) {
                 Ok(s) => s,
                 Err(e) => return err(ErrorCode::InvalidArgument, format!("segment {name}: {e}")),
             }
@@ -576,13 +618,15 @@ impl Daemon {
         let mut seg = seg;
         seg.info.id = catalog.next_id();
         let info = seg.info.clone();
-        if let Err(e) = catalog.add(&info) {
+        if let Err(e) = catalog.add(&info, &partition) {
             return err(ErrorCode::Io, e.to_string());
         }
+        let seg = Arc::new(seg);
+        self.pool.register(&seg);
         self.segments
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name.clone(), Arc::new(seg));
+            .insert(name.clone(), seg);
         log::info!(
             "created segment {name}: {} backed by {}",
             ByteSize(size),
@@ -732,6 +776,7 @@ impl Daemon {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
+        seg.release();
         log::info!("removed segment {name}");
         Response::Removed
     }

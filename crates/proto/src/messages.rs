@@ -66,6 +66,8 @@ pub enum Request {
         name: String,
         size_bytes: Option<u64>,
         backing: Backing,
+        /// The partition its pages count against (`None`: "default").
+        partition: Option<String>,
     },
     ListSegments,
     StatSegment {
@@ -115,12 +117,81 @@ pub enum Request {
         path: String,
     },
     ListVolumes,
+    CreatePartition {
+        name: String,
+        limits: PartitionLimits,
+    },
+    ListPartitions,
+    StatPartition {
+        name: String,
+    },
+    /// Change a partition's limits (absent fields stay).
+    SetPartition {
+        name: String,
+        min_bytes: Option<u64>,
+        max_bytes: Option<u64>,
+        weight: Option<u32>,
+    },
+    RemovePartition {
+        name: String,
+    },
+    /// Fault in and pin `[offset, offset+len)` of a segment: never evicted until unpinned.
+    Pin {
+        name: String,
+        offset: u64,
+        len: u64,
+    },
+    Unpin {
+        name: String,
+        offset: u64,
+        len: u64,
+    },
+    /// One page's state and paging slot (diagnostics).
+    PageInfo {
+        name: String,
+        page: u64,
+    },
     StatVolume {
         name: String,
     },
     RemoveVolume {
         name: String,
     },
+}
+
+/// A partition's limits, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionLimits {
+    pub min_bytes: u64,
+    pub max_bytes: u64,
+    pub weight: u32,
+}
+
+/// A partition and its use of the node's memory pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStat {
+    pub name: String,
+    pub limits: PartitionLimits,
+    /// What it keeps under pressure: min + its weight's share of the rest, capped at max.
+    pub entitlement_bytes: u64,
+    pub resident_bytes: u64,
+    pub pinned_bytes: u64,
+    pub segments: u64,
+    pub evictions: u64,
+    pub page_ins: u64,
+    pub page_outs: u64,
+    pub paging_errors: u64,
+}
+
+/// One page of a segment, for diagnostics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageInfo {
+    pub page: u64,
+    pub state: String,
+    pub pinned: bool,
+    pub referenced: bool,
+    /// The paging-device slot holding its data (or its clean copy), if any.
+    pub slot: Option<u32>,
 }
 
 /// A read-only volume.
@@ -156,6 +227,9 @@ pub struct VolumeStat {
 /// Fault and I/O counters of a segment on this node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentCounters {
+    pub evictions: u64,
+    pub page_ins: u64,
+    pub page_outs: u64,
     pub faults_missing: u64,
     pub faults_minor: u64,
     pub faults_wp: u64,
@@ -183,6 +257,11 @@ pub struct SegmentInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentStat {
     pub info: SegmentInfo,
+    /// The partition its pages count against ("-" for volume segments).
+    pub partition: String,
+    /// Pages in the paging device.
+    pub paged_pages: u64,
+    pub pinned_pages: u64,
     pub resident_pages: u64,
     pub dirty_pages: u64,
     pub poisoned_pages: u64,
@@ -194,6 +273,13 @@ pub struct SegmentStat {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonInfo {
     pub pid: u32,
+    pub memory_budget_bytes: u64,
+    pub memory_resident_bytes: u64,
+    pub paging_device: String,
+    pub paging_slots_used: u64,
+    pub paging_slots_total: u64,
+    /// Faults that waited for the evictor because the pool was at its budget.
+    pub backpressure_waits: u64,
     pub version: String,
     pub uffd_mode: String,
     pub fault_workers: u32,
@@ -245,6 +331,15 @@ pub enum Response {
     Status(DaemonInfo),
     Volume(VolumeInfo),
     Volumes(Vec<VolumeInfo>),
+    Partition(PartitionStat),
+    Partitions(Vec<PartitionStat>),
+    Pinned {
+        pages: u64,
+    },
+    Unpinned {
+        pages: u64,
+    },
+    Page(PageInfo),
     VolumeStat(VolumeStat),
     Error {
         code: ErrorCode,

@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod paging;
+
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;

@@ -1,0 +1,323 @@
+//! The node memory pool: a hard budget of page-cache pages shared by partitions, a paging
+//! device, and the evictor thread that keeps the pool under its watermarks, off the fault path.
+//!
+//! Accounting: every transition of a segment page into or out of the memfd adjusts its
+//! partition's and the pool's resident counts (`Segment::set_state`). When the pool passes its
+//! high watermark the evictor is woken; it takes pages from the partition `pool::victim` names,
+//! choosing pages by CLOCK over that partition's resident pages (a page faulted since the hand
+//! last passed gets a second chance; pinned pages are skipped), until the pool is under its low
+//! watermark. A fault that would bring a page in while the pool is at its budget waits (bounded)
+//! for the evictor instead: that is the backpressure that keeps the budget.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use pagemesh_store::paging::PagingDevice;
+use pagemesh_types::PAGE_SIZE;
+
+use crate::pool::{self, Limits, Usage};
+use crate::segment::Segment;
+
+/// How long a fault waits for room before it goes ahead anyway (and says so in the log).
+const ROOM_WAIT: Duration = Duration::from_secs(10);
+/// Pages the evictor takes before it wakes waiting faults again.
+const EVICT_BATCH: u64 = 64;
+/// Page-outs between two drops of the paging file's cached pages.
+const PAGING_CACHE_DROP_PAGES: u64 = 4096;
+
+/// A memory tenant: limits, counts and the clock over its resident pages.
+pub struct Partition {
+    pub name: String,
+    limits: Mutex<Limits>,
+    pub resident: AtomicU64,
+    pub pinned: AtomicU64,
+    clock: Mutex<VecDeque<(u64, u64)>>,
+    pub evictions: AtomicU64,
+    pub page_ins: AtomicU64,
+    pub page_outs: AtomicU64,
+    pub paging_errors: AtomicU64,
+}
+
+impl Partition {
+    pub fn new(name: &str, limits: Limits) -> Arc<Partition> {
+        Arc::new(Partition {
+            name: name.to_string(),
+            limits: Mutex::new(limits),
+            resident: AtomicU64::new(0),
+            pinned: AtomicU64::new(0),
+            clock: Mutex::new(VecDeque::new()),
+            evictions: AtomicU64::new(0),
+            page_ins: AtomicU64::new(0),
+            page_outs: AtomicU64::new(0),
+            paging_errors: AtomicU64::new(0),
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_limits(&self, l: Limits) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = l;
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            resident: self.resident.load(Ordering::Relaxed),
+            pinned: self.pinned.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The node's pool.
+pub struct Pool {
+    pub budget_pages: u64,
+    pub high_pages: u64,
+    pub low_pages: u64,
+    pub paging: Option<PagingDevice>,
+    resident: AtomicU64,
+    partitions: RwLock<Vec<Arc<Partition>>>,
+    segments: RwLock<HashMap<u64, Weak<Segment>>>,
+    kick: (Mutex<bool>, Condvar),
+    room: (Mutex<()>, Condvar),
+    pub waits: AtomicU64,
+    last_cache_drop: AtomicU64,
+}
+
+impl Pool {
+    /// A pool of `budget_pages` with watermarks at 95% and 90% of it.
+    pub fn new(budget_pages: u64, paging: Option<PagingDevice>) -> Arc<Pool> {
+        Arc::new(Pool {
+            budget_pages,
+            high_pages: budget_pages - budget_pages / 20,
+            low_pages: budget_pages - budget_pages / 10,
+            paging,
+            resident: AtomicU64::new(0),
+            partitions: RwLock::new(Vec::new()),
+            segments: RwLock::new(HashMap::new()),
+            kick: (Mutex::new(false), Condvar::new()),
+            room: (Mutex::new(()), Condvar::new()),
+            waits: AtomicU64::new(0),
+            last_cache_drop: AtomicU64::new(0),
+        })
+    }
+
+    pub fn resident(&self) -> u64 {
+        self.resident.load(Ordering::Relaxed)
+    }
+
+    pub fn add_partition(&self, p: Arc<Partition>) {
+        self.partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(p);
+    }
+
+    pub fn remove_partition(&self, name: &str) {
+        self.partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| p.name != name);
+    }
+
+    pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Entitlement of every partition now, in pages, by name.
+    pub fn entitlements(&self) -> HashMap<String, u64> {
+        let parts = self.partitions();
+        let limits: Vec<Limits> = parts.iter().map(|p| p.limits()).collect();
+        parts
+            .iter()
+            .map(|p| p.name.clone())
+            .zip(pool::entitlements(self.budget_pages, &limits))
+            .collect()
+    }
+
+    pub fn register(&self, seg: &Arc<Segment>) {
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seg.info.id, Arc::downgrade(seg));
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// A page of `seg` in `part` entered the memfd.
+    pub fn page_in(&self, part: &Partition, seg_id: u64, page: u64) {
+        part.resident.fetch_add(1, Ordering::Relaxed);
+        part.clock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((seg_id, page));
+        if self.resident.fetch_add(1, Ordering::Relaxed) + 1 > self.high_pages {
+            self.kick_evictor();
+        }
+    }
+
+    /// A page left the memfd.
+    pub fn page_out(&self, part: &Partition) {
+        part.resident.fetch_sub(1, Ordering::Relaxed);
+        self.resident.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn kick_evictor(&self) {
+        let (m, cv) = &self.kick;
+        *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_one();
+    }
+
+    /// Backpressure: before bringing a page in, wait (bounded) while the pool is at its budget.
+    pub fn wait_for_room(&self) {
+        if self.resident() < self.budget_pages {
+            return;
+        }
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.kick_evictor();
+        let deadline = Instant::now() + ROOM_WAIT;
+        let (m, cv) = &self.room;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        while self.resident() >= self.budget_pages {
+            let now = Instant::now();
+            if now >= deadline {
+                log::warn!(
+                    "memory pool: still at its budget ({} pages) after {ROOM_WAIT:?}: nothing evictable \
+                     (pinned or protected by partition mins?); letting the fault proceed over budget",
+                    self.budget_pages
+                );
+                return;
+            }
+            g = cv
+                .wait_timeout(g, (deadline - now).min(Duration::from_millis(50)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The evictor thread's body: runs for the daemon's life.
+    pub fn run_evictor(self: Arc<Self>) {
+        loop {
+            {
+                let (m, cv) = &self.kick;
+                let mut kicked = m.lock().unwrap_or_else(|e| e.into_inner());
+                if !*kicked && self.resident() <= self.high_pages {
+                    kicked = cv
+                        .wait_timeout(kicked, Duration::from_millis(200))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                *kicked = false;
+            }
+            if self.resident() <= self.high_pages && self.resident() < self.budget_pages {
+                continue;
+            }
+            let mut stuck = false;
+            while self.resident() > self.low_pages && !stuck {
+                for _ in 0..EVICT_BATCH {
+                    if self.resident() <= self.low_pages || !self.evict_one() {
+                        stuck = self.resident() > self.low_pages;
+                        break;
+                    }
+                }
+                self.room.1.notify_all();
+                self.drop_paging_cache();
+            }
+            if stuck {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Every PAGING_CACHE_DROP_PAGES page-outs, ask the kernel to drop the paging file's clean
+    /// cached pages (dirty ones are written back first by the kernel): paged-out memory must
+    /// not stay in RAM as page cache.
+    fn drop_paging_cache(&self) {
+        let Some(paging) = &self.paging else { return };
+        let outs: u64 = self
+            .partitions()
+            .iter()
+            .map(|p| p.page_outs.load(Ordering::Relaxed))
+            .sum();
+        let last = self.last_cache_drop.load(Ordering::Relaxed);
+        if outs >= last + PAGING_CACHE_DROP_PAGES {
+            self.last_cache_drop.store(outs, Ordering::Relaxed);
+            let _ = pagemesh_uffd::fileio::drop_cached(paging.file(), 0, 0);
+        }
+    }
+
+    /// Evict one page from the partition the policy names. Returns false if none could be.
+    fn evict_one(&self) -> bool {
+        let parts = self.partitions();
+        let usage: Vec<(Limits, Usage)> = parts.iter().map(|p| (p.limits(), p.usage())).collect();
+        let Some(v) = pool::victim(self.budget_pages, &usage) else {
+            return false;
+        };
+        let part = &parts[v];
+        let sweep = part.clock.lock().unwrap_or_else(|e| e.into_inner()).len() * 2 + 1;
+        for _ in 0..sweep {
+            let Some((seg_id, page)) = part
+                .clock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+            else {
+                return false;
+            };
+            let seg = self
+                .segments
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&seg_id)
+                .and_then(Weak::upgrade);
+            let Some(seg) = seg else { continue };
+            match seg.clock_visit(page) {
+                ClockVisit::Gone => continue,
+                ClockVisit::Keep => {
+                    part.clock
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back((seg_id, page));
+                }
+                ClockVisit::Evicted => {
+                    part.evictions.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                ClockVisit::Failed => {
+                    part.clock
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back((seg_id, page));
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    /// Bytes of the budget.
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget_pages * PAGE_SIZE
+    }
+}
+
+/// What the clock hand did with a page.
+pub enum ClockVisit {
+    /// Not resident any more: drop the entry.
+    Gone,
+    /// Referenced (second chance) or pinned: keep the entry.
+    Keep,
+    Evicted,
+    /// Eviction failed (logged): keep the entry and stop this round.
+    Failed,
+}

@@ -1,0 +1,343 @@
+//! Partitions, pinning and page diagnostics: the daemon's requests about the memory pool.
+
+// Errors here are the reply itself, built once per request: their size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use pagemesh_proto::{
+    Backing, ErrorCode, PageInfo, PartitionLimits, PartitionStat, Request, Response,
+};
+use pagemesh_store::paging::PagingDevice;
+use pagemesh_types::{ByteSize, PAGE_SIZE};
+
+use crate::catalog::Catalog;
+use crate::memory::{Partition, Pool};
+use crate::pages::{PageState, PINNED, REFERENCED};
+use crate::pool::Limits;
+use crate::segment::Memory;
+use crate::server::{err, io_err, valid_name, Daemon};
+use crate::Config;
+
+/// Memory kept out of the page-cache budget for the daemon's own heap, stacks and buffers, so
+/// that RSS plus memfd pages stays within `--memory` (the documented slack covers the rest).
+pub const DAEMON_RESERVE_BYTES: u64 = 16 << 20;
+
+fn to_pages(bytes: u64) -> u64 {
+    bytes / PAGE_SIZE
+}
+
+fn limits_of(l: PartitionLimits) -> Limits {
+    Limits {
+        min_pages: to_pages(l.min_bytes),
+        max_pages: to_pages(l.max_bytes),
+        weight: l.weight.max(1),
+    }
+}
+
+/// Create the pool: budget, paging device, the `default` partition and those of the catalog;
+/// start the evictor.
+pub fn build_pool(config: &Config, catalog: &Catalog) -> Result<Arc<Pool>, String> {
+    let budget = to_pages(
+        config
+            .memory_bytes
+            .saturating_sub(DAEMON_RESERVE_BYTES.min(config.memory_bytes / 4)),
+    );
+    if budget < 64 {
+        return Err(format!(
+            "--memory {} is too small: pagemesh needs at least 1 MiB",
+            ByteSize(config.memory_bytes)
+        ));
+    }
+    if let Some(dir) = config.paging_device.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let paging =
+        PagingDevice::create(&config.paging_device, config.paging_device_bytes).map_err(|e| {
+            format!(
+                "creating the paging device {}: {e}",
+                config.paging_device.display()
+            )
+        })?;
+    log::info!(
+        "memory pool: budget {} for segment pages (+{} reserved for the daemon), paging device {} ({})",
+        ByteSize(budget * PAGE_SIZE),
+        ByteSize(config.memory_bytes - budget * PAGE_SIZE),
+        config.paging_device.display(),
+        ByteSize(config.paging_device_bytes),
+    );
+    let pool = Pool::new(budget, Some(paging));
+    pool.add_partition(Partition::new(
+        "default",
+        Limits {
+            min_pages: 0,
+            max_pages: budget,
+            weight: 1,
+        },
+    ));
+    for (name, l) in catalog.partitions() {
+        if name != "default" {
+            pool.add_partition(Partition::new(&name, limits_of(l)));
+        }
+    }
+    let p = Arc::clone(&pool);
+    std::thread::Builder::new()
+        .name("evictor".into())
+        .spawn(move || p.run_evictor())
+        .map_err(|e| format!("starting the evictor thread: {e}"))?;
+    Ok(pool)
+}
+
+/// Where a new segment's pages are accounted: volume segments nowhere (their frames belong to
+/// the volume), others in the named partition.
+pub fn memory_for(
+    pool: &Arc<Pool>,
+    backing: &Backing,
+    partition: &str,
+) -> Result<Option<Memory>, String> {
+    if matches!(backing, Backing::Volume { .. }) {
+        return Ok(None);
+    }
+    let p = pool
+        .partitions()
+        .into_iter()
+        .find(|p| p.name == partition)
+        .ok_or_else(|| {
+            format!("no partition named {partition:?} (see `pagemesh partition list`)")
+        })?;
+    Ok(Some(Memory {
+        pool: Arc::clone(pool),
+        partition: p,
+    }))
+}
+
+impl Daemon {
+    fn partition_stat(&self, p: &Partition) -> PartitionStat {
+        let l = p.limits();
+        let segments = self
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| {
+                s.memory
+                    .as_ref()
+                    .is_some_and(|m| m.partition.name == p.name)
+            })
+            .count() as u64;
+        PartitionStat {
+            name: p.name.clone(),
+            limits: PartitionLimits {
+                min_bytes: l.min_pages * PAGE_SIZE,
+                max_bytes: l.max_pages * PAGE_SIZE,
+                weight: l.weight,
+            },
+            entitlement_bytes: self.pool.entitlements().get(&p.name).copied().unwrap_or(0)
+                * PAGE_SIZE,
+            resident_bytes: p.resident.load(Ordering::Relaxed) * PAGE_SIZE,
+            pinned_bytes: p.pinned.load(Ordering::Relaxed) * PAGE_SIZE,
+            segments,
+            evictions: p.evictions.load(Ordering::Relaxed),
+            page_ins: p.page_ins.load(Ordering::Relaxed),
+            page_outs: p.page_outs.load(Ordering::Relaxed),
+            paging_errors: p.paging_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    fn find_partition(&self, name: &str) -> Result<Arc<Partition>, Response> {
+        self.pool
+            .partitions()
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::NotFound,
+                    format!("no partition named {name:?} (see `pagemesh partition list`)"),
+                )
+            })
+    }
+
+    fn check_limits(&self, name: &str, l: &PartitionLimits) -> Result<(), Response> {
+        if l.min_bytes > l.max_bytes {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("partition {name}: --min is larger than --max"),
+            ));
+        }
+        let budget = self.pool.budget_bytes();
+        let other_mins: u64 = self
+            .pool
+            .partitions()
+            .iter()
+            .filter(|p| p.name != name)
+            .map(|p| p.limits().min_pages * PAGE_SIZE)
+            .sum();
+        if other_mins + l.min_bytes > budget {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "partition {name}: the mins would add up to {}, more than the pool's budget of {}; lower --min or raise the daemon's --memory",
+                    ByteSize(other_mins + l.min_bytes),
+                    ByteSize(budget)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Partition, pin and page requests.
+    pub(crate) fn handle_memory(&self, req: Request) -> Response {
+        let r = || -> Result<Response, Response> {
+            Ok(match req {
+                Request::CreatePartition { name, mut limits } => {
+                    if !valid_name(&name) {
+                        return Err(err(
+                            ErrorCode::InvalidArgument,
+                            format!(
+                                "invalid partition name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"
+                            ),
+                        ));
+                    }
+                    if self.find_partition(&name).is_ok() {
+                        return Err(err(
+                            ErrorCode::AlreadyExists,
+                            format!("partition {name:?} already exists"),
+                        ));
+                    }
+                    limits.max_bytes = limits.max_bytes.min(self.pool.budget_bytes());
+                    self.check_limits(&name, &limits)?;
+                    let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+                    catalog
+                        .put_partition(&name, limits)
+                        .map_err(|e| err(ErrorCode::Io, e.to_string()))?;
+                    let p = Partition::new(&name, limits_of(limits));
+                    self.pool.add_partition(Arc::clone(&p));
+                    log::info!(
+                        "created partition {name}: min {} max {} weight {}",
+                        ByteSize(limits.min_bytes),
+                        ByteSize(limits.max_bytes),
+                        limits.weight
+                    );
+                    Response::Partition(self.partition_stat(&p))
+                }
+                Request::ListPartitions => {
+                    let mut v: Vec<PartitionStat> = self
+                        .pool
+                        .partitions()
+                        .iter()
+                        .map(|p| self.partition_stat(p))
+                        .collect();
+                    v.sort_by(|a, b| a.name.cmp(&b.name));
+                    Response::Partitions(v)
+                }
+                Request::StatPartition { name } => {
+                    Response::Partition(self.partition_stat(&*self.find_partition(&name)?))
+                }
+                Request::SetPartition {
+                    name,
+                    min_bytes,
+                    max_bytes,
+                    weight,
+                } => {
+                    let p = self.find_partition(&name)?;
+                    let old = p.limits();
+                    let limits = PartitionLimits {
+                        min_bytes: min_bytes.unwrap_or(old.min_pages * PAGE_SIZE),
+                        max_bytes: max_bytes
+                            .unwrap_or(old.max_pages * PAGE_SIZE)
+                            .min(self.pool.budget_bytes()),
+                        weight: weight.unwrap_or(old.weight),
+                    };
+                    self.check_limits(&name, &limits)?;
+                    let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+                    catalog
+                        .put_partition(&name, limits)
+                        .map_err(|e| err(ErrorCode::Io, e.to_string()))?;
+                    p.set_limits(limits_of(limits));
+                    Response::Partition(self.partition_stat(&p))
+                }
+                Request::RemovePartition { name } => {
+                    if name == "default" {
+                        return Err(err(
+                            ErrorCode::InvalidArgument,
+                            "the default partition cannot be removed",
+                        ));
+                    }
+                    let p = self.find_partition(&name)?;
+                    let st = self.partition_stat(&p);
+                    if st.segments > 0 {
+                        return Err(err(
+                            ErrorCode::InvalidArgument,
+                            format!(
+                                "partition {name} still holds {} segment(s); remove them first",
+                                st.segments
+                            ),
+                        ));
+                    }
+                    let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+                    catalog
+                        .remove_partition(&name)
+                        .map_err(|e| err(ErrorCode::Io, e.to_string()))?;
+                    self.pool.remove_partition(&name);
+                    Response::Removed
+                }
+                Request::Pin { name, offset, len } => {
+                    let seg = self.segment(&name)?;
+                    let (first, n) = page_range(&name, offset, len, seg.info.size_bytes)?;
+                    Response::Pinned {
+                        pages: seg.pin(first, n).map_err(io_err)?,
+                    }
+                }
+                Request::Unpin { name, offset, len } => {
+                    let seg = self.segment(&name)?;
+                    let (first, n) = page_range(&name, offset, len, seg.info.size_bytes)?;
+                    Response::Unpinned {
+                        pages: seg.unpin(first, n),
+                    }
+                }
+                Request::PageInfo { name, page } => {
+                    let seg = self.segment(&name)?;
+                    let (state, flags, slot) = seg.page_info(page).ok_or_else(|| {
+                        err(
+                            ErrorCode::InvalidArgument,
+                            format!("segment {name} has no page {page}"),
+                        )
+                    })?;
+                    Response::Page(PageInfo {
+                        page,
+                        state: state_name(state).into(),
+                        pinned: flags & PINNED != 0,
+                        referenced: flags & REFERENCED != 0,
+                        slot: slot.map(|s| s.0),
+                    })
+                }
+                other => unreachable!("not a memory request: {other:?}"),
+            })
+        };
+        r().unwrap_or_else(|e| e)
+    }
+}
+
+fn state_name(s: PageState) -> &'static str {
+    match s {
+        PageState::Absent => "absent",
+        PageState::Clean => "clean",
+        PageState::Dirty => "dirty",
+        PageState::Poisoned => "poisoned",
+        PageState::Paged => "paged",
+    }
+}
+
+fn page_range(name: &str, offset: u64, len: u64, size: u64) -> Result<(u64, u64), Response> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size && len > 0 => {
+            let first = offset / PAGE_SIZE;
+            Ok((first, end.div_ceil(PAGE_SIZE) - first))
+        }
+        _ => Err(err(
+            ErrorCode::InvalidArgument,
+            format!("range {offset}+{len} is not inside segment {name} ({size} bytes)"),
+        )),
+    }
+}

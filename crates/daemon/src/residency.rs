@@ -1,0 +1,358 @@
+//! Pages entering and leaving a segment's memfd under the memory pool: loading a page from
+//! wherever its data is, evicting it (write-back or page-out, then punch), pinning, and giving
+//! everything back when the segment is removed.
+
+use std::sync::atomic::Ordering;
+
+use pagemesh_store::paging::{PagingError, Slot};
+use pagemesh_store::{MapperError, PageData};
+use pagemesh_types::PAGE_SIZE;
+
+use crate::memory::ClockVisit;
+use crate::pages::{PageState, PINNED};
+use crate::segment::{lock, IoError, Segment};
+
+const PS: u64 = PAGE_SIZE;
+const PSU: usize = PAGE_SIZE as usize;
+
+/// Why a page's data could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Mapper(#[from] MapperError),
+    #[error(transparent)]
+    Paging(#[from] PagingError),
+    #[error("the page is paged out but the daemon has no paging device")]
+    NoPagingDevice,
+}
+
+/// Why a page could not be evicted.
+#[derive(Debug, thiserror::Error)]
+pub enum EvictError {
+    #[error("segment {segment} page {page}: writing it back: {source}")]
+    WriteBack {
+        segment: String,
+        page: u64,
+        source: MapperError,
+    },
+    #[error("segment {segment} page {page}: paging it out: {source}")]
+    PageOut {
+        segment: String,
+        page: u64,
+        source: PagingError,
+    },
+    #[error("segment {segment} page {page}: no paging device for a dirty page of a zero segment")]
+    NoPagingDevice { segment: String, page: u64 },
+    #[error("segment {segment} page {page}: {what}: {source}")]
+    Memfd {
+        segment: String,
+        page: u64,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// What a load produced.
+pub enum Loaded {
+    /// A dormant page: zeros, the buffer untouched.
+    Zero,
+    /// The buffer holds the page.
+    Data,
+}
+
+impl Segment {
+    /// Read the data of an Absent or Paged page into `buf` (caller holds the stripe lock).
+    pub(crate) fn load(&self, page: u64, buf: &mut [u8]) -> Result<Loaded, LoadError> {
+        if self.pages.get(page) == PageState::Paged {
+            let paging = self
+                .memory
+                .as_ref()
+                .and_then(|m| m.pool.paging.as_ref())
+                .ok_or(LoadError::NoPagingDevice)?;
+            let slot = *self
+                .slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&page)
+                .expect("a paged page has a slot");
+            if let Err(e) = paging.read(slot, buf) {
+                // The slot's data is lost: give the slot back; the page will be poisoned.
+                self.slots
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&page);
+                paging.free(slot);
+                if let Some(m) = &self.memory {
+                    m.partition.paging_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(e.into());
+            }
+            self.counters.page_ins.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = &self.memory {
+                m.partition.page_ins.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(Loaded::Data);
+        }
+        match self.mapper.read_page(page * PS, buf)? {
+            PageData::Dormant => {
+                self.counters.zero_fills.fetch_add(1, Ordering::Relaxed);
+                Ok(Loaded::Zero)
+            }
+            PageData::Filled => {
+                self.counters.mapper_reads.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .mapper_bytes_read
+                    .fetch_add(PS, Ordering::Relaxed);
+                Ok(Loaded::Data)
+            }
+        }
+    }
+
+    /// The evictor's clock hand reached `page`.
+    pub(crate) fn clock_visit(&self, page: u64) -> ClockVisit {
+        if !self.pages.get(page).is_resident() {
+            return ClockVisit::Gone;
+        }
+        if self.pages.flags(page) & PINNED != 0 || self.pages.take_referenced(page) {
+            return ClockVisit::Keep;
+        }
+        match self.evict_page(page) {
+            Ok(true) => ClockVisit::Evicted,
+            Ok(false) => ClockVisit::Gone,
+            Err(e) => {
+                log::warn!("memory pool: cannot evict: {e}");
+                ClockVisit::Failed
+            }
+        }
+    }
+
+    /// Take a page out of the memfd: a clean page is dropped (it stays in its file or paging
+    /// slot, or was a zero page); a dirty one is first write-protected in every attached process,
+    /// copied, and written back to its file or out to the paging device. Punching the hole zaps
+    /// it from every mapping; the next access faults it back in. Returns false if the page was
+    /// not evictable after all.
+    pub(crate) fn evict_page(&self, page: u64) -> Result<bool, EvictError> {
+        let _g = lock(self.stripe(page));
+        let state = self.pages.get(page);
+        if !state.is_resident() || self.pages.flags(page) & PINNED != 0 {
+            return Ok(false);
+        }
+        let seg = || self.info.name.clone();
+        let persistent = self.mapper.is_persistent();
+        let has_slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&page);
+        let new = match state {
+            PageState::Clean if persistent => PageState::Absent,
+            PageState::Clean if has_slot => PageState::Paged,
+            // A clean page of a zero segment without a slot was never written: dormant again.
+            PageState::Clean => PageState::Absent,
+            _ => {
+                for a in self
+                    .clients
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                {
+                    match a.uffd.write_protect(a.base + page * PS, PS, true, true) {
+                        Err(e) if !e.is_process_gone() => {
+                            log::debug!(
+                                "segment {} page {page}: write-protect in pid {}: {e}",
+                                self.info.name,
+                                a.pid
+                            )
+                        }
+                        _ => {}
+                    }
+                }
+                let mut buf = [0u8; PSU];
+                self.memfd
+                    .read_exact_at(&mut buf, page * PS)
+                    .map_err(|source| EvictError::Memfd {
+                        segment: seg(),
+                        page,
+                        what: "reading the page",
+                        source,
+                    })?;
+                if persistent {
+                    self.mapper.write_at(page * PS, &buf).map_err(|source| {
+                        EvictError::WriteBack {
+                            segment: seg(),
+                            page,
+                            source,
+                        }
+                    })?;
+                    self.counters
+                        .mapper_bytes_written
+                        .fetch_add(PS, Ordering::Relaxed);
+                    PageState::Absent
+                } else {
+                    self.page_out(page, &buf)?;
+                    PageState::Paged
+                }
+            }
+        };
+        self.memfd
+            .punch_hole(page * PS, PS)
+            .map_err(|source| EvictError::Memfd {
+                segment: seg(),
+                page,
+                what: "punching it out of the memfd",
+                source,
+            })?;
+        self.set_state(page, new);
+        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn page_out(&self, page: u64, buf: &[u8]) -> Result<(), EvictError> {
+        let m = self
+            .memory
+            .as_ref()
+            .expect("only pooled segments are evicted");
+        let paging = m
+            .pool
+            .paging
+            .as_ref()
+            .ok_or_else(|| EvictError::NoPagingDevice {
+                segment: self.info.name.clone(),
+                page,
+            })?;
+        let err = |source| EvictError::PageOut {
+            segment: self.info.name.clone(),
+            page,
+            source,
+        };
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = match slots.get(&page) {
+            Some(&s) => s,
+            None => {
+                let s = paging.alloc().map_err(err)?;
+                slots.insert(page, s);
+                s
+            }
+        };
+        paging.write(slot, buf).map_err(err)?;
+        self.counters.page_outs.fetch_add(1, Ordering::Relaxed);
+        m.partition.page_outs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Pin `[first, first+n)`: fault every page into the memfd and never evict it. Fails,
+    /// changing nothing, if the partition's max would be exceeded.
+    pub fn pin(&self, first: u64, n: u64) -> Result<u64, IoError> {
+        let Some(m) = &self.memory else {
+            return Err(IoError::PinUnsupported {
+                segment: self.info.name.clone(),
+            });
+        };
+        let need = (first..first + n)
+            .filter(|&p| self.pages.flags(p) & PINNED == 0)
+            .count() as u64;
+        let limits = m.partition.limits();
+        let pinned = m.partition.pinned.load(Ordering::Relaxed);
+        let cap = limits.max_pages.min(m.pool.budget_pages);
+        if pinned + need > cap {
+            return Err(IoError::PinLimit {
+                segment: self.info.name.clone(),
+                partition: m.partition.name.clone(),
+                want_bytes: need * PS,
+                pinned_bytes: pinned * PS,
+                cap_bytes: cap * PS,
+            });
+        }
+        let mut buf = vec![0u8; PSU];
+        let mut newly = 0;
+        for p in first..first + n {
+            if !self.pages.get(p).is_resident() {
+                m.pool.wait_for_room();
+            }
+            let _g = lock(self.stripe(p));
+            match self.pages.get(p) {
+                PageState::Poisoned => return Err(self.poisoned_err(p)),
+                PageState::Absent | PageState::Paged => {
+                    let data: &[u8] = match self.load(p, &mut buf) {
+                        Ok(Loaded::Zero) => &[0u8; PSU],
+                        Ok(Loaded::Data) => &buf,
+                        Err(e) => {
+                            return Err(IoError::Load {
+                                segment: self.info.name.clone(),
+                                page: p,
+                                source: e,
+                            })
+                        }
+                    };
+                    self.memfd
+                        .write_all_at(data, p * PS)
+                        .map_err(|source| IoError::Memfd {
+                            segment: self.info.name.clone(),
+                            offset: p * PS,
+                            source,
+                        })?;
+                    self.set_state(p, PageState::Clean);
+                }
+                PageState::Clean | PageState::Dirty => {}
+            }
+            if self.pages.set_pinned(p, true) {
+                m.partition.pinned.fetch_add(1, Ordering::Relaxed);
+                newly += 1;
+            }
+        }
+        Ok(newly)
+    }
+
+    /// Unpin `[first, first+n)`; returns how many pages were pinned.
+    pub fn unpin(&self, first: u64, n: u64) -> u64 {
+        let Some(m) = &self.memory else { return 0 };
+        let mut k = 0;
+        for p in first..first + n {
+            let _g = lock(self.stripe(p));
+            if self.pages.set_pinned(p, false) {
+                m.partition.pinned.fetch_sub(1, Ordering::Relaxed);
+                k += 1;
+            }
+        }
+        k
+    }
+
+    /// The state and paging slot of one page, for `segment stat --page`.
+    pub fn page_info(&self, page: u64) -> Option<(PageState, u8, Option<Slot>)> {
+        if page >= self.pages.npages() {
+            return None;
+        }
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&page)
+            .copied();
+        Some((self.pages.get(page), self.pages.flags(page), slot))
+    }
+
+    /// Give the segment's memory back to the pool (it is being removed).
+    pub fn release(&self) {
+        let Some(m) = &self.memory else { return };
+        for state in [PageState::Clean, PageState::Dirty] {
+            for p in self.pages.pages_in(state) {
+                let _g = lock(self.stripe(p));
+                if self.pages.get(p).is_resident() {
+                    self.set_state(p, PageState::Absent);
+                }
+            }
+        }
+        m.partition.pinned.fetch_sub(
+            self.pages
+                .pinned()
+                .min(m.partition.pinned.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        if let Some(paging) = &m.pool.paging {
+            for (_, slot) in self.slots.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+                paging.free(slot);
+            }
+        }
+        m.pool.unregister(self.info.id);
+    }
+}
