@@ -65,6 +65,7 @@ branches! {
     HomeIntentSet,
     HomeIntentFailed,
     FlushIntentClear,
+    HomeEvictIntentClear,
     HomeRebuildingIgnored,
     RebuildStarted,
     RebuildRetransmit,

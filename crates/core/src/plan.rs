@@ -408,6 +408,11 @@ fn plan_evict(cx: &mut Cx, p: &mut DirPage, t: &mut Txn, node: NodeId) -> Progre
         cx.io.hit(Branch::HomeEvictWriteBack);
         return write_current(cx, p, t, CacheState::Shared).unwrap_or(Progress::Done(false));
     }
+    if p.intent && p.version == p.durable && p.holders() == [node] {
+        // The last copy goes and the mapper is current: a later home restart must not poison it.
+        cx.io.hit(Branch::HomeEvictIntentClear);
+        return write_intent(cx, t, false);
+    }
     cx.io.hit(Branch::HomeEvictInval);
     cx.io.send(
         node,
