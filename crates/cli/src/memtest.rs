@@ -43,6 +43,12 @@ pub struct MemtestArgs {
     /// Threads that share the work.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Run --verify or --sha256 this many times (a soak test; stops at the first failure).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u64,
+    /// Pause between repetitions.
+    #[arg(long, default_value_t = 0)]
+    pub pause_ms: u64,
 }
 
 /// The standard splitmix64 finaliser.
@@ -124,17 +130,22 @@ pub fn run(socket: &Path, a: MemtestArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if a.sha256 {
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(buf.len() as u64) as usize;
-            m.read_at(a.offset + done, &mut buf[..n])?;
-            h.update(&buf[..n]);
-            done += n as u64;
+        for rep in 0..a.repeat.max(1) {
+            if rep > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(a.pause_ms));
+            }
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(buf.len() as u64) as usize;
+                m.read_at(a.offset + done, &mut buf[..n])?;
+                h.update(&buf[..n]);
+                done += n as u64;
+            }
+            let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            println!("{digest}");
         }
-        let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        println!("{digest}");
         return Ok(ExitCode::SUCCESS);
     }
     if !a.offset.is_multiple_of(8) || !len.is_multiple_of(8) {
@@ -163,42 +174,48 @@ pub fn run(socket: &Path, a: MemtestArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let seed = a.verify.expect("clap requires one operation");
-    let first_bad = AtomicU64::new(u64::MAX);
-    let bad = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for (p, q) in parts(lo, hi, a.threads) {
-            let (first_bad, bad) = (&first_bad, &bad);
-            s.spawn(move || {
-                for (i, w) in words[p..q].iter().enumerate() {
-                    let o = ((p + i) * 8) as u64;
-                    if w.load(Ordering::Relaxed) != pattern(seed, o) {
-                        first_bad.fetch_min(o, Ordering::Relaxed);
-                        bad.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
+    for rep in 0..a.repeat.max(1) {
+        if rep > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(a.pause_ms));
         }
-    });
-    let secs = start.elapsed().as_secs_f64();
-    let nbad = bad.load(Ordering::Relaxed);
-    if nbad > 0 {
-        let o = first_bad.load(Ordering::Relaxed);
-        let found = words[(o / 8) as usize].load(Ordering::Relaxed);
+        let start = Instant::now();
+        let first_bad = AtomicU64::new(u64::MAX);
+        let bad = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for (p, q) in parts(lo, hi, a.threads) {
+                let (first_bad, bad) = (&first_bad, &bad);
+                s.spawn(move || {
+                    for (i, w) in words[p..q].iter().enumerate() {
+                        let o = ((p + i) * 8) as u64;
+                        if w.load(Ordering::Relaxed) != pattern(seed, o) {
+                            first_bad.fetch_min(o, Ordering::Relaxed);
+                            bad.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let secs = start.elapsed().as_secs_f64();
+        let nbad = bad.load(Ordering::Relaxed);
+        if nbad > 0 {
+            let o = first_bad.load(Ordering::Relaxed);
+            let found = words[(o / 8) as usize].load(Ordering::Relaxed);
+            println!(
+                "memtest: MISMATCH in segment {}: first bad offset {o} ({o:#x}): expected {:#018x}, found {found:#018x}; {nbad} bad word(s) of {}",
+                a.name,
+                pattern(seed, o),
+                hi - lo
+            );
+            return Ok(ExitCode::from(1));
+        }
         println!(
-            "memtest: MISMATCH in segment {}: first bad offset {o} ({o:#x}): expected {:#018x}, found {found:#018x}; {nbad} bad word(s) of {}",
-            a.name,
-            pattern(seed, o),
-            hi - lo
+            "memtest: verified {} at offset {} with seed {seed} in {secs:.3} s ({}, {} thread(s))",
+            ByteSize(len),
+            a.offset,
+            rate(len, secs),
+            a.threads
         );
-        return Ok(ExitCode::from(1));
     }
-    println!(
-        "memtest: verified {} at offset {} with seed {seed} in {secs:.3} s ({}, {} thread(s))",
-        ByteSize(len),
-        a.offset,
-        rate(len, secs),
-        a.threads
-    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -481,3 +481,25 @@ fn errors_say_what_failed_and_what_to_do() {
     let e = d.run(&["memtest", "twice", "--write", "1", "--offset", "8192"]);
     assert!(e.stderr.contains("past the end"), "{}", e.stderr);
 }
+
+/// A page this process already mapped (write-protected: clean) before the daemon died must
+/// raise SIGBUS on the next access after it, not be retried forever: zapping a write-protected
+/// entry leaves a uffd-wp marker that POISON cannot replace unless protection is cleared first.
+#[test]
+fn pages_mapped_before_the_daemon_died_get_sigbus_after_it() {
+    let mut d = Daemon::start();
+    let file = d.path("wp.img");
+    let spec = format!("file:{}", file.display());
+    d.run(&["segment", "create", "wp", "--size", "1MiB", "--backing", &spec]).ok();
+    d.run(&["memtest", "wp", "--write", "4"]).ok();
+    d.run(&["segment", "sync", "wp"]).ok(); // clean: mapped write-protected from now on
+    let reader = d.spawn_cmd(
+        &["memtest", "wp", "--verify", "4", "--len", "64KiB", "--repeat", "100000", "--pause-ms", "5"],
+        false,
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    d.kill9();
+    let out = finish(reader, &[], Duration::from_secs(10), &["re-reader after daemon kill"]);
+    assert!(!out.status.success(), "re-reads succeeded after the daemon died: {}", out.stdout_str());
+    assert_eq!(out.status.code(), Some(128 + libc::SIGBUS), "{}", out.stderr);
+}

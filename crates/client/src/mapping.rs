@@ -249,7 +249,11 @@ fn poison_forever(s: &Shared) {
     let base = s.map.addr();
     let len = s.map.len() as u64;
     // Drop our page-table entries (the memfd keeps its pages), so every later access faults
-    // here; then wake threads whose faults the dead daemon had read but not served.
+    // here; then wake threads whose faults the dead daemon had read but not served. Clear
+    // write protection first: zapping a write-protected entry leaves a uffd-wp marker, on which
+    // POISON fails with EEXIST, and the thread would fault forever instead of getting SIGBUS.
+    // (Volume mappings are not registered for WP: the ioctl then fails, harmlessly.)
+    let _ = s.uffd.write_protect(base, len, false, false);
     let _ = s.map.zap(0, s.map.len());
     let _ = s.uffd.wake(base, len);
     let mut events = Vec::with_capacity(16);
@@ -272,7 +276,8 @@ fn poison_forever(s: &Shared) {
                 match s.uffd.poison(page, PAGE_SIZE, true) {
                     Ok(n) if n == PAGE_SIZE => {}
                     _ => {
-                        // Mapped again meanwhile (a racing write-protect fault): zap and retry.
+                        // Mapped or marked again meanwhile: un-protect, zap and retry.
+                        let _ = s.uffd.write_protect(page, PAGE_SIZE, false, false);
                         let _ = s.map.zap((page - base) as usize, PAGE_SIZE as usize);
                         let _ = s.uffd.poison(page, PAGE_SIZE, true);
                         let _ = s.uffd.wake(page, PAGE_SIZE);
