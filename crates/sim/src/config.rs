@@ -24,6 +24,8 @@ pub struct SimConfig {
     pub max_mapper_ms: u64,
     /// Probability that a mapper read or write fails (while faults are on).
     pub mapper_fail_rate: f64,
+    /// Events a run may process before it is declared a livelock.
+    pub max_steps: u64,
     /// Time allowed after faults stop and partitions heal for everything to complete.
     pub liveness_bound_ms: u64,
     /// Homes crash too (their directory is rebuilt from the nodes and the write intents).
@@ -48,6 +50,7 @@ impl Default for SimConfig {
             max_mapper_ms: 15,
             mapper_fail_rate: 0.005,
             liveness_bound_ms: 20_000,
+            max_steps: 5_000_000,
             crash_homes: true,
             inject_bug: false,
             trace: false,

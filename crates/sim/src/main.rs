@@ -14,6 +14,7 @@ const USAGE: &str = "usage: pagemesh-sim (--seed S | --seeds N [--start S]) [opt
   --nodes N           nodes (default 4; nodes 0 and 1 are homes; any node may crash)
   --pages P           pages per segment (default 6)
   --ops N             operations per simulated process (default 40; two processes per node)
+  --max-steps N       events a run may take before it counts as a livelock (default 5000000)
   --drop R            message drop probability (default 0.05)
   --dup R             message duplication probability (default 0.03)
   --max-delay MS      largest network delay (default 20)
@@ -62,6 +63,7 @@ fn parse() -> Result<Args, String> {
             "--nodes" => a.cfg.nodes = num(&flag, val()?)?,
             "--pages" => a.cfg.pages = num(&flag, val()?)?,
             "--ops" => a.cfg.ops_per_process = num(&flag, val()?)?,
+            "--max-steps" => a.cfg.max_steps = num(&flag, val()?)?,
             "--drop" => a.cfg.drop_rate = num(&flag, val()?)?,
             "--dup" => a.cfg.dup_rate = num(&flag, val()?)?,
             "--max-delay" => a.cfg.max_delay_ms = num(&flag, val()?)?,

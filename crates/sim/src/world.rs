@@ -160,7 +160,6 @@ pub struct World {
 }
 
 pub(crate) const TICK_MS: u64 = 10;
-const MAX_STEPS: u64 = 5_000_000;
 
 pub(crate) fn fail(w: &World, page: Option<PageKey>, what: impl Into<String>) -> Violation {
     Violation {
@@ -298,8 +297,15 @@ impl World {
             };
             self.now = t;
             self.step += 1;
-            if self.step > MAX_STEPS {
-                return Err(fail(self, None, "step bound exceeded (livelock?)"));
+            if self.step > self.cfg.max_steps {
+                return Err(fail(
+                    self,
+                    None,
+                    format!(
+                        "{} events processed and the run is not over (livelock?)",
+                        self.cfg.max_steps
+                    ),
+                ));
             }
             self.handle(ev)?;
             self.check_every_step()?;
