@@ -8,9 +8,11 @@ use anyhow::{bail, Context};
 use pagemesh::Client;
 
 /// A child process that is killed (by its pid, which we started) if still running on drop.
+/// Its output goes to anonymous temp files (a pipe nobody reads could fill and block it).
 pub struct Proc {
     pub child: Child,
     pub what: String,
+    out: Option<(std::fs::File, std::fs::File)>,
 }
 
 impl Drop for Proc {
@@ -28,15 +30,20 @@ pub fn exe() -> anyhow::Result<PathBuf> {
 
 /// Start `pagemesh --socket SOCKET args...` with piped output.
 pub fn spawn(socket: &Path, args: &[String], what: String) -> anyhow::Result<Proc> {
+    let (out, err) = (tempfile::tempfile()?, tempfile::tempfile()?);
     let child = Command::new(exe()?)
         .arg("--socket")
         .arg(socket)
         .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(out.try_clone()?)
+        .stderr(err.try_clone()?)
         .spawn()
         .with_context(|| format!("starting {what}"))?;
-    Ok(Proc { child, what })
+    Ok(Proc {
+        child,
+        what,
+        out: Some((out, err)),
+    })
 }
 
 /// Wait for every process (bounded by `timeout` in all); return their stdouts, or fail naming
@@ -49,7 +56,7 @@ pub fn wait_all(procs: Vec<Proc>, timeout: Duration) -> anyhow::Result<Vec<Strin
         loop {
             match p.child.try_wait()? {
                 Some(status) => {
-                    let out = read_output(&mut p.child);
+                    let out = read_output(&mut p);
                     if !status.success() {
                         failures.push(format!("{} failed ({status}): {}", p.what, out.1));
                     }
@@ -70,14 +77,12 @@ pub fn wait_all(procs: Vec<Proc>, timeout: Duration) -> anyhow::Result<Vec<Strin
     Ok(outs)
 }
 
-fn read_output(c: &mut Child) -> (String, String) {
-    use std::io::Read;
+fn read_output(p: &mut Proc) -> (String, String) {
+    use std::io::{Read, Seek};
     let (mut o, mut e) = (String::new(), String::new());
-    if let Some(s) = c.stdout.as_mut() {
-        let _ = s.read_to_string(&mut o);
-    }
-    if let Some(s) = c.stderr.as_mut() {
-        let _ = s.read_to_string(&mut e);
+    if let Some((out, err)) = p.out.as_mut() {
+        let _ = out.rewind().and_then(|()| out.read_to_string(&mut o));
+        let _ = err.rewind().and_then(|()| err.read_to_string(&mut e));
     }
     let both = format!("{}{}", o.trim(), e.trim());
     (o, both)
@@ -112,6 +117,7 @@ impl PrivateDaemon {
         let mut proc = Proc {
             child,
             what: "daemon".into(),
+            out: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         let client = loop {

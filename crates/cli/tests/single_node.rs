@@ -490,16 +490,50 @@ fn pages_mapped_before_the_daemon_died_get_sigbus_after_it() {
     let mut d = Daemon::start();
     let file = d.path("wp.img");
     let spec = format!("file:{}", file.display());
-    d.run(&["segment", "create", "wp", "--size", "1MiB", "--backing", &spec]).ok();
+    d.run(&[
+        "segment",
+        "create",
+        "wp",
+        "--size",
+        "1MiB",
+        "--backing",
+        &spec,
+    ])
+    .ok();
     d.run(&["memtest", "wp", "--write", "4"]).ok();
     d.run(&["segment", "sync", "wp"]).ok(); // clean: mapped write-protected from now on
     let reader = d.spawn_cmd(
-        &["memtest", "wp", "--verify", "4", "--len", "64KiB", "--repeat", "100000", "--pause-ms", "5"],
+        &[
+            "memtest",
+            "wp",
+            "--verify",
+            "4",
+            "--len",
+            "64KiB",
+            "--repeat",
+            "100000",
+            "--pause-ms",
+            "5",
+        ],
         false,
     );
     std::thread::sleep(Duration::from_millis(400));
     d.kill9();
-    let out = finish(reader, &[], Duration::from_secs(10), &["re-reader after daemon kill"]);
-    assert!(!out.status.success(), "re-reads succeeded after the daemon died: {}", out.stdout_str());
-    assert_eq!(out.status.code(), Some(128 + libc::SIGBUS), "{}", out.stderr);
+    let out = finish(
+        reader,
+        &[],
+        Duration::from_secs(10),
+        &["re-reader after daemon kill"],
+    );
+    assert!(
+        !out.status.success(),
+        "re-reads succeeded after the daemon died: {}",
+        out.stdout_str()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGBUS),
+        "{}",
+        out.stderr
+    );
 }

@@ -86,7 +86,9 @@ impl ClientError {
 
 struct Inner {
     path: PathBuf,
-    sock: Mutex<UnixStream>,
+    /// `None` after a timeout or a broken frame: a late reply must never be taken for the
+    /// answer to a later request, so the next call opens a fresh connection.
+    sock: Mutex<Option<UnixStream>>,
 }
 
 /// A connection to the node daemon. Cheap to clone; requests are serialised per connection.
@@ -165,7 +167,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 path,
-                sock: Mutex::new(sock),
+                sock: Mutex::new(Some(sock)),
             }),
         })
     }
@@ -186,8 +188,19 @@ impl Client {
         what: &'static str,
         timeout: Duration,
     ) -> Result<(Response, Vec<OwnedFd>), ClientError> {
-        let sock = self.inner.sock.lock().unwrap_or_else(|e| e.into_inner());
-        roundtrip(&self.inner.path, &sock, &req, &[], what, timeout)
+        let mut guard = self.inner.sock.lock().unwrap_or_else(|e| e.into_inner());
+        let sock = match guard.take() {
+            Some(s) => s,
+            None => handshake(&self.inner.path)?,
+        };
+        let r = roundtrip(&self.inner.path, &sock, &req, &[], what, timeout);
+        if !matches!(
+            r,
+            Err(ClientError::Timeout { .. } | ClientError::Frame { .. })
+        ) {
+            *guard = Some(sock);
+        }
+        r
     }
 
     /// Create a segment in the `default` partition. `size_bytes: None` is allowed for file

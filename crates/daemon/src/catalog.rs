@@ -103,11 +103,16 @@ impl Catalog {
             .segments
             .iter()
             .map(|e| {
+                // An unreadable backing (a newer catalog?) must not turn into memory: keep it
+                // as a file backing that cannot open, so the segment is reported unavailable.
+                let backing = e.backing.parse().unwrap_or_else(|_| Backing::File {
+                    path: format!("<unknown backing {:?} in the catalog>", e.backing),
+                });
                 let info = SegmentInfo {
                     name: e.name.clone(),
                     id: e.id,
                     size_bytes: e.size_bytes,
-                    backing: e.backing.parse().unwrap_or(Backing::Zero),
+                    backing,
                 };
                 (info, e.partition.clone())
             })

@@ -44,6 +44,10 @@ pub struct Attachment {
     /// The page of this process's previous volume fault: tells a backward scan from a forward
     /// one, so private-copy runs go the way the process is reading.
     pub last_page: AtomicU64,
+    /// A handle on the lease connection, shut down when the daemon drops the attachment for
+    /// its own reasons (a broken uffd), so the client's watchdog takes over instead of faults
+    /// hanging.
+    pub lease: Option<std::os::unix::net::UnixStream>,
 }
 
 /// Why a segment I/O request failed.
@@ -74,6 +78,14 @@ pub enum IoError {
         segment: String,
         offset: u64,
         source: std::io::Error,
+    },
+    #[error("segment {segment}: write-protecting pages {first}..{} in pid {pid} for sync failed: {source}; the pages stay dirty", first + n)]
+    WriteProtect {
+        segment: String,
+        first: u64,
+        n: u64,
+        pid: i32,
+        source: UffdError,
     },
     #[error("segment {segment}: {source}")]
     Volume {
@@ -557,6 +569,7 @@ impl Segment {
         }
         let dirty = self.pages.pages_in(PageState::Dirty);
         let mut written = 0u64;
+        let mut runs = Vec::new();
         let mut buf = vec![0u8; (SYNC_RUN_PAGES * PS) as usize];
         let mut i = 0;
         while i < dirty.len() {
@@ -570,20 +583,34 @@ impl Segment {
                 n += 1;
             }
             i += n as usize;
-            written += self.sync_run(first, n, &mut buf)?;
+            match self.sync_run(first, n, &mut buf) {
+                Ok(w) => {
+                    written += w;
+                    runs.push((first, n));
+                }
+                Err(e) => {
+                    self.redirty(&runs);
+                    return Err(e);
+                }
+            }
         }
-        self.mapper.sync().map_err(|source| IoError::Mapper {
-            segment: self.info.name.clone(),
-            page: 0,
-            source,
-        })?;
+        if let Err(source) = self.mapper.sync() {
+            // The data may not be durable: pages still cached are written again next time.
+            self.redirty(&runs);
+            return Err(IoError::Mapper {
+                segment: self.info.name.clone(),
+                page: runs.first().map_or(0, |r| r.0),
+                source,
+            });
+        }
         Ok(written)
     }
 
+    /// Write back one run of Dirty pages. The run's stripe locks are held until its data is in
+    /// the file, so the evictor cannot drop a page marked Clean before its bytes are written.
     fn sync_run(&self, first: u64, n: u64, buf: &mut [u8]) -> Result<u64, IoError> {
         let guards: Vec<_> = (first..first + n).map(|p| lock(self.stripe(p))).collect();
-        // Re-check under the locks; pages are never Absent here (no eviction yet), but a run may
-        // have been cleaned by nothing else since sync is serialised: keep the check anyway.
+        // Re-check under the locks: a page may have been evicted (written back) since the scan.
         if (first..first + n).any(|p| self.pages.get(p) != PageState::Dirty) {
             drop(guards);
             let mut w = 0;
@@ -606,46 +633,52 @@ impl Segment {
             {
                 Ok(()) => {}
                 Err(e) if e.is_process_gone() => {}
-                Err(e) => log::warn!(
-                    "segment {}: write-protecting pages {first}..{} in pid {} for sync: {e}",
-                    self.info.name,
-                    first + n,
-                    a.pid
-                ),
-            }
-        }
-        for p in first..first + n {
-            self.set_state(p, PageState::Clean);
-        }
-        let bytes = &mut buf[..(n * PS) as usize];
-        let read = self.memfd.read_exact_at(bytes, first * PS);
-        drop(guards);
-        let fail_back = |this: &Segment| {
-            for p in first..first + n {
-                let _g = lock(this.stripe(p));
-                if this.pages.get(p) == PageState::Clean {
-                    this.pages.set(p, PageState::Dirty);
+                // A process that keeps a writable mapping would write without faulting: the
+                // pages must stay Dirty, and the sync fails.
+                Err(e) => {
+                    return Err(IoError::WriteProtect {
+                        segment: self.info.name.clone(),
+                        first,
+                        n,
+                        pid: a.pid,
+                        source: e,
+                    })
                 }
             }
-        };
-        if let Err(source) = read {
-            fail_back(self);
-            return Err(IoError::Memfd {
+        }
+        let bytes = &mut buf[..(n * PS) as usize];
+        self.memfd
+            .read_exact_at(bytes, first * PS)
+            .map_err(|source| IoError::Memfd {
                 segment: self.info.name.clone(),
                 offset: first * PS,
                 source,
-            });
-        }
-        if let Err(source) = self.mapper.write_at(first * PS, bytes) {
-            fail_back(self);
-            return Err(IoError::Mapper {
+            })?;
+        self.mapper
+            .write_at(first * PS, bytes)
+            .map_err(|source| IoError::Mapper {
                 segment: self.info.name.clone(),
                 page: first,
                 source,
-            });
+            })?;
+        for p in first..first + n {
+            self.set_state(p, PageState::Clean);
         }
+        drop(guards);
         bump(&self.counters.mapper_bytes_written, n * PS);
         Ok(n)
+    }
+
+    /// Mark the Clean pages of runs written by a failed sync Dirty again.
+    fn redirty(&self, runs: &[(u64, u64)]) {
+        for &(first, n) in runs {
+            for p in first..first + n {
+                let _g = lock(self.stripe(p));
+                if self.pages.get(p) == PageState::Clean {
+                    self.set_state(p, PageState::Dirty);
+                }
+            }
+        }
     }
 
     /// Forget every poisoned page: it becomes Absent, so the next access reloads it from the

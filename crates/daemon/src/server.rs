@@ -55,7 +55,10 @@ pub(crate) fn io_err(e: IoError) -> Response {
     let code = match e {
         IoError::OutOfRange { .. } => ErrorCode::InvalidArgument,
         IoError::Poisoned { .. } => ErrorCode::Poisoned,
-        IoError::Mapper { .. } | IoError::Memfd { .. } | IoError::Volume { .. } => ErrorCode::Io,
+        IoError::Mapper { .. }
+        | IoError::Memfd { .. }
+        | IoError::Volume { .. }
+        | IoError::WriteProtect { .. } => ErrorCode::Io,
         IoError::ReadOnly { .. } | IoError::PinLimit { .. } | IoError::PinUnsupported { .. } => {
             ErrorCode::InvalidArgument
         }
@@ -72,10 +75,23 @@ pub(crate) fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-fn open_mapper(backing: &Backing, size: Option<u64>) -> Result<(Box<dyn Mapper>, u64), String> {
+/// `Size::Create(Some(n))` creates or extends a file to `n` bytes (segment create);
+/// `Size::Existing(n)` requires an existing file of at least `n` bytes (daemon restart: a file
+/// that went missing or shrank must not silently become zeros).
+#[derive(Clone, Copy)]
+pub(crate) enum Size {
+    Create(Option<u64>),
+    Existing(u64),
+}
+
+fn open_mapper(backing: &Backing, size: Size) -> Result<(Box<dyn Mapper>, u64), String> {
+    let (size, must_exist) = match size {
+        Size::Create(s) => (s, None),
+        Size::Existing(n) => (None, Some(n)),
+    };
     match backing {
         Backing::Zero => {
-            let size = size.ok_or("a zero segment needs --size")?;
+            let size = size.or(must_exist).ok_or("a zero segment needs --size")?;
             Ok((Box::new(ZeroMapper), size))
         }
         Backing::Volume { .. } => Err("a volume segment has no mapper".into()),
@@ -89,6 +105,14 @@ fn open_mapper(backing: &Backing, size: Option<u64>) -> Result<(Box<dyn Mapper>,
             let len = m
                 .len_bytes()
                 .map_err(|e| format!("reading the size of {path}: {e}"))?;
+            if let Some(need) = must_exist {
+                if len < need {
+                    return Err(format!(
+                        "backing file {path} is {len} bytes, shorter than the segment ({need} bytes): restore it"
+                    ));
+                }
+                return Ok((Box::new(m), need));
+            }
             let size = size.unwrap_or(len);
             Ok((Box::new(m), size))
         }
@@ -98,7 +122,7 @@ fn open_mapper(backing: &Backing, size: Option<u64>) -> Result<(Box<dyn Mapper>,
 /// Build a segment's node-local state from its description.
 pub(crate) fn build_segment(
     info: &SegmentInfo,
-    size: Option<u64>,
+    size: Size,
     volumes: &HashMap<String, Arc<Volume>>,
     memory: Option<Memory>,
 ) -> Result<Segment, String> {
@@ -143,7 +167,7 @@ impl Daemon {
         let mut segments = HashMap::new();
         for (info, partition) in catalog.segments() {
             let memory = crate::partitions::memory_for(&pool, &info.backing, &partition);
-            match memory.and_then(|m| build_segment(&info, Some(info.size_bytes), &volumes, m)) {
+            match memory.and_then(|m| build_segment(&info, Size::Existing(info.size_bytes), &volumes, m)) {
                 Ok(seg) => {
                     let seg = Arc::new(seg);
                     pool.register(&seg);
@@ -376,7 +400,18 @@ impl Daemon {
             );
             return;
         }
-        let uffd = Uffd::from_owned(fds.pop().expect("one fd"));
+        let uffd = match Uffd::from_received(fds.pop().expect("one fd")) {
+            Ok(u) => u,
+            Err(e) => {
+                log::warn!("pid {pid}: refused its uffd: {e}");
+                let _ = write_frame(
+                    &sock,
+                    &err(ErrorCode::InvalidArgument, format!("RegisterUffd: {e}")),
+                    &[],
+                );
+                return;
+            }
+        };
         let att = Arc::new(Attachment {
             id,
             pid,
@@ -385,6 +420,7 @@ impl Daemon {
             len,
             segment: Arc::clone(&seg),
             last_page: std::sync::atomic::AtomicU64::new(0),
+            lease: sock.try_clone().ok(),
         });
         if let Err(e) = self.workers.add(att) {
             let _ = write_frame(
@@ -610,7 +646,7 @@ impl Daemon {
                 Ok(m) => m,
                 Err(e) => return err(ErrorCode::NotFound, format!("segment {name}: {e}")),
             };
-            match build_segment(&info0, req_size, &volumes, memory) {
+            match build_segment(&info0, Size::Create(req_size), &volumes, memory) {
                 Ok(s) => s,
                 Err(e) => return err(ErrorCode::InvalidArgument, format!("segment {name}: {e}")),
             }

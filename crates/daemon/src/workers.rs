@@ -67,6 +67,9 @@ impl Workers {
             .remove(&id)?;
         let _ = self.epoll.remove(a.uffd.as_fd());
         a.segment.detach(id);
+        if let Some(l) = &a.lease {
+            let _ = l.shutdown(std::net::Shutdown::Both);
+        }
         Some(a)
     }
 
@@ -126,12 +129,15 @@ fn serve(a: &Arc<Attachment>, ev: &Event, scratch: &mut [u8]) {
         } => {
             if address < a.base || address >= a.base + a.len {
                 log::error!(
-                    "pid {}: fault at {address:#x} outside its mapping {:#x}+{:#x}; waking it",
+                    "pid {}: fault at {address:#x} outside its mapping {:#x}+{:#x}; sending SIGBUS",
                     a.pid,
                     a.base,
                     a.len
                 );
-                let _ = a.uffd.wake(address & !(PAGE_SIZE - 1), PAGE_SIZE);
+                let page = address & !(PAGE_SIZE - 1);
+                if !matches!(a.uffd.poison(page, PAGE_SIZE, true), Ok(n) if n == PAGE_SIZE) {
+                    let _ = a.uffd.wake(page, PAGE_SIZE);
+                }
                 return;
             }
             let page = (address - a.base) / PAGE_SIZE;

@@ -112,9 +112,13 @@ impl UffdError {
         self.source.raw_os_error() == Some(libc::EEXIST)
     }
 
-    /// The process whose address space the uffd belongs to has exited.
+    /// The process whose address space the uffd belongs to has exited (ESRCH), or the range is
+    /// no longer registered there because it was unmapped (ENOENT): nothing to serve.
     pub fn is_process_gone(&self) -> bool {
-        self.source.raw_os_error() == Some(libc::ESRCH)
+        matches!(
+            self.source.raw_os_error(),
+            Some(libc::ESRCH) | Some(libc::ENOENT)
+        )
     }
 
     /// A non-cooperative event is pending: drain events, then retry.
@@ -235,6 +239,34 @@ impl Uffd {
     /// Wrap a uffd received from another process (its API handshake is already done).
     pub fn from_owned(fd: OwnedFd) -> Uffd {
         Uffd { fd }
+    }
+
+    /// Wrap an fd received from an untrusted client, checking that it is a userfaultfd and
+    /// non-blocking (a blocking one would hang a fault worker in `read`, and epoll reports
+    /// POLLERR on it forever).
+    pub fn from_received(fd: OwnedFd) -> io::Result<Uffd> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+        if link.as_os_str() != "anon_inode:[userfaultfd]" {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the fd sent as a uffd is {}, not a userfaultfd",
+                    link.display()
+                ),
+            ));
+        }
+        // SAFETY: F_GETFL takes no argument and only reads the fd's flags.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if flags & libc::O_NONBLOCK == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the uffd must be opened O_NONBLOCK",
+            ));
+        }
+        Ok(Uffd { fd })
     }
 
     /// A second handle to the same uffd (`dup`).
