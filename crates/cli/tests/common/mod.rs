@@ -194,3 +194,85 @@ pub fn stat_json(d: &Daemon, name: &str) -> serde_json::Value {
 pub fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).expect("metadata").len()
 }
+
+impl Daemon {
+    /// Start a daemon with extra `daemon` flags.
+    pub fn start_with(extra: &[&str]) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("pagemesh-test-")
+            .tempdir()
+            .expect("temp dir");
+        let socket = dir.path().join("pm.sock");
+        let data_dir = dir.path().join("data");
+        let mut d = Daemon {
+            dir,
+            socket,
+            data_dir,
+            child: None,
+        };
+        d.spawn_with(extra);
+        d
+    }
+
+    fn spawn_with(&mut self, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args([
+                "daemon",
+                "--log-level",
+                "debug",
+                "--workers",
+                "2",
+                "--data-dir",
+            ])
+            .arg(&self.data_dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pagemesh::Client::connect(&self.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's memory: its RSS plus the pages of every memfd it holds (segment caches).
+    pub fn memory_bytes(&self) -> u64 {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss_kib: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut memfd = 0;
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for fd in fds.flatten() {
+                let is_memfd = std::fs::read_link(fd.path())
+                    .map(|l| l.to_string_lossy().starts_with("/memfd:"))
+                    .unwrap_or(false);
+                if is_memfd {
+                    use std::os::unix::fs::MetadataExt;
+                    memfd += std::fs::metadata(fd.path())
+                        .map(|m| m.blocks() * 512)
+                        .unwrap_or(0);
+                }
+            }
+        }
+        rss_kib * 1024 + memfd
+    }
+}

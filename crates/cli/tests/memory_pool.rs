@@ -1,0 +1,267 @@
+//! The memory pool end to end: a budget far below the data, paging, partitions, pinning and
+//! paging errors, with real daemons, processes and uffds.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{finish, stat_json, Daemon};
+
+const MIB: u64 = 1 << 20;
+
+fn partition_json(d: &Daemon, name: &str) -> serde_json::Value {
+    let out = d.run(&["partition", "stat", name, "--json"]).ok();
+    serde_json::from_slice(&out.stdout).expect("partition stat --json is JSON")
+}
+
+/// Documented slack over --memory for the daemon's RSS + memfd pages (see ARCHITECTURE.md).
+const SLACK_BYTES: u64 = 32 * MIB;
+
+#[test]
+fn four_gib_segment_in_a_512mib_budget() {
+    let d = Daemon::start_with(&["--memory", "512MiB", "--paging-device-size", "5GiB"]);
+    d.run(&["segment", "create", "big", "--size", "4GiB"]).ok();
+    let peak = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(d.memory_bytes(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let w = d.spawn_cmd(
+            &["memtest", "big", "--write", "21", "--threads", "2"],
+            false,
+        );
+        let w = finish(w, &[], Duration::from_secs(600), &["write 4 GiB"]);
+        let v = d.spawn_cmd(
+            &["memtest", "big", "--verify", "21", "--threads", "2"],
+            false,
+        );
+        let v = finish(v, &[], Duration::from_secs(600), &["verify 4 GiB"]);
+        done.store(true, Ordering::Relaxed);
+        w.ok();
+        v.ok();
+    });
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(peak > 0, "no memory sample taken");
+    assert!(
+        peak <= 512 * MIB + SLACK_BYTES,
+        "daemon RSS + memfd pages peaked at {} MiB",
+        peak / MIB
+    );
+    let st = stat_json(&d, "big");
+    let paged = st["paged_pages"].as_u64().unwrap();
+    let resident = st["resident_pages"].as_u64().unwrap();
+    assert_eq!(
+        paged + resident,
+        (4u64 << 30) / 4096,
+        "every page is resident or paged: {st}"
+    );
+    assert!(
+        paged * 4096 >= 3 * (1u64 << 30),
+        "the paging device holds the rest: {st}"
+    );
+    assert_eq!(st["poisoned_pages"], 0);
+    eprintln!(
+        "peak daemon memory {} MiB, paged {} MiB",
+        peak / MIB,
+        paged * 4096 / MIB
+    );
+}
+
+#[test]
+fn a_partition_min_is_kept_while_another_thrashes() {
+    let d = Daemon::start_with(&["--memory", "512MiB", "--paging-device-size", "3GiB"]);
+    d.run(&["partition", "create", "gold", "--min", "300MiB"])
+        .ok();
+    d.run(&["partition", "create", "scratch"]).ok();
+    d.run(&[
+        "segment",
+        "create",
+        "keep",
+        "--size",
+        "400MiB",
+        "--partition",
+        "gold",
+    ])
+    .ok();
+    d.run(&[
+        "segment",
+        "create",
+        "churn",
+        "--size",
+        "1GiB",
+        "--partition",
+        "scratch",
+    ])
+    .ok();
+    d.run(&["memtest", "keep", "--write", "1"]).ok();
+    let low = AtomicU64::new(u64::MAX);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                let r = partition_json(&d, "gold")["resident_bytes"]
+                    .as_u64()
+                    .unwrap();
+                low.fetch_min(r, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        for seed in [2, 3] {
+            let c = d.spawn_cmd(&["memtest", "churn", "--write", &seed.to_string()], false);
+            finish(c, &[], Duration::from_secs(300), &["churn"]).ok();
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    let low = low.load(Ordering::Relaxed);
+    assert!(
+        low >= 300 * MIB,
+        "partition gold fell to {} MiB, below its 300 MiB min",
+        low / MIB
+    );
+    let scratch = partition_json(&d, "scratch");
+    assert!(
+        scratch["evictions"].as_u64().unwrap() > 0,
+        "scratch did not thrash: {scratch}"
+    );
+    d.run(&["memtest", "keep", "--verify", "1"]).ok();
+    d.run(&["memtest", "churn", "--verify", "3"]).ok();
+}
+
+#[test]
+fn pinned_pages_stay_and_pinning_past_the_max_fails() {
+    let d = Daemon::start_with(&["--memory", "128MiB", "--paging-device-size", "1GiB"]);
+    d.run(&["partition", "create", "small", "--max", "16MiB"])
+        .ok();
+    d.run(&[
+        "segment",
+        "create",
+        "p",
+        "--size",
+        "64MiB",
+        "--partition",
+        "small",
+    ])
+    .ok();
+    d.run(&["segment", "create", "other", "--size", "512MiB"])
+        .ok();
+    d.run(&["memtest", "p", "--write", "8", "--len", "8MiB"])
+        .ok();
+    d.run(&["segment", "pin", "p", "--offset", "0", "--len", "8MiB"])
+        .ok();
+    let e = d.run(&["segment", "pin", "p", "--offset", "8MiB", "--len", "16MiB"]);
+    assert!(
+        !e.status.success()
+            && e.stderr
+                .contains("would exceed what partition small may pin"),
+        "{}",
+        e.stderr
+    );
+    // Pressure from another segment: the pinned pages never leave.
+    d.run(&["memtest", "other", "--write", "9"]).ok();
+    for page in [0u64, 1000, 2047] {
+        let out = d
+            .run(&[
+                "segment",
+                "stat",
+                "p",
+                "--page",
+                &page.to_string(),
+                "--json",
+            ])
+            .ok();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["pinned"].as_bool().unwrap(), "{v}");
+        assert!(
+            v["state"] == "dirty" || v["state"] == "clean",
+            "pinned page {page} left memory: {v}"
+        );
+    }
+    assert_eq!(stat_json(&d, "p")["pinned_pages"], 2048);
+    d.run(&["segment", "unpin", "p"]).ok();
+    assert_eq!(stat_json(&d, "p")["pinned_pages"], 0);
+    d.run(&["memtest", "p", "--verify", "8", "--len", "8MiB"])
+        .ok();
+}
+
+#[test]
+fn a_corrupt_paging_slot_poisons_exactly_that_page() {
+    let d = Daemon::start_with(&["--memory", "64MiB", "--paging-device-size", "1GiB"]);
+    d.run(&["segment", "create", "s", "--size", "256MiB"]).ok();
+    d.run(&["memtest", "s", "--write", "13"]).ok();
+    let page = 10u64;
+    let out = d
+        .run(&[
+            "segment",
+            "stat",
+            "s",
+            "--page",
+            &page.to_string(),
+            "--json",
+        ])
+        .ok();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["state"], "paged",
+        "page {page} should have been paged out: {v}"
+    );
+    let slot = v["slot"].as_u64().unwrap();
+    // Corrupt the slot on the device itself.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.data_dir.join("paging.swap"))
+            .unwrap();
+        f.write_all_at(&[0xA5; 64], slot * 4096 + 128).unwrap();
+    }
+    let off = (page * 4096).to_string();
+    let out = d.run(&[
+        "memtest", "s", "--verify", "13", "--offset", &off, "--len", "4096",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGBUS),
+        "{}{}",
+        out.stdout_str(),
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("SIGBUS at segment offset {:#x}", page * 4096)),
+        "{}",
+        out.stderr
+    );
+    // Everything else verifies, from another process.
+    d.run(&["memtest", "s", "--verify", "13", "--len", &off])
+        .ok();
+    let rest = (page + 1) * 4096;
+    d.run(&[
+        "memtest",
+        "s",
+        "--verify",
+        "13",
+        "--offset",
+        &rest.to_string(),
+    ])
+    .ok();
+    assert_eq!(stat_json(&d, "s")["poisoned_pages"], 1);
+    assert_eq!(partition_json(&d, "default")["paging_errors"], 1);
+    let log = d.log();
+    assert!(
+        log.contains("segment s page 10")
+            && log.contains("partition default")
+            && log.contains("checksum mismatch"),
+        "the log does not name segment, page, partition and cause: {log}"
+    );
+    // clear-poison: a zero segment's page comes back as zeros.
+    d.run(&["segment", "clear-poison", "s"]).ok();
+    let z = d
+        .run(&["segment", "read", "s", "--offset", &off, "--len", "8"])
+        .ok();
+    assert_eq!(z.stdout, vec![0u8; 8]);
+}
