@@ -29,6 +29,9 @@ pub enum BenchCmd {
     /// per block), versus each process mmap'ing its own copy of the image (no sharing), versus
     /// all mmap'ing the one file. Wall time and memory used.
     Volume(VolumeBench),
+    /// Sequential write and read of a zero segment 4x larger than the daemon's memory budget
+    /// (paging to the paging device), beside the same scan of a segment that fits in memory.
+    Overcommit(OvercommitBench),
     /// (internal) mmap FILE read-only and print the SHA-256 of its bytes.
     #[command(hide = true)]
     MmapHash { file: PathBuf },
@@ -53,11 +56,23 @@ pub struct VolumeBench {
     pub json: bool,
 }
 
+#[derive(Args)]
+pub struct OvercommitBench {
+    /// The bench daemon's --memory; the overcommitted segment is 4x this.
+    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    pub memory: u64,
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
 const CASE_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCmd::Volume(b) => volume(b),
+        BenchCmd::Overcommit(b) => overcommit(b),
         BenchCmd::MmapHash { file } => {
             let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
             let len = f.metadata()?.len() as usize;
@@ -386,4 +401,75 @@ fn mmap_reader(socket: &Path, file: &Path, i: usize) -> anyhow::Result<Proc> {
         ],
         format!("mmap reader {i}"),
     )
+}
+
+/// MB/s of one `memtest` pass over a whole segment.
+fn memtest_rate(socket: &Path, seg: &str, op: &str, size: u64) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let p = spawn(
+        socket,
+        &["memtest".into(), seg.into(), op.into(), "77".into()],
+        format!("memtest {op} {seg}"),
+    )?;
+    wait_all(vec![p], CASE_TIMEOUT)?;
+    Ok(size as f64 / t.elapsed().as_secs_f64() / 1e6)
+}
+
+fn overcommit(b: OvercommitBench) -> anyhow::Result<ExitCode> {
+    if b.runs == 0 || b.memory < (64 << 20) {
+        bail!("--runs must be positive and --memory at least 64MiB");
+    }
+    let mem = b.memory.to_string();
+    let paging = (b.memory * 6).to_string();
+    let d = PrivateDaemon::start(
+        "pagemesh-bench-",
+        &["--memory", &mem, "--paging-device-size", &paging],
+    )?;
+    let (fit, over) = (b.memory / 2 / 4096 * 4096, b.memory * 4);
+    let (mut wf, mut rf, mut wo, mut ro) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..b.runs {
+        for (name, size, w, r) in [
+            ("fit", fit, &mut wf, &mut rf),
+            ("over", over, &mut wo, &mut ro),
+        ] {
+            d.client.create_segment(name, Some(size), Backing::Zero)?;
+            w.push(memtest_rate(&d.socket, name, "--write", size)?);
+            r.push(memtest_rate(&d.socket, name, "--verify", size)?);
+            d.client.remove_segment(name)?;
+        }
+        if !b.json {
+            eprintln!("run {}/{} done", run + 1, b.runs);
+        }
+    }
+    if !b.json {
+        println!(
+            "sequential scan of a zero segment 4x the --memory {} budget (paged) vs one that fits ({}); MB/s",
+            ByteSize(b.memory),
+            ByteSize(fit)
+        );
+        println!(
+            "{:<8} {:<34} {:>5} {:>10} {:>10} {:>7}",
+            "bench", "metric", "unit", "pagemesh", "baseline", "ratio"
+        );
+    }
+    report(
+        b.json,
+        "overcommit",
+        "seq_write_4x_overcommit_vs_in_memory",
+        "MB/s",
+        &wo,
+        &wf,
+        "higher",
+    );
+    report(
+        b.json,
+        "overcommit",
+        "seq_read_4x_overcommit_vs_in_memory",
+        "MB/s",
+        &ro,
+        &rf,
+        "higher",
+    );
+    d.stop();
+    Ok(ExitCode::SUCCESS)
 }
