@@ -175,7 +175,8 @@ impl Mapping {
         Ok(())
     }
 
-    /// The segment as `u64` atomics, shared with every attached process.
+    /// The segment as `u64` atomics, shared with every attached process (on a volume segment
+    /// the mapping is private: atomics there are this process's own).
     pub fn atomics_u64(&self) -> &[AtomicU64] {
         let words = self.len() / 8;
         &self.shared.map.atomics_u64()[..words]

@@ -94,6 +94,42 @@ const _: () = assert!(
             size_of::<uffdio_range>()
         )
 );
+const _: () = assert!(
+    UFFDIO_API
+        == ioc(
+            IOC_READ | IOC_WRITE,
+            UFFDIO_TYPE,
+            linux_raw_sys::general::_UFFDIO_API,
+            size_of::<uffdio_api>()
+        )
+);
+const _: () = assert!(
+    UFFDIO_REGISTER
+        == ioc(
+            IOC_READ | IOC_WRITE,
+            UFFDIO_TYPE,
+            linux_raw_sys::general::_UFFDIO_REGISTER,
+            size_of::<uffdio_register>()
+        )
+);
+const _: () = assert!(
+    UFFDIO_UNREGISTER
+        == ioc(
+            IOC_READ,
+            UFFDIO_TYPE,
+            linux_raw_sys::general::_UFFDIO_UNREGISTER,
+            size_of::<uffdio_range>()
+        )
+);
+const _: () = assert!(
+    UFFDIO_ZEROPAGE
+        == ioc(
+            IOC_READ | IOC_WRITE,
+            UFFDIO_TYPE,
+            linux_raw_sys::general::_UFFDIO_ZEROPAGE,
+            size_of::<uffdio_zeropage>()
+        )
+);
 const _: () = assert!(size_of::<uffd_msg>() == 32);
 
 /// Mode bits missing from the bindings (include/uapi/linux/userfaultfd.h).
