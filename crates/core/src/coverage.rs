@@ -57,7 +57,7 @@ branches! {
     FlushMapperWriteFailed,
     PeerRestartRescue,
     PeerRestartAbortTxn,
-    PeerRestartFinishInval,
+    PeerRestartFinishInFlight,
     PeerRestartHome,
     PeerRestartPoison,
     HomeRetransmit,

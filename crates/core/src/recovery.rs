@@ -23,10 +23,17 @@ impl Directory {
             p.cleared.remove(&peer);
             p.queue.retain(|w| w.requester() != Some(peer));
             if let Some(mut t) = p.txn.take() {
-                if t.work.requester() == Some(peer) && matches!(t.stage, Stage::Inval { .. }) {
-                    // Holders may or may not have dropped their copies: finish invalidating so
-                    // the directory stays exact, then keep the contents if only we have them.
-                    io.hit(Branch::PeerRestartFinishInval);
+                let in_flight = matches!(
+                    t.stage,
+                    Stage::Inval { .. } | Stage::MapperWrite { .. } | Stage::Intent { .. }
+                );
+                if t.work.requester() == Some(peer) && in_flight {
+                    // Finish what is in flight first: holders may or may not have dropped their
+                    // copies, and a mapper or intent write may or may not have landed; a next
+                    // transaction must not overtake them (the directory would no longer match
+                    // the copies or the durable state). Then keep the contents if only we have
+                    // them.
+                    io.hit(Branch::PeerRestartFinishInFlight);
                     t.work = Work::Flush { job: None };
                     p.txn = Some(t);
                 } else if t.work.requester() == Some(peer) {

@@ -1,11 +1,47 @@
 //! The durable side of the simulated world: each segment's mapper (with latency and, while
 //! faults are on, failures) and the write intents kept next to it.
 
-use crate::world::{Violation, World};
+use crate::world::{Ev, Violation, World};
 use pagemesh_core::{MapperError, MapperToken, PageData, PageKey};
 use pagemesh_types::{NodeId, SegmentId};
 
 impl World {
+    /// Node `i` died: each of its writes to durable storage either landed or not, now — never
+    /// after a later incarnation has started.
+    pub(crate) fn settle_io_of_dead(&mut self, i: usize) {
+        let ids: Vec<u64> = self
+            .events
+            .iter()
+            .filter(|(_, ev)| {
+                matches!(ev, Ev::MapperWrite { node, .. } | Ev::IntentWrite { node, .. } if *node == i)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(ev) = self.events.remove(&id) else {
+                continue;
+            };
+            if !self.rng.chance(0.5) {
+                continue;
+            }
+            match ev {
+                Ev::MapperWrite { page, value, .. } => {
+                    self.mapper.insert(page, value);
+                }
+                Ev::IntentWrite {
+                    page, dirty: true, ..
+                } => {
+                    self.intents.insert(page);
+                }
+                Ev::IntentWrite {
+                    page, dirty: false, ..
+                } => {
+                    self.intents.remove(&page);
+                }
+                _ => {}
+            }
+        }
+    }
     /// A mapper read completes (or fails, while faults are on).
     pub(crate) fn mapper_read(
         &mut self,

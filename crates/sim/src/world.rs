@@ -140,7 +140,7 @@ pub struct World {
     pub(crate) step: u64,
     next_ev: u64,
     queue: BinaryHeap<Reverse<(u64, u64)>>,
-    events: BTreeMap<u64, Ev>,
+    pub(crate) events: BTreeMap<u64, Ev>,
     pub(crate) nodes: Vec<SimNode>,
     pub(crate) segs: Vec<SegmentInfo>,
     /// Durable mapper contents (each segment's mapper lives with its home).
@@ -440,6 +440,7 @@ impl World {
     /// Node `i` dies: its cache, its in-flight operations and its processes' state are gone.
     fn crash(&mut self, i: usize) {
         self.mark_lost_by_crash(i);
+        self.settle_io_of_dead(i);
         self.stats.crashes += 1;
         let n = &mut self.nodes[i];
         if let Some(c) = n.core.take() {
