@@ -51,6 +51,24 @@ fn a_crowded_cluster_with_a_bad_network_passes() {
 }
 
 #[test]
+fn frequent_crashes_of_homes_and_nodes_with_a_failing_mapper_pass() {
+    // The configuration that found the aborted-intent-clear bug.
+    let cfg = SimConfig {
+        nodes: 5,
+        pages: 2,
+        crash_rate: 0.02,
+        partition_rate: 0.01,
+        drop_rate: 0.1,
+        mapper_fail_rate: 0.05,
+        ..SimConfig::default()
+    };
+    let out = run_seeds(&cfg, 300_000, 300, threads());
+    if let Some(f) = &out.failure {
+        panic!("{f}");
+    }
+}
+
+#[test]
 fn injected_bug_is_caught() {
     // The core's home grants write access while one invalidation ack is outstanding.
     let cfg = SimConfig {
