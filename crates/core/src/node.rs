@@ -93,6 +93,12 @@ impl Node {
         std::mem::take(&mut self.io.out)
     }
 
+    /// Move the outputs produced since the last call to the end of `into`, keeping this node's
+    /// buffer (and its capacity): the allocation-free form of [`Node::take_outputs`].
+    pub fn drain_outputs(&mut self, into: &mut Vec<Output>) {
+        into.append(&mut self.io.out);
+    }
+
     /// A message arrived (possibly from this node itself).
     pub fn step(&mut self, now_ms: u64, env: Envelope) {
         self.io.now_ms = now_ms;

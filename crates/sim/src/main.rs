@@ -79,9 +79,9 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
     }
-    if a.cfg.nodes < 3 || a.cfg.pages < 2 || a.cfg.max_delay_ms == 0 || a.cfg.max_mapper_ms == 0 {
+    if a.cfg.nodes < 3 || a.cfg.pages < 1 || a.cfg.max_delay_ms == 0 || a.cfg.max_mapper_ms == 0 {
         return Err(format!(
-            "need --nodes >= 3, --pages >= 2, --max-delay >= 1, --mapper-ms >= 1\n{USAGE}"
+            "need --nodes >= 3, --pages >= 1, --max-delay >= 1, --mapper-ms >= 1\n{USAGE}"
         ));
     }
     if a.seed.is_none() == a.seeds.is_none() {
