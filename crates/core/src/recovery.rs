@@ -2,7 +2,7 @@
 //! epoch (everything the old incarnation held or asked for is void).
 
 use crate::coverage::Branch;
-use crate::directory::{Directory, Stage, Work};
+use crate::directory::{DirPage, Directory, Stage, Txn, Work};
 use crate::ids::PageKey;
 use crate::io::Io;
 use crate::msg::Msg;
@@ -22,48 +22,8 @@ impl Directory {
             p.served.remove(&peer);
             p.cleared.remove(&peer);
             p.queue.retain(|w| w.requester() != Some(peer));
-            if let Some(mut t) = p.txn.take() {
-                let in_flight = matches!(
-                    t.stage,
-                    Stage::Inval { .. } | Stage::MapperWrite { .. } | Stage::Intent { .. }
-                );
-                if t.work.requester() == Some(peer) && in_flight {
-                    // Finish what is in flight first: holders may or may not have dropped their
-                    // copies, and a mapper or intent write may or may not have landed; a next
-                    // transaction must not overtake them (the directory would no longer match
-                    // the copies or the durable state). Then keep the contents if only we have
-                    // them.
-                    io.hit(Branch::PeerRestartFinishInFlight);
-                    t.work = Work::Flush { job: None };
-                    p.txn = Some(t);
-                } else if t.work.requester() == Some(peer) {
-                    let has_current = t.data.as_ref().is_some_and(|(v, _)| *v == p.version);
-                    if has_current && p.version > p.durable && p.holders().is_empty() {
-                        // The requester held nothing; the contents it was going to get exist
-                        // only here: write them to the mapper instead of losing them.
-                        io.hit(Branch::PeerRestartRescue);
-                        t.work = Work::Flush { job: None };
-                        t.stage = Stage::Plan;
-                        p.txn = Some(t);
-                    } else {
-                        io.hit(Branch::PeerRestartAbortTxn);
-                    }
-                } else {
-                    match &mut t.stage {
-                        Stage::Fetch { from, .. } if *from == peer => {
-                            t.tried.insert(peer);
-                            t.stage = Stage::Plan;
-                        }
-                        Stage::Inval { pending } => {
-                            pending.remove(&peer);
-                            if pending.is_empty() {
-                                t.stage = Stage::Plan;
-                            }
-                        }
-                        _ => {}
-                    }
-                    p.txn = Some(t);
-                }
+            if let Some(t) = p.txn.take() {
+                p.txn = txn_after_restart(io, p, t, peer);
             }
             if held {
                 io.hit(Branch::PeerRestartHome);
@@ -125,4 +85,48 @@ impl Directory {
             }
         }
     }
+}
+
+/// What becomes of a page's transaction when `peer` restarted.
+fn txn_after_restart(io: &mut Io, p: &DirPage, mut t: Txn, peer: NodeId) -> Option<Txn> {
+    let in_flight = matches!(
+        t.stage,
+        Stage::Inval { .. } | Stage::MapperWrite { .. } | Stage::Intent { .. }
+    );
+    if t.work.requester() == Some(peer) && in_flight {
+        // Finish what is in flight first: holders may or may not have dropped their copies, and
+        // a mapper or intent write may or may not have landed; a next transaction must not
+        // overtake them (the directory would no longer match the copies or the durable state).
+        // Then keep the contents if only we have them.
+        io.hit(Branch::PeerRestartFinishInFlight);
+        t.work = Work::Flush { job: None };
+        return Some(t);
+    }
+    if t.work.requester() == Some(peer) {
+        let has_current = t.data.as_ref().is_some_and(|(v, _)| *v == p.version);
+        if has_current && p.version > p.durable && p.holders().is_empty() {
+            // The requester held nothing; the contents it was going to get exist only here:
+            // write them to the mapper instead of losing them.
+            io.hit(Branch::PeerRestartRescue);
+            t.work = Work::Flush { job: None };
+            t.stage = Stage::Plan;
+            return Some(t);
+        }
+        io.hit(Branch::PeerRestartAbortTxn);
+        return None;
+    }
+    match &mut t.stage {
+        Stage::Fetch { from, .. } if *from == peer => {
+            t.tried.insert(peer);
+            t.stage = Stage::Plan;
+        }
+        Stage::Inval { pending } => {
+            pending.remove(&peer);
+            if pending.is_empty() {
+                t.stage = Stage::Plan;
+            }
+        }
+        _ => {}
+    }
+    Some(t)
 }

@@ -1,11 +1,67 @@
 //! The durable side of the simulated world: each segment's mapper (with latency and, while
 //! faults are on, failures) and the write intents kept next to it.
 
-use crate::world::{Ev, Violation, World};
-use pagemesh_core::{MapperError, MapperToken, PageData, PageKey};
+use crate::world::{fail, Ev, Violation, World};
+use pagemesh_core::{MapperError, MapperToken, Output, PageData, PageKey};
 use pagemesh_types::{NodeId, SegmentId};
 
+/// The value an 8-byte simulated page holds.
+fn value_of(d: &PageData) -> Option<u64> {
+    match d {
+        PageData::Zero => Some(0),
+        PageData::Bytes(b) => b.as_slice().try_into().ok().map(u64::from_le_bytes),
+        PageData::Local => None,
+    }
+}
+
 impl World {
+    /// Schedule the completion of a mapper or intent I/O that node `i` asked for.
+    pub(crate) fn start_io(&mut self, i: usize, o: Output) -> Result<(), Violation> {
+        let d = self.rng.range(1, self.cfg.max_mapper_ms);
+        let epoch = self.nodes[i].epoch;
+        let node = i;
+        let ev = match o {
+            Output::MapperRead { token, page } => Ev::MapperRead {
+                node,
+                epoch,
+                token,
+                page,
+            },
+            Output::MapperWrite { token, page, data } => {
+                let Some(value) = value_of(&data) else {
+                    return Err(fail(
+                        self,
+                        Some(page),
+                        format!("node{i}: mapper write of unresolved data"),
+                    ));
+                };
+                Ev::MapperWrite {
+                    node,
+                    epoch,
+                    token,
+                    page,
+                    value,
+                }
+            }
+            Output::IntentWrite { token, page, dirty } => Ev::IntentWrite {
+                node,
+                epoch,
+                token,
+                page,
+                dirty,
+            },
+            Output::IntentRead { token, seg } => Ev::IntentRead {
+                node,
+                epoch,
+                token,
+                seg,
+            },
+            _ => return Ok(()),
+        };
+        self.schedule(d, ev);
+        Ok(())
+    }
+
     /// Node `i` died: each of its writes to durable storage either landed or not, now — never
     /// after a later incarnation has started.
     pub(crate) fn settle_io_of_dead(&mut self, i: usize) {

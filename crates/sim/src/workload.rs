@@ -198,67 +198,10 @@ impl World {
                 self.nodes[i].mem.remove(&page);
             }
             Output::Unprotect { .. } | Output::Downgrade { .. } => {}
-            Output::MapperRead { token, page } => {
-                let d = self.rng.range(1, self.cfg.max_mapper_ms);
-                let epoch = self.nodes[i].epoch;
-                self.schedule(
-                    d,
-                    Ev::MapperRead {
-                        node: i,
-                        epoch,
-                        token,
-                        page,
-                    },
-                );
-            }
-            Output::MapperWrite { token, page, data } => {
-                let Some(value) = data_value(&data) else {
-                    return Err(fail(
-                        self,
-                        Some(page),
-                        format!("{me}: mapper write of unresolved data"),
-                    ));
-                };
-                let d = self.rng.range(1, self.cfg.max_mapper_ms);
-                let epoch = self.nodes[i].epoch;
-                self.schedule(
-                    d,
-                    Ev::MapperWrite {
-                        node: i,
-                        epoch,
-                        token,
-                        page,
-                        value,
-                    },
-                );
-            }
-            Output::IntentWrite { token, page, dirty } => {
-                let d = self.rng.range(1, self.cfg.max_mapper_ms);
-                let epoch = self.nodes[i].epoch;
-                self.schedule(
-                    d,
-                    Ev::IntentWrite {
-                        node: i,
-                        epoch,
-                        token,
-                        page,
-                        dirty,
-                    },
-                );
-            }
-            Output::IntentRead { token, seg } => {
-                let d = self.rng.range(1, self.cfg.max_mapper_ms);
-                let epoch = self.nodes[i].epoch;
-                self.schedule(
-                    d,
-                    Ev::IntentRead {
-                        node: i,
-                        epoch,
-                        token,
-                        seg,
-                    },
-                );
-            }
+            o @ (Output::MapperRead { .. }
+            | Output::MapperWrite { .. }
+            | Output::IntentWrite { .. }
+            | Output::IntentRead { .. }) => self.start_io(i, o)?,
             Output::FaultDone {
                 fault,
                 page,
