@@ -3,7 +3,9 @@
 //! One byte a page: the state in the low bits, and two flags: REFERENCED (faulted since the
 //! evictor's clock hand last passed; a second chance) and PINNED (never evicted).
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use pagemesh_store::paging::Slot;
 use std::sync::OnceLock;
 
 /// State of one page in this node's page cache.
@@ -209,6 +211,52 @@ impl PageTable {
     }
 }
 
+/// The paging slot of each page (4 bytes a page, in chunks allocated on first use): compact
+/// where a map would cost ~32 bytes a paged-out page. Writers hold the page's stripe lock.
+pub struct SlotTable {
+    chunks: Box<[OnceLock<Box<[AtomicU32]>>]>,
+}
+
+impl SlotTable {
+    pub fn new(npages: u64) -> SlotTable {
+        SlotTable {
+            chunks: (0..npages.div_ceil(CHUNK_PAGES))
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// The page's slot, if it has one.
+    pub fn get(&self, page: u64) -> Option<Slot> {
+        let v = self.chunks[(page / CHUNK_PAGES) as usize].get()?[(page % CHUNK_PAGES) as usize]
+            .load(Ordering::Acquire);
+        v.checked_sub(1).map(Slot)
+    }
+
+    pub fn set(&self, page: u64, slot: Option<Slot>) {
+        let chunk = self.chunks[(page / CHUNK_PAGES) as usize]
+            .get_or_init(|| (0..CHUNK_PAGES).map(|_| AtomicU32::new(0)).collect());
+        let v = slot.map_or(0, |s| {
+            s.0.checked_add(1)
+                .expect("slot numbers stay below u32::MAX")
+        });
+        chunk[(page % CHUNK_PAGES) as usize].store(v, Ordering::Release);
+    }
+
+    /// Remove and return every slot (the segment is going away).
+    pub fn take_all(&self) -> Vec<Slot> {
+        let mut out = Vec::new();
+        for chunk in self.chunks.iter().filter_map(OnceLock::get) {
+            for c in chunk.iter() {
+                if let Some(s) = c.swap(0, Ordering::AcqRel).checked_sub(1) {
+                    out.push(Slot(s));
+                }
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +276,18 @@ mod tests {
         assert_eq!((t.resident(), t.dirty(), t.poisoned()), (2, 1, 0));
         t.set(6, PageState::Paged);
         assert_eq!((t.resident(), t.paged()), (1, 1));
+    }
+
+    #[test]
+    fn slot_table_roundtrips() {
+        let t = SlotTable::new(1 << 20);
+        assert_eq!(t.get(7), None);
+        t.set(7, Some(Slot(0)));
+        t.set(70_000, Some(Slot(41)));
+        assert_eq!((t.get(7), t.get(70_000)), (Some(Slot(0)), Some(Slot(41))));
+        t.set(7, None);
+        assert_eq!(t.take_all(), vec![Slot(41)]);
+        assert_eq!(t.get(70_000), None);
     }
 
     #[test]

@@ -10,7 +10,11 @@ use pagemesh_types::PAGE_SIZE;
 
 use crate::memory::ClockVisit;
 use crate::pages::{PageState, PINNED};
-use crate::segment::{lock, IoError, Segment};
+use crate::segment::{lock, Attachment, IoError, Segment};
+use pagemesh_uffd::UffdError;
+
+/// Most pages one page-in read brings back (page-in read-ahead).
+const PAGE_IN_RUN: u64 = 16;
 
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
@@ -69,18 +73,10 @@ impl Segment {
                 .as_ref()
                 .and_then(|m| m.pool.paging.as_ref())
                 .ok_or(LoadError::NoPagingDevice)?;
-            let slot = *self
-                .slots
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&page)
-                .expect("a paged page has a slot");
+            let slot = self.slots.get(page).expect("a paged page has a slot");
             if let Err(e) = paging.read(slot, buf) {
                 // The slot's data is lost: give the slot back; the page will be poisoned.
-                self.slots
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&page);
+                self.slots.set(page, None);
                 paging.free(slot);
                 if let Some(m) = &self.memory {
                     m.partition.paging_errors.fetch_add(1, Ordering::Relaxed);
@@ -106,6 +102,65 @@ impl Segment {
                 Ok(Loaded::Data)
             }
         }
+    }
+
+    /// Page-in read-ahead: if the Paged pages after `page` sit in consecutive slots after its
+    /// own (pages paged out together usually do), read them all with one read and map them
+    /// into `att` write-protected with one COPY. Returns None when there is no run (the caller
+    /// takes the one-page path), or when a slot of the run is bad (the one-page path then
+    /// poisons exactly the faulting page if it is the bad one). The caller holds `page`'s
+    /// stripe lock; the others are only try-locked, so no lock order is needed.
+    pub(crate) fn page_in_run(
+        &self,
+        att: &Attachment,
+        page: u64,
+        scratch: &mut [u8],
+    ) -> Option<Result<(), UffdError>> {
+        let paging = self.memory.as_ref().and_then(|m| m.pool.paging.as_ref())?;
+        let max = (scratch.len() as u64 / PS)
+            .min(PAGE_IN_RUN)
+            .min(att.len / PS - page)
+            .min(self.pages.npages() - page);
+        let first = self.slots.get(page)?;
+        let mut guards = Vec::new();
+        let mut n = 1u64;
+        while n < max {
+            let p = page + n;
+            if self.slots.get(p).map(|s| s.0) != first.0.checked_add(n as u32) {
+                break;
+            }
+            let Ok(g) = self.stripe(p).try_lock() else {
+                break;
+            };
+            if self.pages.get(p) != PageState::Paged {
+                break;
+            }
+            guards.push(g);
+            n += 1;
+        }
+        if n == 1 {
+            return None;
+        }
+        let buf = &mut scratch[..(n * PS) as usize];
+        if paging.read_run(first, buf).is_err() {
+            return None;
+        }
+        let copied = match att.uffd.copy_run(att.base + page * PS, buf, true, true) {
+            Ok(bytes) => bytes / PS,
+            Err(e) => return Some(Err(e)),
+        };
+        if copied == 0 {
+            return None;
+        }
+        for p in page..page + copied {
+            self.set_state(p, PageState::Clean);
+        }
+        self.counters.page_ins.fetch_add(copied, Ordering::Relaxed);
+        if let Some(m) = &self.memory {
+            m.partition.page_ins.fetch_add(copied, Ordering::Relaxed);
+        }
+        drop(guards);
+        Some(Ok(()))
     }
 
     /// The evictor's clock hand reached `page`.
@@ -139,11 +194,7 @@ impl Segment {
         }
         let seg = || self.info.name.clone();
         let persistent = self.mapper.is_persistent();
-        let has_slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&page);
+        let has_slot = self.slots.get(page).is_some();
         let new = match state {
             PageState::Clean if persistent => PageState::Absent,
             PageState::Clean if has_slot => PageState::Paged,
@@ -225,12 +276,11 @@ impl Segment {
             page,
             source,
         };
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = match slots.get(&page) {
-            Some(&s) => s,
+        let slot = match self.slots.get(page) {
+            Some(s) => s,
             None => {
                 let s = paging.alloc().map_err(err)?;
-                slots.insert(page, s);
+                self.slots.set(page, Some(s));
                 s
             }
         };
@@ -322,12 +372,7 @@ impl Segment {
         if page >= self.pages.npages() {
             return None;
         }
-        let slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&page)
-            .copied();
+        let slot = self.slots.get(page);
         Some((self.pages.get(page), self.pages.flags(page), slot))
     }
 
@@ -349,7 +394,7 @@ impl Segment {
             Ordering::Relaxed,
         );
         if let Some(paging) = &m.pool.paging {
-            for (_, slot) in self.slots.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            for slot in self.slots.take_all() {
                 paging.free(slot);
             }
         }

@@ -17,11 +17,9 @@ use pagemesh_uffd::{FaultKind, Memfd, Uffd, UffdError};
 
 use crate::histogram::Histogram;
 use crate::memory::{Partition, Pool};
-use crate::pages::{PageState, PageTable};
+use crate::pages::{PageState, PageTable, SlotTable};
 use crate::residency::{LoadError, Loaded};
 use crate::volume::{Volume, VolumeError};
-use pagemesh_store::paging::Slot;
-use std::collections::HashMap;
 
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
@@ -153,7 +151,7 @@ pub struct Segment {
     pub(crate) memory: Option<Memory>,
     /// Paging-device slots holding this segment's paged-out pages (and the clean copy of a
     /// paged-in page, until it is written).
-    pub(crate) slots: Mutex<HashMap<u64, Slot>>,
+    pub(crate) slots: SlotTable,
 }
 
 /// Where a segment's pages are accounted.
@@ -188,7 +186,7 @@ impl Segment {
             info,
             volume: None,
             memory,
-            slots: Mutex::new(HashMap::new()),
+            slots: SlotTable::new(len / PS),
         })
     }
 
@@ -207,7 +205,7 @@ impl Segment {
             info,
             volume: Some(volume),
             memory: None,
-            slots: Mutex::new(HashMap::new()),
+            slots: SlotTable::new(len / PS),
         })
     }
 
@@ -295,6 +293,10 @@ impl Segment {
         let _g = lock(self.stripe(page));
         let result = match self.pages.get(page) {
             PageState::Poisoned => poison_one(&att.uffd, addr),
+            PageState::Paged if !write => match self.page_in_run(att, page, scratch) {
+                Some(r) => r,
+                None => self.fill(att, page, addr, write, scratch),
+            },
             PageState::Absent | PageState::Paged => self.fill(att, page, addr, write, scratch),
             state @ (PageState::Clean | PageState::Dirty) => {
                 let dirty = state == PageState::Dirty || write || kind == FaultKind::WriteProtect;

@@ -157,6 +157,44 @@ impl PagingDevice {
         Ok(())
     }
 
+    /// Read `buf.len() / PAGE_SIZE` consecutive slots from `first` with one read, verifying
+    /// every checksum. On a mismatch, returns the error of the first bad slot (the caller reads
+    /// the pages it needs one by one instead).
+    pub fn read_run(&self, first: Slot, buf: &mut [u8]) -> Result<(), PagingError> {
+        assert!(
+            buf.len().is_multiple_of(PAGE_SIZE) && !buf.is_empty(),
+            "paging I/O is page-sized"
+        );
+        let n = (buf.len() / PAGE_SIZE) as u32;
+        assert!(
+            first.0.checked_add(n).is_some_and(|end| end <= self.slots),
+            "run past the device"
+        );
+        self.file
+            .read_exact_at(buf, u64::from(first.0) * PAGE_SIZE as u64)
+            .map_err(|source| PagingError::Io {
+                path: self.path_str(),
+                slot: first.0,
+                op: "read",
+                source,
+            })?;
+        let state = self.lock();
+        for (i, page) in buf.chunks_exact(PAGE_SIZE).enumerate() {
+            let slot = Slot(first.0 + i as u32);
+            let stored = state.checksums.get(slot.0 as usize).copied().unwrap_or(0);
+            let read = checksum(slot, page);
+            if stored != read {
+                return Err(PagingError::Checksum {
+                    path: self.path_str(),
+                    slot: slot.0,
+                    stored,
+                    read,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Read one page from `slot`, verifying its checksum.
     pub fn read(&self, slot: Slot, page: &mut [u8]) -> Result<(), PagingError> {
         assert_eq!(page.len(), PAGE_SIZE, "paging I/O is page-sized");
