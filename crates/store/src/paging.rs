@@ -198,25 +198,7 @@ impl PagingDevice {
     /// Read one page from `slot`, verifying its checksum.
     pub fn read(&self, slot: Slot, page: &mut [u8]) -> Result<(), PagingError> {
         assert_eq!(page.len(), PAGE_SIZE, "paging I/O is page-sized");
-        self.file
-            .read_exact_at(page, u64::from(slot.0) * PAGE_SIZE as u64)
-            .map_err(|source| PagingError::Io {
-                path: self.path_str(),
-                slot: slot.0,
-                op: "read",
-                source,
-            })?;
-        let stored = self.lock().checksums[slot.0 as usize];
-        let read = checksum(slot, page);
-        if stored != read {
-            return Err(PagingError::Checksum {
-                path: self.path_str(),
-                slot: slot.0,
-                stored,
-                read,
-            });
-        }
-        Ok(())
+        self.read_run(slot, page)
     }
 }
 

@@ -125,22 +125,30 @@ unsafe impl Send for SharedMapping {}
 unsafe impl Sync for SharedMapping {}
 
 impl SharedMapping {
-    /// Map `len` bytes of `fd` from offset 0, readable and writable, shared.
-    pub fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMapping> {
+    /// `mmap` a fresh range (the kernel chooses the address), with `MADV_DONTFORK` if asked and
+    /// without THP.
+    fn mmap(
+        fd: Option<BorrowedFd<'_>>,
+        len: usize,
+        prot: libc::c_int,
+        flags: libc::c_int,
+        dontfork: bool,
+    ) -> io::Result<SharedMapping> {
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "cannot map zero bytes",
             ));
         }
+        let raw_fd = fd.map_or(-1, |f| f.as_raw_fd());
         // SAFETY: a fresh mapping at an address the kernel chooses cannot alias any Rust object.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_NORESERVE,
-                fd.as_raw_fd(),
+                prot,
+                flags | libc::MAP_NORESERVE,
+                raw_fd,
                 0,
             )
         };
@@ -151,95 +159,52 @@ impl SharedMapping {
             ptr: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
             len,
         };
-        m.advise(0, len, libc::MADV_DONTFORK)?;
+        if dontfork {
+            m.advise(0, len, libc::MADV_DONTFORK)?;
+        }
         // THP may be unavailable; ignoring EINVAL is correct (no huge pages then).
         let _ = m.advise(0, len, libc::MADV_NOHUGEPAGE);
         Ok(m)
     }
 
+    /// Map `len` bytes of `fd` from offset 0, readable and writable, shared.
+    pub fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMapping> {
+        Self::mmap(
+            Some(fd),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            true,
+        )
+    }
+
     /// Map `len` bytes of `fd` privately (copy-on-write): reads see the file's frames, a write
     /// gives this process its own copy of the page. Not forked into children, no THP.
     pub fn map_private(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMapping> {
-        if len == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "cannot map zero bytes",
-            ));
-        }
-        // SAFETY: a fresh mapping at an address the kernel chooses cannot alias any Rust object.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_NORESERVE,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let m = SharedMapping {
-            ptr: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
+        Self::mmap(
+            Some(fd),
             len,
-        };
-        m.advise(0, len, libc::MADV_DONTFORK)?;
-        let _ = m.advise(0, len, libc::MADV_NOHUGEPAGE);
-        Ok(m)
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            true,
+        )
     }
 
     /// Map `len` bytes of a file read-only and shared (for comparisons with the kernel's mmap).
-    /// Writes through the returned mapping would fault: use only `read_at`.
+    /// Only `read_at` may be used on it: a write through it would fault.
     pub fn map_readonly(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMapping> {
-        if len == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "cannot map zero bytes",
-            ));
-        }
-        // SAFETY: a fresh mapping at an address the kernel chooses cannot alias any Rust object.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(SharedMapping {
-            ptr: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
-            len,
-        })
+        Self::mmap(Some(fd), len, libc::PROT_READ, libc::MAP_SHARED, false)
     }
 
     /// Map `len` bytes of private anonymous memory (for tests and benchmarks).
     pub fn anonymous(len: usize) -> io::Result<SharedMapping> {
-        // SAFETY: a fresh anonymous mapping cannot alias any Rust object.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let m = SharedMapping {
-            ptr: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
+        Self::mmap(
+            None,
             len,
-        };
-        let _ = m.advise(0, len, libc::MADV_NOHUGEPAGE);
-        Ok(m)
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            false,
+        )
     }
 
     fn advise(&self, offset: usize, len: usize, advice: libc::c_int) -> io::Result<()> {

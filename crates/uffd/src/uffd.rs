@@ -307,15 +307,14 @@ impl Uffd {
         self.ioctl("UFFDIO_UNREGISTER", sys::UFFDIO_UNREGISTER, &mut range)
     }
 
-    /// Install a copy of `src` at `dst` (page-aligned, `src.len()` a multiple of the page size),
-    /// write-protected if `write_protect`.
-    pub fn copy(
+    /// One UFFDIO_COPY; returns the ioctl's result and the bytes it reports copied.
+    fn copy_ioctl(
         &self,
         dst: u64,
         src: &[u8],
         write_protect: bool,
         wake: bool,
-    ) -> Result<(), UffdError> {
+    ) -> (Result<(), UffdError>, i64) {
         let mut mode = 0;
         if write_protect {
             mode |= sys::UFFDIO_COPY_MODE_WP;
@@ -330,7 +329,20 @@ impl Uffd {
             mode,
             copy: 0,
         };
-        self.ioctl("UFFDIO_COPY", sys::UFFDIO_COPY, &mut c)
+        let r = self.ioctl("UFFDIO_COPY", sys::UFFDIO_COPY, &mut c);
+        (r, c.copy)
+    }
+
+    /// Install a copy of `src` at `dst` (page-aligned, `src.len()` a multiple of the page size),
+    /// write-protected if `write_protect`.
+    pub fn copy(
+        &self,
+        dst: u64,
+        src: &[u8],
+        write_protect: bool,
+        wake: bool,
+    ) -> Result<(), UffdError> {
+        self.copy_ioctl(dst, src, write_protect, wake).0
     }
 
     /// COPY a run of pages; like [`Uffd::continue_run`], a run that reaches a page already
@@ -342,26 +354,10 @@ impl Uffd {
         write_protect: bool,
         wake: bool,
     ) -> Result<u64, UffdError> {
-        let mut mode = 0;
-        if write_protect {
-            mode |= sys::UFFDIO_COPY_MODE_WP;
-        }
-        if !wake {
-            mode |= sys::UFFDIO_COPY_MODE_DONTWAKE;
-        }
-        let mut c = sys::uffdio_copy {
-            dst,
-            src: src.as_ptr() as u64,
-            len: src.len() as u64,
-            mode,
-            copy: 0,
-        };
-        match self.ioctl("UFFDIO_COPY", sys::UFFDIO_COPY, &mut c) {
-            Ok(()) => Ok(src.len() as u64),
-            Err(e) if e.is_again() && c.copy > 0 => Ok(c.copy as u64),
-            Err(e) if e.is_exists() => Ok(0),
-            Err(e) => Err(e),
-        }
+        run_result(
+            self.copy_ioctl(dst, src, write_protect, wake),
+            src.len() as u64,
+        )
     }
 
     /// Install zero pages over `[dst, dst+len)`.
@@ -378,15 +374,14 @@ impl Uffd {
         self.ioctl("UFFDIO_ZEROPAGE", sys::UFFDIO_ZEROPAGE, &mut z)
     }
 
-    /// Map the pages already in the page cache over `[start, start+len)` (minor faults),
-    /// write-protected if `write_protect`.
-    pub fn continue_(
+    /// One UFFDIO_CONTINUE; returns the ioctl's result and the bytes it reports mapped.
+    fn continue_ioctl(
         &self,
         start: u64,
         len: u64,
         write_protect: bool,
         wake: bool,
-    ) -> Result<(), UffdError> {
+    ) -> (Result<(), UffdError>, i64) {
         let mut mode = 0;
         if write_protect {
             mode |= sys::UFFDIO_CONTINUE_MODE_WP;
@@ -399,7 +394,20 @@ impl Uffd {
             mode,
             mapped: 0,
         };
-        self.ioctl("UFFDIO_CONTINUE", sys::UFFDIO_CONTINUE, &mut c)
+        let r = self.ioctl("UFFDIO_CONTINUE", sys::UFFDIO_CONTINUE, &mut c);
+        (r, c.mapped)
+    }
+
+    /// Map the pages already in the page cache over `[start, start+len)` (minor faults),
+    /// write-protected if `write_protect`.
+    pub fn continue_(
+        &self,
+        start: u64,
+        len: u64,
+        write_protect: bool,
+        wake: bool,
+    ) -> Result<(), UffdError> {
+        self.continue_ioctl(start, len, write_protect, wake).0
     }
 
     /// CONTINUE over a run of pages (fault-around). The kernel stops at the first page already
@@ -413,24 +421,7 @@ impl Uffd {
         write_protect: bool,
         wake: bool,
     ) -> Result<u64, UffdError> {
-        let mut mode = 0;
-        if write_protect {
-            mode |= sys::UFFDIO_CONTINUE_MODE_WP;
-        }
-        if !wake {
-            mode |= sys::UFFDIO_CONTINUE_MODE_DONTWAKE;
-        }
-        let mut c = sys::uffdio_continue {
-            range: sys::uffdio_range { start, len },
-            mode,
-            mapped: 0,
-        };
-        match self.ioctl("UFFDIO_CONTINUE", sys::UFFDIO_CONTINUE, &mut c) {
-            Ok(()) => Ok(len),
-            Err(e) if e.is_again() && c.mapped > 0 => Ok(c.mapped as u64),
-            Err(e) if e.is_exists() => Ok(0),
-            Err(e) => Err(e),
-        }
+        run_result(self.continue_ioctl(start, len, write_protect, wake), len)
     }
 
     /// Set (`protect`) or clear write protection over a range. Clearing wakes the waiting
@@ -506,6 +497,17 @@ impl Uffd {
             out.push(decode(chunk));
         }
         Ok(n)
+    }
+}
+
+/// The outcome of a run ioctl: all of it, a partial run (EAGAIN with a positive count), or
+/// nothing because the first page was already there (EEXIST).
+fn run_result((r, done): (Result<(), UffdError>, i64), len: u64) -> Result<u64, UffdError> {
+    match r {
+        Ok(()) => Ok(len),
+        Err(e) if e.is_again() && done > 0 => Ok(done as u64),
+        Err(e) if e.is_exists() => Ok(0),
+        Err(e) => Err(e),
     }
 }
 

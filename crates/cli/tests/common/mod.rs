@@ -41,37 +41,7 @@ impl Daemon {
 
     /// Start (or restart) the daemon process and wait (bounded) until it answers.
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("daemon.log"))
-            .expect("log file");
-        let child = Command::new(BIN)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args([
-                "daemon",
-                "--log-level",
-                "debug",
-                "--workers",
-                "2",
-                "--data-dir",
-            ])
-            .arg(&self.data_dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start daemon");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while pagemesh::Client::connect(&self.socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not come up: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.spawn_with(&[]);
     }
 
     pub fn pid(&self) -> u32 {
@@ -214,7 +184,7 @@ impl Daemon {
         d
     }
 
-    fn spawn_with(&mut self, extra: &[&str]) {
+    pub fn spawn_with(&mut self, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
