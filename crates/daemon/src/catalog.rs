@@ -58,7 +58,7 @@ struct VolumeEntry {
     size_bytes: u64,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Stored {
     version: u32,
     next_id: u64,
@@ -136,19 +136,19 @@ impl Catalog {
 
     /// Add or replace a partition.
     pub fn put_partition(&mut self, name: &str, l: PartitionLimits) -> Result<(), CatalogError> {
-        self.stored.partitions.retain(|p| p.name != name);
-        self.stored.partitions.push(PartitionEntry {
-            name: name.to_string(),
-            min_bytes: l.min_bytes,
-            max_bytes: l.max_bytes,
-            weight: l.weight,
-        });
-        self.save()
+        self.update(|st| {
+            st.partitions.retain(|p| p.name != name);
+            st.partitions.push(PartitionEntry {
+                name: name.to_string(),
+                min_bytes: l.min_bytes,
+                max_bytes: l.max_bytes,
+                weight: l.weight,
+            });
+        })
     }
 
     pub fn remove_partition(&mut self, name: &str) -> Result<(), CatalogError> {
-        self.stored.partitions.retain(|p| p.name != name);
-        self.save()
+        self.update(|st| st.partitions.retain(|p| p.name != name))
     }
 
     /// Allocate an id for a new segment (persisted with the next `add`).
@@ -159,14 +159,15 @@ impl Catalog {
     }
 
     pub fn add(&mut self, info: &SegmentInfo, partition: &str) -> Result<(), CatalogError> {
-        self.stored.segments.push(Entry {
-            name: info.name.clone(),
-            id: info.id,
-            size_bytes: info.size_bytes,
-            backing: info.backing.to_string(),
-            partition: partition.to_string(),
-        });
-        self.save()
+        self.update(|st| {
+            st.segments.push(Entry {
+                name: info.name.clone(),
+                id: info.id,
+                size_bytes: info.size_bytes,
+                backing: info.backing.to_string(),
+                partition: partition.to_string(),
+            })
+        })
     }
 
     pub fn volumes(&self) -> Vec<VolumeInfo> {
@@ -182,31 +183,40 @@ impl Catalog {
     }
 
     pub fn add_volume(&mut self, v: &VolumeInfo) -> Result<(), CatalogError> {
-        self.stored.volumes.push(VolumeEntry {
-            name: v.name.clone(),
-            path: v.path.clone(),
-            size_bytes: v.size_bytes,
-        });
-        self.save()
+        self.update(|st| {
+            st.volumes.push(VolumeEntry {
+                name: v.name.clone(),
+                path: v.path.clone(),
+                size_bytes: v.size_bytes,
+            })
+        })
     }
 
     pub fn remove_volume(&mut self, name: &str) -> Result<(), CatalogError> {
-        self.stored.volumes.retain(|v| v.name != name);
-        self.save()
+        self.update(|st| st.volumes.retain(|v| v.name != name))
     }
 
     pub fn remove(&mut self, name: &str) -> Result<(), CatalogError> {
-        self.stored.segments.retain(|e| e.name != name);
-        self.save()
+        self.update(|st| st.segments.retain(|e| e.name != name))
     }
 
-    fn save(&self) -> Result<(), CatalogError> {
+    /// Apply a change to a copy, persist the copy, and only then adopt it: a failed write
+    /// leaves the catalog in memory as it is on disk.
+    fn update(&mut self, change: impl FnOnce(&mut Stored)) -> Result<(), CatalogError> {
+        let mut next = self.stored.clone();
+        change(&mut next);
+        self.save(&next)?;
+        self.stored = next;
+        Ok(())
+    }
+
+    fn save(&self, stored: &Stored) -> Result<(), CatalogError> {
         let err = |source| CatalogError::Write {
             path: self.path.clone(),
             source,
         };
         let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(&self.stored).expect("catalog serialises");
+        let bytes = serde_json::to_vec_pretty(stored).expect("catalog serialises");
         let mut f = fs::File::create(&tmp).map_err(err)?;
         f.write_all(&bytes).map_err(err)?;
         f.sync_all().map_err(err)?;

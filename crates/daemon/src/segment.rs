@@ -152,6 +152,8 @@ pub struct Segment {
     /// Paging-device slots holding this segment's paged-out pages (and the clean copy of a
     /// paged-in page, until it is written).
     pub(crate) slots: SlotTable,
+    /// Set by `segment rm` once no process is attached; refuses new attachments.
+    removed: std::sync::atomic::AtomicBool,
 }
 
 /// Where a segment's pages are accounted.
@@ -187,6 +189,7 @@ impl Segment {
             volume: None,
             memory,
             slots: SlotTable::new(len / PS),
+            removed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -206,6 +209,7 @@ impl Segment {
             volume: Some(volume),
             memory: None,
             slots: SlotTable::new(len / PS),
+            removed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -236,11 +240,31 @@ impl Segment {
         &self.stripes[(page % STRIPES) as usize]
     }
 
-    pub fn attach(&self, a: Arc<Attachment>) {
-        self.clients
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(a);
+    /// Add an attachment; false if the segment was removed meanwhile.
+    pub fn attach(&self, a: Arc<Attachment>) -> bool {
+        let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+        if self.removed.load(Ordering::SeqCst) {
+            return false;
+        }
+        clients.push(a);
+        true
+    }
+
+    /// Mark the segment removed unless a process is attached (then return their pids). Done
+    /// under the clients lock, so an attach racing with `segment rm` either lands first (and rm
+    /// refuses) or sees the mark (and fails).
+    pub fn mark_removed(&self) -> Result<(), Vec<i32>> {
+        let clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+        if !clients.is_empty() {
+            return Err(clients.iter().map(|a| a.pid).collect());
+        }
+        self.removed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Undo `mark_removed` (the removal failed).
+    pub fn unmark_removed(&self) {
+        self.removed.store(false, Ordering::SeqCst);
     }
 
     pub fn detach(&self, id: u64) {
@@ -248,15 +272,6 @@ impl Segment {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|a| a.id != id);
-    }
-
-    pub fn attached_pids(&self) -> Vec<i32> {
-        self.clients
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|a| a.pid)
-            .collect()
     }
 
     /// Serve one page fault of `att` at byte offset `page * PAGE_SIZE`. `scratch` is a

@@ -791,8 +791,7 @@ impl Daemon {
             Ok(s) => s,
             Err(e) => return e,
         };
-        let pids = seg.attached_pids();
-        if !pids.is_empty() {
+        if let Err(pids) = seg.mark_removed() {
             return err(
                 ErrorCode::InvalidArgument,
                 format!("segment {name} is attached by pid(s) {pids:?}; end those processes or detach first"),
@@ -800,12 +799,14 @@ impl Daemon {
         }
         // Like unmapping a file: dirty data reaches the file before the cache goes away.
         if let Err(e) = seg.sync() {
+            seg.unmark_removed();
             return err(
                 ErrorCode::Io,
                 format!("segment {name} not removed: writing back its dirty pages failed: {e}"),
             );
         }
         if let Err(e) = catalog.remove(name) {
+            seg.unmark_removed();
             return err(ErrorCode::Io, e.to_string());
         }
         self.segments

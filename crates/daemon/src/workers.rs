@@ -50,7 +50,16 @@ impl Workers {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(a.id, Arc::clone(&a));
-        a.segment.attach(Arc::clone(&a));
+        if !a.segment.attach(Arc::clone(&a)) {
+            self.remove(a.id);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "segment {} was removed while attaching",
+                    a.segment.info.name
+                ),
+            ));
+        }
         if let Err(e) = self.epoll.add(a.uffd.as_fd(), a.id) {
             self.remove(a.id);
             return Err(e);
@@ -112,7 +121,19 @@ impl Workers {
                     continue;
                 }
                 for ev in &events {
-                    serve(&a, ev, &mut scratch);
+                    // A panic while serving is a bug; contain it to this fault: the thread
+                    // gets SIGBUS instead of waiting forever, and the worker lives on.
+                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        serve(&a, ev, &mut scratch)
+                    }));
+                    if served.is_err() {
+                        if let Event::PageFault { address, .. } = *ev {
+                            log::error!("pid {}: serving the fault at {address:#x} panicked (a bug); sending SIGBUS", a.pid);
+                            let page = address & !(PAGE_SIZE - 1);
+                            let _ = a.uffd.poison(page, PAGE_SIZE, true);
+                            let _ = a.uffd.wake(page, PAGE_SIZE);
+                        }
+                    }
                 }
             }
         }
