@@ -15,6 +15,8 @@ use pagemesh_uffd::UffdError;
 
 /// Most pages one page-in read brings back (page-in read-ahead).
 const PAGE_IN_RUN: u64 = 16;
+/// Most pages one file read brings in (file read-ahead).
+const FILE_READAHEAD_PAGES: u64 = 16;
 
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
@@ -160,6 +162,71 @@ impl Segment {
             m.partition.page_ins.fetch_add(copied, Ordering::Relaxed);
         }
         drop(guards);
+        Some(Ok(()))
+    }
+
+    /// File read-ahead: on a read fault on an Absent page of a file segment, read the run of
+    /// Absent pages after it (or, when the next page is not Absent, before it: a backward scan)
+    /// with one read, and map them into `att` write-protected with one COPY. None when there
+    /// is no run or the read fails: the caller's one-page path then serves (or poisons) exactly
+    /// the faulting page. The caller holds `page`'s stripe lock; the others are try-locked.
+    pub(crate) fn file_read_ahead(
+        &self,
+        att: &Attachment,
+        page: u64,
+        scratch: &mut [u8],
+    ) -> Option<Result<(), UffdError>> {
+        if !self.mapper.is_persistent() {
+            return None;
+        }
+        let max = (scratch.len() as u64 / PS).min(FILE_READAHEAD_PAGES);
+        let end = (att.len / PS).min(self.pages.npages());
+        let claim = |p: u64| {
+            self.stripe(p)
+                .try_lock()
+                .ok()
+                .filter(|_| self.pages.get(p) == PageState::Absent)
+        };
+        let mut guards = Vec::new();
+        let mut hi = page + 1;
+        while hi < end && hi - page < max {
+            match claim(hi) {
+                Some(g) => guards.push(g),
+                None => break,
+            }
+            hi += 1;
+        }
+        let mut lo = page;
+        while hi == page + 1 && lo > 0 && hi - lo < max {
+            match claim(lo - 1) {
+                Some(g) => guards.push(g),
+                None => break,
+            }
+            lo -= 1;
+        }
+        let n = hi - lo;
+        if n == 1 {
+            return None;
+        }
+        let buf = &mut scratch[..(n * PS) as usize];
+        self.mapper.read_pages(lo * PS, buf).ok()?;
+        let copied = match att.uffd.copy_run(att.base + lo * PS, buf, true, true) {
+            Ok(bytes) => bytes / PS,
+            Err(e) => return Some(Err(e)),
+        };
+        for p in lo..lo + copied {
+            self.set_state(p, PageState::Clean);
+        }
+        self.counters
+            .mapper_reads
+            .fetch_add(copied, Ordering::Relaxed);
+        self.counters
+            .mapper_bytes_read
+            .fetch_add(copied * PS, Ordering::Relaxed);
+        drop(guards);
+        if lo + copied <= page {
+            return None; // the faulting page was not reached: serve it alone
+        }
         Some(Ok(()))
     }
 

@@ -312,6 +312,10 @@ impl Segment {
                 Some(r) => r,
                 None => self.fill(att, page, addr, write, scratch),
             },
+            PageState::Absent if !write => match self.file_read_ahead(att, page, scratch) {
+                Some(r) => r,
+                None => self.fill(att, page, addr, write, scratch),
+            },
             PageState::Absent | PageState::Paged => self.fill(att, page, addr, write, scratch),
             state @ (PageState::Clean | PageState::Dirty) => {
                 let dirty = state == PageState::Dirty || write || kind == FaultKind::WriteProtect;

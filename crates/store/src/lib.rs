@@ -60,6 +60,22 @@ pub enum PageData {
 pub trait Mapper: Send + Sync {
     /// Read the page at byte `offset` (page-aligned) into `buf` (`PAGE_SIZE` bytes).
     fn read_page(&self, offset: u64, buf: &mut [u8]) -> Result<PageData, MapperError>;
+    /// Read consecutive pages from `offset` into `buf` (a multiple of `PAGE_SIZE`), for
+    /// read-ahead. The default reads page by page; dormant pages are zero-filled.
+    fn read_pages(&self, offset: u64, buf: &mut [u8]) -> Result<PageData, MapperError> {
+        let mut filled = false;
+        for (i, page) in buf.chunks_mut(PAGE_SIZE).enumerate() {
+            match self.read_page(offset + (i * PAGE_SIZE) as u64, page)? {
+                PageData::Dormant => page.fill(0),
+                PageData::Filled => filled = true,
+            }
+        }
+        Ok(if filled {
+            PageData::Filled
+        } else {
+            PageData::Dormant
+        })
+    }
     /// Write `data` (whole pages) at byte `offset`.
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), MapperError>;
     /// Make every completed write durable.
@@ -165,6 +181,11 @@ impl Mapper for FileMapper {
             }
         }
         Ok(PageData::Filled)
+    }
+
+    /// One read for the whole run (`read_page` handles any length).
+    fn read_pages(&self, offset: u64, buf: &mut [u8]) -> Result<PageData, MapperError> {
+        self.read_page(offset, buf)
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), MapperError> {

@@ -97,3 +97,32 @@ fn file_mapper_partial_last_page_reads_zero_tail_and_never_grows_the_file() {
         PAGE_SIZE as u64 + 100
     );
 }
+
+#[test]
+fn read_pages_matches_page_by_page_for_every_mapper() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let data: Vec<u8> = (0..3 * PAGE_SIZE + 100).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let mappers: Vec<Box<dyn Mapper>> = vec![
+        Box::new(FileMapper::open(&path, None).unwrap()),
+        Box::new(FaultyMapper::new(FileMapper::open(&path, None).unwrap())),
+        Box::new(ZeroMapper),
+    ];
+    for m in mappers {
+        let mut run = vec![0xEEu8; 4 * PAGE_SIZE];
+        m.read_pages(0, &mut run).unwrap();
+        for i in 0..4 {
+            let mut one = vec![0u8; PAGE_SIZE];
+            if m.read_page((i * PAGE_SIZE) as u64, &mut one).unwrap() == PageData::Dormant {
+                one.fill(0);
+            }
+            assert_eq!(
+                &run[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
+                &one[..],
+                "{} page {i}",
+                m.describe()
+            );
+        }
+    }
+}
