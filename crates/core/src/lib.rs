@@ -32,6 +32,7 @@ mod msg;
 mod node;
 mod output;
 mod plan;
+pub mod pool;
 mod rebuild;
 mod recovery;
 

@@ -10,7 +10,6 @@ mod histogram;
 mod memory;
 mod pages;
 mod partitions;
-mod pool;
 mod residency;
 mod segment;
 mod server;

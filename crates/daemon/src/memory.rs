@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use pagemesh_store::paging::PagingDevice;
 use pagemesh_types::PAGE_SIZE;
 
-use crate::pool::{self, Limits, Usage};
 use crate::segment::Segment;
+use pagemesh_core::pool::{self, Limits, Usage};
 
 /// How long a fault waits for room before it goes ahead anyway (and says so in the log).
 const ROOM_WAIT: Duration = Duration::from_secs(10);

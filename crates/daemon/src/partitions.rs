@@ -15,10 +15,10 @@ use pagemesh_types::{ByteSize, PAGE_SIZE};
 use crate::catalog::Catalog;
 use crate::memory::{Partition, Pool};
 use crate::pages::{PageState, PINNED, REFERENCED};
-use crate::pool::Limits;
 use crate::segment::Memory;
 use crate::server::{err, io_err, valid_name, Daemon};
 use crate::Config;
+use pagemesh_core::pool::Limits;
 
 /// Memory kept out of the page-cache budget for the daemon's own heap, stacks and buffers, so
 /// that RSS plus memfd pages stays within `--memory` (the documented slack covers the rest).

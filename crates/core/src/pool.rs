@@ -1,21 +1,26 @@
 //! Pool policy, sans I/O: how much each partition is entitled to, and which partition gives up
 //! a page when the node is over its budget (IBM Active Memory Sharing's entitlements, in pages).
 //!
-//! Pure functions over plain numbers, tested against their definition below; the evictor
-//! (`evictor.rs`) feeds them the live counts.
+//! Pure functions over plain numbers, tested against their definition below; the daemon's
+//! evictor (`crates/daemon/src/memory.rs`) feeds them the live counts.
 
 /// A partition's limits, in pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
+    /// Never robbed below this.
     pub min_pages: u64,
+    /// Evicted first above this.
     pub max_pages: u64,
+    /// Share of what the mins leave of the budget.
     pub weight: u32,
 }
 
 /// A partition's use, in pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Usage {
+    /// Pages in memory.
     pub resident: u64,
+    /// Of those, pinned (never evictable).
     pub pinned: u64,
 }
 
