@@ -32,6 +32,26 @@ pub enum BenchCmd {
     /// Sequential write and read of a zero segment 4x larger than the daemon's memory budget
     /// (paging to the paging device), beside the same scan of a segment that fits in memory.
     Overcommit(OvercommitBench),
+    /// Fault latency (p50, p99, mean) of dormant and cached faults against a minimal uffd
+    /// handler in one process, and a kernel anonymous first touch.
+    LocalFault(crate::bench_local::RunsArgs),
+    /// Create a 1 TiB segment and touch its first page, against a 1 TiB kernel mapping.
+    Create(crate::bench_local::RunsArgs),
+    /// Fault throughput with 1, 2 and 4 client threads and 1 and 2 fault workers.
+    Scaling(crate::bench_local::RunsArgs),
+    /// Cold sequential scan of a file segment against the kernel's mmap of the same file.
+    Scan {
+        #[command(flatten)]
+        runs: crate::bench_local::RunsArgs,
+        /// File size.
+        #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+        size: u64,
+    },
+    /// Every bench above that runs on one node, one after the other.
+    All {
+        #[arg(long)]
+        json: bool,
+    },
     /// (internal) mmap FILE read-only and print the SHA-256 of its bytes.
     #[command(hide = true)]
     MmapHash { file: PathBuf },
@@ -73,6 +93,33 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCmd::Volume(b) => volume(b),
         BenchCmd::Overcommit(b) => overcommit(b),
+        BenchCmd::LocalFault(a) => crate::bench_local::local_fault(a),
+        BenchCmd::Create(a) => crate::bench_local::create(a),
+        BenchCmd::Scaling(a) => crate::bench_local::scaling(a),
+        BenchCmd::Scan { runs, size } => crate::bench_local::scan(runs, size),
+        BenchCmd::All { json } => {
+            let runs = || crate::bench_local::RunsArgs {
+                runs: 5,
+                faults: 2000,
+                json,
+            };
+            crate::bench_local::local_fault(runs())?;
+            crate::bench_local::scan(runs(), 256 << 20)?;
+            crate::bench_local::create(runs())?;
+            crate::bench_local::scaling(runs())?;
+            volume(VolumeBench {
+                size: 256 << 20,
+                procs: 8,
+                runs: 5,
+                share_threshold: 1,
+                json,
+            })?;
+            overcommit(OvercommitBench {
+                memory: 256 << 20,
+                runs: 3,
+                json,
+            })
+        }
         BenchCmd::MmapHash { file } => {
             let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
             let len = f.metadata()?.len() as usize;

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_local;
 mod demo;
 mod doctor;
 mod harness;
