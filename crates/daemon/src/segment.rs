@@ -443,6 +443,30 @@ impl Segment {
         }
     }
 
+    /// Load an Absent or Paged page into `buf` for segment I/O (zeros for a dormant page);
+    /// a page that cannot be read is poisoned, like a fault on it would (caller holds its
+    /// stripe lock).
+    fn load_whole(&self, page: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        match self.load(page, buf) {
+            Ok(Loaded::Zero) => buf.fill(0),
+            Ok(Loaded::Data) => {}
+            Err(source) => {
+                self.set_state(page, PageState::Poisoned);
+                bump(&self.counters.poisonings, 1);
+                log::error!(
+                    "segment {} page {page}: {source}; the page is poisoned",
+                    self.info.name
+                );
+                return Err(IoError::Load {
+                    segment: self.info.name.clone(),
+                    page,
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Read through the page cache. Absent pages come from the mapper without being cached.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
         self.check_range(offset, buf.len() as u64)?;
@@ -463,23 +487,7 @@ impl Segment {
             match self.pages.get(page) {
                 PageState::Poisoned => return Err(self.poisoned_err(page)),
                 PageState::Absent | PageState::Paged => {
-                    match self.load(page, &mut page_buf) {
-                        Ok(Loaded::Zero) => page_buf.fill(0),
-                        Ok(Loaded::Data) => {}
-                        Err(source) => {
-                            self.set_state(page, PageState::Poisoned);
-                            bump(&self.counters.poisonings, 1);
-                            log::error!(
-                                "segment {} page {page}: {source}; the page is poisoned",
-                                self.info.name
-                            );
-                            return Err(IoError::Load {
-                                segment: self.info.name.clone(),
-                                page,
-                                source,
-                            });
-                        }
-                    }
+                    self.load_whole(page, &mut page_buf)?;
                     buf[done..done + n].copy_from_slice(&page_buf[in_page..in_page + n]);
                 }
                 PageState::Clean | PageState::Dirty => {
@@ -527,19 +535,7 @@ impl Segment {
                 PageState::Poisoned => return Err(self.poisoned_err(page)),
                 PageState::Absent | PageState::Paged => {
                     // Compose the whole page first: a partial write must keep the rest of it.
-                    match self.load(page, &mut page_buf) {
-                        Ok(Loaded::Zero) => page_buf.fill(0),
-                        Ok(Loaded::Data) => {}
-                        Err(source) => {
-                            self.set_state(page, PageState::Poisoned);
-                            bump(&self.counters.poisonings, 1);
-                            return Err(IoError::Load {
-                                segment: self.info.name.clone(),
-                                page,
-                                source,
-                            });
-                        }
-                    }
+                    self.load_whole(page, &mut page_buf)?;
                     page_buf[in_page..in_page + n].copy_from_slice(&data[done..done + n]);
                     self.memfd
                         .write_all_at(&page_buf, page * PS)

@@ -19,20 +19,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start() -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("pagemesh-test-")
-            .tempdir()
-            .expect("temp dir");
-        let socket = dir.path().join("pm.sock");
-        let data_dir = dir.path().join("data");
-        let mut d = Daemon {
-            dir,
-            socket,
-            data_dir,
-            child: None,
-        };
-        d.spawn();
-        d
+        Daemon::start_with(&[])
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
