@@ -108,7 +108,7 @@ pub fn stat_json(s: &SegmentStat) -> serde_json::Value {
     serde_json::json!({
         "segment": info_json(&s.info), "partition": s.partition,
         "paged_pages": s.paged_pages, "pinned_pages": s.pinned_pages,
-        "evictions": c.evictions, "page_ins": c.page_ins, "page_outs": c.page_outs,
+        "evictions": c.evictions, "page_ins": c.page_ins, "page_outs": c.page_outs, "prefetched": c.prefetched,
         "resident_pages": s.resident_pages, "dirty_pages": s.dirty_pages, "poisoned_pages": s.poisoned_pages,
         "attached_clients": s.attached_clients,
         "faults": {"missing": c.faults_missing, "minor": c.faults_minor, "write_protect": c.faults_wp},

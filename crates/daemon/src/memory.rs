@@ -84,7 +84,18 @@ pub struct Pool {
     room: (Mutex<()>, Condvar),
     pub waits: AtomicU64,
     last_cache_drop: AtomicU64,
+    prefetch: Mutex<Option<std::sync::mpsc::SyncSender<PrefetchJob>>>,
 }
+
+/// Pages of a file segment to read into its page cache in the background.
+pub struct PrefetchJob {
+    pub segment: Weak<Segment>,
+    pub first: u64,
+    pub pages: u64,
+}
+
+/// Jobs queued for the prefetcher at most; past that, requests are dropped (it is a hint).
+const PREFETCH_QUEUE: usize = 16;
 
 impl Pool {
     /// A pool of `budget_pages` with watermarks at 95% and 90% of it.
@@ -101,6 +112,7 @@ impl Pool {
             room: (Mutex::new(()), Condvar::new()),
             waits: AtomicU64::new(0),
             last_cache_drop: AtomicU64::new(0),
+            prefetch: Mutex::new(None),
         })
     }
 
@@ -202,6 +214,38 @@ impl Pool {
                 .wait_timeout(g, (deadline - now).min(Duration::from_millis(50)))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+        }
+    }
+
+    /// Start the prefetcher thread: it reads file pages ahead of sequential readers into their
+    /// segments' page caches, so their next faults are minor ones with no I/O.
+    pub fn start_prefetcher(&self) -> std::io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<PrefetchJob>(PREFETCH_QUEUE);
+        std::thread::Builder::new()
+            .name("prefetcher".into())
+            .spawn(move || {
+                for job in rx {
+                    if let Some(seg) = job.segment.upgrade() {
+                        seg.prefetch(job.first, job.pages);
+                    }
+                }
+            })?;
+        *self.prefetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        Ok(())
+    }
+
+    /// Ask for a prefetch (dropped when the queue is full or the pool is under pressure).
+    pub fn request_prefetch(&self, job: PrefetchJob) {
+        if self.resident() >= self.high_pages {
+            return;
+        }
+        if let Some(tx) = self
+            .prefetch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = tx.try_send(job);
         }
     }
 

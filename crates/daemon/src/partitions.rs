@@ -81,6 +81,8 @@ pub fn build_pool(config: &Config, catalog: &Catalog) -> Result<Arc<Pool>, Strin
             pool.add_partition(Partition::new(&name, limits_of(l)));
         }
     }
+    pool.start_prefetcher()
+        .map_err(|e| format!("starting the prefetcher thread: {e}"))?;
     let p = Arc::clone(&pool);
     std::thread::Builder::new()
         .name("evictor".into())

@@ -8,7 +8,9 @@ use pagemesh_store::paging::{PagingError, Slot};
 use pagemesh_store::{MapperError, PageData};
 use pagemesh_types::PAGE_SIZE;
 
-use crate::memory::ClockVisit;
+use std::sync::Arc;
+
+use crate::memory::{ClockVisit, PrefetchJob};
 use crate::pages::{PageState, PINNED};
 use crate::segment::{lock, Attachment, IoError, Segment};
 use pagemesh_uffd::UffdError;
@@ -17,6 +19,10 @@ use pagemesh_uffd::UffdError;
 const PAGE_IN_RUN: u64 = 16;
 /// Most pages one file read brings in (file read-ahead).
 const FILE_READAHEAD_PAGES: u64 = 16;
+/// Pages the prefetcher reads ahead of a sequential reader (1 MiB).
+const PREFETCH_PAGES: u64 = 256;
+/// Pages per prefetcher read (64 KiB). 4 MiB windows of 256 KiB reads measured no better.
+const PREFETCH_CHUNK_PAGES: u64 = 16;
 
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
@@ -224,10 +230,68 @@ impl Segment {
             .mapper_bytes_read
             .fetch_add(copied * PS, Ordering::Relaxed);
         drop(guards);
+        if hi == page + max && hi < end {
+            self.request_prefetch(att, hi);
+        }
         if lo + copied <= page {
             return None; // the faulting page was not reached: serve it alone
         }
         Some(Ok(()))
+    }
+
+    /// A forward scan reached `from`: have the prefetcher read the next window.
+    pub(crate) fn request_prefetch(&self, att: &Attachment, from: u64) {
+        if let Some(m) = &self.memory {
+            m.pool.request_prefetch(PrefetchJob {
+                segment: Arc::downgrade(&att.segment),
+                first: from,
+                pages: PREFETCH_PAGES,
+            });
+        }
+    }
+
+    /// Background read of up to `pages` Absent pages from `first` into the memfd (Clean, not
+    /// mapped anywhere yet: the next faults on them are minor and do no I/O). Stops at the
+    /// first page that is not Absent or whose stripe lock is busy. Runs on the prefetcher
+    /// thread, never on the fault path.
+    pub(crate) fn prefetch(&self, first: u64, pages: u64) {
+        if !self.mapper.is_persistent() {
+            return;
+        }
+        let end = (first + pages).min(self.pages.npages());
+        let mut buf = vec![0u8; (PREFETCH_CHUNK_PAGES * PS) as usize];
+        let mut lo = first;
+        while lo < end {
+            let mut guards = Vec::new();
+            let mut hi = lo;
+            while hi < end && hi - lo < PREFETCH_CHUNK_PAGES {
+                match self.stripe(hi).try_lock() {
+                    Ok(g) if self.pages.get(hi) == PageState::Absent => guards.push(g),
+                    _ => break,
+                }
+                hi += 1;
+            }
+            if hi == lo {
+                return;
+            }
+            let bytes = &mut buf[..((hi - lo) * PS) as usize];
+            if self.mapper.read_pages(lo * PS, bytes).is_err()
+                || self.memfd.write_all_at(bytes, lo * PS).is_err()
+            {
+                return; // a fault on these pages will read (and if need be poison) them itself
+            }
+            for p in lo..hi {
+                self.set_state(p, PageState::Clean);
+            }
+            self.counters
+                .prefetched
+                .fetch_add(hi - lo, Ordering::Relaxed);
+            self.counters
+                .mapper_bytes_read
+                .fetch_add((hi - lo) * PS, Ordering::Relaxed);
+            drop(guards);
+            lo = hi;
+        }
     }
 
     /// The evictor's clock hand reached `page`.

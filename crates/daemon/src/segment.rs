@@ -24,6 +24,8 @@ use crate::volume::{Volume, VolumeError};
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
 const STRIPES: u64 = 512;
+/// How close the end of the cached run may come before the prefetcher is asked to read on.
+const PREFETCH_TRIGGER_PAGES: u64 = 128;
 /// Most pages one read fault maps after the faulting one (fault-around).
 const FAULT_AROUND_PAGES: u64 = 15;
 /// Most pages one sync step write-protects and copies at once.
@@ -115,6 +117,7 @@ const POISON_HINT: &str =
 
 #[derive(Default)]
 pub(crate) struct Counters {
+    pub(crate) prefetched: AtomicU64,
     pub(crate) page_ins: AtomicU64,
     pub(crate) page_outs: AtomicU64,
     pub(crate) evictions: AtomicU64,
@@ -347,6 +350,20 @@ impl Segment {
         let mut p = page + 1;
         while p < end && present(p) {
             p += 1;
+        }
+        if p == end && self.mapper.is_persistent() {
+            // A sequential reader of a file segment: when the end of what is cached comes
+            // within PREFETCH_TRIGGER_PAGES, have the prefetcher read on ahead of it.
+            let limit = (page + PREFETCH_TRIGGER_PAGES)
+                .min(att.len / PS)
+                .min(self.pages.npages());
+            let mut f = end;
+            while f < limit && present(f) {
+                f += 1;
+            }
+            if f < limit && self.pages.get(f) == PageState::Absent {
+                self.request_prefetch(att, f);
+            }
         }
         if p > page + 1 {
             // A page of the run already mapped ends it early: harmless.
@@ -737,6 +754,7 @@ impl Segment {
                 .map_or(self.pages.poisoned(), |v| v.poisoned_blocks()),
             attached_clients: self.clients.read().unwrap_or_else(|e| e.into_inner()).len() as u64,
             counters: SegmentCounters {
+                prefetched: l(&c.prefetched),
                 evictions: l(&c.evictions),
                 page_ins: l(&c.page_ins),
                 page_outs: l(&c.page_outs),

@@ -227,6 +227,8 @@ pub struct VolumeStat {
 /// Fault and I/O counters of a segment on this node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentCounters {
+    /// Pages the prefetcher read ahead of sequential readers.
+    pub prefetched: u64,
     pub evictions: u64,
     pub page_ins: u64,
     pub page_outs: u64,
