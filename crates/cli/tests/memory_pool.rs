@@ -186,6 +186,18 @@ fn pinned_pages_stay_and_pinning_past_the_max_fails() {
     assert_eq!(stat_json(&d, "p")["pinned_pages"], 0);
     d.run(&["memtest", "p", "--verify", "8", "--len", "8MiB"])
         .ok();
+    // Removing the segments gives every counted page back to the pool.
+    d.run(&["segment", "rm", "p"]).ok();
+    d.run(&["segment", "rm", "other"]).ok();
+    for part in ["small", "default"] {
+        let v = partition_json(&d, part);
+        assert_eq!(
+            (v["resident_bytes"].as_u64(), v["pinned_bytes"].as_u64()),
+            (Some(0), Some(0)),
+            "{v}"
+        );
+    }
+    d.run(&["partition", "rm", "small"]).ok();
 }
 
 #[test]

@@ -85,6 +85,8 @@ pub struct Pool {
     pub waits: AtomicU64,
     last_cache_drop: AtomicU64,
     prefetch: Mutex<Option<std::sync::mpsc::SyncSender<PrefetchJob>>>,
+    started: Instant,
+    last_warn_s: AtomicU64,
 }
 
 /// Pages of a file segment to read into its page cache in the background.
@@ -113,6 +115,8 @@ impl Pool {
             waits: AtomicU64::new(0),
             last_cache_drop: AtomicU64::new(0),
             prefetch: Mutex::new(None),
+            started: Instant::now(),
+            last_warn_s: AtomicU64::new(0),
         })
     }
 
@@ -176,6 +180,13 @@ impl Pool {
         if self.resident.fetch_add(1, Ordering::Relaxed) + 1 > self.high_pages {
             self.kick_evictor();
         }
+    }
+
+    /// A removed segment gives back the `n` pages it had counted.
+    pub fn release_pages(&self, part: &Partition, n: u64) {
+        part.resident.fetch_sub(n, Ordering::Relaxed);
+        self.resident.fetch_sub(n, Ordering::Relaxed);
+        self.room.1.notify_all();
     }
 
     /// A page left the memfd.
@@ -263,7 +274,7 @@ impl Pool {
                 }
                 *kicked = false;
             }
-            if self.resident() <= self.high_pages && self.resident() < self.budget_pages {
+            if self.resident() <= self.high_pages {
                 continue;
             }
             let mut stuck = false;
@@ -300,14 +311,30 @@ impl Pool {
         }
     }
 
-    /// Evict one page from the partition the policy names. Returns false if none could be.
+    /// Evict one page: from the partition the policy names, or, if nothing can be evicted
+    /// there (every page failed, pinned or busy), from the next one the policy names without
+    /// it. Returns false if no partition gave a page up.
     fn evict_one(&self) -> bool {
         let parts = self.partitions();
-        let usage: Vec<(Limits, Usage)> = parts.iter().map(|p| (p.limits(), p.usage())).collect();
-        let Some(v) = pool::victim(self.budget_pages, &usage) else {
-            return false;
-        };
-        let part = &parts[v];
+        let mut excluded = vec![false; parts.len()];
+        loop {
+            let usage: Vec<(Limits, Usage)> = parts
+                .iter()
+                .zip(&excluded)
+                .map(|(p, &x)| (p.limits(), if x { Usage::default() } else { p.usage() }))
+                .collect();
+            let Some(v) = pool::victim(self.budget_pages, &usage) else {
+                return false;
+            };
+            if self.evict_from(&parts[v]) {
+                return true;
+            }
+            excluded[v] = true;
+        }
+    }
+
+    /// One sweep of a partition's clock, until a page is evicted.
+    fn evict_from(&self, part: &Partition) -> bool {
         let sweep = part.clock.lock().unwrap_or_else(|e| e.into_inner()).len() * 2 + 1;
         for _ in 0..sweep {
             let Some((seg_id, page)) = part
@@ -327,26 +354,39 @@ impl Pool {
             let Some(seg) = seg else { continue };
             match seg.clock_visit(page) {
                 ClockVisit::Gone => continue,
-                ClockVisit::Keep => {
-                    part.clock
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_back((seg_id, page));
-                }
+                ClockVisit::Keep => part
+                    .clock
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back((seg_id, page)),
                 ClockVisit::Evicted => {
                     part.evictions.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
-                ClockVisit::Failed => {
+                ClockVisit::Failed(e) => {
                     part.clock
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push_back((seg_id, page));
+                    self.warn_rate_limited(&format!(
+                        "memory pool: partition {}: cannot evict: {e}",
+                        part.name
+                    ));
                     return false;
                 }
             }
         }
         false
+    }
+
+    /// Log a warning at most once every 10 s.
+    fn warn_rate_limited(&self, msg: &str) {
+        let now = self.started.elapsed().as_secs();
+        let last = self.last_warn_s.load(Ordering::Relaxed);
+        if last == 0 || now >= last + 10 {
+            self.last_warn_s.store(now.max(1), Ordering::Relaxed);
+            log::warn!("{msg} (repeats are not logged for 10 s)");
+        }
     }
 
     /// Bytes of the budget.
@@ -362,6 +402,6 @@ pub enum ClockVisit {
     /// Referenced (second chance) or pinned: keep the entry.
     Keep,
     Evicted,
-    /// Eviction failed (logged): keep the entry and stop this round.
-    Failed,
+    /// Eviction failed: keep the entry; the evictor tries other partitions.
+    Failed(String),
 }

@@ -243,6 +243,15 @@ impl SlotTable {
         chunk[(page % CHUNK_PAGES) as usize].store(v, Ordering::Release);
     }
 
+    /// Remove and return the page's slot (atomically: of two racing takers, one gets it).
+    pub fn take(&self, page: u64) -> Option<Slot> {
+        let chunk = self.chunks[(page / CHUNK_PAGES) as usize].get()?;
+        chunk[(page % CHUNK_PAGES) as usize]
+            .swap(0, Ordering::AcqRel)
+            .checked_sub(1)
+            .map(Slot)
+    }
+
     /// Remove and return every slot (the segment is going away).
     pub fn take_all(&self) -> Vec<Slot> {
         let mut out = Vec::new();

@@ -267,6 +267,9 @@ impl Daemon {
                         ));
                     }
                     let p = self.find_partition(&name)?;
+                    // Counted under the catalog lock, which segment creation also holds: a
+                    // segment cannot land in the partition between the check and the removal.
+                    let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
                     let st = self.partition_stat(&p);
                     if st.segments > 0 {
                         return Err(err(
@@ -277,7 +280,6 @@ impl Daemon {
                             ),
                         ));
                     }
-                    let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
                     catalog
                         .remove_partition(&name)
                         .map_err(|e| err(ErrorCode::Io, e.to_string()))?;

@@ -55,6 +55,15 @@ pub enum EvictError {
     },
     #[error("segment {segment} page {page}: no paging device for a dirty page of a zero segment")]
     NoPagingDevice { segment: String, page: u64 },
+    #[error(
+        "segment {segment} page {page}: write-protecting it in pid {pid} before eviction: {source}"
+    )]
+    WriteProtect {
+        segment: String,
+        page: u64,
+        pid: i32,
+        source: UffdError,
+    },
     #[error("segment {segment} page {page}: {what}: {source}")]
     Memfd {
         segment: String,
@@ -62,6 +71,15 @@ pub enum EvictError {
         what: &'static str,
         source: std::io::Error,
     },
+}
+
+/// What an eviction attempt did.
+pub enum Evict {
+    Done,
+    NotResident,
+    Pinned,
+    /// The page's stripe (or its segment's sync) is busy: try later.
+    Busy,
 }
 
 /// What a load produced.
@@ -83,9 +101,11 @@ impl Segment {
                 .ok_or(LoadError::NoPagingDevice)?;
             let slot = self.slots.get(page).expect("a paged page has a slot");
             if let Err(e) = paging.read(slot, buf) {
-                // The slot's data is lost: give the slot back; the page will be poisoned.
-                self.slots.set(page, None);
-                paging.free(slot);
+                // The slot's data is lost: give the slot back (whoever takes it from the table
+                // frees it, once); the page will be poisoned.
+                if let Some(s) = self.slots.take(page) {
+                    paging.free(s);
+                }
                 if let Some(m) = &self.memory {
                     m.partition.paging_errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -303,12 +323,12 @@ impl Segment {
             return ClockVisit::Keep;
         }
         match self.evict_page(page) {
-            Ok(true) => ClockVisit::Evicted,
-            Ok(false) => ClockVisit::Gone,
-            Err(e) => {
-                log::warn!("memory pool: cannot evict: {e}");
-                ClockVisit::Failed
-            }
+            Ok(Evict::Done) => ClockVisit::Evicted,
+            Ok(Evict::NotResident) => ClockVisit::Gone,
+            // Pinned meanwhile, or its stripe is busy (a fault, a sync or a read-ahead is at
+            // work on it): keep it on the clock and move on.
+            Ok(Evict::Pinned | Evict::Busy) => ClockVisit::Keep,
+            Err(e) => ClockVisit::Failed(e.to_string()),
         }
     }
 
@@ -317,12 +337,23 @@ impl Segment {
     /// copied, and written back to its file or out to the paging device. Punching the hole zaps
     /// it from every mapping; the next access faults it back in. Returns false if the page was
     /// not evictable after all.
-    pub(crate) fn evict_page(&self, page: u64) -> Result<bool, EvictError> {
-        let _g = lock(self.stripe(page));
+    pub(crate) fn evict_page(&self, page: u64) -> Result<Evict, EvictError> {
+        // The evictor never waits on a stripe: a holder may be doing I/O for a while.
+        let Ok(_g) = self.stripe(page).try_lock() else {
+            return Ok(Evict::Busy);
+        };
         let state = self.pages.get(page);
-        if !state.is_resident() || self.pages.flags(page) & PINNED != 0 {
-            return Ok(false);
+        if !state.is_resident() {
+            return Ok(Evict::NotResident);
         }
+        if self.pages.flags(page) & PINNED != 0 {
+            return Ok(Evict::Pinned);
+        }
+        // A file segment being synced keeps its pages until the sync is durable: a page the
+        // sync marked Clean must not be dropped before fdatasync has succeeded.
+        let Ok(_sync) = self.sync_lock.try_lock() else {
+            return Ok(Evict::Busy);
+        };
         let seg = || self.info.name.clone();
         let persistent = self.mapper.is_persistent();
         let has_slot = self.slots.get(page).is_some();
@@ -332,6 +363,13 @@ impl Segment {
             // A clean page of a zero segment without a slot was never written: dormant again.
             PageState::Clean => PageState::Absent,
             _ => {
+                // Take the paging slot first: a full device must fail before any client is
+                // write-protected for nothing.
+                let slot = if persistent {
+                    None
+                } else {
+                    Some(self.slot_for(page)?)
+                };
                 for a in self
                     .clients
                     .read()
@@ -339,14 +377,18 @@ impl Segment {
                     .iter()
                 {
                     match a.uffd.write_protect(a.base + page * PS, PS, true, true) {
-                        Err(e) if !e.is_process_gone() => {
-                            log::debug!(
-                                "segment {} page {page}: write-protect in pid {}: {e}",
-                                self.info.name,
-                                a.pid
-                            )
+                        Ok(()) => {}
+                        Err(e) if e.is_process_gone() => {}
+                        // A process left with a writable mapping could write between the copy
+                        // and the punch, and that write would be lost: do not evict.
+                        Err(e) => {
+                            return Err(EvictError::WriteProtect {
+                                segment: seg(),
+                                page,
+                                pid: a.pid,
+                                source: e,
+                            })
                         }
-                        _ => {}
                     }
                 }
                 let mut buf = [0u8; PSU];
@@ -371,7 +413,7 @@ impl Segment {
                         .fetch_add(PS, Ordering::Relaxed);
                     PageState::Absent
                 } else {
-                    self.page_out(page, &buf)?;
+                    self.page_out(page, slot.expect("taken above"), &buf)?;
                     PageState::Paged
                 }
             }
@@ -386,38 +428,49 @@ impl Segment {
             })?;
         self.set_state(page, new);
         self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-        Ok(true)
+        Ok(Evict::Done)
     }
 
-    fn page_out(&self, page: u64, buf: &[u8]) -> Result<(), EvictError> {
-        let m = self
-            .memory
+    fn paging(&self, page: u64) -> Result<&pagemesh_store::paging::PagingDevice, EvictError> {
+        self.memory
             .as_ref()
-            .expect("only pooled segments are evicted");
-        let paging = m
-            .pool
-            .paging
-            .as_ref()
+            .and_then(|m| m.pool.paging.as_ref())
             .ok_or_else(|| EvictError::NoPagingDevice {
                 segment: self.info.name.clone(),
                 page,
+            })
+    }
+
+    /// The page's paging slot, allocated if it has none.
+    fn slot_for(&self, page: u64) -> Result<Slot, EvictError> {
+        if let Some(s) = self.slots.get(page) {
+            return Ok(s);
+        }
+        let s = self
+            .paging(page)?
+            .alloc()
+            .map_err(|source| EvictError::PageOut {
+                segment: self.info.name.clone(),
+                page,
+                source,
             })?;
-        let err = |source| EvictError::PageOut {
-            segment: self.info.name.clone(),
-            page,
-            source,
-        };
-        let slot = match self.slots.get(page) {
-            Some(s) => s,
-            None => {
-                let s = paging.alloc().map_err(err)?;
-                self.slots.set(page, Some(s));
-                s
-            }
-        };
-        paging.write(slot, buf).map_err(err)?;
+        self.slots.set(page, Some(s));
+        Ok(s)
+    }
+
+    fn page_out(&self, page: u64, slot: Slot, buf: &[u8]) -> Result<(), EvictError> {
+        let paging = self.paging(page)?;
+        paging
+            .write(slot, buf)
+            .map_err(|source| EvictError::PageOut {
+                segment: self.info.name.clone(),
+                page,
+                source,
+            })?;
         self.counters.page_outs.fetch_add(1, Ordering::Relaxed);
-        m.partition.page_outs.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.memory {
+            m.partition.page_outs.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -432,56 +485,76 @@ impl Segment {
         let need = (first..first + n)
             .filter(|&p| self.pages.flags(p) & PINNED == 0)
             .count() as u64;
+        // The partition's max, and pool-wide: what the other partitions' mins leave, less what
+        // everyone has pinned already.
         let limits = m.partition.limits();
+        let parts = m.pool.partitions();
+        let other_mins: u64 = parts
+            .iter()
+            .filter(|p| p.name != m.partition.name)
+            .map(|p| p.limits().min_pages)
+            .sum();
+        let pinned_all: u64 = parts.iter().map(|p| p.pinned.load(Ordering::Relaxed)).sum();
         let pinned = m.partition.pinned.load(Ordering::Relaxed);
-        let cap = limits.max_pages.min(m.pool.budget_pages);
-        if pinned + need > cap {
+        let cap = limits
+            .max_pages
+            .min(m.pool.budget_pages.saturating_sub(other_mins));
+        let pool_room = m
+            .pool
+            .budget_pages
+            .saturating_sub(other_mins)
+            .saturating_sub(pinned_all);
+        if pinned + need > cap || need > pool_room {
             return Err(IoError::PinLimit {
                 segment: self.info.name.clone(),
                 partition: m.partition.name.clone(),
                 want_bytes: need * PS,
                 pinned_bytes: pinned * PS,
-                cap_bytes: cap * PS,
+                cap_bytes: cap.min(pinned + pool_room) * PS,
             });
         }
         let mut buf = vec![0u8; PSU];
-        let mut newly = 0;
-        for p in first..first + n {
-            if !self.pages.get(p).is_resident() {
-                m.pool.wait_for_room();
-            }
-            let _g = lock(self.stripe(p));
-            match self.pages.get(p) {
-                PageState::Poisoned => return Err(self.poisoned_err(p)),
-                PageState::Absent | PageState::Paged => {
-                    let data: &[u8] = match self.load(p, &mut buf) {
-                        Ok(Loaded::Zero) => &[0u8; PSU],
-                        Ok(Loaded::Data) => &buf,
-                        Err(e) => {
-                            return Err(IoError::Load {
-                                segment: self.info.name.clone(),
-                                page: p,
-                                source: e,
-                            })
-                        }
-                    };
-                    self.memfd
-                        .write_all_at(data, p * PS)
-                        .map_err(|source| IoError::Memfd {
-                            segment: self.info.name.clone(),
-                            offset: p * PS,
-                            source,
-                        })?;
-                    self.set_state(p, PageState::Clean);
+        let mut newly = Vec::new();
+        let result = (|| {
+            for p in first..first + n {
+                if !self.pages.get(p).is_resident() {
+                    m.pool.wait_for_room();
                 }
-                PageState::Clean | PageState::Dirty => {}
+                let _g = lock(self.stripe(p));
+                match self.pages.get(p) {
+                    PageState::Poisoned => return Err(self.poisoned_err(p)),
+                    PageState::Absent | PageState::Paged => {
+                        // load_whole poisons a page whose data cannot be read, as a fault would.
+                        self.load_whole(p, &mut buf)?;
+                        self.memfd
+                            .write_all_at(&buf, p * PS)
+                            .map_err(|source| IoError::Memfd {
+                                segment: self.info.name.clone(),
+                                offset: p * PS,
+                                source,
+                            })?;
+                        self.set_state(p, PageState::Clean);
+                    }
+                    PageState::Clean | PageState::Dirty => {}
+                }
+                if self.pages.set_pinned(p, true) {
+                    m.partition.pinned.fetch_add(1, Ordering::Relaxed);
+                    newly.push(p);
+                }
             }
-            if self.pages.set_pinned(p, true) {
-                m.partition.pinned.fetch_add(1, Ordering::Relaxed);
-                newly += 1;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            // Fail changing nothing: unpin what this call pinned.
+            for p in newly {
+                let _g = lock(self.stripe(p));
+                if self.pages.set_pinned(p, false) {
+                    m.partition.pinned.fetch_sub(1, Ordering::Relaxed);
+                }
             }
+            return Err(e);
         }
-        Ok(newly)
+        Ok(newly.len() as u64)
     }
 
     /// Unpin `[first, first+n)`; returns how many pages were pinned.
@@ -510,14 +583,7 @@ impl Segment {
     /// Give the segment's memory back to the pool (it is being removed).
     pub fn release(&self) {
         let Some(m) = &self.memory else { return };
-        for state in [PageState::Clean, PageState::Dirty] {
-            for p in self.pages.pages_in(state) {
-                let _g = lock(self.stripe(p));
-                if self.pages.get(p).is_resident() {
-                    self.set_state(p, PageState::Absent);
-                }
-            }
-        }
+        m.pool.release_pages(&m.partition, self.take_accounted());
         m.partition.pinned.fetch_sub(
             self.pages
                 .pinned()

@@ -4,7 +4,8 @@
 //! Locking: every transition of a page's state happens under that page's stripe lock, together
 //! with the uffd ioctls that make the kernel agree with it (install write-protected for Clean,
 //! writable for Dirty). Sync takes the stripe locks of a run of pages in increasing order and is
-//! serialised per segment, and nothing else holds two stripe locks, so there is no lock cycle.
+//! serialised per segment; read-ahead, page-in runs, the prefetcher and the evictor only
+//! try-lock extra stripes, so there is no lock cycle.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -144,7 +145,7 @@ pub struct Segment {
     pub(crate) pages: PageTable,
     stripes: Box<[Mutex<()>]>,
     pub(crate) clients: RwLock<Vec<Arc<Attachment>>>,
-    sync_lock: Mutex<()>,
+    pub(crate) sync_lock: Mutex<()>,
     pub(crate) counters: Counters,
     latency: Histogram,
     /// Set for `volume:` segments: faults and reads go to the volume's shared cache.
@@ -157,7 +158,11 @@ pub struct Segment {
     pub(crate) slots: SlotTable,
     /// Set by `segment rm` once no process is attached; refuses new attachments.
     removed: std::sync::atomic::AtomicBool,
+    /// Resident pages counted against the pool (RELEASED once the segment is removed).
+    accounted: AtomicU64,
 }
+
+const RELEASED: u64 = u64::MAX;
 
 /// Where a segment's pages are accounted.
 pub struct Memory {
@@ -193,6 +198,7 @@ impl Segment {
             memory,
             slots: SlotTable::new(len / PS),
             removed: std::sync::atomic::AtomicBool::new(false),
+            accounted: AtomicU64::new(0),
         })
     }
 
@@ -213,6 +219,7 @@ impl Segment {
             memory: None,
             slots: SlotTable::new(len / PS),
             removed: std::sync::atomic::AtomicBool::new(false),
+            accounted: AtomicU64::new(0),
         })
     }
 
@@ -221,13 +228,37 @@ impl Segment {
     pub(crate) fn set_state(&self, page: u64, new: PageState) -> PageState {
         let old = self.pages.set(page, new);
         if let Some(m) = &self.memory {
-            match (old.is_resident(), new.is_resident()) {
-                (false, true) => m.pool.page_in(&m.partition, self.info.id, page),
-                (true, false) => m.pool.page_out(&m.partition),
-                _ => {}
+            let delta: i64 = match (old.is_resident(), new.is_resident()) {
+                (false, true) => 1,
+                (true, false) => -1,
+                _ => 0,
+            };
+            // Count against the pool only while the segment is live: after `release` (which
+            // gives back exactly what was counted) late transitions of in-flight work are not.
+            let counted = delta != 0
+                && self
+                    .accounted
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                        (v != RELEASED).then(|| v.wrapping_add(delta as u64))
+                    })
+                    .is_ok();
+            if counted {
+                if delta > 0 {
+                    m.pool.page_in(&m.partition, self.info.id, page);
+                } else {
+                    m.pool.page_out(&m.partition);
+                }
             }
         }
         old
+    }
+
+    /// Give back to the pool what this segment has counted against it, and stop counting.
+    pub(crate) fn take_accounted(&self) -> u64 {
+        match self.accounted.swap(RELEASED, Ordering::AcqRel) {
+            RELEASED => 0,
+            n => n,
+        }
     }
 
     pub fn memfd(&self) -> &Memfd {
@@ -463,7 +494,7 @@ impl Segment {
     /// Load an Absent or Paged page into `buf` for segment I/O (zeros for a dormant page);
     /// a page that cannot be read is poisoned, like a fault on it would (caller holds its
     /// stripe lock).
-    fn load_whole(&self, page: u64, buf: &mut [u8]) -> Result<(), IoError> {
+    pub(crate) fn load_whole(&self, page: u64, buf: &mut [u8]) -> Result<(), IoError> {
         match self.load(page, buf) {
             Ok(Loaded::Zero) => buf.fill(0),
             Ok(Loaded::Data) => {}
