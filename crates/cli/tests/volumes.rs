@@ -240,3 +240,52 @@ fn volume_errors_say_what_to_do() {
     d.run(&["volume", "rm", "e"]).ok();
     assert!(!d.run(&["volume", "list"]).ok().stdout_str().contains(" e "));
 }
+
+/// Volume caches count against the memory pool: frames still mapped by a live process stay,
+/// unmapped ones are dropped (clean: read again on demand) to bring the pool under its budget.
+#[test]
+fn volume_caches_live_within_the_memory_budget() {
+    let d = Daemon::start_with(&["--memory", "64MiB"]);
+    let img = d.path("big.img");
+    let want = make_image(&img, 160 << 20);
+    d.run(&["volume", "add", "big", img.to_str().unwrap()]).ok();
+    for i in 0..3 {
+        d.run(&[
+            "segment",
+            "create",
+            &format!("vm{i}"),
+            "--backing",
+            "volume:big",
+        ])
+        .ok();
+    }
+    // One reader at a time maps the whole image (more than the budget): it must not stall.
+    for i in 0..3 {
+        let r = d.spawn_cmd(&["memtest", &format!("vm{i}"), "--sha256"], false);
+        let out = finish(r, &[], Duration::from_secs(120), &["volume reader"]).ok();
+        assert_eq!(out.stdout_str().trim(), want);
+    }
+    // Once no process maps the frames, the evictor drops them to the low watermark.
+    let budget = 48u64 << 20; // 64 MiB minus the daemon's 16 MiB reserve
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = volume_stat(&d, "big");
+        let cached = v["cached_bytes"].as_u64().unwrap();
+        if cached <= budget {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "volume cache stayed at {} MiB > 48 MiB: {v}",
+            cached >> 20
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = d.run(&["partition", "stat", "volumes", "--json"]).ok();
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(p["evictions"].as_u64().unwrap() > 0, "{p}");
+    assert!(p["resident_bytes"].as_u64().unwrap() <= budget, "{p}");
+    // Evicted blocks come back from storage, intact.
+    let out = d.run(&["memtest", "vm0", "--sha256"]).ok();
+    assert_eq!(out.stdout_str().trim(), want);
+}

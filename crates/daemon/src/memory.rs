@@ -18,6 +18,10 @@ use pagemesh_store::paging::PagingDevice;
 use pagemesh_types::PAGE_SIZE;
 
 use crate::segment::Segment;
+use crate::volume::Volume;
+
+/// Clock entries of volume blocks carry the volume's id with this bit set.
+pub const VOLUME_ID_BIT: u64 = 1 << 63;
 use pagemesh_core::pool::{self, Limits, Usage};
 
 /// How long a fault waits for room before it goes ahead anyway (and says so in the log).
@@ -80,6 +84,10 @@ pub struct Pool {
     resident: AtomicU64,
     partitions: RwLock<Vec<Arc<Partition>>>,
     segments: RwLock<HashMap<u64, Weak<Segment>>>,
+    volumes: RwLock<HashMap<u64, Weak<Volume>>>,
+    next_volume_id: AtomicU64,
+    /// Set when the evictor's last round could not free anything: faults then do not wait.
+    stuck: std::sync::atomic::AtomicBool,
     kick: (Mutex<bool>, Condvar),
     room: (Mutex<()>, Condvar),
     pub waits: AtomicU64,
@@ -110,6 +118,9 @@ impl Pool {
             resident: AtomicU64::new(0),
             partitions: RwLock::new(Vec::new()),
             segments: RwLock::new(HashMap::new()),
+            volumes: RwLock::new(HashMap::new()),
+            next_volume_id: AtomicU64::new(1),
+            stuck: std::sync::atomic::AtomicBool::new(false),
             kick: (Mutex::new(false), Condvar::new()),
             room: (Mutex::new(()), Condvar::new()),
             waits: AtomicU64::new(0),
@@ -163,6 +174,25 @@ impl Pool {
             .insert(seg.info.id, Arc::downgrade(seg));
     }
 
+    /// An id for a volume's clock entries.
+    pub fn volume_id(&self) -> u64 {
+        self.next_volume_id.fetch_add(1, Ordering::Relaxed) | VOLUME_ID_BIT
+    }
+
+    pub fn register_volume(&self, id: u64, v: &Arc<Volume>) {
+        self.volumes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Arc::downgrade(v));
+    }
+
+    pub fn unregister_volume(&self, id: u64) {
+        self.volumes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
     pub fn unregister(&self, id: u64) {
         self.segments
             .write()
@@ -206,12 +236,21 @@ impl Pool {
         if self.resident() < self.budget_pages {
             return;
         }
+        if self.stuck.load(Ordering::Relaxed) {
+            // Nothing is evictable right now (pinned, protected by mins, or volume frames
+            // still mapped): waiting would only stall the fault. Go over budget, say so.
+            self.warn_rate_limited(&format!(
+                "memory pool: over its budget ({} pages) with nothing evictable; faults proceed",
+                self.budget_pages
+            ));
+            return;
+        }
         self.waits.fetch_add(1, Ordering::Relaxed);
         self.kick_evictor();
         let deadline = Instant::now() + ROOM_WAIT;
         let (m, cv) = &self.room;
         let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
-        while self.resident() >= self.budget_pages {
+        while self.resident() >= self.budget_pages && !self.stuck.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= deadline {
                 log::warn!(
@@ -285,6 +324,7 @@ impl Pool {
                         break;
                     }
                 }
+                self.stuck.store(stuck, Ordering::Relaxed);
                 self.room.1.notify_all();
                 self.drop_paging_cache();
             }
@@ -345,14 +385,26 @@ impl Pool {
             else {
                 return false;
             };
-            let seg = self
-                .segments
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&seg_id)
-                .and_then(Weak::upgrade);
-            let Some(seg) = seg else { continue };
-            match seg.clock_visit(page) {
+            let visit = if seg_id & VOLUME_ID_BIT != 0 {
+                let vol = self
+                    .volumes
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&seg_id)
+                    .and_then(Weak::upgrade);
+                let Some(vol) = vol else { continue };
+                vol.clock_visit(page)
+            } else {
+                let seg = self
+                    .segments
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&seg_id)
+                    .and_then(Weak::upgrade);
+                let Some(seg) = seg else { continue };
+                seg.clock_visit(page)
+            };
+            match visit {
                 ClockVisit::Gone => continue,
                 ClockVisit::Keep => part
                     .clock

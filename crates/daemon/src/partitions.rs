@@ -17,6 +17,7 @@ use crate::memory::{Partition, Pool};
 use crate::pages::{PageState, PINNED, REFERENCED};
 use crate::segment::Memory;
 use crate::server::{err, io_err, valid_name, Daemon};
+use crate::volume::VolumeMemory;
 use crate::Config;
 use pagemesh_core::pool::Limits;
 
@@ -76,8 +77,16 @@ pub fn build_pool(config: &Config, catalog: &Catalog) -> Result<Arc<Pool>, Strin
             weight: 1,
         },
     ));
+    pool.add_partition(Partition::new(
+        VOLUMES,
+        Limits {
+            min_pages: 0,
+            max_pages: budget,
+            weight: 1,
+        },
+    ));
     for (name, l) in catalog.partitions() {
-        if name != "default" {
+        if name != "default" && name != VOLUMES {
             pool.add_partition(Partition::new(&name, limits_of(l)));
         }
     }
@@ -89,6 +98,23 @@ pub fn build_pool(config: &Config, catalog: &Catalog) -> Result<Arc<Pool>, Strin
         .spawn(move || p.run_evictor())
         .map_err(|e| format!("starting the evictor thread: {e}"))?;
     Ok(pool)
+}
+
+/// The built-in partition that volume caches count against.
+pub const VOLUMES: &str = "volumes";
+
+/// Accounting for a volume's cache: the `volumes` partition, and a clock id.
+pub fn volume_memory(pool: &Arc<Pool>) -> (Option<VolumeMemory>, u64) {
+    let id = pool.volume_id();
+    let partition = pool.partitions().into_iter().find(|p| p.name == VOLUMES);
+    (
+        partition.map(|partition| VolumeMemory {
+            pool: Arc::clone(pool),
+            partition,
+            id,
+        }),
+        id,
+    )
 }
 
 /// Where a new segment's pages are accounted: volume segments nowhere (their frames belong to
@@ -260,10 +286,10 @@ impl Daemon {
                     Response::Partition(self.partition_stat(&p))
                 }
                 Request::RemovePartition { name } => {
-                    if name == "default" {
+                    if name == "default" || name == VOLUMES {
                         return Err(err(
                             ErrorCode::InvalidArgument,
-                            "the default partition cannot be removed",
+                            format!("the built-in partition {name} cannot be removed"),
                         ));
                     }
                     let p = self.find_partition(&name)?;

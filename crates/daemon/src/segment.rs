@@ -49,6 +49,32 @@ pub struct Attachment {
     /// its own reasons (a broken uffd), so the client's watchdog takes over instead of faults
     /// hanging.
     pub lease: Option<std::os::unix::net::UnixStream>,
+    /// For volume segments: the blocks whose shared frame this process has mapped (a bit per
+    /// block). Such frames are not evicted while the process lives.
+    pub volume_map: Option<Box<[AtomicU64]>>,
+    /// Whether the volume knows this attachment as a user.
+    pub volume_user: std::sync::atomic::AtomicBool,
+}
+
+impl Attachment {
+    /// Record that blocks `[first, first+n)` are mapped here (volume segments).
+    pub fn mark_mapped(&self, first: u64, n: u64) {
+        if let Some(map) = &self.volume_map {
+            for b in first..first + n {
+                if let Some(w) = map.get((b / 64) as usize) {
+                    w.fetch_or(1 << (b % 64), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Whether block `b`'s shared frame may be mapped here.
+    pub fn maps(&self, b: u64) -> bool {
+        self.volume_map
+            .as_ref()
+            .and_then(|m| m.get((b / 64) as usize))
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (b % 64)) != 0)
+    }
 }
 
 /// Why a segment I/O request failed.
@@ -200,6 +226,11 @@ impl Segment {
             removed: std::sync::atomic::AtomicBool::new(false),
             accounted: AtomicU64::new(0),
         })
+    }
+
+    /// Whether this is a volume segment (its attachments track the frames they map).
+    pub fn is_volume(&self) -> bool {
+        self.volume.is_some()
     }
 
     /// A segment whose pages are a volume's shared frames (mapped privately by clients).

@@ -149,11 +149,15 @@ pub(crate) fn build_segment(
 impl Daemon {
     pub fn new(config: Config, uffd_mode: String) -> Result<Arc<Daemon>, String> {
         let catalog = Catalog::open(&config.data_dir).map_err(|e| e.to_string())?;
+        let pool = crate::partitions::build_pool(&config, &catalog)?;
         let mut volumes = HashMap::new();
         for v in catalog.volumes() {
-            match Volume::open(v.clone(), config.share_threshold) {
+            let (memory, id) = crate::partitions::volume_memory(&pool);
+            match Volume::open(v.clone(), config.share_threshold, memory) {
                 Ok(vol) => {
-                    volumes.insert(v.name.clone(), Arc::new(vol));
+                    let vol = Arc::new(vol);
+                    pool.register_volume(id, &vol);
+                    volumes.insert(v.name.clone(), vol);
                 }
                 Err(e) => log::error!(
                     "volume {} ({}) from the catalog is unavailable: {e}; restore the image or `pagemesh volume rm {}`",
@@ -163,7 +167,6 @@ impl Daemon {
                 ),
             }
         }
-        let pool = crate::partitions::build_pool(&config, &catalog)?;
         let mut segments = HashMap::new();
         for (info, partition) in catalog.segments() {
             let memory = crate::partitions::memory_for(&pool, &info.backing, &partition);
@@ -421,6 +424,12 @@ impl Daemon {
             segment: Arc::clone(&seg),
             last_page: std::sync::atomic::AtomicU64::new(0),
             lease: sock.try_clone().ok(),
+            volume_map: seg.is_volume().then(|| {
+                (0..seg.mapped_len().div_ceil(PAGE_SIZE * 64))
+                    .map(|_| AtomicU64::new(0))
+                    .collect()
+            }),
+            volume_user: std::sync::atomic::AtomicBool::new(false),
         });
         if let Err(e) = self.workers.add(att) {
             let _ = write_frame(
@@ -742,8 +751,9 @@ impl Daemon {
             path: path.clone(),
             size_bytes: size,
         };
-        let vol = match Volume::open(info.clone(), self.config.share_threshold) {
-            Ok(v) => v,
+        let (memory, id) = crate::partitions::volume_memory(&self.pool);
+        let vol = match Volume::open(info.clone(), self.config.share_threshold, memory) {
+            Ok(v) => Arc::new(v),
             Err(e) => {
                 return err(
                     ErrorCode::Io,
@@ -754,10 +764,11 @@ impl Daemon {
         if let Err(e) = catalog.add_volume(&info) {
             return err(ErrorCode::Io, e.to_string());
         }
+        self.pool.register_volume(id, &vol);
         self.volumes
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name.clone(), Arc::new(vol));
+            .insert(name.clone(), vol);
         log::info!("added volume {name}: {path} ({})", ByteSize(size));
         Response::Volume(info)
     }
@@ -777,10 +788,14 @@ impl Daemon {
         if let Err(e) = catalog.remove_volume(name) {
             return err(ErrorCode::Io, e.to_string());
         }
-        self.volumes
+        if let Some(v) = self
+            .volumes
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+            .remove(name)
+        {
+            v.release();
+        }
         log::info!("removed volume {name}");
         Response::Removed
     }

@@ -22,7 +22,9 @@ use pagemesh_proto::{VolumeInfo, VolumeStat};
 use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::{Memfd, Uffd, UffdError};
 
+use crate::memory::{ClockVisit, Partition, Pool};
 use crate::segment::Attachment;
+use std::sync::Weak;
 
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
@@ -113,7 +115,23 @@ pub struct Volume {
     waiters: Mutex<HashMap<u64, Vec<Waiter>>>,
     share_threshold: u8,
     counters: Counters,
+    /// The pool the cached blocks count against, through the `volumes` partition.
+    memory: Option<VolumeMemory>,
+    /// Cached blocks counted against the pool (RELEASED once the volume is removed).
+    accounted: AtomicU64,
+    /// Attachments that have faulted on this volume: their maps of mapped frames.
+    users: Mutex<Vec<Weak<Attachment>>>,
 }
+
+/// Where a volume's cached blocks are accounted.
+pub struct VolumeMemory {
+    pub pool: Arc<Pool>,
+    pub partition: Arc<Partition>,
+    /// Its id on the partition's clock (`memory::VOLUME_ID_BIT` set).
+    pub id: u64,
+}
+
+const RELEASED: u64 = u64::MAX;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -121,7 +139,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Volume {
     /// Open the image read-only and create its (empty) cache.
-    pub fn open(info: VolumeInfo, share_threshold: u8) -> std::io::Result<Volume> {
+    pub fn open(
+        info: VolumeInfo,
+        share_threshold: u8,
+        memory: Option<VolumeMemory>,
+    ) -> std::io::Result<Volume> {
         let file = File::open(&info.path)?;
         // pagemesh reads ahead itself and caches the blocks in the volume memfd: kernel
         // read-ahead on the image would only fill the page cache with a second copy.
@@ -139,6 +161,9 @@ impl Volume {
             share_threshold: share_threshold.max(1),
             counters: Counters::default(),
             info,
+            memory,
+            accounted: AtomicU64::new(0),
+            users: Mutex::new(Vec::new()),
         })
     }
 
@@ -170,6 +195,65 @@ impl Volume {
             Block::Poisoned => c.poisoned.fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
+        let delta: i64 = match (old == Block::Present as u8, s == Block::Present) {
+            (false, true) => 1,
+            (true, false) => -1,
+            _ => 0,
+        };
+        if let (Some(m), true) = (&self.memory, delta != 0) {
+            let counted = self
+                .accounted
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    (v != RELEASED).then(|| v.wrapping_add(delta as u64))
+                })
+                .is_ok();
+            if counted && delta > 0 {
+                m.pool.page_in(&m.partition, m.id, b);
+            } else if counted {
+                m.pool.page_out(&m.partition);
+            }
+        }
+    }
+
+    /// The evictor's clock hand reached block `b`: drop it from the cache if it is cached and
+    /// no live attachment has its shared frame mapped (clean: it is read again on demand).
+    pub(crate) fn clock_visit(&self, b: u64) -> ClockVisit {
+        if self.block_state(b) != Block::Present {
+            return ClockVisit::Gone;
+        }
+        {
+            let mut users = lock(&self.users);
+            users.retain(|w| w.strong_count() > 0);
+            if users.iter().filter_map(Weak::upgrade).any(|a| a.maps(b)) {
+                return ClockVisit::Keep;
+            }
+        }
+        let Ok(_g) = self.stripe(b).try_lock() else {
+            return ClockVisit::Keep;
+        };
+        if self.block_state(b) != Block::Present {
+            return ClockVisit::Gone;
+        }
+        if let Err(e) = self.memfd.punch_hole(b * PS, PS) {
+            return ClockVisit::Failed(format!(
+                "volume {}: punching block {b}: {e}",
+                self.info.name
+            ));
+        }
+        self.set(b, Block::Absent);
+        ClockVisit::Evicted
+    }
+
+    /// Give the pool back what this volume counted (it is being removed).
+    pub fn release(&self) {
+        if let Some(m) = &self.memory {
+            let n = match self.accounted.swap(RELEASED, Ordering::AcqRel) {
+                RELEASED => 0,
+                n => n,
+            };
+            m.pool.release_pages(&m.partition, n);
+            m.pool.unregister_volume(m.id);
+        }
     }
 
     fn stripe(&self, b: u64) -> &Mutex<()> {
@@ -214,8 +298,11 @@ impl Volume {
             n += 1;
         }
         self.counters.shared_maps.fetch_add(1, Ordering::Relaxed);
-        if att.uffd.continue_run(addr, n * PS, false, true)? == 0 {
+        let mapped = att.uffd.continue_run(addr, n * PS, false, true)?;
+        att.mark_mapped(b, mapped / PS);
+        if mapped == 0 {
             // Another thread of this process mapped the page first: just wake this one.
+            att.mark_mapped(b, 1);
             att.uffd.wake(addr, PS)?;
         }
         let below = FAULT_AROUND_BLOCKS.min((addr - att.base) / PS).min(b);
@@ -224,7 +311,9 @@ impl Volume {
             m += 1;
         }
         if m > 0 {
-            let _ = att.uffd.continue_run(addr - m * PS, m * PS, false, false);
+            if let Ok(back) = att.uffd.continue_run(addr - m * PS, m * PS, false, false) {
+                att.mark_mapped(b - m, back / PS);
+            }
         }
         Ok(())
     }
@@ -284,6 +373,14 @@ impl Volume {
 
     /// Serve a fault of `att` on block `b` (at `addr` in its private mapping).
     pub fn resolve(&self, att: &Arc<Attachment>, b: u64, addr: u64, scratch: &mut [u8]) {
+        if !att.volume_user.swap(true, Ordering::Relaxed) {
+            lock(&self.users).push(Arc::downgrade(att));
+        }
+        if let Some(m) = &self.memory {
+            if self.block_state(b) == Block::Absent {
+                m.pool.wait_for_room(); // backpressure, before any lock
+            }
+        }
         let hits = {
             let h = self.hits.cell(b);
             let v = h.load(Ordering::Relaxed);
