@@ -16,7 +16,7 @@ use clap::{Args, Subcommand};
 use pagemesh::Backing;
 use pagemesh_types::ByteSize;
 use pagemesh_uffd::fileio::drop_cached;
-use pagemesh_uffd::SharedMapping;
+use pagemesh_uffd::ReadOnlyMapping;
 use sha2::{Digest, Sha256};
 
 use crate::harness::{spawn, wait_all, PrivateDaemon, Proc};
@@ -123,7 +123,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::MmapHash { file } => {
             let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
             let len = f.metadata()?.len() as usize;
-            let m = SharedMapping::map_readonly(f.as_fd(), len)?;
+            let m = ReadOnlyMapping::map(f.as_fd(), len)?;
             println!("{}", sha256_of(|off, buf| m.read_at(off, buf), len));
             Ok(ExitCode::SUCCESS)
         }
@@ -298,7 +298,7 @@ fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
     write_image(&image, b.size)?;
     let want = {
         let f = File::open(&image)?;
-        let m = SharedMapping::map_readonly(f.as_fd(), b.size as usize)?;
+        let m = ReadOnlyMapping::map(f.as_fd(), b.size as usize)?;
         sha256_of(|off, buf| m.read_at(off, buf), b.size as usize)
     };
     let copies: Vec<PathBuf> = (0..b.procs)

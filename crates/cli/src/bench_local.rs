@@ -66,7 +66,7 @@ fn minimal_handler(n: u64, cached: bool) -> anyhow::Result<Vec<f64>> {
     let modes = RegisterMode::MISSING
         .union(RegisterMode::MINOR)
         .union(RegisterMode::WP);
-    uffd.register(map.addr(), len, modes)
+    uffd.register_mapping(&map, modes)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let stop = AtomicBool::new(false);
     let zero = vec![0u8; PS as usize];

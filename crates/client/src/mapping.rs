@@ -84,7 +84,7 @@ impl Mapping {
                 .union(RegisterMode::MINOR)
                 .union(RegisterMode::WP)
         };
-        uffd.register(map.addr(), len, modes)
+        uffd.register_mapping(&map, modes)
             .map_err(|e| e.source)
             .map_err(io("registering the mapping"))?;
         let daemon_copy = uffd.try_clone().map_err(io("duplicating the uffd"))?;

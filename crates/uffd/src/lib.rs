@@ -14,7 +14,7 @@ pub mod sigbus;
 mod sys;
 pub mod uffd;
 
-pub use memfd::{Memfd, SharedMapping};
+pub use memfd::{Memfd, ReadOnlyMapping, SharedMapping};
 pub use uffd::{features, Event, FaultKind, OpenMode, Probe, RegisterMode, Uffd, UffdError};
 
 /// The page size pagemesh is built for; checked against the running kernel by [`check_page_size`].

@@ -190,12 +190,6 @@ impl SharedMapping {
         )
     }
 
-    /// Map `len` bytes of a file read-only and shared (for comparisons with the kernel's mmap).
-    /// Only `read_at` may be used on it: a write through it would fault.
-    pub fn map_readonly(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMapping> {
-        Self::mmap(Some(fd), len, libc::PROT_READ, libc::MAP_SHARED, false)
-    }
-
     /// Map `len` bytes of private anonymous memory (for tests and benchmarks).
     pub fn anonymous(len: usize) -> io::Result<SharedMapping> {
         Self::mmap(
@@ -298,5 +292,33 @@ impl Drop for SharedMapping {
         unsafe {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
+    }
+}
+
+/// A read-only shared mapping of a file (for comparisons with the kernel's own mmap). Only
+/// reading is offered: a write through it would fault.
+#[derive(Debug)]
+pub struct ReadOnlyMapping(SharedMapping);
+
+impl ReadOnlyMapping {
+    /// Map `len` bytes of `fd` from offset 0, read-only, shared.
+    pub fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<ReadOnlyMapping> {
+        SharedMapping::mmap(Some(fd), len, libc::PROT_READ, libc::MAP_SHARED, false)
+            .map(ReadOnlyMapping)
+    }
+
+    /// Copy bytes out of the mapping.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) {
+        self.0.read_at(offset, buf)
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the mapping is empty (never: zero-length mappings are refused).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }

@@ -289,9 +289,32 @@ impl Uffd {
         }
     }
 
+    /// Register the whole of `map` (memory only ever reached through raw pointers and atomics)
+    /// for `mode` faults. Returns the ioctls supported on the range.
+    pub fn register_mapping(
+        &self,
+        map: &crate::SharedMapping,
+        mode: RegisterMode,
+    ) -> Result<u64, UffdError> {
+        // SAFETY: a SharedMapping's bytes are never behind a Rust reference other than its
+        // atomics view; whatever the uffd later installs there is a valid value for them.
+        unsafe { self.register(map.addr(), map.len() as u64, mode) }
+    }
+
     /// Register `[start, start+len)` of the creating process for `mode` faults.
     /// Returns the ioctls supported on the range.
-    pub fn register(&self, start: u64, len: u64, mode: RegisterMode) -> Result<u64, UffdError> {
+    ///
+    /// # Safety
+    ///
+    /// Whoever resolves the faults decides what the range's bytes become (COPY can fill a
+    /// never-touched page with anything): the range must not hold Rust values whose validity
+    /// or contents Rust code relies on, only memory accessed through raw pointers or atomics.
+    pub unsafe fn register(
+        &self,
+        start: u64,
+        len: u64,
+        mode: RegisterMode,
+    ) -> Result<u64, UffdError> {
         let mut reg = sys::uffdio_register {
             range: sys::uffdio_range { start, len },
             mode: mode.0,

@@ -29,7 +29,7 @@ fn setup(pages: u64) -> Setup {
     let memfd = Memfd::create("uffd-test", pages * PS).unwrap();
     let map = SharedMapping::map(memfd.as_fd(), (pages * PS) as usize).unwrap();
     let (uffd, _mode) = Uffd::open(features::PAGEMESH).unwrap();
-    uffd.register(map.addr(), pages * PS, all_modes()).unwrap();
+    uffd.register_mapping(&map, all_modes()).unwrap();
     Setup { memfd, map, uffd }
 }
 
@@ -163,8 +163,7 @@ fn poison_gives_sigbus_at_the_page() {
     // An anonymous mapping (no MADV_DONTFORK) so a forked child inherits the poison marker.
     let map = SharedMapping::anonymous(2 * PAGE_SIZE).unwrap();
     let (uffd, _) = Uffd::open(features::PAGEMESH).unwrap();
-    uffd.register(map.addr(), 2 * PS, RegisterMode::MISSING)
-        .unwrap();
+    uffd.register_mapping(&map, RegisterMode::MISSING).unwrap();
     assert_eq!(uffd.poison(map.addr() + PS, PS, true).unwrap(), PS);
     let target = map.addr() + PS;
     // SAFETY: the child only performs a volatile read and _exit (async-signal-safe).
@@ -240,12 +239,8 @@ fn private_mapping_continue_shares_the_frame_and_writes_copy() {
     memfd.write_all_at(&77u64.to_ne_bytes(), 0).unwrap();
     let map = SharedMapping::map_private(memfd.as_fd(), 2 * PAGE_SIZE).unwrap();
     let (uffd, _) = Uffd::open(features::PAGEMESH).unwrap();
-    uffd.register(
-        map.addr(),
-        2 * PS,
-        RegisterMode::MISSING.union(RegisterMode::MINOR),
-    )
-    .unwrap();
+    uffd.register_mapping(&map, RegisterMode::MISSING.union(RegisterMode::MINOR))
+        .unwrap();
     thread::scope(|sc| {
         let m = &map;
         let h = sc.spawn(move || {
@@ -286,12 +281,8 @@ fn continue_over_a_run_maps_every_page() {
             SharedMapping::map(memfd.as_fd(), 8 * PAGE_SIZE).unwrap()
         };
         let (uffd, _) = Uffd::open(features::PAGEMESH).unwrap();
-        uffd.register(
-            map.addr(),
-            8 * PS,
-            RegisterMode::MISSING.union(RegisterMode::MINOR),
-        )
-        .unwrap();
+        uffd.register_mapping(&map, RegisterMode::MISSING.union(RegisterMode::MINOR))
+            .unwrap();
         thread::scope(|sc| {
             let m = &map;
             let h = sc.spawn(move || {
@@ -321,12 +312,8 @@ fn continue_run_reports_partial_runs() {
     memfd.write_all_at(&[2u8; 8 * PAGE_SIZE], 0).unwrap();
     let map = SharedMapping::map_private(memfd.as_fd(), 8 * PAGE_SIZE).unwrap();
     let (uffd, _) = Uffd::open(features::PAGEMESH).unwrap();
-    uffd.register(
-        map.addr(),
-        8 * PS,
-        RegisterMode::MISSING.union(RegisterMode::MINOR),
-    )
-    .unwrap();
+    uffd.register_mapping(&map, RegisterMode::MISSING.union(RegisterMode::MINOR))
+        .unwrap();
     // Map page 3 first.
     assert_eq!(
         uffd.continue_run(map.addr() + 3 * PS, PS, false, false)
