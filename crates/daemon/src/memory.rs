@@ -7,7 +7,9 @@
 //! choosing pages by CLOCK over that partition's resident pages (a page faulted since the hand
 //! last passed gets a second chance; pinned pages are skipped), until the pool is under its low
 //! watermark. A fault that would bring a page in while the pool is at its budget waits (bounded)
-//! for the evictor instead: that is the backpressure that keeps the budget.
+//! for the evictor instead: that is the backpressure that keeps the budget. When the evictor's
+//! last round found nothing evictable (pinned pages, partition mins, volume frames still
+//! mapped, failures; busy pages do not count), faults proceed over budget rather than stall.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -301,6 +303,7 @@ impl Pool {
 
     /// The evictor thread's body: runs for the daemon's life.
     pub fn run_evictor(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(20);
         loop {
             {
                 let (m, cv) = &self.kick;
@@ -317,19 +320,36 @@ impl Pool {
                 continue;
             }
             let mut stuck = false;
-            while self.resident() > self.low_pages && !stuck {
+            let mut busy = false;
+            while self.resident() > self.low_pages && !stuck && !busy {
                 for _ in 0..EVICT_BATCH {
-                    if self.resident() <= self.low_pages || !self.evict_one() {
-                        stuck = self.resident() > self.low_pages;
+                    if self.resident() <= self.low_pages {
                         break;
                     }
+                    match self.evict_one() {
+                        Sweep::Evicted => {}
+                        Sweep::Busy => {
+                            busy = true;
+                            break;
+                        }
+                        Sweep::Nothing => {
+                            stuck = true;
+                            break;
+                        }
+                    }
                 }
+                // Stuck only when nothing could be evicted for a reason that will not pass by
+                // itself (pinned, mins, mapped frames, failures); busy pages will free up.
                 self.stuck.store(stuck, Ordering::Relaxed);
                 self.room.1.notify_all();
                 self.drop_paging_cache();
             }
-            if stuck {
-                std::thread::sleep(Duration::from_millis(20));
+            if stuck || busy {
+                // Back off while nothing can be evicted, up to 1 s between rounds.
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            } else {
+                backoff = Duration::from_millis(20);
             }
         }
     }
@@ -354,9 +374,10 @@ impl Pool {
     /// Evict one page: from the partition the policy names, or, if nothing can be evicted
     /// there (every page failed, pinned or busy), from the next one the policy names without
     /// it. Returns false if no partition gave a page up.
-    fn evict_one(&self) -> bool {
+    fn evict_one(&self) -> Sweep {
         let parts = self.partitions();
         let mut excluded = vec![false; parts.len()];
+        let mut busy = false;
         loop {
             let usage: Vec<(Limits, Usage)> = parts
                 .iter()
@@ -364,17 +385,23 @@ impl Pool {
                 .map(|(p, &x)| (p.limits(), if x { Usage::default() } else { p.usage() }))
                 .collect();
             let Some(v) = pool::victim(self.budget_pages, &usage) else {
-                return false;
+                return if busy { Sweep::Busy } else { Sweep::Nothing };
             };
-            if self.evict_from(&parts[v]) {
-                return true;
+            match self.evict_from(&parts[v]) {
+                Sweep::Evicted => {
+                    self.stuck.store(false, Ordering::Relaxed);
+                    return Sweep::Evicted;
+                }
+                Sweep::Busy => busy = true,
+                Sweep::Nothing => {}
             }
             excluded[v] = true;
         }
     }
 
     /// One sweep of a partition's clock, until a page is evicted.
-    fn evict_from(&self, part: &Partition) -> bool {
+    fn evict_from(&self, part: &Partition) -> Sweep {
+        let mut busy = false;
         let sweep = part.clock.lock().unwrap_or_else(|e| e.into_inner()).len() * 2 + 1;
         for _ in 0..sweep {
             let Some((seg_id, page)) = part
@@ -383,7 +410,7 @@ impl Pool {
                 .unwrap_or_else(|e| e.into_inner())
                 .pop_front()
             else {
-                return false;
+                return if busy { Sweep::Busy } else { Sweep::Nothing };
             };
             let visit = if seg_id & VOLUME_ID_BIT != 0 {
                 let vol = self
@@ -406,6 +433,13 @@ impl Pool {
             };
             match visit {
                 ClockVisit::Gone => continue,
+                ClockVisit::Busy => {
+                    busy = true;
+                    part.clock
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back((seg_id, page));
+                }
                 ClockVisit::Keep => part
                     .clock
                     .lock()
@@ -413,7 +447,7 @@ impl Pool {
                     .push_back((seg_id, page)),
                 ClockVisit::Evicted => {
                     part.evictions.fetch_add(1, Ordering::Relaxed);
-                    return true;
+                    return Sweep::Evicted;
                 }
                 ClockVisit::Failed(e) => {
                     part.clock
@@ -424,11 +458,15 @@ impl Pool {
                         "memory pool: partition {}: cannot evict: {e}",
                         part.name
                     ));
-                    return false;
+                    return Sweep::Nothing;
                 }
             }
         }
-        false
+        if busy {
+            Sweep::Busy
+        } else {
+            Sweep::Nothing
+        }
     }
 
     /// Log a warning at most once every 10 s.
@@ -447,12 +485,23 @@ impl Pool {
     }
 }
 
+/// What a sweep achieved.
+enum Sweep {
+    Evicted,
+    /// Nothing evicted, but some pages were only busy: try again soon.
+    Busy,
+    Nothing,
+}
+
 /// What the clock hand did with a page.
 pub enum ClockVisit {
     /// Not resident any more: drop the entry.
     Gone,
-    /// Referenced (second chance) or pinned: keep the entry.
+    /// Referenced (second chance), pinned or still mapped: keep the entry.
     Keep,
+    /// Its lock is held (a fault, a sync, a read-ahead at work): keep it, and the pool is not
+    /// stuck for it.
+    Busy,
     Evicted,
     /// Eviction failed: keep the entry; the evictor tries other partitions.
     Failed(String),

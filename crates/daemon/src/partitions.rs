@@ -86,8 +86,10 @@ pub fn build_pool(config: &Config, catalog: &Catalog) -> Result<Arc<Pool>, Strin
         },
     ));
     for (name, l) in catalog.partitions() {
-        if name != "default" && name != VOLUMES {
-            pool.add_partition(Partition::new(&name, limits_of(l)));
+        match pool.partitions().into_iter().find(|p| p.name == name) {
+            // `partition set` on a built-in partition is kept in the catalog too.
+            Some(builtin) => builtin.set_limits(limits_of(l)),
+            None => pool.add_partition(Partition::new(&name, limits_of(l))),
         }
     }
     pool.start_prefetcher()
@@ -126,6 +128,11 @@ pub fn memory_for(
 ) -> Result<Option<Memory>, String> {
     if matches!(backing, Backing::Volume { .. }) {
         return Ok(None);
+    }
+    if partition == VOLUMES {
+        return Err(format!(
+            "partition {VOLUMES} holds volume caches only; choose another partition"
+        ));
     }
     let p = pool
         .partitions()

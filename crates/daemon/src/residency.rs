@@ -294,11 +294,21 @@ impl Segment {
             if hi == lo {
                 return;
             }
-            let bytes = &mut buf[..((hi - lo) * PS) as usize];
-            if self.mapper.read_pages(lo * PS, bytes).is_err()
-                || self.memfd.write_all_at(bytes, lo * PS).is_err()
+            if self
+                .memory
+                .as_ref()
+                .is_some_and(|m| m.pool.resident() >= m.pool.high_pages)
             {
+                return; // no prefetching under memory pressure
+            }
+            let bytes = &mut buf[..((hi - lo) * PS) as usize];
+            if self.mapper.read_pages(lo * PS, bytes).is_err() {
                 return; // a fault on these pages will read (and if need be poison) them itself
+            }
+            if self.memfd.write_all_at(bytes, lo * PS).is_err() {
+                // Leave no half-written page behind for a later fault to take as cached.
+                let _ = self.memfd.punch_hole(lo * PS, (hi - lo) * PS);
+                return;
             }
             for p in lo..hi {
                 self.set_state(p, PageState::Clean);
@@ -327,7 +337,8 @@ impl Segment {
             Ok(Evict::NotResident) => ClockVisit::Gone,
             // Pinned meanwhile, or its stripe is busy (a fault, a sync or a read-ahead is at
             // work on it): keep it on the clock and move on.
-            Ok(Evict::Pinned | Evict::Busy) => ClockVisit::Keep,
+            Ok(Evict::Pinned) => ClockVisit::Keep,
+            Ok(Evict::Busy) => ClockVisit::Busy,
             Err(e) => ClockVisit::Failed(e.to_string()),
         }
     }
@@ -354,6 +365,10 @@ impl Segment {
         let Ok(_sync) = self.sync_lock.try_lock() else {
             return Ok(Evict::Busy);
         };
+        // Removed (release runs under the sync lock too): nothing here is ours to move.
+        if self.is_released() {
+            return Ok(Evict::NotResident);
+        }
         let seg = || self.info.name.clone();
         let persistent = self.mapper.is_persistent();
         let has_slot = self.slots.get(page).is_some();
@@ -482,6 +497,11 @@ impl Segment {
                 segment: self.info.name.clone(),
             });
         };
+        if self.is_released() {
+            return Err(IoError::PinUnsupported {
+                segment: self.info.name.clone(),
+            });
+        }
         let need = (first..first + n)
             .filter(|&p| self.pages.flags(p) & PINNED == 0)
             .count() as u64;
@@ -583,6 +603,9 @@ impl Segment {
     /// Give the segment's memory back to the pool (it is being removed).
     pub fn release(&self) {
         let Some(m) = &self.memory else { return };
+        // Under the sync lock: an eviction in flight either finished (its slot is in the table)
+        // or sees the segment released and touches nothing.
+        let _sync = lock(&self.sync_lock);
         m.pool.release_pages(&m.partition, self.take_accounted());
         m.partition.pinned.fetch_sub(
             self.pages

@@ -62,7 +62,7 @@ impl Attachment {
         if let Some(map) = &self.volume_map {
             for b in first..first + n {
                 if let Some(w) = map.get((b / 64) as usize) {
-                    w.fetch_or(1 << (b % 64), Ordering::Relaxed);
+                    w.fetch_or(1 << (b % 64), Ordering::SeqCst);
                 }
             }
         }
@@ -73,7 +73,7 @@ impl Attachment {
         self.volume_map
             .as_ref()
             .and_then(|m| m.get((b / 64) as usize))
-            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (b % 64)) != 0)
+            .is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (b % 64)) != 0)
     }
 }
 
@@ -282,6 +282,11 @@ impl Segment {
             }
         }
         old
+    }
+
+    /// Whether `release` has run (the segment was removed).
+    pub(crate) fn is_released(&self) -> bool {
+        self.accounted.load(Ordering::Acquire) == RELEASED
     }
 
     /// Give back to the pool what this segment has counted against it, and stop counting.

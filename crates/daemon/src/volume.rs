@@ -221,18 +221,19 @@ impl Volume {
         if self.block_state(b) != Block::Present {
             return ClockVisit::Gone;
         }
+        // Under the stripe lock: a fault marks its block mapped before it releases that lock.
+        let Ok(_g) = self.stripe(b).try_lock() else {
+            return ClockVisit::Busy;
+        };
+        if self.block_state(b) != Block::Present {
+            return ClockVisit::Gone;
+        }
         {
             let mut users = lock(&self.users);
             users.retain(|w| w.strong_count() > 0);
             if users.iter().filter_map(Weak::upgrade).any(|a| a.maps(b)) {
                 return ClockVisit::Keep;
             }
-        }
-        let Ok(_g) = self.stripe(b).try_lock() else {
-            return ClockVisit::Keep;
-        };
-        if self.block_state(b) != Block::Present {
-            return ClockVisit::Gone;
         }
         if let Err(e) = self.memfd.punch_hole(b * PS, PS) {
             return ClockVisit::Failed(format!(
@@ -298,12 +299,16 @@ impl Volume {
             n += 1;
         }
         self.counters.shared_maps.fetch_add(1, Ordering::Relaxed);
-        let mapped = att.uffd.continue_run(addr, n * PS, false, true)?;
-        att.mark_mapped(b, mapped / PS);
-        if mapped == 0 {
+        // Mark first (conservative: a mark on a frame not mapped only keeps it longer).
+        att.mark_mapped(b, n);
+        match att.uffd.continue_run(addr, n * PS, false, true) {
             // Another thread of this process mapped the page first: just wake this one.
-            att.mark_mapped(b, 1);
-            att.uffd.wake(addr, PS)?;
+            Ok(0) => att.uffd.wake(addr, PS)?,
+            Ok(_) => {}
+            // The frame went (evicted after all): wake the thread, whose retry faults again
+            // and reads the block back.
+            Err(e) if e.is_no_page() => att.uffd.wake(addr, PS)?,
+            Err(e) => return Err(e),
         }
         let below = FAULT_AROUND_BLOCKS.min((addr - att.base) / PS).min(b);
         let mut m = 0;
@@ -311,9 +316,8 @@ impl Volume {
             m += 1;
         }
         if m > 0 {
-            if let Ok(back) = att.uffd.continue_run(addr - m * PS, m * PS, false, false) {
-                att.mark_mapped(b - m, back / PS);
-            }
+            att.mark_mapped(b - m, m);
+            let _ = att.uffd.continue_run(addr - m * PS, m * PS, false, false);
         }
         Ok(())
     }
@@ -392,6 +396,9 @@ impl Volume {
         let g = lock(self.stripe(b));
         match self.block_state(b) {
             Block::Present => {
+                // Marked mapped before the stripe lock goes: the evictor checks the marks
+                // under that lock, so it cannot punch the frame this fault is about to map.
+                att.mark_mapped(b, 1);
                 drop(g);
                 finish(att, addr, self.map_around(att, b, addr));
             }
@@ -477,6 +484,11 @@ impl Volume {
             let g = lock(self.stripe(blk));
             self.set(blk, if ok { Block::Present } else { Block::Poisoned });
             let waiters = lock(&self.waiters).remove(&blk).unwrap_or_default();
+            if ok {
+                for (a, _) in &waiters {
+                    a.mark_mapped(blk, 1); // before the lock goes, as in `resolve`
+                }
+            }
             drop(g);
             for (a, addr) in &waiters {
                 let r = if ok {

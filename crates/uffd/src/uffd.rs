@@ -121,6 +121,11 @@ impl UffdError {
         )
     }
 
+    /// No page to map (CONTINUE on a page that is not in the page cache): EFAULT.
+    pub fn is_no_page(&self) -> bool {
+        self.source.raw_os_error() == Some(libc::EFAULT)
+    }
+
     /// A non-cooperative event is pending: drain events, then retry.
     pub fn is_again(&self) -> bool {
         self.source.raw_os_error() == Some(libc::EAGAIN)
