@@ -546,13 +546,7 @@ impl Segment {
                     PageState::Absent | PageState::Paged => {
                         // load_whole poisons a page whose data cannot be read, as a fault would.
                         self.load_whole(p, &mut buf)?;
-                        self.memfd
-                            .write_all_at(&buf, p * PS)
-                            .map_err(|source| IoError::Memfd {
-                                segment: self.info.name.clone(),
-                                offset: p * PS,
-                                source,
-                            })?;
+                        self.install_page(p, &buf)?;
                         self.set_state(p, PageState::Clean);
                     }
                     PageState::Clean | PageState::Dirty => {}

@@ -527,6 +527,21 @@ impl Segment {
         }
     }
 
+    /// Write a whole page into the memfd for an Absent or Paged page (caller holds its stripe
+    /// lock). On failure the page is punched out again: no half-written page is left for a
+    /// later fault to take as cached.
+    pub(crate) fn install_page(&self, page: u64, buf: &[u8]) -> Result<(), IoError> {
+        if let Err(source) = self.memfd.write_all_at(buf, page * PS) {
+            let _ = self.memfd.punch_hole(page * PS, PS);
+            return Err(IoError::Memfd {
+                segment: self.info.name.clone(),
+                offset: page * PS,
+                source,
+            });
+        }
+        Ok(())
+    }
+
     /// Load an Absent or Paged page into `buf` for segment I/O (zeros for a dormant page);
     /// a page that cannot be read is poisoned, like a fault on it would (caller holds its
     /// stripe lock).
@@ -621,14 +636,14 @@ impl Segment {
                     // Compose the whole page first: a partial write must keep the rest of it.
                     self.load_whole(page, &mut page_buf)?;
                     page_buf[in_page..in_page + n].copy_from_slice(&data[done..done + n]);
-                    self.memfd
-                        .write_all_at(&page_buf, page * PS)
-                        .map_err(memfd_err)?;
+                    self.install_page(page, &page_buf)?;
                 }
                 PageState::Clean | PageState::Dirty => {
-                    self.memfd
-                        .write_all_at(&data[done..done + n], off)
-                        .map_err(memfd_err)?;
+                    if let Err(e) = self.memfd.write_all_at(&data[done..done + n], off) {
+                        // Some bytes may have landed: the cached page differs from the mapper.
+                        self.set_state(page, PageState::Dirty);
+                        return Err(memfd_err(e));
+                    }
                 }
             }
             self.set_state(page, PageState::Dirty);
