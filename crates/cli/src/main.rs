@@ -152,6 +152,9 @@ fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
             serde_json::json!({
                 "pid": s.pid, "version": s.version, "uffd_mode": s.uffd_mode, "fault_workers": s.fault_workers,
                 "segments": s.segments, "attached_clients": s.attached_clients, "data_dir": s.data_dir,
+                "memory_budget_bytes": s.memory_budget_bytes, "memory_resident_bytes": s.memory_resident_bytes,
+                "paging_device": s.paging_device, "paging_slots_used": s.paging_slots_used,
+                "paging_slots_total": s.paging_slots_total, "backpressure_waits": s.backpressure_waits,
             })
         );
     } else {
@@ -161,6 +164,16 @@ fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("segments        {}", s.segments);
         println!("attached        {}", s.attached_clients);
         println!("data dir        {}", s.data_dir);
+        println!(
+            "memory          {} resident of a {} pool ({} backpressure waits)",
+            ByteSize(s.memory_resident_bytes),
+            ByteSize(s.memory_budget_bytes),
+            s.backpressure_waits
+        );
+        println!(
+            "paging device   {} ({} of {} slots used)",
+            s.paging_device, s.paging_slots_used, s.paging_slots_total
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
