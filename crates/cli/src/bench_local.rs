@@ -335,7 +335,85 @@ pub fn scan(a: RunsArgs, size: u64) -> anyhow::Result<ExitCode> {
         )?;
         base.push(size as f64 / t.elapsed().as_secs_f64() / 1e6);
     }
-    header(a.json, "cold sequential scan of a file segment vs the kernel's mmap of the same cold file (target >= 1.0)");
+    // Random 8-byte reads, one per page, in this process: through an attached segment, and
+    // through the kernel's mmap of the same file; both cold.
+    let (mut rp, mut rb) = (Vec::new(), Vec::new());
+    let pages = size / PS;
+    let offsets: Vec<u64> = (0..RANDOM_READS)
+        .map(|i| crate::memtest::splitmix64(i) % pages * PS)
+        .collect();
+    for run in 0..a.runs.max(1) {
+        let name = format!("rand{run}");
+        d.client.create_segment(
+            &name,
+            None,
+            Backing::File {
+                path: file.display().to_string(),
+            },
+        )?;
+        drop_cache()?;
+        let m = d.client.attach(&name)?;
+        let mut b = [0u8; 8];
+        let t = Instant::now();
+        for &o in &offsets {
+            m.read_at(o, &mut b)?;
+        }
+        rp.push(RANDOM_READS as f64 / t.elapsed().as_secs_f64());
+        drop(m);
+        d.client.remove_segment(&name)?;
+        drop_cache()?;
+        let f = std::fs::File::open(&file)?;
+        let map = pagemesh_uffd::ReadOnlyMapping::map(f.as_fd(), size as usize)?;
+        let t = Instant::now();
+        for &o in &offsets {
+            map.read_at(o as usize, &mut b);
+        }
+        rb.push(RANDOM_READS as f64 / t.elapsed().as_secs_f64());
+    }
+    // Write every page, then make it durable: segment sync against msync(MS_SYNC).
+    let (mut wp, mut wb) = (Vec::new(), Vec::new());
+    for run in 0..a.runs.max(1) {
+        let seg_file = d.dir.path().join(format!("w{run}.dat"));
+        let name = format!("w{run}");
+        d.client.create_segment(
+            &name,
+            Some(size),
+            Backing::File {
+                path: seg_file.display().to_string(),
+            },
+        )?;
+        let m = d.client.attach(&name)?;
+        let t = Instant::now();
+        for p in 0..pages {
+            m.write_at(p * PS, &p.to_le_bytes())?;
+        }
+        m.sync()?;
+        wp.push(size as f64 / t.elapsed().as_secs_f64() / 1e6);
+        drop(m);
+        d.client.remove_segment(&name)?;
+        let base_file = d.dir.path().join(format!("b{run}.dat"));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&base_file)?;
+        f.set_len(size)?;
+        let map = SharedMapping::map(f.as_fd(), size as usize)?;
+        let t = Instant::now();
+        for p in 0..pages {
+            map.write_at((p * PS) as usize, &p.to_le_bytes());
+        }
+        map.msync()?;
+        wb.push(size as f64 / t.elapsed().as_secs_f64() / 1e6);
+        drop(map);
+        let _ = std::fs::remove_file(&seg_file);
+        let _ = std::fs::remove_file(&base_file);
+    }
+    header(
+        a.json,
+        "file segments vs the kernel's mmap of the same file (cold cache for reads)",
+    );
     report(
         a.json,
         "scan",
@@ -345,6 +423,27 @@ pub fn scan(a: RunsArgs, size: u64) -> anyhow::Result<ExitCode> {
         &base,
         "higher",
     );
+    report(
+        a.json,
+        "scan",
+        "cold_random_page_reads_vs_kernel_mmap",
+        "1/s",
+        &rp,
+        &rb,
+        "higher",
+    );
+    report(
+        a.json,
+        "scan",
+        "write_all_then_sync_vs_mmap_msync",
+        "MB/s",
+        &wp,
+        &wb,
+        "higher",
+    );
     d.stop();
     Ok(ExitCode::SUCCESS)
 }
+
+/// Random page reads per `scan` run.
+const RANDOM_READS: u64 = 4096;

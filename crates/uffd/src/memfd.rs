@@ -216,6 +216,17 @@ impl SharedMapping {
         }
     }
 
+    /// Write a file mapping's dirty pages back and wait for them (`msync(MS_SYNC)`).
+    pub fn msync(&self) -> io::Result<()> {
+        // SAFETY: the range is exactly this live mapping; msync does not change its contents.
+        let rc = unsafe { libc::msync(self.ptr.as_ptr().cast(), self.len, libc::MS_SYNC) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
     /// Drop this process's page-table entries for a range (`MADV_DONTNEED`): the memfd keeps its
     /// pages; the next access faults again (MINOR or MISSING). Also clears poison markers.
     pub fn zap(&self, offset: usize, len: usize) -> io::Result<()> {
