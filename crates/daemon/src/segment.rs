@@ -196,9 +196,10 @@ pub struct Memory {
     pub partition: Arc<Partition>,
 }
 
-pub(crate) fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
-    // A panic while holding a stripe lock is a bug already reported; the page state it guards
-    // is a single atomic byte, so continuing is sound.
+/// Lock a mutex of the daemon's. A panic while holding one is a bug already reported (and
+/// contained to its fault); what these mutexes guard stays consistent at every step (a stripe
+/// guards single atomic bytes), so going on with the poisoned lock is sound.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -879,7 +880,7 @@ fn map_present(uffd: &Uffd, addr: u64, kind: FaultKind, writable: bool) -> Resul
 
 /// Poison one page in one process; if a page is mapped there already, the thread is woken and
 /// retries, which is served by the same path.
-fn poison_one(uffd: &Uffd, addr: u64) -> Result<(), UffdError> {
+pub(crate) fn poison_one(uffd: &Uffd, addr: u64) -> Result<(), UffdError> {
     let n = uffd.poison(addr, PS, true)?;
     if n == 0 {
         uffd.wake(addr, PS)?;

@@ -15,15 +15,15 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pagemesh_proto::{VolumeInfo, VolumeStat};
 use pagemesh_types::PAGE_SIZE;
-use pagemesh_uffd::{Memfd, Uffd, UffdError};
+use pagemesh_uffd::{Memfd, UffdError};
 
 use crate::memory::{ClockVisit, Partition, Pool};
-use crate::segment::Attachment;
+use crate::segment::{lock, poison_one, Attachment};
 use std::sync::Weak;
 
 const PS: u64 = PAGE_SIZE;
@@ -132,10 +132,6 @@ pub struct VolumeMemory {
 }
 
 const RELEASED: u64 = u64::MAX;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl Volume {
     /// Open the image read-only and create its (empty) cache.
@@ -404,7 +400,7 @@ impl Volume {
             }
             Block::Poisoned => {
                 drop(g);
-                finish(att, addr, poison(&att.uffd, addr));
+                finish(att, addr, poison_one(&att.uffd, addr));
             }
             Block::Pending => {
                 self.counters
@@ -442,7 +438,7 @@ impl Volume {
                     Ok(()) => self.copy_private_run(att, lo, n, b, scratch),
                     Err(e) => {
                         log::error!("{e}; pid {} gets SIGBUS at this page", att.pid);
-                        poison(&att.uffd, addr)
+                        poison_one(&att.uffd, addr)
                     }
                 };
                 finish(att, addr, r);
@@ -494,7 +490,7 @@ impl Volume {
                 let r = if ok {
                     self.map_around(a, blk, *addr)
                 } else {
-                    poison(&a.uffd, *addr)
+                    poison_one(&a.uffd, *addr)
                 };
                 finish(a, *addr, r);
             }
@@ -603,13 +599,6 @@ impl Volume {
     }
 }
 
-fn poison(uffd: &Uffd, addr: u64) -> Result<(), UffdError> {
-    if uffd.poison(addr, PS, true)? == 0 {
-        uffd.wake(addr, PS)?;
-    }
-    Ok(())
-}
-
 /// Log a failed resolution; never leave the thread waiting.
 fn finish(a: &Attachment, addr: u64, r: Result<(), UffdError>) {
     match r {
@@ -620,7 +609,7 @@ fn finish(a: &Attachment, addr: u64, r: Result<(), UffdError>) {
                 "volume fault of pid {} at {addr:#x}: {e}; sending SIGBUS",
                 a.pid
             );
-            let _ = poison(&a.uffd, addr);
+            let _ = poison_one(&a.uffd, addr);
         }
     }
 }

@@ -13,7 +13,7 @@ use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::poll::Epoll;
 use pagemesh_uffd::Event;
 
-use crate::segment::Attachment;
+use crate::segment::{poison_one, Attachment};
 
 /// Most messages one worker takes from one uffd at a time.
 const BATCH: usize = 16;
@@ -129,9 +129,7 @@ impl Workers {
                     if served.is_err() {
                         if let Event::PageFault { address, .. } = *ev {
                             log::error!("pid {}: serving the fault at {address:#x} panicked (a bug); sending SIGBUS", a.pid);
-                            let page = address & !(PAGE_SIZE - 1);
-                            let _ = a.uffd.poison(page, PAGE_SIZE, true);
-                            let _ = a.uffd.wake(page, PAGE_SIZE);
+                            let _ = poison_one(&a.uffd, address & !(PAGE_SIZE - 1));
                         }
                     }
                 }
@@ -155,10 +153,7 @@ fn serve(a: &Arc<Attachment>, ev: &Event, scratch: &mut [u8]) {
                     a.base,
                     a.len
                 );
-                let page = address & !(PAGE_SIZE - 1);
-                if !matches!(a.uffd.poison(page, PAGE_SIZE, true), Ok(n) if n == PAGE_SIZE) {
-                    let _ = a.uffd.wake(page, PAGE_SIZE);
-                }
+                let _ = poison_one(&a.uffd, address & !(PAGE_SIZE - 1));
                 return;
             }
             let page = (address - a.base) / PAGE_SIZE;
