@@ -145,6 +145,47 @@ impl Node {
         }
     }
 
+    /// Take part in a segment created after this node started (a cluster-wide catalog
+    /// update). Its directory lives here if this node is its home. Adding a segment twice with
+    /// the same description is harmless; a different description of a known id is refused
+    /// (ids are never reused).
+    pub fn add_segment(&mut self, info: SegmentInfo) -> Result<(), SegmentInfo> {
+        if let Some(known) = self.segments.get(&info.id) {
+            return if *known == info { Ok(()) } else { Err(*known) };
+        }
+        self.segments.insert(info.id, info);
+        if info.home == self.io.id {
+            self.dir.segs.insert(info.id, info);
+        }
+        Ok(())
+    }
+
+    /// Membership declared `peer` dead (silent for longer than the driver's limit): the
+    /// incarnation we know is **fenced** — nothing it sends counts any more — and everything it
+    /// held is dropped exactly as if it had restarted (pages whose only valid copy it held are
+    /// poisoned). When the peer really restarts, its next epoch is accepted as usual. A peer
+    /// that was only cut off and comes back with the fenced epoch is ignored; the driver tells
+    /// it to restart.
+    pub fn peer_dead(&mut self, now_ms: u64, peer: NodeId) {
+        self.io.now_ms = now_ms;
+        if peer == self.io.id {
+            return;
+        }
+        let known = self.io.peer_epochs.get(&peer).copied().unwrap_or_default();
+        self.io.peer_epochs.insert(peer, Epoch(known.0 + 1));
+        self.peer_restarted(peer);
+    }
+
+    /// The incarnation of `peer` this node accepts messages from (0: none heard yet).
+    pub fn peer_epoch(&self, peer: NodeId) -> Epoch {
+        self.io.peer_epochs.get(&peer).copied().unwrap_or_default()
+    }
+
+    /// Every segment this node takes part in.
+    pub fn segments(&self) -> impl Iterator<Item = &SegmentInfo> + '_ {
+        self.segments.values()
+    }
+
     fn peer_restarted(&mut self, peer: NodeId) {
         self.io.event(Event::PeerRestarted { peer });
         self.dir.peer_restarted(&mut self.io, peer);
@@ -503,6 +544,64 @@ mod tests {
         })));
         let d = n.dir_page(page()).expect("entry");
         assert!(d.poisoned && d.owner.is_none());
+    }
+
+    #[test]
+    fn a_peer_declared_dead_is_fenced_and_its_pages_poisoned() {
+        let mut n = node(0, 0, 1);
+        let from1 = |epoch, msg| Envelope {
+            from: NodeId(1),
+            from_epoch: Epoch(epoch),
+            to: NodeId(0),
+            to_epoch: Epoch(1),
+            msg,
+        };
+        n.step(
+            0,
+            from1(
+                1,
+                Msg::Acquire {
+                    page: page(),
+                    req: crate::ids::ReqId(1),
+                    want: crate::ids::Want::Exclusive,
+                    have: None,
+                },
+            ),
+        );
+        let outs = n.take_outputs();
+        let Some(Output::IntentWrite { token, .. }) = outs.first() else {
+            panic!("expected a write intent, got {outs:?}");
+        };
+        n.intent_write_done(0, *token, Ok(()));
+        let grant = n.take_outputs();
+        let Some(Output::Send(Envelope {
+            msg: Msg::Grant { txn, .. },
+            ..
+        })) = grant.first()
+        else {
+            panic!("expected a grant, got {grant:?}");
+        };
+        n.step(0, from1(1, Msg::GrantAck { page: page(), txn: *txn }));
+        n.peer_dead(5, NodeId(1));
+        assert!(n.take_outputs().contains(&Output::Event(Event::PagePoisoned {
+            page: page(),
+            lost_with: Some(NodeId(1))
+        })));
+        assert_eq!(n.peer_epoch(NodeId(1)), Epoch(2));
+        // The fenced incarnation is not heard any more...
+        n.step(6, from1(1, Msg::Evict { page: page() }));
+        assert_eq!(n.coverage().count(Branch::StaleEpochDropped), 1);
+        // ...but its restart is, without dropping anything twice.
+        n.step(7, from1(2, Msg::Hello));
+        assert!(n.take_outputs().is_empty());
+        // Segments added later get a directory here when this node is their home.
+        let mut info = seg(0);
+        info.id = SegmentId(2);
+        assert_eq!(n.add_segment(info), Ok(()));
+        assert_eq!(n.add_segment(info), Ok(()));
+        info.pages = 9;
+        assert!(n.add_segment(info).is_err());
+        assert_eq!(n.segments().count(), 2);
     }
 
     #[test]
