@@ -5,9 +5,11 @@
 
 mod bench;
 mod bench_local;
+mod cluster_cmd;
 mod demo;
 mod doctor;
 mod harness;
+mod jacobi;
 mod logger;
 mod memtest;
 mod partition_cmd;
@@ -38,9 +40,9 @@ struct Cli {
 enum Cmd {
     /// Run the node daemon (pagemeshd) in the foreground.
     Daemon {
-        /// Where the segment catalog lives.
-        #[arg(long, default_value = pagemesh_daemon::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        /// Where the segment catalog lives (default: /var/lib/pagemesh).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
         /// Fault worker threads (default: number of CPUs).
         #[arg(long)]
         workers: Option<usize>,
@@ -61,7 +63,12 @@ enum Cmd {
         /// error, warn, info, debug.
         #[arg(long, env = "PAGEMESH_LOG", default_value = "info")]
         log_level: String,
+        #[command(flatten)]
+        cluster: cluster_cmd::ClusterArgs,
     },
+    /// The cluster this node belongs to.
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCmd),
     /// Create, inspect, sync, read, write and remove segments.
     #[command(subcommand)]
     Segment(segment_cmd::SegmentCmd),
@@ -104,11 +111,38 @@ fn main() -> ExitCode {
             paging_device,
             paging_device_size,
             log_level,
+            cluster,
         } => {
             logger::init(&log_level);
+            let file = match &cluster.config {
+                Some(p) => match cluster_cmd::read_config(p) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        eprintln!("pagemesh: error: {e:#}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => cluster_cmd::ConfigFile::default(),
+            };
+            let cluster_cfg = match cluster_cmd::cluster_config(&cluster, &file) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("pagemesh: error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let data_dir = data_dir
+                .or(file.data_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(pagemesh_daemon::DEFAULT_DATA_DIR));
+            let socket_path = if cli.socket == std::path::Path::new(pagemesh::DEFAULT_SOCKET) {
+                file.socket.clone().unwrap_or(cli.socket)
+            } else {
+                cli.socket
+            };
             let memory_bytes = memory.unwrap_or_else(pagemesh_daemon::default_memory_bytes);
             let config = pagemesh_daemon::Config {
-                socket_path: cli.socket,
+                socket_path,
+                cluster: cluster_cfg,
                 fault_workers: workers
                     .unwrap_or_else(|| {
                         std::thread::available_parallelism()
@@ -127,6 +161,7 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }
         Cmd::Segment(cmd) => segment_cmd::run(&cli.socket, cmd),
+        Cmd::Cluster(cmd) => cluster_cmd::run(&cli.socket, cmd),
         Cmd::Volume(cmd) => volume_cmd::run(&cli.socket, cmd),
         Cmd::Partition(cmd) => partition_cmd::run(&cli.socket, cmd),
         Cmd::Bench(cmd) => bench::run(cmd),

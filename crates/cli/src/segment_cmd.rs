@@ -26,6 +26,10 @@ pub enum SegmentCmd {
         /// The memory partition its pages count against.
         #[arg(long)]
         partition: Option<String>,
+        /// Cluster mode: the node that runs the segment's directory and mapper (default: the
+        /// node this command talks to). The segment is visible on every node.
+        #[arg(long)]
+        home: Option<u32>,
     },
     /// Fault in and pin a range: never evicted until unpinned.
     Pin {
@@ -167,13 +171,17 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             size,
             backing,
             partition,
+            home,
         } => {
-            let info = client.create_segment_in(
-                &name,
-                size,
-                backing_arg(&backing)?,
-                partition.as_deref(),
-            )?;
+            let info = match home {
+                Some(h) => client.create_cluster_segment(&name, size, backing_arg(&backing)?, Some(h))?,
+                None => client.create_segment_in(
+                    &name,
+                    size,
+                    backing_arg(&backing)?,
+                    partition.as_deref(),
+                )?,
+            };
             println!(
                 "created segment {} ({}, {})",
                 info.name,

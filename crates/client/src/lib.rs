@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 mod mapping;
+mod sync;
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -32,8 +33,9 @@ use pagemesh_proto::{
 };
 
 pub use mapping::Mapping;
+pub use sync::{Barrier, LockGuard};
 pub use pagemesh_proto::{
-    Backing, DaemonInfo, ErrorCode, PageInfo, PartitionLimits, PartitionStat, SegmentInfo,
+    Backing, ClusterNode, ClusterStatus, DaemonInfo, ErrorCode, PageInfo, PartitionLimits, PartitionStat, SegmentInfo,
     SegmentStat, VolumeInfo, VolumeStat, MAX_IO_CHUNK_BYTES,
 };
 
@@ -227,6 +229,7 @@ impl Client {
             size_bytes,
             backing,
             partition: partition.map(str::to_string),
+            home: None,
         };
         match self.call(req, "create", DEFAULT_TIMEOUT)? {
             (Response::Segment(info), _) => Ok(info),
@@ -442,6 +445,83 @@ impl Client {
         )? {
             (Response::PoisonCleared { pages }, _) => Ok(pages),
             (r, _) => Err(unexpected("clear-poison", r)),
+        }
+    }
+
+    /// Create a segment shared by the whole cluster, homed on node `home` (default: the node
+    /// this client talks to). Every node's catalog has it a moment later.
+    pub fn create_cluster_segment(
+        &self,
+        name: &str,
+        size_bytes: Option<u64>,
+        backing: Backing,
+        home: Option<u32>,
+    ) -> Result<SegmentInfo, ClientError> {
+        let req = Request::CreateSegment {
+            name: name.into(),
+            size_bytes,
+            backing,
+            partition: None,
+            home,
+        };
+        match self.call(req, "create", DEFAULT_TIMEOUT)? {
+            (Response::Segment(info), _) => Ok(info),
+            (r, _) => Err(unexpected("create", r)),
+        }
+    }
+
+    /// Wait at barrier `barrier` of cluster segment `segment` until `parties` processes, on any
+    /// nodes, arrived. Served by the segment's home. Returns the barrier's round (from 1).
+    pub fn barrier_wait(
+        &self,
+        segment: &str,
+        barrier: u32,
+        parties: u32,
+        timeout: Duration,
+    ) -> Result<u64, ClientError> {
+        let req = Request::BarrierWait {
+            name: segment.into(),
+            barrier,
+            parties,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match self.call(req, "barrier", timeout + DEFAULT_TIMEOUT)? {
+            (Response::BarrierPassed { generation }, _) => Ok(generation),
+            (r, _) => Err(unexpected("barrier", r)),
+        }
+    }
+
+    /// Take lock `lock` of cluster segment `segment` (FIFO, served by its home). It is held
+    /// until [`Client::unlock`] or until this client's connection closes.
+    pub fn lock(&self, segment: &str, lock: u32, timeout: Duration) -> Result<(), ClientError> {
+        let req = Request::LockAcquire {
+            name: segment.into(),
+            lock,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match self.call(req, "lock", timeout + DEFAULT_TIMEOUT)? {
+            (Response::LockHeld, _) => Ok(()),
+            (r, _) => Err(unexpected("lock", r)),
+        }
+    }
+
+    /// Release a lock taken with [`Client::lock`].
+    pub fn unlock(&self, segment: &str, lock: u32) -> Result<(), ClientError> {
+        let req = Request::LockRelease {
+            name: segment.into(),
+            lock,
+        };
+        match self.call(req, "unlock", DEFAULT_TIMEOUT)? {
+            (Response::LockReleased, _) => Ok(()),
+            (r, _) => Err(unexpected("unlock", r)),
+        }
+    }
+
+    /// The cluster as the daemon sees it: nodes, epochs, liveness, figures, segments.
+    pub fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        match self.call(Request::ClusterStatus, "cluster status", DEFAULT_TIMEOUT)? {
+            (Response::Cluster(s), _) => Ok(s),
+            (r, _) => Err(unexpected("cluster status", r)),
         }
     }
 

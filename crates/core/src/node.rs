@@ -181,6 +181,16 @@ impl Node {
         self.io.peer_epochs.get(&peer).copied().unwrap_or_default()
     }
 
+    /// The poisoned pages of `seg` (this node must be its home; empty otherwise).
+    pub fn poisoned_pages(&self, seg: SegmentId) -> Vec<u64> {
+        self.dir
+            .pages
+            .range(crate::directory::seg_range(seg))
+            .filter(|(_, p)| p.poisoned)
+            .map(|(k, _)| k.page.0)
+            .collect()
+    }
+
     /// Every segment this node takes part in.
     pub fn segments(&self) -> impl Iterator<Item = &SegmentInfo> + '_ {
         self.segments.values()

@@ -41,6 +41,9 @@ struct Entry {
     backing: String,
     #[serde(default = "default_partition")]
     partition: String,
+    /// The home node of a cluster segment.
+    #[serde(default)]
+    home: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -113,6 +116,7 @@ impl Catalog {
                     id: e.id,
                     size_bytes: e.size_bytes,
                     backing,
+                    home: e.home,
                 };
                 (info, e.partition.clone())
             })
@@ -166,6 +170,7 @@ impl Catalog {
                 size_bytes: info.size_bytes,
                 backing: info.backing.to_string(),
                 partition: partition.to_string(),
+                home: info.home,
             })
         })
     }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod catalog;
+pub mod cluster;
 mod histogram;
 mod memory;
 mod pages;
@@ -41,6 +42,8 @@ pub struct Config {
     pub paging_device: PathBuf,
     /// Its size.
     pub paging_device_bytes: u64,
+    /// This node's place in a cluster (`None`: a single node; every segment is local).
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// The default memory budget: half of the machine's RAM.
@@ -136,6 +139,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
     })?;
     let listener = bind(&config.socket_path)?;
     let daemon = Daemon::new(config.clone(), uffd_mode.clone()).map_err(StartError::State)?;
+    if let Some(c) = &config.cluster {
+        cluster::start(&daemon, c.clone()).map_err(StartError::State)?;
+    }
     log::info!(
         "pagemeshd {} pid {} listening on {} (uffd {uffd_mode}, {} fault workers, data in {})",
         env!("CARGO_PKG_VERSION"),

@@ -159,6 +159,19 @@ pub(crate) struct Counters {
     syncs: AtomicU64,
 }
 
+/// Count a fault of a cluster segment (0 missing, 1 minor, 2 write-protect).
+pub(crate) fn bump_fault(s: &Segment, kind: u8) {
+    let c = &s.counters;
+    bump(
+        match kind {
+            0 => &c.faults_missing,
+            1 => &c.faults_minor,
+            _ => &c.faults_wp,
+        },
+        1,
+    );
+}
+
 fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
@@ -186,6 +199,8 @@ pub struct Segment {
     removed: std::sync::atomic::AtomicBool,
     /// Resident pages counted against the pool (RELEASED once the segment is removed).
     accounted: AtomicU64,
+    /// For cluster segments: the engine that serves every fault (see `cluster`).
+    pub(crate) cluster: std::sync::OnceLock<std::sync::mpsc::Sender<crate::cluster::engine::Input>>,
 }
 
 const RELEASED: u64 = u64::MAX;
@@ -226,6 +241,7 @@ impl Segment {
             slots: SlotTable::new(len / PS),
             removed: std::sync::atomic::AtomicBool::new(false),
             accounted: AtomicU64::new(0),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -252,6 +268,7 @@ impl Segment {
             slots: SlotTable::new(len / PS),
             removed: std::sync::atomic::AtomicBool::new(false),
             accounted: AtomicU64::new(0),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 

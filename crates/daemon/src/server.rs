@@ -28,7 +28,7 @@ const MAX_CONNECTIONS: usize = 1024;
 /// Time a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest segment (the kernel's memfd limit is far higher; this bounds page-table metadata).
-const MAX_SEGMENT_BYTES: u64 = 64 << 40;
+pub(crate) const MAX_SEGMENT_BYTES: u64 = 64 << 40;
 
 pub struct Daemon {
     pub config: Config,
@@ -40,6 +40,8 @@ pub struct Daemon {
     workers: Arc<Workers>,
     next_attach: AtomicU64,
     connections: AtomicUsize,
+    /// Set once the cluster side is started (cluster mode only).
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterHandle>>,
 }
 
 type Reply = (Response, Option<Arc<Segment>>);
@@ -169,6 +171,18 @@ impl Daemon {
         }
         let mut segments = HashMap::new();
         for (info, partition) in catalog.segments() {
+            if info.home.is_some() {
+                match crate::cluster::build_cluster_segment(&config, &info, false) {
+                    Ok(seg) => {
+                        segments.insert(info.name.clone(), Arc::new(seg));
+                    }
+                    Err(e) => log::error!(
+                        "cluster segment {} from the catalog is unavailable: {e}",
+                        info.name
+                    ),
+                }
+                continue;
+            }
             let memory = crate::partitions::memory_for(&pool, &info.backing, &partition);
             match memory.and_then(|m| build_segment(&info, Size::Existing(info.size_bytes), &volumes, m)) {
                 Ok(seg) => {
@@ -203,6 +217,7 @@ impl Daemon {
             workers,
             next_attach: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
+            cluster: std::sync::OnceLock::new(),
         }))
     }
 
@@ -327,6 +342,7 @@ impl Daemon {
         }
         let _ = sock.set_read_timeout(None);
         let mut pending_attach: Option<(u64, Arc<Segment>)> = None;
+        let mut locks = crate::cluster::requests::HeldLocks::default();
         loop {
             let (req, fds) = match read_frame::<Request>(&sock) {
                 Ok(r) => r,
@@ -368,7 +384,10 @@ impl Daemon {
                 }
                 return;
             }
-            let (resp, memfd_of) = self.handle(req);
+            let (resp, memfd_of) = match self.cluster_request(&req, &mut locks) {
+                Some(resp) => (resp, None),
+                None => self.handle(req),
+            };
             let fds: Vec<_> = memfd_of.iter().map(|s| s.memfd().as_fd()).collect();
             if let (Response::Attached { attach_id, .. }, Some(seg)) = (&resp, &memfd_of) {
                 pending_attach = Some((*attach_id, Arc::clone(seg)));
@@ -463,6 +482,7 @@ impl Daemon {
                 size_bytes,
                 backing,
                 partition,
+                home: _,
             } => r(self.create(name, size_bytes, backing, partition)),
             Request::ListSegments => {
                 let mut v: Vec<SegmentInfo> = self
@@ -530,6 +550,10 @@ impl Daemon {
                 Err(e) => r(e),
             },
             Request::RegisterUffd { .. } => unreachable!("handled by the connection loop"),
+            Request::BarrierWait { .. }
+            | Request::LockAcquire { .. }
+            | Request::LockRelease { .. }
+            | Request::ClusterStatus => unreachable!("answered by cluster_request"),
             Request::AddVolume { name, path } => r(self.add_volume(name, path)),
             Request::ListVolumes => {
                 let mut v: Vec<VolumeInfo> = self
@@ -642,6 +666,7 @@ impl Daemon {
             id: 0,
             size_bytes: size,
             backing,
+            home: None,
         };
         let req_size = if matches!(info0.backing, Backing::File { .. }) && size == 0 {
             None

@@ -157,6 +157,20 @@ fn serve(a: &Arc<Attachment>, ev: &Event, scratch: &mut [u8]) {
                 return;
             }
             let page = (address - a.base) / PAGE_SIZE;
+            if let Some(engine) = a.segment.cluster.get() {
+                let input = crate::cluster::engine::Input::Fault {
+                    att: Arc::clone(a),
+                    page,
+                    kind,
+                    write,
+                    start: std::time::Instant::now(),
+                };
+                if engine.send(input).is_err() {
+                    log::error!("pid {}: the cluster engine is gone; sending SIGBUS", a.pid);
+                    let _ = poison_one(&a.uffd, address & !(PAGE_SIZE - 1));
+                }
+                return;
+            }
             a.segment.resolve_fault(a, page, kind, write, scratch);
         }
         Event::Other { event } => {

@@ -9,6 +9,7 @@
 
 mod frame;
 mod messages;
+pub mod peer;
 
 pub use frame::{read_frame, write_frame, FrameError};
 pub use messages::*;

@@ -68,6 +68,8 @@ pub enum Request {
         backing: Backing,
         /// The partition its pages count against (`None`: "default").
         partition: Option<String>,
+        /// The home node of a cluster segment (`None`: this node). Refused without a cluster.
+        home: Option<u32>,
     },
     ListSegments,
     StatSegment {
@@ -157,6 +159,54 @@ pub enum Request {
     RemoveVolume {
         name: String,
     },
+    /// Wait at barrier `barrier` of a cluster segment until `parties` processes (on any nodes)
+    /// arrived. Served by the segment's home; ends after `timeout_ms` with an error.
+    BarrierWait {
+        name: String,
+        barrier: u32,
+        parties: u32,
+        timeout_ms: u64,
+    },
+    /// Take lock `lock` of a cluster segment (FIFO at the segment's home). Held until
+    /// `LockRelease` or until this connection closes.
+    LockAcquire {
+        name: String,
+        lock: u32,
+        timeout_ms: u64,
+    },
+    LockRelease {
+        name: String,
+        lock: u32,
+    },
+    /// The cluster as this node sees it.
+    ClusterStatus,
+}
+
+/// One node as `pagemesh cluster status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    pub id: u32,
+    pub addr: String,
+    /// The incarnation last heard (0: never).
+    pub epoch: u64,
+    /// Heard from within the dead-peer limit (always true for the node answering).
+    pub alive: bool,
+    /// Declared dead (fenced) by the node answering.
+    pub declared_dead: bool,
+    /// Milliseconds since the node answering last heard from it.
+    pub silent_ms: u64,
+    /// Its figures, if it answered in time.
+    pub figures: Option<crate::peer::NodeFigures>,
+}
+
+/// The cluster as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_id: u64,
+    pub node: u32,
+    pub epoch: u64,
+    pub nodes: Vec<ClusterNode>,
+    pub segments: Vec<SegmentInfo>,
 }
 
 /// A partition's limits, in bytes.
@@ -253,6 +303,10 @@ pub struct SegmentInfo {
     pub id: u64,
     pub size_bytes: u64,
     pub backing: Backing,
+    /// The node that runs the segment's directory and mapper, for a segment shared across a
+    /// cluster; `None` for a node-local segment (a daemon started without peers, volumes).
+    #[serde(default)]
+    pub home: Option<u32>,
 }
 
 /// A segment's state on this node.
@@ -301,6 +355,8 @@ pub enum ErrorCode {
     Protocol,
     VersionMismatch,
     Internal,
+    /// A bounded wait ended (barrier, lock, a node that did not answer).
+    TimedOut,
 }
 
 /// A reply.
@@ -343,6 +399,12 @@ pub enum Response {
     },
     Page(PageInfo),
     VolumeStat(VolumeStat),
+    BarrierPassed {
+        generation: u64,
+    },
+    LockHeld,
+    LockReleased,
+    Cluster(ClusterStatus),
     Error {
         code: ErrorCode,
         message: String,

@@ -1,0 +1,253 @@
+//! Cluster membership for `pagemesh daemon` (flags or a TOML file) and `pagemesh cluster`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use pagemesh_daemon::cluster::ClusterConfig;
+use serde::Deserialize;
+
+/// The cluster flags of `pagemesh daemon`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ClusterArgs {
+    /// A TOML file with this node's settings (see docs/cluster.md); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's id in the cluster (makes the daemon a cluster node).
+    #[arg(long)]
+    pub node_id: Option<u32>,
+    /// Address peers reach this node on (e.g. 10.0.0.1:7100).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Another node: ID=HOST:PORT (repeat for every other node).
+    #[arg(long = "peer", value_parser = parse_peer)]
+    pub peers: Vec<(u32, SocketAddr)>,
+    /// Nodes of different clusters refuse each other.
+    #[arg(long)]
+    pub cluster_id: Option<u64>,
+    /// A peer silent for this long is declared dead (its unsynced pages are poisoned).
+    #[arg(long)]
+    pub dead_after_ms: Option<u64>,
+    /// A fault or sync with no answer for this long ends in SIGBUS / an error.
+    #[arg(long)]
+    pub fault_timeout_ms: Option<u64>,
+}
+
+fn parse_peer(s: &str) -> Result<(u32, SocketAddr), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("peer {s:?}: expected ID=HOST:PORT"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|e| format!("peer {s:?}: node id: {e}"))?;
+    let addr = addr
+        .trim()
+        .parse()
+        .map_err(|e| format!("peer {s:?}: address: {e}"))?;
+    Ok((id, addr))
+}
+
+/// The TOML form: every field optional, flags win.
+///
+/// ```toml
+/// node_id = 1
+/// listen = "10.0.0.1:7100"
+/// cluster_id = 42
+/// dead_after_ms = 5000
+/// [[peer]]
+/// id = 2
+/// addr = "10.0.0.2:7100"
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub node_id: Option<u32>,
+    pub listen: Option<SocketAddr>,
+    pub cluster_id: Option<u64>,
+    pub dead_after_ms: Option<u64>,
+    pub fault_timeout_ms: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    #[serde(default)]
+    pub peer: Vec<PeerEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    pub id: u32,
+    pub addr: SocketAddr,
+}
+
+pub fn read_config(path: &Path) -> anyhow::Result<ConfigFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing the config {}", path.display()))
+}
+
+/// The cluster configuration the flags and the file describe, or `None` for a single node.
+pub fn cluster_config(
+    args: &ClusterArgs,
+    file: &ConfigFile,
+) -> anyhow::Result<Option<ClusterConfig>> {
+    let node_id = args.node_id.or(file.node_id);
+    let mut peers: Vec<(u32, SocketAddr)> = file.peer.iter().map(|p| (p.id, p.addr)).collect();
+    for p in &args.peers {
+        peers.retain(|q| q.0 != p.0);
+        peers.push(*p);
+    }
+    let Some(node_id) = node_id else {
+        if !peers.is_empty() || args.listen.is_some() || file.listen.is_some() {
+            bail!("--peer and --listen need --node-id (or node_id in the config)");
+        }
+        return Ok(None);
+    };
+    let listen = args
+        .listen
+        .or(file.listen)
+        .context("a cluster node needs --listen ADDR (or listen in the config)")?;
+    if let Some(p) = peers.iter().find(|p| p.0 == node_id) {
+        bail!("peer {}={} has this node's own id {node_id}", p.0, p.1);
+    }
+    let mut c = ClusterConfig::new(node_id, listen, peers);
+    if let Some(id) = args.cluster_id.or(file.cluster_id) {
+        c.cluster_id = id;
+    }
+    if let Some(ms) = args.dead_after_ms.or(file.dead_after_ms) {
+        if ms < 100 {
+            bail!("--dead-after-ms {ms} is below 100 ms: every hiccup would kill a node");
+        }
+        c.dead_after_ms = ms;
+    }
+    if let Some(ms) = args.fault_timeout_ms.or(file.fault_timeout_ms) {
+        c.fault_timeout_ms = ms.max(100);
+    }
+    Ok(Some(c))
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Nodes (epoch, liveness, figures) and cluster segments with their homes.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(socket: &Path, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
+    let client = pagemesh::Client::connect(socket)?;
+    match cmd {
+        ClusterCmd::Status { json } => {
+            let s = client.cluster_status()?;
+            if json {
+                println!("{}", status_json(&s));
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "cluster {:#x}, answered by node {} (epoch {})",
+                s.cluster_id, s.node, s.epoch
+            );
+            println!(
+                "{:>5} {:<22} {:>6} {:<6} {:>9} {:>10} {:>10} {:>8} {:>8}",
+                "node", "address", "epoch", "state", "silent_ms", "faults", "fetches", "p50_us", "p99_us"
+            );
+            for n in &s.nodes {
+                let state = if n.declared_dead {
+                    "dead"
+                } else if n.alive {
+                    "alive"
+                } else {
+                    "silent"
+                };
+                let (f, r, p50, p99) = n.figures.as_ref().map_or(
+                    ("-".into(), "-".into(), "-".into(), "-".into()),
+                    |f| {
+                        (
+                            f.faults.to_string(),
+                            f.remote_fetches.to_string(),
+                            format!("{:.1}", f.fault_p50_ns as f64 / 1e3),
+                            format!("{:.1}", f.fault_p99_ns as f64 / 1e3),
+                        )
+                    },
+                );
+                println!(
+                    "{:>5} {:<22} {:>6} {:<6} {:>9} {:>10} {:>10} {:>8} {:>8}",
+                    n.id, n.addr, n.epoch, state, n.silent_ms, f, r, p50, p99
+                );
+            }
+            println!("segments:");
+            for seg in &s.segments {
+                println!(
+                    "  {:<20} {:>14} bytes  {:<24} home node {}",
+                    seg.name,
+                    seg.size_bytes,
+                    seg.backing.to_string(),
+                    seg.home.map_or("-".into(), |h| h.to_string())
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status_json(s: &pagemesh::ClusterStatus) -> serde_json::Value {
+    serde_json::json!({
+        "cluster_id": s.cluster_id,
+        "node": s.node,
+        "epoch": s.epoch,
+        "nodes": s.nodes.iter().map(|n| serde_json::json!({
+            "id": n.id, "addr": n.addr, "epoch": n.epoch, "alive": n.alive,
+            "declared_dead": n.declared_dead, "silent_ms": n.silent_ms,
+            "figures": n.figures.as_ref().map(|f| serde_json::json!({
+                "faults": f.faults, "remote_fetches": f.remote_fetches,
+                "invalidations": f.invalidations, "downgrades": f.downgrades,
+                "bytes_sent": f.bytes_sent, "bytes_received": f.bytes_received,
+                "sigbus": f.sigbus, "fault_p50_ns": f.fault_p50_ns, "fault_p99_ns": f.fault_p99_ns,
+            })),
+        })).collect::<Vec<_>>(),
+        "segments": s.segments.iter().map(|g| serde_json::json!({
+            "name": g.name, "id": g.id, "size_bytes": g.size_bytes,
+            "backing": g.backing.to_string(), "home": g.home,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_bad_configs_are_refused() {
+        let file: ConfigFile = toml::from_str(
+            "node_id = 1\nlisten = \"127.0.0.1:7001\"\ndead_after_ms = 3000\n\
+             [[peer]]\nid = 2\naddr = \"127.0.0.1:7002\"\n[[peer]]\nid = 3\naddr = \"127.0.0.1:7003\"\n",
+        )
+        .expect("parses");
+        let args = ClusterArgs {
+            peers: vec![(3, "127.0.0.1:9003".parse().expect("addr"))],
+            ..ClusterArgs::default()
+        };
+        let c = cluster_config(&args, &file).expect("valid").expect("cluster");
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.dead_after_ms, 3000);
+        assert_eq!(c.peers.len(), 2);
+        assert!(c.peers.contains(&(3, "127.0.0.1:9003".parse().expect("addr"))));
+        assert!(toml::from_str::<ConfigFile>("nodeid = 1").is_err());
+        assert!(cluster_config(
+            &ClusterArgs {
+                peers: vec![(2, "127.0.0.1:1".parse().expect("addr"))],
+                ..ClusterArgs::default()
+            },
+            &ConfigFile::default()
+        )
+        .is_err());
+        assert!(parse_peer("2=nowhere").is_err());
+        assert_eq!(
+            cluster_config(&ClusterArgs::default(), &ConfigFile::default()).expect("ok"),
+            None
+        );
+    }
+}

@@ -1,0 +1,1248 @@
+//! The cluster engine: one thread that owns this node's `pagemesh_core::Node` and executes its
+//! outputs against the kernel (memfd, every attached process's uffd), the peer transport and
+//! the mappers of the segments homed here.
+//!
+//! Everything that changes a cluster segment's pages on this node runs on this thread, in the
+//! order the core asked for it: a fault is resolved (CONTINUE into the faulting process) while
+//! the core still says the copy is valid, and a later invalidation (punch-hole) or downgrade
+//! (write-protect in every process) comes after it. That is what makes the kernel's view agree
+//! with the core's at every step without per-page locks.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pagemesh_core::{
+    Access, CacheState, CallId, CallResult, Envelope, Event, FaultId, FaultResult, MapperError,
+    Node, Output, PageData, PageKey,
+};
+use pagemesh_proto::peer::{Control, NodeFigures, PeerFrame};
+use pagemesh_proto::{ClusterNode, ClusterStatus, SegmentInfo};
+use pagemesh_types::{NodeId, SegmentId, PAGE_SIZE};
+use pagemesh_uffd::FaultKind;
+
+use super::intents::IntentLog;
+use super::transport::Transport;
+use crate::histogram::Histogram;
+use crate::segment::{poison_one, Attachment, Segment};
+use crate::server::Daemon;
+
+const PS: u64 = PAGE_SIZE;
+static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+/// Most inputs taken in one round before the outputs are executed.
+const ROUND_INPUTS: usize = 256;
+/// How long a status request waits for the peers' figures.
+const STATUS_WAIT: Duration = Duration::from_millis(1500);
+
+/// What the engine is asked to do.
+pub enum Input {
+    /// A process faulted on a cluster segment.
+    Fault {
+        att: Arc<Attachment>,
+        page: u64,
+        kind: FaultKind,
+        write: bool,
+        start: Instant,
+    },
+    /// A coherence message from a peer.
+    Envelope(Envelope),
+    /// Catalog, barrier, lock or status traffic from a peer.
+    Control { from: NodeId, msg: Control },
+    /// A peer declared this incarnation dead: it must not go on.
+    Fenced { by: NodeId, reason: String },
+    /// A segment was created here (this node is its home): tell the cluster.
+    Created(Arc<Segment>),
+    /// Ask the home of `name`'s would-be segment to create it.
+    CreateRemote {
+        home: NodeId,
+        name: String,
+        size_bytes: Option<u64>,
+        backing: pagemesh_proto::Backing,
+        reply: Sender<Result<SegmentInfo, String>>,
+    },
+    Sync {
+        seg: SegmentId,
+        reply: Sender<Result<(), String>>,
+    },
+    /// Segment I/O through the coherence protocol: read `len` bytes, or write `data`.
+    Io {
+        seg: SegmentId,
+        offset: u64,
+        len: u64,
+        data: Option<Vec<u8>>,
+        reply: Sender<Result<Vec<u8>, String>>,
+    },
+    Stat {
+        seg: SegmentId,
+        reply: Sender<ClusterSegStat>,
+    },
+    Barrier {
+        seg: SegmentId,
+        barrier: u32,
+        parties: u32,
+        token: u64,
+        reply: Sender<Result<u64, String>>,
+    },
+    /// Forget a waiter whose client gave up (timeout, disconnect).
+    Forget { token: u64 },
+    Lock {
+        seg: SegmentId,
+        lock: u32,
+        token: u64,
+        reply: Sender<Result<(), String>>,
+    },
+    Unlock { seg: SegmentId, lock: u32, token: u64 },
+    Status { reply: Sender<ClusterStatus> },
+}
+
+/// What `segment stat` adds for a cluster segment.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterSegStat {
+    pub resident_pages: u64,
+    pub modified_pages: u64,
+    pub poisoned_pages: u64,
+    pub poisoned_known_here: bool,
+}
+
+/// Per-node counters, shared with the status command.
+#[derive(Default)]
+pub struct Figures {
+    pub faults: AtomicU64,
+    pub remote_fetches: AtomicU64,
+    pub invalidations: AtomicU64,
+    pub downgrades: AtomicU64,
+    pub sigbus: AtomicU64,
+    pub latency: Histogram,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+enum Target {
+    /// Resolve a process's fault.
+    Mapped {
+        att: Arc<Attachment>,
+        kind: FaultKind,
+        start: Instant,
+    },
+    /// One page of a segment I/O request.
+    Io { io: u64 },
+}
+
+struct Pending {
+    target: Target,
+    access: Access,
+}
+
+struct IoJob {
+    seg: SegmentId,
+    offset: u64,
+    buf: Vec<u8>,
+    write: bool,
+    remaining: usize,
+    error: Option<String>,
+    reply: Sender<Result<Vec<u8>, String>>,
+}
+
+enum Durable {
+    MapperWrite(pagemesh_core::MapperToken, Result<(), MapperError>),
+    Intent(pagemesh_core::MapperToken, Result<(), MapperError>),
+}
+
+#[derive(Default)]
+struct BarrierState {
+    parties: u32,
+    arrived: Vec<(NodeId, u64)>,
+    generation: u64,
+}
+
+#[derive(Default)]
+struct LockState {
+    holder: Option<(NodeId, u64)>,
+    queue: VecDeque<(NodeId, u64)>,
+}
+
+struct StatusWait {
+    reply: Sender<ClusterStatus>,
+    figures: HashMap<NodeId, NodeFigures>,
+    deadline: Instant,
+}
+
+pub struct Engine {
+    daemon: Arc<Daemon>,
+    node: Node,
+    transport: Arc<Transport>,
+    figures: Arc<Figures>,
+    segs: HashMap<SegmentId, Arc<Segment>>,
+    intents: HashMap<SegmentId, IntentLog>,
+    pending: HashMap<u64, Pending>,
+    next_fault: u64,
+    calls: HashMap<u64, Sender<Result<(), String>>>,
+    next_call: u64,
+    ios: HashMap<u64, IoJob>,
+    next_io: u64,
+    durable: Vec<(SegmentId, Durable)>,
+    dead: HashMap<NodeId, bool>,
+    barriers: HashMap<(SegmentId, u32), BarrierState>,
+    barrier_waiters: HashMap<u64, Sender<Result<u64, String>>>,
+    locks: HashMap<(SegmentId, u32), LockState>,
+    lock_waiters: HashMap<u64, Sender<Result<(), String>>>,
+    creates: HashMap<u64, Sender<Result<SegmentInfo, String>>>,
+    next_req: u64,
+    statuses: HashMap<u64, StatusWait>,
+    poisoned_seen: HashMap<SegmentId, std::collections::BTreeSet<u64>>,
+    outs: Vec<Output>,
+    dead_after_ms: u64,
+    tick_ms: u64,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        daemon: Arc<Daemon>,
+        node: Node,
+        transport: Arc<Transport>,
+        figures: Arc<Figures>,
+        segs: HashMap<SegmentId, Arc<Segment>>,
+        intents: HashMap<SegmentId, IntentLog>,
+        dead_after_ms: u64,
+        tick_ms: u64,
+    ) -> Engine {
+        Engine {
+            daemon,
+            node,
+            transport,
+            figures,
+            segs,
+            intents,
+            pending: HashMap::new(),
+            next_fault: 1,
+            calls: HashMap::new(),
+            next_call: 1,
+            ios: HashMap::new(),
+            next_io: 1,
+            durable: Vec::new(),
+            dead: HashMap::new(),
+            barriers: HashMap::new(),
+            barrier_waiters: HashMap::new(),
+            locks: HashMap::new(),
+            lock_waiters: HashMap::new(),
+            creates: HashMap::new(),
+            next_req: 1,
+            statuses: HashMap::new(),
+            poisoned_seen: HashMap::new(),
+            outs: Vec::with_capacity(64),
+            dead_after_ms,
+            tick_ms: tick_ms.max(1),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.transport.now_ms()
+    }
+
+    fn me(&self) -> NodeId {
+        self.node.id()
+    }
+
+    /// Serve until every sender is gone.
+    pub fn run(mut self, rx: Receiver<Input>) {
+        let now = self.now();
+        self.node.start(now);
+        self.pump();
+        let mut next_tick = Instant::now();
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(input) => {
+                    self.input(input);
+                    for _ in 1..ROUND_INPUTS {
+                        match rx.try_recv() {
+                            Ok(i) => self.input(i),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + Duration::from_millis(self.tick_ms);
+                let now = self.now();
+                self.node.tick(now);
+                self.check_liveness(now);
+                self.finish_statuses(false);
+            }
+            self.pump();
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Fault {
+                att,
+                page,
+                kind,
+                write,
+                start,
+            } => {
+                bump(&self.figures.faults);
+                let key = PageKey::new(SegmentId(att.segment.info.id), page);
+                let access = if write || kind == FaultKind::WriteProtect {
+                    Access::Write
+                } else {
+                    Access::Read
+                };
+                match kind {
+                    FaultKind::Missing => crate::segment::bump_fault(&att.segment, 0),
+                    FaultKind::Minor => crate::segment::bump_fault(&att.segment, 1),
+                    FaultKind::WriteProtect => crate::segment::bump_fault(&att.segment, 2),
+                }
+                let id = self.next_fault;
+                self.next_fault += 1;
+                self.pending.insert(
+                    id,
+                    Pending {
+                        target: Target::Mapped { att, kind, start },
+                        access,
+                    },
+                );
+                self.node.fault(now, FaultId(id), key, access);
+            }
+            Input::Envelope(env) => self.node.step(now, env),
+            Input::Control { from, msg } => self.control(from, msg),
+            Input::Fenced { by, reason } => {
+                log::error!(
+                    "{by} refused this node: {reason}. This incarnation (epoch {}) was declared dead \
+                     and its copies no longer count; exiting so attached processes get SIGBUS \
+                     instead of stale data. Restart pagemeshd: it rejoins with a new epoch.",
+                    self.node.epoch().0
+                );
+                std::process::exit(3);
+            }
+            Input::Created(seg) => {
+                let info = seg.info.clone();
+                self.adopt(seg);
+                self.broadcast(Control::Catalog {
+                    segments: vec![info],
+                });
+            }
+            Input::CreateRemote {
+                home,
+                name,
+                size_bytes,
+                backing,
+                reply,
+            } => {
+                let req = self.req_id();
+                self.creates.insert(req, reply);
+                self.transport.send(
+                    home,
+                    PeerFrame::Control(Control::CreateSegment {
+                        req,
+                        name,
+                        size_bytes,
+                        backing,
+                    }),
+                );
+            }
+            Input::Sync { seg, reply } => {
+                let id = self.next_call;
+                self.next_call += 1;
+                self.calls.insert(id, reply);
+                self.node.sync(now, CallId(id), seg);
+            }
+            Input::Io {
+                seg,
+                offset,
+                len,
+                data,
+                reply,
+            } => self.start_io(seg, offset, len, data, reply),
+            Input::Stat { seg, reply } => {
+                let mut st = ClusterSegStat::default();
+                for (k, c) in self.node.copies() {
+                    if k.seg == seg {
+                        st.resident_pages += 1;
+                        if c.state == CacheState::Modified {
+                            st.modified_pages += 1;
+                        }
+                    }
+                }
+                let home = self.node.segments().find(|s| s.id == seg).map(|s| s.home);
+                if home == Some(self.me()) {
+                    st.poisoned_pages = self.node.poisoned_pages(seg).len() as u64;
+                    st.poisoned_known_here = true;
+                } else {
+                    st.poisoned_pages = self.poisoned_seen.get(&seg).map_or(0, |s| s.len() as u64);
+                }
+                let _ = reply.send(st);
+            }
+            Input::Barrier {
+                seg,
+                barrier,
+                parties,
+                token,
+                reply,
+            } => {
+                self.barrier_waiters.insert(token, reply);
+                let me = self.me();
+                match self.home_of(seg) {
+                    Some(h) if h == me => self.barrier_arrive(me, seg, barrier, parties, token),
+                    Some(h) => {
+                        self.transport.send(
+                            h,
+                            PeerFrame::Control(Control::BarrierArrive {
+                                seg: seg.0,
+                                barrier,
+                                parties,
+                                token,
+                            }),
+                        );
+                    }
+                    None => self.refuse_waiter(token, "unknown cluster segment".into()),
+                }
+            }
+            Input::Forget { token } => {
+                self.barrier_waiters.remove(&token);
+                self.lock_waiters.remove(&token);
+            }
+            Input::Lock {
+                seg,
+                lock,
+                token,
+                reply,
+            } => {
+                self.lock_waiters.insert(token, reply);
+                let me = self.me();
+                match self.home_of(seg) {
+                    Some(h) if h == me => self.lock_acquire(me, seg, lock, token),
+                    Some(h) => {
+                        self.transport.send(
+                            h,
+                            PeerFrame::Control(Control::LockAcquire {
+                                seg: seg.0,
+                                lock,
+                                token,
+                            }),
+                        );
+                    }
+                    None => self.refuse_waiter(token, "unknown cluster segment".into()),
+                }
+            }
+            Input::Unlock { seg, lock, token } => {
+                self.lock_waiters.remove(&token);
+                let me = self.me();
+                match self.home_of(seg) {
+                    Some(h) if h == me => self.lock_release(me, seg, lock, token),
+                    Some(h) => {
+                        self.transport.send(
+                            h,
+                            PeerFrame::Control(Control::LockRelease {
+                                seg: seg.0,
+                                lock,
+                                token,
+                            }),
+                        );
+                    }
+                    None => {}
+                }
+            }
+            Input::Status { reply } => {
+                let req = self.req_id();
+                self.broadcast(Control::StatusRequest { req });
+                let mut figures = HashMap::new();
+                figures.insert(self.me(), self.my_figures());
+                self.statuses.insert(
+                    req,
+                    StatusWait {
+                        reply,
+                        figures,
+                        deadline: Instant::now() + STATUS_WAIT,
+                    },
+                );
+                self.finish_statuses(false);
+            }
+        }
+    }
+
+    fn req_id(&mut self) -> u64 {
+        let r = self.next_req;
+        self.next_req += 1;
+        r
+    }
+
+    fn home_of(&self, seg: SegmentId) -> Option<NodeId> {
+        self.node.segments().find(|s| s.id == seg).map(|s| s.home)
+    }
+
+    fn broadcast(&self, msg: Control) {
+        for p in self.transport.peers() {
+            self.transport.send(p.id, PeerFrame::Control(msg.clone()));
+        }
+    }
+
+    /// Take part in a segment (created here, or learned from a peer's catalog).
+    fn adopt(&mut self, seg: Arc<Segment>) {
+        let info = super::core_info(&seg.info);
+        if let Err(known) = self.node.add_segment(info) {
+            log::error!(
+                "segment {} (id {}): the catalog says {info:?} but this node knows {known:?}; ignored",
+                seg.info.name,
+                seg.info.id
+            );
+            return;
+        }
+        if info.home == self.me() && !self.intents.contains_key(&info.id) {
+            match super::open_intents(&self.daemon.config.data_dir, info.id) {
+                Ok(l) => {
+                    self.intents.insert(info.id, l);
+                }
+                Err(e) => log::error!(
+                    "segment {}: cannot open its write-intent log: {e}; its writes will fail",
+                    seg.info.name
+                ),
+            }
+        }
+        super::link(&seg, self.sender());
+        self.segs.insert(info.id, seg);
+    }
+
+    fn sender(&self) -> Sender<Input> {
+        super::engine_sender(&self.daemon).expect("the engine runs only once the cluster is set up")
+    }
+
+    fn control(&mut self, from: NodeId, msg: Control) {
+        let me = self.me();
+        match msg {
+            Control::Catalog { segments } => {
+                for info in segments {
+                    match self.daemon.adopt_cluster_segment(&info) {
+                        Ok(Some(seg)) => self.adopt(seg),
+                        Ok(None) => {}
+                        Err(e) => log::error!("catalog from {from}: {e}"),
+                    }
+                }
+            }
+            Control::CreateSegment {
+                req,
+                name,
+                size_bytes,
+                backing,
+            } => {
+                let result = self
+                    .daemon
+                    .create_cluster_segment(&name, size_bytes, backing, me.0)
+                    .map(|seg| {
+                        let info = seg.info.clone();
+                        self.adopt(seg);
+                        self.broadcast(Control::Catalog {
+                            segments: vec![info.clone()],
+                        });
+                        info
+                    });
+                self.transport.send(
+                    from,
+                    PeerFrame::Control(Control::CreateReply { req, result }),
+                );
+            }
+            Control::CreateReply { req, result } => {
+                let result = result.and_then(|info| match self.daemon.adopt_cluster_segment(&info) {
+                    Ok(Some(seg)) => {
+                        self.adopt(seg);
+                        Ok(info)
+                    }
+                    Ok(None) => Ok(info),
+                    Err(e) => Err(e),
+                });
+                if let Some(r) = self.creates.remove(&req) {
+                    let _ = r.send(result);
+                }
+            }
+            Control::BarrierArrive {
+                seg,
+                barrier,
+                parties,
+                token,
+            } => self.barrier_arrive(from, SegmentId(seg), barrier, parties, token),
+            Control::BarrierRelease {
+                tokens, generation, ..
+            } => {
+                for t in tokens {
+                    if let Some(w) = self.barrier_waiters.remove(&t) {
+                        let _ = w.send(Ok(generation));
+                    }
+                }
+            }
+            Control::SyncRefused { token, reason } => self.refuse_waiter(token, reason),
+            Control::LockAcquire { seg, lock, token } => {
+                self.lock_acquire(from, SegmentId(seg), lock, token)
+            }
+            Control::LockGranted { token, .. } => self.lock_granted(token),
+            Control::LockRelease { seg, lock, token } => {
+                self.lock_release(from, SegmentId(seg), lock, token)
+            }
+            Control::StatusRequest { req } => {
+                let figures = self.my_figures();
+                self.transport.send(
+                    from,
+                    PeerFrame::Control(Control::StatusReply { req, figures }),
+                );
+            }
+            Control::StatusReply { req, figures } => {
+                if let Some(w) = self.statuses.get_mut(&req) {
+                    w.figures.insert(from, figures);
+                }
+                self.finish_statuses(false);
+            }
+        }
+    }
+
+    fn refuse_waiter(&mut self, token: u64, reason: String) {
+        if let Some(w) = self.barrier_waiters.remove(&token) {
+            let _ = w.send(Err(reason.clone()));
+        }
+        if let Some(w) = self.lock_waiters.remove(&token) {
+            let _ = w.send(Err(reason));
+        }
+    }
+
+    fn barrier_arrive(&mut self, from: NodeId, seg: SegmentId, barrier: u32, parties: u32, token: u64) {
+        let me = self.me();
+        if self.home_of(seg) != Some(me) {
+            let reason = format!("{me} is not the home of segment id {}", seg.0);
+            self.tell(from, token, reason);
+            return;
+        }
+        let b = self.barriers.entry((seg, barrier)).or_default();
+        if b.arrived.is_empty() {
+            b.parties = parties;
+        } else if b.parties != parties {
+            let reason = format!(
+                "barrier {barrier}: {parties} parties asked, but the waiting round was started for {}",
+                b.parties
+            );
+            self.tell(from, token, reason);
+            return;
+        }
+        b.arrived.push((from, token));
+        if b.arrived.len() as u32 >= b.parties.max(1) {
+            b.generation += 1;
+            let generation = b.generation;
+            let mut by_node: HashMap<NodeId, Vec<u64>> = HashMap::new();
+            for (n, t) in b.arrived.drain(..) {
+                by_node.entry(n).or_default().push(t);
+            }
+            for (n, tokens) in by_node {
+                if n == me {
+                    for t in tokens {
+                        if let Some(w) = self.barrier_waiters.remove(&t) {
+                            let _ = w.send(Ok(generation));
+                        }
+                    }
+                } else {
+                    self.transport.send(
+                        n,
+                        PeerFrame::Control(Control::BarrierRelease {
+                            seg: seg.0,
+                            barrier,
+                            tokens,
+                            generation,
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
+    fn tell(&mut self, to: NodeId, token: u64, reason: String) {
+        if to == self.me() {
+            self.refuse_waiter(token, reason);
+        } else {
+            self.transport.send(
+                to,
+                PeerFrame::Control(Control::SyncRefused { token, reason }),
+            );
+        }
+    }
+
+    fn lock_acquire(&mut self, from: NodeId, seg: SegmentId, lock: u32, token: u64) {
+        let me = self.me();
+        if self.home_of(seg) != Some(me) {
+            let reason = format!("{me} is not the home of segment id {}", seg.0);
+            self.tell(from, token, reason);
+            return;
+        }
+        let l = self.locks.entry((seg, lock)).or_default();
+        if l.holder.is_none() {
+            l.holder = Some((from, token));
+            self.grant_lock(from, seg, lock, token);
+        } else {
+            l.queue.push_back((from, token));
+        }
+    }
+
+    fn grant_lock(&mut self, to: NodeId, seg: SegmentId, lock: u32, token: u64) {
+        if to == self.me() {
+            self.lock_granted(token);
+        } else {
+            self.transport.send(
+                to,
+                PeerFrame::Control(Control::LockGranted {
+                    seg: seg.0,
+                    lock,
+                    token,
+                }),
+            );
+        }
+    }
+
+    fn lock_granted(&mut self, token: u64) {
+        match self.lock_waiters.remove(&token) {
+            Some(w) => {
+                let _ = w.send(Ok(()));
+            }
+            // The waiter gave up meanwhile: the grant is released again by its connection.
+            None => log::debug!("lock granted to waiter {token}, which is gone"),
+        }
+    }
+
+    fn lock_release(&mut self, from: NodeId, seg: SegmentId, lock: u32, token: u64) {
+        let Some(l) = self.locks.get_mut(&(seg, lock)) else {
+            return;
+        };
+        l.queue.retain(|w| *w != (from, token));
+        if l.holder == Some((from, token)) {
+            l.holder = l.queue.pop_front();
+            if let Some((n, t)) = l.holder {
+                self.grant_lock(n, seg, lock, t);
+            }
+        }
+    }
+
+    /// Drop a dead node's barrier arrivals and locks.
+    fn forget_node(&mut self, peer: NodeId) {
+        for b in self.barriers.values_mut() {
+            b.arrived.retain(|(n, _)| *n != peer);
+        }
+        let mut grants = Vec::new();
+        for ((seg, lock), l) in self.locks.iter_mut() {
+            l.queue.retain(|(n, _)| *n != peer);
+            if l.holder.is_some_and(|(n, _)| n == peer) {
+                l.holder = l.queue.pop_front();
+                if let Some((n, t)) = l.holder {
+                    grants.push((n, *seg, *lock, t));
+                }
+            }
+        }
+        for (n, seg, lock, t) in grants {
+            self.grant_lock(n, seg, lock, t);
+        }
+    }
+
+    fn check_liveness(&mut self, now: u64) {
+        for p in self.transport.peers() {
+            let dead = self.dead.entry(p.id).or_insert(false);
+            if p.silent_ms > self.dead_after_ms && !*dead {
+                *dead = true;
+                log::warn!(
+                    "{}: nothing heard for {} ms (limit {} ms): declared dead. Pages whose only copy it held unsynced are poisoned; \
+                     it must restart to rejoin",
+                    p.id,
+                    p.silent_ms,
+                    self.dead_after_ms
+                );
+                self.node.peer_dead(now, p.id);
+                self.transport.fence(p.id, self.node.peer_epoch(p.id));
+                self.forget_node(p.id);
+            } else if p.silent_ms <= self.dead_after_ms && *dead {
+                *dead = false;
+                log::info!("{}: heard again (epoch {}): alive", p.id, p.epoch);
+            }
+        }
+    }
+
+    fn my_figures(&self) -> NodeFigures {
+        let f = &self.figures;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        NodeFigures {
+            faults: l(&f.faults),
+            remote_fetches: l(&f.remote_fetches),
+            invalidations: l(&f.invalidations),
+            downgrades: l(&f.downgrades),
+            bytes_sent: l(&self.transport.bytes_sent),
+            bytes_received: l(&self.transport.bytes_received),
+            sigbus: l(&f.sigbus),
+            fault_p50_ns: f.latency.quantile(0.50),
+            fault_p99_ns: f.latency.quantile(0.99),
+        }
+    }
+
+    fn finish_statuses(&mut self, _force: bool) {
+        let peers = self.transport.peers();
+        let now = Instant::now();
+        let done: Vec<u64> = self
+            .statuses
+            .iter()
+            .filter(|(_, w)| {
+                w.deadline <= now
+                    || peers
+                        .iter()
+                        .all(|p| w.figures.contains_key(&p.id) || self.dead.get(&p.id) == Some(&true))
+            })
+            .map(|(r, _)| *r)
+            .collect();
+        for r in done {
+            let Some(mut w) = self.statuses.remove(&r) else {
+                continue;
+            };
+            let mut nodes = vec![ClusterNode {
+                id: self.me().0,
+                addr: super::listen_addr(&self.daemon),
+                epoch: self.node.epoch().0,
+                alive: true,
+                declared_dead: false,
+                silent_ms: 0,
+                figures: w.figures.remove(&self.me()),
+            }];
+            for p in &peers {
+                nodes.push(ClusterNode {
+                    id: p.id.0,
+                    addr: p.addr.to_string(),
+                    epoch: self.node.peer_epoch(p.id).0.max(p.epoch),
+                    alive: p.silent_ms <= self.dead_after_ms,
+                    declared_dead: self.dead.get(&p.id) == Some(&true),
+                    silent_ms: p.silent_ms,
+                    figures: w.figures.remove(&p.id),
+                });
+            }
+            let mut segments: Vec<SegmentInfo> =
+                self.segs.values().map(|s| s.info.clone()).collect();
+            segments.sort_by(|a, b| a.name.cmp(&b.name));
+            let _ = w.reply.send(ClusterStatus {
+                cluster_id: super::cluster_id(&self.daemon),
+                node: self.me().0,
+                epoch: self.node.epoch().0,
+                nodes,
+                segments,
+            });
+        }
+    }
+
+    fn start_io(
+        &mut self,
+        seg: SegmentId,
+        offset: u64,
+        len: u64,
+        data: Option<Vec<u8>>,
+        reply: Sender<Result<Vec<u8>, String>>,
+    ) {
+        let now = self.now();
+        let write = data.is_some();
+        let buf = data.unwrap_or_else(|| vec![0; len as usize]);
+        if buf.is_empty() {
+            let _ = reply.send(Ok(buf));
+            return;
+        }
+        let first = offset / PS;
+        let last = (offset + buf.len() as u64 - 1) / PS;
+        let id = self.next_io;
+        self.next_io += 1;
+        self.ios.insert(
+            id,
+            IoJob {
+                seg,
+                offset,
+                buf,
+                write,
+                remaining: (last - first + 1) as usize,
+                error: None,
+                reply,
+            },
+        );
+        let access = if write { Access::Write } else { Access::Read };
+        for p in first..=last {
+            let fid = self.next_fault;
+            self.next_fault += 1;
+            let key = PageKey::new(seg, p);
+            self.pending.insert(
+                fid,
+                Pending {
+                    target: Target::Io { io: id },
+                    access,
+                },
+            );
+            self.node.fault(now, FaultId(fid), key, access);
+        }
+    }
+
+    /// Execute outputs until the core has nothing more to say; durable completions (mapper
+    /// writes, intents) are reported after one sync per file for the whole round.
+    fn pump(&mut self) {
+        loop {
+            self.node.drain_outputs(&mut self.outs);
+            if self.outs.is_empty() {
+                if self.durable.is_empty() {
+                    return;
+                }
+                self.complete_durable();
+                continue;
+            }
+            let outs = std::mem::take(&mut self.outs);
+            for o in &outs {
+                self.exec(o);
+            }
+            let mut outs = outs;
+            outs.clear();
+            self.outs = outs;
+        }
+    }
+
+    fn seg(&self, page: PageKey) -> Option<&Arc<Segment>> {
+        let s = self.segs.get(&page.seg);
+        if s.is_none() {
+            log::error!("cluster engine: {page} is not a segment of this node (a bug)");
+        }
+        s
+    }
+
+    fn exec(&mut self, o: &Output) {
+        let now = self.now();
+        match o {
+            Output::Send(env) => {
+                if env.to == self.me() {
+                    self.node.step(now, env.clone());
+                    return;
+                }
+                let mut env = env.clone();
+                let page = env.msg.page();
+                if let Some(d) = msg_data(&mut env.msg) {
+                    if *d == PageData::Local {
+                        let page = page.expect("a message with data names its page");
+                        let mut b = vec![0u8; PS as usize];
+                        if let Some(s) = self.seg(page) {
+                            if let Err(e) = s.memfd.read_exact_at(&mut b, page.page.0 * PS) {
+                                log::error!("{page}: reading the local copy to send failed: {e}; not sent (the home retries)");
+                                return;
+                            }
+                        }
+                        *d = PageData::Bytes(b);
+                    }
+                }
+                self.transport.send(env.to, PeerFrame::Protocol(env));
+            }
+            Output::Install {
+                page,
+                data,
+                writable,
+            } => {
+                let Some(s) = self.seg(*page).cloned() else {
+                    return;
+                };
+                let bytes: &[u8] = match data {
+                    PageData::Zero => &ZERO_PAGE,
+                    PageData::Bytes(b) if b.len() == PS as usize => {
+                        bump(&self.figures.remote_fetches);
+                        b
+                    }
+                    PageData::Bytes(b) => {
+                        log::error!("{page}: a copy of {} bytes arrived, not a page; dropped (a bug or a lying peer)", b.len());
+                        let _ = s.memfd.punch_hole(page.page.0 * PS, PS);
+                        return;
+                    }
+                    PageData::Local => return,
+                };
+                if let Err(e) = s.memfd.write_all_at(bytes, page.page.0 * PS) {
+                    log::error!("{page}: installing the copy in the page cache failed: {e}");
+                    let _ = s.memfd.punch_hole(page.page.0 * PS, PS);
+                    return;
+                }
+                if *writable {
+                    self.protect(&s, *page, false);
+                }
+            }
+            Output::Unprotect { page } => {
+                if let Some(s) = self.seg(*page).cloned() {
+                    self.protect(&s, *page, false);
+                }
+            }
+            Output::Downgrade { page } => {
+                bump(&self.figures.downgrades);
+                if let Some(s) = self.seg(*page).cloned() {
+                    self.protect(&s, *page, true);
+                }
+            }
+            Output::Invalidate { page } => {
+                bump(&self.figures.invalidations);
+                if let Some(s) = self.seg(*page) {
+                    if let Err(e) = s.memfd.punch_hole(page.page.0 * PS, PS) {
+                        log::error!("{page}: dropping the local copy (punch-hole) failed: {e}");
+                    }
+                }
+            }
+            Output::MapperRead { token, page } => {
+                let Some(s) = self.seg(*page).cloned() else {
+                    return;
+                };
+                let mut b = vec![0u8; PS as usize];
+                let r = match s.mapper.read_page(page.page.0 * PS, &mut b) {
+                    Ok(pagemesh_store::PageData::Filled) => Ok(PageData::Bytes(b)),
+                    Ok(pagemesh_store::PageData::Dormant) => Ok(PageData::Zero),
+                    Err(e) => Err(MapperError(e.to_string())),
+                };
+                self.node.mapper_read_done(now, *token, r);
+            }
+            Output::MapperWrite { token, page, data } => {
+                let Some(s) = self.seg(*page).cloned() else {
+                    return;
+                };
+                let bytes: &[u8] = match data {
+                    PageData::Bytes(b) => b,
+                    _ => &ZERO_PAGE,
+                };
+                let r = s
+                    .mapper
+                    .write_at(page.page.0 * PS, bytes)
+                    .map_err(|e| MapperError(e.to_string()));
+                self.durable
+                    .push((page.seg, Durable::MapperWrite(*token, r)));
+            }
+            Output::IntentWrite { token, page, dirty } => {
+                let r = match self.intents.get_mut(&page.seg) {
+                    Some(l) => l
+                        .append(page.page.0, *dirty)
+                        .map_err(|e| MapperError(format!("write-intent log: {e}"))),
+                    None => Err(MapperError("no write-intent log for this segment".into())),
+                };
+                self.durable.push((page.seg, Durable::Intent(*token, r)));
+            }
+            Output::IntentRead { token, seg } => {
+                let r = match self.intents.get(seg) {
+                    Some(l) => Ok(l.pages()),
+                    None => Err(MapperError("no write-intent log for this segment".into())),
+                };
+                self.node.intents_read_done(now, *token, r);
+            }
+            Output::FaultDone {
+                fault,
+                page,
+                result,
+            } => self.fault_done(fault.0, *page, *result),
+            Output::CallDone { call, result } => {
+                if let Some(r) = self.calls.remove(&call.0) {
+                    let _ = r.send(match result {
+                        CallResult::Ok => Ok(()),
+                        CallResult::Failed { pages } => Err(format!(
+                            "{pages} page(s) could not be made durable (poisoned, or the home's mapper failed)"
+                        )),
+                        CallResult::TimedOut => Err("the segment's home did not answer in time".into()),
+                        CallResult::UnknownSegment => Err("not a cluster segment of this node".into()),
+                    });
+                }
+            }
+            Output::Event(e) => match e {
+                Event::PagePoisoned { page, lost_with } => log::error!(
+                    "{page} is poisoned: its only valid copy was lost{}; accesses get SIGBUS",
+                    lost_with.map_or(String::new(), |n| format!(" with {n}"))
+                ),
+                Event::Recovered { seg, poisoned } => log::warn!(
+                    "segment id {}: directory rebuilt after this home restarted; {poisoned} page(s) poisoned",
+                    seg.0
+                ),
+                Event::PoisonCleared { page } => log::info!("{page}: poison cleared"),
+                Event::PeerRestarted { peer } => {
+                    log::warn!("{peer} restarted: what its earlier incarnation held is dropped");
+                    self.forget_node(*peer);
+                }
+                Event::MapperFailed { page, write, error } => log::error!(
+                    "{page}: mapper {} failed: {error}",
+                    if *write { "write" } else { "read" }
+                ),
+                Event::ProtocolError { what } => log::warn!("protocol error (ignored): {what}"),
+            },
+        }
+    }
+
+    /// Write-protect (or un-protect) one page in every process attached here.
+    fn protect(&self, s: &Segment, page: PageKey, protect: bool) {
+        let clients = s.clients.read().unwrap_or_else(|e| e.into_inner());
+        for a in clients.iter() {
+            let addr = a.base + page.page.0 * PS;
+            if addr >= a.base + a.len {
+                continue;
+            }
+            match a.uffd.write_protect(addr, PS, protect, true) {
+                Ok(()) => {}
+                Err(e) if e.is_process_gone() => {}
+                Err(e) => {
+                    // A process left able to write a page the cluster thinks is read-only here
+                    // would break coherence silently: make it fail loudly instead.
+                    log::error!(
+                        "{page}: write-protect={protect} in pid {} failed: {e}; the page is dropped here",
+                        a.pid
+                    );
+                    let _ = s.memfd.punch_hole(page.page.0 * PS, PS);
+                }
+            }
+        }
+    }
+
+    fn fault_done(&mut self, id: u64, page: PageKey, result: FaultResult) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        let copy = self.node.copy(page);
+        match p.target {
+            Target::Mapped { att, kind, start } => {
+                let addr = att.base + page.page.0 * PS;
+                let r = match result {
+                    FaultResult::Ok => {
+                        let writable = copy.is_some_and(|c| c.state == CacheState::Modified);
+                        if p.access == Access::Write && !writable {
+                            // Cannot happen by the core's contract; refault rather than hang.
+                            log::error!("{page}: write fault resolved without a writable copy (a bug); retrying");
+                            let _ = att.uffd.wake(addr, PS);
+                            return;
+                        }
+                        resolve(&att, addr, kind, writable)
+                    }
+                    bad => {
+                        bump(&self.figures.sigbus);
+                        if bad == FaultResult::Poisoned {
+                            self.poisoned_seen.entry(page.seg).or_default().insert(page.page.0);
+                        }
+                        log::error!(
+                            "segment {} page {} (offset {:#x}): fault of pid {} ended {bad:?}; sending SIGBUS{}",
+                            att.segment.info.name,
+                            page.page.0,
+                            page.page.0 * PS,
+                            att.pid,
+                            match bad {
+                                FaultResult::TimedOut => " (the home did not answer in time: is it alive?)",
+                                FaultResult::Poisoned => " (its only copy was lost with a node that died)",
+                                _ => "",
+                            }
+                        );
+                        poison_one(&att.uffd, addr)
+                    }
+                };
+                if let Err(e) = r {
+                    if !e.is_process_gone() {
+                        log::error!("{page}: resolving the fault of pid {} failed: {e}; sending SIGBUS", att.pid);
+                        let _ = poison_one(&att.uffd, addr);
+                    }
+                }
+                self.figures
+                    .latency
+                    .record(start.elapsed().as_nanos() as u64);
+            }
+            Target::Io { io } => {
+                let Some(job) = self.ios.get_mut(&io) else {
+                    return;
+                };
+                job.remaining -= 1;
+                if result != FaultResult::Ok {
+                    job.error.get_or_insert(format!("page {}: {result:?}", page.page.0));
+                } else if let Some(s) = self.segs.get(&job.seg) {
+                    let pstart = page.page.0 * PS;
+                    let lo = job.offset.max(pstart);
+                    let hi = (job.offset + job.buf.len() as u64).min(pstart + PS);
+                    let range = (lo - job.offset) as usize..(hi - job.offset) as usize;
+                    let r = if job.write {
+                        s.memfd.write_all_at(&job.buf[range], lo)
+                    } else {
+                        s.memfd.read_exact_at(&mut job.buf[range], lo)
+                    };
+                    if let Err(e) = r {
+                        job.error.get_or_insert(format!("page cache I/O at {lo}: {e}"));
+                    }
+                }
+                if job.remaining == 0 {
+                    let job = self.ios.remove(&io).expect("present");
+                    let _ = job.reply.send(match job.error {
+                        Some(e) => Err(e),
+                        None => Ok(job.buf),
+                    });
+                }
+            }
+        }
+    }
+
+    fn complete_durable(&mut self) {
+        let now = self.now();
+        let work = std::mem::take(&mut self.durable);
+        let mut mapper_ok: HashMap<SegmentId, Result<(), MapperError>> = HashMap::new();
+        let mut intent_ok: HashMap<SegmentId, Result<(), MapperError>> = HashMap::new();
+        for (seg, d) in &work {
+            match d {
+                Durable::MapperWrite(..) => {
+                    mapper_ok.entry(*seg).or_insert_with(|| match self.segs.get(seg) {
+                        Some(s) => s.mapper.sync().map_err(|e| MapperError(e.to_string())),
+                        None => Err(MapperError("segment gone".into())),
+                    });
+                }
+                Durable::Intent(..) => {
+                    intent_ok.entry(*seg).or_insert_with(|| match self.intents.get_mut(seg) {
+                        Some(l) => l.sync().map_err(|e| MapperError(format!("write-intent log: {e}"))),
+                        None => Err(MapperError("no write-intent log".into())),
+                    });
+                }
+            }
+        }
+        for (seg, d) in work {
+            match d {
+                Durable::MapperWrite(t, r) => {
+                    let r = r.and(mapper_ok[&seg].clone());
+                    self.node.mapper_write_done(now, t, r);
+                }
+                Durable::Intent(t, r) => {
+                    let r = r.and(intent_ok[&seg].clone());
+                    self.node.intent_write_done(now, t, r);
+                }
+            }
+        }
+    }
+}
+
+fn msg_data(m: &mut pagemesh_core::Msg) -> Option<&mut PageData> {
+    match m {
+        pagemesh_core::Msg::Grant { data: Some(d), .. } => Some(d),
+        pagemesh_core::Msg::FetchReply {
+            copy: Some((_, d)), ..
+        } => Some(d),
+        _ => None,
+    }
+}
+
+/// Map a page the core says is valid here into the faulting process.
+fn resolve(
+    att: &Attachment,
+    addr: u64,
+    kind: FaultKind,
+    writable: bool,
+) -> Result<(), pagemesh_uffd::UffdError> {
+    match kind {
+        FaultKind::WriteProtect => {
+            if writable {
+                att.uffd.write_protect(addr, PS, false, true)
+            } else {
+                att.uffd.wake(addr, PS)
+            }
+        }
+        FaultKind::Missing | FaultKind::Minor => match att.uffd.continue_(addr, PS, !writable, true) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_exists() => {
+                if writable {
+                    att.uffd.write_protect(addr, PS, false, true)
+                } else {
+                    att.uffd.wake(addr, PS)
+                }
+            }
+            Err(e) => Err(e),
+        },
+    }
+}

@@ -1,0 +1,377 @@
+//! Cluster mode: this daemon is one node of a static cluster (`--node-id`, `--listen`,
+//! `--peer`). Zero- and file-backed segments are then cluster segments: every node has them in
+//! its catalog, their home runs the directory and the mapper, and every fault on them goes
+//! through the coherence core (`pagemesh_core::Node`), driven by the [`engine`] thread over the
+//! peer [`transport`]. See `docs/cluster.md`.
+
+pub mod engine;
+mod intents;
+pub mod requests;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pagemesh_core::{Epoch, Node, NodeConfig, Timing};
+use pagemesh_proto::{Backing, SegmentInfo};
+use pagemesh_types::{NodeId, SegmentId, PAGE_SIZE};
+
+use crate::segment::Segment;
+use crate::server::Daemon;
+use engine::{Engine, Figures, Input};
+use intents::IntentLog;
+use transport::Transport;
+
+/// A node's place in its cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub node_id: u32,
+    /// Where peers reach this node.
+    pub listen: SocketAddr,
+    /// Every other node.
+    pub peers: Vec<(u32, SocketAddr)>,
+    /// Nodes of different clusters refuse each other.
+    pub cluster_id: u64,
+    /// A peer silent for this long is declared dead.
+    pub dead_after_ms: u64,
+    /// The protocol's retransmission interval.
+    pub retry_ms: u64,
+    /// A fault or sync that gets no answer in this long ends in SIGBUS / an error.
+    pub fault_timeout_ms: u64,
+}
+
+impl ClusterConfig {
+    pub fn new(node_id: u32, listen: SocketAddr, peers: Vec<(u32, SocketAddr)>) -> Self {
+        ClusterConfig {
+            node_id,
+            listen,
+            peers,
+            cluster_id: 0x7061_6765_6d65_7368, // "pagemesh"
+            dead_after_ms: 5_000,
+            retry_ms: 50,
+            fault_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// The running cluster side of a daemon.
+pub struct ClusterHandle {
+    pub cfg: ClusterConfig,
+    pub epoch: Epoch,
+    tx: Sender<Input>,
+    pub figures: Arc<Figures>,
+    pub transport: Arc<Transport>,
+}
+
+impl ClusterHandle {
+    pub fn send(&self, input: Input) -> Result<(), String> {
+        self.tx
+            .send(input)
+            .map_err(|_| "the cluster engine has stopped (see the daemon's log)".to_string())
+    }
+
+    pub fn me(&self) -> u32 {
+        self.cfg.node_id
+    }
+}
+
+/// The protocol's view of a catalog entry.
+pub(crate) fn core_info(info: &SegmentInfo) -> pagemesh_core::SegmentInfo {
+    pagemesh_core::SegmentInfo {
+        id: SegmentId(info.id),
+        home: NodeId(info.home.unwrap_or(0)),
+        pages: info.size_bytes.div_ceil(PAGE_SIZE),
+        backing: match info.backing {
+            Backing::Zero => pagemesh_core::Backing::Zero,
+            _ => pagemesh_core::Backing::Mapper,
+        },
+    }
+}
+
+fn cluster_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("cluster")
+}
+
+pub(crate) fn open_intents(data_dir: &Path, seg: SegmentId) -> std::io::Result<IntentLog> {
+    let dir = cluster_dir(data_dir);
+    std::fs::create_dir_all(&dir)?;
+    IntentLog::open(&dir.join(format!("seg-{}.intents", seg.0)))
+}
+
+/// The file that backs a zero segment homed here (sparse: dormant pages take no space). Synced
+/// and evicted pages of the segment are written to it.
+pub(crate) fn zero_store(data_dir: &Path, id: u64) -> PathBuf {
+    cluster_dir(data_dir).join(format!("seg-{id}.pages"))
+}
+
+/// Route the faults of a cluster segment to the engine.
+pub(crate) fn link(seg: &Segment, tx: Sender<Input>) {
+    let _ = seg.cluster.set(tx);
+}
+
+pub(crate) fn engine_sender(d: &Daemon) -> Option<Sender<Input>> {
+    d.cluster.get().map(|c| c.tx.clone())
+}
+
+pub(crate) fn listen_addr(d: &Daemon) -> String {
+    d.cluster
+        .get()
+        .map_or_else(String::new, |c| c.cfg.listen.to_string())
+}
+
+pub(crate) fn cluster_id(d: &Daemon) -> u64 {
+    d.cluster.get().map_or(0, |c| c.cfg.cluster_id)
+}
+
+/// Read, bump and durably store this node's epoch: every start is a new incarnation.
+fn next_epoch(data_dir: &Path) -> Result<Epoch, String> {
+    let dir = cluster_dir(data_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let path = dir.join("epoch");
+    let old = match std::fs::read_to_string(&path) {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| format!("{} is corrupt ({e}): the node cannot know its incarnation; restore it or remove the data directory", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    let epoch = old + 1;
+    let tmp = dir.join("epoch.tmp");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{epoch}")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    };
+    write().map_err(|e| format!("storing the epoch in {}: {e}", path.display()))?;
+    Ok(Epoch(epoch))
+}
+
+/// Start the cluster side of `daemon`: epoch, transport, engine.
+pub fn start(daemon: &Arc<Daemon>, cfg: ClusterConfig) -> Result<(), String> {
+    let epoch = next_epoch(&daemon.config.data_dir)?;
+    let me = NodeId(cfg.node_id);
+    let (tx, rx) = mpsc::channel();
+    let peers: Vec<(NodeId, SocketAddr)> =
+        cfg.peers.iter().map(|(id, a)| (NodeId(*id), *a)).collect();
+    let transport = Transport::start(
+        me,
+        epoch,
+        cfg.cluster_id,
+        cfg.listen,
+        &peers,
+        Duration::from_millis(cfg.dead_after_ms),
+        tx.clone(),
+    )
+    .map_err(|e| format!("starting the peer transport: {e}"))?;
+    let mut all: Vec<NodeId> = peers.iter().map(|p| p.0).collect();
+    all.push(me);
+    all.sort();
+    all.dedup();
+    let mut ncfg = NodeConfig::new(me, epoch, all);
+    ncfg.timing = Timing {
+        retry_ms: cfg.retry_ms,
+        fault_timeout_ms: cfg.fault_timeout_ms,
+    };
+    let segs: HashMap<SegmentId, Arc<Segment>> = daemon
+        .segments
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|s| s.info.home.is_some())
+        .map(|s| (SegmentId(s.info.id), Arc::clone(s)))
+        .collect();
+    let infos: Vec<_> = segs.values().map(|s| core_info(&s.info)).collect();
+    let mut intents = HashMap::new();
+    for i in infos.iter().filter(|i| i.home == me) {
+        let log = open_intents(&daemon.config.data_dir, i.id)
+            .map_err(|e| format!("segment id {}: opening its write-intent log: {e}", i.id.0))?;
+        intents.insert(i.id, log);
+    }
+    let node = Node::new(ncfg, &infos);
+    for s in segs.values() {
+        link(s, tx.clone());
+    }
+    let figures = Arc::new(Figures::default());
+    let handle = Arc::new(ClusterHandle {
+        cfg: cfg.clone(),
+        epoch,
+        tx: tx.clone(),
+        figures: Arc::clone(&figures),
+        transport: Arc::clone(&transport),
+    });
+    if daemon.cluster.set(handle).is_err() {
+        return Err("the cluster was started twice".into());
+    }
+    let tick_ms = (cfg.retry_ms / 2).clamp(1, 50);
+    let engine = Engine::new(
+        Arc::clone(daemon),
+        node,
+        Arc::clone(&transport),
+        figures,
+        segs.clone(),
+        intents,
+        cfg.dead_after_ms,
+        tick_ms,
+    );
+    std::thread::Builder::new()
+        .name("cluster-engine".into())
+        .spawn(move || engine.run(rx))
+        .map_err(|e| format!("starting the cluster engine: {e}"))?;
+    // Tell every peer what this node knows; they answer with theirs on their own connect.
+    let known: Vec<SegmentInfo> = segs.values().map(|s| s.info.clone()).collect();
+    for p in &peers {
+        transport.send(
+            p.0,
+            pagemesh_proto::peer::PeerFrame::Control(pagemesh_proto::peer::Control::Catalog {
+                segments: known.clone(),
+            }),
+        );
+    }
+    log::info!(
+        "cluster: node {} epoch {} listening for peers on {} ({} peer(s), {} cluster segment(s))",
+        cfg.node_id,
+        epoch.0,
+        cfg.listen,
+        peers.len(),
+        segs.len()
+    );
+    Ok(())
+}
+
+/// Build the node-local state of a cluster segment: the home opens its mapper (the file, or a
+/// sparse store for a zero segment); other nodes only keep a page cache.
+pub(crate) fn build_cluster_segment(
+    config: &crate::Config,
+    info: &SegmentInfo,
+    create: bool,
+) -> Result<Segment, String> {
+    let me = config.cluster.as_ref().map(|c| c.node_id);
+    let data_dir = &config.data_dir;
+    {
+        let mapper: Box<dyn pagemesh_store::Mapper> = if info.home == me {
+            let path = match &info.backing {
+                Backing::Zero => zero_store(data_dir, info.id),
+                Backing::File { path } => PathBuf::from(path),
+                Backing::Volume { .. } => return Err("a volume segment cannot be a cluster segment".into()),
+            };
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let size = if create || matches!(info.backing, Backing::Zero) {
+                Some(info.size_bytes)
+            } else {
+                None
+            };
+            let m = pagemesh_store::FileMapper::open(&path, size)
+                .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            let len = m.len_bytes().map_err(|e| format!("reading the size of {}: {e}", path.display()))?;
+            if len < info.size_bytes {
+                return Err(format!(
+                    "backing file {} is {len} bytes, shorter than the segment ({} bytes): restore it",
+                    path.display(),
+                    info.size_bytes
+                ));
+            }
+            Box::new(m)
+        } else {
+            Box::new(pagemesh_store::ZeroMapper)
+        };
+        Segment::new(info.clone(), mapper, None).map_err(|e| format!("creating its memfd: {e}"))
+    }
+}
+
+impl Daemon {
+
+    /// Create a cluster segment homed on this node, persist it and make it visible here (the
+    /// caller tells the engine, which tells the cluster).
+    pub(crate) fn create_cluster_segment(
+        &self,
+        name: &str,
+        size_bytes: Option<u64>,
+        backing: Backing,
+        home: u32,
+    ) -> Result<Arc<Segment>, String> {
+        if !crate::server::valid_name(name) {
+            return Err(format!("invalid segment name {name:?}: 1-64 of [A-Za-z0-9._-]"));
+        }
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        if self.segments.read().unwrap_or_else(|e| e.into_inner()).contains_key(name) {
+            return Err(format!("segment {name:?} already exists in the cluster"));
+        }
+        let size = match (&backing, size_bytes) {
+            (_, Some(s)) => s,
+            (Backing::File { path }, None) => std::fs::metadata(path)
+                .map_err(|e| format!("segment {name}: backing file {path}: {e}"))?
+                .len(),
+            _ => return Err(format!("segment {name}: a zero segment needs --size")),
+        };
+        if size == 0 || size > crate::server::MAX_SEGMENT_BYTES {
+            return Err(format!("segment {name}: size {size} is out of range"));
+        }
+        if let Backing::File { path } = &backing {
+            if !Path::new(path).is_absolute() {
+                return Err(format!("file backing path {path:?} must be absolute"));
+            }
+        }
+        // Ids are unique across the cluster: the home's node id in the high bits.
+        let id = (u64::from(home) + 1) << 40 | catalog.next_id();
+        let info = SegmentInfo {
+            name: name.to_string(),
+            id,
+            size_bytes: size,
+            backing,
+            home: Some(home),
+        };
+        let seg = Arc::new(build_cluster_segment(&self.config, &info, true)?);
+        catalog.add(&info, "default").map_err(|e| e.to_string())?;
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), Arc::clone(&seg));
+        log::info!(
+            "created cluster segment {name} (id {id:#x}): {} bytes backed by {}, home node {home}",
+            size,
+            info.backing
+        );
+        Ok(seg)
+    }
+
+    /// Take a cluster segment another node announced into this node's catalog. `Ok(None)` if
+    /// it is known already.
+    pub(crate) fn adopt_cluster_segment(&self, info: &SegmentInfo) -> Result<Option<Arc<Segment>>, String> {
+        if info.home.is_none() || matches!(info.backing, Backing::Volume { .. }) {
+            return Err(format!("segment {} is not a cluster segment", info.name));
+        }
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = self.segments.read().unwrap_or_else(|e| e.into_inner()).get(&info.name) {
+            if s.info.id == info.id {
+                return Ok(None);
+            }
+            return Err(format!(
+                "two segments named {:?}: id {:#x} here (home {:?}) and id {:#x} (home {:?}); the later one is ignored on this node. Remove one of them.",
+                info.name, s.info.id, s.info.home, info.id, info.home
+            ));
+        }
+        let seg = Arc::new(build_cluster_segment(&self.config, info, false)?);
+        catalog.add(info, "default").map_err(|e| e.to_string())?;
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(info.name.clone(), Arc::clone(&seg));
+        log::info!(
+            "cluster segment {} (id {:#x}, home node {}) joined this node's catalog",
+            info.name,
+            info.id,
+            info.home.unwrap_or(0)
+        );
+        Ok(Some(seg))
+    }
+}
