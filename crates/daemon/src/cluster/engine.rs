@@ -152,6 +152,17 @@ enum Durable {
     Intent(pagemesh_core::MapperToken, Result<(), MapperError>),
 }
 
+/// An input the engine gives itself. It is fed to the core only once every output before it
+/// has been executed, so the core's state never runs ahead of the kernel's while a round of
+/// outputs is half done (a fault is resolved by the state the core had when it finished it).
+enum Later {
+    Step(Envelope),
+    MapperRead(pagemesh_core::MapperToken, Result<PageData, MapperError>),
+    IntentRead(pagemesh_core::MapperToken, Result<Vec<u64>, MapperError>),
+    MapperWrite(pagemesh_core::MapperToken, Result<(), MapperError>),
+    Intent(pagemesh_core::MapperToken, Result<(), MapperError>),
+}
+
 #[derive(Default)]
 struct BarrierState {
     parties: u32,
@@ -185,6 +196,7 @@ pub struct Engine {
     ios: HashMap<u64, IoJob>,
     next_io: u64,
     durable: Vec<(SegmentId, Durable)>,
+    later: VecDeque<Later>,
     dead: HashMap<NodeId, bool>,
     barriers: HashMap<(SegmentId, u32), BarrierState>,
     barrier_waiters: HashMap<u64, Sender<Result<u64, String>>>,
@@ -225,6 +237,7 @@ impl Engine {
             ios: HashMap::new(),
             next_io: 1,
             durable: Vec::new(),
+            later: VecDeque::new(),
             dead: HashMap::new(),
             barriers: HashMap::new(),
             barrier_waiters: HashMap::new(),
@@ -259,9 +272,13 @@ impl Engine {
             match rx.recv_timeout(wait) {
                 Ok(input) => {
                     self.input(input);
+                    self.pump();
                     for _ in 1..ROUND_INPUTS {
                         match rx.try_recv() {
-                            Ok(i) => self.input(i),
+                            Ok(i) => {
+                                self.input(i);
+                                self.pump();
+                            }
                             Err(_) => break,
                         }
                     }
@@ -273,10 +290,11 @@ impl Engine {
                 next_tick = Instant::now() + Duration::from_millis(self.tick_ms);
                 let now = self.now();
                 self.node.tick(now);
+                self.pump();
                 self.check_liveness(now);
+                self.pump();
                 self.finish_statuses(false);
             }
-            self.pump();
         }
     }
 
@@ -886,6 +904,17 @@ impl Engine {
         loop {
             self.node.drain_outputs(&mut self.outs);
             if self.outs.is_empty() {
+                if let Some(l) = self.later.pop_front() {
+                    let now = self.now();
+                    match l {
+                        Later::Step(env) => self.node.step(now, env),
+                        Later::MapperRead(t, r) => self.node.mapper_read_done(now, t, r),
+                        Later::IntentRead(t, r) => self.node.intents_read_done(now, t, r),
+                        Later::MapperWrite(t, r) => self.node.mapper_write_done(now, t, r),
+                        Later::Intent(t, r) => self.node.intent_write_done(now, t, r),
+                    }
+                    continue;
+                }
                 if self.durable.is_empty() {
                     return;
                 }
@@ -911,13 +940,11 @@ impl Engine {
     }
 
     fn exec(&mut self, o: &Output) {
-        let now = self.now();
         match o {
             Output::Send(env) => {
-                if env.to == self.me() {
-                    self.node.step(now, env.clone());
-                    return;
-                }
+                // `Local` is the local copy as of now, after the outputs before this send: it
+                // must be read here even for a message to this node itself (a later output
+                // of the same round may invalidate the copy before the message is used).
                 let mut env = env.clone();
                 let page = env.msg.page();
                 if let Some(d) = msg_data(&mut env.msg) {
@@ -932,6 +959,10 @@ impl Engine {
                         }
                         *d = PageData::Bytes(b);
                     }
+                }
+                if env.to == self.me() {
+                    self.later.push_back(Later::Step(env));
+                    return;
                 }
                 self.transport.send(env.to, PeerFrame::Protocol(env));
             }
@@ -994,7 +1025,7 @@ impl Engine {
                     Ok(pagemesh_store::PageData::Dormant) => Ok(PageData::Zero),
                     Err(e) => Err(MapperError(e.to_string())),
                 };
-                self.node.mapper_read_done(now, *token, r);
+                self.later.push_back(Later::MapperRead(*token, r));
             }
             Output::MapperWrite { token, page, data } => {
                 let Some(s) = self.seg(*page).cloned() else {
@@ -1025,7 +1056,7 @@ impl Engine {
                     Some(l) => Ok(l.pages()),
                     None => Err(MapperError("no write-intent log for this segment".into())),
                 };
-                self.node.intents_read_done(now, *token, r);
+                self.later.push_back(Later::IntentRead(*token, r));
             }
             Output::FaultDone {
                 fault,
@@ -1173,7 +1204,6 @@ impl Engine {
     }
 
     fn complete_durable(&mut self) {
-        let now = self.now();
         let work = std::mem::take(&mut self.durable);
         let mut mapper_ok: HashMap<SegmentId, Result<(), MapperError>> = HashMap::new();
         let mut intent_ok: HashMap<SegmentId, Result<(), MapperError>> = HashMap::new();
@@ -1197,11 +1227,11 @@ impl Engine {
             match d {
                 Durable::MapperWrite(t, r) => {
                     let r = r.and(mapper_ok[&seg].clone());
-                    self.node.mapper_write_done(now, t, r);
+                    self.later.push_back(Later::MapperWrite(t, r));
                 }
                 Durable::Intent(t, r) => {
                     let r = r.and(intent_ok[&seg].clone());
-                    self.node.intent_write_done(now, t, r);
+                    self.later.push_back(Later::Intent(t, r));
                 }
             }
         }
