@@ -104,7 +104,7 @@ fn backing_arg(s: &str) -> anyhow::Result<Backing> {
 }
 
 pub fn info_json(i: &SegmentInfo) -> serde_json::Value {
-    serde_json::json!({"name": i.name, "id": i.id, "size_bytes": i.size_bytes, "backing": i.backing.to_string()})
+    serde_json::json!({"name": i.name, "id": i.id, "size_bytes": i.size_bytes, "backing": i.backing.to_string(), "home": i.home})
 }
 
 pub fn stat_json(s: &SegmentStat) -> serde_json::Value {

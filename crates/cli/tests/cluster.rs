@@ -1,0 +1,325 @@
+//! Multi-node tests: three real daemon processes on loopback, coherent segments across them,
+//! and node death. Every daemon and command is bounded and cleaned up by the harness.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::{finish, Daemon, Out};
+
+/// Free loopback ports (bound once to learn them, then released for the daemons).
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+struct Cluster {
+    nodes: Vec<Daemon>,
+    args: Vec<Vec<String>>,
+}
+
+impl Cluster {
+    /// `n` nodes with ids 1..=n; `extra` goes to every daemon.
+    fn start(n: usize, extra: &[&str]) -> Cluster {
+        let ports = free_ports(n);
+        let mut args = Vec::new();
+        for i in 0..n {
+            let mut a = vec![
+                "--node-id".to_string(),
+                (i + 1).to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", ports[i]),
+            ];
+            for (j, p) in ports.iter().enumerate() {
+                if j != i {
+                    a.push("--peer".into());
+                    a.push(format!("{}=127.0.0.1:{p}", j + 1));
+                }
+            }
+            a.extend(extra.iter().map(|s| s.to_string()));
+            args.push(a);
+        }
+        let nodes = args
+            .iter()
+            .map(|a| Daemon::start_with(&a.iter().map(String::as_str).collect::<Vec<_>>()))
+            .collect();
+        let c = Cluster { nodes, args };
+        c.wait_connected();
+        c
+    }
+
+    fn node(&self, id: usize) -> &Daemon {
+        &self.nodes[id - 1]
+    }
+
+    fn restart(&mut self, id: usize) {
+        let a: Vec<&str> = self.args[id - 1].iter().map(String::as_str).collect();
+        self.nodes[id - 1].spawn_with(&a);
+    }
+
+    fn status(&self, id: usize) -> serde_json::Value {
+        let out = self.node(id).run(&["cluster", "status", "--json"]).ok();
+        serde_json::from_slice(&out.stdout).expect("cluster status --json is JSON")
+    }
+
+    /// Wait (bounded) until every node sees every other alive at its current epoch.
+    fn wait_connected(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let all = (1..=self.nodes.len()).all(|i| {
+                let s = self.status(i);
+                s["nodes"]
+                    .as_array()
+                    .expect("nodes")
+                    .iter()
+                    .all(|n| n["alive"] == true && n["figures"].is_object())
+            });
+            if all {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not connect: {}",
+                self.status(1)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Wait (bounded) until `name` is in node `id`'s catalog.
+    fn wait_segment(&self, id: usize, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .node(id)
+            .run(&["segment", "list"])
+            .ok()
+            .stdout_str()
+            .contains(name)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} never learned of segment {name}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn create(&self, on: usize, name: &str, extra: &[&str]) {
+        let mut a = vec!["segment", "create", name];
+        a.extend_from_slice(extra);
+        self.node(on).run(&a).ok();
+        for i in 1..=self.nodes.len() {
+            self.wait_segment(i, name);
+        }
+    }
+}
+
+fn run_for(d: &Daemon, args: &[&str], timeout: Duration) -> Out {
+    finish(d.spawn_cmd(args, false), &[], timeout, args)
+}
+
+#[test]
+fn a_pattern_written_through_one_node_verifies_through_the_others() {
+    let c = Cluster::start(3, &[]);
+    c.create(1, "grid", &["--size", "8MiB"]);
+    c.node(1).run(&["memtest", "grid", "--write", "7"]).ok();
+    for n in [2, 3] {
+        let out = c.node(n).run(&["memtest", "grid", "--verify", "7"]).ok();
+        assert!(out.stdout_str().contains("verified 8MiB"), "{}", out.stdout_str());
+    }
+    let bad = c.node(3).run(&["memtest", "grid", "--verify", "8"]);
+    assert!(!bad.status.success(), "a wrong seed must fail");
+    assert!(
+        bad.stdout_str().contains("MISMATCH") || bad.stderr.contains("MISMATCH"),
+        "{}{}",
+        bad.stdout_str(),
+        bad.stderr
+    );
+    // Writes through node 3 of a segment homed on node 2 land too, and segment I/O agrees.
+    c.create(1, "other", &["--size", "1MiB", "--home", "2"]);
+    c.node(3).run(&["memtest", "other", "--write", "9"]).ok();
+    c.node(1).run(&["memtest", "other", "--verify", "9"]).ok();
+    let out = c
+        .node(2)
+        .run(&["segment", "read", "other", "--offset", "4096", "--len", "8"])
+        .ok();
+    assert_eq!(
+        u64::from_le_bytes(out.stdout[..8].try_into().expect("8 bytes")),
+        common::pattern_word(9, 4096)
+    );
+    let s = c.status(2);
+    let seg = s["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .find(|g| g["name"] == "other")
+        .expect("listed");
+    assert_eq!(seg["home"], 2);
+    let figures = &s["nodes"][0]["figures"];
+    assert!(figures["faults"].as_u64().expect("faults") > 0, "{s}");
+}
+
+#[test]
+fn atomic_increments_from_three_nodes_are_never_lost() {
+    let c = Cluster::start(3, &[]);
+    c.create(2, "ctr", &["--size", "4KiB"]);
+    let mut procs = Vec::new();
+    for n in 1..=3 {
+        for _ in 0..2 {
+            procs.push(
+                c.node(n)
+                    .spawn_cmd(&["memtest", "ctr", "--increment", "100000"], false),
+            );
+        }
+    }
+    for p in procs {
+        finish(p, &[], Duration::from_secs(120), &["memtest --increment"]).ok();
+    }
+    for n in 1..=3 {
+        let out = c
+            .node(n)
+            .run(&["segment", "read", "ctr", "--offset", "0", "--len", "8"])
+            .ok();
+        assert_eq!(
+            u64::from_le_bytes(out.stdout[..8].try_into().expect("8 bytes")),
+            600_000,
+            "node {n}"
+        );
+    }
+}
+
+#[test]
+fn a_node_killed_mid_workload_poisons_only_its_unsynced_pages_and_rejoins() {
+    let mut c = Cluster::start(3, &["--dead-after-ms", "1500", "--fault-timeout-ms", "8000"]);
+    c.create(1, "data", &["--size", "8MiB"]);
+    let half = (4 << 20).to_string();
+    // The first half is written through node 2 and synced; the second through node 3, not synced.
+    c.node(2)
+        .run(&["memtest", "data", "--write", "5", "--len", &half])
+        .ok();
+    c.node(2).run(&["segment", "sync", "data"]).ok();
+    c.node(3)
+        .run(&["memtest", "data", "--write", "6", "--offset", &half])
+        .ok();
+    // Node 3 keeps reading its half while node 2 re-reads the synced one.
+    c.create(1, "ctr", &["--size", "4KiB"]);
+    let busy = c.node(3).spawn_cmd(
+        &["memtest", "data", "--verify", "6", "--offset", &half, "--repeat", "100000", "--pause-ms", "1"],
+        false,
+    );
+    let reader = c.node(2).spawn_cmd(
+        &["memtest", "data", "--verify", "5", "--len", &half, "--repeat", "20", "--pause-ms", "50"],
+        false,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    c.nodes[2].kill9();
+    let t = Instant::now();
+    // The process on the dead node gets SIGBUS from its watchdog, not a hang.
+    let busy = finish(busy, &[], Duration::from_secs(30), &["busy on node 3"]);
+    assert!(!busy.status.success());
+    // The reader on node 2 never noticed.
+    finish(reader, &[], Duration::from_secs(60), &["reader on node 2"]).ok();
+    // Unsynced pages whose only copy died are poisoned: SIGBUS, bounded.
+    let lost = run_for(
+        c.node(1),
+        &["memtest", "data", "--verify", "6", "--offset", &half, "--len", "4096"],
+        Duration::from_secs(30),
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        lost.status.code() == Some(135) || lost.status.signal() == Some(7),
+        "a lost page must give SIGBUS: {:?} {}{}",
+        lost.status,
+        lost.stdout_str(),
+        lost.stderr
+    );
+    assert!(t.elapsed() < Duration::from_secs(40));
+    let stat = common::stat_json(c.node(1), "data");
+    assert_eq!(stat["poisoned_pages"], 1024, "{stat}");
+    // Synced pages are intact, through both survivors.
+    c.node(1)
+        .run(&["memtest", "data", "--verify", "5", "--len", &half])
+        .ok();
+    c.node(2)
+        .run(&["memtest", "data", "--verify", "5", "--len", &half])
+        .ok();
+    // The node comes back with a new epoch and works again.
+    c.restart(3);
+    c.wait_connected();
+    let s = c.status(1);
+    let n3 = s["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["id"] == 3)
+        .expect("node 3");
+    assert_eq!(n3["epoch"], 2, "{s}");
+    c.node(3)
+        .run(&["memtest", "data", "--verify", "5", "--len", &half])
+        .ok();
+    c.node(3).run(&["memtest", "ctr", "--increment", "10"]).ok();
+}
+
+#[test]
+fn synced_data_of_a_dead_home_is_served_again_when_it_returns() {
+    let mut c = Cluster::start(3, &["--dead-after-ms", "1500", "--fault-timeout-ms", "4000"]);
+    let file = c.node(2).path("backing.img");
+    let backing = format!("file:{}", file.display());
+    c.create(1, "img", &["--size", "2MiB", "--backing", &backing, "--home", "2"]);
+    c.node(1).run(&["memtest", "img", "--write", "11"]).ok();
+    c.node(1).run(&["segment", "sync", "img"]).ok();
+    c.nodes[1].kill9();
+    // Node 3 holds nothing of it: its faults wait for the home and end in SIGBUS, bounded.
+    let out = run_for(
+        c.node(3),
+        &["memtest", "img", "--verify", "11", "--len", "4096"],
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    c.restart(2);
+    c.wait_connected();
+    c.node(3).run(&["memtest", "img", "--verify", "11"]).ok();
+    c.node(2).run(&["memtest", "img", "--verify", "11"]).ok();
+    // The file itself holds the synced data.
+    let bytes = std::fs::read(&file).expect("read backing file");
+    for o in (0..bytes.len()).step_by(4096 * 7) {
+        let w = u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
+        assert_eq!(w, common::pattern_word(11, o as u64), "offset {o}");
+    }
+}
+
+#[test]
+fn barriers_and_locks_are_served_by_the_home() {
+    let c = Cluster::start(2, &[]);
+    c.create(1, "sync", &["--size", "4KiB"]);
+    let a = c.node(1).client();
+    let b = c.node(2).client();
+    let t = std::thread::spawn(move || {
+        let g1 = b.barrier_wait("sync", 3, 2, Duration::from_secs(20)).expect("barrier");
+        b.lock("sync", 0, Duration::from_secs(20)).expect("lock");
+        b.unlock("sync", 0).expect("unlock");
+        g1
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let g0 = a.barrier_wait("sync", 3, 2, Duration::from_secs(20)).expect("barrier");
+    assert_eq!(g0, t.join().expect("thread"));
+    // A lock held by one node's client blocks the other's until released.
+    a.lock("sync", 1, Duration::from_secs(5)).expect("lock");
+    let b = c.node(2).client();
+    let err = b
+        .lock("sync", 1, Duration::from_millis(300))
+        .expect_err("held elsewhere");
+    assert!(err.to_string().contains("not granted"), "{err}");
+    a.unlock("sync", 1).expect("unlock");
+    b.lock("sync", 1, Duration::from_secs(5)).expect("free now");
+    // A barrier nobody else reaches times out instead of hanging.
+    let err = a
+        .barrier_wait("sync", 9, 2, Duration::from_millis(300))
+        .expect_err("alone");
+    assert!(err.to_string().contains("parties"), "{err}");
+}
