@@ -1,248 +1,280 @@
-//! `pagemesh demo`: with nothing configured, start a private daemon, run a verifiable parallel
-//! job in several processes that share segments through real page faults, sync, check the file
-//! independently, print what happened, and clean up.
+//! `pagemesh demo`: with nothing configured, start a three-node cluster on loopback (separate
+//! daemon processes), run a classic DSM workload across them — a 2D Jacobi heat stencil over
+//! one shared grid, a block of rows per worker process, a barrier per iteration served by the
+//! grid's home — verify the result bit for bit against a single-process run, show what moved
+//! between the nodes, and clean up. Exits 0 only if the result verified.
 
-use std::path::Path;
+use std::net::TcpListener;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use pagemesh::{Backing, SegmentStat};
-use pagemesh_types::ByteSize;
+use pagemesh::{Backing, Client};
 
 use crate::harness::{spawn, wait_all, PrivateDaemon};
-use crate::memtest::pattern;
-use crate::parse_size;
+use crate::jacobi;
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Worker processes.
-    #[arg(long, default_value_t = 4)]
-    pub workers: u64,
-    /// Size of each demo segment.
-    #[arg(long, value_parser = parse_size, default_value = "64MiB")]
-    pub size: u64,
-    /// Increments per worker on the shared counter.
-    #[arg(long, default_value_t = 50_000)]
+    /// Nodes (daemon processes) in the loopback cluster.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Worker processes per node.
+    #[arg(long, default_value_t = 2)]
+    pub workers_per_node: usize,
+    /// Grid size (n x n doubles, two grids).
+    #[arg(long, default_value_t = 512)]
+    pub n: usize,
+    /// Jacobi iterations (one barrier each).
+    #[arg(long, default_value_t = 200)]
+    pub iters: usize,
+    /// Atomic increments per worker on a shared counter (0: skip that phase).
+    #[arg(long, default_value_t = 20_000)]
     pub increments: u64,
 }
 
-/// Bound on any one phase.
+/// Arguments of one demo worker process (a hidden subcommand).
+#[derive(Args)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    pub segment: String,
+    #[arg(long)]
+    pub n: usize,
+    #[arg(long)]
+    pub iters: usize,
+    #[arg(long)]
+    pub rank: usize,
+    #[arg(long)]
+    pub ranks: usize,
+}
+
 const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
-const SEED_FILE: u64 = 42;
-const SEED_ZERO: u64 = 4242;
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(120);
+const SEGMENT: &str = "heat";
+const COUNTER: &str = "counter";
 
-struct Phase {
-    name: String,
-    secs: f64,
+/// One worker: its block of rows, a barrier per iteration.
+pub fn worker(socket: &std::path::Path, a: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(socket)?;
+    let m = client.attach(&a.segment)?;
+    let p = jacobi::Params {
+        n: a.n,
+        iters: a.iters,
+    };
+    let grid = &m.atomics_u64()[..jacobi::words(a.n)];
+    let rows = block(a.n, a.ranks)[a.rank].clone();
+    let ranks = a.ranks as u32;
+    jacobi::run_worker(&p, grid, rows, || {
+        client
+            .barrier_wait(&a.segment, 0, ranks, BARRIER_TIMEOUT)
+            .map(|_| ())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn phase(
-    phases: &mut Vec<Phase>,
-    name: &str,
-    f: impl FnOnce() -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let t = Instant::now();
-    println!("  {name} ...");
-    f()?;
-    phases.push(Phase {
-        name: name.to_string(),
-        secs: t.elapsed().as_secs_f64(),
-    });
-    Ok(())
+/// Row blocks that start on page boundaries when rows are small enough.
+fn block(n: usize, ranks: usize) -> Vec<std::ops::Range<usize>> {
+    match 4096 / (8 * n) {
+        0 | 1 => jacobi::row_blocks(n, ranks),
+        align => jacobi::row_blocks_aligned(n, ranks, align),
+    }
 }
 
-fn memtest_args(seg: &str, op: &str, value: u64, offset: u64, len: u64) -> Vec<String> {
-    vec![
-        "memtest".into(),
-        seg.into(),
-        op.into(),
-        value.to_string(),
-        "--offset".into(),
-        offset.to_string(),
-        "--len".into(),
-        len.to_string(),
-    ]
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let ls = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("finding free loopback ports")?;
+    Ok(ls
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()).unwrap_or(0))
+        .collect())
 }
 
-/// Check the backing file directly with std::fs (not through pagemesh).
-fn check_file(path: &Path, offset: u64, len: u64, seed: u64) -> anyhow::Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    for o in (offset..offset + len).step_by(8) {
-        let got = u64::from_le_bytes(
-            bytes[o as usize..o as usize + 8]
-                .try_into()
-                .expect("8 bytes"),
-        );
-        if got != pattern(seed, o) {
-            bail!(
-                "backing file {} differs from the pattern at offset {o}",
-                path.display()
-            );
+fn start_cluster(nodes: usize) -> anyhow::Result<Vec<PrivateDaemon>> {
+    let ports = free_ports(nodes)?;
+    let mut daemons = Vec::new();
+    for i in 0..nodes {
+        let mut args = vec![
+            "--node-id".to_string(),
+            (i + 1).to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", ports[i]),
+            "--workers".into(),
+            "1".into(),
+            "--memory".into(),
+            "256MiB".into(),
+        ];
+        for (j, p) in ports.iter().enumerate() {
+            if j != i {
+                args.push("--peer".into());
+                args.push(format!("{}=127.0.0.1:{p}", j + 1));
+            }
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        daemons.push(PrivateDaemon::start(&format!("pagemesh-demo-node{}-", i + 1), &a)?);
+    }
+    // Every node sees every other (bounded).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for d in &daemons {
+        loop {
+            let s = d.client.cluster_status()?;
+            if s.nodes.iter().all(|n| n.alive && n.figures.is_some()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the demo cluster did not connect within 20 s: {s:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(daemons)
+}
+
+fn wait_for_segment(daemons: &[PrivateDaemon], name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for d in daemons {
+        while !d.client.list_segments()?.iter().any(|s| s.name == name) {
+            if Instant::now() > deadline {
+                bail!("segment {name} did not reach every node within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
     Ok(())
-}
-
-fn print_stats(stats: &[SegmentStat]) {
-    println!();
-    println!(
-        "{:<10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9}",
-        "segment",
-        "missing",
-        "minor",
-        "wp",
-        "zerofill",
-        "from-file",
-        "to-file",
-        "resident",
-        "p50",
-        "p99"
-    );
-    for s in stats {
-        let c = &s.counters;
-        println!(
-            "{:<10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>7.1}us {:>7.1}us",
-            s.info.name,
-            c.faults_missing,
-            c.faults_minor,
-            c.faults_wp,
-            c.zero_fills,
-            ByteSize(c.mapper_bytes_read).to_string(),
-            ByteSize(c.mapper_bytes_written).to_string(),
-            ByteSize(s.resident_pages * 4096).to_string(),
-            c.fault_service_p50_ns as f64 / 1e3,
-            c.fault_service_p99_ns as f64 / 1e3,
-        );
-    }
 }
 
 pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
-    if a.workers == 0 || a.size < 2 * 4096 || !a.size.is_multiple_of(4096) {
-        bail!("--workers must be >= 1 and --size a multiple of 4KiB of at least 8KiB");
+    if a.nodes == 0 || a.workers_per_node == 0 || a.n < 3 || a.iters == 0 {
+        bail!("--nodes, --workers-per-node and --iters must be >= 1 and --n >= 3");
     }
-    let daemon = PrivateDaemon::start("pagemesh-demo-", &[])?;
-    let socket = daemon.socket.clone();
-    let file = daemon.dir.path().join("demo.dat");
+    let ranks = a.nodes * a.workers_per_node;
     println!(
-        "pagemesh demo: a private daemon in {}, {} worker processes",
-        daemon.dir.path().display(),
-        a.workers
+        "pagemesh demo: {} nodes on loopback (separate daemons), {ranks} worker processes, \
+         Jacobi heat stencil on a {}x{} grid, {} iterations",
+        a.nodes, a.n, a.n, a.iters
     );
-    let client = daemon.client.clone();
-    client.create_segment(
-        "demo-file",
-        Some(a.size),
-        Backing::File {
-            path: file.display().to_string(),
-        },
-    )?;
-    client.create_segment("demo-zero", Some(a.size), Backing::Zero)?;
-    // Page 0 of demo-zero holds the shared counter; the rest is split into one stripe a worker.
-    let data_off = 4096;
-    let data_len = a.size - data_off;
-    let stripe = (data_len / a.workers) / 4096 * 4096;
-    let stripes: Vec<(u64, u64)> = (0..a.workers)
-        .map(|i| {
-            let off = data_off + i * stripe;
-            (
-                off,
-                if i + 1 == a.workers {
-                    a.size - off
-                } else {
-                    stripe
-                },
-            )
-        })
+    let daemons = start_cluster(a.nodes)?;
+    for (i, d) in daemons.iter().enumerate() {
+        println!("  node {} in {}", i + 1, d.dir.path().display());
+    }
+    let bytes = (jacobi::words(a.n) * 8) as u64;
+    let home = &daemons[0].client;
+    home.create_cluster_segment(SEGMENT, Some(bytes.div_ceil(4096) * 4096), Backing::Zero, None)?;
+    wait_for_segment(&daemons, SEGMENT)?;
+    let p = jacobi::Params {
+        n: a.n,
+        iters: a.iters,
+    };
+
+    let t = Instant::now();
+    let mut procs = Vec::new();
+    for rank in 0..ranks {
+        let node = rank / a.workers_per_node;
+        let args: Vec<String> = [
+            "demo-worker",
+            "--segment",
+            SEGMENT,
+            "--n",
+            &a.n.to_string(),
+            "--iters",
+            &a.iters.to_string(),
+            "--rank",
+            &rank.to_string(),
+            "--ranks",
+            &ranks.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
         .collect();
-    let mut phases = Vec::new();
-    let t0 = Instant::now();
-    phase(
-        &mut phases,
-        "each worker writes its stripe of both segments",
-        || {
-            let mut procs = Vec::new();
-            for (i, &(off, len)) in stripes.iter().enumerate() {
-                for (seg, seed) in [("demo-file", SEED_FILE), ("demo-zero", SEED_ZERO)] {
-                    procs.push(spawn(
-                        &socket,
-                        &memtest_args(seg, "--write", seed, off, len),
-                        format!("worker {i} writing {seg}"),
-                    )?);
-                }
-            }
-            wait_all(procs, PHASE_TIMEOUT).map(|_| ())
-        },
-    )?;
-    phase(&mut phases, "every worker verifies every stripe", || {
-        let mut procs = Vec::new();
-        for i in 0..a.workers {
-            for (seg, seed) in [("demo-file", SEED_FILE), ("demo-zero", SEED_ZERO)] {
-                procs.push(spawn(
-                    &socket,
-                    &memtest_args(seg, "--verify", seed, data_off, data_len),
-                    format!("worker {i} verifying {seg}"),
-                )?);
-            }
-        }
-        wait_all(procs, PHASE_TIMEOUT).map(|_| ())
-    })?;
-    phase(
-        &mut phases,
-        "all workers increment one shared AtomicU64",
-        || {
-            let mut procs = Vec::new();
-            for i in 0..a.workers {
-                let args = vec![
-                    "memtest".into(),
-                    "demo-zero".into(),
-                    "--increment".into(),
-                    a.increments.to_string(),
-                    "--offset".into(),
-                    "0".into(),
-                ];
-                procs.push(spawn(&socket, &args, format!("worker {i} incrementing"))?);
-            }
-            wait_all(procs, PHASE_TIMEOUT)?;
-            let mut b = [0u8; 8];
-            client.read_at("demo-zero", 0, &mut b)?;
-            let got = u64::from_le_bytes(b);
-            let want = a.workers * a.increments;
-            if got != want {
-                bail!("the shared counter is {got}, expected {want}: increments were lost");
-            }
-            println!(
-                "    counter = {got} = {} workers x {} increments",
-                a.workers, a.increments
-            );
-            Ok(())
-        },
-    )?;
-    let mut written = 0;
-    phase(
-        &mut phases,
-        "sync demo-file and check the file with plain reads",
-        || {
-            written = client.sync("demo-file")?;
-            check_file(&file, data_off, data_len, SEED_FILE)
-        },
-    )?;
-    let total = t0.elapsed().as_secs_f64();
-    let stats = vec![client.stat("demo-file")?, client.stat("demo-zero")?];
-    drop(client);
-    daemon.stop();
-    println!();
-    println!("{:<55} {:>8}", "phase", "seconds");
-    for p in &phases {
-        println!("{:<55} {:>8.3}", p.name, p.secs);
+        procs.push(spawn(
+            &daemons[node].socket,
+            &args,
+            format!("worker {rank} on node {}", node + 1),
+        )?);
     }
-    print_stats(&stats);
+    wait_all(procs, PHASE_TIMEOUT)?;
+    let wall = t.elapsed().as_secs_f64();
+
+    // Verify through another node than the home: every page comes over the wire.
+    let check_node = &daemons[a.nodes.min(2) - 1];
+    let m = check_node.client.attach(SEGMENT)?;
+    let grid = &m.atomics_u64()[..jacobi::words(a.n)];
+    let t_ref = Instant::now();
+    let reference = jacobi::reference(&p);
+    let ref_secs = t_ref.elapsed().as_secs_f64();
+    let verified = jacobi::verify(&p, grid);
+    let sum = jacobi::checksum(jacobi::result_values(&p, grid));
+    let want = jacobi::checksum(reference.into_iter());
+    drop(m);
+
+    let mut counter_line = String::new();
+    if a.increments > 0 {
+        home.create_cluster_segment(COUNTER, Some(4096), Backing::Zero, Some(a.nodes as u32))?;
+        wait_for_segment(&daemons, COUNTER)?;
+        let mut procs = Vec::new();
+        for rank in 0..ranks {
+            let node = rank / a.workers_per_node;
+            let args: Vec<String> = ["memtest", COUNTER, "--increment", &a.increments.to_string()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            procs.push(spawn(&daemons[node].socket, &args, format!("counter {rank}"))?);
+        }
+        wait_all(procs, PHASE_TIMEOUT)?;
+        let mut b = [0u8; 8];
+        daemons[0].client.read_at(COUNTER, 0, &mut b)?;
+        let got = u64::from_le_bytes(b);
+        let expect = ranks as u64 * a.increments;
+        if got != expect {
+            bail!("the shared counter is {got}, expected {expect}: increments were lost");
+        }
+        counter_line = format!(
+            "counter: {ranks} processes on {} nodes x {} atomic increments = {got}, exact",
+            a.nodes, a.increments
+        );
+    }
+
+    let status = home.cluster_status()?;
     println!();
     println!(
-        "verified: {} workers x 2 segments of {}, counter exact, {written} pages synced to the file and checked independently; {total:.2} s in all",
-        a.workers,
-        ByteSize(a.size)
+        "{:>5} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9} {:>9}",
+        "node", "faults", "fetches", "invals", "downgr", "bytes moved", "p50", "p99"
     );
-    Ok(ExitCode::SUCCESS)
+    for n in &status.nodes {
+        match &n.figures {
+            Some(f) => println!(
+                "{:>5} {:>9} {:>9} {:>9} {:>9} {:>12} {:>7.1}us {:>7.1}us",
+                n.id,
+                f.faults,
+                f.remote_fetches,
+                f.invalidations,
+                f.downgrades,
+                pagemesh_types::ByteSize(f.bytes_sent + f.bytes_received).to_string(),
+                f.fault_p50_ns as f64 / 1e3,
+                f.fault_p99_ns as f64 / 1e3
+            ),
+            None => println!("{:>5} (no answer)", n.id),
+        }
+    }
+    println!();
+    println!(
+        "stencil: {ranks} processes on {} nodes, {} iterations in {wall:.2} s (one process, no sharing: {ref_secs:.3} s)",
+        a.nodes, a.iters
+    );
+    if !counter_line.is_empty() {
+        println!("{counter_line}");
+    }
+    drop(daemons);
+    match verified {
+        Ok(()) => {
+            println!("verified: the shared grid equals the single-process result bit for bit (checksum {sum:016x})");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("NOT VERIFIED: {e} (checksum {sum:016x}, expected {want:016x})");
+            Ok(ExitCode::from(1))
+        }
+    }
 }

@@ -85,8 +85,12 @@ enum Cmd {
     Memtest(memtest::MemtestArgs),
     /// Check the kernel, userfaultfd mode and features, and limits.
     Doctor,
-    /// Start a throw-away daemon, run a parallel job in several processes, verify, clean up.
+    /// Start a three-node cluster on loopback, run a Jacobi stencil in worker processes on every
+    /// node, verify it against a single-process run, show what moved, clean up.
     Demo(demo::DemoArgs),
+    /// One worker process of `pagemesh demo`.
+    #[command(hide = true)]
+    DemoWorker(demo::WorkerArgs),
     /// Show the daemon's identity and state.
     Status {
         #[arg(long)]
@@ -168,6 +172,7 @@ fn main() -> ExitCode {
         Cmd::Memtest(args) => memtest::run(&cli.socket, args),
         Cmd::Doctor => doctor::run(&cli.socket),
         Cmd::Demo(args) => demo::run(args),
+        Cmd::DemoWorker(args) => demo::worker(&cli.socket, args),
         Cmd::Status { json } => status(&cli.socket, json),
     };
     match result {
