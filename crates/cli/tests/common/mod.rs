@@ -15,6 +15,9 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub data_dir: PathBuf,
     child: Option<Child>,
+    /// A command the daemon runs under (e.g. `ip netns exec NS`); it must exec the daemon, so
+    /// the child's pid is the daemon's.
+    pub wrapper: Vec<String>,
 }
 
 impl Daemon {
@@ -166,6 +169,26 @@ impl Daemon {
             socket,
             data_dir,
             child: None,
+            wrapper: Vec::new(),
+        };
+        d.spawn_with(extra);
+        d
+    }
+
+    /// Start a daemon under `wrapper` (e.g. `ip netns exec NS`).
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("pagemesh-test-")
+            .tempdir()
+            .expect("temp dir");
+        let socket = dir.path().join("pm.sock");
+        let data_dir = dir.path().join("data");
+        let mut d = Daemon {
+            dir,
+            socket,
+            data_dir,
+            child: None,
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
         };
         d.spawn_with(extra);
         d
@@ -177,7 +200,15 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .expect("log file");
-        let child = Command::new(BIN)
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .arg("--socket")
             .arg(&self.socket)
             .args([
