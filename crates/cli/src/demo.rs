@@ -4,11 +4,10 @@
 //! grid's home — verify the result bit for bit against a single-process run, show what moved
 //! between the nodes, and clean up. Exits 0 only if the result verified.
 
-use std::net::TcpListener;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use pagemesh::{Backing, Client};
 
@@ -81,58 +80,7 @@ fn block(n: usize, ranks: usize) -> Vec<std::ops::Range<usize>> {
     }
 }
 
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let ls = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("finding free loopback ports")?;
-    Ok(ls
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()).unwrap_or(0))
-        .collect())
-}
-
-fn start_cluster(nodes: usize) -> anyhow::Result<Vec<PrivateDaemon>> {
-    let ports = free_ports(nodes)?;
-    let mut daemons = Vec::new();
-    for i in 0..nodes {
-        let mut args = vec![
-            "--node-id".to_string(),
-            (i + 1).to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{}", ports[i]),
-            "--workers".into(),
-            "1".into(),
-            "--memory".into(),
-            "256MiB".into(),
-        ];
-        for (j, p) in ports.iter().enumerate() {
-            if j != i {
-                args.push("--peer".into());
-                args.push(format!("{}=127.0.0.1:{p}", j + 1));
-            }
-        }
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        daemons.push(PrivateDaemon::start(&format!("pagemesh-demo-node{}-", i + 1), &a)?);
-    }
-    // Every node sees every other (bounded).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for d in &daemons {
-        loop {
-            let s = d.client.cluster_status()?;
-            if s.nodes.iter().all(|n| n.alive && n.figures.is_some()) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the demo cluster did not connect within 20 s: {s:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    Ok(daemons)
-}
-
-fn wait_for_segment(daemons: &[PrivateDaemon], name: &str) -> anyhow::Result<()> {
+pub fn wait_for_segment(daemons: &[PrivateDaemon], name: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     for d in daemons {
         while !d.client.list_segments()?.iter().any(|s| s.name == name) {
@@ -155,7 +103,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
          Jacobi heat stencil on a {}x{} grid, {} iterations",
         a.nodes, a.n, a.n, a.iters
     );
-    let daemons = start_cluster(a.nodes)?;
+    let daemons = crate::harness::start_cluster(a.nodes, "pagemesh-demo", &["--workers", "1", "--memory", "256MiB"])?;
     for (i, d) in daemons.iter().enumerate() {
         println!("  node {} in {}", i + 1, d.dir.path().display());
     }

@@ -1,5 +1,6 @@
 //! A private daemon in a temp dir, and bounded child processes: shared by `demo` and `bench`.
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -151,3 +152,58 @@ impl PrivateDaemon {
         drop(self.proc);
     }
 }
+
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let ls = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("finding free loopback ports")?;
+    Ok(ls
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()).unwrap_or(0))
+        .collect())
+}
+
+/// `nodes` daemons on loopback forming one cluster (ids 1..=nodes), each with `extra` flags;
+/// returns once every node sees every other (bounded).
+pub fn start_cluster(
+    nodes: usize,
+    prefix: &str,
+    extra: &[&str],
+) -> anyhow::Result<Vec<PrivateDaemon>> {
+    let ports = free_ports(nodes)?;
+    let mut daemons = Vec::new();
+    for i in 0..nodes {
+        let mut args = vec![
+            "--node-id".to_string(),
+            (i + 1).to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", ports[i]),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        for (j, p) in ports.iter().enumerate() {
+            if j != i {
+                args.push("--peer".into());
+                args.push(format!("{}=127.0.0.1:{p}", j + 1));
+            }
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        daemons.push(PrivateDaemon::start(&format!("{prefix}-node{}-", i + 1), &a)?);
+    }
+    // Every node sees every other (bounded).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for d in &daemons {
+        loop {
+            let s = d.client.cluster_status()?;
+            if s.nodes.iter().all(|n| n.alive && n.figures.is_some()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the cluster did not connect within 20 s: {s:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(daemons)
+}
+

@@ -200,7 +200,7 @@ pub struct Segment {
     /// Resident pages counted against the pool (RELEASED once the segment is removed).
     accounted: AtomicU64,
     /// For cluster segments: the engine that serves every fault (see `cluster`).
-    pub(crate) cluster: std::sync::OnceLock<std::sync::mpsc::Sender<crate::cluster::engine::Input>>,
+    pub(crate) cluster: std::sync::OnceLock<crate::cluster::Waker>,
 }
 
 const RELEASED: u64 = u64::MAX;

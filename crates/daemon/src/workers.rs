@@ -60,6 +60,14 @@ impl Workers {
                 ),
             ));
         }
+        if let Some(engine) = a.segment.cluster.get() {
+            // A cluster segment's faults are served by the cluster engine's own event loop.
+            if let Err(e) = engine.send(crate::cluster::engine::Input::Attach(Arc::clone(&a))) {
+                self.remove(a.id);
+                return Err(std::io::Error::other(e));
+            }
+            return Ok(());
+        }
         if let Err(e) = self.epoll.add(a.uffd.as_fd(), a.id) {
             self.remove(a.id);
             return Err(e);
@@ -74,7 +82,14 @@ impl Workers {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id)?;
-        let _ = self.epoll.remove(a.uffd.as_fd());
+        match a.segment.cluster.get() {
+            Some(engine) => {
+                let _ = engine.send(crate::cluster::engine::Input::Detach(id));
+            }
+            None => {
+                let _ = self.epoll.remove(a.uffd.as_fd());
+            }
+        }
         a.segment.detach(id);
         if let Some(l) = &a.lease {
             let _ = l.shutdown(std::net::Shutdown::Both);
@@ -157,20 +172,6 @@ fn serve(a: &Arc<Attachment>, ev: &Event, scratch: &mut [u8]) {
                 return;
             }
             let page = (address - a.base) / PAGE_SIZE;
-            if let Some(engine) = a.segment.cluster.get() {
-                let input = crate::cluster::engine::Input::Fault {
-                    att: Arc::clone(a),
-                    page,
-                    kind,
-                    write,
-                    start: std::time::Instant::now(),
-                };
-                if engine.send(input).is_err() {
-                    log::error!("pid {}: the cluster engine is gone; sending SIGBUS", a.pid);
-                    let _ = poison_one(&a.uffd, address & !(PAGE_SIZE - 1));
-                }
-                return;
-            }
             a.segment.resolve_fault(a, page, kind, write, scratch);
         }
         Event::Other { event } => {

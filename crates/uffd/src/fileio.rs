@@ -31,3 +31,50 @@ pub fn advise_random(file: &File) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Send as much of `buf` as the socket takes now, without blocking and without changing the
+/// socket's blocking mode (`send(MSG_DONTWAIT | MSG_NOSIGNAL)`): another thread may be doing
+/// blocking writes on the same socket. `Err(WouldBlock)` when nothing fits.
+pub fn send_nonblocking(sock: std::os::fd::BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the duration of the call and
+    // the fd is open (borrowed).
+    let n = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn send_nonblocking_fills_the_socket_then_reports_would_block() {
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        assert_eq!(send_nonblocking(a.as_fd(), b"hello").expect("send"), 5);
+        let mut got = [0u8; 5];
+        b.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"hello");
+        let big = vec![7u8; 1 << 16];
+        let mut total = 0usize;
+        let err = loop {
+            match send_nonblocking(a.as_fd(), &big) {
+                Ok(n) => total += n,
+                Err(e) => break e,
+            }
+            assert!(total < 1 << 30, "the socket never filled");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(total > 0);
+    }
+}

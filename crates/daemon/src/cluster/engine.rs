@@ -9,8 +9,12 @@
 //! with the core's at every step without per-page locks.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::Read;
+use std::net::TcpStream;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,10 +22,11 @@ use pagemesh_core::{
     Access, CacheState, CallId, CallResult, Envelope, Event, FaultId, FaultResult, MapperError,
     Node, Output, PageData, PageKey,
 };
-use pagemesh_proto::peer::{Control, NodeFigures, PeerFrame};
+use pagemesh_proto::peer::{decode_peer_frame, Control, NodeFigures, PeerFrame, MAX_PEER_FRAME_BYTES};
 use pagemesh_proto::{ClusterNode, ClusterStatus, SegmentInfo};
 use pagemesh_types::{NodeId, SegmentId, PAGE_SIZE};
-use pagemesh_uffd::FaultKind;
+use pagemesh_uffd::poll::Epoll;
+use pagemesh_uffd::{Event as UffdEvent, FaultKind};
 
 use super::intents::IntentLog;
 use super::transport::Transport;
@@ -31,25 +36,28 @@ use crate::server::Daemon;
 
 const PS: u64 = PAGE_SIZE;
 static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
-/// Most inputs taken in one round before the outputs are executed.
-const ROUND_INPUTS: usize = 256;
+/// Epoll tokens: the wake socket, attachments' uffds, inbound peer connections.
+const WAKE_TOKEN: u64 = 0;
+const UFFD_TOKEN: u64 = 1 << 62;
+const CONN_TOKEN: u64 = 2 << 62;
+const TOKEN_KIND: u64 = 3 << 62;
+/// Most fault messages taken from one uffd per wake-up.
+const FAULT_BATCH: usize = 16;
+/// Most bytes read from one peer connection per wake-up (then the others get a turn).
+const READ_PER_WAKE: usize = 4 << 20;
 /// How long a status request waits for the peers' figures.
 const STATUS_WAIT: Duration = Duration::from_millis(1500);
 
 /// What the engine is asked to do.
 pub enum Input {
-    /// A process faulted on a cluster segment.
-    Fault {
-        att: Arc<Attachment>,
-        page: u64,
-        kind: FaultKind,
-        write: bool,
-        start: Instant,
-    },
-    /// A coherence message from a peer.
-    Envelope(Envelope),
-    /// Catalog, barrier, lock or status traffic from a peer.
-    Control { from: NodeId, msg: Control },
+    /// A process attached a cluster segment: serve its uffd.
+    Attach(Arc<Attachment>),
+    /// The attachment is gone (the process detached or died).
+    Detach(u64),
+    /// A peer's connection passed its hello: read it.
+    Inbound { from: NodeId, stream: TcpStream },
+    /// The connection to a peer is (re)established: tell it what this node knows.
+    PeerConnected(NodeId),
     /// A peer declared this incarnation dead: it must not go on.
     Fenced { by: NodeId, reason: String },
     /// A segment was created here (this node is its home): tell the cluster.
@@ -182,7 +190,22 @@ struct StatusWait {
     deadline: Instant,
 }
 
+struct Conn {
+    from: NodeId,
+    stream: TcpStream,
+    buf: Vec<u8>,
+    last_frame: Instant,
+}
+
 pub struct Engine {
+    rx: Receiver<Input>,
+    wake_rx: UnixStream,
+    epoll: Epoll,
+    attachments: HashMap<u64, Arc<Attachment>>,
+    conns: HashMap<u64, Conn>,
+    next_conn: u64,
+    sendbuf: Vec<u8>,
+    events: Vec<UffdEvent>,
     daemon: Arc<Daemon>,
     node: Node,
     transport: Arc<Transport>,
@@ -214,6 +237,8 @@ pub struct Engine {
 impl Engine {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        rx: Receiver<Input>,
+        wake_rx: UnixStream,
         daemon: Arc<Daemon>,
         node: Node,
         transport: Arc<Transport>,
@@ -222,8 +247,18 @@ impl Engine {
         intents: HashMap<SegmentId, IntentLog>,
         dead_after_ms: u64,
         tick_ms: u64,
-    ) -> Engine {
-        Engine {
+    ) -> std::io::Result<Engine> {
+        let epoll = Epoll::new()?;
+        epoll.add(wake_rx.as_fd(), WAKE_TOKEN)?;
+        Ok(Engine {
+            rx,
+            wake_rx,
+            epoll,
+            attachments: HashMap::new(),
+            conns: HashMap::new(),
+            next_conn: 1,
+            sendbuf: Vec::with_capacity(8192),
+            events: Vec::with_capacity(FAULT_BATCH),
             daemon,
             node,
             transport,
@@ -250,7 +285,7 @@ impl Engine {
             outs: Vec::with_capacity(64),
             dead_after_ms,
             tick_ms: tick_ms.max(1),
-        }
+        })
     }
 
     fn now(&self) -> u64 {
@@ -261,31 +296,28 @@ impl Engine {
         self.node.id()
     }
 
-    /// Serve until every sender is gone.
-    pub fn run(mut self, rx: Receiver<Input>) {
+    /// Serve forever: one event loop over the wake socket, the attached processes' uffds and
+    /// the peers' inbound connections.
+    pub fn run(mut self) {
         let now = self.now();
         self.node.start(now);
         self.pump();
+        let mut tokens = Vec::with_capacity(64);
         let mut next_tick = Instant::now();
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok(input) => {
-                    self.input(input);
-                    self.pump();
-                    for _ in 1..ROUND_INPUTS {
-                        match rx.try_recv() {
-                            Ok(i) => {
-                                self.input(i);
-                                self.pump();
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            let wait_ms = next_tick
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(50) as i32;
+            tokens.clear();
+            if let Err(e) = self.epoll.wait(&mut tokens, 64, wait_ms) {
+                log::error!("cluster engine: epoll_wait failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
             }
+            for &t in &tokens {
+                self.ready(t);
+            }
+            self.drain_inputs();
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + Duration::from_millis(self.tick_ms);
                 let now = self.now();
@@ -293,46 +325,263 @@ impl Engine {
                 self.pump();
                 self.check_liveness(now);
                 self.pump();
+                self.close_silent_conns();
                 self.finish_statuses(false);
             }
         }
     }
 
+    fn drain_inputs(&mut self) {
+        while let Ok(i) = self.rx.try_recv() {
+            self.input(i);
+            self.pump();
+        }
+    }
+
+    fn ready(&mut self, token: u64) {
+        match token & TOKEN_KIND {
+            UFFD_TOKEN => self.uffd_ready(token & !TOKEN_KIND),
+            CONN_TOKEN => self.conn_ready(token & !TOKEN_KIND),
+            _ => {
+                let mut b = [0u8; 256];
+                while matches!((&self.wake_rx).read(&mut b), Ok(n) if n > 0) {}
+                if let Err(e) = self.epoll.rearm(self.wake_rx.as_fd(), WAKE_TOKEN) {
+                    log::error!("cluster engine: re-arming its wake socket failed: {e}");
+                }
+                self.drain_inputs();
+            }
+        }
+    }
+
+    fn uffd_ready(&mut self, id: u64) {
+        let Some(att) = self.attachments.get(&id).cloned() else {
+            return;
+        };
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        let read = att.uffd.read_events(&mut events, FAULT_BATCH);
+        let _ = self.epoll.rearm(att.uffd.as_fd(), UFFD_TOKEN | id);
+        if let Err(e) = read {
+            log::error!("pid {}: reading its uffd failed: {e}; detaching it", att.pid);
+            self.detach(id);
+            self.events = events;
+            return;
+        }
+        for ev in &events {
+            match *ev {
+                UffdEvent::PageFault {
+                    address,
+                    kind,
+                    write,
+                    ..
+                } => {
+                    if address < att.base || address >= att.base + att.len {
+                        log::error!(
+                            "pid {}: fault at {address:#x} outside its mapping; sending SIGBUS",
+                            att.pid
+                        );
+                        let _ = poison_one(&att.uffd, address & !(PS - 1));
+                        continue;
+                    }
+                    let page = (address - att.base) / PS;
+                    self.fault(Arc::clone(&att), page, kind, write, Instant::now());
+                    self.pump();
+                }
+                UffdEvent::Other { event } => log::warn!(
+                    "pid {}: unexpected uffd event {event} (pagemesh enables none); ignored",
+                    att.pid
+                ),
+            }
+        }
+        self.events = events;
+    }
+
+    fn detach(&mut self, id: u64) {
+        if let Some(a) = self.attachments.remove(&id) {
+            let _ = self.epoll.remove(a.uffd.as_fd());
+        }
+    }
+
+    fn conn_ready(&mut self, id: u64) {
+        let mut tmp = [0u8; 64 << 10];
+        let mut got = 0usize;
+        let mut closed: Option<String> = None;
+        {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            while got < READ_PER_WAKE {
+                match (&c.stream).read(&mut tmp) {
+                    Ok(0) => {
+                        closed = Some("closed by the peer".into());
+                        break;
+                    }
+                    Ok(n) => {
+                        c.buf.extend_from_slice(&tmp[..n]);
+                        got += n;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        closed = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+        // Take whole frames out and act on each.
+        let mut at = 0usize;
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let buf = &c.buf[at..];
+            if buf.len() < 4 {
+                break;
+            }
+            let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));
+            if len > MAX_PEER_FRAME_BYTES {
+                closed = Some(format!("a frame of {len} bytes (over the limit)"));
+                break;
+            }
+            let total = 4 + len as usize;
+            if buf.len() < total {
+                break;
+            }
+            let from = c.from;
+            let frame = decode_peer_frame(&buf[4..total]);
+            c.last_frame = Instant::now();
+            at += total;
+            self.transport.heard(from, total);
+            match frame {
+                Ok(PeerFrame::Heartbeat) => {}
+                Ok(PeerFrame::Protocol(env)) if env.from == from && env.to == self.me() => {
+                    let now = self.now();
+                    self.node.step(now, env);
+                    self.pump();
+                }
+                Ok(PeerFrame::Control(msg)) => {
+                    self.control(from, msg);
+                    self.pump();
+                }
+                Ok(other) => {
+                    closed = Some(format!("unexpected frame {other:?} (a bug or a lying peer)"));
+                    break;
+                }
+                Err(e) => {
+                    closed = Some(format!("{e} (a bug or a lying peer)"));
+                    break;
+                }
+            }
+        }
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.buf.drain(..at);
+        }
+        match closed {
+            Some(why) => self.close_conn(id, &why),
+            None => {
+                if let Some(c) = self.conns.get(&id) {
+                    let _ = self.epoll.rearm(c.stream.as_fd(), CONN_TOKEN | id);
+                }
+            }
+        }
+    }
+
+    fn close_conn(&mut self, id: u64, why: &str) {
+        if let Some(c) = self.conns.remove(&id) {
+            log::info!("{}: inbound connection closed: {why}", c.from);
+            let _ = self.epoll.remove(c.stream.as_fd());
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Inbound connections that stayed silent (no heartbeat) for the dead-peer limit are over;
+    /// the peer redials.
+    fn close_silent_conns(&mut self) {
+        let limit = Duration::from_millis(self.dead_after_ms);
+        let silent: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.last_frame.elapsed() > limit)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            self.close_conn(id, "silent for the dead-peer limit");
+        }
+    }
+
+    fn send_peer(&mut self, to: NodeId, frame: PeerFrame) {
+        let mut buf = std::mem::take(&mut self.sendbuf);
+        self.transport.send(to, &frame, &mut buf);
+        self.sendbuf = buf;
+    }
+
+    fn fault(&mut self, att: Arc<Attachment>, page: u64, kind: FaultKind, write: bool, start: Instant) {
+        let now = self.now();
+        bump(&self.figures.faults);
+        let key = PageKey::new(SegmentId(att.segment.info.id), page);
+        let access = if write || kind == FaultKind::WriteProtect {
+            Access::Write
+        } else {
+            Access::Read
+        };
+        match kind {
+            FaultKind::Missing => crate::segment::bump_fault(&att.segment, 0),
+            FaultKind::Minor => crate::segment::bump_fault(&att.segment, 1),
+            FaultKind::WriteProtect => crate::segment::bump_fault(&att.segment, 2),
+        }
+        let id = self.next_fault;
+        self.next_fault += 1;
+        self.pending.insert(
+            id,
+            Pending {
+                target: Target::Mapped { att, kind, start },
+                access,
+            },
+        );
+        self.node.fault(now, FaultId(id), key, access);
+    }
+
     fn input(&mut self, input: Input) {
         let now = self.now();
         match input {
-            Input::Fault {
-                att,
-                page,
-                kind,
-                write,
-                start,
-            } => {
-                bump(&self.figures.faults);
-                let key = PageKey::new(SegmentId(att.segment.info.id), page);
-                let access = if write || kind == FaultKind::WriteProtect {
-                    Access::Write
-                } else {
-                    Access::Read
-                };
-                match kind {
-                    FaultKind::Missing => crate::segment::bump_fault(&att.segment, 0),
-                    FaultKind::Minor => crate::segment::bump_fault(&att.segment, 1),
-                    FaultKind::WriteProtect => crate::segment::bump_fault(&att.segment, 2),
+            Input::Attach(att) => {
+                let id = att.id;
+                match self.epoll.add(att.uffd.as_fd(), UFFD_TOKEN | id) {
+                    Ok(()) => {
+                        self.attachments.insert(id, att);
+                    }
+                    Err(e) => {
+                        log::error!("pid {}: cannot watch its uffd: {e}; closing its lease so it fails loudly", att.pid);
+                        if let Some(l) = &att.lease {
+                            let _ = l.shutdown(std::net::Shutdown::Both);
+                        }
+                    }
                 }
-                let id = self.next_fault;
-                self.next_fault += 1;
-                self.pending.insert(
-                    id,
-                    Pending {
-                        target: Target::Mapped { att, kind, start },
-                        access,
-                    },
-                );
-                self.node.fault(now, FaultId(id), key, access);
             }
-            Input::Envelope(env) => self.node.step(now, env),
-            Input::Control { from, msg } => self.control(from, msg),
+            Input::Detach(id) => self.detach(id),
+            Input::Inbound { from, stream } => {
+                let id = self.next_conn;
+                self.next_conn += 1;
+                match self.epoll.add(stream.as_fd(), CONN_TOKEN | id) {
+                    Ok(()) => {
+                        self.conns.insert(
+                            id,
+                            Conn {
+                                from,
+                                stream,
+                                buf: Vec::with_capacity(64 << 10),
+                                last_frame: Instant::now(),
+                            },
+                        );
+                    }
+                    Err(e) => log::error!("{from}: cannot watch its connection: {e}"),
+                }
+            }
+            Input::PeerConnected(peer) => {
+                let segments: Vec<SegmentInfo> = self.segs.values().map(|s| s.info.clone()).collect();
+                self.send_peer(peer, PeerFrame::Control(Control::Catalog { segments }));
+            }
             Input::Fenced { by, reason } => {
                 log::error!(
                     "{by} refused this node: {reason}. This incarnation (epoch {}) was declared dead \
@@ -358,8 +607,7 @@ impl Engine {
             } => {
                 let req = self.req_id();
                 self.creates.insert(req, reply);
-                self.transport.send(
-                    home,
+                self.send_peer(home,
                     PeerFrame::Control(Control::CreateSegment {
                         req,
                         name,
@@ -412,8 +660,7 @@ impl Engine {
                 match self.home_of(seg) {
                     Some(h) if h == me => self.barrier_arrive(me, seg, barrier, parties, token),
                     Some(h) => {
-                        self.transport.send(
-                            h,
+                        self.send_peer(h,
                             PeerFrame::Control(Control::BarrierArrive {
                                 seg: seg.0,
                                 barrier,
@@ -440,8 +687,7 @@ impl Engine {
                 match self.home_of(seg) {
                     Some(h) if h == me => self.lock_acquire(me, seg, lock, token),
                     Some(h) => {
-                        self.transport.send(
-                            h,
+                        self.send_peer(h,
                             PeerFrame::Control(Control::LockAcquire {
                                 seg: seg.0,
                                 lock,
@@ -458,8 +704,7 @@ impl Engine {
                 match self.home_of(seg) {
                     Some(h) if h == me => self.lock_release(me, seg, lock, token),
                     Some(h) => {
-                        self.transport.send(
-                            h,
+                        self.send_peer(h,
                             PeerFrame::Control(Control::LockRelease {
                                 seg: seg.0,
                                 lock,
@@ -498,9 +743,9 @@ impl Engine {
         self.node.segments().find(|s| s.id == seg).map(|s| s.home)
     }
 
-    fn broadcast(&self, msg: Control) {
+    fn broadcast(&mut self, msg: Control) {
         for p in self.transport.peers() {
-            self.transport.send(p.id, PeerFrame::Control(msg.clone()));
+            self.send_peer(p.id, PeerFrame::Control(msg.clone()));
         }
     }
 
@@ -530,7 +775,7 @@ impl Engine {
         self.segs.insert(info.id, seg);
     }
 
-    fn sender(&self) -> Sender<Input> {
+    fn sender(&self) -> super::Waker {
         super::engine_sender(&self.daemon).expect("the engine runs only once the cluster is set up")
     }
 
@@ -563,8 +808,7 @@ impl Engine {
                         });
                         info
                     });
-                self.transport.send(
-                    from,
+                self.send_peer(from,
                     PeerFrame::Control(Control::CreateReply { req, result }),
                 );
             }
@@ -606,8 +850,7 @@ impl Engine {
             }
             Control::StatusRequest { req } => {
                 let figures = self.my_figures();
-                self.transport.send(
-                    from,
+                self.send_peer(from,
                     PeerFrame::Control(Control::StatusReply { req, figures }),
                 );
             }
@@ -663,8 +906,7 @@ impl Engine {
                         }
                     }
                 } else {
-                    self.transport.send(
-                        n,
+                    self.send_peer(n,
                         PeerFrame::Control(Control::BarrierRelease {
                             seg: seg.0,
                             barrier,
@@ -681,8 +923,7 @@ impl Engine {
         if to == self.me() {
             self.refuse_waiter(token, reason);
         } else {
-            self.transport.send(
-                to,
+            self.send_peer(to,
                 PeerFrame::Control(Control::SyncRefused { token, reason }),
             );
         }
@@ -708,8 +949,7 @@ impl Engine {
         if to == self.me() {
             self.lock_granted(token);
         } else {
-            self.transport.send(
-                to,
+            self.send_peer(to,
                 PeerFrame::Control(Control::LockGranted {
                     seg: seg.0,
                     lock,
@@ -964,7 +1204,7 @@ impl Engine {
                     self.later.push_back(Later::Step(env));
                     return;
                 }
-                self.transport.send(env.to, PeerFrame::Protocol(env));
+                self.send_peer(env.to, PeerFrame::Protocol(env));
             }
             Output::Install {
                 page,

@@ -12,6 +12,8 @@ pub mod transport;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,20 +60,37 @@ impl ClusterConfig {
     }
 }
 
+/// How other threads hand the engine work: a channel, plus one byte on a socket the engine's
+/// epoll watches, so a send wakes it at once.
+#[derive(Clone)]
+pub struct Waker {
+    tx: Sender<Input>,
+    wake: Arc<UnixStream>,
+}
+
+impl Waker {
+    pub fn send(&self, input: Input) -> Result<(), String> {
+        self.tx
+            .send(input)
+            .map_err(|_| "the cluster engine has stopped (see the daemon's log)".to_string())?;
+        // A full socket means a wake-up is pending already.
+        let _ = pagemesh_uffd::fileio::send_nonblocking(self.wake.as_fd(), &[1]);
+        Ok(())
+    }
+}
+
 /// The running cluster side of a daemon.
 pub struct ClusterHandle {
     pub cfg: ClusterConfig,
     pub epoch: Epoch,
-    tx: Sender<Input>,
+    tx: Waker,
     pub figures: Arc<Figures>,
     pub transport: Arc<Transport>,
 }
 
 impl ClusterHandle {
     pub fn send(&self, input: Input) -> Result<(), String> {
-        self.tx
-            .send(input)
-            .map_err(|_| "the cluster engine has stopped (see the daemon's log)".to_string())
+        self.tx.send(input)
     }
 
     pub fn me(&self) -> u32 {
@@ -109,11 +128,11 @@ pub(crate) fn zero_store(data_dir: &Path, id: u64) -> PathBuf {
 }
 
 /// Route the faults of a cluster segment to the engine.
-pub(crate) fn link(seg: &Segment, tx: Sender<Input>) {
+pub(crate) fn link(seg: &Segment, tx: Waker) {
     let _ = seg.cluster.set(tx);
 }
 
-pub(crate) fn engine_sender(d: &Daemon) -> Option<Sender<Input>> {
+pub(crate) fn engine_sender(d: &Daemon) -> Option<Waker> {
     d.cluster.get().map(|c| c.tx.clone())
 }
 
@@ -158,7 +177,16 @@ fn next_epoch(data_dir: &Path) -> Result<Epoch, String> {
 pub fn start(daemon: &Arc<Daemon>, cfg: ClusterConfig) -> Result<(), String> {
     let epoch = next_epoch(&daemon.config.data_dir)?;
     let me = NodeId(cfg.node_id);
-    let (tx, rx) = mpsc::channel();
+    let (chan, rx) = mpsc::channel();
+    let (wake, wake_rx) =
+        UnixStream::pair().map_err(|e| format!("creating the engine's wake socket: {e}"))?;
+    wake_rx
+        .set_nonblocking(true)
+        .map_err(|e| format!("engine wake socket: {e}"))?;
+    let tx = Waker {
+        tx: chan,
+        wake: Arc::new(wake),
+    };
     let peers: Vec<(NodeId, SocketAddr)> =
         cfg.peers.iter().map(|(id, a)| (NodeId(*id), *a)).collect();
     let transport = Transport::start(
@@ -212,6 +240,8 @@ pub fn start(daemon: &Arc<Daemon>, cfg: ClusterConfig) -> Result<(), String> {
     }
     let tick_ms = (cfg.retry_ms / 2).clamp(1, 50);
     let engine = Engine::new(
+        rx,
+        wake_rx,
         Arc::clone(daemon),
         node,
         Arc::clone(&transport),
@@ -220,21 +250,12 @@ pub fn start(daemon: &Arc<Daemon>, cfg: ClusterConfig) -> Result<(), String> {
         intents,
         cfg.dead_after_ms,
         tick_ms,
-    );
+    )
+    .map_err(|e| format!("starting the cluster engine: {e}"))?;
     std::thread::Builder::new()
         .name("cluster-engine".into())
-        .spawn(move || engine.run(rx))
+        .spawn(move || engine.run())
         .map_err(|e| format!("starting the cluster engine: {e}"))?;
-    // Tell every peer what this node knows; they answer with theirs on their own connect.
-    let known: Vec<SegmentInfo> = segs.values().map(|s| s.info.clone()).collect();
-    for p in &peers {
-        transport.send(
-            p.0,
-            pagemesh_proto::peer::PeerFrame::Control(pagemesh_proto::peer::Control::Catalog {
-                segments: known.clone(),
-            }),
-        );
-    }
     log::info!(
         "cluster: node {} epoch {} listening for peers on {} ({} peer(s), {} cluster segment(s))",
         cfg.node_id,

@@ -2,7 +2,7 @@
 //! and the connection thread waits for its answer with a bound.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use pagemesh_proto::{Backing, ErrorCode, Request, Response, SegmentCounters, SegmentStat};
@@ -21,7 +21,7 @@ static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 /// Locks a client connection holds; released when the connection ends, however it ends.
 #[derive(Default)]
 pub struct HeldLocks {
-    tx: Option<Sender<Input>>,
+    tx: Option<super::Waker>,
     held: Vec<(SegmentId, u32, u64)>,
 }
 

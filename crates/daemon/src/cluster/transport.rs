@@ -1,15 +1,23 @@
-//! Peer transport: one TCP connection per direction and peer. Each node dials every peer for
-//! what it sends (a writer thread per peer, with a bounded queue, reconnect with backoff and
-//! heartbeats) and accepts the peers' connections for what it receives (a reader thread per
-//! connection). Every wait is bounded: connect, hello, reads (a silent connection is dropped)
-//! and writes (a peer that stops reading is disconnected).
+//! Peer transport: one TCP connection per direction and peer.
+//!
+//! - **Outbound** (what this node sends): a connection thread per peer dials, says hello,
+//!   reconnects with backoff, and sends heartbeats. The engine writes frames straight into the
+//!   socket without blocking (`send(MSG_DONTWAIT)`); whatever the socket does not take at once
+//!   goes to a bounded backlog that the connection thread flushes with blocking writes (2 s
+//!   bound), so the engine never waits on a peer and frames stay in order.
+//! - **Inbound** (what peers send): the listener thread accepts and checks the hello, then hands
+//!   the connection to the engine, which reads it from its own epoll (no thread hop on the data
+//!   path).
+//!
+//! Every wait is bounded: connect, hello, writes (a peer that stops reading is disconnected),
+//! and silence (an inbound connection quiet for the dead-peer limit is closed by the engine).
 
 use std::collections::HashMap;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pagemesh_core::Epoch;
@@ -17,11 +25,14 @@ use pagemesh_proto::peer::{
     encode_peer_frame, read_peer_frame, write_peer_frame, PeerFrame, PEER_PROTOCOL_VERSION,
 };
 use pagemesh_types::NodeId;
+use pagemesh_uffd::fileio::send_nonblocking;
 
 use super::engine::Input;
+use super::Waker;
 
-/// Frames waiting for one peer's writer; more are dropped (the protocol retransmits).
-const QUEUE_FRAMES: usize = 8192;
+/// Bytes waiting for one peer's connection thread; frames beyond it are dropped and counted
+/// (the protocol retransmits).
+const MAX_BACKLOG_BYTES: usize = 64 << 20;
 /// A connection attempt, and the hello exchange, give up after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A write that cannot complete in this long means the peer stopped reading.
@@ -29,15 +40,29 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+#[derive(Default)]
+struct Out {
+    stream: Option<Arc<TcpStream>>,
+    backlog: Vec<u8>,
+    /// The connection thread is writing a taken backlog: new frames must queue behind it.
+    flushing: bool,
+    last_write: Option<Instant>,
+}
+
 struct Link {
     addr: SocketAddr,
-    queue: SyncSender<PeerFrame>,
+    out: Mutex<Out>,
+    cv: Condvar,
     connected: AtomicBool,
     /// The peer's epoch from its last welcome (0: never connected).
     epoch: AtomicU64,
     /// Milliseconds since the transport started when the peer was last heard (any frame).
     last_heard_ms: AtomicU64,
     dropped: AtomicU64,
+}
+
+fn lock(m: &Mutex<Out>) -> MutexGuard<'_, Out> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What the engine and the status command see of a peer.
@@ -56,10 +81,9 @@ pub struct Transport {
     epoch: Epoch,
     cluster_id: u64,
     heartbeat: Duration,
-    dead_after: Duration,
     start: Instant,
     links: HashMap<NodeId, Link>,
-    engine: mpsc::Sender<Input>,
+    engine: Waker,
     /// Lowest epoch accepted from each peer (raised when the peer is declared dead).
     fence: Mutex<HashMap<NodeId, Epoch>>,
     pub bytes_sent: AtomicU64,
@@ -67,8 +91,7 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Bind the listener and start the reader and writer threads.
-    #[allow(clippy::too_many_arguments)]
+    /// Bind the listener and start the listener and connection threads.
     pub fn start(
         me: NodeId,
         epoch: Epoch,
@@ -76,34 +99,38 @@ impl Transport {
         listen: SocketAddr,
         peers: &[(NodeId, SocketAddr)],
         dead_after: Duration,
-        engine: mpsc::Sender<Input>,
+        engine: Waker,
     ) -> std::io::Result<Arc<Transport>> {
         let listener = TcpListener::bind(listen).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("binding the peer listener on {listen}: {e}"))
+            std::io::Error::new(
+                e.kind(),
+                format!("binding the peer listener on {listen}: {e}"),
+            )
         })?;
-        let mut links = HashMap::new();
-        let mut queues = Vec::new();
-        for &(id, addr) in peers.iter().filter(|p| p.0 != me) {
-            let (tx, rx) = mpsc::sync_channel(QUEUE_FRAMES);
-            links.insert(
-                id,
-                Link {
-                    addr,
-                    queue: tx,
-                    connected: AtomicBool::new(false),
-                    epoch: AtomicU64::new(0),
-                    last_heard_ms: AtomicU64::new(0),
-                    dropped: AtomicU64::new(0),
-                },
-            );
-            queues.push((id, rx));
-        }
+        let links = peers
+            .iter()
+            .filter(|p| p.0 != me)
+            .map(|&(id, addr)| {
+                (
+                    id,
+                    Link {
+                        addr,
+                        out: Mutex::new(Out::default()),
+                        cv: Condvar::new(),
+                        connected: AtomicBool::new(false),
+                        epoch: AtomicU64::new(0),
+                        last_heard_ms: AtomicU64::new(0),
+                        dropped: AtomicU64::new(0),
+                    },
+                )
+            })
+            .collect::<HashMap<_, _>>();
         let t = Arc::new(Transport {
             me,
             epoch,
             cluster_id,
-            heartbeat: (dead_after / 8).clamp(Duration::from_millis(20), Duration::from_millis(500)),
-            dead_after,
+            heartbeat: (dead_after / 8)
+                .clamp(Duration::from_millis(20), Duration::from_millis(500)),
             start: Instant::now(),
             links,
             engine,
@@ -111,11 +138,11 @@ impl Transport {
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
         });
-        for (id, rx) in queues {
+        for &id in t.links.keys() {
             let t2 = Arc::clone(&t);
             std::thread::Builder::new()
                 .name(format!("peer-out-{}", id.0))
-                .spawn(move || t2.writer(id, rx))?;
+                .spawn(move || t2.connection(id))?;
         }
         let t2 = Arc::clone(&t);
         std::thread::Builder::new()
@@ -128,21 +155,56 @@ impl Transport {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// Queue a frame for a peer; false if it was dropped (queue full or unknown peer).
-    pub fn send(&self, to: NodeId, frame: PeerFrame) -> bool {
+    /// Send a frame to a peer without blocking, encoding it into `buf` (reused by the
+    /// caller). False if it was dropped: no connection, or the backlog is full.
+    pub fn send(&self, to: NodeId, frame: &PeerFrame, buf: &mut Vec<u8>) -> bool {
         let Some(l) = self.links.get(&to) else {
             log::warn!("peer transport: no link to {to}; frame dropped");
             return false;
         };
-        match l.queue.try_send(frame) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                if l.dropped.fetch_add(1, Ordering::Relaxed) % 1024 == 0 {
-                    log::warn!("peer {to}: send queue full ({QUEUE_FRAMES} frames); dropping (the protocol retransmits)");
+        buf.clear();
+        encode_peer_frame(frame, buf);
+        let mut o = lock(&l.out);
+        let Some(s) = o.stream.clone() else {
+            l.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        if o.flushing || !o.backlog.is_empty() {
+            return self.queue(l, &mut o, buf);
+        }
+        match send_nonblocking(s.as_fd(), buf) {
+            Ok(n) => {
+                self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                o.last_write = Some(Instant::now());
+                if n < buf.len() {
+                    return self.queue(l, &mut o, &buf[n..]);
                 }
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.queue(l, &mut o, buf),
+            Err(e) => {
+                log::warn!("peer {to}: send failed: {e}; reconnecting");
+                o.stream = None;
+                l.cv.notify_one();
                 false
             }
         }
+    }
+
+    fn queue(&self, l: &Link, o: &mut Out, bytes: &[u8]) -> bool {
+        if o.backlog.len() + bytes.len() > MAX_BACKLOG_BYTES {
+            if l.dropped.fetch_add(1, Ordering::Relaxed) % 1024 == 0 {
+                log::warn!(
+                    "peer at {}: {} bytes waiting to be sent; dropping frames (the protocol retransmits)",
+                    l.addr,
+                    o.backlog.len()
+                );
+            }
+            return false;
+        }
+        o.backlog.extend_from_slice(bytes);
+        l.cv.notify_one();
+        true
     }
 
     /// Refuse every incarnation of `peer` below `epoch` from now on.
@@ -170,19 +232,23 @@ impl Transport {
         v
     }
 
-    fn heard(&self, peer: NodeId) {
+    /// A frame (of any kind) arrived from `peer`.
+    pub fn heard(&self, peer: NodeId, bytes: usize) {
         if let Some(l) = self.links.get(&peer) {
             l.last_heard_ms.store(self.now_ms(), Ordering::Relaxed);
         }
+        self.bytes_received
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    fn writer(self: Arc<Self>, peer: NodeId, rx: Receiver<PeerFrame>) {
+    /// The outbound side of one peer: dial, hello, heartbeats, backlog flushing, reconnect.
+    fn connection(self: Arc<Self>, peer: NodeId) {
         let link = &self.links[&peer];
         let mut backoff = Duration::from_millis(20);
         let mut logged_down = false;
         loop {
             let stream = match self.dial(peer, link.addr) {
-                Ok(s) => s,
+                Ok(s) => Arc::new(s),
                 Err(Dial::Fenced(reason)) => {
                     let _ = self.engine.send(Input::Fenced { by: peer, reason });
                     return;
@@ -200,13 +266,74 @@ impl Transport {
             log::info!("peer {peer} at {}: connected", link.addr);
             logged_down = false;
             backoff = Duration::from_millis(20);
+            {
+                let mut o = lock(&link.out);
+                o.stream = Some(Arc::clone(&stream));
+                o.backlog.clear();
+                o.flushing = false;
+                o.last_write = Some(Instant::now());
+            }
             link.connected.store(true, Ordering::Relaxed);
-            let r = self.pump(&stream, &rx);
+            if self.engine.send(Input::PeerConnected(peer)).is_err() {
+                return;
+            }
+            let r = self.flush_loop(link, &stream);
             link.connected.store(false, Ordering::Relaxed);
+            {
+                let mut o = lock(&link.out);
+                o.stream = None;
+                o.backlog.clear();
+                o.flushing = false;
+            }
             let _ = stream.shutdown(std::net::Shutdown::Both);
+            log::warn!("peer {peer}: connection lost: {r}; reconnecting");
+        }
+    }
+
+    /// Write the backlog (and heartbeats when idle) until the connection fails.
+    fn flush_loop(&self, link: &Link, stream: &TcpStream) -> String {
+        let mut hb = Vec::new();
+        encode_peer_frame(&PeerFrame::Heartbeat, &mut hb);
+        loop {
+            let data = {
+                let mut o = lock(&link.out);
+                loop {
+                    if o.stream.is_none() {
+                        return "a send failed".into();
+                    }
+                    if !o.backlog.is_empty() {
+                        break;
+                    }
+                    let idle = o.last_write.map_or(self.heartbeat, |t| t.elapsed());
+                    if idle >= self.heartbeat {
+                        o.backlog.extend_from_slice(&hb);
+                        break;
+                    }
+                    o = link
+                        .cv
+                        .wait_timeout(o, self.heartbeat - idle)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                o.flushing = true;
+                std::mem::take(&mut o.backlog)
+            };
+            let len = data.len() as u64;
+            let r = (&*stream).write_all(&data);
+            let mut o = lock(&link.out);
+            o.flushing = false;
+            o.last_write = Some(Instant::now());
+            if o.backlog.capacity() == 0 {
+                // Hand the buffer back to keep its allocation.
+                let mut data = data;
+                data.clear();
+                o.backlog = data;
+            }
             match r {
-                Ok(()) => return, // the engine is gone
-                Err(e) => log::warn!("peer {peer}: connection lost: {e}; reconnecting"),
+                Ok(()) => {
+                    self.bytes_sent.fetch_add(len, Ordering::Relaxed);
+                }
+                Err(e) => return format!("write failed: {e}"),
             }
         }
     }
@@ -240,34 +367,10 @@ impl Transport {
                     Err(Dial::Failed(format!("refused: {reason}")))
                 }
             }
-            Ok((other, _)) => Err(Dial::Failed(format!("expected a welcome, got {other:?}"))),
+            Ok((other, _)) => Err(Dial::Failed(format!(
+                "expected a welcome, got {other:?}"
+            ))),
             Err(e) => Err(Dial::Failed(format!("waiting for the welcome: {e}"))),
-        }
-    }
-
-    /// Send queued frames (batched into one write) and heartbeats until the connection fails
-    /// (`Err`) or the engine is gone (`Ok`).
-    fn pump(&self, s: &TcpStream, rx: &Receiver<PeerFrame>) -> std::io::Result<()> {
-        let mut w = BufWriter::with_capacity(256 << 10, s);
-        let mut buf = Vec::with_capacity(64 << 10);
-        loop {
-            let first = match rx.recv_timeout(self.heartbeat) {
-                Ok(f) => f,
-                Err(RecvTimeoutError::Timeout) => PeerFrame::Heartbeat,
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
-            };
-            buf.clear();
-            encode_peer_frame(&first, &mut buf);
-            while buf.len() < (192 << 10) {
-                match rx.try_recv() {
-                    Ok(f) => encode_peer_frame(&f, &mut buf),
-                    Err(_) => break,
-                }
-            }
-            w.write_all(&buf)?;
-            w.flush()?;
-            self.bytes_sent
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
         }
     }
 
@@ -275,12 +378,14 @@ impl Transport {
         for conn in listener.incoming() {
             match conn {
                 Ok(s) => {
+                    // The hello is bounded (2 s); a thread per handshake keeps a slow dialler
+                    // from holding up the others.
                     let t = Arc::clone(&self);
                     let spawned = std::thread::Builder::new()
-                        .name("peer-in".into())
-                        .spawn(move || t.reader(s));
+                        .name("peer-hello".into())
+                        .spawn(move || t.handshake(s));
                     if let Err(e) = spawned {
-                        log::error!("peer listener: cannot start a reader thread: {e}");
+                        log::error!("peer listener: cannot start a handshake thread: {e}");
                     }
                 }
                 Err(e) => {
@@ -291,15 +396,19 @@ impl Transport {
         }
     }
 
-    fn reader(&self, mut s: TcpStream) {
+    /// Check an inbound hello; on success the engine takes the connection over.
+    fn handshake(&self, mut s: TcpStream) {
         let who = s
             .peer_addr()
             .map_or_else(|_| "?".to_string(), |a| a.to_string());
         let _ = s.set_nodelay(true);
         let _ = s.set_read_timeout(Some(CONNECT_TIMEOUT));
         let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
-        let mut buf = Vec::with_capacity(64 << 10);
-        let from = match read_peer_frame(&mut s, &mut buf) {
+        let refuse = |s: &mut TcpStream, reason: String, fenced: bool| {
+            log::warn!("peer connection from {who}: refused: {reason}");
+            let _ = write_peer_frame(s, &PeerFrame::Refused { reason, fenced });
+        };
+        let (from, n) = match read_peer_frame(&mut s, &mut Vec::new()) {
             Ok((
                 PeerFrame::Hello {
                     version,
@@ -308,20 +417,25 @@ impl Transport {
                     from_epoch,
                     to,
                 },
-                _,
+                n,
             )) => {
-                let refuse = |s: &mut TcpStream, reason: String, fenced: bool| {
-                    log::warn!("peer connection from {who}: refused: {reason}");
-                    let _ = write_peer_frame(s, &PeerFrame::Refused { reason, fenced });
-                };
                 if version != PEER_PROTOCOL_VERSION {
-                    return refuse(&mut s, format!("peer protocol version {version}, this node speaks {PEER_PROTOCOL_VERSION}"), false);
+                    let r = format!("peer protocol version {version}, this node speaks {PEER_PROTOCOL_VERSION}");
+                    return refuse(&mut s, r, false);
                 }
                 if cluster_id != self.cluster_id {
-                    return refuse(&mut s, format!("cluster id {cluster_id:#x}, this node is in cluster {:#x}", self.cluster_id), false);
+                    let r = format!(
+                        "cluster id {cluster_id:#x}, this node is in cluster {:#x}",
+                        self.cluster_id
+                    );
+                    return refuse(&mut s, r, false);
                 }
                 if to != self.me || !self.links.contains_key(&from) {
-                    return refuse(&mut s, format!("{from} dialled {to}, but this is {} and {from} is not in its peer list", self.me), false);
+                    let r = format!(
+                        "{from} dialled {to}, but this is {} and {from} is not in its peer list",
+                        self.me
+                    );
+                    return refuse(&mut s, r, false);
                 }
                 let floor = self
                     .fence
@@ -331,13 +445,18 @@ impl Transport {
                     .copied()
                     .unwrap_or_default();
                 if from_epoch < floor {
-                    return refuse(&mut s, format!("{} declared {from} (epoch {}) dead; restart it so it rejoins with a new epoch", self.me, from_epoch.0), true);
+                    let r = format!(
+                        "{} declared {from} (epoch {}) dead; restart it so it rejoins with a new epoch",
+                        self.me, from_epoch.0
+                    );
+                    return refuse(&mut s, r, true);
                 }
-                if let Err(e) = write_peer_frame(&mut s, &PeerFrame::Welcome { epoch: self.epoch }) {
+                if let Err(e) = write_peer_frame(&mut s, &PeerFrame::Welcome { epoch: self.epoch })
+                {
                     log::warn!("peer {from} at {who}: welcome failed: {e}");
                     return;
                 }
-                from
+                (from, n)
             }
             Ok((other, _)) => {
                 log::warn!("peer connection from {who}: expected a hello, got {other:?}; closed");
@@ -348,35 +467,12 @@ impl Transport {
                 return;
             }
         };
-        self.heard(from);
-        // A connection silent for longer than the dead-peer limit is over (the writer sends
-        // heartbeats far more often).
-        let _ = s.set_read_timeout(Some(self.dead_after.max(Duration::from_millis(100))));
-        loop {
-            let (frame, n) = match read_peer_frame(&mut s, &mut buf) {
-                Ok(f) => f,
-                Err(e) => {
-                    log::info!("peer {from}: inbound connection closed: {e}");
-                    return;
-                }
-            };
-            self.heard(from);
-            self.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-            let input = match frame {
-                PeerFrame::Heartbeat => continue,
-                PeerFrame::Protocol(env) if env.from == from && env.to == self.me => {
-                    Input::Envelope(env)
-                }
-                PeerFrame::Control(c) => Input::Control { from, msg: c },
-                other => {
-                    log::warn!("peer {from}: unexpected frame {other:?} (a bug or a lying peer); connection closed");
-                    return;
-                }
-            };
-            if self.engine.send(input).is_err() {
-                return;
-            }
+        self.heard(from, n);
+        if let Err(e) = s.set_nonblocking(true) {
+            log::warn!("peer {from}: {e}; closed");
+            return;
         }
+        let _ = self.engine.send(Input::Inbound { from, stream: s });
     }
 }
 
