@@ -39,6 +39,18 @@ pub enum BenchCmd {
     Create(crate::bench_local::RunsArgs),
     /// Fault throughput with 1, 2 and 4 client threads and 1 and 2 fault workers.
     Scaling(crate::bench_local::RunsArgs),
+    /// Read and write faults on pages another node holds (two nodes on loopback), against a
+    /// minimal uffd handler plus one raw TCP round trip of a page.
+    RemoteFault(crate::bench_local::RunsArgs),
+    /// Two nodes taking turns writing one page: ownership transfers per second, against a page
+    /// passed back and forth over raw TCP.
+    Pingpong {
+        #[command(flatten)]
+        runs: crate::bench_local::RunsArgs,
+        /// Seconds per repetition.
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+    },
     /// Cold sequential scan of a file segment against the kernel's mmap of the same file.
     Scan {
         #[command(flatten)]
@@ -47,7 +59,7 @@ pub enum BenchCmd {
         #[arg(long, value_parser = parse_size, default_value = "256MiB")]
         size: u64,
     },
-    /// Every bench above that runs on one node, one after the other.
+    /// Every bench above, one after the other.
     All {
         #[arg(long)]
         json: bool,
@@ -96,6 +108,8 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::LocalFault(a) => crate::bench_local::local_fault(a),
         BenchCmd::Create(a) => crate::bench_local::create(a),
         BenchCmd::Scaling(a) => crate::bench_local::scaling(a),
+        BenchCmd::RemoteFault(a) => crate::bench_remote::remote_fault(a),
+        BenchCmd::Pingpong { runs, secs } => crate::bench_remote::pingpong(runs, secs),
         BenchCmd::Scan { runs, size } => crate::bench_local::scan(runs, size),
         BenchCmd::All { json } => {
             let runs = || crate::bench_local::RunsArgs {
@@ -104,6 +118,8 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
                 json,
             };
             crate::bench_local::local_fault(runs())?;
+            crate::bench_remote::remote_fault(runs())?;
+            crate::bench_remote::pingpong(runs(), 2.0)?;
             crate::bench_local::scan(runs(), 256 << 20)?;
             crate::bench_local::create(runs())?;
             crate::bench_local::scaling(runs())?;

@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_local;
+mod bench_remote;
 mod cluster_cmd;
 mod demo;
 mod doctor;

@@ -322,4 +322,9 @@ fn barriers_and_locks_are_served_by_the_home() {
         .barrier_wait("sync", 9, 2, Duration::from_millis(300))
         .expect_err("alone");
     assert!(err.to_string().contains("parties"), "{err}");
+    // The waiter that gave up is not counted: the next one waits for a real partner.
+    let err = b
+        .barrier_wait("sync", 9, 2, Duration::from_millis(300))
+        .expect_err("still alone");
+    assert!(err.to_string().contains("parties"), "{err}");
 }

@@ -172,6 +172,15 @@ impl Daemon {
         let mut segments = HashMap::new();
         for (info, partition) in catalog.segments() {
             if info.home.is_some() {
+                if config.cluster.is_none() {
+                    log::error!(
+                        "cluster segment {} (home node {}) is in the catalog, but this daemon was started without \
+                         its cluster (--node-id, --listen, --peer): the segment is unavailable until it is",
+                        info.name,
+                        info.home.unwrap_or(0)
+                    );
+                    continue;
+                }
                 match crate::cluster::build_cluster_segment(&config, &info, false) {
                     Ok(seg) => {
                         segments.insert(info.name.clone(), Arc::new(seg));

@@ -141,6 +141,15 @@ pub enum Control {
         /// Which round of the barrier this was (counts from 1).
         generation: u64,
     },
+    /// A waiter gave up (timed out): the home must not count its arrival.
+    BarrierCancel {
+        /// Segment.
+        seg: u64,
+        /// Barrier.
+        barrier: u32,
+        /// The waiter.
+        token: u64,
+    },
     /// The home refused a barrier or lock request.
     SyncRefused {
         /// The waiter.

@@ -223,15 +223,20 @@ pub struct Engine {
     dead: HashMap<NodeId, bool>,
     barriers: HashMap<(SegmentId, u32), BarrierState>,
     barrier_waiters: HashMap<u64, Sender<Result<u64, String>>>,
+    /// The barrier each local waiter waits at (to cancel its arrival).
+    barrier_of: HashMap<u64, (SegmentId, u32)>,
+    /// The segment of each local lock waiter.
+    lock_of: HashMap<u64, SegmentId>,
     locks: HashMap<(SegmentId, u32), LockState>,
     lock_waiters: HashMap<u64, Sender<Result<(), String>>>,
-    creates: HashMap<u64, Sender<Result<SegmentInfo, String>>>,
+    creates: HashMap<u64, (Sender<Result<SegmentInfo, String>>, Instant)>,
     next_req: u64,
     statuses: HashMap<u64, StatusWait>,
     poisoned_seen: HashMap<SegmentId, std::collections::BTreeSet<u64>>,
     outs: Vec<Output>,
     dead_after_ms: u64,
     tick_ms: u64,
+    last_liveness_ms: u64,
 }
 
 impl Engine {
@@ -276,6 +281,8 @@ impl Engine {
             dead: HashMap::new(),
             barriers: HashMap::new(),
             barrier_waiters: HashMap::new(),
+            barrier_of: HashMap::new(),
+            lock_of: HashMap::new(),
             locks: HashMap::new(),
             lock_waiters: HashMap::new(),
             creates: HashMap::new(),
@@ -285,6 +292,7 @@ impl Engine {
             outs: Vec::with_capacity(64),
             dead_after_ms,
             tick_ms: tick_ms.max(1),
+            last_liveness_ms: 0,
         })
     }
 
@@ -327,6 +335,9 @@ impl Engine {
                 self.pump();
                 self.close_silent_conns();
                 self.finish_statuses(false);
+                // The asking client gave up after 10 s.
+                self.creates
+                    .retain(|_, (_, t)| t.elapsed() < Duration::from_secs(15));
             }
         }
     }
@@ -455,6 +466,10 @@ impl Engine {
             self.transport.heard(from, total);
             match frame {
                 Ok(PeerFrame::Heartbeat) => {}
+                Ok(PeerFrame::Protocol(env)) if !page_sized(&env.msg) => {
+                    closed = Some(format!("a page of the wrong size in {} (a bug or a lying peer)", env.msg));
+                    break;
+                }
                 Ok(PeerFrame::Protocol(env)) if env.from == from && env.to == self.me() => {
                     let now = self.now();
                     self.node.step(now, env);
@@ -606,7 +621,7 @@ impl Engine {
                 reply,
             } => {
                 let req = self.req_id();
-                self.creates.insert(req, reply);
+                self.creates.insert(req, (reply, Instant::now()));
                 self.send_peer(home,
                     PeerFrame::Control(Control::CreateSegment {
                         req,
@@ -656,6 +671,7 @@ impl Engine {
                 reply,
             } => {
                 self.barrier_waiters.insert(token, reply);
+                self.barrier_of.insert(token, (seg, barrier));
                 let me = self.me();
                 match self.home_of(seg) {
                     Some(h) if h == me => self.barrier_arrive(me, seg, barrier, parties, token),
@@ -675,6 +691,22 @@ impl Engine {
             Input::Forget { token } => {
                 self.barrier_waiters.remove(&token);
                 self.lock_waiters.remove(&token);
+                // The home must not count an arrival whose waiter gave up.
+                if let Some((seg, barrier)) = self.barrier_of.remove(&token) {
+                    let me = self.me();
+                    match self.home_of(seg) {
+                        Some(h) if h == me => self.barrier_cancel(me, seg, barrier, token),
+                        Some(h) => self.send_peer(
+                            h,
+                            PeerFrame::Control(Control::BarrierCancel {
+                                seg: seg.0,
+                                barrier,
+                                token,
+                            }),
+                        ),
+                        None => {}
+                    }
+                }
             }
             Input::Lock {
                 seg,
@@ -683,6 +715,7 @@ impl Engine {
                 reply,
             } => {
                 self.lock_waiters.insert(token, reply);
+                self.lock_of.insert(token, seg);
                 let me = self.me();
                 match self.home_of(seg) {
                     Some(h) if h == me => self.lock_acquire(me, seg, lock, token),
@@ -700,6 +733,7 @@ impl Engine {
             }
             Input::Unlock { seg, lock, token } => {
                 self.lock_waiters.remove(&token);
+                self.lock_of.remove(&token);
                 let me = self.me();
                 match self.home_of(seg) {
                     Some(h) if h == me => self.lock_release(me, seg, lock, token),
@@ -799,7 +833,7 @@ impl Engine {
             } => {
                 let result = self
                     .daemon
-                    .create_cluster_segment(&name, size_bytes, backing, me.0)
+                    .create_cluster_segment(&name, size_bytes, backing, me.0, false)
                     .map(|seg| {
                         let info = seg.info.clone();
                         self.adopt(seg);
@@ -821,7 +855,7 @@ impl Engine {
                     Ok(None) => Ok(info),
                     Err(e) => Err(e),
                 });
-                if let Some(r) = self.creates.remove(&req) {
+                if let Some((r, _)) = self.creates.remove(&req) {
                     let _ = r.send(result);
                 }
             }
@@ -835,12 +869,18 @@ impl Engine {
                 tokens, generation, ..
             } => {
                 for t in tokens {
+                    self.barrier_of.remove(&t);
                     if let Some(w) = self.barrier_waiters.remove(&t) {
                         let _ = w.send(Ok(generation));
                     }
                 }
             }
             Control::SyncRefused { token, reason } => self.refuse_waiter(token, reason),
+            Control::BarrierCancel {
+                seg,
+                barrier,
+                token,
+            } => self.barrier_cancel(from, SegmentId(seg), barrier, token),
             Control::LockAcquire { seg, lock, token } => {
                 self.lock_acquire(from, SegmentId(seg), lock, token)
             }
@@ -901,7 +941,8 @@ impl Engine {
             for (n, tokens) in by_node {
                 if n == me {
                     for t in tokens {
-                        if let Some(w) = self.barrier_waiters.remove(&t) {
+                        self.barrier_of.remove(&t);
+                    if let Some(w) = self.barrier_waiters.remove(&t) {
                             let _ = w.send(Ok(generation));
                         }
                     }
@@ -916,6 +957,12 @@ impl Engine {
                     );
                 }
             }
+        }
+    }
+
+    fn barrier_cancel(&mut self, from: NodeId, seg: SegmentId, barrier: u32, token: u64) {
+        if let Some(b) = self.barriers.get_mut(&(seg, barrier)) {
+            b.arrived.retain(|a| *a != (from, token));
         }
     }
 
@@ -960,6 +1007,7 @@ impl Engine {
     }
 
     fn lock_granted(&mut self, token: u64) {
+        self.lock_of.remove(&token);
         match self.lock_waiters.remove(&token) {
             Some(w) => {
                 let _ = w.send(Ok(()));
@@ -982,8 +1030,25 @@ impl Engine {
         }
     }
 
-    /// Drop a dead node's barrier arrivals and locks.
+    /// Drop a dead node's barrier arrivals and locks, and fail the local waiters it served.
     fn forget_node(&mut self, peer: NodeId) {
+        let orphans: Vec<u64> = self
+            .barrier_of
+            .iter()
+            .filter(|(_, (seg, _))| self.home_of(*seg) == Some(peer))
+            .map(|(t, _)| *t)
+            .chain(
+                self.lock_of
+                    .iter()
+                    .filter(|(_, seg)| self.home_of(**seg) == Some(peer))
+                    .map(|(t, _)| *t),
+            )
+            .collect();
+        for t in orphans {
+            self.barrier_of.remove(&t);
+            self.lock_of.remove(&t);
+            self.refuse_waiter(t, format!("the segment's home {peer} died or restarted"));
+        }
         for b in self.barriers.values_mut() {
             b.arrived.retain(|(n, _)| *n != peer);
         }
@@ -1003,6 +1068,14 @@ impl Engine {
     }
 
     fn check_liveness(&mut self, now: u64) {
+        // After a pause of this node itself (stopped, starved of CPU) every peer looks silent:
+        // read what they sent meanwhile before judging anyone.
+        let gap = now.saturating_sub(self.last_liveness_ms);
+        self.last_liveness_ms = now;
+        if gap > self.dead_after_ms / 4 {
+            log::warn!("the cluster engine did not run for {gap} ms; dead-peer checks wait one round");
+            return;
+        }
         for p in self.transport.peers() {
             let dead = self.dead.entry(p.id).or_insert(false);
             if p.silent_ms > self.dead_after_ms && !*dead {
@@ -1017,6 +1090,17 @@ impl Engine {
                 self.node.peer_dead(now, p.id);
                 self.transport.fence(p.id, self.node.peer_epoch(p.id));
                 self.forget_node(p.id);
+                // Whatever connection of the fenced incarnation survives is cut, so that if it
+                // is alive it redials, is refused as fenced, and stops.
+                let conns: Vec<u64> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.from == p.id)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in conns {
+                    self.close_conn(id, "its node was declared dead");
+                }
             } else if p.silent_ms <= self.dead_after_ms && *dead {
                 *dead = false;
                 log::info!("{}: heard again (epoch {}): alive", p.id, p.epoch);
@@ -1191,11 +1275,11 @@ impl Engine {
                     if *d == PageData::Local {
                         let page = page.expect("a message with data names its page");
                         let mut b = vec![0u8; PS as usize];
-                        if let Some(s) = self.seg(page) {
-                            if let Err(e) = s.memfd.read_exact_at(&mut b, page.page.0 * PS) {
-                                log::error!("{page}: reading the local copy to send failed: {e}; not sent (the home retries)");
-                                return;
-                            }
+                        let Some(s) = self.seg(page) else {
+                            return;
+                        };
+                        if let Err(e) = s.memfd.read_exact_at(&mut b, page.page.0 * PS) {
+                            fail_stop(&format!("{page}: reading the local copy to send failed: {e}"));
                         }
                         *d = PageData::Bytes(b);
                     }
@@ -1228,9 +1312,9 @@ impl Engine {
                     PageData::Local => return,
                 };
                 if let Err(e) = s.memfd.write_all_at(bytes, page.page.0 * PS) {
-                    log::error!("{page}: installing the copy in the page cache failed: {e}");
-                    let _ = s.memfd.punch_hole(page.page.0 * PS, PS);
-                    return;
+                    fail_stop(&format!(
+                        "{page}: installing the copy in the page cache failed: {e}"
+                    ));
                 }
                 if *writable {
                     self.protect(&s, *page, false);
@@ -1251,7 +1335,9 @@ impl Engine {
                 bump(&self.figures.invalidations);
                 if let Some(s) = self.seg(*page) {
                     if let Err(e) = s.memfd.punch_hole(page.page.0 * PS, PS) {
-                        log::error!("{page}: dropping the local copy (punch-hole) failed: {e}");
+                        fail_stop(&format!(
+                            "{page}: dropping the local copy (punch-hole) failed: {e}"
+                        ));
                     }
                 }
             }
@@ -1349,15 +1435,10 @@ impl Engine {
             match a.uffd.write_protect(addr, PS, protect, true) {
                 Ok(()) => {}
                 Err(e) if e.is_process_gone() => {}
-                Err(e) => {
-                    // A process left able to write a page the cluster thinks is read-only here
-                    // would break coherence silently: make it fail loudly instead.
-                    log::error!(
-                        "{page}: write-protect={protect} in pid {} failed: {e}; the page is dropped here",
-                        a.pid
-                    );
-                    let _ = s.memfd.punch_hole(page.page.0 * PS, PS);
-                }
+                Err(e) => fail_stop(&format!(
+                    "{page}: write-protect={protect} in pid {} failed: {e}",
+                    a.pid
+                )),
             }
         }
     }
@@ -1398,13 +1479,13 @@ impl Engine {
                                 _ => "",
                             }
                         );
-                        poison_one(&att.uffd, addr)
+                        sigbus(&att, addr, kind)
                     }
                 };
                 if let Err(e) = r {
                     if !e.is_process_gone() {
                         log::error!("{page}: resolving the fault of pid {} failed: {e}; sending SIGBUS", att.pid);
-                        let _ = poison_one(&att.uffd, addr);
+                        let _ = sigbus(&att, addr, kind);
                     }
                 }
                 self.figures
@@ -1478,6 +1559,21 @@ impl Engine {
     }
 }
 
+/// Whether the page a message carries (if any) is exactly one page.
+fn page_sized(m: &pagemesh_core::Msg) -> bool {
+    match m {
+        pagemesh_core::Msg::Grant {
+            data: Some(PageData::Bytes(b)),
+            ..
+        }
+        | pagemesh_core::Msg::FetchReply {
+            copy: Some((_, PageData::Bytes(b))),
+            ..
+        } => b.len() == PS as usize,
+        _ => true,
+    }
+}
+
 fn msg_data(m: &mut pagemesh_core::Msg) -> Option<&mut PageData> {
     match m {
         pagemesh_core::Msg::Grant { data: Some(d), .. } => Some(d),
@@ -1485,6 +1581,41 @@ fn msg_data(m: &mut pagemesh_core::Msg) -> Option<&mut PageData> {
             copy: Some((_, d)), ..
         } => Some(d),
         _ => None,
+    }
+}
+
+/// The kernel cannot be made to agree with the protocol about a page (a page-cache write,
+/// punch-hole or write-protect failed). Going on could hand out stale or lost data silently, so
+/// the node stops: its processes get SIGBUS from their watchdogs, and its peers treat it as a
+/// dead node (its unsynced pages are poisoned, everything else is intact).
+fn fail_stop(what: &str) -> ! {
+    log::error!("{what}: the page cache no longer matches the coherence protocol; stopping this node (restart it to rejoin)");
+    std::process::exit(71);
+}
+
+/// Make the faulting thread get SIGBUS. A missing or minor fault's page-table entry holds no
+/// page, but may hold a write-protect marker (left by a downgrade or a punch-hole) that
+/// `UFFDIO_POISON` cannot replace: clear it first. A write-protect fault's entry maps a valid
+/// read-only copy that cannot be poisoned in place: the process's lease is closed instead, and
+/// its watchdog (which clears, zaps and poisons its whole mapping) takes over.
+fn sigbus(att: &Attachment, addr: u64, kind: FaultKind) -> Result<(), pagemesh_uffd::UffdError> {
+    match kind {
+        FaultKind::WriteProtect => {
+            log::error!(
+                "pid {}: a write to a read-only copy at {addr:#x} cannot be served; closing its attachment of segment {} \
+                 (the process gets SIGBUS from its watchdog)",
+                att.pid,
+                att.segment.info.name
+            );
+            if let Some(l) = &att.lease {
+                let _ = l.shutdown(std::net::Shutdown::Both);
+            }
+            Ok(())
+        }
+        FaultKind::Missing | FaultKind::Minor => {
+            let _ = att.uffd.write_protect(addr, PS, false, false);
+            poison_one(&att.uffd, addr)
+        }
     }
 }
 

@@ -18,6 +18,9 @@ pub struct IntentLog {
     set: BTreeSet<u64>,
     records: u64,
     unsynced: bool,
+    /// A write or sync failed: the file may hold a torn record. Nothing is reported durable
+    /// until a rewrite of the whole set (compaction) succeeds.
+    broken: bool,
 }
 
 impl IntentLog {
@@ -46,6 +49,7 @@ impl IntentLog {
             set,
             records: (whole / 8) as u64,
             unsynced: false,
+            broken: false,
         };
         if whole != bytes.len() {
             log.compact()?;
@@ -53,18 +57,27 @@ impl IntentLog {
         Ok(log)
     }
 
-    /// Record (`dirty`) or clear the intent of `page`; durable after the next `sync`.
+    /// Record (`dirty`) or clear the intent of `page`; durable after the next `sync`. The
+    /// set changes only once the record is written.
     pub fn append(&mut self, page: u64, dirty: bool) -> std::io::Result<()> {
-        let changed = if dirty {
-            self.set.insert(page)
-        } else {
-            self.set.remove(&page)
-        };
-        if !changed {
+        if self.broken {
+            self.repair()?;
+        }
+        if self.set.contains(&page) == dirty {
+            // Already recorded (durable once the sync that follows it succeeded: a failed sync
+            // marks the log broken, and the repair rewrites the whole set).
             return Ok(());
         }
         let v = if dirty { page } else { page | CLEAR };
-        self.file.write_all(&v.to_le_bytes())?;
+        if let Err(e) = self.file.write_all(&v.to_le_bytes()) {
+            self.broken = true;
+            return Err(e);
+        }
+        if dirty {
+            self.set.insert(page);
+        } else {
+            self.set.remove(&page);
+        }
         self.records += 1;
         self.unsynced = true;
         Ok(())
@@ -72,13 +85,27 @@ impl IntentLog {
 
     /// Make every append durable.
     pub fn sync(&mut self) -> std::io::Result<()> {
+        if self.broken {
+            return self.repair();
+        }
         if self.unsynced {
-            self.file.sync_data()?;
+            if let Err(e) = self.file.sync_data() {
+                self.broken = true;
+                return Err(e);
+            }
             self.unsynced = false;
             if self.records > 4 * self.set.len() as u64 + 4096 {
                 self.compact()?;
             }
         }
+        Ok(())
+    }
+
+    /// Rewrite the file from the set (which holds exactly what was written, synced or not).
+    fn repair(&mut self) -> std::io::Result<()> {
+        self.compact()?;
+        self.broken = false;
+        self.unsynced = false;
         Ok(())
     }
 

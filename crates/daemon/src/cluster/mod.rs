@@ -254,7 +254,14 @@ pub fn start(daemon: &Arc<Daemon>, cfg: ClusterConfig) -> Result<(), String> {
     .map_err(|e| format!("starting the cluster engine: {e}"))?;
     std::thread::Builder::new()
         .name("cluster-engine".into())
-        .spawn(move || engine.run())
+        .spawn(move || {
+            // A panic here is a bug that leaves the core's state unknown: end the daemon, so
+            // every attached process gets SIGBUS from its watchdog instead of waiting forever.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run())).is_err() {
+                log::error!("the cluster engine panicked (a bug); exiting so that attached processes fail loudly");
+                std::process::exit(70);
+            }
+        })
         .map_err(|e| format!("starting the cluster engine: {e}"))?;
     log::info!(
         "cluster: node {} epoch {} listening for peers on {} ({} peer(s), {} cluster segment(s))",
@@ -310,15 +317,21 @@ pub(crate) fn build_cluster_segment(
 }
 
 impl Daemon {
+    fn link_cluster_segment(&self, seg: &Segment) -> Result<(), String> {
+        let tx = engine_sender(self).ok_or("this daemon is not part of a cluster")?;
+        link(seg, tx);
+        Ok(())
+    }
 
-    /// Create a cluster segment homed on this node, persist it and make it visible here (the
-    /// caller tells the engine, which tells the cluster).
+    /// Create a cluster segment homed on this node, persist it and make it visible here.
+    /// `announce`: tell the engine (which tells the cluster); the engine itself passes false.
     pub(crate) fn create_cluster_segment(
         &self,
         name: &str,
         size_bytes: Option<u64>,
         backing: Backing,
         home: u32,
+        announce: bool,
     ) -> Result<Arc<Segment>, String> {
         if !crate::server::valid_name(name) {
             return Err(format!("invalid segment name {name:?}: 1-64 of [A-Za-z0-9._-]"));
@@ -352,7 +365,14 @@ impl Daemon {
             home: Some(home),
         };
         let seg = Arc::new(build_cluster_segment(&self.config, &info, true)?);
+        // Route its faults to the engine before anyone can attach it.
+        self.link_cluster_segment(&seg)?;
         catalog.add(&info, "default").map_err(|e| e.to_string())?;
+        if announce {
+            // The engine takes part in the segment before any attach of it can reach it.
+            let c = self.cluster.get().ok_or("this daemon is not part of a cluster")?;
+            c.send(Input::Created(Arc::clone(&seg)))?;
+        }
         self.segments
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -371,6 +391,16 @@ impl Daemon {
         if info.home.is_none() || matches!(info.backing, Backing::Volume { .. }) {
             return Err(format!("segment {} is not a cluster segment", info.name));
         }
+        // A peer's catalog is input like any other: check it before allocating anything.
+        if !crate::server::valid_name(&info.name)
+            || info.size_bytes == 0
+            || info.size_bytes > crate::server::MAX_SEGMENT_BYTES
+        {
+            return Err(format!(
+                "refusing segment {:?} of {} bytes from a peer's catalog (invalid name or size)",
+                info.name, info.size_bytes
+            ));
+        }
         let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = self.segments.read().unwrap_or_else(|e| e.into_inner()).get(&info.name) {
             if s.info.id == info.id {
@@ -382,6 +412,7 @@ impl Daemon {
             ));
         }
         let seg = Arc::new(build_cluster_segment(&self.config, info, false)?);
+        self.link_cluster_segment(&seg)?;
         catalog.add(info, "default").map_err(|e| e.to_string())?;
         self.segments
             .write()

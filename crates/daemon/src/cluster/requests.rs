@@ -97,14 +97,8 @@ impl Daemon {
                 }
                 if home == c.me() {
                     return Some(
-                        match self.create_cluster_segment(name, *size_bytes, backing.clone(), home) {
-                            Ok(seg) => {
-                                let info = seg.info.clone();
-                                match c.send(Input::Created(seg)) {
-                                    Ok(()) => Response::Segment(info),
-                                    Err(e) => err(ErrorCode::Internal, e),
-                                }
-                            }
+                        match self.create_cluster_segment(name, *size_bytes, backing.clone(), home, true) {
+                            Ok(seg) => Response::Segment(seg.info.clone()),
                             Err(e) => err(ErrorCode::InvalidArgument, e),
                         },
                     );

@@ -33,10 +33,8 @@ use super::Waker;
 /// Bytes waiting for one peer's connection thread; frames beyond it are dropped and counted
 /// (the protocol retransmits).
 const MAX_BACKLOG_BYTES: usize = 64 << 20;
-/// A connection attempt, and the hello exchange, give up after this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// A write that cannot complete in this long means the peer stopped reading.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most handshakes in progress at once (each is a short-lived thread).
+const MAX_HANDSHAKES: usize = 64;
 /// Longest pause between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -81,6 +79,10 @@ pub struct Transport {
     epoch: Epoch,
     cluster_id: u64,
     heartbeat: Duration,
+    /// Bound on a connect, a hello exchange and a write: a third of the dead-peer limit (at
+    /// most 2 s), so a stuck write is noticed well before the peer would be declared dead.
+    io_timeout: Duration,
+    handshakes: std::sync::atomic::AtomicUsize,
     start: Instant,
     links: HashMap<NodeId, Link>,
     engine: Waker,
@@ -131,6 +133,8 @@ impl Transport {
             cluster_id,
             heartbeat: (dead_after / 8)
                 .clamp(Duration::from_millis(20), Duration::from_millis(500)),
+            io_timeout: (dead_after / 3).clamp(Duration::from_millis(100), Duration::from_secs(2)),
+            handshakes: std::sync::atomic::AtomicUsize::new(0),
             start: Instant::now(),
             links,
             engine,
@@ -341,11 +345,11 @@ impl Transport {
     fn dial(&self, peer: NodeId, addr: SocketAddr) -> Result<TcpStream, Dial> {
         let fail = |what: &str, e: std::io::Error| Dial::Failed(format!("{what}: {e}"));
         let mut s =
-            TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| fail("connect", e))?;
+            TcpStream::connect_timeout(&addr, self.io_timeout).map_err(|e| fail("connect", e))?;
         s.set_nodelay(true).map_err(|e| fail("nodelay", e))?;
-        s.set_write_timeout(Some(WRITE_TIMEOUT))
+        s.set_write_timeout(Some(self.io_timeout))
             .map_err(|e| fail("timeout", e))?;
-        s.set_read_timeout(Some(CONNECT_TIMEOUT))
+        s.set_read_timeout(Some(self.io_timeout))
             .map_err(|e| fail("timeout", e))?;
         let hello = PeerFrame::Hello {
             version: PEER_PROTOCOL_VERSION,
@@ -378,13 +382,22 @@ impl Transport {
         for conn in listener.incoming() {
             match conn {
                 Ok(s) => {
-                    // The hello is bounded (2 s); a thread per handshake keeps a slow dialler
-                    // from holding up the others.
+                    // The hello is bounded; a thread per handshake (at most MAX_HANDSHAKES)
+                    // keeps a slow dialler from holding up the others.
+                    if self.handshakes.fetch_add(1, Ordering::SeqCst) >= MAX_HANDSHAKES {
+                        self.handshakes.fetch_sub(1, Ordering::SeqCst);
+                        log::warn!("peer listener: {MAX_HANDSHAKES} handshakes in progress; connection refused");
+                        continue;
+                    }
                     let t = Arc::clone(&self);
                     let spawned = std::thread::Builder::new()
                         .name("peer-hello".into())
-                        .spawn(move || t.handshake(s));
+                        .spawn(move || {
+                            t.handshake(s);
+                            t.handshakes.fetch_sub(1, Ordering::SeqCst);
+                        });
                     if let Err(e) = spawned {
+                        self.handshakes.fetch_sub(1, Ordering::SeqCst);
                         log::error!("peer listener: cannot start a handshake thread: {e}");
                     }
                 }
@@ -402,13 +415,13 @@ impl Transport {
             .peer_addr()
             .map_or_else(|_| "?".to_string(), |a| a.to_string());
         let _ = s.set_nodelay(true);
-        let _ = s.set_read_timeout(Some(CONNECT_TIMEOUT));
-        let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
+        let _ = s.set_read_timeout(Some(self.io_timeout));
+        let _ = s.set_write_timeout(Some(self.io_timeout));
         let refuse = |s: &mut TcpStream, reason: String, fenced: bool| {
             log::warn!("peer connection from {who}: refused: {reason}");
             let _ = write_peer_frame(s, &PeerFrame::Refused { reason, fenced });
         };
-        let (from, n) = match read_peer_frame(&mut s, &mut Vec::new()) {
+        let (from, n) = match read_hello(&mut s) {
             Ok((
                 PeerFrame::Hello {
                     version,
@@ -479,4 +492,20 @@ impl Transport {
 enum Dial {
     Failed(String),
     Fenced(String),
+}
+
+/// Read the first frame of an inbound connection, refusing anything larger than a hello.
+fn read_hello(s: &mut TcpStream) -> Result<(PeerFrame, usize), String> {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).map_err(|e| e.to_string())?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > 64 {
+        return Err(format!("a first frame of {len} bytes is not a hello"));
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).map_err(|e| e.to_string())?;
+    pagemesh_proto::peer::decode_peer_frame(&body)
+        .map(|f| (f, 4 + len))
+        .map_err(|e| e.to_string())
 }
