@@ -34,12 +34,16 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-/// Time one access per page of `m` (a read, or a write of one word).
+/// Pages between two timed touches: not sequential, so no read-ahead or fault-around hides
+/// the fault being measured.
+const STRIDE: u64 = 2;
+
+/// Time one access per `STRIDE` pages of `m` (a read, or a write of one word).
 fn touch(m: &Mapping, n: u64, write: bool) -> Vec<f64> {
     let words = m.atomics_u64();
     (0..n)
         .map(|i| {
-            let w = &words[(i * PS / 8) as usize];
+            let w = &words[(i * STRIDE * PS / 8) as usize];
             let t = Instant::now();
             if write {
                 w.store(i + 1, Ordering::Relaxed);
@@ -163,8 +167,8 @@ pub fn remote_fault(a: RunsArgs) -> anyhow::Result<ExitCode> {
         // Node 2 (the home) writes every page: it holds them Modified. Node 1 then reads one
         // set (a copy comes over) and writes the other (ownership and data come over).
         let (r, w) = (format!("rf{run}r"), format!("rf{run}w"));
-        segment(&nodes, &r, a.faults * PS)?;
-        segment(&nodes, &w, a.faults * PS)?;
+        segment(&nodes, &r, a.faults * STRIDE * PS)?;
+        segment(&nodes, &w, a.faults * STRIDE * PS)?;
         let c2 = Client::connect(&nodes[1].socket)?;
         let (r2, w2) = (c2.attach(&r)?, c2.attach(&w)?);
         touch(&r2, a.faults, true);
@@ -246,7 +250,8 @@ fn turns(ma: &Mapping, mb: &Mapping, secs: f64) -> f64 {
                         w.store(v + 1, Ordering::SeqCst);
                         done.fetch_add(1, Ordering::Relaxed);
                     } else {
-                        std::hint::spin_loop();
+                        // Not our turn: let the daemons (which move the page) have the CPU.
+                        std::thread::yield_now();
                     }
                 }
             });

@@ -129,7 +129,16 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Pages asked for ahead of a sequential reader.
+const READ_AHEAD_PAGES: u64 = 8;
+/// Most read-ahead requests in flight on this node.
+const MAX_PREFETCHES: u64 = 256;
+/// Most present neighbours mapped after a read fault.
+const FAULT_AROUND_PAGES: u64 = 15;
+
 enum Target {
+    /// A read-ahead request: nothing waits on it.
+    Prefetch,
     /// Resolve a process's fault.
     Mapped {
         att: Arc<Attachment>,
@@ -234,6 +243,7 @@ pub struct Engine {
     statuses: HashMap<u64, StatusWait>,
     poisoned_seen: HashMap<SegmentId, std::collections::BTreeSet<u64>>,
     outs: Vec<Output>,
+    prefetches: u64,
     dead_after_ms: u64,
     tick_ms: u64,
     last_liveness_ms: u64,
@@ -290,6 +300,7 @@ impl Engine {
             statuses: HashMap::new(),
             poisoned_seen: HashMap::new(),
             outs: Vec::with_capacity(64),
+            prefetches: 0,
             dead_after_ms,
             tick_ms: tick_ms.max(1),
             last_liveness_ms: 0,
@@ -545,6 +556,9 @@ impl Engine {
             FaultKind::Minor => crate::segment::bump_fault(&att.segment, 1),
             FaultKind::WriteProtect => crate::segment::bump_fault(&att.segment, 2),
         }
+        let prev = att.last_page.swap(page, Ordering::Relaxed);
+        let sequential = prev.wrapping_add(1) == page;
+        let pages = att.len / PS;
         let id = self.next_fault;
         self.next_fault += 1;
         self.pending.insert(
@@ -554,7 +568,56 @@ impl Engine {
                 access,
             },
         );
+        let miss = self.node.copy(key).is_none() && self.node.pending_request(key).is_none();
         self.node.fault(now, FaultId(id), key, access);
+        if access == Access::Read && miss && sequential {
+            self.read_ahead(key, pages);
+        }
+    }
+
+    /// A sequential reader missed: ask for the next pages too, so their transfers overlap
+    /// with its work (its later faults find them here, or join the requests in flight).
+    fn read_ahead(&mut self, key: PageKey, pages: u64) {
+        let now = self.now();
+        let end = (key.page.0 + 1 + READ_AHEAD_PAGES).min(pages);
+        for q in key.page.0 + 1..end {
+            if self.prefetches >= MAX_PREFETCHES {
+                return;
+            }
+            let k = PageKey::new(key.seg, q);
+            if self.node.copy(k).is_some() || self.node.pending_request(k).is_some() {
+                continue;
+            }
+            let id = self.next_fault;
+            self.next_fault += 1;
+            self.prefetches += 1;
+            self.pending.insert(
+                id,
+                Pending {
+                    target: Target::Prefetch,
+                    access: Access::Read,
+                },
+            );
+            self.node.fault(now, FaultId(id), k, Access::Read);
+        }
+    }
+
+    /// Map the copies this node holds around a resolved read fault into the process,
+    /// write-protected (always safe for a valid copy: a write takes a write-protect fault, and
+    /// an invalidation or downgrade reaches every mapping), so a reader of local pages takes one
+    /// fault per run instead of one per page.
+    fn map_around(&self, att: &Attachment, page: PageKey) {
+        let last = (att.len / PS).min(page.page.0 + 1 + FAULT_AROUND_PAGES);
+        let mut q = page.page.0 + 1;
+        while q < last && self.node.copy(PageKey::new(page.seg, q)).is_some() {
+            q += 1;
+        }
+        if q > page.page.0 + 1 {
+            let from = page.page.0 + 1;
+            let _ = att
+                .uffd
+                .continue_run(att.base + from * PS, (q - from) * PS, true, true);
+        }
     }
 
     fn input(&mut self, input: Input) {
@@ -1449,6 +1512,9 @@ impl Engine {
         };
         let copy = self.node.copy(page);
         match p.target {
+            Target::Prefetch => {
+                self.prefetches -= 1;
+            }
             Target::Mapped { att, kind, start } => {
                 let addr = att.base + page.page.0 * PS;
                 let r = match result {
@@ -1460,7 +1526,11 @@ impl Engine {
                             let _ = att.uffd.wake(addr, PS);
                             return;
                         }
-                        resolve(&att, addr, kind, writable)
+                        let r = resolve(&att, addr, kind, writable);
+                        if r.is_ok() && p.access == Access::Read {
+                            self.map_around(&att, page);
+                        }
+                        r
                     }
                     bad => {
                         bump(&self.figures.sigbus);
