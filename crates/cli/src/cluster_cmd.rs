@@ -152,7 +152,15 @@ pub fn run(socket: &Path, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
             );
             println!(
                 "{:>5} {:<22} {:>6} {:<6} {:>9} {:>10} {:>10} {:>8} {:>8}",
-                "node", "address", "epoch", "state", "silent_ms", "faults", "fetches", "p50_us", "p99_us"
+                "node",
+                "address",
+                "epoch",
+                "state",
+                "silent_ms",
+                "faults",
+                "fetches",
+                "p50_us",
+                "p99_us"
             );
             for n in &s.nodes {
                 let state = if n.declared_dead {
@@ -230,11 +238,15 @@ mod tests {
             peers: vec![(3, "127.0.0.1:9003".parse().expect("addr"))],
             ..ClusterArgs::default()
         };
-        let c = cluster_config(&args, &file).expect("valid").expect("cluster");
+        let c = cluster_config(&args, &file)
+            .expect("valid")
+            .expect("cluster");
         assert_eq!(c.node_id, 1);
         assert_eq!(c.dead_after_ms, 3000);
         assert_eq!(c.peers.len(), 2);
-        assert!(c.peers.contains(&(3, "127.0.0.1:9003".parse().expect("addr"))));
+        assert!(c
+            .peers
+            .contains(&(3, "127.0.0.1:9003".parse().expect("addr"))));
         assert!(toml::from_str::<ConfigFile>("nodeid = 1").is_err());
         assert!(cluster_config(
             &ClusterArgs {

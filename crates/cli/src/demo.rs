@@ -103,13 +103,22 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
          Jacobi heat stencil on a {}x{} grid, {} iterations",
         a.nodes, a.n, a.n, a.iters
     );
-    let daemons = crate::harness::start_cluster(a.nodes, "pagemesh-demo", &["--workers", "1", "--memory", "256MiB"])?;
+    let daemons = crate::harness::start_cluster(
+        a.nodes,
+        "pagemesh-demo",
+        &["--workers", "1", "--memory", "256MiB"],
+    )?;
     for (i, d) in daemons.iter().enumerate() {
         println!("  node {} in {}", i + 1, d.dir.path().display());
     }
     let bytes = (jacobi::words(a.n) * 8) as u64;
     let home = &daemons[0].client;
-    home.create_cluster_segment(SEGMENT, Some(bytes.div_ceil(4096) * 4096), Backing::Zero, None)?;
+    home.create_cluster_segment(
+        SEGMENT,
+        Some(bytes.div_ceil(4096) * 4096),
+        Backing::Zero,
+        None,
+    )?;
     wait_for_segment(&daemons, SEGMENT)?;
     let p = jacobi::Params {
         n: a.n,
@@ -168,7 +177,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            procs.push(spawn(&daemons[node].socket, &args, format!("counter {rank}"))?);
+            procs.push(spawn(
+                &daemons[node].socket,
+                &args,
+                format!("counter {rank}"),
+            )?);
         }
         wait_all(procs, PHASE_TIMEOUT)?;
         let mut b = [0u8; 8];

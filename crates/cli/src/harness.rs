@@ -188,7 +188,10 @@ pub fn start_cluster(
             }
         }
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        daemons.push(PrivateDaemon::start(&format!("{prefix}-node{}-", i + 1), &a)?);
+        daemons.push(PrivateDaemon::start(
+            &format!("{prefix}-node{}-", i + 1),
+            &a,
+        )?);
     }
     // Every node sees every other (bounded).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -206,4 +209,3 @@ pub fn start_cluster(
     }
     Ok(daemons)
 }
-

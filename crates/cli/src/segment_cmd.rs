@@ -174,7 +174,9 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             home,
         } => {
             let info = match home {
-                Some(h) => client.create_cluster_segment(&name, size, backing_arg(&backing)?, Some(h))?,
+                Some(h) => {
+                    client.create_cluster_segment(&name, size, backing_arg(&backing)?, Some(h))?
+                }
                 None => client.create_segment_in(
                     &name,
                     size,

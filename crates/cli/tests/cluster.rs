@@ -130,7 +130,11 @@ fn a_pattern_written_through_one_node_verifies_through_the_others() {
     c.node(1).run(&["memtest", "grid", "--write", "7"]).ok();
     for n in [2, 3] {
         let out = c.node(n).run(&["memtest", "grid", "--verify", "7"]).ok();
-        assert!(out.stdout_str().contains("verified 8MiB"), "{}", out.stdout_str());
+        assert!(
+            out.stdout_str().contains("verified 8MiB"),
+            "{}",
+            out.stdout_str()
+        );
     }
     let bad = c.node(3).run(&["memtest", "grid", "--verify", "8"]);
     assert!(!bad.status.success(), "a wrong seed must fail");
@@ -195,7 +199,10 @@ fn atomic_increments_from_three_nodes_are_never_lost() {
 
 #[test]
 fn a_node_killed_mid_workload_poisons_only_its_unsynced_pages_and_rejoins() {
-    let mut c = Cluster::start(3, &["--dead-after-ms", "1500", "--fault-timeout-ms", "8000"]);
+    let mut c = Cluster::start(
+        3,
+        &["--dead-after-ms", "1500", "--fault-timeout-ms", "8000"],
+    );
     c.create(1, "data", &["--size", "8MiB"]);
     let half = (4 << 20).to_string();
     // The first half is written through node 2 and synced; the second through node 3, not synced.
@@ -209,11 +216,33 @@ fn a_node_killed_mid_workload_poisons_only_its_unsynced_pages_and_rejoins() {
     // Node 3 keeps reading its half while node 2 re-reads the synced one.
     c.create(1, "ctr", &["--size", "4KiB"]);
     let busy = c.node(3).spawn_cmd(
-        &["memtest", "data", "--verify", "6", "--offset", &half, "--repeat", "100000", "--pause-ms", "1"],
+        &[
+            "memtest",
+            "data",
+            "--verify",
+            "6",
+            "--offset",
+            &half,
+            "--repeat",
+            "100000",
+            "--pause-ms",
+            "1",
+        ],
         false,
     );
     let reader = c.node(2).spawn_cmd(
-        &["memtest", "data", "--verify", "5", "--len", &half, "--repeat", "20", "--pause-ms", "50"],
+        &[
+            "memtest",
+            "data",
+            "--verify",
+            "5",
+            "--len",
+            &half,
+            "--repeat",
+            "20",
+            "--pause-ms",
+            "50",
+        ],
         false,
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -227,7 +256,9 @@ fn a_node_killed_mid_workload_poisons_only_its_unsynced_pages_and_rejoins() {
     // Unsynced pages whose only copy died are poisoned: SIGBUS, bounded.
     let lost = run_for(
         c.node(1),
-        &["memtest", "data", "--verify", "6", "--offset", &half, "--len", "4096"],
+        &[
+            "memtest", "data", "--verify", "6", "--offset", &half, "--len", "4096",
+        ],
         Duration::from_secs(30),
     );
     use std::os::unix::process::ExitStatusExt;
@@ -267,10 +298,17 @@ fn a_node_killed_mid_workload_poisons_only_its_unsynced_pages_and_rejoins() {
 
 #[test]
 fn synced_data_of_a_dead_home_is_served_again_when_it_returns() {
-    let mut c = Cluster::start(3, &["--dead-after-ms", "1500", "--fault-timeout-ms", "4000"]);
+    let mut c = Cluster::start(
+        3,
+        &["--dead-after-ms", "1500", "--fault-timeout-ms", "4000"],
+    );
     let file = c.node(2).path("backing.img");
     let backing = format!("file:{}", file.display());
-    c.create(1, "img", &["--size", "2MiB", "--backing", &backing, "--home", "2"]);
+    c.create(
+        1,
+        "img",
+        &["--size", "2MiB", "--backing", &backing, "--home", "2"],
+    );
     c.node(1).run(&["memtest", "img", "--write", "11"]).ok();
     c.node(1).run(&["segment", "sync", "img"]).ok();
     c.nodes[1].kill9();
@@ -300,13 +338,17 @@ fn barriers_and_locks_are_served_by_the_home() {
     let a = c.node(1).client();
     let b = c.node(2).client();
     let t = std::thread::spawn(move || {
-        let g1 = b.barrier_wait("sync", 3, 2, Duration::from_secs(20)).expect("barrier");
+        let g1 = b
+            .barrier_wait("sync", 3, 2, Duration::from_secs(20))
+            .expect("barrier");
         b.lock("sync", 0, Duration::from_secs(20)).expect("lock");
         b.unlock("sync", 0).expect("unlock");
         g1
     });
     std::thread::sleep(Duration::from_millis(200));
-    let g0 = a.barrier_wait("sync", 3, 2, Duration::from_secs(20)).expect("barrier");
+    let g0 = a
+        .barrier_wait("sync", 3, 2, Duration::from_secs(20))
+        .expect("barrier");
     assert_eq!(g0, t.join().expect("thread"));
     // A lock held by one node's client blocks the other's until released.
     a.lock("sync", 1, Duration::from_secs(5)).expect("lock");

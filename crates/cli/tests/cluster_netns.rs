@@ -77,8 +77,8 @@ impl Net {
             net.names.push(ns.clone());
             let (v, h) = (net.veth_node(i), net.veth_hub(i));
             sh(&[
-                "ip", "link", "add", &v, "netns", &ns, "type", "veth", "peer", "name", &h,
-                "netns", &hub,
+                "ip", "link", "add", &v, "netns", &ns, "type", "veth", "peer", "name", &h, "netns",
+                &hub,
             ])
             .expect("veth pair");
             let cidr = format!("{}/24", Net::addr(i));
@@ -172,7 +172,13 @@ fn a_cluster_across_namespaces_survives_a_slow_link_and_a_partition_that_heals()
     std::thread::sleep(Duration::from_secs(2));
     sh(&["ip", "-n", &hub, "link", "set", &h3, "up"]).expect("heal");
     let t = Instant::now();
-    finish(reader, &[], Duration::from_secs(90), &["verify across the partition"]).ok();
+    finish(
+        reader,
+        &[],
+        Duration::from_secs(90),
+        &["verify across the partition"],
+    )
+    .ok();
     eprintln!("verify finished {:?} after the heal", t.elapsed());
 
     // After the heal everything still works both ways, and nobody was declared dead.

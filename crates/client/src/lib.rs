@@ -33,11 +33,11 @@ use pagemesh_proto::{
 };
 
 pub use mapping::Mapping;
-pub use sync::{Barrier, LockGuard};
 pub use pagemesh_proto::{
-    Backing, ClusterNode, ClusterStatus, DaemonInfo, ErrorCode, PageInfo, PartitionLimits, PartitionStat, SegmentInfo,
-    SegmentStat, VolumeInfo, VolumeStat, MAX_IO_CHUNK_BYTES,
+    Backing, ClusterNode, ClusterStatus, DaemonInfo, ErrorCode, PageInfo, PartitionLimits,
+    PartitionStat, SegmentInfo, SegmentStat, VolumeInfo, VolumeStat, MAX_IO_CHUNK_BYTES,
 };
+pub use sync::{Barrier, LockGuard};
 
 /// Default daemon socket, overridden by `PAGEMESH_SOCKET`.
 pub const DEFAULT_SOCKET: &str = "/run/pagemesh/pagemesh.sock";

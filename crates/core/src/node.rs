@@ -591,12 +591,23 @@ mod tests {
         else {
             panic!("expected a grant, got {grant:?}");
         };
-        n.step(0, from1(1, Msg::GrantAck { page: page(), txn: *txn }));
+        n.step(
+            0,
+            from1(
+                1,
+                Msg::GrantAck {
+                    page: page(),
+                    txn: *txn,
+                },
+            ),
+        );
         n.peer_dead(5, NodeId(1));
-        assert!(n.take_outputs().contains(&Output::Event(Event::PagePoisoned {
-            page: page(),
-            lost_with: Some(NodeId(1))
-        })));
+        assert!(n
+            .take_outputs()
+            .contains(&Output::Event(Event::PagePoisoned {
+                page: page(),
+                lost_with: Some(NodeId(1))
+            })));
         assert_eq!(n.peer_epoch(NodeId(1)), Epoch(2));
         // The fenced incarnation is not heard any more...
         n.step(6, from1(1, Msg::Evict { page: page() }));

@@ -249,6 +249,7 @@ mod tests {
             id,
             size_bytes: 4096,
             backing: Backing::File { path: "/x".into() },
+            home: Some(3),
         };
         c.add(&info, "default").unwrap();
         let mut c2 = Catalog::open(dir.path()).unwrap();

@@ -498,10 +498,14 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, PeerFrameError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, PeerFrameError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn end(&self) -> Result<(), PeerFrameError> {
         if self.b.is_empty() {
@@ -649,7 +653,9 @@ fn decode_envelope(c: &mut Cursor<'_>) -> Result<Envelope, PeerFrameError> {
         M_HOLDINGS => {
             let n = extra as usize;
             if n > c.b.len() / 25 {
-                return Err(malformed(format!("holdings of {n} copies in a short frame")));
+                return Err(malformed(format!(
+                    "holdings of {n} copies in a short frame"
+                )));
             }
             let mut copies = Vec::with_capacity(n);
             for _ in 0..n {

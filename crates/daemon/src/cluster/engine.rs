@@ -22,7 +22,9 @@ use pagemesh_core::{
     Access, CacheState, CallId, CallResult, Envelope, Event, FaultId, FaultResult, MapperError,
     Node, Output, PageData, PageKey,
 };
-use pagemesh_proto::peer::{decode_peer_frame, Control, NodeFigures, PeerFrame, MAX_PEER_FRAME_BYTES};
+use pagemesh_proto::peer::{
+    decode_peer_frame, Control, NodeFigures, PeerFrame, MAX_PEER_FRAME_BYTES,
+};
 use pagemesh_proto::{ClusterNode, ClusterStatus, SegmentInfo};
 use pagemesh_types::{NodeId, SegmentId, PAGE_SIZE};
 use pagemesh_uffd::poll::Epoll;
@@ -55,11 +57,17 @@ pub enum Input {
     /// The attachment is gone (the process detached or died).
     Detach(u64),
     /// A peer's connection passed its hello: read it.
-    Inbound { from: NodeId, stream: TcpStream },
+    Inbound {
+        from: NodeId,
+        stream: TcpStream,
+    },
     /// The connection to a peer is (re)established: tell it what this node knows.
     PeerConnected(NodeId),
     /// A peer declared this incarnation dead: it must not go on.
-    Fenced { by: NodeId, reason: String },
+    Fenced {
+        by: NodeId,
+        reason: String,
+    },
     /// A segment was created here (this node is its home): tell the cluster.
     Created(Arc<Segment>),
     /// Ask the home of `name`'s would-be segment to create it.
@@ -94,15 +102,23 @@ pub enum Input {
         reply: Sender<Result<u64, String>>,
     },
     /// Forget a waiter whose client gave up (timeout, disconnect).
-    Forget { token: u64 },
+    Forget {
+        token: u64,
+    },
     Lock {
         seg: SegmentId,
         lock: u32,
         token: u64,
         reply: Sender<Result<(), String>>,
     },
-    Unlock { seg: SegmentId, lock: u32, token: u64 },
-    Status { reply: Sender<ClusterStatus> },
+    Unlock {
+        seg: SegmentId,
+        lock: u32,
+        token: u64,
+    },
+    Status {
+        reply: Sender<ClusterStatus>,
+    },
 }
 
 /// What `segment stat` adds for a cluster segment.
@@ -384,7 +400,10 @@ impl Engine {
         let read = att.uffd.read_events(&mut events, FAULT_BATCH);
         let _ = self.epoll.rearm(att.uffd.as_fd(), UFFD_TOKEN | id);
         if let Err(e) = read {
-            log::error!("pid {}: reading its uffd failed: {e}; detaching it", att.pid);
+            log::error!(
+                "pid {}: reading its uffd failed: {e}; detaching it",
+                att.pid
+            );
             self.detach(id);
             self.events = events;
             return;
@@ -478,7 +497,10 @@ impl Engine {
             match frame {
                 Ok(PeerFrame::Heartbeat) => {}
                 Ok(PeerFrame::Protocol(env)) if !page_sized(&env.msg) => {
-                    closed = Some(format!("a page of the wrong size in {} (a bug or a lying peer)", env.msg));
+                    closed = Some(format!(
+                        "a page of the wrong size in {} (a bug or a lying peer)",
+                        env.msg
+                    ));
                     break;
                 }
                 Ok(PeerFrame::Protocol(env)) if env.from == from && env.to == self.me() => {
@@ -491,7 +513,9 @@ impl Engine {
                     self.pump();
                 }
                 Ok(other) => {
-                    closed = Some(format!("unexpected frame {other:?} (a bug or a lying peer)"));
+                    closed = Some(format!(
+                        "unexpected frame {other:?} (a bug or a lying peer)"
+                    ));
                     break;
                 }
                 Err(e) => {
@@ -542,7 +566,14 @@ impl Engine {
         self.sendbuf = buf;
     }
 
-    fn fault(&mut self, att: Arc<Attachment>, page: u64, kind: FaultKind, write: bool, start: Instant) {
+    fn fault(
+        &mut self,
+        att: Arc<Attachment>,
+        page: u64,
+        kind: FaultKind,
+        write: bool,
+        start: Instant,
+    ) {
         let now = self.now();
         bump(&self.figures.faults);
         let key = PageKey::new(SegmentId(att.segment.info.id), page);
@@ -657,7 +688,8 @@ impl Engine {
                 }
             }
             Input::PeerConnected(peer) => {
-                let segments: Vec<SegmentInfo> = self.segs.values().map(|s| s.info.clone()).collect();
+                let segments: Vec<SegmentInfo> =
+                    self.segs.values().map(|s| s.info.clone()).collect();
                 self.send_peer(peer, PeerFrame::Control(Control::Catalog { segments }));
             }
             Input::Fenced { by, reason } => {
@@ -685,7 +717,8 @@ impl Engine {
             } => {
                 let req = self.req_id();
                 self.creates.insert(req, (reply, Instant::now()));
-                self.send_peer(home,
+                self.send_peer(
+                    home,
                     PeerFrame::Control(Control::CreateSegment {
                         req,
                         name,
@@ -739,7 +772,8 @@ impl Engine {
                 match self.home_of(seg) {
                     Some(h) if h == me => self.barrier_arrive(me, seg, barrier, parties, token),
                     Some(h) => {
-                        self.send_peer(h,
+                        self.send_peer(
+                            h,
                             PeerFrame::Control(Control::BarrierArrive {
                                 seg: seg.0,
                                 barrier,
@@ -783,7 +817,8 @@ impl Engine {
                 match self.home_of(seg) {
                     Some(h) if h == me => self.lock_acquire(me, seg, lock, token),
                     Some(h) => {
-                        self.send_peer(h,
+                        self.send_peer(
+                            h,
                             PeerFrame::Control(Control::LockAcquire {
                                 seg: seg.0,
                                 lock,
@@ -801,7 +836,8 @@ impl Engine {
                 match self.home_of(seg) {
                     Some(h) if h == me => self.lock_release(me, seg, lock, token),
                     Some(h) => {
-                        self.send_peer(h,
+                        self.send_peer(
+                            h,
                             PeerFrame::Control(Control::LockRelease {
                                 seg: seg.0,
                                 lock,
@@ -905,19 +941,21 @@ impl Engine {
                         });
                         info
                     });
-                self.send_peer(from,
+                self.send_peer(
+                    from,
                     PeerFrame::Control(Control::CreateReply { req, result }),
                 );
             }
             Control::CreateReply { req, result } => {
-                let result = result.and_then(|info| match self.daemon.adopt_cluster_segment(&info) {
-                    Ok(Some(seg)) => {
-                        self.adopt(seg);
-                        Ok(info)
-                    }
-                    Ok(None) => Ok(info),
-                    Err(e) => Err(e),
-                });
+                let result =
+                    result.and_then(|info| match self.daemon.adopt_cluster_segment(&info) {
+                        Ok(Some(seg)) => {
+                            self.adopt(seg);
+                            Ok(info)
+                        }
+                        Ok(None) => Ok(info),
+                        Err(e) => Err(e),
+                    });
                 if let Some((r, _)) = self.creates.remove(&req) {
                     let _ = r.send(result);
                 }
@@ -953,7 +991,8 @@ impl Engine {
             }
             Control::StatusRequest { req } => {
                 let figures = self.my_figures();
-                self.send_peer(from,
+                self.send_peer(
+                    from,
                     PeerFrame::Control(Control::StatusReply { req, figures }),
                 );
             }
@@ -975,7 +1014,14 @@ impl Engine {
         }
     }
 
-    fn barrier_arrive(&mut self, from: NodeId, seg: SegmentId, barrier: u32, parties: u32, token: u64) {
+    fn barrier_arrive(
+        &mut self,
+        from: NodeId,
+        seg: SegmentId,
+        barrier: u32,
+        parties: u32,
+        token: u64,
+    ) {
         let me = self.me();
         if self.home_of(seg) != Some(me) {
             let reason = format!("{me} is not the home of segment id {}", seg.0);
@@ -1005,12 +1051,13 @@ impl Engine {
                 if n == me {
                     for t in tokens {
                         self.barrier_of.remove(&t);
-                    if let Some(w) = self.barrier_waiters.remove(&t) {
+                        if let Some(w) = self.barrier_waiters.remove(&t) {
                             let _ = w.send(Ok(generation));
                         }
                     }
                 } else {
-                    self.send_peer(n,
+                    self.send_peer(
+                        n,
                         PeerFrame::Control(Control::BarrierRelease {
                             seg: seg.0,
                             barrier,
@@ -1033,7 +1080,8 @@ impl Engine {
         if to == self.me() {
             self.refuse_waiter(token, reason);
         } else {
-            self.send_peer(to,
+            self.send_peer(
+                to,
                 PeerFrame::Control(Control::SyncRefused { token, reason }),
             );
         }
@@ -1059,7 +1107,8 @@ impl Engine {
         if to == self.me() {
             self.lock_granted(token);
         } else {
-            self.send_peer(to,
+            self.send_peer(
+                to,
                 PeerFrame::Control(Control::LockGranted {
                     seg: seg.0,
                     lock,
@@ -1136,7 +1185,9 @@ impl Engine {
         let gap = now.saturating_sub(self.last_liveness_ms);
         self.last_liveness_ms = now;
         if gap > self.dead_after_ms / 4 {
-            log::warn!("the cluster engine did not run for {gap} ms; dead-peer checks wait one round");
+            log::warn!(
+                "the cluster engine did not run for {gap} ms; dead-peer checks wait one round"
+            );
             return;
         }
         for p in self.transport.peers() {
@@ -1195,9 +1246,9 @@ impl Engine {
             .iter()
             .filter(|(_, w)| {
                 w.deadline <= now
-                    || peers
-                        .iter()
-                        .all(|p| w.figures.contains_key(&p.id) || self.dead.get(&p.id) == Some(&true))
+                    || peers.iter().all(|p| {
+                        w.figures.contains_key(&p.id) || self.dead.get(&p.id) == Some(&true)
+                    })
             })
             .map(|(r, _)| *r)
             .collect();
@@ -1535,7 +1586,10 @@ impl Engine {
                     bad => {
                         bump(&self.figures.sigbus);
                         if bad == FaultResult::Poisoned {
-                            self.poisoned_seen.entry(page.seg).or_default().insert(page.page.0);
+                            self.poisoned_seen
+                                .entry(page.seg)
+                                .or_default()
+                                .insert(page.page.0);
                         }
                         log::error!(
                             "segment {} page {} (offset {:#x}): fault of pid {} ended {bad:?}; sending SIGBUS{}",
@@ -1554,7 +1608,10 @@ impl Engine {
                 };
                 if let Err(e) = r {
                     if !e.is_process_gone() {
-                        log::error!("{page}: resolving the fault of pid {} failed: {e}; sending SIGBUS", att.pid);
+                        log::error!(
+                            "{page}: resolving the fault of pid {} failed: {e}; sending SIGBUS",
+                            att.pid
+                        );
                         let _ = sigbus(&att, addr, kind);
                     }
                 }
@@ -1568,7 +1625,8 @@ impl Engine {
                 };
                 job.remaining -= 1;
                 if result != FaultResult::Ok {
-                    job.error.get_or_insert(format!("page {}: {result:?}", page.page.0));
+                    job.error
+                        .get_or_insert(format!("page {}: {result:?}", page.page.0));
                 } else if let Some(s) = self.segs.get(&job.seg) {
                     let pstart = page.page.0 * PS;
                     let lo = job.offset.max(pstart);
@@ -1580,7 +1638,8 @@ impl Engine {
                         s.memfd.read_exact_at(&mut job.buf[range], lo)
                     };
                     if let Err(e) = r {
-                        job.error.get_or_insert(format!("page cache I/O at {lo}: {e}"));
+                        job.error
+                            .get_or_insert(format!("page cache I/O at {lo}: {e}"));
                     }
                 }
                 if job.remaining == 0 {
@@ -1601,16 +1660,22 @@ impl Engine {
         for (seg, d) in &work {
             match d {
                 Durable::MapperWrite(..) => {
-                    mapper_ok.entry(*seg).or_insert_with(|| match self.segs.get(seg) {
-                        Some(s) => s.mapper.sync().map_err(|e| MapperError(e.to_string())),
-                        None => Err(MapperError("segment gone".into())),
-                    });
+                    mapper_ok
+                        .entry(*seg)
+                        .or_insert_with(|| match self.segs.get(seg) {
+                            Some(s) => s.mapper.sync().map_err(|e| MapperError(e.to_string())),
+                            None => Err(MapperError("segment gone".into())),
+                        });
                 }
                 Durable::Intent(..) => {
-                    intent_ok.entry(*seg).or_insert_with(|| match self.intents.get_mut(seg) {
-                        Some(l) => l.sync().map_err(|e| MapperError(format!("write-intent log: {e}"))),
-                        None => Err(MapperError("no write-intent log".into())),
-                    });
+                    intent_ok
+                        .entry(*seg)
+                        .or_insert_with(|| match self.intents.get_mut(seg) {
+                            Some(l) => l
+                                .sync()
+                                .map_err(|e| MapperError(format!("write-intent log: {e}"))),
+                            None => Err(MapperError("no write-intent log".into())),
+                        });
                 }
             }
         }
@@ -1704,16 +1769,18 @@ fn resolve(
                 att.uffd.wake(addr, PS)
             }
         }
-        FaultKind::Missing | FaultKind::Minor => match att.uffd.continue_(addr, PS, !writable, true) {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_exists() => {
-                if writable {
-                    att.uffd.write_protect(addr, PS, false, true)
-                } else {
-                    att.uffd.wake(addr, PS)
+        FaultKind::Missing | FaultKind::Minor => {
+            match att.uffd.continue_(addr, PS, !writable, true) {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_exists() => {
+                    if writable {
+                        att.uffd.write_protect(addr, PS, false, true)
+                    } else {
+                        att.uffd.wake(addr, PS)
+                    }
                 }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        },
+        }
     }
 }

@@ -11,9 +11,9 @@ pub mod transport;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -288,7 +288,9 @@ pub(crate) fn build_cluster_segment(
             let path = match &info.backing {
                 Backing::Zero => zero_store(data_dir, info.id),
                 Backing::File { path } => PathBuf::from(path),
-                Backing::Volume { .. } => return Err("a volume segment cannot be a cluster segment".into()),
+                Backing::Volume { .. } => {
+                    return Err("a volume segment cannot be a cluster segment".into())
+                }
             };
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
@@ -300,7 +302,9 @@ pub(crate) fn build_cluster_segment(
             };
             let m = pagemesh_store::FileMapper::open(&path, size)
                 .map_err(|e| format!("opening {}: {e}", path.display()))?;
-            let len = m.len_bytes().map_err(|e| format!("reading the size of {}: {e}", path.display()))?;
+            let len = m
+                .len_bytes()
+                .map_err(|e| format!("reading the size of {}: {e}", path.display()))?;
             if len < info.size_bytes {
                 return Err(format!(
                     "backing file {} is {len} bytes, shorter than the segment ({} bytes): restore it",
@@ -334,10 +338,17 @@ impl Daemon {
         announce: bool,
     ) -> Result<Arc<Segment>, String> {
         if !crate::server::valid_name(name) {
-            return Err(format!("invalid segment name {name:?}: 1-64 of [A-Za-z0-9._-]"));
+            return Err(format!(
+                "invalid segment name {name:?}: 1-64 of [A-Za-z0-9._-]"
+            ));
         }
         let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
-        if self.segments.read().unwrap_or_else(|e| e.into_inner()).contains_key(name) {
+        if self
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name)
+        {
             return Err(format!("segment {name:?} already exists in the cluster"));
         }
         let size = match (&backing, size_bytes) {
@@ -370,7 +381,10 @@ impl Daemon {
         catalog.add(&info, "default").map_err(|e| e.to_string())?;
         if announce {
             // The engine takes part in the segment before any attach of it can reach it.
-            let c = self.cluster.get().ok_or("this daemon is not part of a cluster")?;
+            let c = self
+                .cluster
+                .get()
+                .ok_or("this daemon is not part of a cluster")?;
             c.send(Input::Created(Arc::clone(&seg)))?;
         }
         self.segments
@@ -387,7 +401,10 @@ impl Daemon {
 
     /// Take a cluster segment another node announced into this node's catalog. `Ok(None)` if
     /// it is known already.
-    pub(crate) fn adopt_cluster_segment(&self, info: &SegmentInfo) -> Result<Option<Arc<Segment>>, String> {
+    pub(crate) fn adopt_cluster_segment(
+        &self,
+        info: &SegmentInfo,
+    ) -> Result<Option<Arc<Segment>>, String> {
         if info.home.is_none() || matches!(info.backing, Backing::Volume { .. }) {
             return Err(format!("segment {} is not a cluster segment", info.name));
         }
@@ -402,7 +419,12 @@ impl Daemon {
             ));
         }
         let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = self.segments.read().unwrap_or_else(|e| e.into_inner()).get(&info.name) {
+        if let Some(s) = self
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&info.name)
+        {
             if s.info.id == info.id {
                 return Ok(None);
             }

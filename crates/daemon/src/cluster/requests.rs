@@ -1,6 +1,10 @@
 //! Client requests on cluster segments and on the cluster itself: they go through the engine,
 //! and the connection thread waits for its answer with a bound.
 
+// The error of these helpers is the reply itself, built once per request: its size does not
+// matter here.
+#![allow(clippy::result_large_err)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -39,7 +43,10 @@ fn wait<T>(rx: mpsc::Receiver<T>, bound: Duration, what: &str) -> Result<T, Resp
     rx.recv_timeout(bound).map_err(|_| {
         err(
             ErrorCode::Internal,
-            format!("{what}: no answer from the cluster engine within {} s", bound.as_secs()),
+            format!(
+                "{what}: no answer from the cluster engine within {} s",
+                bound.as_secs()
+            ),
         )
     })
 }
@@ -84,7 +91,10 @@ impl Daemon {
             } => {
                 if matches!(backing, Backing::Volume { .. }) {
                     if home.is_some() {
-                        return Some(err(ErrorCode::InvalidArgument, "a volume segment is local to each node: it has no --home"));
+                        return Some(err(
+                            ErrorCode::InvalidArgument,
+                            "a volume segment is local to each node: it has no --home",
+                        ));
                     }
                     return None;
                 }
@@ -93,11 +103,20 @@ impl Daemon {
                 }
                 let home = home.unwrap_or(c.me());
                 if home != c.me() && !c.cfg.peers.iter().any(|p| p.0 == home) {
-                    return Some(err(ErrorCode::InvalidArgument, format!("--home {home}: no such node in this cluster")));
+                    return Some(err(
+                        ErrorCode::InvalidArgument,
+                        format!("--home {home}: no such node in this cluster"),
+                    ));
                 }
                 if home == c.me() {
                     return Some(
-                        match self.create_cluster_segment(name, *size_bytes, backing.clone(), home, true) {
+                        match self.create_cluster_segment(
+                            name,
+                            *size_bytes,
+                            backing.clone(),
+                            home,
+                            true,
+                        ) {
                             Ok(seg) => Response::Segment(seg.info.clone()),
                             Err(e) => err(ErrorCode::InvalidArgument, e),
                         },
@@ -132,7 +151,10 @@ impl Daemon {
                     .map_err(|e| err(ErrorCode::Internal, e))?;
                 match wait(rx, REQUEST_WAIT, "sync")? {
                     Ok(()) => Ok(Response::Synced { pages_written: 0 }),
-                    Err(e) => Err(err(ErrorCode::Io, format!("segment {name}: sync failed: {e}"))),
+                    Err(e) => Err(err(
+                        ErrorCode::Io,
+                        format!("segment {name}: sync failed: {e}"),
+                    )),
                 }
             }),
             Request::ReadAt { name, offset, len } => run(&|| {
@@ -166,7 +188,9 @@ impl Daemon {
                 })
                 .map_err(|e| err(ErrorCode::Internal, e))?;
                 wait(rx, REQUEST_WAIT, "write")?
-                    .map(|d| Response::Written { bytes: d.len() as u64 })
+                    .map(|d| Response::Written {
+                        bytes: d.len() as u64,
+                    })
                     .map_err(|e| err(ErrorCode::Poisoned, format!("segment {name}: {e}")))
             }),
             Request::StatSegment { name } => {
@@ -236,7 +260,10 @@ impl Daemon {
                 .map_err(|e| err(ErrorCode::Internal, e))?;
                 match rx.recv_timeout(Duration::from_millis((*timeout_ms).min(MAX_SYNC_WAIT_MS))) {
                     Ok(Ok(generation)) => Ok(Response::BarrierPassed { generation }),
-                    Ok(Err(e)) => Err(err(ErrorCode::InvalidArgument, format!("segment {name} barrier {barrier}: {e}"))),
+                    Ok(Err(e)) => Err(err(
+                        ErrorCode::InvalidArgument,
+                        format!("segment {name} barrier {barrier}: {e}"),
+                    )),
                     Err(_) => {
                         let _ = c.send(Input::Forget { token });
                         Err(err(
@@ -256,7 +283,10 @@ impl Daemon {
                     Err(e) => return Some(e),
                 };
                 if locks.held.iter().any(|h| h.0 == seg && h.1 == *lock) {
-                    return Some(err(ErrorCode::InvalidArgument, format!("segment {name} lock {lock} is already held by this connection")));
+                    return Some(err(
+                        ErrorCode::InvalidArgument,
+                        format!("segment {name} lock {lock} is already held by this connection"),
+                    ));
                 }
                 let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = mpsc::channel();
@@ -268,19 +298,30 @@ impl Daemon {
                 }) {
                     return Some(err(ErrorCode::Internal, e));
                 }
-                locks.tx.get_or_insert_with(|| super::engine_sender(self).expect("cluster is up"));
+                locks
+                    .tx
+                    .get_or_insert_with(|| super::engine_sender(self).expect("cluster is up"));
                 // From here the lock may be granted at any time: release it whatever happens.
                 locks.held.push((seg, *lock, token));
                 Some(
-                    match rx.recv_timeout(Duration::from_millis((*timeout_ms).min(MAX_SYNC_WAIT_MS))) {
+                    match rx
+                        .recv_timeout(Duration::from_millis((*timeout_ms).min(MAX_SYNC_WAIT_MS)))
+                    {
                         Ok(Ok(())) => Response::LockHeld,
                         Ok(Err(e)) => {
                             locks.held.pop();
-                            err(ErrorCode::InvalidArgument, format!("segment {name} lock {lock}: {e}"))
+                            err(
+                                ErrorCode::InvalidArgument,
+                                format!("segment {name} lock {lock}: {e}"),
+                            )
                         }
                         Err(_) => {
                             locks.held.pop();
-                            let _ = c.send(Input::Unlock { seg, lock: *lock, token });
+                            let _ = c.send(Input::Unlock {
+                                seg,
+                                lock: *lock,
+                                token,
+                            });
                             err(
                                 ErrorCode::TimedOut,
                                 format!("segment {name} lock {lock}: not granted within {timeout_ms} ms"),
@@ -295,7 +336,10 @@ impl Daemon {
                     Err(e) => return Some(e),
                 };
                 let Some(i) = locks.held.iter().position(|h| h.0 == seg && h.1 == *lock) else {
-                    return Some(err(ErrorCode::InvalidArgument, format!("segment {name} lock {lock} is not held by this connection")));
+                    return Some(err(
+                        ErrorCode::InvalidArgument,
+                        format!("segment {name} lock {lock} is not held by this connection"),
+                    ));
                 };
                 let (seg, lock, token) = locks.held.remove(i);
                 Some(match c.send(Input::Unlock { seg, lock, token }) {
@@ -307,7 +351,11 @@ impl Daemon {
                 let (tx, rx) = mpsc::channel();
                 c.send(Input::Status { reply: tx })
                     .map_err(|e| err(ErrorCode::Internal, e))?;
-                Ok(Response::Cluster(wait(rx, Duration::from_secs(10), "cluster status")?))
+                Ok(Response::Cluster(wait(
+                    rx,
+                    Duration::from_secs(10),
+                    "cluster status",
+                )?))
             }),
             _ => None,
         }
@@ -315,7 +363,8 @@ impl Daemon {
 }
 
 fn check_range(name: &str, offset: u64, len: u64, size: u64) -> Result<(), Response> {
-    if len > pagemesh_proto::MAX_IO_CHUNK_BYTES || offset.checked_add(len).is_none_or(|e| e > size) {
+    if len > pagemesh_proto::MAX_IO_CHUNK_BYTES || offset.checked_add(len).is_none_or(|e| e > size)
+    {
         return Err(err(
             ErrorCode::InvalidArgument,
             format!("segment {name}: range {offset}+{len} is outside the segment ({size} bytes) or larger than one request"),

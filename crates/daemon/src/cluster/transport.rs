@@ -197,7 +197,7 @@ impl Transport {
 
     fn queue(&self, l: &Link, o: &mut Out, bytes: &[u8]) -> bool {
         if o.backlog.len() + bytes.len() > MAX_BACKLOG_BYTES {
-            if l.dropped.fetch_add(1, Ordering::Relaxed) % 1024 == 0 {
+            if l.dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(1024) {
                 log::warn!(
                     "peer at {}: {} bytes waiting to be sent; dropping frames (the protocol retransmits)",
                     l.addr,
@@ -371,9 +371,7 @@ impl Transport {
                     Err(Dial::Failed(format!("refused: {reason}")))
                 }
             }
-            Ok((other, _)) => Err(Dial::Failed(format!(
-                "expected a welcome, got {other:?}"
-            ))),
+            Ok((other, _)) => Err(Dial::Failed(format!("expected a welcome, got {other:?}"))),
             Err(e) => Err(Dial::Failed(format!("waiting for the welcome: {e}"))),
         }
     }
@@ -390,12 +388,13 @@ impl Transport {
                         continue;
                     }
                     let t = Arc::clone(&self);
-                    let spawned = std::thread::Builder::new()
-                        .name("peer-hello".into())
-                        .spawn(move || {
-                            t.handshake(s);
-                            t.handshakes.fetch_sub(1, Ordering::SeqCst);
-                        });
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("peer-hello".into())
+                            .spawn(move || {
+                                t.handshake(s);
+                                t.handshakes.fetch_sub(1, Ordering::SeqCst);
+                            });
                     if let Err(e) = spawned {
                         self.handshakes.fetch_sub(1, Ordering::SeqCst);
                         log::error!("peer listener: cannot start a handshake thread: {e}");
@@ -433,7 +432,9 @@ impl Transport {
                 n,
             )) => {
                 if version != PEER_PROTOCOL_VERSION {
-                    let r = format!("peer protocol version {version}, this node speaks {PEER_PROTOCOL_VERSION}");
+                    let r = format!(
+                        "peer protocol version {version}, this node speaks {PEER_PROTOCOL_VERSION}"
+                    );
                     return refuse(&mut s, r, false);
                 }
                 if cluster_id != self.cluster_id {
