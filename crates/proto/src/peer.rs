@@ -895,8 +895,12 @@ mod tests {
             let mut buf = Vec::new();
             encode_peer_frame(&f, &mut buf);
             let body = &buf[4..];
-            for cut in 0..body.len().min(200) {
-                assert!(decode_peer_frame(&body[..cut]).is_err() || cut == body.len());
+            // Every frame but `Refused` (whose reason is the rest of the frame) has a fixed or
+            // self-describing length: a truncated one must not decode.
+            if !matches!(f, PeerFrame::Refused { .. }) {
+                for cut in 0..body.len().min(200) {
+                    assert!(decode_peer_frame(&body[..cut]).is_err(), "{f:?} cut at {cut}");
+                }
             }
             for _ in 0..300 {
                 seed ^= seed << 13;
