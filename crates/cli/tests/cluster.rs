@@ -370,3 +370,84 @@ fn barriers_and_locks_are_served_by_the_home() {
         .expect_err("still alone");
     assert!(err.to_string().contains("parties"), "{err}");
 }
+
+#[test]
+fn a_node_configured_by_a_toml_file_joins_nodes_configured_by_flags() {
+    let ports = free_ports(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("node1.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "node_id = 1\nlisten = \"127.0.0.1:{}\"\ncluster_id = 77\ndead_after_ms = 4000\n\
+             [[peer]]\nid = 2\naddr = \"127.0.0.1:{}\"\n",
+            ports[0], ports[1]
+        ),
+    )
+    .expect("write config");
+    let conf = conf.display().to_string();
+    let n1 = Daemon::start_with(&["--config", &conf]);
+    let p1 = format!("1=127.0.0.1:{}", ports[0]);
+    let l2 = format!("127.0.0.1:{}", ports[1]);
+    let n2 = Daemon::start_with(&[
+        "--node-id",
+        "2",
+        "--listen",
+        &l2,
+        "--peer",
+        &p1,
+        "--cluster-id",
+        "77",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = n2.run(&["cluster", "status", "--json"]).ok();
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        if s["cluster_id"] == 77
+            && s["nodes"]
+                .as_array()
+                .expect("nodes")
+                .iter()
+                .all(|n| n["alive"] == true && n["figures"].is_object())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection: {s}\n{}",
+            n1.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A node of another cluster is refused, loudly.
+    let bad = Daemon::start_with(&[
+        "--node-id",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--peer",
+        &p1,
+        "--cluster-id",
+        "78",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !n1.log().contains("cluster id 0x4e") {
+        assert!(Instant::now() < deadline, "no refusal logged: {}", n1.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(bad);
+    // A config with a typo is an error that names it.
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "node_idd = 1\n").expect("write");
+    let out = std::process::Command::new(common::BIN)
+        .args(["--socket", "/nonexistent/x.sock", "daemon", "--config"])
+        .arg(&typo)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("node_idd"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
