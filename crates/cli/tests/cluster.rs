@@ -272,6 +272,17 @@ fn a_node_killed_mid_workload_poisons_only_its_unsynced_pages_and_rejoins() {
     assert!(t.elapsed() < Duration::from_secs(40));
     let stat = common::stat_json(c.node(1), "data");
     assert_eq!(stat["poisoned_pages"], 1024, "{stat}");
+    // Clearing the poison (asked on another node than the home) restores the mapper's contents:
+    // never synced, so zeros.
+    let out = c.node(2).run(&["segment", "clear-poison", "data"]).ok();
+    assert!(out.stdout_str().contains("1024"), "{}", out.stdout_str());
+    let stat = common::stat_json(c.node(1), "data");
+    assert_eq!(stat["poisoned_pages"], 0, "{stat}");
+    let out = c
+        .node(2)
+        .run(&["segment", "read", "data", "--offset", &half, "--len", "8"])
+        .ok();
+    assert_eq!(out.stdout, vec![0u8; 8]);
     // Synced pages are intact, through both survivors.
     c.node(1)
         .run(&["memtest", "data", "--verify", "5", "--len", &half])

@@ -141,6 +141,20 @@ pub enum Control {
         /// Which round of the barrier this was (counts from 1).
         generation: u64,
     },
+    /// Restore every poisoned page of segment `seg` (sent to its home).
+    ClearPoison {
+        /// Matches the reply.
+        req: u64,
+        /// Segment.
+        seg: u64,
+    },
+    /// The home's answer: pages cleared, or what went wrong.
+    ClearPoisonDone {
+        /// The request answered.
+        req: u64,
+        /// Pages cleared.
+        result: Result<u64, String>,
+    },
     /// A waiter gave up (timed out): the home must not count its arrival.
     BarrierCancel {
         /// Segment.
@@ -899,7 +913,10 @@ mod tests {
             // self-describing length: a truncated one must not decode.
             if !matches!(f, PeerFrame::Refused { .. }) {
                 for cut in 0..body.len().min(200) {
-                    assert!(decode_peer_frame(&body[..cut]).is_err(), "{f:?} cut at {cut}");
+                    assert!(
+                        decode_peer_frame(&body[..cut]).is_err(),
+                        "{f:?} cut at {cut}"
+                    );
                 }
             }
             for _ in 0..300 {

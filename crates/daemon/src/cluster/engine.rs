@@ -94,6 +94,11 @@ pub enum Input {
         seg: SegmentId,
         reply: Sender<ClusterSegStat>,
     },
+    /// Restore every poisoned page of a segment from its mapper (or zero); answers how many.
+    ClearPoison {
+        seg: SegmentId,
+        reply: Sender<Result<u64, String>>,
+    },
     Barrier {
         seg: SegmentId,
         barrier: u32,
@@ -209,6 +214,25 @@ struct LockState {
     queue: VecDeque<(NodeId, u64)>,
 }
 
+/// Who asked for a clear-poison job.
+enum ClearFor {
+    Local(Sender<Result<u64, String>>),
+    Peer(NodeId, u64),
+}
+
+/// Clearing the poisoned pages of one segment at its home, a bounded number at a time.
+struct ClearJob {
+    seg: SegmentId,
+    todo: VecDeque<u64>,
+    in_flight: usize,
+    cleared: u64,
+    failed: u64,
+    for_: ClearFor,
+}
+
+/// Clear-poison calls in flight per job.
+const CLEAR_WINDOW: usize = 32;
+
 struct StatusWait {
     reply: Sender<ClusterStatus>,
     figures: HashMap<NodeId, NodeFigures>,
@@ -240,6 +264,11 @@ pub struct Engine {
     pending: HashMap<u64, Pending>,
     next_fault: u64,
     calls: HashMap<u64, Sender<Result<(), String>>>,
+    /// Clear-poison calls: call id -> job.
+    clear_calls: HashMap<u64, u64>,
+    clear_jobs: HashMap<u64, ClearJob>,
+    /// Clear-poison requests sent to a home: request -> (reply, when).
+    clears: HashMap<u64, (Sender<Result<u64, String>>, Instant)>,
     next_call: u64,
     ios: HashMap<u64, IoJob>,
     next_io: u64,
@@ -299,6 +328,9 @@ impl Engine {
             pending: HashMap::new(),
             next_fault: 1,
             calls: HashMap::new(),
+            clear_calls: HashMap::new(),
+            clear_jobs: HashMap::new(),
+            clears: HashMap::new(),
             next_call: 1,
             ios: HashMap::new(),
             next_io: 1,
@@ -365,6 +397,8 @@ impl Engine {
                 // The asking client gave up after 10 s.
                 self.creates
                     .retain(|_, (_, t)| t.elapsed() < Duration::from_secs(15));
+                self.clears
+                    .retain(|_, (_, t)| t.elapsed() < Duration::from_secs(130));
             }
         }
     }
@@ -740,6 +774,23 @@ impl Engine {
                 data,
                 reply,
             } => self.start_io(seg, offset, len, data, reply),
+            Input::ClearPoison { seg, reply } => {
+                let me = self.me();
+                match self.home_of(seg) {
+                    Some(h) if h == me => self.start_clear(seg, ClearFor::Local(reply)),
+                    Some(h) => {
+                        let req = self.req_id();
+                        self.clears.insert(req, (reply, Instant::now()));
+                        self.send_peer(
+                            h,
+                            PeerFrame::Control(Control::ClearPoison { req, seg: seg.0 }),
+                        );
+                    }
+                    None => {
+                        let _ = reply.send(Err("not a cluster segment of this node".into()));
+                    }
+                }
+            }
             Input::Stat { seg, reply } => {
                 let mut st = ClusterSegStat::default();
                 for (k, c) in self.node.copies() {
@@ -977,6 +1028,30 @@ impl Engine {
                 }
             }
             Control::SyncRefused { token, reason } => self.refuse_waiter(token, reason),
+            Control::ClearPoison { req, seg } => {
+                let seg = SegmentId(seg);
+                if self.home_of(seg) == Some(me) {
+                    self.start_clear(seg, ClearFor::Peer(from, req));
+                } else {
+                    self.send_peer(
+                        from,
+                        PeerFrame::Control(Control::ClearPoisonDone {
+                            req,
+                            result: Err(format!("{me} is not the home of segment id {}", seg.0)),
+                        }),
+                    );
+                }
+            }
+            Control::ClearPoisonDone { req, result } => {
+                if let Some((r, _)) = self.clears.remove(&req) {
+                    if result.is_ok() {
+                        // Find the segment by asking which clear this was is not needed: what
+                        // this node saw poisoned is stale now for every segment it asked about.
+                        self.poisoned_seen.clear();
+                    }
+                    let _ = r.send(result);
+                }
+            }
             Control::BarrierCancel {
                 seg,
                 barrier,
@@ -1066,6 +1141,76 @@ impl Engine {
                         }),
                     );
                 }
+            }
+        }
+    }
+
+    fn start_clear(&mut self, seg: SegmentId, for_: ClearFor) {
+        let todo: VecDeque<u64> = self.node.poisoned_pages(seg).into_iter().collect();
+        let id = self.req_id();
+        self.clear_jobs.insert(
+            id,
+            ClearJob {
+                seg,
+                todo,
+                in_flight: 0,
+                cleared: 0,
+                failed: 0,
+                for_,
+            },
+        );
+        self.clear_step(id, None);
+    }
+
+    /// One clear-poison call of job `id` ended (or the job starts): issue more, or answer.
+    fn clear_step(&mut self, id: u64, ended: Option<CallResult>) {
+        let now = self.now();
+        let mut issue = Vec::new();
+        let finished = {
+            let Some(job) = self.clear_jobs.get_mut(&id) else {
+                return;
+            };
+            if let Some(r) = ended {
+                job.in_flight -= 1;
+                match r {
+                    CallResult::Ok => job.cleared += 1,
+                    _ => job.failed += 1,
+                }
+            }
+            while job.in_flight < CLEAR_WINDOW {
+                let Some(p) = job.todo.pop_front() else {
+                    break;
+                };
+                job.in_flight += 1;
+                issue.push(PageKey::new(job.seg, p));
+            }
+            job.in_flight == 0 && job.todo.is_empty()
+        };
+        for page in issue {
+            let call = self.next_call;
+            self.next_call += 1;
+            self.clear_calls.insert(call, id);
+            self.node.clear_poison(now, CallId(call), page);
+        }
+        if finished {
+            let job = self.clear_jobs.remove(&id).expect("present");
+            self.poisoned_seen.remove(&job.seg);
+            let result = if job.failed == 0 {
+                Ok(job.cleared)
+            } else {
+                Err(format!(
+                    "{} page(s) cleared, {} could not be (still held, or the mapper failed): try again",
+                    job.cleared, job.failed
+                ))
+            };
+            match job.for_ {
+                ClearFor::Local(r) => {
+                    let _ = r.send(result);
+                }
+                ClearFor::Peer(n, req) => self.send_peer(
+                    n,
+                    PeerFrame::Control(Control::ClearPoisonDone { req, result }),
+                ),
             }
         }
     }
@@ -1504,6 +1649,10 @@ impl Engine {
                 result,
             } => self.fault_done(fault.0, *page, *result),
             Output::CallDone { call, result } => {
+                if let Some(job) = self.clear_calls.remove(&call.0) {
+                    self.clear_step(job, Some(*result));
+                    return;
+                }
                 if let Some(r) = self.calls.remove(&call.0) {
                     let _ = r.send(match result {
                         CallResult::Ok => Ok(()),

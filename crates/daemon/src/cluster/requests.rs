@@ -224,8 +224,23 @@ impl Daemon {
                     }))
                 })
             }
-            Request::ClearPoison { name }
-            | Request::Pin { name, .. }
+            Request::ClearPoison { name } => {
+                match self.segment(name) {
+                    Ok(s) if s.info.home.is_some() => {}
+                    _ => return None,
+                }
+                run(&|| {
+                    let seg = cluster_seg(name)?;
+                    let (tx, rx) = mpsc::channel();
+                    c.send(Input::ClearPoison { seg, reply: tx })
+                        .map_err(|e| err(ErrorCode::Internal, e))?;
+                    match wait(rx, REQUEST_WAIT, "clear-poison")? {
+                        Ok(pages) => Ok(Response::PoisonCleared { pages }),
+                        Err(e) => Err(err(ErrorCode::Io, format!("segment {name}: {e}"))),
+                    }
+                })
+            }
+            Request::Pin { name, .. }
             | Request::Unpin { name, .. }
             | Request::PageInfo { name, .. }
             | Request::RemoveSegment { name } => {

@@ -197,7 +197,10 @@ impl Transport {
 
     fn queue(&self, l: &Link, o: &mut Out, bytes: &[u8]) -> bool {
         if o.backlog.len() + bytes.len() > MAX_BACKLOG_BYTES {
-            if l.dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(1024) {
+            if l.dropped
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(1024)
+            {
                 log::warn!(
                     "peer at {}: {} bytes waiting to be sent; dropping frames (the protocol retransmits)",
                     l.addr,
