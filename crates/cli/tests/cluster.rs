@@ -462,3 +462,45 @@ fn a_node_configured_by_a_toml_file_joins_nodes_configured_by_flags() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_demo_runs_a_three_node_stencil_and_verifies_it() {
+    let out = finish(
+        std::process::Command::new(common::BIN)
+            .args([
+                "demo",
+                "--n",
+                "128",
+                "--iters",
+                "30",
+                "--increments",
+                "2000",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start demo"),
+        &[],
+        Duration::from_secs(120),
+        &["pagemesh demo"],
+    )
+    .ok();
+    let text = out.stdout_str();
+    assert!(
+        text.contains("verified: the shared grid equals the single-process result bit for bit"),
+        "{text}"
+    );
+    assert!(
+        text.contains("counter: 6 processes on 3 nodes x 2000 atomic increments = 12000, exact"),
+        "{text}"
+    );
+    // Every node reports its figures, and pages really moved between them.
+    for n in 1..=3 {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{n} "))),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("(no answer)"), "{text}");
+}
