@@ -369,6 +369,7 @@ impl Engine {
         let now = self.now();
         self.node.start(now);
         self.pump();
+        self.flush_durable();
         let mut tokens = Vec::with_capacity(64);
         let mut next_tick = Instant::now();
         loop {
@@ -385,6 +386,7 @@ impl Engine {
                 self.ready(t);
             }
             self.drain_inputs();
+            self.flush_durable();
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + Duration::from_millis(self.tick_ms);
                 let now = self.now();
@@ -393,6 +395,7 @@ impl Engine {
                 self.check_liveness(now);
                 self.pump();
                 self.close_silent_conns();
+                self.flush_durable();
                 self.finish_statuses(false);
                 // The asking client gave up after 10 s.
                 self.creates
@@ -1498,11 +1501,9 @@ impl Engine {
                     }
                     continue;
                 }
-                if self.durable.is_empty() {
-                    return;
-                }
-                self.complete_durable();
-                continue;
+                // Mapper and intent writes are made durable once per round of the event loop
+                // (`flush_durable`), so concurrent faults share one fsync.
+                return;
             }
             let outs = std::mem::take(&mut self.outs);
             for o in &outs {
@@ -1799,6 +1800,15 @@ impl Engine {
                     });
                 }
             }
+        }
+    }
+
+    /// Make this round's mapper and intent writes durable (one fsync per file) and report
+    /// them to the core, until nothing more is waiting.
+    fn flush_durable(&mut self) {
+        while !self.durable.is_empty() {
+            self.complete_durable();
+            self.pump();
         }
     }
 
