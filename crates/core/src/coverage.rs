@@ -62,6 +62,7 @@ branches! {
     PeerRestartPoison,
     HomeRetransmit,
     StaleEpochDropped,
+    PeerDeadUnknownEpoch,
     HomeIntentSet,
     HomeIntentFailed,
     FlushIntentClear,

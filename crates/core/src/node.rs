@@ -166,12 +166,23 @@ impl Node {
     /// poisoned). When the peer really restarts, its next epoch is accepted as usual. A peer
     /// that was only cut off and comes back with the fenced epoch is ignored; the driver tells
     /// it to restart.
+    ///
+    /// A peer never heard from by this incarnation cannot be fenced (its epoch is unknown) and
+    /// holds nothing this node knows of; the call then changes nothing. In particular a
+    /// restarted home keeps waiting for that peer's holdings: it may hold copies granted by the
+    /// home's previous incarnation, and, not being fenced, would come back with them.
     pub fn peer_dead(&mut self, now_ms: u64, peer: NodeId) {
         self.io.now_ms = now_ms;
         if peer == self.io.id {
             return;
         }
         let known = self.io.peer_epochs.get(&peer).copied().unwrap_or_default();
+        if known == Epoch(0) {
+            // Fencing "below epoch 1" would fence nothing, yet dropping the peer from a rebuild
+            // would void copies its live incarnation still uses (and will report).
+            self.io.hit(Branch::PeerDeadUnknownEpoch);
+            return;
+        }
         self.io.peer_epochs.insert(peer, Epoch(known.0 + 1));
         self.peer_restarted(peer);
     }
@@ -623,6 +634,65 @@ mod tests {
         info.pages = 9;
         assert!(n.add_segment(info).is_err());
         assert_eq!(n.segments().count(), 2);
+    }
+
+    #[test]
+    fn a_restarted_home_does_not_void_the_holdings_of_a_peer_it_never_heard() {
+        // The home restarts while node1 (epoch 1, holding page 3 in M, granted by the home's
+        // first incarnation) is cut off, and membership declares node1 dead before the home
+        // heard from it. Its epoch is unknown here, so nothing can fence it: the rebuild must
+        // go on waiting for its holdings rather than poison page 3 and reuse it while node1,
+        // still alive and accepted, writes to its copy.
+        let mut n = node(0, 0, 2);
+        n.start(0);
+        let token = n
+            .take_outputs()
+            .iter()
+            .find_map(|o| match o {
+                Output::IntentRead { token, .. } => Some(*token),
+                _ => None,
+            })
+            .expect("the home reads its write intents");
+        n.intents_read_done(0, token, Ok(vec![3]));
+        n.peer_dead(5, NodeId(1));
+        let outs = n.take_outputs();
+        assert!(
+            !outs.iter().any(|o| matches!(
+                o,
+                Output::Event(Event::PagePoisoned { .. } | Event::Recovered { .. })
+            )),
+            "{outs:?}"
+        );
+        assert_eq!(n.peer_epoch(NodeId(1)), Epoch(0));
+        assert_eq!(n.coverage().count(Branch::PeerDeadUnknownEpoch), 1);
+        assert!(!n.is_idle(), "the rebuild still waits for node1");
+        // The partition heals: node1's incarnation 1 answers and its copy counts.
+        n.step(
+            10,
+            Envelope {
+                from: NodeId(1),
+                from_epoch: Epoch(1),
+                to: NodeId(0),
+                to_epoch: Epoch(2),
+                msg: Msg::Holdings {
+                    seg: SegmentId(1),
+                    copies: vec![(3, CacheState::Modified, Version(4), crate::ids::TxnId(9))],
+                },
+            },
+        );
+        assert!(n.take_outputs().contains(&Output::Event(Event::Recovered {
+            seg: SegmentId(1),
+            poisoned: 0
+        })));
+        let d = n.dir_page(page()).expect("entry");
+        assert_eq!(
+            (d.owner, d.version, d.poisoned),
+            (Some(NodeId(1)), Version(4), false)
+        );
+        // Once heard, a declaration fences that incarnation and voids its copy as usual.
+        n.peer_dead(20, NodeId(1));
+        assert_eq!(n.peer_epoch(NodeId(1)), Epoch(2));
+        assert!(n.dir_page(page()).expect("entry").poisoned);
     }
 
     #[test]

@@ -18,6 +18,10 @@ impl World {
                 let copy = core.copy(*page);
                 let mem = n.mem.get(page);
                 match (copy, mem) {
+                    (Some(_), Some(_)) if self.fenced_view(i, *page) => {
+                        // An orphaned copy on a node declared dead that has not stopped yet:
+                        // its home no longer counts it.
+                    }
                     (Some(c), Some(v)) => {
                         if c.state.is_exclusive() {
                             exclusive.push(i);
@@ -63,12 +67,30 @@ impl World {
     /// Before node `i` crashes: which pages may now be lost (and so may be poisoned). A page
     /// may be lost if the node held (or was being granted) its exclusive copy, or held a copy,
     /// or was sending its data, while the latest write was not yet synced.
+    ///
+    /// A node declared dead while alive leaves out the pages whose home already fenced it:
+    /// that home dropped what it held when it declared it (and marked them then); its copies
+    /// of them are orphans, which the crash no longer loses.
     pub(crate) fn mark_lost_by_crash(&mut self, i: usize) {
+        if self.nodes[i].fenced {
+            let fenced_by: Vec<bool> = (0..self.nodes.len()).map(|h| self.fences(h, i)).collect();
+            self.mark_lost_by(i, |h| !fenced_by[h]);
+        } else {
+            self.mark_lost_by(i, |_| true);
+        }
+    }
+
+    /// Which pages homed where `homes` says may be lost with node `i`'s copies (it crashed, or
+    /// a home declared it dead): the rule of [`World::mark_lost_by_crash`].
+    pub(crate) fn mark_lost_by(&mut self, i: usize, homes: impl Fn(usize) -> bool) {
         let me = NodeId(i as u32);
         let pages: Vec<PageKey> = self.model.pages.keys().copied().collect();
         for page in pages {
-            let copy = self.nodes[i].core.as_ref().and_then(|c| c.copy(page));
             let home = self.segs.iter().find(|s| s.id == page.seg).map(|s| s.home);
+            if home.is_some_and(|h| !homes(h.0 as usize)) {
+                continue;
+            }
+            let copy = self.nodes[i].core.as_ref().and_then(|c| c.copy(page));
             let dir = home.and_then(|h| {
                 self.nodes[h.0 as usize]
                     .core

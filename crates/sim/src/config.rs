@@ -24,6 +24,30 @@ pub struct SimConfig {
     pub max_mapper_ms: u64,
     /// Probability that a mapper read or write fails (while faults are on).
     pub mapper_fail_rate: f64,
+    /// Per 10 ms tick: probability of a "declared dead" fault: a node crashes, or is cut off
+    /// alone by a partition, for longer than `dead_after_ms`, so that the nodes that cannot
+    /// hear it call `Node::peer_dead`. 0 switches membership off entirely (no node is ever
+    /// declared dead, and the run draws exactly the random numbers it drew before this fault
+    /// existed).
+    pub dead_rate: f64,
+    /// The dead-peer limit: a node that cannot reach a peer (down, or on the other side of a
+    /// partition) for this long, plus up to a quarter of it of per-node jitter, declares it
+    /// dead. Only the side of a partition that is a strict majority of the cluster declares
+    /// live peers dead; a down peer is declared by every node. Keep it above the longest
+    /// ordinary partition (1500 ms) for ordinary partitions to stay short ones.
+    pub dead_after_ms: u64,
+    /// Nodes on a minority side of a partition declare the peers they cannot hear dead too, as
+    /// the daemon's membership does today (it has no quorum rule); here only once the majority
+    /// declared them dead, so that they are sure to stop at the heal (while the peers they
+    /// fenced go on: one outcome of the daemon's race at the heal). Such a node's directory
+    /// then drops copies that are still in use: its own view is no longer checked, only what
+    /// it leaves behind (mapper contents, write intents) once it has stopped.
+    pub minority_declares: bool,
+    /// A node declared dead while alive stops at the heal only if a node that is up then still
+    /// fences it — as in the daemon, whose fences live in memory (the core's peer epochs, the
+    /// transport's floor) and are forgotten when the fencing node restarts. Without this, it
+    /// stops at the heal whenever it was declared dead during its incarnation.
+    pub fences_forgotten: bool,
     /// Events a run may process before it is declared a livelock.
     pub max_steps: u64,
     /// Time allowed after faults stop and partitions heal for everything to complete.
@@ -49,6 +73,10 @@ impl Default for SimConfig {
             partition_rate: 0.004,
             max_mapper_ms: 15,
             mapper_fail_rate: 0.005,
+            dead_rate: 0.0,
+            dead_after_ms: 1600,
+            minority_declares: false,
+            fences_forgotten: false,
             liveness_bound_ms: 20_000,
             max_steps: 5_000_000,
             crash_homes: true,

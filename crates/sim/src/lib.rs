@@ -3,13 +3,16 @@
 //! One seed drives a cluster of [`pagemesh_core::Node`]s over a simulated network that delays,
 //! reorders, duplicates and drops messages, partitions nodes and crashes them; a workload of
 //! reads, writes, atomic increments, syncs and evictions runs on every node; checkers assert the
-//! invariants after every event. A failing seed replays exactly.
+//! invariants after every event. A failing seed replays exactly. With `SimConfig::dead_rate`,
+//! cluster membership declares nodes that stay silent too long dead (`Node::peer_dead`), and a
+//! node declared dead while only cut off stops when the partition heals.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod checks;
 mod config;
+mod membership;
 mod model;
 mod net;
 mod rng;

@@ -22,6 +22,14 @@ const USAGE: &str = "usage: pagemesh-sim (--seed S | --seeds N [--start S]) [opt
   --partition R       partition probability per 10 ms tick (default 0.004)
   --mapper-ms MS      largest mapper latency (default 15)
   --mapper-fail R     mapper I/O failure probability (default 0.005)
+  --dead R            'declared dead' fault probability per 10 ms tick: a node crashes or is
+                      cut off for longer than the dead-peer limit and its peers call peer_dead
+                      (default 0: membership off)
+  --dead-after MS     dead-peer limit (default 1600)
+  --minority-declares nodes on a minority side declare the peers they cannot hear dead too
+                      (as the daemon does today, without a quorum rule)
+  --fences-forgotten  a node declared dead stops at the heal only if an up node still fences
+                      it (fences are in memory, forgotten when the fencing node restarts)
   --no-home-crash     only non-home nodes crash
   --inject-bug        switch on the core's injected bug (skip one invalidation ack)
   --coverage          list protocol branches no seed reached
@@ -71,6 +79,10 @@ fn parse() -> Result<Args, String> {
             "--partition" => a.cfg.partition_rate = num(&flag, val()?)?,
             "--mapper-ms" => a.cfg.max_mapper_ms = num(&flag, val()?)?,
             "--mapper-fail" => a.cfg.mapper_fail_rate = num(&flag, val()?)?,
+            "--dead" => a.cfg.dead_rate = num(&flag, val()?)?,
+            "--dead-after" => a.cfg.dead_after_ms = num(&flag, val()?)?,
+            "--minority-declares" => a.cfg.minority_declares = true,
+            "--fences-forgotten" => a.cfg.fences_forgotten = true,
             "--inject-bug" => a.cfg.inject_bug = true,
             "--no-home-crash" => a.cfg.crash_homes = false,
             "--coverage" => a.coverage = true,
@@ -79,9 +91,14 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
     }
-    if a.cfg.nodes < 3 || a.cfg.pages < 1 || a.cfg.max_delay_ms == 0 || a.cfg.max_mapper_ms == 0 {
+    if a.cfg.nodes < 3
+        || a.cfg.pages < 1
+        || a.cfg.max_delay_ms == 0
+        || a.cfg.max_mapper_ms == 0
+        || a.cfg.dead_after_ms == 0
+    {
         return Err(format!(
-            "need --nodes >= 3, --pages >= 1, --max-delay >= 1, --mapper-ms >= 1\n{USAGE}"
+            "need --nodes >= 3, --pages >= 1, --max-delay >= 1, --mapper-ms >= 1, --dead-after >= 1\n{USAGE}"
         ));
     }
     if a.seed.is_none() == a.seeds.is_none() {
@@ -106,6 +123,17 @@ fn print_coverage(cov: &pagemesh_core::Coverage) {
     }
 }
 
+/// The membership figures, when membership was on.
+fn dead_summary(s: &pagemesh_sim::Stats) -> String {
+    if s.dead_faults == 0 && s.declarations == 0 {
+        return String::new();
+    }
+    format!(
+        "; declared dead: {} faults, {} declarations, {} fenced nodes stopped, {} reads on fenced nodes ({} stale, not checked), {} writes on orphaned copies",
+        s.dead_faults, s.declarations, s.fenced_stops, s.fenced_reads, s.fenced_stale_reads, s.fenced_writes
+    )
+}
+
 fn main() -> ExitCode {
     let args = match parse() {
         Ok(a) => a,
@@ -126,8 +154,8 @@ fn main() -> ExitCode {
                     }
                 }
                 println!(
-                    "seed {seed} passed: {} steps, {} ms simulated; {} reads, {} writes, {} increments, {} SIGBUS, {} syncs, {} evictions; {} messages ({} dropped, {} duplicated); {} crashes, {} partitions, {} pages poisoned",
-                    s.steps, s.time_ms, s.reads, s.writes, s.incrs, s.sigbus, s.syncs, s.evictions, s.sent, s.dropped, s.duplicated, s.crashes, s.partitions, s.poisoned
+                    "seed {seed} passed: {} steps, {} ms simulated; {} reads, {} writes, {} increments, {} SIGBUS, {} syncs, {} evictions; {} messages ({} dropped, {} duplicated); {} crashes, {} partitions, {} pages poisoned{}",
+                    s.steps, s.time_ms, s.reads, s.writes, s.incrs, s.sigbus, s.syncs, s.evictions, s.sent, s.dropped, s.duplicated, s.crashes, s.partitions, s.poisoned, dead_summary(&s)
                 );
                 if args.coverage {
                     print_coverage(&cov);
@@ -158,8 +186,8 @@ fn main() -> ExitCode {
             None => {
                 let t = &out.total;
                 println!(
-                    "totals: {} reads, {} writes, {} increments, {} SIGBUS, {} syncs; {} messages ({} dropped, {} duplicated); {} crashes, {} partitions, {} poisoned; {:.1} s",
-                    t.reads, t.writes, t.incrs, t.sigbus, t.syncs, t.sent, t.dropped, t.duplicated, t.crashes, t.partitions, t.poisoned, secs
+                    "totals: {} reads, {} writes, {} increments, {} SIGBUS, {} syncs; {} messages ({} dropped, {} duplicated); {} crashes, {} partitions, {} poisoned{}; {:.1} s",
+                    t.reads, t.writes, t.incrs, t.sigbus, t.syncs, t.sent, t.dropped, t.duplicated, t.crashes, t.partitions, t.poisoned, dead_summary(t), secs
                 );
                 println!("{} seeds passed", out.passed);
                 ExitCode::SUCCESS

@@ -13,7 +13,8 @@ pub struct PageModel {
     pub written_seq: u64,
     /// A sync that started after the latest write completed successfully.
     pub synced: bool,
-    /// A crash lost a copy that may have held unsynced data: poison is allowed.
+    /// A crash, or a home declaring a node dead, lost a copy that may have held unsynced data
+    /// (or an M copy): poison is allowed.
     pub poison_ok: bool,
     /// The home reported the page poisoned (and has not cleared it).
     pub poisoned: bool,
@@ -146,7 +147,7 @@ impl Model {
         let m = self.page(page);
         if !m.poison_ok {
             return Err(format!(
-                "{page}: poisoned, but no crash lost a copy of unsynced data (synced={}, value {})",
+                "{page}: poisoned, but no crash or declared-dead node lost a copy of unsynced data (synced={}, value {})",
                 m.synced, m.value
             ));
         }

@@ -59,6 +59,8 @@ fn replay(cfg: &SimConfig, seed: u64, violation: Violation) -> Failure {
                     || l.contains("CRASH")
                     || l.contains(" up, epoch")
                     || l.contains("partition")
+                    || l.contains("DEAD")
+                    || l.contains("stops")
                     || l.contains("QUIESCE")
             }
             None => true,
@@ -102,6 +104,12 @@ fn add(total: &mut Stats, s: &Stats) {
     total.crashes += s.crashes;
     total.partitions += s.partitions;
     total.poisoned += s.poisoned;
+    total.dead_faults += s.dead_faults;
+    total.declarations += s.declarations;
+    total.fenced_stops += s.fenced_stops;
+    total.fenced_reads += s.fenced_reads;
+    total.fenced_stale_reads += s.fenced_stale_reads;
+    total.fenced_writes += s.fenced_writes;
 }
 
 /// Run seeds `start..start + n` on `threads` threads. Stops early past a failure, and reports

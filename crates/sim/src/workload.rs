@@ -1,7 +1,7 @@
 //! The simulated processes: what they ask of their node, and what happens when the node answers.
 //! Also the execution of the core's outputs against the simulated memory and mapper.
 
-use crate::world::{fail, CallKind, Ev, Op, OpKind, Violation, World};
+use crate::world::{fail, CallKind, Ev, Op, OpKind, Violation, World, RESIDENT_PROC};
 use pagemesh_core::{
     Access, CallId, CallResult, Event, EvictStart, FaultId, FaultResult, Msg, Output, PageData,
     PageKey,
@@ -42,6 +42,9 @@ impl World {
             return Ok(());
         }
         self.nodes[node].procs[proc].0 -= 1;
+        if proc == RESIDENT_PROC {
+            return self.resident_op(node, proc, epoch);
+        }
         let now = self.now;
         let roll = self.rng.below(100);
         if roll < 4 {
@@ -85,6 +88,47 @@ impl World {
             OpKind::Write(self.rng.range(1, u64::MAX >> 1))
         } else {
             OpKind::Incr
+        };
+        self.nodes[node].procs[proc].1 = true;
+        let issued_seq = self.model.tick();
+        self.issue(
+            node,
+            Op {
+                page,
+                kind,
+                proc: Some(proc),
+                issued_seq,
+            },
+        )
+    }
+
+    /// The cache-resident process: reads a page its node holds, or writes one it holds in M
+    /// (local hits only); idles when the node holds nothing.
+    fn resident_op(&mut self, node: usize, proc: usize, epoch: u64) -> Result<(), Violation> {
+        let held: Vec<(PageKey, bool)> = self.nodes[node]
+            .core
+            .as_ref()
+            .map(|c| {
+                c.copies()
+                    .map(|(p, c)| (p, c.state == pagemesh_core::CacheState::Modified))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if held.is_empty() {
+            let d = self.rng.range(10, 100);
+            self.schedule(d, Ev::Proc { node, proc, epoch });
+            return Ok(());
+        }
+        let (page, modified) = held[self.rng.below(held.len())];
+        let incr_only = self.model.pages.get(&page).is_some_and(|m| m.incr_only);
+        let kind = if modified && self.rng.chance(0.3) {
+            if incr_only {
+                OpKind::Incr
+            } else {
+                OpKind::Write(self.rng.range(1, u64::MAX >> 1))
+            }
+        } else {
+            OpKind::Read
         };
         self.nodes[node].procs[proc].1 = true;
         let issued_seq = self.model.tick();
@@ -149,7 +193,13 @@ impl World {
         };
         self.nodes[node].procs[proc].1 = false;
         let epoch = self.nodes[node].epoch;
-        let d = self.rng.range(0, 20);
+        // The resident process goes slower, so that it is still at work when its node has
+        // been cut off for longer than the dead-peer limit.
+        let d = if proc == RESIDENT_PROC {
+            self.rng.range(10, 100)
+        } else {
+            self.rng.range(0, 20)
+        };
         self.schedule(d, Ev::Proc { node, proc, epoch });
     }
 
@@ -244,6 +294,13 @@ impl World {
             other => format!("node{i} event {other:?}"),
         });
         match e {
+            Event::PagePoisoned { page, .. } | Event::PoisonCleared { page }
+                if self.diverged_page(i, page) =>
+            {
+                // A directory that declared live peers dead from a minority side: not the
+                // cluster's view (what it leaves in the mapper and the intents is).
+                Ok(())
+            }
             Event::PagePoisoned { page, .. } => {
                 self.stats.poisoned += 1;
                 self.model
@@ -283,9 +340,11 @@ impl World {
             FaultResult::Ok => self.apply(i, op)?,
             FaultResult::Poisoned => {
                 self.stats.sigbus += 1;
-                self.model
-                    .check_poisoned_fault(page, op.issued_seq)
-                    .map_err(|m| fail(self, Some(page), m))?;
+                if !self.fenced_view(i, page) {
+                    self.model
+                        .check_poisoned_fault(page, op.issued_seq)
+                        .map_err(|m| fail(self, Some(page), m))?;
+                }
                 if self.rng.chance(0.5) {
                     let call = CallId(self.new_id());
                     let now = self.now;
@@ -296,6 +355,9 @@ impl World {
                         c.clear_poison(now, call, page);
                     }
                 }
+            }
+            FaultResult::MapperFailed if self.fenced_view(i, page) => {
+                self.stats.sigbus += 1;
             }
             FaultResult::MapperFailed => {
                 self.stats.sigbus += 1;
@@ -340,6 +402,9 @@ impl World {
                 format!("node{i}: copy held but not installed"),
             ));
         };
+        if self.fenced_view(i, page) {
+            return self.apply_orphaned(i, op, v);
+        }
         let r = match op.kind {
             OpKind::Read => {
                 self.stats.reads += 1;
@@ -361,6 +426,39 @@ impl World {
         r.map_err(|m| fail(self, Some(page), format!("node{i}: {m}")))
     }
 
+    /// An access on a node that was declared dead and has not stopped yet, to a copy its home
+    /// no longer counts: the reads are the stale-read window (counted, not checked); the writes
+    /// stay on the node's orphaned copy and die with it when it stops.
+    fn apply_orphaned(&mut self, i: usize, op: Op, v: u64) -> Result<(), Violation> {
+        let page = op.page;
+        let m = self.model.pages.get(&page);
+        let stale = m.is_none_or(|m| m.poisoned || m.value != v);
+        match op.kind {
+            OpKind::Read => {
+                self.stats.fenced_reads += 1;
+                if stale {
+                    self.stats.fenced_stale_reads += 1;
+                }
+            }
+            OpKind::Write(x) => {
+                self.stats.fenced_writes += 1;
+                self.nodes[i].mem.insert(page, x);
+            }
+            OpKind::Incr => {
+                self.stats.fenced_writes += 1;
+                self.nodes[i].mem.insert(page, v.wrapping_add(1));
+            }
+        }
+        self.log(|| {
+            format!(
+                "node{i} {:?} {page} saw {v} on a fenced node (not checked{})",
+                op.kind,
+                if stale { ", stale" } else { "" }
+            )
+        });
+        Ok(())
+    }
+
     fn call_done(&mut self, i: usize, call: CallId, result: CallResult) {
         let Some((kind, proc)) = self.nodes[i].calls.remove(&call) else {
             return;
@@ -368,8 +466,14 @@ impl World {
         self.log(|| format!("node{i} call{} done {result:?}", call.0));
         if let (CallKind::Sync { seg, start_seq }, CallResult::Ok) = (kind, result) {
             self.stats.syncs += 1;
-            let pages: Vec<PageKey> = (0..self.cfg.pages).map(|p| PageKey::new(seg, p)).collect();
-            self.model.synced(pages.into_iter(), start_seq);
+            // A sync served by a directory that declared live peers dead from a minority side
+            // did not flush the copies in use elsewhere: it proves nothing.
+            let home = self.home_of(PageKey::new(seg, 0));
+            if !home.is_some_and(|h| self.diverged(h)) {
+                let pages: Vec<PageKey> =
+                    (0..self.cfg.pages).map(|p| PageKey::new(seg, p)).collect();
+                self.model.synced(pages.into_iter(), start_seq);
+            }
         }
         if proc != usize::MAX {
             self.proc_done(i, Some(proc));

@@ -56,6 +56,21 @@ pub struct Stats {
     pub partitions: u64,
     /// Pages poisoned.
     pub poisoned: u64,
+    /// "Declared dead" faults injected (a long crash or a long partition of one node).
+    pub dead_faults: u64,
+    /// `Node::peer_dead` calls (one per declaring node and declared node).
+    pub declarations: u64,
+    /// Nodes that were declared dead while alive and stopped when the partition healed.
+    pub fenced_stops: u64,
+    /// Reads completed on a fenced node that was not stopped yet, of a page whose home had
+    /// fenced it or could not be reached: not checked (the stale-read window of
+    /// `docs/cluster.md` §7).
+    pub fenced_reads: u64,
+    /// Of those, reads that returned something other than the latest write.
+    pub fenced_stale_reads: u64,
+    /// Writes and increments done on such a node's orphaned copies: never visible to anyone
+    /// (the copies are gone when it stops), so not applied to the model.
+    pub fenced_writes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -97,6 +112,15 @@ pub(crate) enum Ev {
     Heal,
 }
 
+/// How long node `a` has not been able to reach peer `b`, as its membership sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Silence {
+    /// When `a` declares `b` dead if it still cannot reach it (the limit plus jitter).
+    pub deadline_ms: u64,
+    /// `a` declared `b` dead during this silence (the daemon declares once per silence).
+    pub declared: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OpKind {
     Read,
@@ -130,6 +154,13 @@ pub(crate) struct SimNode {
     /// Operations each process has left to issue, and whether one is in flight.
     pub procs: Vec<(u32, bool)>,
     pub crashable: bool,
+    /// This incarnation was declared dead by a node that knew it (its `peer_epoch` of this
+    /// node now exceeds `epoch`) while it was alive: it stops when the partition heals (the
+    /// daemon is refused as fenced and exits).
+    pub fenced: bool,
+    /// This incarnation declared a live peer dead from a minority side (only with
+    /// `SimConfig::minority_declares`): its directory no longer matches the copies held.
+    pub diverged: bool,
 }
 
 /// The whole simulated world of one seed.
@@ -151,6 +182,12 @@ pub struct World {
     /// Nodes cut off from the rest, while a partition lasts.
     pub(crate) partition: Option<BTreeSet<NodeId>>,
     pub(crate) faults_on: bool,
+    /// Per (node, peer): how long the node has not been able to reach the peer (membership).
+    pub(crate) silence: BTreeMap<(usize, usize), Silence>,
+    /// Pages whose home dropped a live incarnation's copy by declaring it dead from a minority
+    /// side (`SimConfig::minority_declares`): that home's poison and clears of them are its
+    /// own view, not the cluster's, until it stops.
+    pub(crate) diverged_pages: BTreeSet<PageKey>,
     pub(crate) quiesce_at: Option<u64>,
     pub(crate) audited: bool,
     pub(crate) next_id: u64,
@@ -160,6 +197,9 @@ pub struct World {
 }
 
 pub(crate) const TICK_MS: u64 = 10;
+
+/// The process that only touches pages its node holds (present when membership is on).
+pub(crate) const RESIDENT_PROC: usize = 2;
 
 pub(crate) fn fail(w: &World, page: Option<PageKey>, what: impl Into<String>) -> Violation {
     Violation {
@@ -202,6 +242,8 @@ impl World {
             model: Model::default(),
             partition: None,
             faults_on: true,
+            silence: BTreeMap::new(),
+            diverged_pages: BTreeSet::new(),
             quiesce_at: None,
             audited: false,
             next_id: 0,
@@ -233,11 +275,23 @@ impl World {
                 mem: BTreeMap::new(),
                 ops: BTreeMap::new(),
                 calls: BTreeMap::new(),
-                procs: vec![(w.cfg.ops_per_process, false); 2],
+                procs: vec![(w.cfg.ops_per_process, false); w.procs_per_node()],
                 crashable: !homes || w.cfg.crash_homes,
+                fenced: false,
+                diverged: false,
             });
         }
         w
+    }
+
+    /// Two processes per node touch random pages; with membership on, a third one only touches
+    /// pages its node holds (local hits: what a node cut off from the cluster can still do).
+    fn procs_per_node(&self) -> usize {
+        if self.cfg.dead_rate > 0.0 {
+            RESIDENT_PROC + 1
+        } else {
+            2
+        }
     }
 
     pub(crate) fn node_config(&self, i: usize, epoch: u64) -> NodeConfig {
@@ -360,11 +414,7 @@ impl World {
                 }
                 Ok(())
             }
-            Ev::Heal => {
-                self.log(|| "partition healed".into());
-                self.partition = None;
-                Ok(())
-            }
+            Ev::Heal => self.heal(),
         }
     }
 
@@ -375,6 +425,9 @@ impl World {
                 c.tick(now);
                 self.run_outputs(i)?;
             }
+        }
+        if self.cfg.dead_rate > 0.0 {
+            self.membership()?;
         }
         if self.faults_on {
             if self.rng.chance(self.cfg.crash_rate) {
@@ -403,6 +456,9 @@ impl World {
                 let heal = self.rng.range(50, 1500);
                 self.schedule(heal, Ev::Heal);
             }
+            if self.cfg.dead_rate > 0.0 && self.rng.chance(self.cfg.dead_rate) {
+                self.dead_fault();
+            }
         }
         self.schedule(TICK_MS, Ev::Tick);
         Ok(())
@@ -418,6 +474,8 @@ impl World {
         core.start(self.now);
         let n = &mut self.nodes[i];
         n.core = Some(core);
+        n.fenced = false;
+        n.diverged = false;
         n.mem.clear();
         for p in &mut n.procs {
             p.1 = false;
@@ -438,10 +496,16 @@ impl World {
     }
 
     /// Node `i` dies: its cache, its in-flight operations and its processes' state are gone.
-    fn crash(&mut self, i: usize) {
+    pub(crate) fn crash(&mut self, i: usize) {
         self.mark_lost_by_crash(i);
         self.settle_io_of_dead(i);
         self.stats.crashes += 1;
+        // Its membership starts afresh with its next incarnation.
+        self.silence.retain(|(a, _), _| *a != i);
+        let me = NodeId(i as u32);
+        let segs = self.segs.clone();
+        self.diverged_pages
+            .retain(|p| segs.iter().any(|s| s.id == p.seg && s.home != me));
         let n = &mut self.nodes[i];
         if let Some(c) = n.core.take() {
             self.cov.merge(c.coverage());
@@ -473,8 +537,8 @@ impl World {
             }
             self.faults_on = false;
             self.quiesce_at = Some(self.now);
-            self.partition = None;
             self.log(|| "QUIESCE: faults stop, partitions heal, crashed nodes restart".into());
+            self.heal()?;
             for i in 0..self.nodes.len() {
                 if self.nodes[i].core.is_none() {
                     self.restart(i)?;

@@ -21,6 +21,14 @@ fn seeds_end_with_the_count_passed() {
 }
 
 #[test]
+fn declared_dead_faults_are_reported() {
+    let (ok, out) = sim(&["--seeds", "20", "--start", "2000", "--dead", "0.01"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("declared dead:"), "{out}");
+    assert_eq!(out.lines().last(), Some("20 seeds passed"), "{out}");
+}
+
+#[test]
 fn one_seed_prints_a_summary() {
     let (ok, out) = sim(&["--seed", "3"]);
     assert!(ok, "{out}");

@@ -1,0 +1,258 @@
+//! Cluster membership as the daemon runs it, and the "declared dead" fault.
+//!
+//! Each node watches each peer: once it has been unable to reach the peer (the peer is down,
+//! or on the other side of a partition) for `dead_after_ms` plus its own jitter, it calls
+//! `Node::peer_dead` on it, once per silence. The peer's incarnation is then fenced there. A
+//! peer declared dead while it was in fact alive (cut off) is refused when the partition heals
+//! and stops — it crashes here — and comes back later with a new epoch. Until then its
+//! processes may still read its copies: those reads are counted, not checked (the stale-read
+//! window of `docs/cluster.md` §7).
+//!
+//! What is checked on such a node: its copies of pages whose home fenced it, or is on the
+//! other side, are orphans (left out of the single-writer and latest-write checks; its writes
+//! to them are not applied to the model); its view of pages homed on its own side stays
+//! checked, since that directory still counts it and nobody outside can change those pages.
+//! A home that declares a node dead may poison what that node held in M or held unsynced
+//! (`World::mark_lost_by`, the crash rule seen from that home).
+//!
+//! Only the side of a partition that is a strict majority of the cluster declares live peers
+//! dead, and a down peer is declared by everyone who cannot hear it. Two experiments model
+//! what the daemon does today instead (`SimConfig::minority_declares`: it has no quorum rule;
+//! `SimConfig::fences_forgotten`: its fences live in memory); both find stale data.
+
+use crate::world::{Ev, Silence, Violation, World, TICK_MS};
+use pagemesh_core::PageKey;
+use pagemesh_types::NodeId;
+use std::collections::BTreeSet;
+
+impl World {
+    /// Whether `a` cannot reach `b` at all (membership's view of silence).
+    fn unreachable(&self, a: usize, b: usize) -> bool {
+        self.nodes[b].core.is_none() || self.partitioned(NodeId(a as u32), NodeId(b as u32))
+    }
+
+    /// Whether `a` is on a side of the current partition that holds a strict majority of the
+    /// cluster (or there is no partition).
+    fn in_majority(&self, a: usize) -> bool {
+        let n = self.nodes.len();
+        match &self.partition {
+            None => true,
+            Some(side) => {
+                let cut = side.contains(&NodeId(a as u32));
+                let mine = if cut { side.len() } else { n - side.len() };
+                mine * 2 > n
+            }
+        }
+    }
+
+    /// The home of `page`.
+    pub(crate) fn home_of(&self, page: PageKey) -> Option<usize> {
+        self.segs
+            .iter()
+            .find(|s| s.id == page.seg)
+            .map(|s| s.home.0 as usize)
+    }
+
+    /// Whether node `h` (if up) has fenced node `n`'s current incarnation.
+    pub(crate) fn fences(&self, h: usize, n: usize) -> bool {
+        h != n
+            && self.nodes[h]
+                .core
+                .as_ref()
+                .is_some_and(|c| c.peer_epoch(NodeId(n as u32)).0 > self.nodes[n].epoch)
+    }
+
+    /// Whether node `n`'s view of `page` is outside the checked world: `n` was declared dead
+    /// (and has not stopped yet) and the page's home either fenced it or cannot be reached
+    /// from it (it will have fenced it, or will drop what `n` holds, by the time they talk
+    /// again). Pages whose home is on `n`'s side and still counts `n` stay checked: the
+    /// directory there is exact, and nobody outside can change them meanwhile.
+    pub(crate) fn fenced_view(&self, n: usize, page: PageKey) -> bool {
+        if !self.nodes[n].fenced {
+            return false;
+        }
+        let Some(h) = self.home_of(page) else {
+            return false;
+        };
+        self.nodes[h].diverged
+            || (h != n
+                && (self.partitioned(NodeId(n as u32), NodeId(h as u32)) || self.fences(h, n)))
+    }
+
+    /// Whether what node `h`'s directory does is outside the checked world (it declared live
+    /// peers dead from a minority side and has not stopped yet).
+    pub(crate) fn diverged(&self, h: usize) -> bool {
+        self.nodes[h].diverged
+    }
+
+    /// Whether `h`'s poisoning or clearing of `page` is its own view only: it dropped a live
+    /// incarnation's copy of it by declaring it dead from a minority side.
+    pub(crate) fn diverged_page(&self, h: usize, page: PageKey) -> bool {
+        self.nodes[h].diverged && self.diverged_pages.contains(&page)
+    }
+
+    /// Every node's membership looks at every peer; those silent for too long are declared.
+    pub(crate) fn membership(&mut self) -> Result<(), Violation> {
+        let n = self.nodes.len();
+        let limit = self.cfg.dead_after_ms;
+        for a in 0..n {
+            if self.nodes[a].core.is_none() {
+                continue;
+            }
+            for b in 0..n {
+                if a == b {
+                    continue;
+                }
+                if !self.unreachable(a, b) {
+                    self.silence.remove(&(a, b));
+                    continue;
+                }
+                let s = match self.silence.get(&(a, b)) {
+                    Some(s) => *s,
+                    None => {
+                        let jitter = self.rng.range(0, limit / 4);
+                        let s = Silence {
+                            deadline_ms: self.now + limit + jitter,
+                            declared: false,
+                        };
+                        self.silence.insert((a, b), s);
+                        s
+                    }
+                };
+                // (A minority node that declares live peers dead stops at the heal only if the
+                // majority declared it first; the experiment keeps to that order.)
+                let may = self.nodes[b].core.is_none()
+                    || self.in_majority(a)
+                    || (self.cfg.minority_declares && self.nodes[a].fenced);
+                if !s.declared && self.now >= s.deadline_ms && may {
+                    if let Some(s) = self.silence.get_mut(&(a, b)) {
+                        s.declared = true;
+                    }
+                    self.declare(a, b)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `a` declares peer `b` dead.
+    fn declare(&mut self, a: usize, b: usize) -> Result<(), Violation> {
+        // What `a`'s directory may now poison: the pages homed at `a` that `b` held in M, or
+        // held while they had unsynced data (the same rule as a crash of `b`, seen from `a`).
+        self.mark_lost_by(b, |home| home == a);
+        let involved: Vec<PageKey> = self
+            .model
+            .pages
+            .keys()
+            .copied()
+            .filter(|p| self.home_of(*p) == Some(a))
+            .filter(|p| {
+                let dir = self.nodes[a].core.as_ref().and_then(|c| c.dir_page(*p));
+                let me = NodeId(b as u32);
+                dir.is_some_and(|d| d.owner == Some(me) || d.sharers.contains(&me))
+                    || self.nodes[b]
+                        .core
+                        .as_ref()
+                        .is_some_and(|c| c.copy(*p).is_some())
+            })
+            .collect();
+        let now = self.now;
+        let (known, fenced) = match self.nodes[a].core.as_mut() {
+            Some(c) => {
+                let known = c.peer_epoch(NodeId(b as u32));
+                c.peer_dead(now, NodeId(b as u32));
+                (known, c.peer_epoch(NodeId(b as u32)))
+            }
+            None => return Ok(()),
+        };
+        self.stats.declarations += 1;
+        let alive = self.nodes[b].core.is_some();
+        let epoch = self.nodes[b].epoch;
+        let minority = alive && !self.in_majority(a);
+        self.log(|| {
+            format!(
+                "node{a} DECLARES node{b} DEAD (knew epoch {}, fences below {}; node{b} is {} at epoch {epoch})",
+                known.0,
+                fenced.0,
+                if alive { "alive" } else { "down" },
+            )
+        });
+        if minority && fenced.0 > epoch {
+            self.diverged_pages.extend(involved);
+            // Its directory now drops copies that are in use; it stops at the heal (the
+            // majority refuses it), and the fences it set die with it, so the peers it declared
+            // dead go on (the daemon's race at the heal can also go the other way).
+            self.nodes[a].diverged = true;
+        } else if !minority && alive && fenced.0 > epoch {
+            self.nodes[b].fenced = true;
+        }
+        self.run_outputs(a)
+    }
+
+    /// The "declared dead" fault: a node crashes, or is cut off alone, for longer than the
+    /// dead-peer limit.
+    pub(crate) fn dead_fault(&mut self) {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| {
+                let n = &self.nodes[*i];
+                n.crashable && n.core.is_some() && !n.fenced
+            })
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        let victim = up[self.rng.below(up.len())];
+        self.stats.dead_faults += 1;
+        // Long enough for every node's limit and jitter, checked at tick granularity.
+        let limit = self.cfg.dead_after_ms + self.cfg.dead_after_ms / 4 + 2 * TICK_MS;
+        if self.partition.is_none() && self.rng.chance(0.5) {
+            let side: BTreeSet<NodeId> = [NodeId(victim as u32)].into();
+            self.log(|| format!("partition: {side:?} cut off (long: will be declared dead)"));
+            self.partition = Some(side);
+            self.stats.partitions += 1;
+            let heal = limit + self.rng.range(50, 1500);
+            self.schedule(heal, Ev::Heal);
+        } else {
+            self.log(|| format!("node{victim} goes down for longer than the dead-peer limit"));
+            self.crash(victim);
+            let down = limit + self.rng.range(30, 600);
+            self.schedule(down, Ev::Restart(victim));
+        }
+    }
+
+    /// The partition heals. A node declared dead while it was alive hears that it was fenced
+    /// as soon as it reconnects, and stops (it restarts later with a new epoch).
+    pub(crate) fn heal(&mut self) -> Result<(), Violation> {
+        if self.partition.is_some() {
+            self.log(|| "partition healed".into());
+        }
+        let n = self.nodes.len();
+        let fenced: Vec<usize> = (0..n)
+            .filter(|i| self.nodes[*i].core.is_some() && self.nodes[*i].fenced)
+            .collect();
+        let fenced = if self.cfg.fences_forgotten {
+            let (stop, go_on): (Vec<usize>, Vec<usize>) = fenced
+                .into_iter()
+                .partition(|i| (0..n).any(|h| self.fences(h, *i)));
+            for i in go_on {
+                // Everyone who fenced it restarted since: nobody refuses it, it goes on, and
+                // its copies are checked again.
+                self.log(|| format!("node{i} was declared dead, but every node that fenced it forgot: it goes on"));
+                self.nodes[i].fenced = false;
+            }
+            stop
+        } else {
+            fenced
+        };
+        for i in fenced {
+            // Crash it before the partition goes, so that nothing it sends gets out.
+            self.log(|| format!("node{i} learns it was declared dead: it stops"));
+            self.stats.fenced_stops += 1;
+            self.crash(i);
+            let down = self.rng.range(30, 600);
+            self.schedule(down, Ev::Restart(i));
+        }
+        self.partition = None;
+        Ok(())
+    }
+}
