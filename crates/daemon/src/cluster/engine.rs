@@ -292,6 +292,7 @@ pub struct Engine {
     dead_after_ms: u64,
     tick_ms: u64,
     last_liveness_ms: u64,
+    minority_logged: bool,
 }
 
 impl Engine {
@@ -352,6 +353,7 @@ impl Engine {
             dead_after_ms,
             tick_ms: tick_ms.max(1),
             last_liveness_ms: 0,
+            minority_logged: false,
         })
     }
 
@@ -1338,9 +1340,30 @@ impl Engine {
             );
             return;
         }
-        for p in self.transport.peers() {
+        let peers = self.transport.peers();
+        // Only a side that reaches a strict majority of the cluster declares anyone dead: a
+        // node that is itself cut off must not void the copies the others hold (it waits,
+        // its faults time out, and it learns it was fenced when the link returns).
+        let total = peers.len() + 1;
+        let reachable = 1 + peers
+            .iter()
+            .filter(|p| p.silent_ms <= self.dead_after_ms)
+            .count();
+        let quorum = reachable * 2 > total;
+        for p in peers {
             let dead = self.dead.entry(p.id).or_insert(false);
             if p.silent_ms > self.dead_after_ms && !*dead {
+                if !quorum {
+                    if !self.minority_logged {
+                        self.minority_logged = true;
+                        log::warn!(
+                            "{} is silent, but this node reaches only {reachable} of {total} nodes: no majority, so nobody is declared dead; waiting",
+                            p.id
+                        );
+                    }
+                    continue;
+                }
+                self.minority_logged = false;
                 *dead = true;
                 log::warn!(
                     "{}: nothing heard for {} ms (limit {} ms): declared dead. Pages whose only copy it held unsynced are poisoned; \
@@ -1350,7 +1373,14 @@ impl Engine {
                     self.dead_after_ms
                 );
                 self.node.peer_dead(now, p.id);
-                self.transport.fence(p.id, self.node.peer_epoch(p.id));
+                let fence = self.node.peer_epoch(p.id);
+                self.transport.fence(p.id, fence);
+                if let Err(e) = super::store_fence(&self.daemon.config.data_dir, p.id, fence) {
+                    log::error!(
+                        "{}: storing its fence failed: {e}; a restart of this node would forget it",
+                        p.id
+                    );
+                }
                 self.forget_node(p.id);
                 // Whatever connection of the fenced incarnation survives is cut, so that if it
                 // is alive it redials, is refused as fenced, and stops.

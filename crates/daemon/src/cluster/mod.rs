@@ -146,6 +146,49 @@ pub(crate) fn cluster_id(d: &Daemon) -> u64 {
     d.cluster.get().map_or(0, |c| c.cfg.cluster_id)
 }
 
+/// The fences this node set (peer -> lowest epoch it accepts), kept in `DATA_DIR/cluster/fences`
+/// so that a restart of this node does not let a fenced incarnation back in.
+fn load_fences(data_dir: &Path) -> Result<Vec<(NodeId, Epoch)>, String> {
+    let path = cluster_dir(data_dir).join("fences");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut it = l.split_whitespace().map(str::parse::<u64>);
+            match (it.next(), it.next()) {
+                (Some(Ok(n)), Some(Ok(e))) if n <= u64::from(u32::MAX) => {
+                    Ok((NodeId(n as u32), Epoch(e)))
+                }
+                _ => Err(format!(
+                    "{} has a bad line {l:?}: restore or remove it",
+                    path.display()
+                )),
+            }
+        })
+        .collect()
+}
+
+/// Record durably that `peer` is fenced below `epoch`.
+pub(crate) fn store_fence(data_dir: &Path, peer: NodeId, epoch: Epoch) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = cluster_dir(data_dir);
+    let mut fences = load_fences(data_dir).unwrap_or_default();
+    fences.retain(|(n, _)| *n != peer);
+    fences.push((peer, epoch));
+    let tmp = dir.join("fences.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    for (n, e) in &fences {
+        writeln!(f, "{} {}", n.0, e.0)?;
+    }
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join("fences"))?;
+    std::fs::File::open(&dir)?.sync_all()
+}
+
 /// Read, bump and durably store this node's epoch: every start is a new incarnation.
 fn next_epoch(data_dir: &Path) -> Result<Epoch, String> {
     let dir = cluster_dir(data_dir);
@@ -199,6 +242,9 @@ pub fn start(daemon: &Arc<Daemon>, cfg: ClusterConfig) -> Result<(), String> {
         tx.clone(),
     )
     .map_err(|e| format!("starting the peer transport: {e}"))?;
+    for (peer, epoch) in load_fences(&daemon.config.data_dir)? {
+        transport.fence(peer, epoch);
+    }
     let mut all: Vec<NodeId> = peers.iter().map(|p| p.0).collect();
     all.push(me);
     all.sort();
