@@ -84,6 +84,8 @@ pub struct Pool {
     pub low_pages: u64,
     pub paging: Option<PagingDevice>,
     resident: AtomicU64,
+    /// Cluster pages whose eviction was asked for and has not ended yet.
+    evicting: AtomicU64,
     partitions: RwLock<Vec<Arc<Partition>>>,
     segments: RwLock<HashMap<u64, Weak<Segment>>>,
     volumes: RwLock<HashMap<u64, Weak<Volume>>>,
@@ -118,6 +120,7 @@ impl Pool {
             low_pages: budget_pages - budget_pages / 10,
             paging,
             resident: AtomicU64::new(0),
+            evicting: AtomicU64::new(0),
             partitions: RwLock::new(Vec::new()),
             segments: RwLock::new(HashMap::new()),
             volumes: RwLock::new(HashMap::new()),
@@ -135,6 +138,31 @@ impl Pool {
 
     pub fn resident(&self) -> u64 {
         self.resident.load(Ordering::Relaxed)
+    }
+
+    /// Resident pages not already on their way out.
+    fn effective_resident(&self) -> u64 {
+        self.resident()
+            .saturating_sub(self.evicting.load(Ordering::Relaxed))
+    }
+
+    /// A cluster page's eviction was asked of the cluster engine (it completes later).
+    pub fn cluster_evict_started(&self) {
+        self.evicting.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A cluster page's eviction ended: `kept` pages go back on their partition's clock.
+    pub fn cluster_evict_done(&self, part: &Partition, kept: Option<(u64, u64)>) {
+        let _ = self
+            .evicting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        if let Some(entry) = kept {
+            part.clock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(entry);
+        }
+        self.room.1.notify_all();
     }
 
     pub fn add_partition(&self, p: Arc<Partition>) {
@@ -319,11 +347,13 @@ impl Pool {
             if self.resident() <= self.high_pages {
                 continue;
             }
+            // Pages of cluster segments leave asynchronously (their home takes them back):
+            // count the ones asked for as gone, so one round does not ask for everything.
             let mut stuck = false;
             let mut busy = false;
-            while self.resident() > self.low_pages && !stuck && !busy {
+            while self.effective_resident() > self.low_pages && !stuck && !busy {
                 for _ in 0..EVICT_BATCH {
-                    if self.resident() <= self.low_pages {
+                    if self.effective_resident() <= self.low_pages {
                         break;
                     }
                     match self.evict_one() {

@@ -332,6 +332,25 @@ impl Segment {
         if self.pages.flags(page) & PINNED != 0 || self.pages.take_referenced(page) {
             return ClockVisit::Keep;
         }
+        if let Some(engine) = self.cluster.get() {
+            // A cluster page leaves through the protocol (its home writes it back if this is
+            // the last copy of unsynced data, then invalidates it here): ask the engine, which
+            // reports the end to the pool.
+            let Some(m) = &self.memory else {
+                return ClockVisit::Keep;
+            };
+            m.pool.cluster_evict_started();
+            let input = crate::cluster::engine::Input::Evict {
+                seg: pagemesh_types::SegmentId(self.info.id),
+                page,
+            };
+            if engine.send(input).is_err() {
+                m.pool
+                    .cluster_evict_done(&m.partition, Some((self.info.id, page)));
+                return ClockVisit::Failed("the cluster engine has stopped".into());
+            }
+            return ClockVisit::Evicted;
+        }
         match self.evict_page(page) {
             Ok(Evict::Done) => ClockVisit::Evicted,
             Ok(Evict::NotResident) => ClockVisit::Gone,

@@ -181,9 +181,13 @@ impl Daemon {
                     );
                     continue;
                 }
-                match crate::cluster::build_cluster_segment(&config, &info, false) {
+                let built = crate::partitions::memory_for(&pool, &info.backing, "default")
+                    .and_then(|m| crate::cluster::build_cluster_segment(&config, &info, false, m));
+                match built {
                     Ok(seg) => {
-                        segments.insert(info.name.clone(), Arc::new(seg));
+                        let seg = Arc::new(seg);
+                        pool.register(&seg);
+                        segments.insert(info.name.clone(), seg);
                     }
                     Err(e) => log::error!(
                         "cluster segment {} from the catalog is unavailable: {e}",

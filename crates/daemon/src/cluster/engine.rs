@@ -33,6 +33,7 @@ use pagemesh_uffd::{Event as UffdEvent, FaultKind};
 use super::intents::IntentLog;
 use super::transport::Transport;
 use crate::histogram::Histogram;
+use crate::pages::PageState;
 use crate::segment::{poison_one, Attachment, Segment};
 use crate::server::Daemon;
 
@@ -93,6 +94,11 @@ pub enum Input {
     Stat {
         seg: SegmentId,
         reply: Sender<ClusterSegStat>,
+    },
+    /// The memory pool wants this page out of the node (the home takes it back).
+    Evict {
+        seg: SegmentId,
+        page: u64,
     },
     /// Restore every poisoned page of a segment from its mapper (or zero); answers how many.
     ClearPoison {
@@ -289,6 +295,8 @@ pub struct Engine {
     poisoned_seen: HashMap<SegmentId, std::collections::BTreeSet<u64>>,
     outs: Vec<Output>,
     prefetches: u64,
+    /// Pages whose eviction the pool asked for, until their invalidation.
+    evicting: std::collections::HashSet<PageKey>,
     dead_after_ms: u64,
     tick_ms: u64,
     last_liveness_ms: u64,
@@ -350,6 +358,7 @@ impl Engine {
             poisoned_seen: HashMap::new(),
             outs: Vec::with_capacity(64),
             prefetches: 0,
+            evicting: std::collections::HashSet::new(),
             dead_after_ms,
             tick_ms: tick_ms.max(1),
             last_liveness_ms: 0,
@@ -626,6 +635,7 @@ impl Engine {
             FaultKind::Minor => crate::segment::bump_fault(&att.segment, 1),
             FaultKind::WriteProtect => crate::segment::bump_fault(&att.segment, 2),
         }
+        att.segment.pages.touch(page);
         let prev = att.last_page.swap(page, Ordering::Relaxed);
         let sequential = prev.wrapping_add(1) == page;
         let pages = att.len / PS;
@@ -779,6 +789,32 @@ impl Engine {
                 data,
                 reply,
             } => self.start_io(seg, offset, len, data, reply),
+            Input::Evict { seg, page } => {
+                let key = PageKey::new(seg, page);
+                let Some(s) = self.segs.get(&seg).cloned() else {
+                    return;
+                };
+                let Some(m) = &s.memory else {
+                    return;
+                };
+                if self.evicting.contains(&key) {
+                    m.pool.cluster_evict_done(&m.partition, None);
+                    return;
+                }
+                match self.node.evict(now, key) {
+                    pagemesh_core::EvictStart::Requested => {
+                        self.evicting.insert(key);
+                    }
+                    pagemesh_core::EvictStart::NotHeld => {
+                        // Not a copy any more (invalidated meanwhile): nothing to keep.
+                        s.set_state(page, PageState::Absent);
+                        m.pool.cluster_evict_done(&m.partition, None);
+                    }
+                    pagemesh_core::EvictStart::Busy => {
+                        m.pool.cluster_evict_done(&m.partition, Some((seg.0, page)));
+                    }
+                }
+            }
             Input::ClearPoison { seg, reply } => {
                 let me = self.me();
                 match self.home_of(seg) {
@@ -1606,6 +1642,8 @@ impl Engine {
                         "{page}: installing the copy in the page cache failed: {e}"
                     ));
                 }
+                // Counted in the memory pool from now on.
+                s.set_state(page.page.0, PageState::Clean);
                 if *writable {
                     self.protect(&s, *page, false);
                 }
@@ -1623,11 +1661,17 @@ impl Engine {
             }
             Output::Invalidate { page } => {
                 bump(&self.figures.invalidations);
-                if let Some(s) = self.seg(*page) {
+                if let Some(s) = self.seg(*page).cloned() {
                     if let Err(e) = s.memfd.punch_hole(page.page.0 * PS, PS) {
                         fail_stop(&format!(
                             "{page}: dropping the local copy (punch-hole) failed: {e}"
                         ));
+                    }
+                    s.set_state(page.page.0, PageState::Absent);
+                    if self.evicting.remove(page) {
+                        if let Some(m) = &s.memory {
+                            m.pool.cluster_evict_done(&m.partition, None);
+                        }
                     }
                 }
             }

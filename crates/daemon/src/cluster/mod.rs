@@ -326,6 +326,7 @@ pub(crate) fn build_cluster_segment(
     config: &crate::Config,
     info: &SegmentInfo,
     create: bool,
+    memory: Option<crate::segment::Memory>,
 ) -> Result<Segment, String> {
     let me = config.cluster.as_ref().map(|c| c.node_id);
     let data_dir = &config.data_dir;
@@ -362,7 +363,7 @@ pub(crate) fn build_cluster_segment(
         } else {
             Box::new(pagemesh_store::ZeroMapper)
         };
-        Segment::new(info.clone(), mapper, None).map_err(|e| format!("creating its memfd: {e}"))
+        Segment::new(info.clone(), mapper, memory).map_err(|e| format!("creating its memfd: {e}"))
     }
 }
 
@@ -421,7 +422,9 @@ impl Daemon {
             backing,
             home: Some(home),
         };
-        let seg = Arc::new(build_cluster_segment(&self.config, &info, true)?);
+        let memory = crate::partitions::memory_for(&self.pool, &info.backing, "default")?;
+        let seg = Arc::new(build_cluster_segment(&self.config, &info, true, memory)?);
+        self.pool.register(&seg);
         // Route its faults to the engine before anyone can attach it.
         self.link_cluster_segment(&seg)?;
         catalog.add(&info, "default").map_err(|e| e.to_string())?;
@@ -479,7 +482,9 @@ impl Daemon {
                 info.name, s.info.id, s.info.home, info.id, info.home
             ));
         }
-        let seg = Arc::new(build_cluster_segment(&self.config, info, false)?);
+        let memory = crate::partitions::memory_for(&self.pool, &info.backing, "default")?;
+        let seg = Arc::new(build_cluster_segment(&self.config, info, false, memory)?);
+        self.pool.register(&seg);
         self.link_cluster_segment(&seg)?;
         catalog.add(info, "default").map_err(|e| e.to_string())?;
         self.segments
