@@ -132,6 +132,9 @@ fn print_stat(s: &SegmentStat) {
         s.info.size_bytes
     );
     println!("backing        {}", s.info.backing);
+    if let Some(h) = s.info.home {
+        println!("home           node {h} (cluster segment)");
+    }
     println!("resident pages {}", s.resident_pages);
     println!("dirty pages    {}", s.dirty_pages);
     println!("poisoned pages {}", s.poisoned_pages);
@@ -185,10 +188,12 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
                 )?,
             };
             println!(
-                "created segment {} ({}, {})",
+                "created segment {} ({}, {}{})",
                 info.name,
                 ByteSize(info.size_bytes),
-                info.backing
+                info.backing,
+                info.home
+                    .map_or(String::new(), |h| format!(", home node {h}"))
             );
         }
         SegmentCmd::List { json } => {
@@ -199,13 +204,17 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
                     serde_json::Value::Array(segs.iter().map(info_json).collect())
                 );
             } else {
-                println!("{:<24} {:>10} {:>12}  BACKING", "NAME", "ID", "SIZE");
+                println!(
+                    "{:<24} {:>14} {:>12} {:>5}  BACKING",
+                    "NAME", "ID", "SIZE", "HOME"
+                );
                 for s in segs {
                     println!(
-                        "{:<24} {:>10} {:>12}  {}",
+                        "{:<24} {:>14} {:>12} {:>5}  {}",
                         s.name,
                         s.id,
                         ByteSize(s.size_bytes).to_string(),
+                        s.home.map_or("-".to_string(), |h| h.to_string()),
                         s.backing
                     );
                 }

@@ -209,7 +209,7 @@ impl Daemon {
                     let local = s.stat();
                     Ok(Response::Stat(SegmentStat {
                         info: s.info.clone(),
-                        partition: "-".into(),
+                        partition: "default".into(),
                         paged_pages: 0,
                         pinned_pages: 0,
                         resident_pages: cs.resident_pages,
