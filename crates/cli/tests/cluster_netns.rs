@@ -59,8 +59,9 @@ impl Net {
     }
 
     /// Build the hub and `n` node namespaces; returns how the links were slowed down.
-    fn build(n: usize) -> (Net, String) {
-        let prefix = format!("pm{}", std::process::id() % 100_000);
+    /// `tag` tells apart the networks of tests that run at the same time.
+    fn build(tag: char, n: usize) -> (Net, String) {
+        let prefix = format!("pm{}{tag}", std::process::id() % 100_000);
         let mut net = Net {
             prefix,
             names: Vec::new(),
@@ -108,30 +109,22 @@ impl Net {
     }
 }
 
-#[test]
-fn a_cluster_across_namespaces_survives_a_slow_link_and_a_partition_that_heals() {
-    let (net, shaping) = Net::build(3);
-    eprintln!("links shaped with {shaping}");
+/// Start one daemon per node namespace (ids 1..=3, port 7400) and wait (bounded) for the mesh.
+fn start_nodes(net: &Net, extra: &[&str]) -> Vec<Daemon> {
     let mut nodes = Vec::new();
     for i in 1..=3 {
         let ns = net.ns(i);
         let listen = format!("{}:7400", Net::addr(i));
-        let mut extra: Vec<String> = vec![
-            "--node-id".into(),
-            i.to_string(),
-            "--listen".into(),
-            listen,
-            "--dead-after-ms".into(),
-            "20000".into(),
-        ];
+        let mut args: Vec<String> =
+            vec!["--node-id".into(), i.to_string(), "--listen".into(), listen];
         for j in (1..=3).filter(|j| *j != i) {
-            extra.push("--peer".into());
-            extra.push(format!("{j}={}:7400", Net::addr(j)));
+            args.push("--peer".into());
+            args.push(format!("{j}={}:7400", Net::addr(j)));
         }
-        let e: Vec<&str> = extra.iter().map(String::as_str).collect();
-        nodes.push(Daemon::start_wrapped(&["ip", "netns", "exec", &ns], &e));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        nodes.push(Daemon::start_wrapped(&["ip", "netns", "exec", &ns], &a));
     }
-    // Bounded wait for the mesh.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = nodes[0].run(&["cluster", "status", "--json"]).ok();
@@ -142,24 +135,32 @@ fn a_cluster_across_namespaces_survives_a_slow_link_and_a_partition_that_heals()
             .iter()
             .all(|n| n["alive"] == true && n["figures"].is_object())
         {
-            break;
+            return nodes;
         }
         assert!(Instant::now() < deadline, "no mesh: {s}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+fn create(nodes: &[Daemon], name: &str, size: &str) {
     nodes[0]
-        .run(&["segment", "create", "net", "--size", "1MiB"])
+        .run(&["segment", "create", name, "--size", size])
         .ok();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !nodes[2]
-        .run(&["segment", "list"])
-        .ok()
-        .stdout_str()
-        .contains("net")
-    {
-        assert!(Instant::now() < deadline, "catalog did not spread");
-        std::thread::sleep(Duration::from_millis(50));
+    for n in nodes {
+        while !n.run(&["segment", "list"]).ok().stdout_str().contains(name) {
+            assert!(Instant::now() < deadline, "catalog did not spread");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
+}
+
+#[test]
+fn a_cluster_across_namespaces_survives_a_slow_link_and_a_partition_that_heals() {
+    let (net, shaping) = Net::build('a', 3);
+    eprintln!("links shaped with {shaping}");
+    let nodes = start_nodes(&net, &["--dead-after-ms", "20000"]);
+    create(&nodes, "net", "1MiB");
     nodes[0].run(&["memtest", "net", "--write", "21"]).ok();
     nodes[1].run(&["memtest", "net", "--verify", "21"]).ok();
 
@@ -193,6 +194,57 @@ fn a_cluster_across_namespaces_survives_a_slow_link_and_a_partition_that_heals()
             .iter()
             .all(|n| n["declared_dead"] == false && n["epoch"] == 1),
         "{s}"
+    );
+    drop(nodes);
+    drop(net);
+}
+
+#[test]
+fn a_cut_off_node_stops_serving_its_copies_once_its_lease_lapses() {
+    let (net, _) = Net::build('b', 3);
+    // Lease: half the dead-peer limit, 3 s.
+    let nodes = start_nodes(
+        &net,
+        &["--dead-after-ms", "6000", "--fault-timeout-ms", "30000"],
+    );
+    create(&nodes, "lease", "64KiB");
+    nodes[0].run(&["memtest", "lease", "--write", "5"]).ok();
+    // Node 3 holds read-only copies of every page now.
+    nodes[2].run(&["memtest", "lease", "--verify", "5"]).ok();
+    let hub = net.hub();
+    let h3 = net.veth_hub(3);
+    sh(&["ip", "-n", &hub, "link", "set", &h3, "down"]).expect("partition");
+    let cut = Instant::now();
+    // Within the lease, its copies are still served at once.
+    let quick = nodes[2].run(&["memtest", "lease", "--verify", "5"]).ok();
+    assert!(
+        cut.elapsed() < Duration::from_millis(2500),
+        "{}",
+        quick.stdout_str()
+    );
+    // Past the lease (but before anyone may declare it dead), a read of the same copies waits:
+    // the home may be about to give the pages to someone else.
+    std::thread::sleep(Duration::from_millis(3500).saturating_sub(cut.elapsed()));
+    let mut reader = nodes[2].spawn_cmd(&["memtest", "lease", "--verify", "5"], false);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        reader.try_wait().expect("try_wait").is_none(),
+        "a read of a copy whose lease lapsed was served from the copy"
+    );
+    // The link comes back before the dead-peer limit: the lease is renewed and the read ends
+    // with the right data.
+    sh(&["ip", "-n", &hub, "link", "set", &h3, "up"]).expect("heal");
+    let out = finish(
+        reader,
+        &[],
+        Duration::from_secs(60),
+        &["read after the heal"],
+    )
+    .ok();
+    assert!(
+        out.stdout_str().contains("verified"),
+        "{}",
+        out.stdout_str()
     );
     drop(nodes);
     drop(net);

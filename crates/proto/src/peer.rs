@@ -23,7 +23,7 @@ use crate::SegmentInfo;
 /// First bytes of a peer hello.
 pub const PEER_MAGIC: [u8; 4] = *b"PGMP";
 /// Version of the daemon <-> daemon protocol. Bumped on any incompatible change.
-pub const PEER_PROTOCOL_VERSION: u32 = 1;
+pub const PEER_PROTOCOL_VERSION: u32 = 2;
 /// Largest peer frame accepted (a `Holdings` of a big segment is the largest message).
 pub const MAX_PEER_FRAME_BYTES: u32 = 64 << 20;
 /// Largest page payload accepted in a coherence message.
@@ -58,8 +58,15 @@ pub enum PeerFrame {
         /// The dialler was declared dead.
         fenced: bool,
     },
-    /// Nothing to say; proves the sender is alive.
-    Heartbeat,
+    /// Proves the sender is alive, and carries the lease clock: `sent_ms` is the sender's
+    /// clock now; `echo_ms` is the latest `sent_ms` the sender received from the receiver (so
+    /// the receiver knows the sender heard it then).
+    Heartbeat {
+        /// The sender's clock, milliseconds.
+        sent_ms: u64,
+        /// The receiver's clock as last heard from it (0: never).
+        echo_ms: u64,
+    },
     /// A coherence message.
     Protocol(Envelope),
     /// Catalog, synchronisation and status traffic.
@@ -317,7 +324,11 @@ pub fn encode_peer_frame(frame: &PeerFrame, out: &mut Vec<u8>) {
             out.push(u8::from(*fenced));
             out.extend_from_slice(reason.as_bytes());
         }
-        PeerFrame::Heartbeat => out.push(K_HEARTBEAT),
+        PeerFrame::Heartbeat { sent_ms, echo_ms } => {
+            out.push(K_HEARTBEAT);
+            out.extend_from_slice(&sent_ms.to_le_bytes());
+            out.extend_from_slice(&echo_ms.to_le_bytes());
+        }
         PeerFrame::Protocol(env) => {
             out.push(K_PROTOCOL);
             encode_envelope(env, out);
@@ -555,7 +566,10 @@ pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, PeerFrameError> {
             let reason = String::from_utf8_lossy(c.take(c.b.len())?).into_owned();
             PeerFrame::Refused { reason, fenced }
         }
-        K_HEARTBEAT => PeerFrame::Heartbeat,
+        K_HEARTBEAT => PeerFrame::Heartbeat {
+            sent_ms: c.u64()?,
+            echo_ms: c.u64()?,
+        },
         K_PROTOCOL => PeerFrame::Protocol(decode_envelope(&mut c)?),
         K_CONTROL => {
             let c2 = postcard::from_bytes(c.take(c.b.len())?)
@@ -767,7 +781,10 @@ mod tests {
                 reason: "cluster id 3, not 4".into(),
                 fenced: true,
             },
-            PeerFrame::Heartbeat,
+            PeerFrame::Heartbeat {
+                sent_ms: 5,
+                echo_ms: 3,
+            },
             env(Msg::Hello),
             env(Msg::Acquire {
                 page,

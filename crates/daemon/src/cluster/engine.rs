@@ -301,6 +301,20 @@ pub struct Engine {
     tick_ms: u64,
     last_liveness_ms: u64,
     minority_logged: bool,
+    fault_timeout: Duration,
+    /// Homes whose lease on this node lapsed (their copies here are quarantined).
+    lapsed: HashMap<NodeId, bool>,
+    /// Faults on segments whose home's lease lapsed, waiting for it (bounded by the fault
+    /// timeout).
+    parked: Vec<Parked>,
+}
+
+struct Parked {
+    att: Arc<Attachment>,
+    page: u64,
+    kind: FaultKind,
+    write: bool,
+    start: Instant,
 }
 
 impl Engine {
@@ -316,6 +330,7 @@ impl Engine {
         intents: HashMap<SegmentId, IntentLog>,
         dead_after_ms: u64,
         tick_ms: u64,
+        fault_timeout_ms: u64,
     ) -> std::io::Result<Engine> {
         let epoll = Epoll::new()?;
         epoll.add(wake_rx.as_fd(), WAKE_TOKEN)?;
@@ -361,6 +376,9 @@ impl Engine {
             evicting: std::collections::HashSet::new(),
             dead_after_ms,
             tick_ms: tick_ms.max(1),
+            fault_timeout: Duration::from_millis(fault_timeout_ms),
+            lapsed: HashMap::new(),
+            parked: Vec::new(),
             last_liveness_ms: 0,
             minority_logged: false,
         })
@@ -404,6 +422,7 @@ impl Engine {
                 self.node.tick(now);
                 self.pump();
                 self.check_liveness(now);
+                self.check_leases();
                 self.pump();
                 self.close_silent_conns();
                 self.flush_durable();
@@ -543,7 +562,9 @@ impl Engine {
             at += total;
             self.transport.heard(from, total);
             match frame {
-                Ok(PeerFrame::Heartbeat) => {}
+                Ok(PeerFrame::Heartbeat { sent_ms, echo_ms }) => {
+                    self.transport.on_heartbeat(from, sent_ms, echo_ms);
+                }
                 Ok(PeerFrame::Protocol(env)) if !page_sized(&env.msg) => {
                     closed = Some(format!(
                         "a page of the wrong size in {} (a bug or a lying peer)",
@@ -614,6 +635,98 @@ impl Engine {
         self.sendbuf = buf;
     }
 
+    /// The lease on `home`'s pages: while it holds, `home` heard this node within the last
+    /// `dead_after_ms / 2`, so it cannot have declared it dead and given its pages to others.
+    fn lease(&self, home: NodeId) -> bool {
+        home == self.me() || self.transport.lease_ok(home, self.dead_after_ms / 2)
+    }
+
+    /// A home's lease on this node lapsed: no process here may touch the copies of its pages
+    /// without asking the engine again. Each copy is write-protected everywhere, then punched
+    /// out of the page cache (which zaps every mapping) and written back unchanged: the data
+    /// stays (the home may have died and will want it back), but every access faults, and
+    /// faults wait for the lease.
+    fn check_leases(&mut self) {
+        for p in self.transport.peers() {
+            let ok = self.lease(p.id);
+            let lapsed = self.lapsed.entry(p.id).or_insert(false);
+            if ok && *lapsed {
+                *lapsed = false;
+                log::info!("{}: lease renewed; its pages are served again", p.id);
+            } else if !ok && !*lapsed {
+                *lapsed = true;
+                self.quarantine(p.id);
+            }
+        }
+        // Parked faults go on once their lease is back, or fail after the fault timeout.
+        let parked = std::mem::take(&mut self.parked);
+        for f in parked {
+            let home = self.home_of(SegmentId(f.att.segment.info.id));
+            if home.is_some_and(|h| self.lease(h)) {
+                self.fault(f.att, f.page, f.kind, f.write, f.start);
+                self.pump();
+            } else if f.start.elapsed() > self.fault_timeout {
+                bump(&self.figures.sigbus);
+                log::error!(
+                    "segment {} page {}: fault of pid {} waited {:?} for its home {} (no lease: unreachable); sending SIGBUS",
+                    f.att.segment.info.name,
+                    f.page,
+                    f.att.pid,
+                    f.start.elapsed(),
+                    home.map_or("?".into(), |h| h.to_string())
+                );
+                let _ = sigbus(&f.att, f.att.base + f.page * PS, f.kind);
+            } else {
+                self.parked.push(f);
+            }
+        }
+    }
+
+    fn quarantine(&mut self, home: NodeId) {
+        let segs: Vec<SegmentId> = self
+            .node
+            .segments()
+            .filter(|s| s.home == home)
+            .map(|s| s.id)
+            .collect();
+        let pages: Vec<PageKey> = self
+            .node
+            .copies()
+            .filter(|(k, _)| segs.contains(&k.seg))
+            .map(|(k, _)| k)
+            .collect();
+        if pages.is_empty() {
+            log::debug!("{home}: no lease (yet); nothing of it held here");
+            return;
+        }
+        log::warn!(
+            "{home}: no lease (not heard back for {} ms): {} page(s) of its segments held here are set aside until it answers",
+            self.dead_after_ms / 2,
+            pages.len()
+        );
+        let mut buf = vec![0u8; PS as usize];
+        for key in pages {
+            let Some(s) = self.segs.get(&key.seg).cloned() else {
+                continue;
+            };
+            self.protect(&s, key, true);
+            let off = key.page.0 * PS;
+            if let Err(e) = s.memfd.read_exact_at(&mut buf, off) {
+                fail_stop(&format!(
+                    "{key}: reading a copy to set it aside failed: {e}"
+                ));
+            }
+            if let Err(e) = s.memfd.punch_hole(off, PS) {
+                fail_stop(&format!(
+                    "{key}: setting a copy aside (punch-hole) failed: {e}"
+                ));
+            }
+            if let Err(e) = s.memfd.write_all_at(&buf, off) {
+                fail_stop(&format!("{key}: restoring a copy set aside failed: {e}"));
+            }
+        }
+    }
+
     fn fault(
         &mut self,
         att: Arc<Attachment>,
@@ -622,6 +735,21 @@ impl Engine {
         write: bool,
         start: Instant,
     ) {
+        let seg = SegmentId(att.segment.info.id);
+        if let Some(home) = self.home_of(seg) {
+            if !self.lease(home) {
+                // Serving this from a copy here could hand out data the home already gave
+                // away: wait for the home (bounded).
+                self.parked.push(Parked {
+                    att,
+                    page,
+                    kind,
+                    write,
+                    start,
+                });
+                return;
+            }
+        }
         let now = self.now();
         bump(&self.figures.faults);
         let key = PageKey::new(SegmentId(att.segment.info.id), page);
@@ -1511,6 +1639,15 @@ impl Engine {
         data: Option<Vec<u8>>,
         reply: Sender<Result<Vec<u8>, String>>,
     ) {
+        if let Some(home) = self.home_of(seg) {
+            if !self.lease(home) {
+                let _ = reply.send(Err(format!(
+                    "its home {home} has not answered for {} ms (no lease); try again",
+                    self.dead_after_ms / 2
+                )));
+                return;
+            }
+        }
         let now = self.now();
         let write = data.is_some();
         let buf = data.unwrap_or_else(|| vec![0; len as usize]);

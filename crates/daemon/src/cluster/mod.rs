@@ -296,6 +296,7 @@ pub fn start(daemon: &Arc<Daemon>, cfg: ClusterConfig) -> Result<(), String> {
         intents,
         cfg.dead_after_ms,
         tick_ms,
+        cfg.fault_timeout_ms,
     )
     .map_err(|e| format!("starting the cluster engine: {e}"))?;
     std::thread::Builder::new()

@@ -44,7 +44,6 @@ struct Out {
     backlog: Vec<u8>,
     /// The connection thread is writing a taken backlog: new frames must queue behind it.
     flushing: bool,
-    last_write: Option<Instant>,
 }
 
 struct Link {
@@ -57,6 +56,14 @@ struct Link {
     /// Milliseconds since the transport started when the peer was last heard (any frame).
     last_heard_ms: AtomicU64,
     dropped: AtomicU64,
+    /// The latest clock value the peer sent in a heartbeat (echoed back to it).
+    heard_sent_ms: AtomicU64,
+    /// The latest of this node's own clock values the peer echoed: the peer had heard this
+    /// node at that time. The lease on the peer's segments runs from it.
+    echoed_ms: AtomicU64,
+    /// When this node last sent the peer a heartbeat, and whether one is wanted now.
+    last_hb_ms: AtomicU64,
+    hb_now: AtomicBool,
 }
 
 fn lock(m: &Mutex<Out>) -> MutexGuard<'_, Out> {
@@ -123,6 +130,10 @@ impl Transport {
                         epoch: AtomicU64::new(0),
                         last_heard_ms: AtomicU64::new(0),
                         dropped: AtomicU64::new(0),
+                        heard_sent_ms: AtomicU64::new(0),
+                        echoed_ms: AtomicU64::new(0),
+                        last_hb_ms: AtomicU64::new(0),
+                        hb_now: AtomicBool::new(false),
                     },
                 )
             })
@@ -179,7 +190,6 @@ impl Transport {
         match send_nonblocking(s.as_fd(), buf) {
             Ok(n) => {
                 self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-                o.last_write = Some(Instant::now());
                 if n < buf.len() {
                     return self.queue(l, &mut o, &buf[n..]);
                 }
@@ -239,6 +249,36 @@ impl Transport {
         v
     }
 
+    /// A heartbeat arrived from `peer`: remember its clock (to echo it) and our echoed clock (the
+    /// lease), and answer soon if our own last heartbeat to it is not fresh.
+    pub fn on_heartbeat(&self, peer: NodeId, sent_ms: u64, echo_ms: u64) {
+        let Some(l) = self.links.get(&peer) else {
+            return;
+        };
+        l.heard_sent_ms.fetch_max(sent_ms, Ordering::Relaxed);
+        // A peer cannot echo a time this node has not reached yet.
+        l.echoed_ms
+            .fetch_max(echo_ms.min(self.now_ms()), Ordering::Relaxed);
+        let quarter = self.heartbeat.as_millis() as u64 / 4;
+        if self
+            .now_ms()
+            .saturating_sub(l.last_hb_ms.load(Ordering::Relaxed))
+            > quarter
+        {
+            l.hb_now.store(true, Ordering::Relaxed);
+            l.cv.notify_one();
+        }
+    }
+
+    /// Whether `peer` heard this node within the last `lease_ms` (by its own echo): while it
+    /// has, it cannot have declared this node dead (it waits `dead_after_ms > lease_ms`).
+    pub fn lease_ok(&self, peer: NodeId, lease_ms: u64) -> bool {
+        self.links.get(&peer).is_some_and(|l| {
+            let e = l.echoed_ms.load(Ordering::Relaxed);
+            e != 0 && self.now_ms() < e + lease_ms
+        })
+    }
+
     /// A frame (of any kind) arrived from `peer`.
     pub fn heard(&self, peer: NodeId, bytes: usize) {
         if let Some(l) = self.links.get(&peer) {
@@ -278,7 +318,6 @@ impl Transport {
                 o.stream = Some(Arc::clone(&stream));
                 o.backlog.clear();
                 o.flushing = false;
-                o.last_write = Some(Instant::now());
             }
             link.connected.store(true, Ordering::Relaxed);
             if self.engine.send(Input::PeerConnected(peer)).is_err() {
@@ -297,10 +336,11 @@ impl Transport {
         }
     }
 
-    /// Write the backlog (and heartbeats when idle) until the connection fails.
+    /// Write the backlog, and a heartbeat every heartbeat interval (busy or not: heartbeats
+    /// carry the lease clock) or when asked, until the connection fails.
     fn flush_loop(&self, link: &Link, stream: &TcpStream) -> String {
-        let mut hb = Vec::new();
-        encode_peer_frame(&PeerFrame::Heartbeat, &mut hb);
+        // The first heartbeat goes out at once: the peer's lease clock starts with it.
+        let mut last_hb: Option<Instant> = None;
         loop {
             let data = {
                 let mut o = lock(&link.out);
@@ -308,17 +348,23 @@ impl Transport {
                     if o.stream.is_none() {
                         return "a send failed".into();
                     }
-                    if !o.backlog.is_empty() {
+                    let since = last_hb.map_or(self.heartbeat, |t| t.elapsed());
+                    if since >= self.heartbeat || link.hb_now.swap(false, Ordering::Relaxed) {
+                        let hb = PeerFrame::Heartbeat {
+                            sent_ms: self.now_ms().max(1),
+                            echo_ms: link.heard_sent_ms.load(Ordering::Relaxed),
+                        };
+                        encode_peer_frame(&hb, &mut o.backlog);
+                        last_hb = Some(Instant::now());
+                        link.last_hb_ms.store(self.now_ms(), Ordering::Relaxed);
                         break;
                     }
-                    let idle = o.last_write.map_or(self.heartbeat, |t| t.elapsed());
-                    if idle >= self.heartbeat {
-                        o.backlog.extend_from_slice(&hb);
+                    if !o.backlog.is_empty() {
                         break;
                     }
                     o = link
                         .cv
-                        .wait_timeout(o, self.heartbeat - idle)
+                        .wait_timeout(o, self.heartbeat - since)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
                 }
@@ -329,7 +375,6 @@ impl Transport {
             let r = (&*stream).write_all(&data);
             let mut o = lock(&link.out);
             o.flushing = false;
-            o.last_write = Some(Instant::now());
             if o.backlog.capacity() == 0 {
                 // Hand the buffer back to keep its allocation.
                 let mut data = data;
