@@ -93,6 +93,29 @@ impl Cache {
         self.pending.is_empty() && self.calls.is_empty() && self.sync_next.is_empty()
     }
 
+    /// Forget everything about `seg`; waiting faults end as `UnknownSegment`.
+    pub fn remove_segment(&mut self, io: &mut Io, seg: SegmentId) {
+        self.copies.retain(|k, _| k.seg != seg);
+        let gone: Vec<PageKey> = self
+            .pending
+            .keys()
+            .filter(|k| k.seg == seg)
+            .copied()
+            .collect();
+        for page in gone {
+            if let Some(p) = self.pending.remove(&page) {
+                for w in p.waiters {
+                    io.emit(Output::FaultDone {
+                        fault: w.fault,
+                        page,
+                        result: FaultResult::UnknownSegment,
+                    });
+                }
+            }
+        }
+        self.sync_next.remove(&seg);
+    }
+
     fn new_req(&mut self) -> ReqId {
         self.next_req += 1;
         ReqId(self.next_req)

@@ -160,6 +160,23 @@ impl Node {
         Ok(())
     }
 
+    /// The segment was removed from the cluster (no process anywhere has it attached): forget
+    /// its pages here, at the home and in this node's cache. Messages still in flight about it
+    /// are ignored as protocol errors.
+    pub fn remove_segment(&mut self, now_ms: u64, seg: SegmentId) {
+        self.io.now_ms = now_ms;
+        self.segments.remove(&seg);
+        self.dir.segs.remove(&seg);
+        self.dir.pages.retain(|k, _| k.seg != seg);
+        self.dir.active.retain(|k| k.seg != seg);
+        self.dir.recovering.remove(&seg);
+        self.dir.recovered.remove(&seg);
+        self.dir.jobs.retain(|_, j| j.seg != seg);
+        self.dir.syncs_served.retain(|(_, s), _| *s != seg);
+        self.dir.intent_reads.retain(|_, s| *s != seg);
+        self.cache.remove_segment(&mut self.io, seg);
+    }
+
     /// Membership declared `peer` dead (silent for longer than the driver's limit): the
     /// incarnation we know is **fenced** — nothing it sends counts any more — and everything it
     /// held is dropped exactly as if it had restarted (pages whose only valid copy it held are
@@ -185,6 +202,16 @@ impl Node {
         }
         self.io.peer_epochs.insert(peer, Epoch(known.0 + 1));
         self.peer_restarted(peer);
+    }
+
+    /// Refuse `peer`'s incarnations below `epoch` from now on, without dropping anything (a
+    /// fence this node set before it restarted, reloaded by the driver).
+    pub fn fence(&mut self, peer: NodeId, epoch: Epoch) {
+        if peer == self.io.id {
+            return;
+        }
+        let e = self.io.peer_epochs.entry(peer).or_default();
+        *e = (*e).max(epoch);
     }
 
     /// The incarnation of `peer` this node accepts messages from (0: none heard yet).

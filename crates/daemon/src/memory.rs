@@ -344,11 +344,17 @@ impl Pool {
                 }
                 *kicked = false;
             }
+            self.compact_clocks();
             if self.resident() <= self.high_pages {
                 continue;
             }
             // Pages of cluster segments leave asynchronously (their home takes them back):
-            // count the ones asked for as gone, so one round does not ask for everything.
+            // count the ones asked for as gone, so one round does not ask for everything, and
+            // wait for them rather than spin when they are all that is left to wait for.
+            if self.effective_resident() <= self.low_pages {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
             let mut stuck = false;
             let mut busy = false;
             while self.effective_resident() > self.low_pages && !stuck && !busy {
@@ -373,6 +379,11 @@ impl Pool {
                 self.stuck.store(stuck, Ordering::Relaxed);
                 self.room.1.notify_all();
                 self.drop_paging_cache();
+                if self.evicting.load(Ordering::Relaxed) > 0 {
+                    // Cluster evictions answer asynchronously (a busy page comes back on the
+                    // clock at once): give the engine a moment instead of spinning on them.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
             if stuck || busy {
                 // Back off while nothing can be evicted, up to 1 s between rounds.
@@ -496,6 +507,27 @@ impl Pool {
             Sweep::Busy
         } else {
             Sweep::Nothing
+        }
+    }
+
+    /// Drop clock entries of pages that are not resident any more, once a partition's clock has
+    /// grown well past its resident pages (cluster pages come and go without the evictor:
+    /// every transfer in adds an entry, an invalidation removes none).
+    fn compact_clocks(&self) {
+        for part in self.partitions() {
+            let resident = part.resident.load(Ordering::Relaxed) as usize;
+            let mut clock = part.clock.lock().unwrap_or_else(|e| e.into_inner());
+            if clock.len() <= 2 * resident + 4096 {
+                continue;
+            }
+            let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
+            clock.retain(|&(seg_id, page)| {
+                seg_id & VOLUME_ID_BIT != 0
+                    || segments
+                        .get(&seg_id)
+                        .and_then(Weak::upgrade)
+                        .is_some_and(|s| s.pages.get(page).is_resident())
+            });
         }
     }
 

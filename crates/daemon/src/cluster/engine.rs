@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pagemesh_core::{
-    Access, CacheState, CallId, CallResult, Envelope, Event, FaultId, FaultResult, MapperError,
-    Node, Output, PageData, PageKey,
+    Access, CacheState, CallId, CallResult, Envelope, Epoch, Event, FaultId, FaultResult,
+    MapperError, Node, Output, PageData, PageKey,
 };
 use pagemesh_proto::peer::{
     decode_peer_frame, Control, NodeFigures, PeerFrame, MAX_PEER_FRAME_BYTES,
@@ -162,6 +162,10 @@ const READ_AHEAD_PAGES: u64 = 8;
 const MAX_PREFETCHES: u64 = 256;
 /// Most present neighbours mapped after a read fault.
 const FAULT_AROUND_PAGES: u64 = 15;
+/// Invalidations remembered to keep read-ahead off pages others are writing.
+const RECENT_INVALIDATIONS: usize = 1024;
+/// An eviction not ended by then is given up (its page goes back on the pool's clock).
+const EVICTION_GIVE_UP: Duration = Duration::from_secs(5);
 
 enum Target {
     /// A read-ahead request: nothing waits on it.
@@ -236,6 +240,9 @@ struct ClearJob {
     for_: ClearFor,
 }
 
+/// A clear-poison asked of a segment's home: the reply, when, and which home.
+type ClearWait = (Sender<Result<u64, String>>, Instant, NodeId);
+
 /// Clear-poison calls in flight per job.
 const CLEAR_WINDOW: usize = 32;
 
@@ -274,7 +281,7 @@ pub struct Engine {
     clear_calls: HashMap<u64, u64>,
     clear_jobs: HashMap<u64, ClearJob>,
     /// Clear-poison requests sent to a home: request -> (reply, when).
-    clears: HashMap<u64, (Sender<Result<u64, String>>, Instant)>,
+    clears: HashMap<u64, ClearWait>,
     next_call: u64,
     ios: HashMap<u64, IoJob>,
     next_io: u64,
@@ -295,8 +302,11 @@ pub struct Engine {
     poisoned_seen: HashMap<SegmentId, std::collections::BTreeSet<u64>>,
     outs: Vec<Output>,
     prefetches: u64,
-    /// Pages whose eviction the pool asked for, until their invalidation.
-    evicting: std::collections::HashSet<PageKey>,
+    /// Pages whose eviction the pool asked for, until their invalidation (or until it is given
+    /// up: the home does not retransmit a lost `Evict`).
+    evicting: HashMap<PageKey, Instant>,
+    /// Pages invalidated here lately (someone else is using them): read-ahead leaves them.
+    recently_invalidated: VecDeque<PageKey>,
     dead_after_ms: u64,
     tick_ms: u64,
     last_liveness_ms: u64,
@@ -373,7 +383,8 @@ impl Engine {
             poisoned_seen: HashMap::new(),
             outs: Vec::with_capacity(64),
             prefetches: 0,
-            evicting: std::collections::HashSet::new(),
+            evicting: HashMap::new(),
+            recently_invalidated: VecDeque::with_capacity(RECENT_INVALIDATIONS),
             dead_after_ms,
             tick_ms: tick_ms.max(1),
             fault_timeout: Duration::from_millis(fault_timeout_ms),
@@ -423,6 +434,7 @@ impl Engine {
                 self.pump();
                 self.check_liveness(now);
                 self.check_leases();
+                self.give_up_evictions();
                 self.pump();
                 self.close_silent_conns();
                 self.flush_durable();
@@ -431,7 +443,7 @@ impl Engine {
                 self.creates
                     .retain(|_, (_, t)| t.elapsed() < Duration::from_secs(15));
                 self.clears
-                    .retain(|_, (_, t)| t.elapsed() < Duration::from_secs(130));
+                    .retain(|_, (_, t, _)| t.elapsed() < Duration::from_secs(130));
             }
         }
     }
@@ -682,6 +694,25 @@ impl Engine {
         }
     }
 
+    /// An `Evict` is sent once; if the home dropped it (rebuilding, a redialled connection,
+    /// dead, a failed write-back), the page stays: give the eviction up and put the page back
+    /// on the pool's clock, so the pool's count of pages on their way out does not drift.
+    fn give_up_evictions(&mut self) {
+        let stale: Vec<PageKey> = self
+            .evicting
+            .iter()
+            .filter(|(_, t)| t.elapsed() > EVICTION_GIVE_UP)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            self.evicting.remove(&key);
+            if let Some(m) = self.segs.get(&key.seg).and_then(|s| s.memory.as_ref()) {
+                m.pool
+                    .cluster_evict_done(&m.partition, Some((key.seg.0, key.page.0)));
+            }
+        }
+    }
+
     fn quarantine(&mut self, home: NodeId) {
         let segs: Vec<SegmentId> = self
             .node
@@ -793,7 +824,10 @@ impl Engine {
                 return;
             }
             let k = PageKey::new(key.seg, q);
-            if self.node.copy(k).is_some() || self.node.pending_request(k).is_some() {
+            if self.node.copy(k).is_some()
+                || self.node.pending_request(k).is_some()
+                || self.recently_invalidated.contains(&k)
+            {
                 continue;
             }
             let id = self.next_fault;
@@ -925,13 +959,13 @@ impl Engine {
                 let Some(m) = &s.memory else {
                     return;
                 };
-                if self.evicting.contains(&key) {
+                if self.evicting.contains_key(&key) {
                     m.pool.cluster_evict_done(&m.partition, None);
                     return;
                 }
                 match self.node.evict(now, key) {
                     pagemesh_core::EvictStart::Requested => {
-                        self.evicting.insert(key);
+                        self.evicting.insert(key, Instant::now());
                     }
                     pagemesh_core::EvictStart::NotHeld => {
                         // Not a copy any more (invalidated meanwhile): nothing to keep.
@@ -949,7 +983,7 @@ impl Engine {
                     Some(h) if h == me => self.start_clear(seg, ClearFor::Local(reply)),
                     Some(h) => {
                         let req = self.req_id();
-                        self.clears.insert(req, (reply, Instant::now()));
+                        self.clears.insert(req, (reply, Instant::now(), h));
                         self.send_peer(
                             h,
                             PeerFrame::Control(Control::ClearPoison { req, seg: seg.0 }),
@@ -1212,7 +1246,7 @@ impl Engine {
                 }
             }
             Control::ClearPoisonDone { req, result } => {
-                if let Some((r, _)) = self.clears.remove(&req) {
+                if let Some((r, _, _)) = self.clears.remove(&req) {
                     if result.is_ok() {
                         // Find the segment by asking which clear this was is not needed: what
                         // this node saw poisoned is stale now for every segment it asked about.
@@ -1470,6 +1504,17 @@ impl Engine {
                     .map(|(t, _)| *t),
             )
             .collect();
+        let clears: Vec<u64> = self
+            .clears
+            .iter()
+            .filter(|(_, (_, _, h))| *h == peer)
+            .map(|(r, _)| *r)
+            .collect();
+        for r in clears {
+            if let Some((reply, _, _)) = self.clears.remove(&r) {
+                let _ = reply.send(Err(format!("the segment's home {peer} died or restarted")));
+            }
+        }
         for t in orphans {
             self.barrier_of.remove(&t);
             self.lock_of.remove(&t);
@@ -1517,6 +1562,11 @@ impl Engine {
         for p in peers {
             let dead = self.dead.entry(p.id).or_insert(false);
             if p.silent_ms > self.dead_after_ms && !*dead {
+                if self.node.peer_epoch(p.id) == Epoch(0) {
+                    // Never heard from (not started yet?): it holds nothing of ours, and there
+                    // is no incarnation to fence.
+                    continue;
+                }
                 if !quorum {
                     if !self.minority_logged {
                         self.minority_logged = true;
@@ -1805,7 +1855,11 @@ impl Engine {
                         ));
                     }
                     s.set_state(page.page.0, PageState::Absent);
-                    if self.evicting.remove(page) {
+                    if self.recently_invalidated.len() == RECENT_INVALIDATIONS {
+                        self.recently_invalidated.pop_front();
+                    }
+                    self.recently_invalidated.push_back(*page);
+                    if self.evicting.remove(page).is_some() {
                         if let Some(m) = &s.memory {
                             m.pool.cluster_evict_done(&m.partition, None);
                         }

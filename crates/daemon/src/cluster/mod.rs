@@ -172,11 +172,20 @@ fn load_fences(data_dir: &Path) -> Result<Vec<(NodeId, Epoch)>, String> {
         .collect()
 }
 
-/// Record durably that `peer` is fenced below `epoch`.
+/// Record durably that `peer` is fenced below `epoch` (a fence only ever rises).
 pub(crate) fn store_fence(data_dir: &Path, peer: NodeId, epoch: Epoch) -> std::io::Result<()> {
     use std::io::Write;
     let dir = cluster_dir(data_dir);
-    let mut fences = load_fences(data_dir).unwrap_or_default();
+    let mut fences = load_fences(data_dir).map_err(std::io::Error::other)?;
+    let old = fences
+        .iter()
+        .filter(|(n, _)| *n == peer)
+        .map(|(_, e)| *e)
+        .max()
+        .unwrap_or_default();
+    if epoch <= old {
+        return Ok(());
+    }
     fences.retain(|(n, _)| *n != peer);
     fences.push((peer, epoch));
     let tmp = dir.join("fences.tmp");
@@ -220,6 +229,8 @@ fn next_epoch(data_dir: &Path) -> Result<Epoch, String> {
 pub fn start(daemon: &Arc<Daemon>, cfg: ClusterConfig) -> Result<(), String> {
     let epoch = next_epoch(&daemon.config.data_dir)?;
     let me = NodeId(cfg.node_id);
+    // Fences this node set before it restarted hold from the first connection on.
+    let fences = load_fences(&daemon.config.data_dir)?;
     let (chan, rx) = mpsc::channel();
     let (wake, wake_rx) =
         UnixStream::pair().map_err(|e| format!("creating the engine's wake socket: {e}"))?;
@@ -240,11 +251,9 @@ pub fn start(daemon: &Arc<Daemon>, cfg: ClusterConfig) -> Result<(), String> {
         &peers,
         Duration::from_millis(cfg.dead_after_ms),
         tx.clone(),
+        &fences,
     )
     .map_err(|e| format!("starting the peer transport: {e}"))?;
-    for (peer, epoch) in load_fences(&daemon.config.data_dir)? {
-        transport.fence(peer, epoch);
-    }
     let mut all: Vec<NodeId> = peers.iter().map(|p| p.0).collect();
     all.push(me);
     all.sort();
@@ -269,7 +278,10 @@ pub fn start(daemon: &Arc<Daemon>, cfg: ClusterConfig) -> Result<(), String> {
             .map_err(|e| format!("segment id {}: opening its write-intent log: {e}", i.id.0))?;
         intents.insert(i.id, log);
     }
-    let node = Node::new(ncfg, &infos);
+    let mut node = Node::new(ncfg, &infos);
+    for &(peer, e) in &fences {
+        node.fence(peer, e);
+    }
     for s in segs.values() {
         link(s, tx.clone());
     }
@@ -499,5 +511,32 @@ impl Daemon {
             info.home.unwrap_or(0)
         );
         Ok(Some(seg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fences_only_rise_and_survive_a_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(cluster_dir(dir.path())).expect("dir");
+        store_fence(dir.path(), NodeId(2), Epoch(6)).expect("store");
+        store_fence(dir.path(), NodeId(3), Epoch(2)).expect("store");
+        // A lower (or unknown, 0) fence never replaces a higher one.
+        store_fence(dir.path(), NodeId(2), Epoch(0)).expect("store");
+        store_fence(dir.path(), NodeId(2), Epoch(4)).expect("store");
+        let mut f = load_fences(dir.path()).expect("load");
+        f.sort();
+        assert_eq!(f, vec![(NodeId(2), Epoch(6)), (NodeId(3), Epoch(2))]);
+        store_fence(dir.path(), NodeId(2), Epoch(7)).expect("store");
+        assert!(load_fences(dir.path())
+            .expect("load")
+            .contains(&(NodeId(2), Epoch(7))));
+        // A corrupt file is an error, not an empty set of fences.
+        std::fs::write(cluster_dir(dir.path()).join("fences"), "2 x\n").expect("write");
+        assert!(load_fences(dir.path()).is_err());
+        assert!(store_fence(dir.path(), NodeId(4), Epoch(1)).is_err());
     }
 }

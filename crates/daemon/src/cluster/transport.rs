@@ -101,6 +101,7 @@ pub struct Transport {
 
 impl Transport {
     /// Bind the listener and start the listener and connection threads.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         me: NodeId,
         epoch: Epoch,
@@ -109,6 +110,7 @@ impl Transport {
         peers: &[(NodeId, SocketAddr)],
         dead_after: Duration,
         engine: Waker,
+        fences: &[(NodeId, Epoch)],
     ) -> std::io::Result<Arc<Transport>> {
         let listener = TcpListener::bind(listen).map_err(|e| {
             std::io::Error::new(
@@ -149,7 +151,7 @@ impl Transport {
             start: Instant::now(),
             links,
             engine,
-            fence: Mutex::new(HashMap::new()),
+            fence: Mutex::new(fences.iter().copied().collect()),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
         });
