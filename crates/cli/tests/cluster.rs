@@ -549,3 +549,75 @@ fn cluster_segments_larger_than_a_nodes_memory_page_through_their_home() {
     assert!(v.status.success(), "{}{}", v.stdout_str(), v.stderr);
     bounded(2);
 }
+
+#[test]
+fn a_cluster_segment_is_removed_everywhere_only_when_nobody_uses_it() {
+    let mut c = Cluster::start(3, &["--dead-after-ms", "1500"]);
+    c.create(1, "gone", &["--size", "1MiB", "--home", "2"]);
+    c.node(1).run(&["memtest", "gone", "--write", "3"]).ok();
+    // A process on node 3 has it attached: the removal (asked on node 1) is refused.
+    let mut busy = c.node(3).spawn_cmd(
+        &[
+            "memtest",
+            "gone",
+            "--verify",
+            "3",
+            "--repeat",
+            "100000",
+            "--pause-ms",
+            "5",
+        ],
+        false,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = c.node(1).run(&["segment", "rm", "gone"]);
+    assert!(!refused.status.success());
+    assert!(refused.stderr.contains("attached"), "{}", refused.stderr);
+    // Still usable everywhere after the refusal.
+    c.node(2).run(&["memtest", "gone", "--verify", "3"]).ok();
+    assert!(
+        busy.try_wait().expect("try_wait").is_none(),
+        "the user stayed attached"
+    );
+    let refused = c.node(2).run(&["segment", "rm", "gone"]);
+    assert!(
+        !refused.status.success(),
+        "removed while attached on node 3"
+    );
+    busy.kill().expect("kill the process this test started");
+    busy.wait().expect("reap");
+    std::thread::sleep(Duration::from_millis(300));
+    c.node(1).run(&["segment", "rm", "gone"]).ok();
+    for n in 1..=3 {
+        let list = c.node(n).run(&["segment", "list"]).ok().stdout_str();
+        assert!(!list.contains("gone"), "node {n}: {list}");
+    }
+    // The name can be used again (a new segment, a new id).
+    c.create(3, "gone", &["--size", "4KiB"]);
+    c.node(1).run(&["memtest", "gone", "--write", "4"]).ok();
+    c.node(2).run(&["memtest", "gone", "--verify", "4"]).ok();
+    // A node that was down during a removal forgets the segment when it comes back, and does
+    // not bring it back to the others.
+    c.create(1, "old", &["--size", "4KiB"]);
+    c.nodes[2].kill9();
+    std::thread::sleep(Duration::from_millis(2500)); // declared dead
+    c.node(1).run(&["segment", "rm", "old"]).ok();
+    c.restart(3);
+    c.wait_connected();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c
+        .node(3)
+        .run(&["segment", "list"])
+        .ok()
+        .stdout_str()
+        .contains("old")
+    {
+        assert!(Instant::now() < deadline, "node 3 kept the removed segment");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for n in 1..=2 {
+        let list = c.node(n).run(&["segment", "list"]).ok().stdout_str();
+        assert!(!list.contains("old"), "node {n}: {list}");
+    }
+}

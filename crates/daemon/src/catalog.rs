@@ -70,6 +70,10 @@ struct Stored {
     volumes: Vec<VolumeEntry>,
     #[serde(default)]
     partitions: Vec<PartitionEntry>,
+    /// Ids of cluster segments removed from the cluster: a peer that was away and still lists
+    /// one must not bring it back.
+    #[serde(default)]
+    removed: Vec<u64>,
 }
 
 pub struct Catalog {
@@ -94,6 +98,7 @@ impl Catalog {
                 segments: Vec::new(),
                 volumes: Vec::new(),
                 partitions: Vec::new(),
+                removed: Vec::new(),
             },
             Err(source) => return Err(CatalogError::Read { path, source }),
         };
@@ -203,6 +208,21 @@ impl Catalog {
 
     pub fn remove(&mut self, name: &str) -> Result<(), CatalogError> {
         self.update(|st| st.segments.retain(|e| e.name != name))
+    }
+
+    /// Remove a cluster segment and remember its id as removed (one atomic update).
+    pub fn remove_cluster(&mut self, id: u64) -> Result<(), CatalogError> {
+        self.update(|st| {
+            st.segments.retain(|e| e.id != id);
+            if !st.removed.contains(&id) {
+                st.removed.push(id);
+            }
+        })
+    }
+
+    /// Ids of cluster segments removed from the cluster.
+    pub fn removed(&self) -> Vec<u64> {
+        self.stored.removed.clone()
     }
 
     /// Apply a change to a copy, persist the copy, and only then adopt it: a failed write

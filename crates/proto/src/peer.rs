@@ -148,6 +148,47 @@ pub enum Control {
         /// Which round of the barrier this was (counts from 1).
         generation: u64,
     },
+    /// Remove cluster segment `seg` (sent to its home, which runs the removal).
+    RemoveSegment {
+        /// Matches the reply.
+        req: u64,
+        /// Segment.
+        seg: u64,
+    },
+    /// The home's answer to `RemoveSegment`.
+    RemoveDone {
+        /// The request answered.
+        req: u64,
+        /// Removed, or why not.
+        result: Result<(), String>,
+    },
+    /// home -> every node: refuse new attachments of `seg` and say whether any process has it.
+    RemovePrepare {
+        /// Segment.
+        seg: u64,
+    },
+    /// node -> home: prepared (no process attached here), or the pids attached.
+    RemovePrepared {
+        /// Segment.
+        seg: u64,
+        /// Ready, or why not.
+        result: Result<(), String>,
+    },
+    /// home -> every node: forget `seg` (remember it as removed).
+    RemoveCommit {
+        /// Segment.
+        seg: u64,
+    },
+    /// home -> every node: the removal failed; accept attachments of `seg` again.
+    RemoveAbort {
+        /// Segment.
+        seg: u64,
+    },
+    /// Ids of segments removed from the cluster (sent after each connect with the catalog).
+    Removed {
+        /// Segment ids.
+        ids: Vec<u64>,
+    },
     /// Restore every poisoned page of segment `seg` (sent to its home).
     ClearPoison {
         /// Matches the reply.

@@ -95,6 +95,11 @@ pub enum Input {
         seg: SegmentId,
         reply: Sender<ClusterSegStat>,
     },
+    /// Remove a cluster segment from the cluster (run by its home).
+    Remove {
+        seg: SegmentId,
+        reply: Sender<Result<(), String>>,
+    },
     /// The memory pool wants this page out of the node (the home takes it back).
     Evict {
         seg: SegmentId,
@@ -240,6 +245,27 @@ struct ClearJob {
     for_: ClearFor,
 }
 
+/// Who asked for a removal.
+enum RemoveFor {
+    Local(Sender<Result<(), String>>),
+    Peer(NodeId, u64),
+}
+
+/// A removal run by this node (the segment's home): every node must agree no process has the
+/// segment attached before anyone forgets it.
+struct Removal {
+    waiting: std::collections::HashSet<NodeId>,
+    deadline: Instant,
+    sync_call: Option<u64>,
+    for_: RemoveFor,
+}
+
+/// A removal asked of a segment's home: the reply, when, and which home.
+type RemoveWait = (Sender<Result<(), String>>, Instant, NodeId);
+
+/// How long the nodes have to answer a removal.
+const REMOVE_WAIT: Duration = Duration::from_secs(5);
+
 /// A clear-poison asked of a segment's home: the reply, when, and which home.
 type ClearWait = (Sender<Result<u64, String>>, Instant, NodeId);
 
@@ -282,6 +308,11 @@ pub struct Engine {
     clear_jobs: HashMap<u64, ClearJob>,
     /// Clear-poison requests sent to a home: request -> (reply, when).
     clears: HashMap<u64, ClearWait>,
+    removals: HashMap<SegmentId, Removal>,
+    /// Syncs run by removals: call -> segment.
+    remove_syncs: HashMap<u64, SegmentId>,
+    /// Removals asked of a segment's home: request -> (reply, when, home).
+    removes: HashMap<u64, RemoveWait>,
     next_call: u64,
     ios: HashMap<u64, IoJob>,
     next_io: u64,
@@ -365,6 +396,9 @@ impl Engine {
             clear_calls: HashMap::new(),
             clear_jobs: HashMap::new(),
             clears: HashMap::new(),
+            removals: HashMap::new(),
+            remove_syncs: HashMap::new(),
+            removes: HashMap::new(),
             next_call: 1,
             ios: HashMap::new(),
             next_io: 1,
@@ -435,6 +469,7 @@ impl Engine {
                 self.check_liveness(now);
                 self.check_leases();
                 self.give_up_evictions();
+                self.expire_removals();
                 self.pump();
                 self.close_silent_conns();
                 self.flush_durable();
@@ -902,6 +937,10 @@ impl Engine {
                 let segments: Vec<SegmentInfo> =
                     self.segs.values().map(|s| s.info.clone()).collect();
                 self.send_peer(peer, PeerFrame::Control(Control::Catalog { segments }));
+                let ids = self.daemon.removed_cluster_segments();
+                if !ids.is_empty() {
+                    self.send_peer(peer, PeerFrame::Control(Control::Removed { ids }));
+                }
             }
             Input::Fenced { by, reason } => {
                 log::error!(
@@ -951,6 +990,23 @@ impl Engine {
                 data,
                 reply,
             } => self.start_io(seg, offset, len, data, reply),
+            Input::Remove { seg, reply } => {
+                let me = self.me();
+                match self.home_of(seg) {
+                    Some(h) if h == me => self.start_remove(seg, RemoveFor::Local(reply)),
+                    Some(h) => {
+                        let req = self.req_id();
+                        self.removes.insert(req, (reply, Instant::now(), h));
+                        self.send_peer(
+                            h,
+                            PeerFrame::Control(Control::RemoveSegment { req, seg: seg.0 }),
+                        );
+                    }
+                    None => {
+                        let _ = reply.send(Err("not a cluster segment of this node".into()));
+                    }
+                }
+            }
             Input::Evict { seg, page } => {
                 let key = PageKey::new(seg, page);
                 let Some(s) = self.segs.get(&seg).cloned() else {
@@ -1231,6 +1287,65 @@ impl Engine {
                 }
             }
             Control::SyncRefused { token, reason } => self.refuse_waiter(token, reason),
+            Control::RemoveSegment { req, seg } => {
+                let seg = SegmentId(seg);
+                if self.home_of(seg) == Some(me) {
+                    self.start_remove(seg, RemoveFor::Peer(from, req));
+                } else {
+                    let result = Err(format!("{me} is not the home of segment id {:#x}", seg.0));
+                    self.send_peer(
+                        from,
+                        PeerFrame::Control(Control::RemoveDone { req, result }),
+                    );
+                }
+            }
+            Control::RemoveDone { req, result } => {
+                if let Some((r, _, _)) = self.removes.remove(&req) {
+                    let _ = r.send(result);
+                }
+            }
+            Control::RemovePrepare { seg } => {
+                let result = match self.daemon.cluster_segment(seg) {
+                    Some(s) => s.mark_removed().map_err(|pids| {
+                        format!(
+                            "{me}: segment {} is attached by pid(s) {pids:?}",
+                            s.info.name
+                        )
+                    }),
+                    None => Ok(()),
+                };
+                self.send_peer(
+                    from,
+                    PeerFrame::Control(Control::RemovePrepared { seg, result }),
+                );
+            }
+            Control::RemovePrepared { seg, result } => {
+                self.remove_answer(SegmentId(seg), from, result)
+            }
+            Control::RemoveCommit { seg } => self.forget_segment(SegmentId(seg)),
+            Control::RemoveAbort { seg } => {
+                if let Some(s) = self.daemon.cluster_segment(seg) {
+                    s.unmark_removed();
+                }
+            }
+            Control::Removed { ids } => {
+                for id in ids {
+                    match self.daemon.cluster_segment(id) {
+                        Some(s) => match s.mark_removed() {
+                            Ok(()) => self.forget_segment(SegmentId(id)),
+                            Err(pids) => log::error!(
+                                "{from} says segment {} (id {id:#x}) was removed from the cluster, but pid(s) {pids:?} here have it attached; \
+                                 their faults on it now fail (end them)",
+                                s.info.name
+                            ),
+                        },
+                        // Remember it anyway, so a peer that was away cannot bring it back here.
+                        None => {
+                            let _ = self.daemon.drop_cluster_segment(id);
+                        }
+                    }
+                }
+            }
             Control::ClearPoison { req, seg } => {
                 let seg = SegmentId(seg);
                 if self.home_of(seg) == Some(me) {
@@ -1346,6 +1461,162 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Run a removal at the home: every node that is not declared dead must confirm that no
+    /// process has the segment (and refuse new attachments) within `REMOVE_WAIT`; a file
+    /// segment is synced (like unmapping a file); then every node forgets it.
+    fn start_remove(&mut self, seg: SegmentId, for_: RemoveFor) {
+        let fail = |me: &mut Self, for_: RemoveFor, e: String| me.finish_remove_reply(for_, Err(e));
+        if self.removals.contains_key(&seg) {
+            return fail(
+                self,
+                for_,
+                "a removal of this segment is already running".into(),
+            );
+        }
+        let Some(s) = self.segs.get(&seg).cloned() else {
+            return fail(self, for_, "not a cluster segment of this node".into());
+        };
+        if let Err(pids) = s.mark_removed() {
+            let e = format!(
+                "segment {} is attached by pid(s) {pids:?} on {}; end those processes first",
+                s.info.name,
+                self.me()
+            );
+            return fail(self, for_, e);
+        }
+        let peers: Vec<NodeId> = self
+            .transport
+            .peers()
+            .into_iter()
+            .filter(|p| self.dead.get(&p.id) != Some(&true))
+            .map(|p| p.id)
+            .collect();
+        for &p in &peers {
+            self.send_peer(p, PeerFrame::Control(Control::RemovePrepare { seg: seg.0 }));
+        }
+        self.removals.insert(
+            seg,
+            Removal {
+                waiting: peers.into_iter().collect(),
+                deadline: Instant::now() + REMOVE_WAIT,
+                sync_call: None,
+                for_,
+            },
+        );
+        self.remove_step(seg);
+    }
+
+    fn remove_answer(&mut self, seg: SegmentId, from: NodeId, result: Result<(), String>) {
+        let Some(r) = self.removals.get_mut(&seg) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                r.waiting.remove(&from);
+                self.remove_step(seg);
+            }
+            Err(e) => self.abort_remove(seg, e),
+        }
+    }
+
+    /// Move a removal on: once every node agreed, sync a file segment, then commit.
+    fn remove_step(&mut self, seg: SegmentId) {
+        let now = self.now();
+        let Some(r) = self.removals.get_mut(&seg) else {
+            return;
+        };
+        if !r.waiting.is_empty() || r.sync_call.is_some() {
+            return;
+        }
+        let file = self
+            .segs
+            .get(&seg)
+            .is_some_and(|s| matches!(s.info.backing, pagemesh_proto::Backing::File { .. }));
+        if file {
+            let call = self.next_call;
+            self.next_call += 1;
+            r.sync_call = Some(call);
+            self.remove_syncs.insert(call, seg);
+            self.node.sync(now, CallId(call), seg);
+            return;
+        }
+        self.commit_remove(seg);
+    }
+
+    fn commit_remove(&mut self, seg: SegmentId) {
+        let Some(r) = self.removals.remove(&seg) else {
+            return;
+        };
+        self.broadcast(Control::RemoveCommit { seg: seg.0 });
+        self.forget_segment(seg);
+        self.finish_remove_reply(r.for_, Ok(()));
+    }
+
+    fn abort_remove(&mut self, seg: SegmentId, why: String) {
+        let Some(r) = self.removals.remove(&seg) else {
+            return;
+        };
+        self.broadcast(Control::RemoveAbort { seg: seg.0 });
+        if let Some(s) = self.segs.get(&seg) {
+            s.unmark_removed();
+        }
+        self.finish_remove_reply(r.for_, Err(format!("not removed: {why}")));
+    }
+
+    fn finish_remove_reply(&mut self, for_: RemoveFor, result: Result<(), String>) {
+        match for_ {
+            RemoveFor::Local(r) => {
+                let _ = r.send(result);
+            }
+            RemoveFor::Peer(n, req) => {
+                self.send_peer(n, PeerFrame::Control(Control::RemoveDone { req, result }))
+            }
+        }
+    }
+
+    /// Forget a removed segment on this node: the core, the engine, the daemon's tables.
+    fn forget_segment(&mut self, seg: SegmentId) {
+        let now = self.now();
+        self.node.remove_segment(now, seg);
+        self.segs.remove(&seg);
+        self.intents.remove(&seg);
+        self.evicting.retain(|k, _| k.seg != seg);
+        self.poisoned_seen.remove(&seg);
+        if let Err(e) = self.daemon.drop_cluster_segment(seg.0) {
+            log::error!(
+                "segment id {:#x}: removing it from the catalog failed: {e}",
+                seg.0
+            );
+        }
+    }
+
+    /// Removals whose nodes did not all answer in time fail (and are undone everywhere).
+    fn expire_removals(&mut self) {
+        let late: Vec<SegmentId> = self
+            .removals
+            .iter()
+            .filter(|(_, r)| r.sync_call.is_none() && r.deadline <= Instant::now())
+            .map(|(s, _)| *s)
+            .collect();
+        for seg in late {
+            let who: Vec<String> = self.removals[&seg]
+                .waiting
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            self.abort_remove(
+                seg,
+                format!(
+                    "{} did not answer within {} s",
+                    who.join(", "),
+                    REMOVE_WAIT.as_secs()
+                ),
+            );
+        }
+        self.removes
+            .retain(|_, (_, t, _)| t.elapsed() < Duration::from_secs(40));
     }
 
     fn start_clear(&mut self, seg: SegmentId, for_: ClearFor) {
@@ -1915,6 +2186,16 @@ impl Engine {
                 result,
             } => self.fault_done(fault.0, *page, *result),
             Output::CallDone { call, result } => {
+                if let Some(seg) = self.remove_syncs.remove(&call.0) {
+                    match result {
+                        CallResult::Ok => self.commit_remove(seg),
+                        other => self.abort_remove(
+                            seg,
+                            format!("writing its dirty pages back to its file failed ({other:?})"),
+                        ),
+                    }
+                    return;
+                }
                 if let Some(job) = self.clear_calls.remove(&call.0) {
                     self.clear_step(job, Some(*result));
                     return;

@@ -461,8 +461,57 @@ impl Daemon {
         Ok(seg)
     }
 
+    /// The cluster segment with this id, if this node has it.
+    pub(crate) fn cluster_segment(&self, id: u64) -> Option<Arc<Segment>> {
+        self.segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|s| s.info.id == id && s.info.home.is_some())
+            .cloned()
+    }
+
+    /// Ids of cluster segments removed from the cluster.
+    pub(crate) fn removed_cluster_segments(&self) -> Vec<u64> {
+        self.catalog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .removed()
+    }
+
+    /// Forget a cluster segment on this node (the cluster removed it; nothing is attached here
+    /// any more): catalog (remembering the id as removed), the segment table, the memory it
+    /// counted, and on its home its store and write-intent log (a file segment keeps its file).
+    pub(crate) fn drop_cluster_segment(&self, id: u64) -> Result<(), String> {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        catalog.remove_cluster(id).map_err(|e| e.to_string())?;
+        let seg = {
+            let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
+            let name = segs
+                .iter()
+                .find(|(_, s)| s.info.id == id)
+                .map(|(n, _)| n.clone());
+            name.and_then(|n| segs.remove(&n))
+        };
+        let Some(seg) = seg else {
+            return Ok(());
+        };
+        seg.release();
+        self.pool.unregister(id);
+        let me = self.cluster.get().map(|c| c.me());
+        if seg.info.home == me {
+            let dir = cluster_dir(&self.config.data_dir);
+            if matches!(seg.info.backing, Backing::Zero) {
+                let _ = std::fs::remove_file(zero_store(&self.config.data_dir, id));
+            }
+            let _ = std::fs::remove_file(dir.join(format!("seg-{id}.intents")));
+        }
+        log::info!("cluster segment {} (id {id:#x}) removed", seg.info.name);
+        Ok(())
+    }
+
     /// Take a cluster segment another node announced into this node's catalog. `Ok(None)` if
-    /// it is known already.
+    /// it is known already (or was removed from the cluster).
     pub(crate) fn adopt_cluster_segment(
         &self,
         info: &SegmentInfo,
@@ -481,6 +530,9 @@ impl Daemon {
             ));
         }
         let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        if catalog.removed().contains(&info.id) {
+            return Ok(None);
+        }
         if let Some(s) = self
             .segments
             .read()

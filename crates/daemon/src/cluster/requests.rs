@@ -240,10 +240,28 @@ impl Daemon {
                     }
                 })
             }
+            Request::RemoveSegment { name } => {
+                match self.segment(name) {
+                    Ok(s) if s.info.home.is_some() => {}
+                    _ => return None,
+                }
+                run(&|| {
+                    let seg = cluster_seg(name)?;
+                    let (tx, rx) = mpsc::channel();
+                    c.send(Input::Remove { seg, reply: tx })
+                        .map_err(|e| err(ErrorCode::Internal, e))?;
+                    match wait(rx, Duration::from_secs(30), "remove")? {
+                        Ok(()) => Ok(Response::Removed),
+                        Err(e) => Err(err(
+                            ErrorCode::InvalidArgument,
+                            format!("segment {name}: {e}"),
+                        )),
+                    }
+                })
+            }
             Request::Pin { name, .. }
             | Request::Unpin { name, .. }
-            | Request::PageInfo { name, .. }
-            | Request::RemoveSegment { name } => {
+            | Request::PageInfo { name, .. } => {
                 let s = match self.segment(name) {
                     Ok(s) if s.info.home.is_some() => s,
                     _ => return None,
