@@ -18,9 +18,13 @@ impl World {
                 let copy = core.copy(*page);
                 let mem = n.mem.get(page);
                 match (copy, mem) {
-                    (Some(_), Some(_)) if self.fenced_view(i, *page) => {
+                    (Some(_), Some(_))
+                        if self.fenced_view(i, *page)
+                            && !(self.cfg.leases && self.holds_lease(i, *page)) =>
+                    {
                         // An orphaned copy on a node declared dead that has not stopped yet:
-                        // its home no longer counts it.
+                        // its home no longer counts it. With leases, only while its node
+                        // cannot use it (no lease of its home); a copy it may use is checked.
                     }
                     (Some(c), Some(v)) => {
                         if c.state.is_exclusive() {
@@ -115,6 +119,10 @@ impl World {
 
     /// A home granting write access to an incarnation that is already dead cannot know whether
     /// it wrote before dying: the page may be poisoned when the home learns of the restart.
+    ///
+    /// With leases, a write granted M may wait for the lease (and never happen, or happen
+    /// much later); the home counts the page as being written from the grant on (its write
+    /// intent is set), so the model does too: the page is unsynced from the grant.
     pub(crate) fn note_grant_to_dead(&mut self, env: &Envelope) {
         if let Msg::Grant {
             page,
@@ -125,6 +133,9 @@ impl World {
             let n = &self.nodes[env.to.0 as usize];
             if n.core.is_none() || n.epoch != env.to_epoch.0 {
                 self.model.pages.entry(page).or_default().poison_ok = true;
+            }
+            if self.cfg.leases {
+                self.model.granted_for_write(page);
             }
         }
     }

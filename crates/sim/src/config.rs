@@ -48,6 +48,21 @@ pub struct SimConfig {
     /// transport's floor) and are forgotten when the fencing node restarts. Without this, it
     /// stops at the heal whenever it was declared dead during its incarnation.
     pub fences_forgotten: bool,
+    /// Leases, as the daemon keeps them outside the core (`docs/cluster.md` §7): every node
+    /// sends each peer a heartbeat every `dead_after_ms / 8` (20..=500 ms) over the simulated
+    /// network, carrying its send time and echoing the latest send time it heard from that
+    /// peer; a node holds the lease on the pages homed at `H` while `H` provably heard it
+    /// within `dead_after_ms / 2` (by `H`'s echo of one of its own send times). A process may
+    /// complete a read or write (local hits included) only while its node holds the lease of
+    /// the page's home; otherwise the access waits. Membership then measures silence from the
+    /// last message a node heard from a peer, as the daemon does. With leases on, reads on
+    /// nodes declared dead are checked like every other read.
+    pub leases: bool,
+    /// With `leases`: heartbeats run and the checks count on leases, but processes ignore
+    /// them (no access ever waits) — the mistake leases exist to prevent, e.g. reads through
+    /// mappings that were not set aside when the lease lapsed. The checkers must catch the
+    /// stale reads of a node declared dead.
+    pub lease_bypass: bool,
     /// Events a run may process before it is declared a livelock.
     pub max_steps: u64,
     /// Time allowed after faults stop and partitions heal for everything to complete.
@@ -77,6 +92,8 @@ impl Default for SimConfig {
             dead_after_ms: 1600,
             minority_declares: false,
             fences_forgotten: false,
+            leases: false,
+            lease_bypass: false,
             liveness_bound_ms: 20_000,
             max_steps: 5_000_000,
             crash_homes: true,

@@ -5,13 +5,16 @@
 //! reads, writes, atomic increments, syncs and evictions runs on every node; checkers assert the
 //! invariants after every event. A failing seed replays exactly. With `SimConfig::dead_rate`,
 //! cluster membership declares nodes that stay silent too long dead (`Node::peer_dead`), and a
-//! node declared dead while only cut off stops when the partition heals.
+//! node declared dead while only cut off stops when the partition heals. With
+//! `SimConfig::leases`, nodes exchange the daemon's heartbeats and use their copies only under
+//! the lease of the pages' homes; reads on nodes declared dead are then checked too.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod checks;
 mod config;
+mod lease;
 mod membership;
 mod model;
 mod net;

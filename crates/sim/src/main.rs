@@ -30,6 +30,12 @@ const USAGE: &str = "usage: pagemesh-sim (--seed S | --seeds N [--start S]) [opt
                       (as the daemon does today, without a quorum rule)
   --fences-forgotten  a node declared dead stops at the heal only if an up node still fences
                       it (fences are in memory, forgotten when the fencing node restarts)
+  --leases            leases as the daemon keeps them: heartbeats echo the latest send time
+                      heard from the receiver; a node uses its copies of a home's pages only
+                      while that home heard it within dead-after/2 (accesses wait otherwise);
+                      reads on nodes declared dead are then checked like all others
+  --lease-bypass      --leases, but processes ignore leases (nothing waits) while the checks
+                      count on them: the checkers must find the stale reads
   --no-home-crash     only non-home nodes crash
   --inject-bug        switch on the core's injected bug (skip one invalidation ack)
   --coverage          list protocol branches no seed reached
@@ -83,6 +89,11 @@ fn parse() -> Result<Args, String> {
             "--dead-after" => a.cfg.dead_after_ms = num(&flag, val()?)?,
             "--minority-declares" => a.cfg.minority_declares = true,
             "--fences-forgotten" => a.cfg.fences_forgotten = true,
+            "--leases" => a.cfg.leases = true,
+            "--lease-bypass" => {
+                a.cfg.leases = true;
+                a.cfg.lease_bypass = true;
+            }
             "--inject-bug" => a.cfg.inject_bug = true,
             "--no-home-crash" => a.cfg.crash_homes = false,
             "--coverage" => a.coverage = true,
@@ -123,15 +134,29 @@ fn print_coverage(cov: &pagemesh_core::Coverage) {
     }
 }
 
-/// The membership figures, when membership was on.
-fn dead_summary(s: &pagemesh_sim::Stats) -> String {
-    if s.dead_faults == 0 && s.declarations == 0 {
-        return String::new();
+/// The membership and lease figures, when membership or leases were on.
+fn dead_summary(s: &pagemesh_sim::Stats, leases: bool) -> String {
+    let mut out = String::new();
+    if s.dead_faults > 0 || s.declarations > 0 {
+        if leases {
+            out = format!(
+                "; declared dead: {} faults, {} declarations, {} fenced nodes stopped, {} reads on fenced nodes of pages homed across ({} stale; all checked), {} writes there, {} reads on fenced nodes of pages homed on their side",
+                s.dead_faults, s.declarations, s.fenced_stops, s.fenced_reads, s.fenced_stale_reads, s.fenced_writes, s.fenced_home_side_reads
+            );
+        } else {
+            out = format!(
+                "; declared dead: {} faults, {} declarations, {} fenced nodes stopped, {} reads on fenced nodes ({} stale, not checked), {} writes on orphaned copies",
+                s.dead_faults, s.declarations, s.fenced_stops, s.fenced_reads, s.fenced_stale_reads, s.fenced_writes
+            );
+        }
     }
-    format!(
-        "; declared dead: {} faults, {} declarations, {} fenced nodes stopped, {} reads on fenced nodes ({} stale, not checked), {} writes on orphaned copies",
-        s.dead_faults, s.declarations, s.fenced_stops, s.fenced_reads, s.fenced_stale_reads, s.fenced_writes
-    )
+    if leases {
+        out.push_str(&format!(
+            "; leases: {} heartbeats, {} waits for a lease, {} accesses held back on fenced nodes until they stopped",
+            s.heartbeats, s.lease_waits, s.fenced_lease_waits
+        ));
+    }
+    out
 }
 
 fn main() -> ExitCode {
@@ -155,7 +180,7 @@ fn main() -> ExitCode {
                 }
                 println!(
                     "seed {seed} passed: {} steps, {} ms simulated; {} reads, {} writes, {} increments, {} SIGBUS, {} syncs, {} evictions; {} messages ({} dropped, {} duplicated); {} crashes, {} partitions, {} pages poisoned{}",
-                    s.steps, s.time_ms, s.reads, s.writes, s.incrs, s.sigbus, s.syncs, s.evictions, s.sent, s.dropped, s.duplicated, s.crashes, s.partitions, s.poisoned, dead_summary(&s)
+                    s.steps, s.time_ms, s.reads, s.writes, s.incrs, s.sigbus, s.syncs, s.evictions, s.sent, s.dropped, s.duplicated, s.crashes, s.partitions, s.poisoned, dead_summary(&s, args.cfg.leases)
                 );
                 if args.coverage {
                     print_coverage(&cov);
@@ -187,7 +212,7 @@ fn main() -> ExitCode {
                 let t = &out.total;
                 println!(
                     "totals: {} reads, {} writes, {} increments, {} SIGBUS, {} syncs; {} messages ({} dropped, {} duplicated); {} crashes, {} partitions, {} poisoned{}; {:.1} s",
-                    t.reads, t.writes, t.incrs, t.sigbus, t.syncs, t.sent, t.dropped, t.duplicated, t.crashes, t.partitions, t.poisoned, dead_summary(t), secs
+                    t.reads, t.writes, t.incrs, t.sigbus, t.syncs, t.sent, t.dropped, t.duplicated, t.crashes, t.partitions, t.poisoned, dead_summary(t, args.cfg.leases), secs
                 );
                 println!("{} seeds passed", out.passed);
                 ExitCode::SUCCESS

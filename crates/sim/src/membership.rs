@@ -2,16 +2,21 @@
 //!
 //! Each node watches each peer: once it has been unable to reach the peer (the peer is down,
 //! or on the other side of a partition) for `dead_after_ms` plus its own jitter, it calls
-//! `Node::peer_dead` on it, once per silence. The peer's incarnation is then fenced there. A
-//! peer declared dead while it was in fact alive (cut off) is refused when the partition heals
-//! and stops — it crashes here — and comes back later with a new epoch. Until then its
-//! processes may still read its copies: those reads are counted, not checked (the stale-read
-//! window of `docs/cluster.md` §7).
+//! `Node::peer_dead` on it, once per silence. (With `SimConfig::leases`, as the daemon: once
+//! it has heard nothing from the peer for longer than `dead_after_ms`, no jitter.) The peer's
+//! incarnation is then fenced there. A peer declared dead while it was in fact alive (cut off)
+//! is refused when the partition heals and stops — it crashes here — and comes back later with
+//! a new epoch. Until then its processes may still read its copies: without leases, those
+//! reads are counted, not checked (the stale-read window of `docs/cluster.md` §7); with
+//! leases (`crate::lease`) they wait for the lease of the page's home, and whatever completes
+//! is checked.
 //!
-//! What is checked on such a node: its copies of pages whose home fenced it, or is on the
-//! other side, are orphans (left out of the single-writer and latest-write checks; its writes
-//! to them are not applied to the model); its view of pages homed on its own side stays
-//! checked, since that directory still counts it and nobody outside can change those pages.
+//! What is checked on such a node without leases: its copies of pages whose home fenced it,
+//! or is on the other side, are orphans (left out of the single-writer and latest-write
+//! checks; its writes to them are not applied to the model); its view of pages homed on its
+//! own side stays checked, since that directory still counts it and nobody outside can change
+//! those pages. With leases, an orphan is left out of the single-writer check only while its
+//! node does not hold the lease of its home (it cannot be used then); every access is checked.
 //! A home that declares a node dead may poison what that node held in M or held unsynced
 //! (`World::mark_lost_by`, the crash rule seen from that home).
 //!
@@ -110,9 +115,19 @@ impl World {
                 let s = match self.silence.get(&(a, b)) {
                     Some(s) => *s,
                     None => {
-                        let jitter = self.rng.range(0, limit / 4);
+                        let deadline_ms = if self.cfg.leases {
+                            // As the daemon: silent for longer than the limit since the last
+                            // message heard from the peer (as early as it could declare).
+                            let heard = self.nodes[a]
+                                .links
+                                .get(&b)
+                                .map_or(self.now, |l| l.last_heard);
+                            heard + limit + 1
+                        } else {
+                            self.now + limit + self.rng.range(0, limit / 4)
+                        };
                         let s = Silence {
-                            deadline_ms: self.now + limit + jitter,
+                            deadline_ms,
                             declared: false,
                         };
                         self.silence.insert((a, b), s);

@@ -90,6 +90,15 @@ impl Model {
         m.synced = false;
     }
 
+    /// The home granted write access to `page`: from now on it counts the page as being
+    /// written (unsynced), whether or not the write happens.
+    pub fn granted_for_write(&mut self, page: PageKey) {
+        let seq = self.tick();
+        let m = self.page(page);
+        m.written_seq = seq;
+        m.synced = false;
+    }
+
     /// An atomic increment completed having read `old`.
     pub fn incr(&mut self, page: PageKey, old: u64) -> Result<(), String> {
         self.check_read(page, old)?;

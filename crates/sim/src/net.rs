@@ -17,18 +17,33 @@ impl World {
             self.schedule(0, Ev::Deliver(env));
             return;
         }
+        match self.fate() {
+            None => self.log(|| format!("DROP {env}")),
+            Some((d, dup)) => {
+                if let Some(d2) = dup {
+                    self.schedule(d2, Ev::Deliver(env.clone()));
+                }
+                self.schedule(d, Ev::Deliver(env));
+            }
+        }
+    }
+
+    /// What the network does with a message between two different nodes: drops it (`None`),
+    /// or delivers it after a random delay, and sometimes a second time after another
+    /// (drops and duplicates only while faults are on).
+    pub(crate) fn fate(&mut self) -> Option<(u64, Option<u64>)> {
         if self.faults_on && self.rng.chance(self.cfg.drop_rate) {
             self.stats.dropped += 1;
-            self.log(|| format!("DROP {env}"));
-            return;
+            return None;
         }
         let d = self.rng.range(1, self.cfg.max_delay_ms);
-        if self.faults_on && self.rng.chance(self.cfg.dup_rate) {
+        let dup = if self.faults_on && self.rng.chance(self.cfg.dup_rate) {
             self.stats.duplicated += 1;
-            let d2 = self.rng.range(1, self.cfg.max_delay_ms * 3);
-            self.schedule(d2, Ev::Deliver(env.clone()));
-        }
-        self.schedule(d, Ev::Deliver(env));
+            Some(self.rng.range(1, self.cfg.max_delay_ms * 3))
+        } else {
+            None
+        };
+        Some((d, dup))
     }
 
     pub(crate) fn deliver(&mut self, env: Envelope) -> Result<(), Violation> {
@@ -38,6 +53,9 @@ impl World {
             return Ok(());
         }
         self.log(|| format!("recv {env}"));
+        if self.cfg.leases {
+            self.heard_from(to, env.from.0 as usize, env.from_epoch.0);
+        }
         let now = self.now;
         if let Some(c) = self.nodes[to].core.as_mut() {
             c.step(now, env);

@@ -61,6 +61,7 @@ fn replay(cfg: &SimConfig, seed: u64, violation: Violation) -> Failure {
                     || l.contains("partition")
                     || l.contains("DEAD")
                     || l.contains("stops")
+                    || l.contains("lease")
                     || l.contains("QUIESCE")
             }
             None => true,
@@ -110,6 +111,10 @@ fn add(total: &mut Stats, s: &Stats) {
     total.fenced_reads += s.fenced_reads;
     total.fenced_stale_reads += s.fenced_stale_reads;
     total.fenced_writes += s.fenced_writes;
+    total.fenced_home_side_reads += s.fenced_home_side_reads;
+    total.heartbeats += s.heartbeats;
+    total.lease_waits += s.lease_waits;
+    total.fenced_lease_waits += s.fenced_lease_waits;
 }
 
 /// Run seeds `start..start + n` on `threads` threads. Stops early past a failure, and reports

@@ -98,6 +98,7 @@ impl World {
                 kind,
                 proc: Some(proc),
                 issued_seq,
+                started_ms: now,
             },
         )
     }
@@ -132,6 +133,7 @@ impl World {
         };
         self.nodes[node].procs[proc].1 = true;
         let issued_seq = self.model.tick();
+        let started_ms = self.now;
         self.issue(
             node,
             Op {
@@ -139,11 +141,18 @@ impl World {
                 kind,
                 proc: Some(proc),
                 issued_seq,
+                started_ms,
             },
         )
     }
 
+    /// Node `node` starts (or, after a wait for a lease, resumes) an access: a fault into its
+    /// core. With leases, an access whose node does not hold the lease of the page's home
+    /// waits first (as the daemon parks such a fault before the core sees it).
     pub(crate) fn issue(&mut self, node: usize, op: Op) -> Result<(), Violation> {
+        if !self.lease_gate(node, op.page) {
+            return self.park(node, op);
+        }
         let fault = FaultId(self.new_id());
         let access = if op.kind == OpKind::Read {
             Access::Read
@@ -174,6 +183,7 @@ impl World {
         for (k, page) in pages.into_iter().enumerate() {
             let node = k % self.nodes.len();
             let issued_seq = self.model.tick();
+            let started_ms = self.now;
             self.issue(
                 node,
                 Op {
@@ -181,6 +191,7 @@ impl World {
                     kind: OpKind::Read,
                     proc: None,
                     issued_seq,
+                    started_ms,
                 },
             )?;
         }
@@ -337,10 +348,15 @@ impl World {
         };
         self.log(|| format!("node{i} fault{} done {result:?}", fault.0));
         match result {
+            FaultResult::Ok if !self.lease_gate(i, page) => {
+                // The copy is there, but it may not be used without the lease: the access
+                // waits (its process stays blocked) and faults again once the lease returns.
+                return self.park(i, op);
+            }
             FaultResult::Ok => self.apply(i, op)?,
             FaultResult::Poisoned => {
                 self.stats.sigbus += 1;
-                if !self.fenced_view(i, page) {
+                if self.cfg.leases || !self.fenced_view(i, page) {
                     self.model
                         .check_poisoned_fault(page, op.issued_seq)
                         .map_err(|m| fail(self, Some(page), m))?;
@@ -356,7 +372,7 @@ impl World {
                     }
                 }
             }
-            FaultResult::MapperFailed if self.fenced_view(i, page) => {
+            FaultResult::MapperFailed if !self.cfg.leases && self.fenced_view(i, page) => {
                 self.stats.sigbus += 1;
             }
             FaultResult::MapperFailed => {
@@ -403,7 +419,31 @@ impl World {
             ));
         };
         if self.fenced_view(i, page) {
-            return self.apply_orphaned(i, op, v);
+            if !self.cfg.leases {
+                return self.apply_orphaned(i, op, v);
+            }
+            // With leases, the window is closed: whatever completes here is checked below
+            // like any other access. It completed under the lease of the page's home, so
+            // that home heard this node within `dead_after_ms / 2` and still counts it (the
+            // node was declared dead by others, or the home has not declared it yet).
+            match op.kind {
+                OpKind::Read => {
+                    self.stats.fenced_reads += 1;
+                    let m = self.model.pages.get(&page);
+                    if m.is_none_or(|m| m.poisoned || m.value != v) {
+                        self.stats.fenced_stale_reads += 1;
+                    }
+                }
+                _ => self.stats.fenced_writes += 1,
+            }
+            self.log(|| {
+                format!(
+                    "node{i} {:?} {page} on a fenced node, under the lease of its home (checked)",
+                    op.kind
+                )
+            });
+        } else if self.nodes[i].fenced && op.kind == OpKind::Read {
+            self.stats.fenced_home_side_reads += 1;
         }
         let r = match op.kind {
             OpKind::Read => {

@@ -44,7 +44,7 @@ pub struct Stats {
     pub syncs: u64,
     /// Evictions asked for.
     pub evictions: u64,
-    /// Messages sent, dropped, duplicated.
+    /// Messages sent (heartbeats included), dropped, duplicated.
     pub sent: u64,
     /// Messages dropped.
     pub dropped: u64,
@@ -63,14 +63,27 @@ pub struct Stats {
     /// Nodes that were declared dead while alive and stopped when the partition healed.
     pub fenced_stops: u64,
     /// Reads completed on a fenced node that was not stopped yet, of a page whose home had
-    /// fenced it or could not be reached: not checked (the stale-read window of
-    /// `docs/cluster.md` §7).
+    /// fenced it or could not be reached: without leases, not checked (the stale-read window
+    /// of `docs/cluster.md` §7); with leases, checked like every other read.
     pub fenced_reads: u64,
-    /// Of those, reads that returned something other than the latest write.
+    /// Of those, reads that returned something other than the latest write (with leases, any
+    /// such read also fails the run).
     pub fenced_stale_reads: u64,
     /// Writes and increments done on such a node's orphaned copies: never visible to anyone
-    /// (the copies are gone when it stops), so not applied to the model.
+    /// (the copies are gone when it stops), so not applied to the model. (With leases they
+    /// are applied and checked like every other write.)
     pub fenced_writes: u64,
+    /// Reads completed on a fenced node that was not stopped yet, of pages homed on its own
+    /// side that still counts it (always checked).
+    pub fenced_home_side_reads: u64,
+    /// Heartbeats sent (leases only).
+    pub heartbeats: u64,
+    /// Accesses that found the lease of their page's home lapsed and waited for it (leases
+    /// only; an access that waits twice counts twice).
+    pub lease_waits: u64,
+    /// Accesses still waiting for a lease on a node declared dead while alive when it stopped
+    /// (or crashed): what leases held back in the stale-read window.
+    pub fenced_lease_waits: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -110,6 +123,34 @@ pub(crate) enum Ev {
     },
     Restart(usize),
     Heal,
+    Heartbeat(Heartbeat),
+}
+
+/// A heartbeat of the daemon's transport (leases only).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Heartbeat {
+    pub from: usize,
+    pub from_epoch: u64,
+    pub to: usize,
+    /// The sender's clock when it sent this.
+    pub sent_ms: u64,
+    /// The latest send time the sender heard from the receiver, with the receiver's
+    /// incarnation that sent it.
+    pub echo: Option<(u64, u64)>,
+}
+
+/// What a node's transport knows of one peer (leases only). Reset when the node restarts.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Link {
+    /// The latest send time heard from the peer, and the peer's incarnation that sent it.
+    pub heard: Option<(u64, u64)>,
+    /// The latest of this incarnation's own send times that the peer echoed: the peer heard
+    /// this node then. The lease on the peer's pages runs from it.
+    pub echoed: Option<u64>,
+    /// When this node last sent the peer a heartbeat.
+    pub last_hb: Option<u64>,
+    /// When this node last heard anything from the peer (membership's silence runs from it).
+    pub last_heard: u64,
 }
 
 /// How long node `a` has not been able to reach peer `b`, as its membership sees it.
@@ -136,6 +177,9 @@ pub(crate) struct Op {
     pub proc: Option<usize>,
     /// Model sequence number when issued.
     pub issued_seq: u64,
+    /// Simulated time when the process started the access (a wait for a lease ends in SIGBUS
+    /// once the fault timeout has passed since).
+    pub started_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -161,6 +205,10 @@ pub(crate) struct SimNode {
     /// This incarnation declared a live peer dead from a minority side (only with
     /// `SimConfig::minority_declares`): its directory no longer matches the copies held.
     pub diverged: bool,
+    /// Its transport's view of each peer (leases only).
+    pub links: BTreeMap<usize, Link>,
+    /// Accesses waiting for the lease of their page's home (leases only).
+    pub parked: Vec<Op>,
 }
 
 /// The whole simulated world of one seed.
@@ -197,6 +245,9 @@ pub struct World {
 }
 
 pub(crate) const TICK_MS: u64 = 10;
+
+/// The core's fault timeout; also how long an access waits for a lease before SIGBUS.
+pub(crate) const FAULT_TIMEOUT_MS: u64 = 120_000;
 
 /// The process that only touches pages its node holds (present when membership is on).
 pub(crate) const RESIDENT_PROC: usize = 2;
@@ -279,6 +330,8 @@ impl World {
                 crashable: !homes || w.cfg.crash_homes,
                 fenced: false,
                 diverged: false,
+                links: BTreeMap::new(),
+                parked: Vec::new(),
             });
         }
         w
@@ -299,7 +352,7 @@ impl World {
         let mut c = NodeConfig::new(NodeId(i as u32), Epoch(epoch), peers);
         c.timing = Timing {
             retry_ms: 40,
-            fault_timeout_ms: 120_000,
+            fault_timeout_ms: FAULT_TIMEOUT_MS,
         };
         c.bugs.skip_one_inval_ack = self.cfg.inject_bug;
         c
@@ -415,6 +468,7 @@ impl World {
                 Ok(())
             }
             Ev::Heal => self.heal(),
+            Ev::Heartbeat(hb) => self.deliver_heartbeat(hb),
         }
     }
 
@@ -425,6 +479,9 @@ impl World {
                 c.tick(now);
                 self.run_outputs(i)?;
             }
+        }
+        if self.cfg.leases {
+            self.leases_tick()?;
         }
         if self.cfg.dead_rate > 0.0 {
             self.membership()?;
@@ -472,11 +529,26 @@ impl World {
         let cfg = self.node_config(i, epoch);
         let mut core = Node::new(cfg, &self.segs);
         core.start(self.now);
+        let now = self.now;
+        let count = self.nodes.len();
         let n = &mut self.nodes[i];
         n.core = Some(core);
         n.fenced = false;
         n.diverged = false;
         n.mem.clear();
+        n.parked.clear();
+        n.links = (0..count)
+            .filter(|p| *p != i)
+            .map(|p| {
+                (
+                    p,
+                    Link {
+                        last_heard: now,
+                        ..Link::default()
+                    },
+                )
+            })
+            .collect();
         for p in &mut n.procs {
             p.1 = false;
         }
@@ -497,6 +569,9 @@ impl World {
 
     /// Node `i` dies: its cache, its in-flight operations and its processes' state are gone.
     pub(crate) fn crash(&mut self, i: usize) {
+        if self.nodes[i].fenced {
+            self.stats.fenced_lease_waits += self.nodes[i].parked.len() as u64;
+        }
         self.mark_lost_by_crash(i);
         self.settle_io_of_dead(i);
         self.stats.crashes += 1;
@@ -513,6 +588,8 @@ impl World {
         n.mem.clear();
         n.ops.clear();
         n.calls.clear();
+        n.parked.clear();
+        n.links.clear();
         for p in &mut n.procs {
             p.1 = false;
         }
@@ -547,7 +624,10 @@ impl World {
             return Ok(false);
         }
         let busy = self.nodes.iter().any(|n| {
-            !n.ops.is_empty() || !n.calls.is_empty() || n.core.as_ref().is_none_or(|c| !c.is_idle())
+            !n.ops.is_empty()
+                || !n.calls.is_empty()
+                || !n.parked.is_empty()
+                || n.core.as_ref().is_none_or(|c| !c.is_idle())
         });
         if busy {
             let since = self.quiesce_at.unwrap_or(self.now);
@@ -575,6 +655,12 @@ impl World {
         for (i, n) in self.nodes.iter().enumerate() {
             for op in n.ops.values() {
                 s.push_str(&format!(" [node{i} {:?} {}]", op.kind, op.page));
+            }
+            for op in &n.parked {
+                s.push_str(&format!(
+                    " [node{i} {:?} {} waits for a lease]",
+                    op.kind, op.page
+                ));
             }
             if !n.calls.is_empty() {
                 s.push_str(&format!(" [node{i} {} calls]", n.calls.len()));

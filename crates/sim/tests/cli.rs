@@ -29,6 +29,19 @@ fn declared_dead_faults_are_reported() {
 }
 
 #[test]
+fn leases_are_reported() {
+    let (ok, out) = sim(&[
+        "--seeds", "20", "--start", "2000", "--dead", "0.01", "--leases",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("leases:") && out.contains("all checked"),
+        "{out}"
+    );
+    assert_eq!(out.lines().last(), Some("20 seeds passed"), "{out}");
+}
+
+#[test]
 fn one_seed_prints_a_summary() {
     let (ok, out) = sim(&["--seed", "3"]);
     assert!(ok, "{out}");

@@ -119,6 +119,88 @@ fn nodes_declared_dead_are_fenced_and_their_pages_poisoned() {
     assert!(out.total.fenced_stops > 0);
 }
 
+/// Leases (`SimConfig::leases`): a node uses its copies of a home's pages only while that home
+/// provably heard it within `dead_after_ms / 2`, so a node declared dead while only cut off has
+/// stopped using the copies its home may give away before the home can declare it: every read
+/// on such a node is checked like any other. `PAGEMESH_SIM_LEASE_SEEDS` overrides the number
+/// of seeds (default 300).
+#[test]
+fn with_leases_reads_on_nodes_declared_dead_are_checked_and_never_stale() {
+    let n = env_u64("PAGEMESH_SIM_LEASE_SEEDS", 300);
+    let t0 = std::time::Instant::now();
+    let cfg = SimConfig {
+        dead_rate: 0.003,
+        leases: true,
+        ..SimConfig::default()
+    };
+    let out = run_seeds(&cfg, 200_000, n, threads());
+    if let Some(f) = &out.failure {
+        panic!("{f}");
+    }
+    assert_eq!(out.passed, n);
+    let t = &out.total;
+    assert!(t.dead_faults > 0 && t.fenced_stops > 0, "{t:?}");
+    assert!(t.heartbeats > 0 && t.lease_waits > 0, "{t:?}");
+    // Cut-off nodes declared dead tried to use their copies, and were held back until they
+    // stopped; none of what they did complete was stale (it would have failed the seed).
+    assert!(t.fenced_lease_waits > 0, "{t:?}");
+    assert_eq!(t.fenced_stale_reads, 0, "{t:?}");
+    assert!(t.poisoned > 0 && t.incrs > 0 && t.syncs > 0, "{t:?}");
+
+    // Five nodes and a dead-peer limit shorter than ordinary partitions: groups cut off
+    // together (homes among them) are declared dead by the majority, and go on using the pages
+    // of the homes on their own side (checked); membership measures silence from the last
+    // message heard, so a node can be declared dead soon after a partition starts and read
+    // under a lease that is still valid.
+    let cfg = SimConfig {
+        nodes: 5,
+        dead_rate: 0.003,
+        dead_after_ms: 300,
+        leases: true,
+        ..SimConfig::default()
+    };
+    let out = run_seeds(&cfg, 500_000, n / 2, threads());
+    if let Some(f) = &out.failure {
+        panic!("{f}");
+    }
+    let t2 = &out.total;
+    assert!(
+        t2.fenced_stops > 0 && t2.fenced_home_side_reads > 0,
+        "{t2:?}"
+    );
+    assert_eq!(t2.fenced_stale_reads, 0, "{t2:?}");
+    eprintln!(
+        "{} seeds with leases passed in {:.1} s: {} fenced nodes stopped, {} accesses held back on them, {} reads on them checked, {} waits for a lease",
+        n + n / 2,
+        t0.elapsed().as_secs_f64(),
+        t.fenced_stops + t2.fenced_stops,
+        t.fenced_lease_waits + t2.fenced_lease_waits,
+        t.fenced_reads + t.fenced_home_side_reads + t2.fenced_reads + t2.fenced_home_side_reads,
+        t.lease_waits + t2.lease_waits,
+    );
+}
+
+#[test]
+fn ignoring_leases_is_caught() {
+    // Heartbeats run and the checks count on leases, but nothing waits for them: the reads a
+    // cut-off node declared dead makes of its copies must be found stale.
+    let cfg = SimConfig {
+        dead_rate: 0.003,
+        leases: true,
+        lease_bypass: true,
+        ..SimConfig::default()
+    };
+    let out = run_seeds(&cfg, 200_000, 500, threads());
+    let f = out
+        .failure
+        .expect("the checkers missed the reads of a node that ignores its leases");
+    let what = &f.violation.what;
+    assert!(
+        what.contains("single writer") || what.contains("latest write") || what.contains("stale"),
+        "unexpected violation when leases are ignored: {what}"
+    );
+}
+
 #[test]
 fn injected_bug_is_caught_with_nodes_declared_dead() {
     // The checks left out on fenced nodes must not hide a real coherence bug elsewhere.
@@ -176,10 +258,22 @@ fn a_seed_replays_exactly() {
         ..cfg
     };
     let mut a = World::new(cfg.clone(), 3);
-    let mut b = World::new(cfg, 3);
+    let mut b = World::new(cfg.clone(), 3);
     let sa = a.run().expect("seed 3 passes");
     let sb = b.run().expect("seed 3 passes");
     assert!(sa.declarations > 0, "{sa:?}");
+    assert_eq!(sa, sb);
+    assert_eq!(a.trace(), b.trace());
+    // And with leases (heartbeats travel the same seeded network).
+    let cfg = SimConfig {
+        leases: true,
+        ..cfg
+    };
+    let mut a = World::new(cfg.clone(), 3);
+    let mut b = World::new(cfg, 3);
+    let sa = a.run().expect("seed 3 passes");
+    let sb = b.run().expect("seed 3 passes");
+    assert!(sa.heartbeats > 0 && sa.lease_waits > 0, "{sa:?}");
     assert_eq!(sa, sb);
     assert_eq!(a.trace(), b.trace());
 }
