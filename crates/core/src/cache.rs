@@ -113,7 +113,12 @@ impl Cache {
                 }
             }
         }
-        self.sync_next.remove(&seg);
+        for call in self.sync_next.remove(&seg).unwrap_or_default() {
+            io.emit(Output::CallDone {
+                call,
+                result: CallResult::UnknownSegment,
+            });
+        }
     }
 
     fn new_req(&mut self) -> ReqId {

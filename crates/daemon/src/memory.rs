@@ -223,6 +223,15 @@ impl Pool {
             .remove(&id);
     }
 
+    /// A registered segment, if it still exists.
+    pub fn segment(&self, id: u64) -> Option<Arc<Segment>> {
+        self.segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .and_then(Weak::upgrade)
+    }
+
     pub fn unregister(&self, id: u64) {
         self.segments
             .write()

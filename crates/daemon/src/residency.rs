@@ -339,11 +339,11 @@ impl Segment {
             let Some(m) = &self.memory else {
                 return ClockVisit::Keep;
             };
-            m.pool.cluster_evict_started();
-            let input = crate::cluster::engine::Input::Evict {
-                seg: pagemesh_types::SegmentId(self.info.id),
-                page,
+            let Some(me) = m.pool.segment(self.info.id) else {
+                return ClockVisit::Gone;
             };
+            m.pool.cluster_evict_started();
+            let input = crate::cluster::engine::Input::Evict { seg: me, page };
             if engine.send(input).is_err() {
                 m.pool
                     .cluster_evict_done(&m.partition, Some((self.info.id, page)));

@@ -350,6 +350,11 @@ impl Segment {
         Ok(())
     }
 
+    /// Whether a removal has marked the segment (new attachments are refused).
+    pub fn is_marked_removed(&self) -> bool {
+        self.removed.load(Ordering::SeqCst)
+    }
+
     /// Undo `mark_removed` (the removal failed).
     pub fn unmark_removed(&self) {
         self.removed.store(false, Ordering::SeqCst);

@@ -166,11 +166,15 @@ pub enum Control {
     RemovePrepare {
         /// Segment.
         seg: u64,
+        /// Which attempt of the home's (answers to an earlier one are ignored).
+        attempt: u64,
     },
     /// node -> home: prepared (no process attached here), or the pids attached.
     RemovePrepared {
         /// Segment.
         seg: u64,
+        /// The attempt answered.
+        attempt: u64,
         /// Ready, or why not.
         result: Result<(), String>,
     },
@@ -183,6 +187,8 @@ pub enum Control {
     RemoveAbort {
         /// Segment.
         seg: u64,
+        /// The attempt aborted.
+        attempt: u64,
     },
     /// Ids of segments removed from the cluster (sent after each connect with the catalog).
     Removed {

@@ -60,6 +60,7 @@ pub enum Input {
     /// A peer's connection passed its hello: read it.
     Inbound {
         from: NodeId,
+        epoch: Epoch,
         stream: TcpStream,
     },
     /// The connection to a peer is (re)established: tell it what this node knows.
@@ -102,7 +103,7 @@ pub enum Input {
     },
     /// The memory pool wants this page out of the node (the home takes it back).
     Evict {
-        seg: SegmentId,
+        seg: Arc<Segment>,
         page: u64,
     },
     /// Restore every poisoned page of a segment from its mapper (or zero); answers how many.
@@ -254,6 +255,7 @@ enum RemoveFor {
 /// A removal run by this node (the segment's home): every node must agree no process has the
 /// segment attached before anyone forgets it.
 struct Removal {
+    attempt: u64,
     waiting: std::collections::HashSet<NodeId>,
     deadline: Instant,
     sync_call: Option<u64>,
@@ -265,6 +267,9 @@ type RemoveWait = (Sender<Result<(), String>>, Instant, NodeId);
 
 /// How long the nodes have to answer a removal.
 const REMOVE_WAIT: Duration = Duration::from_secs(5);
+/// A prepared removal that hears neither commit nor abort in this long is undone (the home
+/// commits within `REMOVE_WAIT` plus a file segment's sync, bounded by the fault timeout).
+const PREPARED_EXPIRY: Duration = Duration::from_secs(120);
 
 /// A clear-poison asked of a segment's home: the reply, when, and which home.
 type ClearWait = (Sender<Result<u64, String>>, Instant, NodeId);
@@ -309,6 +314,9 @@ pub struct Engine {
     /// Clear-poison requests sent to a home: request -> (reply, when).
     clears: HashMap<u64, ClearWait>,
     removals: HashMap<SegmentId, Removal>,
+    /// Segments this node prepared for removal: the attempt and when (a prepare that hears
+    /// neither commit nor abort is undone after `PREPARED_EXPIRY`).
+    prepared: HashMap<SegmentId, (u64, Instant)>,
     /// Syncs run by removals: call -> segment.
     remove_syncs: HashMap<u64, SegmentId>,
     /// Removals asked of a segment's home: request -> (reply, when, home).
@@ -397,6 +405,7 @@ impl Engine {
             clear_jobs: HashMap::new(),
             clears: HashMap::new(),
             removals: HashMap::new(),
+            prepared: HashMap::new(),
             remove_syncs: HashMap::new(),
             removes: HashMap::new(),
             next_call: 1,
@@ -699,7 +708,7 @@ impl Engine {
             let lapsed = self.lapsed.entry(p.id).or_insert(false);
             if ok && *lapsed {
                 *lapsed = false;
-                log::info!("{}: lease renewed; its pages are served again", p.id);
+                log::debug!("{}: lease renewed; its pages are served again", p.id);
             } else if !ok && !*lapsed {
                 *lapsed = true;
                 self.quarantine(p.id);
@@ -915,7 +924,20 @@ impl Engine {
                 }
             }
             Input::Detach(id) => self.detach(id),
-            Input::Inbound { from, stream } => {
+            Input::Inbound {
+                from,
+                epoch,
+                stream,
+            } => {
+                // Declared dead after its hello was checked: it must not slip in.
+                if epoch < self.transport.fence_floor(from) {
+                    log::warn!(
+                        "{from}: a connection of its fenced incarnation {} closed",
+                        epoch.0
+                    );
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
                 let id = self.next_conn;
                 self.next_conn += 1;
                 match self.epoll.add(stream.as_fd(), CONN_TOKEN | id) {
@@ -1007,14 +1029,17 @@ impl Engine {
                     }
                 }
             }
-            Input::Evict { seg, page } => {
+            Input::Evict { seg: s, page } => {
+                let seg = SegmentId(s.info.id);
                 let key = PageKey::new(seg, page);
-                let Some(s) = self.segs.get(&seg).cloned() else {
-                    return;
-                };
                 let Some(m) = &s.memory else {
                     return;
                 };
+                if !self.segs.contains_key(&seg) {
+                    // Removed meanwhile: nothing to evict, but the pool must hear the end.
+                    m.pool.cluster_evict_done(&m.partition, None);
+                    return;
+                }
                 if self.evicting.contains_key(&key) {
                     m.pool.cluster_evict_done(&m.partition, None);
                     return;
@@ -1304,32 +1329,54 @@ impl Engine {
                     let _ = r.send(result);
                 }
             }
-            Control::RemovePrepare { seg } => {
+            Control::RemovePrepare { seg, attempt } => {
                 let result = match self.daemon.cluster_segment(seg) {
-                    Some(s) => s.mark_removed().map_err(|pids| {
-                        format!(
-                            "{me}: segment {} is attached by pid(s) {pids:?}",
-                            s.info.name
-                        )
-                    }),
+                    Some(s) => {
+                        let r = s.mark_removed().map_err(|pids| {
+                            format!(
+                                "{me}: segment {} is attached by pid(s) {pids:?}",
+                                s.info.name
+                            )
+                        });
+                        if r.is_ok() {
+                            // Undone by an abort, or by itself if neither commit nor abort
+                            // comes (a lost frame, a home that died meanwhile).
+                            self.prepared
+                                .insert(SegmentId(seg), (attempt, Instant::now()));
+                        }
+                        r
+                    }
                     None => Ok(()),
                 };
                 self.send_peer(
                     from,
-                    PeerFrame::Control(Control::RemovePrepared { seg, result }),
+                    PeerFrame::Control(Control::RemovePrepared {
+                        seg,
+                        attempt,
+                        result,
+                    }),
                 );
             }
-            Control::RemovePrepared { seg, result } => {
-                self.remove_answer(SegmentId(seg), from, result)
-            }
+            Control::RemovePrepared {
+                seg,
+                attempt,
+                result,
+            } => self.remove_answer(SegmentId(seg), attempt, from, result),
             Control::RemoveCommit { seg } => self.forget_segment(SegmentId(seg)),
-            Control::RemoveAbort { seg } => {
-                if let Some(s) = self.daemon.cluster_segment(seg) {
-                    s.unmark_removed();
+            Control::RemoveAbort { seg, attempt } => {
+                if self.prepared.get(&SegmentId(seg)).map(|p| p.0) == Some(attempt) {
+                    self.prepared.remove(&SegmentId(seg));
+                    if let Some(s) = self.daemon.cluster_segment(seg) {
+                        s.unmark_removed();
+                    }
                 }
             }
             Control::Removed { ids } => {
+                let known = self.daemon.removed_cluster_segments();
                 for id in ids {
+                    if known.contains(&id) && self.daemon.cluster_segment(id).is_none() {
+                        continue;
+                    }
                     match self.daemon.cluster_segment(id) {
                         Some(s) => match s.mark_removed() {
                             Ok(()) => self.forget_segment(SegmentId(id)),
@@ -1493,12 +1540,20 @@ impl Engine {
             .filter(|p| self.dead.get(&p.id) != Some(&true))
             .map(|p| p.id)
             .collect();
+        let attempt = self.req_id();
         for &p in &peers {
-            self.send_peer(p, PeerFrame::Control(Control::RemovePrepare { seg: seg.0 }));
+            self.send_peer(
+                p,
+                PeerFrame::Control(Control::RemovePrepare {
+                    seg: seg.0,
+                    attempt,
+                }),
+            );
         }
         self.removals.insert(
             seg,
             Removal {
+                attempt,
                 waiting: peers.into_iter().collect(),
                 deadline: Instant::now() + REMOVE_WAIT,
                 sync_call: None,
@@ -1508,10 +1563,19 @@ impl Engine {
         self.remove_step(seg);
     }
 
-    fn remove_answer(&mut self, seg: SegmentId, from: NodeId, result: Result<(), String>) {
+    fn remove_answer(
+        &mut self,
+        seg: SegmentId,
+        attempt: u64,
+        from: NodeId,
+        result: Result<(), String>,
+    ) {
         let Some(r) = self.removals.get_mut(&seg) else {
             return;
         };
+        if r.attempt != attempt {
+            return;
+        }
         match result {
             Ok(()) => {
                 r.waiting.remove(&from);
@@ -1558,7 +1622,10 @@ impl Engine {
         let Some(r) = self.removals.remove(&seg) else {
             return;
         };
-        self.broadcast(Control::RemoveAbort { seg: seg.0 });
+        self.broadcast(Control::RemoveAbort {
+            seg: seg.0,
+            attempt: r.attempt,
+        });
         if let Some(s) = self.segs.get(&seg) {
             s.unmark_removed();
         }
@@ -1582,7 +1649,14 @@ impl Engine {
         self.node.remove_segment(now, seg);
         self.segs.remove(&seg);
         self.intents.remove(&seg);
+        let ended = self.evicting.keys().filter(|k| k.seg == seg).count();
         self.evicting.retain(|k, _| k.seg != seg);
+        if let Some(m) = self.segs.get(&seg).and_then(|s| s.memory.as_ref()) {
+            for _ in 0..ended {
+                m.pool.cluster_evict_done(&m.partition, None);
+            }
+        }
+        self.prepared.remove(&seg);
         self.poisoned_seen.remove(&seg);
         if let Err(e) = self.daemon.drop_cluster_segment(seg.0) {
             log::error!(
@@ -1617,6 +1691,23 @@ impl Engine {
         }
         self.removes
             .retain(|_, (_, t, _)| t.elapsed() < Duration::from_secs(40));
+        let expired: Vec<SegmentId> = self
+            .prepared
+            .iter()
+            .filter(|(_, (_, t))| t.elapsed() > PREPARED_EXPIRY)
+            .map(|(s, _)| *s)
+            .collect();
+        for seg in expired {
+            self.prepared.remove(&seg);
+            if let Some(s) = self.daemon.cluster_segment(seg.0) {
+                log::warn!(
+                    "segment {}: prepared for removal {} s ago, but neither commit nor abort came; attachable again",
+                    s.info.name,
+                    PREPARED_EXPIRY.as_secs()
+                );
+                s.unmark_removed();
+            }
+        }
     }
 
     fn start_clear(&mut self, seg: SegmentId, for_: ClearFor) {
@@ -1960,6 +2051,10 @@ impl Engine {
         data: Option<Vec<u8>>,
         reply: Sender<Result<Vec<u8>, String>>,
     ) {
+        if self.segs.get(&seg).is_some_and(|s| s.is_marked_removed()) {
+            let _ = reply.send(Err("it is being removed".into()));
+            return;
+        }
         if let Some(home) = self.home_of(seg) {
             if !self.lease(home) {
                 let _ = reply.send(Err(format!(
@@ -2265,6 +2360,18 @@ impl Engine {
             Target::Mapped { att, kind, start } => {
                 let addr = att.base + page.page.0 * PS;
                 let r = match result {
+                    FaultResult::Ok if !self.home_of(page.seg).is_none_or(|h| self.lease(h)) => {
+                        // Granted, but the lease lapsed meanwhile: the copy stays, the process
+                        // waits for the lease like any other access.
+                        self.parked.push(Parked {
+                            write: p.access == Access::Write,
+                            att,
+                            page: page.page.0,
+                            kind,
+                            start,
+                        });
+                        return;
+                    }
                     FaultResult::Ok => {
                         let writable = copy.is_some_and(|c| c.state == CacheState::Modified);
                         if p.access == Access::Write && !writable {
@@ -2316,6 +2423,7 @@ impl Engine {
                     .record(start.elapsed().as_nanos() as u64);
             }
             Target::Io { io } => {
+                let leased = self.home_of(page.seg).is_none_or(|h| self.lease(h));
                 let Some(job) = self.ios.get_mut(&io) else {
                     return;
                 };
@@ -2323,6 +2431,9 @@ impl Engine {
                 if result != FaultResult::Ok {
                     job.error
                         .get_or_insert(format!("page {}: {result:?}", page.page.0));
+                } else if !leased {
+                    job.error
+                        .get_or_insert("its home stopped answering (no lease); try again".into());
                 } else if let Some(s) = self.segs.get(&job.seg) {
                     let pstart = page.page.0 * PS;
                     let lo = job.offset.max(pstart);

@@ -233,6 +233,16 @@ impl Transport {
         *e = (*e).max(epoch);
     }
 
+    /// The lowest epoch of `peer` accepted now.
+    pub fn fence_floor(&self, peer: NodeId) -> Epoch {
+        self.fence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .copied()
+            .unwrap_or_default()
+    }
+
     pub fn peers(&self) -> Vec<PeerView> {
         let now = self.now_ms();
         let mut v: Vec<PeerView> = self
@@ -258,15 +268,14 @@ impl Transport {
             return;
         };
         l.heard_sent_ms.fetch_max(sent_ms, Ordering::Relaxed);
-        // A peer cannot echo a time this node has not reached yet.
-        l.echoed_ms
-            .fetch_max(echo_ms.min(self.now_ms()), Ordering::Relaxed);
-        let quarter = self.heartbeat.as_millis() as u64 / 4;
-        if self
-            .now_ms()
-            .saturating_sub(l.last_hb_ms.load(Ordering::Relaxed))
-            > quarter
-        {
+        // An echo from this node's future was a clock value of an earlier incarnation of this
+        // node: it proves nothing about this one.
+        if echo_ms <= self.now_ms() {
+            l.echoed_ms.fetch_max(echo_ms, Ordering::Relaxed);
+        }
+        // A peer that has no echo from this node yet (it just connected) gets one at once; the
+        // periodic heartbeats carry it otherwise.
+        if echo_ms == 0 {
             l.hb_now.store(true, Ordering::Relaxed);
             l.cv.notify_one();
         }
@@ -470,7 +479,7 @@ impl Transport {
             log::warn!("peer connection from {who}: refused: {reason}");
             let _ = write_peer_frame(s, &PeerFrame::Refused { reason, fenced });
         };
-        let (from, n) = match read_hello(&mut s) {
+        let (from, epoch, n) = match read_hello(&mut s) {
             Ok((
                 PeerFrame::Hello {
                     version,
@@ -520,7 +529,7 @@ impl Transport {
                     log::warn!("peer {from} at {who}: welcome failed: {e}");
                     return;
                 }
-                (from, n)
+                (from, from_epoch, n)
             }
             Ok((other, _)) => {
                 log::warn!("peer connection from {who}: expected a hello, got {other:?}; closed");
@@ -531,12 +540,21 @@ impl Transport {
                 return;
             }
         };
+        // A new connection may be a new incarnation, whose clock starts again: echo only what
+        // it sends from now on.
+        if let Some(l) = self.links.get(&from) {
+            l.heard_sent_ms.store(0, Ordering::Relaxed);
+        }
         self.heard(from, n);
         if let Err(e) = s.set_nonblocking(true) {
             log::warn!("peer {from}: {e}; closed");
             return;
         }
-        let _ = self.engine.send(Input::Inbound { from, stream: s });
+        let _ = self.engine.send(Input::Inbound {
+            from,
+            epoch,
+            stream: s,
+        });
     }
 }
 
