@@ -1,5 +1,25 @@
 //! What one simulation run looks like: cluster shape, workload size, fault rates.
 
+/// How the lease arithmetic keeps time (`SimConfig::lease_clocks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LeaseClocks {
+    /// One simulated clock; a node takes only echoes of its current incarnation's send times.
+    #[default]
+    Ideal,
+    /// As the daemon's transport keeps them since the restart fix: each node's clock counts from
+    /// its (re)start; what a node heard from a peer is forgotten when a newer incarnation of the
+    /// peer sends its first heartbeat (the daemon: when it connects); an echo ahead of the
+    /// node's own clock (a value of an earlier incarnation) is ignored, and any other is taken
+    /// whatever incarnation of the node it came from.
+    Daemon,
+    /// As the daemon's transport kept them when leases were introduced (commit 10c3e7a): clocks
+    /// per process, what a node heard from a peer kept across the peer's restarts, and an echo
+    /// ahead of the node's own clock clamped to it. A node that restarted then takes the echo
+    /// of its previous incarnation's clock as "heard just now" at every heartbeat it receives:
+    /// its lease runs from what it hears, not from what its home heard.
+    Clamped,
+}
+
 /// Parameters of a run. Every random choice is drawn from the seed; these fix the shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimConfig {
@@ -44,9 +64,11 @@ pub struct SimConfig {
     /// it leaves behind (mapper contents, write intents) once it has stopped.
     pub minority_declares: bool,
     /// A node declared dead while alive stops at the heal only if a node that is up then still
-    /// fences it — as in the daemon, whose fences live in memory (the core's peer epochs, the
-    /// transport's floor) and are forgotten when the fencing node restarts. Without this, it
-    /// stops at the heal whenever it was declared dead during its incarnation.
+    /// fences it — as in the daemon before it stored its fences, when they lived in memory (the
+    /// core's peer epochs, the transport's floor) and were forgotten when the fencing node
+    /// restarted. Without this, it stops at the heal whenever it was declared dead during its
+    /// incarnation, and a fencing node's transport refuses the fenced incarnation across its own
+    /// restarts.
     pub fences_forgotten: bool,
     /// Leases, as the daemon keeps them outside the core (`docs/cluster.md` §7): every node
     /// sends each peer a heartbeat every `dead_after_ms / 8` (20..=500 ms) over the simulated
@@ -63,6 +85,23 @@ pub struct SimConfig {
     /// mappings that were not set aside when the lease lapsed. The checkers must catch the
     /// stale reads of a node declared dead.
     pub lease_bypass: bool,
+    /// How the lease arithmetic keeps time (leases only).
+    pub lease_clocks: LeaseClocks,
+    /// Per 10 ms tick: probability that a node goes mute for longer than `dead_after_ms`:
+    /// everything it sends is lost (its outbound links fail) while it still hears every peer.
+    /// The others declare it dead; it stops when it can send again (it is refused as fenced).
+    /// A one-way failure: the case a lease must run from what the home heard, not from what
+    /// the node hears. (Taken from the same membership as `dead_rate`.)
+    pub mute_rate: f64,
+    /// A node that restarts gives the fences it stored back to its core (`Node::fence`), as
+    /// the daemon does at start; without this only its transport refuses the fenced
+    /// incarnations. Off by default because it fails: `Node::fence` records the floor as the
+    /// peer's known incarnation, so the first message of a live incarnation above the floor
+    /// (the peer restarted since it was fenced, or was fenced on stale knowledge) counts as a
+    /// restart of it, and a rebuilding home then drops that peer from the rebuild and ignores
+    /// its holdings: copies granted by the home's previous incarnation are no longer counted
+    /// (`--dead 0.003 --fences-in-core`, seed 26: two holders of one page, a stale copy).
+    pub fences_in_core: bool,
     /// Events a run may process before it is declared a livelock.
     pub max_steps: u64,
     /// Time allowed after faults stop and partitions heal for everything to complete.
@@ -94,6 +133,9 @@ impl Default for SimConfig {
             fences_forgotten: false,
             leases: false,
             lease_bypass: false,
+            lease_clocks: LeaseClocks::Ideal,
+            mute_rate: 0.0,
+            fences_in_core: false,
             liveness_bound_ms: 20_000,
             max_steps: 5_000_000,
             crash_homes: true,

@@ -15,11 +15,13 @@
 //! completes it, since a copy may only be used under the lease — and is tried again once the
 //! lease returns, or fails (SIGBUS) after the fault timeout.
 //!
-//! What the simulator does not model of the daemon: its clocks (one per process, starting at
-//! its start; here one simulated clock, and a node only takes echoes of its current
-//! incarnation's send times); the quarantine's granularity (the engine checks leases every
-//! 25 ms; here every access checks the lease at the moment it completes).
+//! The arithmetic keeps one simulated clock by default (a node takes only echoes of its current
+//! incarnation's send times); `SimConfig::lease_clocks` switches to the daemon's clocks (one per
+//! process, from its start), with its current rules or with those it had first. Not modelled:
+//! the quarantine's granularity (the engine checks leases every 25 ms; here every access
+//! checks the lease at the moment it completes), and clocks that drift.
 
+use crate::config::LeaseClocks;
 use crate::world::{fail, Ev, Heartbeat, Op, Violation, World, FAULT_TIMEOUT_MS};
 use pagemesh_core::PageKey;
 
@@ -27,6 +29,15 @@ impl World {
     /// How long a lease runs from the send time a home echoed.
     pub(crate) fn lease_ms(&self) -> u64 {
         self.cfg.dead_after_ms / 2
+    }
+
+    /// Node `n`'s clock, in which its send times, the echoes it takes and its lease are
+    /// counted: the simulated clock, or (daemon clocks) the time since its incarnation started.
+    fn clock(&self, n: usize) -> u64 {
+        match self.cfg.lease_clocks {
+            LeaseClocks::Ideal => self.now,
+            LeaseClocks::Daemon | LeaseClocks::Clamped => self.now - self.nodes[n].started_ms,
+        }
     }
 
     /// The daemon's heartbeat interval.
@@ -41,11 +52,12 @@ impl World {
             return true;
         }
         let lease = self.lease_ms();
+        let clock = self.clock(n);
         self.nodes[n]
             .links
             .get(&h)
             .and_then(|l| l.echoed)
-            .is_some_and(|e| self.now < e + lease)
+            .is_some_and(|e| clock < e + lease)
     }
 
     /// Whether node `n` may use its copy of `page` (always, without leases).
@@ -80,6 +92,7 @@ impl World {
 
     fn send_heartbeat(&mut self, a: usize, b: usize) {
         let epoch = self.nodes[a].epoch;
+        let sent_ms = self.clock(a).max(1);
         let Some(link) = self.nodes[a].links.get_mut(&b) else {
             return;
         };
@@ -88,7 +101,7 @@ impl World {
             from: a,
             from_epoch: epoch,
             to: b,
-            sent_ms: self.now,
+            sent_ms,
             echo: link.heard,
         };
         self.stats.heartbeats += 1;
@@ -108,10 +121,11 @@ impl World {
     /// membership's silence starts again. Nothing counts from an incarnation `to` fenced (the
     /// daemon refuses and closes its connections).
     pub(crate) fn heard_from(&mut self, to: usize, from: usize, epoch: u64) -> bool {
-        let fenced = self.nodes[to]
-            .core
-            .as_ref()
-            .is_some_and(|c| c.peer_epoch(pagemesh_types::NodeId(from as u32)).0 > epoch);
+        let fenced = self.refused(to, from, epoch)
+            || self.nodes[to]
+                .core
+                .as_ref()
+                .is_some_and(|c| c.peer_epoch(pagemesh_types::NodeId(from as u32)).0 > epoch);
         if fenced {
             return false;
         }
@@ -130,44 +144,54 @@ impl World {
             sent_ms,
             echo,
         } = hb;
-        if self.nodes[to].core.is_none()
-            || self.partitioned(
-                pagemesh_types::NodeId(from as u32),
-                pagemesh_types::NodeId(to as u32),
-            )
-        {
+        if self.nodes[to].core.is_none() || self.cut(from, to) {
             return Ok(());
         }
         if !self.heard_from(to, from, from_epoch) {
             return Ok(());
         }
         let now = self.now;
+        let clock = self.clock(to);
+        let clocks = self.cfg.lease_clocks;
         let my_epoch = self.nodes[to].epoch;
         let quarter = self.heartbeat_ms() / 4;
         let lease = self.lease_ms();
         let Some(l) = self.nodes[to].links.get_mut(&from) else {
             return Ok(());
         };
-        l.heard = match l.heard {
-            Some((e, t)) if e > from_epoch || (e == from_epoch && t >= sent_ms) => Some((e, t)),
+        l.heard = match (clocks, l.heard) {
+            // Kept across the peer's restarts, whatever clock they were counted in.
+            (LeaseClocks::Clamped, Some((e, t))) => Some((e.max(from_epoch), t.max(sent_ms))),
+            // A newer incarnation starts afresh; what an older one sends late is ignored.
+            (_, Some((e, t))) if e > from_epoch || (e == from_epoch && t >= sent_ms) => {
+                Some((e, t))
+            }
             _ => Some((from_epoch, sent_ms)),
         };
-        let held = l.echoed.is_some_and(|e| now < e + lease);
-        let regained = match echo {
+        let held = l.echoed.is_some_and(|e| clock < e + lease);
+        let taken = match (clocks, echo) {
             // Only this incarnation's own send times count (and none from the future).
-            Some((e, t)) if e == my_epoch && t <= now && l.echoed.is_none_or(|x| x < t) => {
+            (LeaseClocks::Ideal, Some((e, t))) if e == my_epoch && t <= clock => Some(t),
+            // Any value not ahead of this node's clock.
+            (LeaseClocks::Daemon, Some((_, t))) if t <= clock => Some(t),
+            // Any value, clamped to this node's clock.
+            (LeaseClocks::Clamped, Some((_, t))) => Some(t.min(clock)),
+            _ => None,
+        };
+        let regained = match taken {
+            Some(t) if l.echoed.is_none_or(|x| x < t) => {
                 l.echoed = Some(t);
-                !held && now < t + lease
+                (!held && clock < t + lease).then_some(t)
             }
-            _ => false,
+            _ => None,
         };
         let answer = l.last_hb.is_none_or(|t| now.saturating_sub(t) > quarter);
-        if regained {
+        if let Some(t) = regained {
             self.log(|| {
                 format!(
-                    "node{to} regains the lease of node{from}: it echoed {} (its heartbeat sent at {sent_ms}); lease until {}",
+                    "node{to} regains the lease of node{from}: its heartbeat (sent at {sent_ms} by its clock) echoed {} (taken as {t} by this node's clock, now {clock}); lease until {}",
                     echo.map_or(0, |e| e.1),
-                    echo.map_or(0, |e| e.1) + lease
+                    t + lease
                 )
             });
         }

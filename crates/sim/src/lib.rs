@@ -8,6 +8,7 @@
 //! node declared dead while only cut off stops when the partition heals. With
 //! `SimConfig::leases`, nodes exchange the daemon's heartbeats and use their copies only under
 //! the lease of the pages' homes; reads on nodes declared dead are then checked too.
+//! `SimConfig::mute_rate` adds a one-way failure (a node hears everyone, nobody hears it).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -24,7 +25,7 @@ mod storage;
 mod workload;
 mod world;
 
-pub use config::SimConfig;
+pub use config::{LeaseClocks, SimConfig};
 pub use model::{Model, PageModel};
 pub use rng::Rng;
 pub use run::{run_seed, run_seeds, Failure, SeedsOutcome};

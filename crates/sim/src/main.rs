@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use pagemesh_core::Branch;
-use pagemesh_sim::{run_seed, run_seeds, SimConfig};
+use pagemesh_sim::{run_seed, run_seeds, LeaseClocks, SimConfig};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: pagemesh-sim (--seed S | --seeds N [--start S]) [options]
@@ -34,8 +34,19 @@ const USAGE: &str = "usage: pagemesh-sim (--seed S | --seeds N [--start S]) [opt
                       heard from the receiver; a node uses its copies of a home's pages only
                       while that home heard it within dead-after/2 (accesses wait otherwise);
                       reads on nodes declared dead are then checked like all others
+  --lease-clocks C    with --leases: ideal (one simulated clock, default), daemon (a clock per
+                      process from its start; what was heard from a peer forgotten when a newer
+                      incarnation of it is heard; echoes ahead of the clock ignored) or clamped
+                      (the daemon's first rules: heard values kept across restarts, echoes
+                      clamped to the clock)
+  --mute R            one-way fault probability per 10 ms tick: a node's messages are all lost
+                      while it hears everyone, for longer than the dead-peer limit (declared
+                      dead, it stops when it can send again)
   --lease-bypass      --leases, but processes ignore leases (nothing waits) while the checks
                       count on them: the checkers must find the stale reads
+  --fences-in-core    a restarting node gives its stored fences back to its core (Node::fence),
+                      as the daemon does (fails today: the core takes a reloaded fence for the
+                      peer's known incarnation)
   --no-home-crash     only non-home nodes crash
   --inject-bug        switch on the core's injected bug (skip one invalidation ack)
   --coverage          list protocol branches no seed reached
@@ -90,6 +101,20 @@ fn parse() -> Result<Args, String> {
             "--minority-declares" => a.cfg.minority_declares = true,
             "--fences-forgotten" => a.cfg.fences_forgotten = true,
             "--leases" => a.cfg.leases = true,
+            "--mute" => a.cfg.mute_rate = num(&flag, val()?)?,
+            "--fences-in-core" => a.cfg.fences_in_core = true,
+            "--lease-clocks" => {
+                a.cfg.lease_clocks = match val()?.as_str() {
+                    "ideal" => LeaseClocks::Ideal,
+                    "daemon" => LeaseClocks::Daemon,
+                    "clamped" => LeaseClocks::Clamped,
+                    other => {
+                        return Err(format!(
+                            "--lease-clocks: {other:?} is not ideal, daemon or clamped\n{USAGE}"
+                        ))
+                    }
+                }
+            }
             "--lease-bypass" => {
                 a.cfg.leases = true;
                 a.cfg.lease_bypass = true;
@@ -137,11 +162,11 @@ fn print_coverage(cov: &pagemesh_core::Coverage) {
 /// The membership and lease figures, when membership or leases were on.
 fn dead_summary(s: &pagemesh_sim::Stats, leases: bool) -> String {
     let mut out = String::new();
-    if s.dead_faults > 0 || s.declarations > 0 {
+    if s.dead_faults > 0 || s.declarations > 0 || s.mutes > 0 {
         if leases {
             out = format!(
-                "; declared dead: {} faults, {} declarations, {} fenced nodes stopped, {} reads on fenced nodes of pages homed across ({} stale; all checked), {} writes there, {} reads on fenced nodes of pages homed on their side",
-                s.dead_faults, s.declarations, s.fenced_stops, s.fenced_reads, s.fenced_stale_reads, s.fenced_writes, s.fenced_home_side_reads
+                "; declared dead: {} faults, {} mute nodes, {} declarations, {} fenced nodes stopped, {} reads on fenced nodes of pages homed across ({} stale; all checked), {} writes there, {} reads on fenced nodes of pages homed on their side",
+                s.dead_faults, s.mutes, s.declarations, s.fenced_stops, s.fenced_reads, s.fenced_stale_reads, s.fenced_writes, s.fenced_home_side_reads
             );
         } else {
             out = format!(

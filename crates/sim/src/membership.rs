@@ -21,9 +21,16 @@
 //! (`World::mark_lost_by`, the crash rule seen from that home).
 //!
 //! Only the side of a partition that is a strict majority of the cluster declares live peers
-//! dead, and a down peer is declared by everyone who cannot hear it. Two experiments model
-//! what the daemon does today instead (`SimConfig::minority_declares`: it has no quorum rule;
-//! `SimConfig::fences_forgotten`: its fences live in memory); both find stale data.
+//! dead, and a down peer is declared by everyone who cannot hear it. Fences are durable: a
+//! node's transport refuses what a fenced incarnation sends, also after the node restarted
+//! (`SimConfig::fences_in_core` also gives them back to its core, as the daemon does). Two
+//! experiments model what the daemon did before (`SimConfig::minority_declares`: no quorum
+//! rule; `SimConfig::fences_forgotten`: fences in memory); both find stale data.
+//!
+//! The one-way fault (`SimConfig::mute_rate`): a node's messages are all lost while it still
+//! hears everyone, for longer than the dead-peer limit. Everyone else is a majority that cannot
+//! hear it and declares it dead; it declares nobody (it hears everyone); it stops when it can
+//! send again.
 
 use crate::world::{Ev, Silence, Violation, World, TICK_MS};
 use pagemesh_core::PageKey;
@@ -33,7 +40,7 @@ use std::collections::BTreeSet;
 impl World {
     /// Whether `a` cannot reach `b` at all (membership's view of silence).
     fn unreachable(&self, a: usize, b: usize) -> bool {
-        self.nodes[b].core.is_none() || self.partitioned(NodeId(a as u32), NodeId(b as u32))
+        self.nodes[b].core.is_none() || self.cut(b, a)
     }
 
     /// Whether `a` is on a side of the current partition that holds a strict majority of the
@@ -79,9 +86,7 @@ impl World {
         let Some(h) = self.home_of(page) else {
             return false;
         };
-        self.nodes[h].diverged
-            || (h != n
-                && (self.partitioned(NodeId(n as u32), NodeId(h as u32)) || self.fences(h, n)))
+        self.nodes[h].diverged || (h != n && (self.cut(n, h) || self.fences(h, n)))
     }
 
     /// Whether what node `h`'s directory does is outside the checked world (it declared live
@@ -201,6 +206,12 @@ impl World {
         } else if !minority && alive && fenced.0 > epoch {
             self.nodes[b].fenced = true;
         }
+        if !minority && !self.cfg.fences_forgotten && fenced.0 > 0 {
+            // Stored before it is relied on, and reloaded when `a` restarts (the daemon's
+            // DATA_DIR/cluster/fences).
+            let e = self.durable_fences.entry((a, b)).or_default();
+            *e = (*e).max(fenced.0);
+        }
         self.run_outputs(a)
     }
 
@@ -220,7 +231,7 @@ impl World {
         self.stats.dead_faults += 1;
         // Long enough for every node's limit and jitter, checked at tick granularity.
         let limit = self.cfg.dead_after_ms + self.cfg.dead_after_ms / 4 + 2 * TICK_MS;
-        if self.partition.is_none() && self.rng.chance(0.5) {
+        if self.partition.is_none() && self.mute.is_none() && self.rng.chance(0.5) {
             let side: BTreeSet<NodeId> = [NodeId(victim as u32)].into();
             self.log(|| format!("partition: {side:?} cut off (long: will be declared dead)"));
             self.partition = Some(side);
@@ -235,11 +246,39 @@ impl World {
         }
     }
 
-    /// The partition heals. A node declared dead while it was alive hears that it was fenced
-    /// as soon as it reconnects, and stops (it restarts later with a new epoch).
+    /// The one-way fault: a node goes mute (everything it sends is lost, it still hears
+    /// everyone) for longer than the dead-peer limit. Not while a partition lasts.
+    pub(crate) fn mute_fault(&mut self) {
+        if self.partition.is_some() || self.mute.is_some() {
+            return;
+        }
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| {
+                let n = &self.nodes[*i];
+                n.crashable && n.core.is_some() && !n.fenced
+            })
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        let victim = up[self.rng.below(up.len())];
+        self.stats.mutes += 1;
+        self.mute = Some(victim);
+        self.log(|| format!("partition: node{victim} goes mute (it hears everyone, nobody hears it; long: will be declared dead)"));
+        let limit = self.cfg.dead_after_ms + self.cfg.dead_after_ms / 4 + 2 * TICK_MS;
+        let end = limit + self.rng.range(50, 1500);
+        self.schedule(end, Ev::Heal);
+    }
+
+    /// The partition heals (or the mute node can send again). A node declared dead while it
+    /// was alive hears that it was fenced as soon as it reconnects, and stops (it restarts
+    /// later with a new epoch).
     pub(crate) fn heal(&mut self) -> Result<(), Violation> {
         if self.partition.is_some() {
             self.log(|| "partition healed".into());
+        }
+        if let Some(m) = self.mute.take() {
+            self.log(|| format!("partition healed: node{m} can send again"));
         }
         let n = self.nodes.len();
         let fenced: Vec<usize> = (0..n)

@@ -11,6 +11,20 @@ impl World {
             .is_some_and(|s| s.contains(&a) != s.contains(&b))
     }
 
+    /// Whether what `a` sends cannot reach `b` now (a partition between them, or `a` is
+    /// mute).
+    pub(crate) fn cut(&self, a: usize, b: usize) -> bool {
+        a != b && (self.partitioned(NodeId(a as u32), NodeId(b as u32)) || self.mute == Some(a))
+    }
+
+    /// Whether node `to`'s transport refuses incarnation `epoch` of node `from`: `to` fenced
+    /// it (durably, so also after `to` restarted).
+    pub(crate) fn refused(&self, to: usize, from: usize, epoch: u64) -> bool {
+        self.durable_fences
+            .get(&(to, from))
+            .is_some_and(|floor| epoch < *floor)
+    }
+
     pub(crate) fn send(&mut self, env: Envelope) {
         self.stats.sent += 1;
         if env.from == env.to {
@@ -48,8 +62,12 @@ impl World {
 
     pub(crate) fn deliver(&mut self, env: Envelope) -> Result<(), Violation> {
         let to = env.to.0 as usize;
-        if self.nodes[to].core.is_none() || self.partitioned(env.from, env.to) {
+        if self.nodes[to].core.is_none() || self.cut(env.from.0 as usize, to) {
             self.log(|| format!("LOST {env} (node down or partitioned)"));
+            return Ok(());
+        }
+        if self.refused(to, env.from.0 as usize, env.from_epoch.0) {
+            self.log(|| format!("REFUSED {env} (a fenced incarnation)"));
             return Ok(());
         }
         self.log(|| format!("recv {env}"));

@@ -115,6 +115,7 @@ fn add(total: &mut Stats, s: &Stats) {
     total.heartbeats += s.heartbeats;
     total.lease_waits += s.lease_waits;
     total.fenced_lease_waits += s.fenced_lease_waits;
+    total.mutes += s.mutes;
 }
 
 /// Run seeds `start..start + n` on `threads` threads. Stops early past a failure, and reports

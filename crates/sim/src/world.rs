@@ -84,6 +84,8 @@ pub struct Stats {
     /// Accesses still waiting for a lease on a node declared dead while alive when it stopped
     /// (or crashed): what leases held back in the stale-read window.
     pub fenced_lease_waits: u64,
+    /// Nodes that went mute (`SimConfig::mute_rate`).
+    pub mutes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -207,6 +209,8 @@ pub(crate) struct SimNode {
     pub diverged: bool,
     /// Its transport's view of each peer (leases only).
     pub links: BTreeMap<usize, Link>,
+    /// When this incarnation started (its daemon's clock counts from it).
+    pub started_ms: u64,
     /// Accesses waiting for the lease of their page's home (leases only).
     pub parked: Vec<Op>,
 }
@@ -229,9 +233,16 @@ pub struct World {
     pub(crate) model: Model,
     /// Nodes cut off from the rest, while a partition lasts.
     pub(crate) partition: Option<BTreeSet<NodeId>>,
+    /// The node whose messages are all lost while it still hears everyone (`mute_rate`).
+    pub(crate) mute: Option<usize>,
     pub(crate) faults_on: bool,
     /// Per (node, peer): how long the node has not been able to reach the peer (membership).
     pub(crate) silence: BTreeMap<(usize, usize), Silence>,
+    /// Per (node, peer): the fences the node set by declaring the peer dead (the lowest epoch
+    /// of the peer it accepts), durable unless `SimConfig::fences_forgotten`: its transport
+    /// refuses what older incarnations send, across its own restarts (and, with
+    /// `SimConfig::fences_in_core`, they are given back to its core when it restarts).
+    pub(crate) durable_fences: BTreeMap<(usize, usize), u64>,
     /// Pages whose home dropped a live incarnation's copy by declaring it dead from a minority
     /// side (`SimConfig::minority_declares`): that home's poison and clears of them are its
     /// own view, not the cluster's, until it stops.
@@ -292,8 +303,10 @@ impl World {
             intents: BTreeSet::new(),
             model: Model::default(),
             partition: None,
+            mute: None,
             faults_on: true,
             silence: BTreeMap::new(),
+            durable_fences: BTreeMap::new(),
             diverged_pages: BTreeSet::new(),
             quiesce_at: None,
             audited: false,
@@ -332,6 +345,7 @@ impl World {
                 diverged: false,
                 links: BTreeMap::new(),
                 parked: Vec::new(),
+                started_ms: 0,
             });
         }
         w
@@ -340,11 +354,16 @@ impl World {
     /// Two processes per node touch random pages; with membership on, a third one only touches
     /// pages its node holds (local hits: what a node cut off from the cluster can still do).
     fn procs_per_node(&self) -> usize {
-        if self.cfg.dead_rate > 0.0 {
+        if self.membership_on() {
             RESIDENT_PROC + 1
         } else {
             2
         }
+    }
+
+    /// Cluster membership runs (nodes may be declared dead).
+    pub(crate) fn membership_on(&self) -> bool {
+        self.cfg.dead_rate > 0.0 || self.cfg.mute_rate > 0.0
     }
 
     pub(crate) fn node_config(&self, i: usize, epoch: u64) -> NodeConfig {
@@ -483,7 +502,7 @@ impl World {
         if self.cfg.leases {
             self.leases_tick()?;
         }
-        if self.cfg.dead_rate > 0.0 {
+        if self.membership_on() {
             self.membership()?;
         }
         if self.faults_on {
@@ -498,7 +517,10 @@ impl World {
                     self.schedule(down, Ev::Restart(victim));
                 }
             }
-            if self.partition.is_none() && self.rng.chance(self.cfg.partition_rate) {
+            if self.partition.is_none()
+                && self.mute.is_none()
+                && self.rng.chance(self.cfg.partition_rate)
+            {
                 let n = self.nodes.len();
                 let mut side = BTreeSet::new();
                 while side.is_empty() || side.len() == n {
@@ -516,6 +538,9 @@ impl World {
             if self.cfg.dead_rate > 0.0 && self.rng.chance(self.cfg.dead_rate) {
                 self.dead_fault();
             }
+            if self.cfg.mute_rate > 0.0 && self.rng.chance(self.cfg.mute_rate) {
+                self.mute_fault();
+            }
         }
         self.schedule(TICK_MS, Ev::Tick);
         Ok(())
@@ -528,6 +553,13 @@ impl World {
         let epoch = n.epoch;
         let cfg = self.node_config(i, epoch);
         let mut core = Node::new(cfg, &self.segs);
+        if self.cfg.fences_in_core {
+            for (&(a, b), &e) in &self.durable_fences {
+                if a == i {
+                    core.fence(NodeId(b as u32), Epoch(e));
+                }
+            }
+        }
         core.start(self.now);
         let now = self.now;
         let count = self.nodes.len();
@@ -537,6 +569,7 @@ impl World {
         n.diverged = false;
         n.mem.clear();
         n.parked.clear();
+        n.started_ms = now;
         n.links = (0..count)
             .filter(|p| *p != i)
             .map(|p| {

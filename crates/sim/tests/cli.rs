@@ -65,4 +65,9 @@ fn bad_options_are_refused_with_usage() {
         .expect("run pagemesh-sim");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
+    let out = Command::new(env!("CARGO_BIN_EXE_pagemesh-sim"))
+        .args(["--seeds", "1", "--leases", "--lease-clocks", "sometimes"])
+        .output()
+        .expect("run pagemesh-sim");
+    assert_eq!(out.status.code(), Some(2));
 }
