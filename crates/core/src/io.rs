@@ -19,6 +19,10 @@ pub(crate) struct Io {
     pub max_queue: usize,
     pub bugs: InjectedBugs,
     pub peer_epochs: BTreeMap<NodeId, Epoch>,
+    /// Fence floors reloaded by the driver (set before this incarnation heard the peer): a
+    /// message from below is dropped, but the first one at or above is first contact, not a
+    /// restart (this node never knew what that incarnation held).
+    pub fences: BTreeMap<NodeId, Epoch>,
     pub out: Vec<Output>,
     pub cov: Coverage,
 }

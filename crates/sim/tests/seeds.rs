@@ -244,7 +244,6 @@ fn lease_echoes_clamped_to_the_clock_are_caught() {
 /// grants node3 write access: two holders, node2's copy stale. Ignored until the core keeps
 /// fence floors apart from the incarnations it heard.
 #[test]
-#[ignore = "fails until the core keeps reloaded fences apart from known incarnations"]
 fn fences_reloaded_into_the_core_keep_a_newer_incarnations_holdings() {
     let cfg = SimConfig {
         dead_rate: 0.003,
