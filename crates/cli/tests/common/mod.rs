@@ -158,24 +158,10 @@ pub fn file_len(p: &Path) -> u64 {
 impl Daemon {
     /// Start a daemon with extra `daemon` flags.
     pub fn start_with(extra: &[&str]) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("pagemesh-test-")
-            .tempdir()
-            .expect("temp dir");
-        let socket = dir.path().join("pm.sock");
-        let data_dir = dir.path().join("data");
-        let mut d = Daemon {
-            dir,
-            socket,
-            data_dir,
-            child: None,
-            wrapper: Vec::new(),
-        };
-        d.spawn_with(extra);
-        d
+        Daemon::start_wrapped(&[], extra)
     }
 
-    /// Start a daemon under `wrapper` (e.g. `ip netns exec NS`).
+    /// Start a daemon under `wrapper` (e.g. `ip netns exec NS`; empty: none).
     pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("pagemesh-test-")
