@@ -72,33 +72,41 @@ fn minimal_handler(n: u64, cached: bool) -> anyhow::Result<Vec<f64>> {
     let zero = vec![0u8; PS as usize];
     let lat = std::thread::scope(|s| {
         s.spawn(|| {
-            let mut evs = Vec::with_capacity(16);
-            let epoll = Epoll::new().expect("epoll");
-            epoll.add(uffd.as_fd(), 1).expect("epoll add");
-            let mut ready = Vec::with_capacity(1);
-            while !stop.load(Ordering::Relaxed) {
-                ready.clear();
-                if epoll.wait(&mut ready, 1, 50).is_err() || ready.is_empty() {
-                    continue;
-                }
-                let _ = epoll.rearm(uffd.as_fd(), 1);
-                evs.clear();
-                let _ = uffd.read_events(&mut evs, 16);
-                for ev in &evs {
-                    if let Event::PageFault { address, kind, .. } = *ev {
-                        let _ = match kind {
-                            FaultKind::Minor => uffd.continue_(address, PS, true, true),
-                            _ => uffd.copy(address, &zero, true, true),
-                        };
-                    }
-                }
-            }
+            serve_faults(&uffd, &stop, |address, kind| {
+                let _ = match kind {
+                    FaultKind::Minor => uffd.continue_(address, PS, true, true),
+                    _ => uffd.copy(address, &zero, true, true),
+                };
+            })
         });
         let lat = touch_all(n, |off, b| map.read_at(off, b));
         stop.store(true, Ordering::Relaxed);
         lat
     });
     Ok(lat)
+}
+
+/// The baseline handlers' loop: one thread, epoll on the uffd, `on_fault(address, kind)` for
+/// every page fault, until `stop`.
+pub fn serve_faults(uffd: &Uffd, stop: &AtomicBool, mut on_fault: impl FnMut(u64, FaultKind)) {
+    let mut evs = Vec::with_capacity(16);
+    let epoll = Epoll::new().expect("epoll");
+    epoll.add(uffd.as_fd(), 1).expect("epoll add");
+    let mut ready = Vec::with_capacity(1);
+    while !stop.load(Ordering::Relaxed) {
+        ready.clear();
+        if epoll.wait(&mut ready, 1, 50).is_err() || ready.is_empty() {
+            continue;
+        }
+        let _ = epoll.rearm(uffd.as_fd(), 1);
+        evs.clear();
+        let _ = uffd.read_events(&mut evs, 16);
+        for ev in &evs {
+            if let Event::PageFault { address, kind, .. } = *ev {
+                on_fault(address, kind);
+            }
+        }
+    }
 }
 
 fn kernel_anon(n: u64) -> anyhow::Result<Vec<f64>> {

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pagemesh::{Backing, Client, Mapping};
-use pagemesh_uffd::poll::Epoll;
-use pagemesh_uffd::{features, Event, Memfd, RegisterMode, SharedMapping, Uffd};
+use pagemesh_uffd::{features, Memfd, RegisterMode, SharedMapping, Uffd};
 
 use crate::bench::report;
 use crate::bench_local::RunsArgs;
@@ -98,31 +97,17 @@ fn minimal_remote_handler(n: u64, port: u16) -> anyhow::Result<Vec<f64>> {
     let stop = AtomicBool::new(false);
     let lat = std::thread::scope(|s| {
         s.spawn(|| {
-            let mut evs = Vec::with_capacity(16);
-            let epoll = Epoll::new().expect("epoll");
-            epoll.add(uffd.as_fd(), 1).expect("epoll add");
-            let mut ready = Vec::with_capacity(1);
             let mut page = vec![0u8; PS as usize];
-            while !stop.load(Ordering::Relaxed) {
-                ready.clear();
-                if epoll.wait(&mut ready, 1, 50).is_err() || ready.is_empty() {
-                    continue;
+            let mut req = [0u8; 16];
+            crate::bench_local::serve_faults(&uffd, &stop, |address, _| {
+                req[..8].copy_from_slice(&address.to_le_bytes());
+                let ok = conn.write_all(&req).is_ok() && conn.read_exact(&mut page).is_ok();
+                if ok {
+                    let _ = uffd.copy(address & !(PS - 1), &page, false, true);
+                } else {
+                    let _ = uffd.poison(address & !(PS - 1), PS, true);
                 }
-                let _ = epoll.rearm(uffd.as_fd(), 1);
-                evs.clear();
-                let _ = uffd.read_events(&mut evs, 16);
-                for ev in &evs {
-                    if let Event::PageFault { address, .. } = *ev {
-                        let ok = conn.write_all(&address.to_le_bytes().repeat(2)).is_ok()
-                            && conn.read_exact(&mut page).is_ok();
-                        if ok {
-                            let _ = uffd.copy(address & !(PS - 1), &page, false, true);
-                        } else {
-                            let _ = uffd.poison(address & !(PS - 1), PS, true);
-                        }
-                    }
-                }
-            }
+            })
         });
         let words = map.atomics_u64();
         let lat: Vec<f64> = (0..n)

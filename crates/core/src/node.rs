@@ -237,6 +237,11 @@ impl Node {
             .collect()
     }
 
+    /// The segment `id`, if this node takes part in it.
+    pub fn segment(&self, id: SegmentId) -> Option<&SegmentInfo> {
+        self.segments.get(&id)
+    }
+
     /// Every segment this node takes part in.
     pub fn segments(&self) -> impl Iterator<Item = &SegmentInfo> + '_ {
         self.segments.values()

@@ -1085,7 +1085,7 @@ impl Engine {
                         }
                     }
                 }
-                let home = self.node.segments().find(|s| s.id == seg).map(|s| s.home);
+                let home = self.node.segment(seg).map(|s| s.home);
                 if home == Some(self.me()) {
                     st.poisoned_pages = self.node.poisoned_pages(seg).len() as u64;
                     st.poisoned_known_here = true;
@@ -1208,7 +1208,7 @@ impl Engine {
     }
 
     fn home_of(&self, seg: SegmentId) -> Option<NodeId> {
-        self.node.segments().find(|s| s.id == seg).map(|s| s.home)
+        self.node.segment(seg).map(|s| s.home)
     }
 
     fn broadcast(&mut self, msg: Control) {
