@@ -11,7 +11,9 @@ use anyhow::bail;
 use clap::Args;
 use pagemesh::Backing;
 use pagemesh_uffd::poll::Epoll;
-use pagemesh_uffd::{features, Event, FaultKind, Memfd, RegisterMode, SharedMapping, Uffd};
+use pagemesh_uffd::{
+    features, Event, FaultKind, Memfd, Protect, RegisterMode, SharedMapping, Uffd, Wake,
+};
 
 use crate::bench::report;
 use crate::harness::PrivateDaemon;
@@ -74,8 +76,8 @@ fn minimal_handler(n: u64, cached: bool) -> anyhow::Result<Vec<f64>> {
         s.spawn(|| {
             serve_faults(&uffd, &stop, |address, kind| {
                 let _ = match kind {
-                    FaultKind::Minor => uffd.continue_(address, PS, true, true),
-                    _ => uffd.copy(address, &zero, true, true),
+                    FaultKind::Minor => uffd.continue_(address, PS, Protect::ReadOnly, Wake::Yes),
+                    _ => uffd.copy(address, &zero, Protect::ReadOnly, Wake::Yes),
                 };
             })
         });

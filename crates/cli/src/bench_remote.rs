@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pagemesh::{Backing, Client, Mapping};
-use pagemesh_uffd::{features, Memfd, RegisterMode, SharedMapping, Uffd};
+use pagemesh_uffd::{features, Memfd, Protect, RegisterMode, SharedMapping, Uffd, Wake};
 
 use crate::bench::report;
 use crate::bench_local::RunsArgs;
@@ -103,9 +103,9 @@ fn minimal_remote_handler(n: u64, port: u16) -> anyhow::Result<Vec<f64>> {
                 req[..8].copy_from_slice(&address.to_le_bytes());
                 let ok = conn.write_all(&req).is_ok() && conn.read_exact(&mut page).is_ok();
                 if ok {
-                    let _ = uffd.copy(address & !(PS - 1), &page, false, true);
+                    let _ = uffd.copy(address & !(PS - 1), &page, Protect::Writable, Wake::Yes);
                 } else {
-                    let _ = uffd.poison(address & !(PS - 1), PS, true);
+                    let _ = uffd.poison(address & !(PS - 1), PS, Wake::Yes);
                 }
             })
         });

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use pagemesh_proto::{Request, Response};
 use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::poll::wait_readable;
-use pagemesh_uffd::{features, Event, Memfd, RegisterMode, SharedMapping, Uffd};
+use pagemesh_uffd::{features, Event, Memfd, Protect, RegisterMode, SharedMapping, Uffd, Wake};
 
 use crate::{handshake, roundtrip, unexpected, Client, ClientError, SegmentInfo, DEFAULT_TIMEOUT};
 
@@ -254,7 +254,7 @@ fn poison_forever(s: &Shared) {
     // write protection first: zapping a write-protected entry leaves a uffd-wp marker, on which
     // POISON fails with EEXIST, and the thread would fault forever instead of getting SIGBUS.
     // (Volume mappings are not registered for WP: the ioctl then fails, harmlessly.)
-    let _ = s.uffd.write_protect(base, len, false, false);
+    let _ = s.uffd.write_protect(base, len, Protect::Writable, Wake::No);
     let _ = s.map.zap(0, s.map.len());
     let _ = s.uffd.wake(base, len);
     let mut events = Vec::with_capacity(16);
@@ -274,13 +274,15 @@ fn poison_forever(s: &Shared) {
                 if page < base || page >= base + len {
                     continue;
                 }
-                match s.uffd.poison(page, PAGE_SIZE, true) {
+                match s.uffd.poison(page, PAGE_SIZE, Wake::Yes) {
                     Ok(n) if n == PAGE_SIZE => {}
                     _ => {
                         // Mapped or marked again meanwhile: un-protect, zap and retry.
-                        let _ = s.uffd.write_protect(page, PAGE_SIZE, false, false);
+                        let _ = s
+                            .uffd
+                            .write_protect(page, PAGE_SIZE, Protect::Writable, Wake::No);
                         let _ = s.map.zap((page - base) as usize, PAGE_SIZE as usize);
-                        let _ = s.uffd.poison(page, PAGE_SIZE, true);
+                        let _ = s.uffd.poison(page, PAGE_SIZE, Wake::Yes);
                         let _ = s.uffd.wake(page, PAGE_SIZE);
                     }
                 }

@@ -146,6 +146,11 @@ impl Pool {
             .saturating_sub(self.evicting.load(Ordering::Relaxed))
     }
 
+    /// Cluster pages whose eviction was asked for and has not ended yet.
+    pub fn evicting(&self) -> u64 {
+        self.evicting.load(Ordering::Relaxed)
+    }
+
     /// A cluster page's eviction was asked of the cluster engine (it completes later).
     pub fn cluster_evict_started(&self) {
         self.evicting.fetch_add(1, Ordering::Relaxed);

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use crate::memory::{ClockVisit, PrefetchJob};
 use crate::pages::{PageState, PINNED};
 use crate::segment::{lock, Attachment, IoError, Segment};
-use pagemesh_uffd::UffdError;
+use pagemesh_uffd::fault::install;
+use pagemesh_uffd::{Protect, Source, UffdError, Wake};
 
 /// Most pages one page-in read brings back (page-in read-ahead).
 const PAGE_IN_RUN: u64 = 16;
@@ -173,7 +174,14 @@ impl Segment {
         if paging.read_run(first, buf).is_err() {
             return None;
         }
-        let copied = match att.uffd.copy_run(att.base + page * PS, buf, true, true) {
+        let copied = match install(
+            &att.uffd,
+            att.base + page * PS,
+            0,
+            Source::Bytes(buf),
+            Protect::ReadOnly,
+            Wake::Yes,
+        ) {
             Ok(bytes) => bytes / PS,
             Err(e) => return Some(Err(e)),
         };
@@ -236,7 +244,14 @@ impl Segment {
         }
         let buf = &mut scratch[..(n * PS) as usize];
         self.mapper.read_pages(lo * PS, buf).ok()?;
-        let copied = match att.uffd.copy_run(att.base + lo * PS, buf, true, true) {
+        let copied = match install(
+            &att.uffd,
+            att.base + lo * PS,
+            0,
+            Source::Bytes(buf),
+            Protect::ReadOnly,
+            Wake::Yes,
+        ) {
             Ok(bytes) => bytes / PS,
             Err(e) => return Some(Err(e)),
         };
@@ -410,7 +425,10 @@ impl Segment {
                     .unwrap_or_else(|e| e.into_inner())
                     .iter()
                 {
-                    match a.uffd.write_protect(a.base + page * PS, PS, true, true) {
+                    match a
+                        .uffd
+                        .write_protect(a.base + page * PS, PS, Protect::ReadOnly, Wake::Yes)
+                    {
                         Ok(()) => {}
                         Err(e) if e.is_process_gone() => {}
                         // A process left with a writable mapping could write between the copy

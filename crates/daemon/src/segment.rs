@@ -14,7 +14,10 @@ use std::time::Instant;
 use pagemesh_proto::{SegmentCounters, SegmentInfo, SegmentStat};
 use pagemesh_store::{Mapper, MapperError};
 use pagemesh_types::PAGE_SIZE;
-use pagemesh_uffd::{FaultKind, Memfd, Uffd, UffdError};
+use pagemesh_uffd::fault::{self, answer_unservable, install, resolve_present};
+use pagemesh_uffd::{
+    Access, Bounds, Fault, FaultKind, Memfd, Protect, Source, Uffd, UffdError, Unservable, Wake,
+};
 
 use crate::histogram::Histogram;
 use crate::memory::{Partition, Pool};
@@ -65,6 +68,66 @@ impl Attachment {
                     w.fetch_or(1 << (b % 64), Ordering::SeqCst);
                 }
             }
+        }
+    }
+
+    /// The registered range of this attachment in its process.
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            base: self.base,
+            len: self.len,
+        }
+    }
+
+    /// End a fault of this process that cannot be served, whatever the reason (`why`, logged
+    /// with the segment and page): every path of the daemon ends unservable faults here. The
+    /// thread gets SIGBUS at the address; where a read-only copy is mapped, which cannot be
+    /// poisoned in place, the attachment's lease is closed instead, and the client's watchdog
+    /// revokes its whole mapping (SIGBUS too).
+    pub fn refuse(&self, f: &Fault, why: &dyn std::fmt::Display) {
+        let seg = &self.segment.info.name;
+        match answer_unservable(&self.uffd, f) {
+            Ok(Unservable::Sigbus | Unservable::AlreadyMapped) => log::error!(
+                "segment {seg} page {} ({:?} fault of pid {} at {:#x}): {why}; sending SIGBUS",
+                f.page,
+                f.kind,
+                self.pid,
+                f.addr
+            ),
+            Ok(Unservable::Gone) => {
+                log::debug!(
+                    "segment {seg} page {}: pid {} exited mid-fault",
+                    f.page,
+                    self.pid
+                )
+            }
+            Ok(Unservable::Revoke) => {
+                log::error!(
+                    "segment {seg} page {}: a write by pid {} to a read-only copy at {:#x} cannot be \
+                     served ({why}); closing its attachment (the process gets SIGBUS from its watchdog)",
+                    f.page,
+                    self.pid,
+                    f.addr
+                );
+                self.revoke();
+            }
+            Err(e) => {
+                log::error!(
+                    "segment {seg} page {}: cannot end the fault of pid {} at {:#x} ({why}): {e}; \
+                     closing its attachment",
+                    f.page,
+                    self.pid,
+                    f.addr
+                );
+                self.revoke();
+            }
+        }
+    }
+
+    /// Close the lease, so the client's watchdog revokes the mapping and fails loudly.
+    pub fn revoke(&self) {
+        if let Some(l) = &self.lease {
+            let _ = l.shutdown(std::net::Shutdown::Both);
         }
     }
 
@@ -159,14 +222,14 @@ pub(crate) struct Counters {
     syncs: AtomicU64,
 }
 
-/// Count a fault of a cluster segment (0 missing, 1 minor, 2 write-protect).
-pub(crate) fn bump_fault(s: &Segment, kind: u8) {
+/// Count a fault of a segment by its kind.
+pub(crate) fn bump_fault(s: &Segment, kind: FaultKind) {
     let c = &s.counters;
     bump(
         match kind {
-            0 => &c.faults_missing,
-            1 => &c.faults_minor,
-            _ => &c.faults_wp,
+            FaultKind::Missing => &c.faults_missing,
+            FaultKind::Minor => &c.faults_minor,
+            FaultKind::WriteProtect => &c.faults_wp,
         },
         1,
     );
@@ -367,25 +430,15 @@ impl Segment {
             .retain(|a| a.id != id);
     }
 
-    /// Serve one page fault of `att` at byte offset `page * PAGE_SIZE`. `scratch` is a
-    /// page-sized buffer owned by the worker (the fault path allocates nothing).
-    pub fn resolve_fault(
-        &self,
-        att: &Arc<Attachment>,
-        page: u64,
-        kind: FaultKind,
-        write: bool,
-        scratch: &mut [u8],
-    ) {
+    /// Serve one page fault of `att`. `scratch` is a buffer owned by the worker (the fault path
+    /// allocates nothing).
+    pub fn resolve_fault(&self, att: &Arc<Attachment>, f: &Fault, scratch: &mut [u8]) {
         let start = Instant::now();
-        match kind {
-            FaultKind::Missing => bump(&self.counters.faults_missing, 1),
-            FaultKind::Minor => bump(&self.counters.faults_minor, 1),
-            FaultKind::WriteProtect => bump(&self.counters.faults_wp, 1),
-        }
-        let addr = att.base + page * PS;
+        bump_fault(self, f.kind);
+        let (page, kind) = (f.page, f.kind);
+        let write = f.access == Access::Write;
         if let Some(v) = &self.volume {
-            v.resolve(att, page, addr, scratch);
+            v.resolve(att, f, scratch);
             self.latency.record(start.elapsed().as_nanos() as u64);
             return;
         }
@@ -400,29 +453,43 @@ impl Segment {
 
         let _g = lock(self.stripe(page));
         let result = match self.pages.get(page) {
-            PageState::Poisoned => poison_one(&att.uffd, addr),
+            PageState::Poisoned => {
+                drop(_g);
+                att.refuse(
+                    f,
+                    &"the page is poisoned (clear it with `pagemesh segment clear-poison`)",
+                );
+                self.latency.record(start.elapsed().as_nanos() as u64);
+                return;
+            }
             PageState::Paged if !write => match self.page_in_run(att, page, scratch) {
-                Some(r) => r,
-                None => self.fill(att, page, addr, write, scratch),
+                Some(r) => r.map(|()| Filled::Served),
+                None => self.fill(att, f, scratch),
             },
             PageState::Absent if !write => match self.file_read_ahead(att, page, scratch) {
-                Some(r) => r,
-                None => self.fill(att, page, addr, write, scratch),
+                Some(r) => r.map(|()| Filled::Served),
+                None => self.fill(att, f, scratch),
             },
-            PageState::Absent | PageState::Paged => self.fill(att, page, addr, write, scratch),
+            PageState::Absent | PageState::Paged => self.fill(att, f, scratch),
             state @ (PageState::Clean | PageState::Dirty) => {
                 let dirty = state == PageState::Dirty || write || kind == FaultKind::WriteProtect;
                 if dirty && state == PageState::Clean {
                     self.set_state(page, PageState::Dirty);
                 }
-                map_present(&att.uffd, addr, kind, dirty)
+                let protect = if dirty {
+                    Protect::Writable
+                } else {
+                    Protect::ReadOnly
+                };
+                resolve_present(&att.uffd, f, protect).map(|()| Filled::Served)
             }
         };
         drop(_g);
         match result {
-            Err(e) => self.resolve_failed(att, page, addr, e),
-            Ok(()) if kind == FaultKind::Minor && !write => self.map_ahead(att, page),
-            Ok(()) => {}
+            Err(e) => att.refuse(f, &format_args!("cannot map the page: {e}")),
+            Ok(Filled::Poisoned) => {}
+            Ok(Filled::Served) if kind == FaultKind::Minor && !write => self.map_ahead(att, page),
+            Ok(Filled::Served) => {}
         }
         self.latency.record(start.elapsed().as_nanos() as u64);
     }
@@ -434,14 +501,10 @@ impl Segment {
     /// except by punch-hole, which zaps the mapping again anyway.
     fn map_ahead(&self, att: &Attachment, page: u64) {
         let present = |p: u64| matches!(self.pages.get(p), PageState::Clean | PageState::Dirty);
-        let end = (page + 1 + FAULT_AROUND_PAGES)
-            .min(att.len / PS)
-            .min(self.pages.npages());
-        let mut p = page + 1;
-        while p < end && present(p) {
-            p += 1;
-        }
-        if p == end && self.mapper.is_persistent() {
+        let pages = (att.len / PS).min(self.pages.npages());
+        let end = (page + 1 + FAULT_AROUND_PAGES).min(pages);
+        let (below, above) = fault::around(page, pages, FAULT_AROUND_PAGES, present);
+        if above.end == end && self.mapper.is_persistent() {
             // A sequential reader of a file segment: when the end of what is cached comes
             // within PREFETCH_TRIGGER_PAGES, have the prefetcher read on ahead of it.
             let limit = (page + PREFETCH_TRIGGER_PAGES)
@@ -455,34 +518,27 @@ impl Segment {
                 self.request_prefetch(att, f);
             }
         }
-        if p > page + 1 {
-            // A page of the run already mapped ends it early: harmless.
-            let _ =
-                att.uffd
-                    .continue_run(att.base + (page + 1) * PS, (p - page - 1) * PS, true, false);
-        }
-        // The same below the fault, for backward scans.
-        let start = page.saturating_sub(FAULT_AROUND_PAGES);
-        let mut q = page;
-        while q > start && present(q - 1) {
-            q -= 1;
-        }
-        if q < page {
-            let _ = att
-                .uffd
-                .continue_run(att.base + q * PS, (page - q) * PS, true, false);
+        // Both sides (the one below for backward scans); a page of a run already mapped ends
+        // it early: harmless.
+        for run in [above, below] {
+            if !run.is_empty() {
+                let (at, len) = (att.base + run.start * PS, (run.end - run.start) * PS);
+                let _ = install(
+                    &att.uffd,
+                    at,
+                    len,
+                    Source::PageCache,
+                    Protect::ReadOnly,
+                    Wake::No,
+                );
+            }
         }
     }
 
     /// Bring an Absent page in from the mapper (or as zeros) and map it into `att`.
-    fn fill(
-        &self,
-        att: &Attachment,
-        page: u64,
-        addr: u64,
-        write: bool,
-        scratch: &mut [u8],
-    ) -> Result<(), UffdError> {
+    fn fill(&self, att: &Attachment, f: &Fault, scratch: &mut [u8]) -> Result<Filled, UffdError> {
+        let (page, addr) = (f.page, f.addr);
+        let write = f.access == Access::Write;
         let data: &[u8] = match self.load(page, &mut scratch[..PSU]) {
             Ok(Loaded::Zero) => &ZERO_PAGE,
             Ok(Loaded::Data) => &scratch[..PSU],
@@ -493,27 +549,35 @@ impl Segment {
                     .memory
                     .as_ref()
                     .map_or("-", |m| m.partition.name.as_str());
-                log::error!(
-                    "segment {} page {page} (offset {:#x}, partition {partition}): {e}; the page is poisoned and \
-                     pid {} gets SIGBUS. Fix the backing store, then run `pagemesh segment clear-poison {}`",
-                    self.info.name,
-                    page * PS,
-                    att.pid,
-                    self.info.name
+                att.refuse(
+                    f,
+                    &format_args!(
+                        "offset {:#x}, partition {partition}: {e}; the page is poisoned. Fix the backing \
+                         store, then run `pagemesh segment clear-poison {}`",
+                        page * PS,
+                        self.info.name
+                    ),
                 );
-                return poison_one(&att.uffd, addr);
+                return Ok(Filled::Poisoned);
             }
         };
-        match att.uffd.copy(addr, data, !write, true) {
-            Ok(()) => {}
-            // The page is already mapped here (a racing thread of the same process was served).
-            Err(e) if e.is_exists() => {
-                if !self.memfd.is_present(page * PS).unwrap_or(false) {
-                    return Err(e);
-                }
-                att.uffd.wake(addr, PS)?;
-            }
-            Err(e) => return Err(e),
+        let protect = if write {
+            Protect::Writable
+        } else {
+            Protect::ReadOnly
+        };
+        // Nothing installed: the page is already mapped here (a racing thread of the same
+        // process was served, and install woke this one); it must be in the memfd too.
+        if install(&att.uffd, addr, PS, Source::Bytes(data), protect, Wake::Yes)? == 0
+            && !self.memfd.is_present(page * PS).unwrap_or(false)
+        {
+            return Err(UffdError {
+                op: "UFFDIO_COPY",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a page is mapped there but not in the segment's page cache",
+                ),
+            });
         }
         self.set_state(
             page,
@@ -523,31 +587,7 @@ impl Segment {
                 PageState::Clean
             },
         );
-        Ok(())
-    }
-
-    fn resolve_failed(&self, att: &Attachment, page: u64, addr: u64, e: UffdError) {
-        if e.is_process_gone() {
-            log::debug!(
-                "segment {} page {page}: pid {} exited mid-fault",
-                self.info.name,
-                att.pid
-            );
-            return;
-        }
-        // Never leave the thread hanging: a fault we cannot serve becomes SIGBUS.
-        log::error!(
-            "segment {} page {page}: cannot resolve fault of pid {}: {e}; sending SIGBUS",
-            self.info.name,
-            att.pid
-        );
-        if let Err(e2) = poison_one(&att.uffd, addr) {
-            log::error!(
-                "segment {} page {page}: poisoning for pid {} failed too: {e2}",
-                self.info.name,
-                att.pid
-            );
-        }
+        Ok(Filled::Served)
     }
 
     /// Write a whole page into the memfd for an Absent or Paged page (caller holds its stripe
@@ -768,7 +808,7 @@ impl Segment {
         {
             match a
                 .uffd
-                .write_protect(a.base + first * PS, n * PS, true, true)
+                .write_protect(a.base + first * PS, n * PS, Protect::ReadOnly, Wake::Yes)
             {
                 Ok(()) => {}
                 Err(e) if e.is_process_gone() => {}
@@ -879,33 +919,11 @@ impl Segment {
     }
 }
 
-/// Map a page that is in the memfd: CONTINUE for a missing/minor fault, un-protect for a
-/// write-protect fault.
-fn map_present(uffd: &Uffd, addr: u64, kind: FaultKind, writable: bool) -> Result<(), UffdError> {
-    match kind {
-        FaultKind::WriteProtect => uffd.write_protect(addr, PS, false, true),
-        FaultKind::Missing | FaultKind::Minor => match uffd.continue_(addr, PS, !writable, true) {
-            Ok(()) => Ok(()),
-            // Already mapped here by a racing fault of the same process: make its protection
-            // match the state (only ever loosening it), and wake the thread.
-            Err(e) if e.is_exists() => {
-                if writable {
-                    uffd.write_protect(addr, PS, false, true)
-                } else {
-                    uffd.wake(addr, PS)
-                }
-            }
-            Err(e) => Err(e),
-        },
-    }
-}
-
-/// Poison one page in one process; if a page is mapped there already, the thread is woken and
-/// retries, which is served by the same path.
-pub(crate) fn poison_one(uffd: &Uffd, addr: u64) -> Result<(), UffdError> {
-    let n = uffd.poison(addr, PS, true)?;
-    if n == 0 {
-        uffd.wake(addr, PS)?;
-    }
-    Ok(())
+/// How a fault that needed a page brought in ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Filled {
+    /// Mapped into the process.
+    Served,
+    /// The data could not be had: the page is poisoned and the fault refused.
+    Poisoned,
 }

@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use pagemesh_proto::{VolumeInfo, VolumeStat};
 use pagemesh_types::PAGE_SIZE;
-use pagemesh_uffd::{Memfd, UffdError};
+use pagemesh_uffd::fault::{self, install};
+use pagemesh_uffd::{Fault, Memfd, Protect, Source, UffdError, Wake};
 
 use crate::memory::{ClockVisit, Partition, Pool};
-use crate::segment::{lock, poison_one, Attachment};
+use crate::segment::{lock, Attachment};
 use std::sync::Weak;
 
 const PS: u64 = PAGE_SIZE;
@@ -102,7 +103,8 @@ pub enum VolumeError {
 }
 
 /// Who waits for a block being read: the attachment and the faulting address.
-type Waiter = (Arc<Attachment>, u64);
+/// A fault waiting for its block's storage read.
+type Waiter = (Arc<Attachment>, Fault);
 
 pub struct Volume {
     pub info: VolumeInfo,
@@ -282,38 +284,48 @@ impl Volume {
         Ok(())
     }
 
-    /// Fault-around: map the run of Present blocks from `b` up (at most FAULT_AROUND_BLOCKS,
-    /// within the attachment) with one CONTINUE that wakes the faulting thread, then the run
-    /// just below `b` without waking (a backward scan, as glibc's memcpy does for some
-    /// alignments, gets the same benefit; for a forward scan it stops at once on a mapped page).
-    fn map_around(&self, att: &Attachment, b: u64, addr: u64) -> Result<(), UffdError> {
-        let limit = FAULT_AROUND_BLOCKS
-            .min((att.base + att.len - addr) / PS)
-            .min(self.blocks - b);
-        let mut n = 1;
-        while n < limit && self.block_state(b + n) == Block::Present {
-            n += 1;
-        }
+    /// Fault-around: map the faulting block and the run of Present blocks above it (at most
+    /// FAULT_AROUND_BLOCKS, within the attachment) with one CONTINUE that wakes the faulting
+    /// thread, then the run just below `b` without waking (a backward scan, as glibc's memcpy
+    /// does for some alignments, gets the same benefit; for a forward scan it stops at once on
+    /// a mapped page).
+    fn map_around(&self, att: &Attachment, f: &Fault) -> Result<(), UffdError> {
+        let b = f.page;
+        let limit = (att.len / PS).min(self.blocks);
+        let present = |x: u64| self.block_state(x) == Block::Present;
+        let (below, above) = fault::around(b, limit, FAULT_AROUND_BLOCKS - 1, present);
+        let n = above.end - b;
         self.counters.shared_maps.fetch_add(1, Ordering::Relaxed);
         // Mark first (conservative: a mark on a frame not mapped only keeps it longer).
         att.mark_mapped(b, n);
-        match att.uffd.continue_run(addr, n * PS, false, true) {
-            // Another thread of this process mapped the page first: just wake this one.
-            Ok(0) => att.uffd.wake(addr, PS)?,
+        // Another thread of this process may have mapped the page first: install then only
+        // wakes this one.
+        match install(
+            &att.uffd,
+            f.addr,
+            n * PS,
+            Source::PageCache,
+            Protect::Writable,
+            Wake::Yes,
+        ) {
             Ok(_) => {}
             // The frame went (evicted after all): wake the thread, whose retry faults again
             // and reads the block back.
-            Err(e) if e.is_no_page() => att.uffd.wake(addr, PS)?,
+            Err(e) if e.is_no_page() => att.uffd.wake(f.addr, PS)?,
             Err(e) => return Err(e),
         }
-        let below = FAULT_AROUND_BLOCKS.min((addr - att.base) / PS).min(b);
-        let mut m = 0;
-        while m < below && self.block_state(b - m - 1) == Block::Present {
-            m += 1;
-        }
-        if m > 0 {
-            att.mark_mapped(b - m, m);
-            let _ = att.uffd.continue_run(addr - m * PS, m * PS, false, false);
+        if !below.is_empty() {
+            let m = b - below.start;
+            att.mark_mapped(below.start, m);
+            let at = att.base + below.start * PS;
+            let _ = install(
+                &att.uffd,
+                at,
+                m * PS,
+                Source::PageCache,
+                Protect::Writable,
+                Wake::No,
+            );
         }
         Ok(())
     }
@@ -330,7 +342,15 @@ impl Volume {
         scratch: &[u8],
     ) -> Result<(), UffdError> {
         let run = &scratch[..(n * PS) as usize];
-        let copied = att.uffd.copy_run(att.base + lo * PS, run, false, true)?;
+        let at = att.base + lo * PS;
+        let copied = install(
+            &att.uffd,
+            at,
+            0,
+            Source::Bytes(run),
+            Protect::Writable,
+            Wake::Yes,
+        )?;
         self.counters
             .private_copies
             .fetch_add(copied / PS, Ordering::Relaxed);
@@ -338,8 +358,16 @@ impl Volume {
             return Ok(());
         }
         let one = &scratch[((b - lo) * PS) as usize..((b - lo + 1) * PS) as usize];
-        match att.uffd.copy_run(att.base + b * PS, one, false, true)? {
-            0 => att.uffd.wake(att.base + b * PS, PS),
+        let at = att.base + b * PS;
+        match install(
+            &att.uffd,
+            at,
+            0,
+            Source::Bytes(one),
+            Protect::Writable,
+            Wake::Yes,
+        )? {
+            0 => Ok(()),
             _ => {
                 self.counters.private_copies.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -371,8 +399,9 @@ impl Volume {
         (lo, n)
     }
 
-    /// Serve a fault of `att` on block `b` (at `addr` in its private mapping).
-    pub fn resolve(&self, att: &Arc<Attachment>, b: u64, addr: u64, scratch: &mut [u8]) {
+    /// Serve a fault of `att` on block `f.page` (at `f.addr` in its private mapping).
+    pub fn resolve(&self, att: &Arc<Attachment>, f: &Fault, scratch: &mut [u8]) {
+        let (b, addr) = (f.page, f.addr);
         if !att.volume_user.swap(true, Ordering::Relaxed) {
             lock(&self.users).push(Arc::downgrade(att));
         }
@@ -396,11 +425,11 @@ impl Volume {
                 // under that lock, so it cannot punch the frame this fault is about to map.
                 att.mark_mapped(b, 1);
                 drop(g);
-                finish(att, addr, self.map_around(att, b, addr));
+                finish(att, f, self.map_around(att, f));
             }
             Block::Poisoned => {
                 drop(g);
-                finish(att, addr, poison_one(&att.uffd, addr));
+                att.refuse(f, &format_args!("block {b} of the volume is poisoned"));
             }
             Block::Pending => {
                 self.counters
@@ -409,7 +438,7 @@ impl Volume {
                 lock(&self.waiters)
                     .entry(b)
                     .or_default()
-                    .push((Arc::clone(att), addr));
+                    .push((Arc::clone(att), *f));
             }
             Block::Absent if hits < self.share_threshold => {
                 drop(g);
@@ -434,21 +463,17 @@ impl Volume {
                     }
                     (b, n)
                 };
-                let r = match self.read_storage(lo, n, scratch) {
-                    Ok(()) => self.copy_private_run(att, lo, n, b, scratch),
-                    Err(e) => {
-                        log::error!("{e}; pid {} gets SIGBUS at this page", att.pid);
-                        poison_one(&att.uffd, addr)
-                    }
-                };
-                finish(att, addr, r);
+                match self.read_storage(lo, n, scratch) {
+                    Ok(()) => finish(att, f, self.copy_private_run(att, lo, n, b, scratch)),
+                    Err(e) => att.refuse(f, &e),
+                }
             }
             Block::Absent => {
                 self.set(b, Block::Pending);
                 lock(&self.waiters)
                     .entry(b)
                     .or_default()
-                    .push((Arc::clone(att), addr));
+                    .push((Arc::clone(att), *f));
                 drop(g);
                 let (lo, n) = self.claim_run(b);
                 self.complete_fill(lo, n, scratch);
@@ -486,13 +511,12 @@ impl Volume {
                 }
             }
             drop(g);
-            for (a, addr) in &waiters {
-                let r = if ok {
-                    self.map_around(a, blk, *addr)
+            for (a, f) in &waiters {
+                if ok {
+                    finish(a, f, self.map_around(a, f));
                 } else {
-                    poison_one(&a.uffd, *addr)
-                };
-                finish(a, *addr, r);
+                    a.refuse(f, &format_args!("the storage read of block {blk} failed"));
+                }
             }
         }
         ok
@@ -599,17 +623,9 @@ impl Volume {
     }
 }
 
-/// Log a failed resolution; never leave the thread waiting.
-fn finish(a: &Attachment, addr: u64, r: Result<(), UffdError>) {
-    match r {
-        Ok(()) => {}
-        Err(e) if e.is_process_gone() => {}
-        Err(e) => {
-            log::error!(
-                "volume fault of pid {} at {addr:#x}: {e}; sending SIGBUS",
-                a.pid
-            );
-            let _ = poison_one(&a.uffd, addr);
-        }
+/// A resolution that failed ends as any unservable fault: never leave the thread waiting.
+fn finish(a: &Attachment, f: &Fault, r: Result<(), UffdError>) {
+    if let Err(e) = r {
+        a.refuse(f, &format_args!("volume fault: {e}"));
     }
 }

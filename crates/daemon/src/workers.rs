@@ -11,9 +11,9 @@ use std::thread::JoinHandle;
 
 use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::poll::Epoll;
-use pagemesh_uffd::Event;
+use pagemesh_uffd::{FaultReader, Incoming};
 
-use crate::segment::{poison_one, Attachment};
+use crate::segment::Attachment;
 
 /// Most messages one worker takes from one uffd at a time.
 const BATCH: usize = 16;
@@ -106,7 +106,7 @@ impl Workers {
 
     fn run(&self) {
         let mut tokens = Vec::with_capacity(8);
-        let mut events = Vec::with_capacity(BATCH);
+        let mut reader = FaultReader::new(BATCH);
         // Room for one read-ahead run of a volume (and one page for everything else).
         let mut scratch = vec![0u8; (crate::volume::READAHEAD_BLOCKS * PAGE_SIZE) as usize];
         loop {
@@ -126,55 +126,47 @@ impl Workers {
                 else {
                     continue;
                 };
-                events.clear();
-                let read = a.uffd.read_events(&mut events, BATCH);
-                // ENOENT here means the attachment was removed meanwhile: nothing to re-arm.
-                let _ = self.epoll.rearm(a.uffd.as_fd(), t);
-                if let Err(e) = read {
-                    log::error!("pid {}: reading its uffd failed: {e}; detaching it", a.pid);
-                    self.remove(a.id);
-                    continue;
-                }
-                for ev in &events {
-                    // A panic while serving is a bug; contain it to this fault: the thread
-                    // gets SIGBUS instead of waiting forever, and the worker lives on.
-                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        serve(&a, ev, &mut scratch)
-                    }));
-                    if served.is_err() {
-                        if let Event::PageFault { address, .. } = *ev {
-                            log::error!("pid {}: serving the fault at {address:#x} panicked (a bug); sending SIGBUS", a.pid);
-                            let _ = poison_one(&a.uffd, address & !(PAGE_SIZE - 1));
-                        }
+                // Re-armed at once, so another worker can take the next batch of this process;
+                // ENOENT there means the attachment was removed meanwhile: nothing to re-arm.
+                let batch = reader.read(&a.uffd, a.bounds(), || {
+                    let _ = self.epoll.rearm(a.uffd.as_fd(), t);
+                });
+                let batch = match batch {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        log::error!("pid {}: reading its uffd failed: {e}; detaching it", a.pid);
+                        self.remove(a.id);
+                        continue;
                     }
+                };
+                for incoming in batch {
+                    serve(&a, incoming, &mut scratch);
                 }
             }
         }
     }
 }
 
-fn serve(a: &Arc<Attachment>, ev: &Event, scratch: &mut [u8]) {
-    match *ev {
-        Event::PageFault {
-            address,
-            kind,
-            write,
-            ..
-        } => {
-            if address < a.base || address >= a.base + a.len {
-                log::error!(
-                    "pid {}: fault at {address:#x} outside its mapping {:#x}+{:#x}; sending SIGBUS",
-                    a.pid,
-                    a.base,
-                    a.len
-                );
-                let _ = poison_one(&a.uffd, address & !(PAGE_SIZE - 1));
-                return;
+fn serve(a: &Arc<Attachment>, incoming: &Incoming, scratch: &mut [u8]) {
+    match incoming {
+        Incoming::Fault(f) => {
+            // A panic while serving is a bug; contain it to this fault: the thread gets SIGBUS
+            // instead of waiting forever, and the worker lives on.
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                a.segment.resolve_fault(a, f, scratch)
+            }));
+            if served.is_err() {
+                a.refuse(f, &"serving the fault panicked (a bug)");
             }
-            let page = (address - a.base) / PAGE_SIZE;
-            a.segment.resolve_fault(a, page, kind, write, scratch);
         }
-        Event::Other { event } => {
+        Incoming::Stray(f) => a.refuse(
+            f,
+            &format_args!(
+                "the fault is outside its mapping {:#x}+{:#x}",
+                a.base, a.len
+            ),
+        ),
+        Incoming::Other { event } => {
             log::warn!(
                 "pid {}: unexpected uffd event {event} (pagemesh enables none); ignored",
                 a.pid

@@ -6,6 +6,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod fault;
 pub mod fdpass;
 pub mod fileio;
 pub mod memfd;
@@ -14,8 +15,11 @@ pub mod sigbus;
 mod sys;
 pub mod uffd;
 
+pub use fault::{Access, Bounds, Fault, FaultReader, Incoming, Source, Unservable};
 pub use memfd::{Memfd, ReadOnlyMapping, SharedMapping};
-pub use uffd::{features, Event, FaultKind, OpenMode, Probe, RegisterMode, Uffd, UffdError};
+pub use uffd::{
+    features, Event, FaultKind, OpenMode, Probe, Protect, RegisterMode, Uffd, UffdError, Wake,
+};
 
 /// The page size pagemesh is built for; checked against the running kernel by [`check_page_size`].
 pub const PAGE_SIZE: usize = 4096;

@@ -89,6 +89,22 @@ impl RegisterMode {
     }
 }
 
+/// How a resolving ioctl maps a page: write-protected (a write raises a write-protect fault)
+/// or writable. For [`Uffd::write_protect`], `ReadOnly` sets the protection and `Writable`
+/// clears it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protect {
+    ReadOnly,
+    Writable,
+}
+
+/// Whether a resolving ioctl wakes the threads waiting on the range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    Yes,
+    No,
+}
+
 /// A failed userfaultfd operation: which one, and the errno.
 #[derive(Debug, thiserror::Error)]
 #[error("{op} failed: {source}")]
@@ -340,14 +356,14 @@ impl Uffd {
         &self,
         dst: u64,
         src: &[u8],
-        write_protect: bool,
-        wake: bool,
+        protect: Protect,
+        wake: Wake,
     ) -> (Result<(), UffdError>, i64) {
         let mut mode = 0;
-        if write_protect {
+        if protect == Protect::ReadOnly {
             mode |= sys::UFFDIO_COPY_MODE_WP;
         }
-        if !wake {
+        if wake == Wake::No {
             mode |= sys::UFFDIO_COPY_MODE_DONTWAKE;
         }
         let mut c = sys::uffdio_copy {
@@ -361,16 +377,15 @@ impl Uffd {
         (r, c.copy)
     }
 
-    /// Install a copy of `src` at `dst` (page-aligned, `src.len()` a multiple of the page size),
-    /// write-protected if `write_protect`.
+    /// Install a copy of `src` at `dst` (page-aligned, `src.len()` a multiple of the page size).
     pub fn copy(
         &self,
         dst: u64,
         src: &[u8],
-        write_protect: bool,
-        wake: bool,
+        protect: Protect,
+        wake: Wake,
     ) -> Result<(), UffdError> {
-        self.copy_ioctl(dst, src, write_protect, wake).0
+        self.copy_ioctl(dst, src, protect, wake).0
     }
 
     /// COPY a run of pages; like [`Uffd::continue_run`], a run that reaches a page already
@@ -379,27 +394,35 @@ impl Uffd {
         &self,
         dst: u64,
         src: &[u8],
-        write_protect: bool,
-        wake: bool,
+        protect: Protect,
+        wake: Wake,
     ) -> Result<u64, UffdError> {
-        run_result(
-            self.copy_ioctl(dst, src, write_protect, wake),
-            src.len() as u64,
-        )
+        run_result(self.copy_ioctl(dst, src, protect, wake), src.len() as u64)
     }
 
-    /// Install zero pages over `[dst, dst+len)`.
-    pub fn zeropage(&self, dst: u64, len: u64, wake: bool) -> Result<(), UffdError> {
+    /// One UFFDIO_ZEROPAGE; returns the ioctl's result and the bytes it reports zeroed.
+    fn zeropage_ioctl(&self, dst: u64, len: u64, wake: Wake) -> (Result<(), UffdError>, i64) {
         let mut z = sys::uffdio_zeropage {
             range: sys::uffdio_range { start: dst, len },
-            mode: if wake {
-                0
-            } else {
-                sys::UFFDIO_ZEROPAGE_MODE_DONTWAKE
+            mode: match wake {
+                Wake::Yes => 0,
+                Wake::No => sys::UFFDIO_ZEROPAGE_MODE_DONTWAKE,
             },
             zeropage: 0,
         };
-        self.ioctl("UFFDIO_ZEROPAGE", sys::UFFDIO_ZEROPAGE, &mut z)
+        let r = self.ioctl("UFFDIO_ZEROPAGE", sys::UFFDIO_ZEROPAGE, &mut z);
+        (r, z.zeropage)
+    }
+
+    /// Install zero pages over `[dst, dst+len)` (writable: ZEROPAGE has no write-protect mode).
+    pub fn zeropage(&self, dst: u64, len: u64, wake: Wake) -> Result<(), UffdError> {
+        self.zeropage_ioctl(dst, len, wake).0
+    }
+
+    /// ZEROPAGE over a run; like [`Uffd::continue_run`], returns the bytes installed before the
+    /// first page already mapped.
+    pub fn zeropage_run(&self, dst: u64, len: u64, wake: Wake) -> Result<u64, UffdError> {
+        run_result(self.zeropage_ioctl(dst, len, wake), len)
     }
 
     /// One UFFDIO_CONTINUE; returns the ioctl's result and the bytes it reports mapped.
@@ -407,14 +430,14 @@ impl Uffd {
         &self,
         start: u64,
         len: u64,
-        write_protect: bool,
-        wake: bool,
+        protect: Protect,
+        wake: Wake,
     ) -> (Result<(), UffdError>, i64) {
         let mut mode = 0;
-        if write_protect {
+        if protect == Protect::ReadOnly {
             mode |= sys::UFFDIO_CONTINUE_MODE_WP;
         }
-        if !wake {
+        if wake == Wake::No {
             mode |= sys::UFFDIO_CONTINUE_MODE_DONTWAKE;
         }
         let mut c = sys::uffdio_continue {
@@ -426,16 +449,15 @@ impl Uffd {
         (r, c.mapped)
     }
 
-    /// Map the pages already in the page cache over `[start, start+len)` (minor faults),
-    /// write-protected if `write_protect`.
+    /// Map the pages already in the page cache over `[start, start+len)` (minor faults).
     pub fn continue_(
         &self,
         start: u64,
         len: u64,
-        write_protect: bool,
-        wake: bool,
+        protect: Protect,
+        wake: Wake,
     ) -> Result<(), UffdError> {
-        self.continue_ioctl(start, len, write_protect, wake).0
+        self.continue_ioctl(start, len, protect, wake).0
     }
 
     /// CONTINUE over a run of pages (fault-around). The kernel stops at the first page already
@@ -446,28 +468,27 @@ impl Uffd {
         &self,
         start: u64,
         len: u64,
-        write_protect: bool,
-        wake: bool,
+        protect: Protect,
+        wake: Wake,
     ) -> Result<u64, UffdError> {
-        run_result(self.continue_ioctl(start, len, write_protect, wake), len)
+        run_result(self.continue_ioctl(start, len, protect, wake), len)
     }
 
-    /// Set (`protect`) or clear write protection over a range. Clearing wakes the waiting
-    /// threads unless `wake` is false (the kernel refuses DONTWAKE with protect, so `wake` only
-    /// matters when clearing).
+    /// Set (`Protect::ReadOnly`) or clear (`Protect::Writable`) write protection over a range.
+    /// Clearing wakes the waiting threads unless `Wake::No` (the kernel refuses DONTWAKE with
+    /// protect, so `wake` only matters when clearing).
     pub fn write_protect(
         &self,
         start: u64,
         len: u64,
-        protect: bool,
-        wake: bool,
+        protect: Protect,
+        wake: Wake,
     ) -> Result<(), UffdError> {
         let mut mode = 0;
-        if protect {
-            mode |= sys::UFFDIO_WRITEPROTECT_MODE_WP;
-        }
-        if !wake && !protect {
-            mode |= sys::UFFDIO_WRITEPROTECT_MODE_DONTWAKE;
+        match (protect, wake) {
+            (Protect::ReadOnly, _) => mode |= sys::UFFDIO_WRITEPROTECT_MODE_WP,
+            (Protect::Writable, Wake::No) => mode |= sys::UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
+            (Protect::Writable, Wake::Yes) => {}
         }
         let mut wp = sys::uffdio_writeprotect {
             range: sys::uffdio_range { start, len },
@@ -485,13 +506,12 @@ impl Uffd {
     /// Install poison markers over the unpopulated pages of `[start, start+len)`: an access gets
     /// SIGBUS. Returns the number of bytes poisoned before the first populated page (`EEXIST`
     /// ends the run early and is reported as `Ok` with the shorter length).
-    pub fn poison(&self, start: u64, len: u64, wake: bool) -> Result<u64, UffdError> {
+    pub fn poison(&self, start: u64, len: u64, wake: Wake) -> Result<u64, UffdError> {
         let mut p = sys::uffdio_poison {
             range: sys::uffdio_range { start, len },
-            mode: if wake {
-                0
-            } else {
-                sys::UFFDIO_POISON_MODE_DONTWAKE
+            mode: match wake {
+                Wake::Yes => 0,
+                Wake::No => sys::UFFDIO_POISON_MODE_DONTWAKE,
             },
             updated: 0,
         };

@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use pagemesh_uffd::fault::{answer_unservable, install, resolve_present};
 use pagemesh_uffd::{
-    fdpass, features, Event, FaultKind, Memfd, RegisterMode, SharedMapping, Uffd, PAGE_SIZE,
+    fdpass, features, Access, Bounds, Event, Fault, FaultKind, FaultReader, Incoming, Memfd,
+    Protect, RegisterMode, SharedMapping, Source, Uffd, Unservable, Wake, PAGE_SIZE,
 };
 
 const PS: u64 = PAGE_SIZE as u64;
@@ -86,13 +88,15 @@ fn missing_fault_copy_write_protected_then_write_fault_unprotects() {
         assert_eq!((a, kind, write), (addr + PS, FaultKind::Missing, false));
         let mut page = vec![0u8; PAGE_SIZE];
         page[..8].copy_from_slice(&41u64.to_ne_bytes());
-        s.uffd.copy(a, &page, true, true).unwrap();
+        s.uffd.copy(a, &page, Protect::ReadOnly, Wake::Yes).unwrap();
         let (a2, kind2, write2) = next_fault(&s.uffd);
         assert_eq!(
             (a2, kind2, write2),
             (addr + PS, FaultKind::WriteProtect, true)
         );
-        s.uffd.write_protect(a2, PS, false, true).unwrap();
+        s.uffd
+            .write_protect(a2, PS, Protect::Writable, Wake::Yes)
+            .unwrap();
         assert_eq!(h.join().unwrap(), 42);
     });
     // The copy went into the memfd: the page cache holds it.
@@ -111,8 +115,11 @@ fn zeropage_and_copy_eexist_needs_wake() {
         let (a, kind, _) = next_fault(&s.uffd);
         assert_eq!((a, kind), (addr, FaultKind::Missing));
         // Resolve without waking, then a second COPY sees EEXIST; only WAKE releases the thread.
-        s.uffd.zeropage(a, PS, false).unwrap();
-        let err = s.uffd.copy(a, &[1u8; PAGE_SIZE], false, true).unwrap_err();
+        s.uffd.zeropage(a, PS, Wake::No).unwrap();
+        let err = s
+            .uffd
+            .copy(a, &[1u8; PAGE_SIZE], Protect::Writable, Wake::Yes)
+            .unwrap_err();
         assert!(err.is_exists(), "{err}");
         s.uffd.wake(a, PS).unwrap();
         assert_eq!(h.join().unwrap(), 0);
@@ -128,7 +135,9 @@ fn minor_fault_continue() {
         let h = sc.spawn(move || word(map, 1).load(Ordering::SeqCst));
         let (a, kind, _) = next_fault(&s.uffd);
         assert_eq!((a, kind), (s.map.addr() + PS, FaultKind::Minor));
-        s.uffd.continue_(a, PS, true, true).unwrap();
+        s.uffd
+            .continue_(a, PS, Protect::ReadOnly, Wake::Yes)
+            .unwrap();
         assert_eq!(h.join().unwrap(), 7);
     });
     assert!(s.memfd.is_present(PS).unwrap());
@@ -143,7 +152,9 @@ fn punch_hole_zaps_mapping_and_refaults() {
         let map = &s.map;
         let h = sc.spawn(move || word(map, 0).load(Ordering::SeqCst));
         let (a, _, _) = next_fault(&s.uffd);
-        s.uffd.continue_(a, PS, false, true).unwrap();
+        s.uffd
+            .continue_(a, PS, Protect::Writable, Wake::Yes)
+            .unwrap();
         assert_eq!(h.join().unwrap(), 9);
     });
     s.memfd.punch_hole(0, PS).unwrap();
@@ -153,7 +164,7 @@ fn punch_hole_zaps_mapping_and_refaults() {
         let h = sc.spawn(move || word(map, 0).load(Ordering::SeqCst));
         let (_, kind, _) = next_fault(&s.uffd);
         assert_eq!(kind, FaultKind::Missing);
-        s.uffd.zeropage(s.map.addr(), PS, true).unwrap();
+        s.uffd.zeropage(s.map.addr(), PS, Wake::Yes).unwrap();
         assert_eq!(h.join().unwrap(), 0);
     });
 }
@@ -164,7 +175,7 @@ fn poison_gives_sigbus_at_the_page() {
     let map = SharedMapping::anonymous(2 * PAGE_SIZE).unwrap();
     let (uffd, _) = Uffd::open(features::PAGEMESH).unwrap();
     uffd.register_mapping(&map, RegisterMode::MISSING).unwrap();
-    assert_eq!(uffd.poison(map.addr() + PS, PS, true).unwrap(), PS);
+    assert_eq!(uffd.poison(map.addr() + PS, PS, Wake::Yes).unwrap(), PS);
     let target = map.addr() + PS;
     // SAFETY: the child only performs a volatile read and _exit (async-signal-safe).
     let pid = unsafe { libc::fork() };
@@ -214,16 +225,22 @@ fn write_protect_then_write_raises_wp_fault() {
         let map = &s.map;
         let h = sc.spawn(move || word(map, 0).load(Ordering::SeqCst));
         let (a, _, _) = next_fault(&s.uffd);
-        s.uffd.continue_(a, PS, false, true).unwrap();
+        s.uffd
+            .continue_(a, PS, Protect::Writable, Wake::Yes)
+            .unwrap();
         h.join().unwrap();
     });
-    s.uffd.write_protect(s.map.addr(), PS, true, false).unwrap();
+    s.uffd
+        .write_protect(s.map.addr(), PS, Protect::ReadOnly, Wake::No)
+        .unwrap();
     thread::scope(|sc| {
         let map = &s.map;
         let h = sc.spawn(move || word(map, 0).store(3, Ordering::SeqCst));
         let (_, kind, write) = next_fault(&s.uffd);
         assert_eq!((kind, write), (FaultKind::WriteProtect, true));
-        s.uffd.write_protect(s.map.addr(), PS, false, true).unwrap();
+        s.uffd
+            .write_protect(s.map.addr(), PS, Protect::Writable, Wake::Yes)
+            .unwrap();
         h.join().unwrap();
     });
     let mut b = [0u8; 8];
@@ -250,7 +267,7 @@ fn private_mapping_continue_shares_the_frame_and_writes_copy() {
         });
         let (a, kind, _) = next_fault(&uffd);
         assert_eq!((a, kind), (map.addr(), FaultKind::Minor));
-        uffd.continue_(a, PS, false, true).unwrap();
+        uffd.continue_(a, PS, Protect::Writable, Wake::Yes).unwrap();
         assert_eq!(h.join().unwrap(), (77, 78));
     });
     let mut b = [0u8; 8];
@@ -292,7 +309,8 @@ fn continue_over_a_run_maps_every_page() {
             });
             let (a, kind, _) = next_fault(&uffd);
             assert_eq!((a, kind), (map.addr(), FaultKind::Minor));
-            uffd.continue_(a, 8 * PS, false, true).unwrap();
+            uffd.continue_(a, 8 * PS, Protect::Writable, Wake::Yes)
+                .unwrap();
             assert_eq!(h.join().unwrap(), 8 * 0x0101_0101_0101_0101);
         });
         let mut evs = Vec::new();
@@ -316,7 +334,7 @@ fn continue_run_reports_partial_runs() {
         .unwrap();
     // Map page 3 first.
     assert_eq!(
-        uffd.continue_run(map.addr() + 3 * PS, PS, false, false)
+        uffd.continue_run(map.addr() + 3 * PS, PS, Protect::Writable, Wake::No)
             .unwrap(),
         PS
     );
@@ -324,12 +342,205 @@ fn continue_run_reports_partial_runs() {
         let m = &map;
         let h = sc.spawn(move || word(m, 0).load(Ordering::SeqCst));
         let (a, _, _) = next_fault(&uffd);
-        assert_eq!(uffd.continue_run(a, 8 * PS, false, true).unwrap(), 3 * PS);
+        assert_eq!(
+            uffd.continue_run(a, 8 * PS, Protect::Writable, Wake::Yes)
+                .unwrap(),
+            3 * PS
+        );
         assert_eq!(h.join().unwrap(), 0x0202_0202_0202_0202);
     });
     assert_eq!(
-        uffd.continue_run(map.addr() + 3 * PS, 2 * PS, false, false)
+        uffd.continue_run(map.addr() + 3 * PS, 2 * PS, Protect::Writable, Wake::No)
             .unwrap(),
         0
+    );
+}
+
+/// Wait (bounded) for the next batch through the fault runtime's reader, which must re-arm.
+fn next_incoming(uffd: &Uffd, reader: &mut FaultReader, bounds: Bounds) -> Incoming {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut rearmed = false;
+        let batch = reader.read(uffd, bounds, || rearmed = true).unwrap();
+        assert!(rearmed, "the reader re-arms after every read");
+        if let Some(first) = batch.first() {
+            return *first;
+        }
+        assert!(Instant::now() < deadline, "no fault within 10 s");
+        thread::sleep(Duration::from_micros(200));
+    }
+}
+
+#[test]
+fn fault_reader_types_faults_within_bounds() {
+    let s = setup(4);
+    let bounds = Bounds {
+        base: s.map.addr(),
+        len: 4 * PS,
+    };
+    let mut reader = FaultReader::new(16);
+    thread::scope(|sc| {
+        let map = &s.map;
+        let h = sc.spawn(move || word(map, 2).fetch_add(5, Ordering::SeqCst));
+        let f = match next_incoming(&s.uffd, &mut reader, bounds) {
+            Incoming::Fault(f) => f,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((f.page, f.addr), (2, s.map.addr() + 2 * PS));
+        assert_eq!((f.kind, f.access), (FaultKind::Missing, Access::Write));
+        assert_eq!(
+            install(
+                &s.uffd,
+                f.addr,
+                PS,
+                Source::Zeros,
+                Protect::Writable,
+                Wake::Yes
+            )
+            .unwrap(),
+            PS
+        );
+        assert_eq!(h.join().unwrap(), 0);
+    });
+    // A fault outside the attachment's bounds is stray.
+    let narrow = Bounds {
+        base: s.map.addr(),
+        len: PS,
+    };
+    thread::scope(|sc| {
+        let map = &s.map;
+        let h = sc.spawn(move || word(map, 3).load(Ordering::SeqCst));
+        let f = match next_incoming(&s.uffd, &mut reader, narrow) {
+            Incoming::Stray(f) => f,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(f.addr, s.map.addr() + 3 * PS);
+        install(
+            &s.uffd,
+            f.addr,
+            PS,
+            Source::Zeros,
+            Protect::ReadOnly,
+            Wake::Yes,
+        )
+        .unwrap();
+        assert_eq!(h.join().unwrap(), 0);
+    });
+}
+
+#[test]
+fn install_read_only_zeros_then_resolve_the_write() {
+    let s = setup(8);
+    let bounds = Bounds {
+        base: s.map.addr(),
+        len: 8 * PS,
+    };
+    let mut reader = FaultReader::new(4);
+    thread::scope(|sc| {
+        let map = &s.map;
+        let h = sc.spawn(move || {
+            let v = word(map, 0).load(Ordering::SeqCst);
+            word(map, 5).store(v + 3, Ordering::SeqCst);
+        });
+        let Incoming::Fault(f) = next_incoming(&s.uffd, &mut reader, bounds) else {
+            panic!("a fault")
+        };
+        assert_eq!(f.access, Access::Read);
+        // A read-only run of zeros over the whole mapping: COPY (ZEROPAGE cannot protect).
+        let n = install(
+            &s.uffd,
+            f.addr,
+            8 * PS,
+            Source::Zeros,
+            Protect::ReadOnly,
+            Wake::Yes,
+        );
+        assert_eq!(n.unwrap(), 8 * PS);
+        // The write to page 5 of the run traps, and is resolved in place.
+        let Incoming::Fault(w) = next_incoming(&s.uffd, &mut reader, bounds) else {
+            panic!("a fault")
+        };
+        assert_eq!((w.page, w.kind), (5, FaultKind::WriteProtect));
+        assert_eq!(w.access, Access::Write);
+        resolve_present(&s.uffd, &w, Protect::Writable).unwrap();
+        h.join().unwrap();
+    });
+    let mut b = [0u8; 8];
+    s.memfd.read_exact_at(&mut b, 5 * PS).unwrap();
+    assert_eq!(u64::from_ne_bytes(b), 3);
+}
+
+#[test]
+fn install_stops_at_a_mapped_page_and_nothing_installed_is_zero() {
+    let s = setup(8);
+    let a = s.map.addr();
+    let page = [7u8; PAGE_SIZE];
+    install(
+        &s.uffd,
+        a + 3 * PS,
+        0,
+        Source::Bytes(&page),
+        Protect::Writable,
+        Wake::Yes,
+    )
+    .unwrap();
+    let run = vec![1u8; 8 * PAGE_SIZE];
+    let got = install(
+        &s.uffd,
+        a,
+        0,
+        Source::Bytes(&run),
+        Protect::ReadOnly,
+        Wake::Yes,
+    );
+    assert_eq!(
+        got.unwrap(),
+        3 * PS,
+        "the run ends at the page already mapped"
+    );
+    let again = install(
+        &s.uffd,
+        a + 3 * PS,
+        PS,
+        Source::PageCache,
+        Protect::ReadOnly,
+        Wake::Yes,
+    );
+    assert_eq!(again.unwrap(), 0);
+    assert_eq!(
+        word(&s.map, 3).load(Ordering::SeqCst),
+        0x0707_0707_0707_0707
+    );
+    assert_eq!(
+        word(&s.map, 1).load(Ordering::SeqCst),
+        0x0101_0101_0101_0101
+    );
+}
+
+#[test]
+fn unservable_faults_are_poisoned_or_revoked() {
+    let s = setup(4);
+    let a = s.map.addr();
+    let fault = |page: u64, kind| Fault {
+        addr: a + page * PS,
+        page,
+        kind,
+        access: Access::Read,
+    };
+    // No page there: poisoned (nobody touches it here, so no SIGBUS is raised in the test).
+    assert_eq!(
+        answer_unservable(&s.uffd, &fault(1, FaultKind::Missing)).unwrap(),
+        Unservable::Sigbus
+    );
+    // A page mapped meanwhile: the thread is woken to retry.
+    s.uffd.zeropage(a + 2 * PS, PS, Wake::No).unwrap();
+    assert_eq!(
+        answer_unservable(&s.uffd, &fault(2, FaultKind::Minor)).unwrap(),
+        Unservable::AlreadyMapped
+    );
+    // A read-only copy cannot be poisoned in place: the attachment must go.
+    assert_eq!(
+        answer_unservable(&s.uffd, &fault(2, FaultKind::WriteProtect)).unwrap(),
+        Unservable::Revoke
     );
 }

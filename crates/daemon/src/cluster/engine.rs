@@ -27,14 +27,15 @@ use pagemesh_proto::peer::{
 };
 use pagemesh_proto::{ClusterNode, ClusterStatus, SegmentInfo};
 use pagemesh_types::{NodeId, SegmentId, PAGE_SIZE};
+use pagemesh_uffd::fault::{self, install, resolve_present};
 use pagemesh_uffd::poll::Epoll;
-use pagemesh_uffd::{Event as UffdEvent, FaultKind};
+use pagemesh_uffd::{Access as UffdAccess, Fault, FaultReader, Incoming, Protect, Source, Wake};
 
 use super::intents::IntentLog;
 use super::transport::Transport;
 use crate::histogram::Histogram;
 use crate::pages::PageState;
-use crate::segment::{poison_one, Attachment, Segment};
+use crate::segment::{Attachment, Memory, Segment};
 use crate::server::Daemon;
 
 const PS: u64 = PAGE_SIZE;
@@ -179,7 +180,7 @@ enum Target {
     /// Resolve a process's fault.
     Mapped {
         att: Arc<Attachment>,
-        kind: FaultKind,
+        fault: Fault,
         start: Instant,
     },
     /// One page of a segment I/O request.
@@ -298,7 +299,8 @@ pub struct Engine {
     conns: HashMap<u64, Conn>,
     next_conn: u64,
     sendbuf: Vec<u8>,
-    events: Vec<UffdEvent>,
+    /// Reads the attached processes' fault messages (one buffer, reused).
+    reader: FaultReader,
     daemon: Arc<Daemon>,
     node: Node,
     transport: Arc<Transport>,
@@ -360,9 +362,7 @@ pub struct Engine {
 
 struct Parked {
     att: Arc<Attachment>,
-    page: u64,
-    kind: FaultKind,
-    write: bool,
+    fault: Fault,
     start: Instant,
 }
 
@@ -391,7 +391,7 @@ impl Engine {
             conns: HashMap::new(),
             next_conn: 1,
             sendbuf: Vec::with_capacity(8192),
-            events: Vec::with_capacity(FAULT_BATCH),
+            reader: FaultReader::new(FAULT_BATCH),
             daemon,
             node,
             transport,
@@ -518,46 +518,36 @@ impl Engine {
         let Some(att) = self.attachments.get(&id).cloned() else {
             return;
         };
-        let mut events = std::mem::take(&mut self.events);
-        events.clear();
-        let read = att.uffd.read_events(&mut events, FAULT_BATCH);
-        let _ = self.epoll.rearm(att.uffd.as_fd(), UFFD_TOKEN | id);
-        if let Err(e) = read {
-            log::error!(
-                "pid {}: reading its uffd failed: {e}; detaching it",
-                att.pid
-            );
-            self.detach(id);
-            self.events = events;
-            return;
-        }
-        for ev in &events {
-            match *ev {
-                UffdEvent::PageFault {
-                    address,
-                    kind,
-                    write,
-                    ..
-                } => {
-                    if address < att.base || address >= att.base + att.len {
-                        log::error!(
-                            "pid {}: fault at {address:#x} outside its mapping; sending SIGBUS",
+        let mut reader = std::mem::replace(&mut self.reader, FaultReader::new(1));
+        let epoll = &self.epoll;
+        let batch = reader.read(&att.uffd, att.bounds(), || {
+            let _ = epoll.rearm(att.uffd.as_fd(), UFFD_TOKEN | id);
+        });
+        match batch {
+            Ok(batch) => {
+                for incoming in batch {
+                    match incoming {
+                        Incoming::Fault(f) => {
+                            self.fault(Arc::clone(&att), *f, Instant::now());
+                            self.pump();
+                        }
+                        Incoming::Stray(f) => att.refuse(f, &"the fault is outside its mapping"),
+                        Incoming::Other { event } => log::warn!(
+                            "pid {}: unexpected uffd event {event} (pagemesh enables none); ignored",
                             att.pid
-                        );
-                        let _ = poison_one(&att.uffd, address & !(PS - 1));
-                        continue;
+                        ),
                     }
-                    let page = (address - att.base) / PS;
-                    self.fault(Arc::clone(&att), page, kind, write, Instant::now());
-                    self.pump();
                 }
-                UffdEvent::Other { event } => log::warn!(
-                    "pid {}: unexpected uffd event {event} (pagemesh enables none); ignored",
+            }
+            Err(e) => {
+                log::error!(
+                    "pid {}: reading its uffd failed: {e}; detaching it",
                     att.pid
-                ),
+                );
+                self.detach(id);
             }
         }
-        self.events = events;
+        self.reader = reader;
     }
 
     fn detach(&mut self, id: u64) {
@@ -719,19 +709,18 @@ impl Engine {
         for f in parked {
             let home = self.home_of(SegmentId(f.att.segment.info.id));
             if home.is_some_and(|h| self.lease(h)) {
-                self.fault(f.att, f.page, f.kind, f.write, f.start);
+                self.fault(f.att, f.fault, f.start);
                 self.pump();
             } else if f.start.elapsed() > self.fault_timeout {
                 bump(&self.figures.sigbus);
-                log::error!(
-                    "segment {} page {}: fault of pid {} waited {:?} for its home {} (no lease: unreachable); sending SIGBUS",
-                    f.att.segment.info.name,
-                    f.page,
-                    f.att.pid,
-                    f.start.elapsed(),
-                    home.map_or("?".into(), |h| h.to_string())
+                f.att.refuse(
+                    &f.fault,
+                    &format_args!(
+                        "waited {:?} for its home {} (no lease: unreachable)",
+                        f.start.elapsed(),
+                        home.map_or("?".into(), |h| h.to_string())
+                    ),
                 );
-                let _ = sigbus(&f.att, f.att.base + f.page * PS, f.kind);
             } else {
                 self.parked.push(f);
             }
@@ -802,42 +791,25 @@ impl Engine {
         }
     }
 
-    fn fault(
-        &mut self,
-        att: Arc<Attachment>,
-        page: u64,
-        kind: FaultKind,
-        write: bool,
-        start: Instant,
-    ) {
+    fn fault(&mut self, att: Arc<Attachment>, fault: Fault, start: Instant) {
+        let (page, kind, access) = (fault.page, fault.kind, fault.access);
         let seg = SegmentId(att.segment.info.id);
         if let Some(home) = self.home_of(seg) {
             if !self.lease(home) {
                 // Serving this from a copy here could hand out data the home already gave
                 // away: wait for the home (bounded).
-                self.parked.push(Parked {
-                    att,
-                    page,
-                    kind,
-                    write,
-                    start,
-                });
+                self.parked.push(Parked { att, fault, start });
                 return;
             }
         }
         let now = self.now();
         bump(&self.figures.faults);
         let key = PageKey::new(SegmentId(att.segment.info.id), page);
-        let access = if write || kind == FaultKind::WriteProtect {
-            Access::Write
-        } else {
-            Access::Read
+        let access = match access {
+            UffdAccess::Write => Access::Write,
+            UffdAccess::Read => Access::Read,
         };
-        match kind {
-            FaultKind::Missing => crate::segment::bump_fault(&att.segment, 0),
-            FaultKind::Minor => crate::segment::bump_fault(&att.segment, 1),
-            FaultKind::WriteProtect => crate::segment::bump_fault(&att.segment, 2),
-        }
+        crate::segment::bump_fault(&att.segment, kind);
         att.segment.pages.touch(page);
         let prev = att.last_page.swap(page, Ordering::Relaxed);
         let sequential = prev.wrapping_add(1) == page;
@@ -847,7 +819,7 @@ impl Engine {
         self.pending.insert(
             id,
             Pending {
-                target: Target::Mapped { att, kind, start },
+                target: Target::Mapped { att, fault, start },
                 access,
             },
         );
@@ -888,21 +860,25 @@ impl Engine {
         }
     }
 
-    /// Map the copies this node holds around a resolved read fault into the process,
-    /// write-protected (always safe for a valid copy: a write takes a write-protect fault, and
-    /// an invalidation or downgrade reaches every mapping), so a reader of local pages takes one
-    /// fault per run instead of one per page.
+    /// Map the copies this node holds around a resolved read fault into the process (both
+    /// ways, as for local segments), write-protected (always safe for a valid copy: a write
+    /// takes a write-protect fault, and an invalidation or downgrade reaches every mapping), so
+    /// a reader of local pages takes one fault per run instead of one per page.
     fn map_around(&self, att: &Attachment, page: PageKey) {
-        let last = (att.len / PS).min(page.page.0 + 1 + FAULT_AROUND_PAGES);
-        let mut q = page.page.0 + 1;
-        while q < last && self.node.copy(PageKey::new(page.seg, q)).is_some() {
-            q += 1;
-        }
-        if q > page.page.0 + 1 {
-            let from = page.page.0 + 1;
-            let _ = att
-                .uffd
-                .continue_run(att.base + from * PS, (q - from) * PS, true, true);
+        let held = |q: u64| self.node.copy(PageKey::new(page.seg, q)).is_some();
+        let (below, above) = fault::around(page.page.0, att.len / PS, FAULT_AROUND_PAGES, held);
+        for run in [above, below] {
+            if !run.is_empty() {
+                let (at, len) = (att.base + run.start * PS, (run.end - run.start) * PS);
+                let _ = install(
+                    &att.uffd,
+                    at,
+                    len,
+                    Source::PageCache,
+                    Protect::ReadOnly,
+                    Wake::No,
+                );
+            }
         }
     }
 
@@ -1647,15 +1623,12 @@ impl Engine {
     fn forget_segment(&mut self, seg: SegmentId) {
         let now = self.now();
         self.node.remove_segment(now, seg);
-        self.segs.remove(&seg);
+        // The segment is taken out first and its memory used after: looking it up once it is
+        // gone left the pool's count of evictions in progress up for good.
+        let removed = self.segs.remove(&seg);
         self.intents.remove(&seg);
-        let ended = self.evicting.keys().filter(|k| k.seg == seg).count();
-        self.evicting.retain(|k, _| k.seg != seg);
-        if let Some(m) = self.segs.get(&seg).and_then(|s| s.memory.as_ref()) {
-            for _ in 0..ended {
-                m.pool.cluster_evict_done(&m.partition, None);
-            }
-        }
+        let memory = removed.as_ref().and_then(|s| s.memory.as_ref());
+        end_evictions(&mut self.evicting, seg, memory);
         self.prepared.remove(&seg);
         self.poisoned_seen.remove(&seg);
         if let Err(e) = self.daemon.drop_cluster_segment(seg.0) {
@@ -2337,7 +2310,12 @@ impl Engine {
             if addr >= a.base + a.len {
                 continue;
             }
-            match a.uffd.write_protect(addr, PS, protect, true) {
+            let mode = if protect {
+                Protect::ReadOnly
+            } else {
+                Protect::Writable
+            };
+            match a.uffd.write_protect(addr, PS, mode, Wake::Yes) {
                 Ok(()) => {}
                 Err(e) if e.is_process_gone() => {}
                 Err(e) => fail_stop(&format!(
@@ -2357,19 +2335,14 @@ impl Engine {
             Target::Prefetch => {
                 self.prefetches -= 1;
             }
-            Target::Mapped { att, kind, start } => {
-                let addr = att.base + page.page.0 * PS;
-                let r = match result {
+            Target::Mapped { att, fault, start } => {
+                debug_assert_eq!(fault.page, page.page.0);
+                let addr = fault.addr;
+                match result {
                     FaultResult::Ok if !self.home_of(page.seg).is_none_or(|h| self.lease(h)) => {
                         // Granted, but the lease lapsed meanwhile: the copy stays, the process
                         // waits for the lease like any other access.
-                        self.parked.push(Parked {
-                            write: p.access == Access::Write,
-                            att,
-                            page: page.page.0,
-                            kind,
-                            start,
-                        });
+                        self.parked.push(Parked { att, fault, start });
                         return;
                     }
                     FaultResult::Ok => {
@@ -2380,11 +2353,18 @@ impl Engine {
                             let _ = att.uffd.wake(addr, PS);
                             return;
                         }
-                        let r = resolve(&att, addr, kind, writable);
-                        if r.is_ok() && p.access == Access::Read {
-                            self.map_around(&att, page);
+                        let protect = if writable {
+                            Protect::Writable
+                        } else {
+                            Protect::ReadOnly
+                        };
+                        match resolve_present(&att.uffd, &fault, protect) {
+                            Ok(()) if p.access == Access::Read => self.map_around(&att, page),
+                            Ok(()) => {}
+                            Err(e) => {
+                                att.refuse(&fault, &format_args!("mapping the page failed: {e}"))
+                            }
                         }
-                        r
                     }
                     bad => {
                         bump(&self.figures.sigbus);
@@ -2394,28 +2374,22 @@ impl Engine {
                                 .or_default()
                                 .insert(page.page.0);
                         }
-                        log::error!(
-                            "segment {} page {} (offset {:#x}): fault of pid {} ended {bad:?}; sending SIGBUS{}",
-                            att.segment.info.name,
-                            page.page.0,
-                            page.page.0 * PS,
-                            att.pid,
-                            match bad {
-                                FaultResult::TimedOut => " (the home did not answer in time: is it alive?)",
-                                FaultResult::Poisoned => " (its only copy was lost with a node that died)",
-                                _ => "",
-                            }
+                        att.refuse(
+                            &fault,
+                            &format_args!(
+                                "offset {:#x}: the fault ended {bad:?}{}",
+                                page.page.0 * PS,
+                                match bad {
+                                    FaultResult::TimedOut => {
+                                        " (the home did not answer in time: is it alive?)"
+                                    }
+                                    FaultResult::Poisoned => {
+                                        " (its only copy was lost with a node that died)"
+                                    }
+                                    _ => "",
+                                }
+                            ),
                         );
-                        sigbus(&att, addr, kind)
-                    }
-                };
-                if let Err(e) = r {
-                    if !e.is_process_gone() {
-                        log::error!(
-                            "{page}: resolving the fault of pid {} failed: {e}; sending SIGBUS",
-                            att.pid
-                        );
-                        let _ = sigbus(&att, addr, kind);
                     }
                 }
                 self.figures
@@ -2544,59 +2518,53 @@ fn fail_stop(what: &str) -> ! {
     std::process::exit(71);
 }
 
-/// Make the faulting thread get SIGBUS. A missing or minor fault's page-table entry holds no
-/// page, but may hold a write-protect marker (left by a downgrade or a punch-hole) that
-/// `UFFDIO_POISON` cannot replace: clear it first. A write-protect fault's entry maps a valid
-/// read-only copy that cannot be poisoned in place: the process's lease is closed instead, and
-/// its watchdog (which clears, zaps and poisons its whole mapping) takes over.
-fn sigbus(att: &Attachment, addr: u64, kind: FaultKind) -> Result<(), pagemesh_uffd::UffdError> {
-    match kind {
-        FaultKind::WriteProtect => {
-            log::error!(
-                "pid {}: a write to a read-only copy at {addr:#x} cannot be served; closing its attachment of segment {} \
-                 (the process gets SIGBUS from its watchdog)",
-                att.pid,
-                att.segment.info.name
-            );
-            if let Some(l) = &att.lease {
-                let _ = l.shutdown(std::net::Shutdown::Both);
-            }
-            Ok(())
-        }
-        FaultKind::Missing | FaultKind::Minor => {
-            let _ = att.uffd.write_protect(addr, PS, false, false);
-            poison_one(&att.uffd, addr)
+/// End every eviction of `seg` still in flight (the segment is gone, and so are its pages):
+/// each is reported to the pool, so its count of pages on their way out comes back down.
+/// Returns how many were ended.
+fn end_evictions(
+    evicting: &mut HashMap<PageKey, Instant>,
+    seg: SegmentId,
+    memory: Option<&Memory>,
+) -> usize {
+    let before = evicting.len();
+    evicting.retain(|k, _| k.seg != seg);
+    let ended = before - evicting.len();
+    if let Some(m) = memory {
+        for _ in 0..ended {
+            m.pool.cluster_evict_done(&m.partition, None);
         }
     }
+    ended
 }
 
-/// Map a page the core says is valid here into the faulting process.
-fn resolve(
-    att: &Attachment,
-    addr: u64,
-    kind: FaultKind,
-    writable: bool,
-) -> Result<(), pagemesh_uffd::UffdError> {
-    match kind {
-        FaultKind::WriteProtect => {
-            if writable {
-                att.uffd.write_protect(addr, PS, false, true)
-            } else {
-                att.uffd.wake(addr, PS)
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{Partition, Pool};
+
+    #[test]
+    fn removing_a_segment_ends_its_evictions_in_the_pool() {
+        let pool = Pool::new(1024, None);
+        let limits = pagemesh_core::pool::Limits {
+            min_pages: 0,
+            max_pages: 1024,
+            weight: 1,
+        };
+        let partition = Partition::new("default", limits);
+        let memory = Memory {
+            pool: Arc::clone(&pool),
+            partition,
+        };
+        let (gone, kept) = (SegmentId(7 << 40), SegmentId(9 << 40));
+        let mut evicting = HashMap::new();
+        for (seg, page) in [(gone, 0), (gone, 5), (gone, 9), (kept, 1)] {
+            pool.cluster_evict_started();
+            evicting.insert(PageKey::new(seg, page), Instant::now());
         }
-        FaultKind::Missing | FaultKind::Minor => {
-            match att.uffd.continue_(addr, PS, !writable, true) {
-                Ok(()) => Ok(()),
-                Err(e) if e.is_exists() => {
-                    if writable {
-                        att.uffd.write_protect(addr, PS, false, true)
-                    } else {
-                        att.uffd.wake(addr, PS)
-                    }
-                }
-                Err(e) => Err(e),
-            }
-        }
+        assert_eq!(pool.evicting(), 4);
+        assert_eq!(end_evictions(&mut evicting, gone, Some(&memory)), 3);
+        assert_eq!(pool.evicting(), 1, "the removed segment's evictions ended");
+        assert_eq!(evicting.len(), 1);
+        assert!(evicting.contains_key(&PageKey::new(kept, 1)));
     }
 }
