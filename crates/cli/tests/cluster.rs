@@ -621,3 +621,115 @@ fn a_cluster_segment_is_removed_everywhere_only_when_nobody_uses_it() {
         assert!(!list.contains("old"), "node {n}: {list}");
     }
 }
+
+/// Resumes a daemon this test stopped, even when an assertion fails first.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with a pid this test's harness started, and a signal number.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+#[test]
+fn io_during_a_removal_is_refused_as_being_removed_not_poisoned() {
+    // A dead-peer limit far beyond the removal's 5 s wait: the stalled node is not declared
+    // dead meanwhile, so the home waits for its answer.
+    let c = Cluster::start(3, &["--dead-after-ms", "30000"]);
+    c.create(1, "going", &["--size", "64KiB", "--home", "2"]);
+    c.node(1).run(&["memtest", "going", "--write", "5"]).ok();
+    // Node 3 stalls (SIGSTOP, by the pid of the daemon this test started).
+    let stalled = c.nodes[2].pid();
+    // SAFETY: kill(2) with a pid the harness started, and a signal number.
+    assert_eq!(unsafe { libc::kill(stalled as i32, libc::SIGSTOP) }, 0);
+    let resume = Resume(stalled);
+    let rm = c.node(2).spawn_cmd(&["segment", "rm", "going"], false);
+    // Once the home has begun the removal, its segment I/O is refused, and says why.
+    let read = ["segment", "read", "going", "--offset", "0", "--len", "16"];
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let refused = loop {
+        let r = c.node(2).run(&read);
+        if !r.status.success() {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reads still served 4 s into the removal"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        refused.stderr.contains("being removed"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !refused.stderr.to_lowercase().contains("poison"),
+        "{}",
+        refused.stderr
+    );
+    // Through the library the cause is matchable: not found (being removed), never Poisoned.
+    let mut buf = [0u8; 16];
+    match c.node(2).client().read_at("going", 0, &mut buf) {
+        Err(pagemesh::ClientError::Daemon { code, message }) => {
+            assert_eq!(code, pagemesh_proto::ErrorCode::NotFound, "{message}");
+            assert!(message.contains("being removed"), "{message}");
+        }
+        other => panic!("a read during the removal: {other:?}"),
+    }
+    drop(resume);
+    let removed = finish(rm, b"", Duration::from_secs(30), &["segment", "rm"]);
+    // Whether node 3 answered in time or not, the outcome is whole: gone everywhere, or
+    // still there with its data.
+    if removed.status.success() {
+        for n in 1..=3 {
+            let list = c.node(n).run(&["segment", "list"]).ok().stdout_str();
+            assert!(!list.contains("going"), "node {n}: {list}");
+        }
+    } else {
+        assert!(
+            removed.stderr.contains("did not answer"),
+            "{}",
+            removed.stderr
+        );
+        c.node(1).run(&["memtest", "going", "--verify", "5"]).ok();
+    }
+}
+
+#[test]
+fn a_peer_speaking_another_protocol_version_is_refused_naming_both() {
+    use pagemesh_proto::peer::{read_peer_frame, write_peer_frame, PeerFrame};
+    let c = Cluster::start(2, &[]);
+    let listen = &c.args[0][c.args[0]
+        .iter()
+        .position(|a| a == "--listen")
+        .expect("listen")
+        + 1];
+    let mut s = std::net::TcpStream::connect(listen).expect("connect to node 1");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let hello = PeerFrame::Hello {
+        version: 1,
+        cluster_id: 0,
+        from: pagemesh_types::NodeId(2),
+        from_epoch: pagemesh_core::Epoch(99),
+        to: pagemesh_types::NodeId(1),
+    };
+    write_peer_frame(&mut s, &hello).expect("send the hello");
+    let mut buf = Vec::new();
+    match read_peer_frame(&mut s, &mut buf).expect("an answer") {
+        (PeerFrame::Refused { reason, fenced }, _) => {
+            assert!(!fenced);
+            assert!(
+                reason.contains("version 1") && reason.contains("speaks 2"),
+                "{reason}"
+            );
+        }
+        (other, _) => panic!("a hello of version 1 was answered {other:?}"),
+    }
+    // The node goes on with its real peer.
+    c.create(1, "after", &["--size", "4KiB"]);
+    c.node(1).run(&["memtest", "after", "--write", "1"]).ok();
+    c.node(2).run(&["memtest", "after", "--verify", "1"]).ok();
+}

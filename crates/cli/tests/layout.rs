@@ -47,15 +47,13 @@ const KNOWN_CYCLES: &[(&str, &[&str])] = &[
             "segment",
             "server",
             "volume",
-            "workers",
         ],
     ),
 ];
 
 /// Files over the limit that predate the rule, with the most lines each may have.
 const KNOWN_LONG_FILES: &[(&str, usize)] = &[
-    ("daemon/src/cluster/engine.rs", 2539),
-    ("daemon/src/segment.rs", 929),
+    ("daemon/src/cluster/engine.rs", 2508),
     ("daemon/src/server.rs", 873),
 ];
 
@@ -70,7 +68,6 @@ const KNOWN_LONG_FNS: &[(&str, &str, usize)] = &[
     ("daemon/src/cluster/engine.rs", "input", 294),
     ("daemon/src/cluster/engine.rs", "control", 197),
     ("daemon/src/cluster/engine.rs", "exec", 186),
-    ("daemon/src/cluster/engine.rs", "fault_done", 107),
     ("daemon/src/cluster/mod.rs", "start", 106),
     ("daemon/src/cluster/requests.rs", "cluster_request", 340),
     ("daemon/src/partitions.rs", "handle_memory", 132),

@@ -22,12 +22,21 @@ pub enum CatalogError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(
+        "the catalog {path} is version {found}, and this pagemesh reads version {CATALOG_VERSION}: \
+         run the pagemesh that wrote it"
+    )]
+    Version { path: PathBuf, found: u32 },
     #[error("writing the catalog {path}: {source}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
 }
+
+/// The version of `catalog.json` this pagemesh reads and writes (the data dir's format,
+/// `datadir`, covers the file as a whole; this is the file's own field).
+pub const CATALOG_VERSION: u32 = 1;
 
 fn default_partition() -> String {
     "default".into()
@@ -85,7 +94,7 @@ impl Catalog {
     /// Load the catalog in `dir`, or start an empty one.
     pub fn open(dir: &Path) -> Result<Catalog, CatalogError> {
         let path = dir.join("catalog.json");
-        let stored = match fs::read(&path) {
+        let stored: Stored = match fs::read(&path) {
             Ok(bytes) => {
                 serde_json::from_slice(&bytes).map_err(|source| CatalogError::Corrupt {
                     path: path.clone(),
@@ -93,7 +102,7 @@ impl Catalog {
                 })?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored {
-                version: 1,
+                version: CATALOG_VERSION,
                 next_id: 1,
                 segments: Vec::new(),
                 volumes: Vec::new(),
@@ -102,6 +111,10 @@ impl Catalog {
             },
             Err(source) => return Err(CatalogError::Read { path, source }),
         };
+        if stored.version != CATALOG_VERSION {
+            let found = stored.version;
+            return Err(CatalogError::Version { path, found });
+        }
         Ok(Catalog { path, stored })
     }
 

@@ -7,6 +7,8 @@
 
 mod catalog;
 pub mod cluster;
+pub mod datadir;
+mod fault;
 mod histogram;
 mod memory;
 mod pages;
@@ -82,6 +84,8 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("{0}")]
+    DataDir(#[from] datadir::DataDirError),
+    #[error("{0}")]
     State(String),
 }
 
@@ -137,6 +141,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         path: config.data_dir.clone(),
         source,
     })?;
+    // Before anything in the data dir is read: can this pagemesh read its format?
+    datadir::open(&config.data_dir)?;
     let listener = bind(&config.socket_path)?;
     let daemon = Daemon::new(config.clone(), uffd_mode.clone()).map_err(StartError::State)?;
     if let Some(c) = &config.cluster {

@@ -358,11 +358,10 @@ impl Segment {
                 return ClockVisit::Gone;
             };
             m.pool.cluster_evict_started();
-            let input = crate::cluster::engine::Input::Evict { seg: me, page };
-            if engine.send(input).is_err() {
+            if let Err(e) = engine.evict(me, page) {
                 m.pool
                     .cluster_evict_done(&m.partition, Some((self.info.id, page)));
-                return ClockVisit::Failed("the cluster engine has stopped".into());
+                return ClockVisit::Failed(e.to_string());
             }
             return ClockVisit::Evicted;
         }

@@ -9,15 +9,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
 
 use pagemesh_proto::{SegmentCounters, SegmentInfo, SegmentStat};
 use pagemesh_store::{Mapper, MapperError};
 use pagemesh_types::PAGE_SIZE;
-use pagemesh_uffd::fault::{self, answer_unservable, install, resolve_present};
-use pagemesh_uffd::{
-    Access, Bounds, Fault, FaultKind, Memfd, Protect, Source, Uffd, UffdError, Unservable, Wake,
-};
+use pagemesh_uffd::fault::answer_unservable;
+use pagemesh_uffd::{Bounds, Fault, FaultKind, Memfd, Protect, Uffd, UffdError, Unservable, Wake};
 
 use crate::histogram::Histogram;
 use crate::memory::{Partition, Pool};
@@ -28,14 +25,8 @@ use crate::volume::{Volume, VolumeError};
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
 const STRIPES: u64 = 512;
-/// How close the end of the cached run may come before the prefetcher is asked to read on.
-const PREFETCH_TRIGGER_PAGES: u64 = 128;
-/// Most pages one read fault maps after the faulting one (fault-around).
-const FAULT_AROUND_PAGES: u64 = 15;
 /// Most pages one sync step write-protects and copies at once.
 const SYNC_RUN_PAGES: u64 = 64;
-
-static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
 
 /// One process's attachment: its uffd (a dup of the client's) and where it mapped the segment.
 pub struct Attachment {
@@ -218,9 +209,27 @@ pub(crate) struct Counters {
     pub(crate) mapper_reads: AtomicU64,
     pub(crate) mapper_bytes_read: AtomicU64,
     pub(crate) mapper_bytes_written: AtomicU64,
-    poisonings: AtomicU64,
+    pub(crate) poisonings: AtomicU64,
     syncs: AtomicU64,
 }
+
+/// What serves the pages of a cluster segment, for the node layer: the cluster layer
+/// implements it, so faults, attachments and evictions reach the coherence protocol without
+/// this layer naming the engine.
+pub trait ClusterPages: Send + Sync {
+    /// Serve the faults of a new attachment of the segment.
+    fn attach(&self, att: Arc<Attachment>) -> Result<(), EngineStopped>;
+    /// Stop serving an attachment (its process detached or died).
+    fn detach(&self, attachment: u64);
+    /// Evict a resident page through the protocol (its home writes it back if it holds the
+    /// last copy of unsynced data); the end is reported to the pool.
+    fn evict(&self, seg: Arc<Segment>, page: u64) -> Result<(), EngineStopped>;
+}
+
+/// The cluster engine is not running any more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the cluster engine has stopped (see the daemon's log)")]
+pub struct EngineStopped;
 
 /// Count a fault of a segment by its kind.
 pub(crate) fn bump_fault(s: &Segment, kind: FaultKind) {
@@ -235,7 +244,7 @@ pub(crate) fn bump_fault(s: &Segment, kind: FaultKind) {
     );
 }
 
-fn bump(c: &AtomicU64, n: u64) {
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
@@ -249,9 +258,9 @@ pub struct Segment {
     pub(crate) clients: RwLock<Vec<Arc<Attachment>>>,
     pub(crate) sync_lock: Mutex<()>,
     pub(crate) counters: Counters,
-    latency: Histogram,
+    pub(crate) latency: Histogram,
     /// Set for `volume:` segments: faults and reads go to the volume's shared cache.
-    volume: Option<Arc<Volume>>,
+    pub(crate) volume: Option<Arc<Volume>>,
     /// The pool and partition this segment's pages count against (none for volume segments,
     /// whose frames belong to the volume).
     pub(crate) memory: Option<Memory>,
@@ -262,8 +271,9 @@ pub struct Segment {
     removed: std::sync::atomic::AtomicBool,
     /// Resident pages counted against the pool (RELEASED once the segment is removed).
     accounted: AtomicU64,
-    /// For cluster segments: the engine that serves every fault (see `cluster`).
-    pub(crate) cluster: std::sync::OnceLock<crate::cluster::Waker>,
+    /// For cluster segments: what serves every fault and eviction (the cluster engine, behind
+    /// [`ClusterPages`]: this layer names no cluster type).
+    pub(crate) cluster: std::sync::OnceLock<Arc<dyn ClusterPages>>,
 }
 
 const RELEASED: u64 = u64::MAX;
@@ -428,166 +438,6 @@ impl Segment {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|a| a.id != id);
-    }
-
-    /// Serve one page fault of `att`. `scratch` is a buffer owned by the worker (the fault path
-    /// allocates nothing).
-    pub fn resolve_fault(&self, att: &Arc<Attachment>, f: &Fault, scratch: &mut [u8]) {
-        let start = Instant::now();
-        bump_fault(self, f.kind);
-        let (page, kind) = (f.page, f.kind);
-        let write = f.access == Access::Write;
-        if let Some(v) = &self.volume {
-            v.resolve(att, f, scratch);
-            self.latency.record(start.elapsed().as_nanos() as u64);
-            return;
-        }
-        self.pages.touch(page);
-        if let Some(m) = &self.memory {
-            if matches!(self.pages.get(page), PageState::Absent | PageState::Paged) {
-                // Backpressure: no page comes in while the pool is at its budget (bounded wait,
-                // no lock held).
-                m.pool.wait_for_room();
-            }
-        }
-
-        let _g = lock(self.stripe(page));
-        let result = match self.pages.get(page) {
-            PageState::Poisoned => {
-                drop(_g);
-                att.refuse(
-                    f,
-                    &"the page is poisoned (clear it with `pagemesh segment clear-poison`)",
-                );
-                self.latency.record(start.elapsed().as_nanos() as u64);
-                return;
-            }
-            PageState::Paged if !write => match self.page_in_run(att, page, scratch) {
-                Some(r) => r.map(|()| Filled::Served),
-                None => self.fill(att, f, scratch),
-            },
-            PageState::Absent if !write => match self.file_read_ahead(att, page, scratch) {
-                Some(r) => r.map(|()| Filled::Served),
-                None => self.fill(att, f, scratch),
-            },
-            PageState::Absent | PageState::Paged => self.fill(att, f, scratch),
-            state @ (PageState::Clean | PageState::Dirty) => {
-                let dirty = state == PageState::Dirty || write || kind == FaultKind::WriteProtect;
-                if dirty && state == PageState::Clean {
-                    self.set_state(page, PageState::Dirty);
-                }
-                let protect = if dirty {
-                    Protect::Writable
-                } else {
-                    Protect::ReadOnly
-                };
-                resolve_present(&att.uffd, f, protect).map(|()| Filled::Served)
-            }
-        };
-        drop(_g);
-        match result {
-            Err(e) => att.refuse(f, &format_args!("cannot map the page: {e}")),
-            Ok(Filled::Poisoned) => {}
-            Ok(Filled::Served) if kind == FaultKind::Minor && !write => self.map_ahead(att, page),
-            Ok(Filled::Served) => {}
-        }
-        self.latency.record(start.elapsed().as_nanos() as u64);
-    }
-
-    /// Fault-around for reads: map the runs of present pages after and before a minor read
-    /// fault into `att` write-protected, so a sequential reader takes one fault per run instead of one per
-    /// page. Mapping a present page write-protected is always safe whatever its state (a write
-    /// then takes the usual WP fault), so no stripe lock is needed; pages never leave the memfd
-    /// except by punch-hole, which zaps the mapping again anyway.
-    fn map_ahead(&self, att: &Attachment, page: u64) {
-        let present = |p: u64| matches!(self.pages.get(p), PageState::Clean | PageState::Dirty);
-        let pages = (att.len / PS).min(self.pages.npages());
-        let end = (page + 1 + FAULT_AROUND_PAGES).min(pages);
-        let (below, above) = fault::around(page, pages, FAULT_AROUND_PAGES, present);
-        if above.end == end && self.mapper.is_persistent() {
-            // A sequential reader of a file segment: when the end of what is cached comes
-            // within PREFETCH_TRIGGER_PAGES, have the prefetcher read on ahead of it.
-            let limit = (page + PREFETCH_TRIGGER_PAGES)
-                .min(att.len / PS)
-                .min(self.pages.npages());
-            let mut f = end;
-            while f < limit && present(f) {
-                f += 1;
-            }
-            if f < limit && self.pages.get(f) == PageState::Absent {
-                self.request_prefetch(att, f);
-            }
-        }
-        // Both sides (the one below for backward scans); a page of a run already mapped ends
-        // it early: harmless.
-        for run in [above, below] {
-            if !run.is_empty() {
-                let (at, len) = (att.base + run.start * PS, (run.end - run.start) * PS);
-                let _ = install(
-                    &att.uffd,
-                    at,
-                    len,
-                    Source::PageCache,
-                    Protect::ReadOnly,
-                    Wake::No,
-                );
-            }
-        }
-    }
-
-    /// Bring an Absent page in from the mapper (or as zeros) and map it into `att`.
-    fn fill(&self, att: &Attachment, f: &Fault, scratch: &mut [u8]) -> Result<Filled, UffdError> {
-        let (page, addr) = (f.page, f.addr);
-        let write = f.access == Access::Write;
-        let data: &[u8] = match self.load(page, &mut scratch[..PSU]) {
-            Ok(Loaded::Zero) => &ZERO_PAGE,
-            Ok(Loaded::Data) => &scratch[..PSU],
-            Err(e) => {
-                self.set_state(page, PageState::Poisoned);
-                bump(&self.counters.poisonings, 1);
-                let partition = self
-                    .memory
-                    .as_ref()
-                    .map_or("-", |m| m.partition.name.as_str());
-                att.refuse(
-                    f,
-                    &format_args!(
-                        "offset {:#x}, partition {partition}: {e}; the page is poisoned. Fix the backing \
-                         store, then run `pagemesh segment clear-poison {}`",
-                        page * PS,
-                        self.info.name
-                    ),
-                );
-                return Ok(Filled::Poisoned);
-            }
-        };
-        let protect = if write {
-            Protect::Writable
-        } else {
-            Protect::ReadOnly
-        };
-        // Nothing installed: the page is already mapped here (a racing thread of the same
-        // process was served, and install woke this one); it must be in the memfd too.
-        if install(&att.uffd, addr, PS, Source::Bytes(data), protect, Wake::Yes)? == 0
-            && !self.memfd.is_present(page * PS).unwrap_or(false)
-        {
-            return Err(UffdError {
-                op: "UFFDIO_COPY",
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "a page is mapped there but not in the segment's page cache",
-                ),
-            });
-        }
-        self.set_state(
-            page,
-            if write {
-                PageState::Dirty
-            } else {
-                PageState::Clean
-            },
-        );
-        Ok(Filled::Served)
     }
 
     /// Write a whole page into the memfd for an Absent or Paged page (caller holds its stripe
@@ -917,13 +767,4 @@ impl Segment {
             },
         }
     }
-}
-
-/// How a fault that needed a page brought in ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Filled {
-    /// Mapped into the process.
-    Served,
-    /// The data could not be had: the page is poisoned and the fault refused.
-    Poisoned,
 }

@@ -62,7 +62,7 @@ impl Workers {
         }
         if let Some(engine) = a.segment.cluster.get() {
             // A cluster segment's faults are served by the cluster engine's own event loop.
-            if let Err(e) = engine.send(crate::cluster::engine::Input::Attach(Arc::clone(&a))) {
+            if let Err(e) = engine.attach(Arc::clone(&a)) {
                 self.remove(a.id);
                 return Err(std::io::Error::other(e));
             }
@@ -83,9 +83,7 @@ impl Workers {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id)?;
         match a.segment.cluster.get() {
-            Some(engine) => {
-                let _ = engine.send(crate::cluster::engine::Input::Detach(id));
-            }
+            Some(engine) => engine.detach(id),
             None => {
                 let _ = self.epoll.remove(a.uffd.as_fd());
             }

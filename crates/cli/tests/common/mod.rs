@@ -163,21 +163,45 @@ impl Daemon {
 
     /// Start a daemon under `wrapper` (e.g. `ip netns exec NS`; empty: none).
     pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Daemon {
+        let mut d = Daemon::unstarted();
+        d.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        d.spawn_with(extra);
+        d
+    }
+
+    /// A temp dir and the paths of a daemon not started yet (fill its data dir, then
+    /// `spawn_with`).
+    pub fn unstarted() -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("pagemesh-test-")
             .tempdir()
             .expect("temp dir");
         let socket = dir.path().join("pm.sock");
         let data_dir = dir.path().join("data");
-        let mut d = Daemon {
+        Daemon {
             dir,
             socket,
             data_dir,
             child: None,
-            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
-        };
-        d.spawn_with(extra);
-        d
+            wrapper: Vec::new(),
+        }
+    }
+
+    /// Run the daemon with `extra` flags expecting it to refuse to start: its exit (bounded)
+    /// and what it said.
+    pub fn refused_start(&self, extra: &[&str]) -> Out {
+        let child = Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["daemon", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start daemon");
+        finish(child, &[], Duration::from_secs(20), &["daemon"])
     }
 
     pub fn spawn_with(&mut self, extra: &[&str]) {

@@ -32,6 +32,7 @@ use pagemesh_uffd::poll::Epoll;
 use pagemesh_uffd::{Access as UffdAccess, Fault, FaultReader, Incoming, Protect, Source, Wake};
 
 use super::intents::IntentLog;
+use super::io::{IoFailure, IoJob};
 use super::transport::Transport;
 use crate::histogram::Histogram;
 use crate::pages::PageState;
@@ -91,7 +92,7 @@ pub enum Input {
         offset: u64,
         len: u64,
         data: Option<Vec<u8>>,
-        reply: Sender<Result<Vec<u8>, String>>,
+        reply: Sender<Result<Vec<u8>, IoFailure>>,
     },
     Stat {
         seg: SegmentId,
@@ -190,16 +191,6 @@ enum Target {
 struct Pending {
     target: Target,
     access: Access,
-}
-
-struct IoJob {
-    seg: SegmentId,
-    offset: u64,
-    buf: Vec<u8>,
-    write: bool,
-    remaining: usize,
-    error: Option<String>,
-    reply: Sender<Result<Vec<u8>, String>>,
 }
 
 enum Durable {
@@ -2022,18 +2013,16 @@ impl Engine {
         offset: u64,
         len: u64,
         data: Option<Vec<u8>>,
-        reply: Sender<Result<Vec<u8>, String>>,
+        reply: Sender<Result<Vec<u8>, IoFailure>>,
     ) {
         if self.segs.get(&seg).is_some_and(|s| s.is_marked_removed()) {
-            let _ = reply.send(Err("it is being removed".into()));
+            let _ = reply.send(Err(IoFailure::BeingRemoved));
             return;
         }
         if let Some(home) = self.home_of(seg) {
             if !self.lease(home) {
-                let _ = reply.send(Err(format!(
-                    "its home {home} has not answered for {} ms (no lease); try again",
-                    self.dead_after_ms / 2
-                )));
+                let silent_ms = self.dead_after_ms / 2;
+                let _ = reply.send(Err(IoFailure::NoLease { home, silent_ms }));
                 return;
             }
         }
@@ -2397,38 +2386,18 @@ impl Engine {
                     .record(start.elapsed().as_nanos() as u64);
             }
             Target::Io { io } => {
-                let leased = self.home_of(page.seg).is_none_or(|h| self.lease(h));
+                let home = self.home_of(page.seg);
+                let failure = IoFailure::of_fault(page.page.0, result).or_else(|| {
+                    let home = home.filter(|h| !self.lease(*h))?;
+                    let silent_ms = self.dead_after_ms / 2;
+                    Some(IoFailure::NoLease { home, silent_ms })
+                });
                 let Some(job) = self.ios.get_mut(&io) else {
                     return;
                 };
-                job.remaining -= 1;
-                if result != FaultResult::Ok {
-                    job.error
-                        .get_or_insert(format!("page {}: {result:?}", page.page.0));
-                } else if !leased {
-                    job.error
-                        .get_or_insert("its home stopped answering (no lease); try again".into());
-                } else if let Some(s) = self.segs.get(&job.seg) {
-                    let pstart = page.page.0 * PS;
-                    let lo = job.offset.max(pstart);
-                    let hi = (job.offset + job.buf.len() as u64).min(pstart + PS);
-                    let range = (lo - job.offset) as usize..(hi - job.offset) as usize;
-                    let r = if job.write {
-                        s.memfd.write_all_at(&job.buf[range], lo)
-                    } else {
-                        s.memfd.read_exact_at(&mut job.buf[range], lo)
-                    };
-                    if let Err(e) = r {
-                        job.error
-                            .get_or_insert(format!("page cache I/O at {lo}: {e}"));
-                    }
-                }
-                if job.remaining == 0 {
-                    let job = self.ios.remove(&io).expect("present");
-                    let _ = job.reply.send(match job.error {
-                        Some(e) => Err(e),
-                        None => Ok(job.buf),
-                    });
+                let memfd = self.segs.get(&job.seg).map(|s| &s.memfd);
+                if job.page_done(page.page.0, failure, memfd) {
+                    self.ios.remove(&io).expect("present").finish();
                 }
             }
         }

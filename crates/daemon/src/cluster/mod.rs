@@ -6,6 +6,7 @@
 
 pub mod engine;
 mod intents;
+pub mod io;
 pub mod requests;
 pub mod transport;
 
@@ -22,7 +23,7 @@ use pagemesh_core::{Epoch, Node, NodeConfig, Timing};
 use pagemesh_proto::{Backing, SegmentInfo};
 use pagemesh_types::{NodeId, SegmentId, PAGE_SIZE};
 
-use crate::segment::Segment;
+use crate::segment::{Attachment, ClusterPages, EngineStopped, Segment};
 use crate::server::Daemon;
 use engine::{Engine, Figures, Input};
 use intents::IntentLog;
@@ -129,7 +130,24 @@ pub(crate) fn zero_store(data_dir: &Path, id: u64) -> PathBuf {
 
 /// Route the faults of a cluster segment to the engine.
 pub(crate) fn link(seg: &Segment, tx: Waker) {
-    let _ = seg.cluster.set(tx);
+    let _ = seg.cluster.set(Arc::new(tx));
+}
+
+/// The engine serves the node layer's cluster segments.
+impl ClusterPages for Waker {
+    fn attach(&self, att: Arc<Attachment>) -> Result<(), EngineStopped> {
+        self.send(Input::Attach(att)).map_err(|_| EngineStopped)
+    }
+
+    fn detach(&self, attachment: u64) {
+        // A stopped engine serves nothing any more: nothing to stop.
+        let _ = self.send(Input::Detach(attachment));
+    }
+
+    fn evict(&self, seg: Arc<Segment>, page: u64) -> Result<(), EngineStopped> {
+        self.send(Input::Evict { seg, page })
+            .map_err(|_| EngineStopped)
+    }
 }
 
 pub(crate) fn engine_sender(d: &Daemon) -> Option<Waker> {

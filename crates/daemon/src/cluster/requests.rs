@@ -172,7 +172,7 @@ impl Daemon {
                 .map_err(|e| err(ErrorCode::Internal, e))?;
                 wait(rx, REQUEST_WAIT, "read")?
                     .map(Response::Data)
-                    .map_err(|e| err(ErrorCode::Poisoned, format!("segment {name}: {e}")))
+                    .map_err(|e| err(e.code(), format!("segment {name}: read failed: {e}")))
             }),
             Request::WriteAt { name, offset, data } => run(&|| {
                 let seg = cluster_seg(name)?;
@@ -191,7 +191,7 @@ impl Daemon {
                     .map(|d| Response::Written {
                         bytes: d.len() as u64,
                     })
-                    .map_err(|e| err(ErrorCode::Poisoned, format!("segment {name}: {e}")))
+                    .map_err(|e| err(e.code(), format!("segment {name}: write failed: {e}")))
             }),
             Request::StatSegment { name } => {
                 let s = match self.segment(name) {
