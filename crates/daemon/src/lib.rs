@@ -8,16 +8,8 @@
 mod catalog;
 pub mod cluster;
 pub mod datadir;
-mod fault;
-mod histogram;
-mod memory;
-mod pages;
 mod partitions;
-mod residency;
-mod segment;
 mod server;
-mod volume;
-mod workers;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};

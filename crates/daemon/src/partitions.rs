@@ -13,13 +13,13 @@ use pagemesh_store::paging::PagingDevice;
 use pagemesh_types::{ByteSize, PAGE_SIZE};
 
 use crate::catalog::Catalog;
-use crate::memory::{Partition, Pool};
-use crate::pages::{PageState, PINNED, REFERENCED};
-use crate::segment::Memory;
 use crate::server::{err, io_err, valid_name, Daemon};
-use crate::volume::VolumeMemory;
 use crate::Config;
 use pagemesh_core::pool::Limits;
+use pagemesh_node::memory::{Partition, Pool};
+use pagemesh_node::pages::{PageState, PINNED, REFERENCED};
+use pagemesh_node::segment::Memory;
+use pagemesh_node::volume::VolumeMemory;
 
 /// Memory kept out of the page-cache budget for the daemon's own heap, stacks and buffers, so
 /// that RSS plus memfd pages stays within `--memory` (the documented slack covers the rest).

@@ -17,11 +17,11 @@ use pagemesh_types::{ByteSize, PAGE_SIZE};
 use pagemesh_uffd::{fdpass, Uffd};
 
 use crate::catalog::Catalog;
-use crate::memory::Pool;
-use crate::segment::{Attachment, IoError, Memory, Segment};
-use crate::volume::Volume;
-use crate::workers::Workers;
 use crate::Config;
+use pagemesh_node::memory::Pool;
+use pagemesh_node::segment::{Attachment, IoError, Memory, Segment, SharedFrames};
+use pagemesh_node::volume::Volume;
+use pagemesh_node::workers::Workers;
 
 /// Most client connections at once; more are refused with an error.
 const MAX_CONNECTIONS: usize = 1024;
@@ -134,8 +134,8 @@ pub(crate) fn build_segment(
             .get(name)
             .ok_or_else(|| format!("volume {name} is not available"))?;
         info.size_bytes = v.info.size_bytes;
-        return Segment::on_volume(info, Arc::clone(v))
-            .map_err(|e| format!("creating its memfd: {e}"));
+        let frames: Arc<dyn SharedFrames> = Arc::clone(v) as _;
+        return Segment::on_volume(info, frames).map_err(|e| format!("creating its memfd: {e}"));
     }
     let (mapper, size) = open_mapper(&info.backing, size)?;
     if size == 0 || size > MAX_SEGMENT_BYTES {
@@ -186,7 +186,7 @@ impl Daemon {
                 match built {
                     Ok(seg) => {
                         let seg = Arc::new(seg);
-                        pool.register(&seg);
+                        pool.register(seg.info.id, &seg);
                         segments.insert(info.name.clone(), seg);
                     }
                     Err(e) => log::error!(
@@ -200,7 +200,7 @@ impl Daemon {
             match memory.and_then(|m| build_segment(&info, Size::Existing(info.size_bytes), &volumes, m)) {
                 Ok(seg) => {
                     let seg = Arc::new(seg);
-                    pool.register(&seg);
+                    pool.register(seg.info.id, &seg);
                     segments.insert(info.name.clone(), seg);
                 }
                 Err(e) => log::error!(
@@ -705,7 +705,7 @@ impl Daemon {
             return err(ErrorCode::Io, e.to_string());
         }
         let seg = Arc::new(seg);
-        self.pool.register(&seg);
+        self.pool.register(seg.info.id, &seg);
         self.segments
             .write()
             .unwrap_or_else(|e| e.into_inner())

@@ -34,10 +34,10 @@ use pagemesh_uffd::{Access as UffdAccess, Fault, FaultReader, Incoming, Protect,
 use super::intents::IntentLog;
 use super::io::{IoFailure, IoJob};
 use super::transport::Transport;
-use crate::histogram::Histogram;
-use crate::pages::PageState;
-use crate::segment::{Attachment, Memory, Segment};
 use crate::server::Daemon;
+use pagemesh_node::histogram::Histogram;
+use pagemesh_node::pages::PageState;
+use pagemesh_node::segment::{Attachment, Memory, Segment};
 
 const PS: u64 = PAGE_SIZE;
 static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
@@ -800,7 +800,7 @@ impl Engine {
             UffdAccess::Write => Access::Write,
             UffdAccess::Read => Access::Read,
         };
-        crate::segment::bump_fault(&att.segment, kind);
+        pagemesh_node::segment::bump_fault(&att.segment, kind);
         att.segment.pages.touch(page);
         let prev = att.last_page.swap(page, Ordering::Relaxed);
         let sequential = prev.wrapping_add(1) == page;
@@ -2509,7 +2509,7 @@ fn end_evictions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::{Partition, Pool};
+    use pagemesh_node::memory::{Partition, Pool};
 
     #[test]
     fn removing_a_segment_ends_its_evictions_in_the_pool() {

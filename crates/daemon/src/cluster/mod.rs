@@ -23,10 +23,10 @@ use pagemesh_core::{Epoch, Node, NodeConfig, Timing};
 use pagemesh_proto::{Backing, SegmentInfo};
 use pagemesh_types::{NodeId, SegmentId, PAGE_SIZE};
 
-use crate::segment::{Attachment, ClusterPages, EngineStopped, Segment};
 use crate::server::Daemon;
 use engine::{Engine, Figures, Input};
 use intents::IntentLog;
+use pagemesh_node::segment::{Attachment, ClusterPages, EngineStopped, Segment};
 use transport::Transport;
 
 /// A node's place in its cluster.
@@ -357,7 +357,7 @@ pub(crate) fn build_cluster_segment(
     config: &crate::Config,
     info: &SegmentInfo,
     create: bool,
-    memory: Option<crate::segment::Memory>,
+    memory: Option<pagemesh_node::segment::Memory>,
 ) -> Result<Segment, String> {
     let me = config.cluster.as_ref().map(|c| c.node_id);
     let data_dir = &config.data_dir;
@@ -455,7 +455,7 @@ impl Daemon {
         };
         let memory = crate::partitions::memory_for(&self.pool, &info.backing, "default")?;
         let seg = Arc::new(build_cluster_segment(&self.config, &info, true, memory)?);
-        self.pool.register(&seg);
+        self.pool.register(seg.info.id, &seg);
         // Route its faults to the engine before anyone can attach it.
         self.link_cluster_segment(&seg)?;
         catalog.add(&info, "default").map_err(|e| e.to_string())?;
@@ -567,7 +567,7 @@ impl Daemon {
         }
         let memory = crate::partitions::memory_for(&self.pool, &info.backing, "default")?;
         let seg = Arc::new(build_cluster_segment(&self.config, info, false, memory)?);
-        self.pool.register(&seg);
+        self.pool.register(seg.info.id, &seg);
         self.link_cluster_segment(&seg)?;
         catalog.add(info, "default").map_err(|e| e.to_string())?;
         self.segments

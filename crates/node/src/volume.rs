@@ -23,7 +23,9 @@ use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::fault::{self, install};
 use pagemesh_uffd::{Fault, Memfd, Protect, Source, UffdError, Wake};
 
-use crate::memory::{ClockVisit, Partition, Pool};
+pub use crate::load::VolumeError;
+use crate::memory::{ClockVisit, Partition, Pool, Resident};
+use crate::segment::SharedFrames;
 use crate::segment::{lock, Attachment};
 use std::sync::Weak;
 
@@ -79,27 +81,6 @@ struct Counters {
     coalesced_waits: AtomicU64,
     cached: AtomicU64,
     poisoned: AtomicU64,
-}
-
-/// Why a volume operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum VolumeError {
-    #[error("volume {volume}: reading block {block} of {path}: {source}")]
-    Storage {
-        volume: String,
-        path: String,
-        block: u64,
-        source: std::io::Error,
-    },
-    #[error("volume {volume}: block {block} is poisoned (its read failed); fix the image, then `pagemesh segment clear-poison` a segment on it")]
-    Poisoned { volume: String, block: u64 },
-    #[error("volume {volume}: block {block} still being read after {PENDING_WAIT:?}")]
-    Timeout { volume: String, block: u64 },
-    #[error("volume {volume}: cache memfd: {source}")]
-    Cache {
-        volume: String,
-        source: std::io::Error,
-    },
 }
 
 /// Who waits for a block being read: the attachment and the faulting address.
@@ -215,7 +196,7 @@ impl Volume {
 
     /// The evictor's clock hand reached block `b`: drop it from the cache if it is cached and
     /// no live attachment has its shared frame mapped (clean: it is read again on demand).
-    pub(crate) fn clock_visit(&self, b: u64) -> ClockVisit {
+    pub fn clock_visit(&self, b: u64) -> ClockVisit {
         if self.block_state(b) != Block::Present {
             return ClockVisit::Gone;
         }
@@ -540,6 +521,7 @@ impl Volume {
                     drop(g);
                     if Instant::now() > deadline {
                         return Err(VolumeError::Timeout {
+                            waited: PENDING_WAIT,
                             volume: self.info.name.clone(),
                             block: b,
                         });
@@ -627,5 +609,42 @@ impl Volume {
 fn finish(a: &Attachment, f: &Fault, r: Result<(), UffdError>) {
     if let Err(e) = r {
         a.refuse(f, &format_args!("volume fault: {e}"));
+    }
+}
+
+/// A volume serves the segments on it.
+impl SharedFrames for Volume {
+    fn resolve(&self, att: &Arc<Attachment>, f: &Fault, scratch: &mut [u8]) {
+        Volume::resolve(self, att, f, scratch);
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
+        Volume::read_at(self, offset, buf)
+    }
+
+    fn clear_poison(&self) -> u64 {
+        Volume::clear_poison(self)
+    }
+
+    fn cached_blocks(&self) -> u64 {
+        Volume::cached_blocks(self)
+    }
+
+    fn poisoned_blocks(&self) -> u64 {
+        Volume::poisoned_blocks(self)
+    }
+
+    fn memfd(&self) -> &Memfd {
+        Volume::memfd(self)
+    }
+}
+
+impl Resident for Volume {
+    fn clock_visit(self: Arc<Self>, b: u64) -> ClockVisit {
+        Volume::clock_visit(&self, b)
+    }
+
+    fn is_resident(&self, b: u64) -> bool {
+        b < self.blocks && self.block_state(b) == Block::Present
     }
 }

@@ -17,10 +17,10 @@ use pagemesh_uffd::fault::answer_unservable;
 use pagemesh_uffd::{Bounds, Fault, FaultKind, Memfd, Protect, Uffd, UffdError, Unservable, Wake};
 
 use crate::histogram::Histogram;
+use crate::load::VolumeError;
+use crate::load::{LoadError, Loaded};
 use crate::memory::{Partition, Pool};
 use crate::pages::{PageState, PageTable, SlotTable};
-use crate::residency::{LoadError, Loaded};
-use crate::volume::{Volume, VolumeError};
 
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
@@ -197,19 +197,19 @@ const POISON_HINT: &str =
     "its data could not be read; fix the backing store, then run `pagemesh segment clear-poison`";
 
 #[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) prefetched: AtomicU64,
-    pub(crate) page_ins: AtomicU64,
-    pub(crate) page_outs: AtomicU64,
-    pub(crate) evictions: AtomicU64,
+pub struct Counters {
+    pub prefetched: AtomicU64,
+    pub page_ins: AtomicU64,
+    pub page_outs: AtomicU64,
+    pub evictions: AtomicU64,
     faults_missing: AtomicU64,
     faults_minor: AtomicU64,
     faults_wp: AtomicU64,
-    pub(crate) zero_fills: AtomicU64,
-    pub(crate) mapper_reads: AtomicU64,
-    pub(crate) mapper_bytes_read: AtomicU64,
-    pub(crate) mapper_bytes_written: AtomicU64,
-    pub(crate) poisonings: AtomicU64,
+    pub zero_fills: AtomicU64,
+    pub mapper_reads: AtomicU64,
+    pub mapper_bytes_read: AtomicU64,
+    pub mapper_bytes_written: AtomicU64,
+    pub poisonings: AtomicU64,
     syncs: AtomicU64,
 }
 
@@ -226,13 +226,29 @@ pub trait ClusterPages: Send + Sync {
     fn evict(&self, seg: Arc<Segment>, page: u64) -> Result<(), EngineStopped>;
 }
 
+/// The shared frames of a read-only image behind a `volume:` segment (the node's
+/// `volume::Volume`), for the segment, which names no volume type: faults, reads and poison go
+/// to the image's one cache.
+pub trait SharedFrames: Send + Sync {
+    /// Serve a fault of `att` on block `f.page`.
+    fn resolve(&self, att: &Arc<Attachment>, f: &Fault, scratch: &mut [u8]);
+    /// Read bytes of the image through its cache.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError>;
+    /// Forget the poisoned blocks (they are read again); how many there were.
+    fn clear_poison(&self) -> u64;
+    fn cached_blocks(&self) -> u64;
+    fn poisoned_blocks(&self) -> u64;
+    /// The cache's memfd (segments map it privately).
+    fn memfd(&self) -> &Memfd;
+}
+
 /// The cluster engine is not running any more.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the cluster engine has stopped (see the daemon's log)")]
 pub struct EngineStopped;
 
 /// Count a fault of a segment by its kind.
-pub(crate) fn bump_fault(s: &Segment, kind: FaultKind) {
+pub fn bump_fault(s: &Segment, kind: FaultKind) {
     let c = &s.counters;
     bump(
         match kind {
@@ -244,36 +260,36 @@ pub(crate) fn bump_fault(s: &Segment, kind: FaultKind) {
     );
 }
 
-pub(crate) fn bump(c: &AtomicU64, n: u64) {
+pub fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
 /// A segment's node-local state.
 pub struct Segment {
     pub info: SegmentInfo,
-    pub(crate) memfd: Memfd,
-    pub(crate) mapper: Box<dyn Mapper>,
-    pub(crate) pages: PageTable,
+    pub memfd: Memfd,
+    pub mapper: Box<dyn Mapper>,
+    pub pages: PageTable,
     stripes: Box<[Mutex<()>]>,
-    pub(crate) clients: RwLock<Vec<Arc<Attachment>>>,
-    pub(crate) sync_lock: Mutex<()>,
-    pub(crate) counters: Counters,
-    pub(crate) latency: Histogram,
+    pub clients: RwLock<Vec<Arc<Attachment>>>,
+    pub sync_lock: Mutex<()>,
+    pub counters: Counters,
+    pub latency: Histogram,
     /// Set for `volume:` segments: faults and reads go to the volume's shared cache.
-    pub(crate) volume: Option<Arc<Volume>>,
+    pub volume: Option<Arc<dyn SharedFrames>>,
     /// The pool and partition this segment's pages count against (none for volume segments,
     /// whose frames belong to the volume).
-    pub(crate) memory: Option<Memory>,
+    pub memory: Option<Memory>,
     /// Paging-device slots holding this segment's paged-out pages (and the clean copy of a
     /// paged-in page, until it is written).
-    pub(crate) slots: SlotTable,
+    pub slots: SlotTable,
     /// Set by `segment rm` once no process is attached; refuses new attachments.
     removed: std::sync::atomic::AtomicBool,
     /// Resident pages counted against the pool (RELEASED once the segment is removed).
     accounted: AtomicU64,
     /// For cluster segments: what serves every fault and eviction (the cluster engine, behind
     /// [`ClusterPages`]: this layer names no cluster type).
-    pub(crate) cluster: std::sync::OnceLock<Arc<dyn ClusterPages>>,
+    pub cluster: std::sync::OnceLock<Arc<dyn ClusterPages>>,
 }
 
 const RELEASED: u64 = u64::MAX;
@@ -287,7 +303,7 @@ pub struct Memory {
 /// Lock a mutex of the daemon's. A panic while holding one is a bug already reported (and
 /// contained to its fault); what these mutexes guard stays consistent at every step (a stripe
 /// guards single atomic bytes), so going on with the poisoned lock is sound.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -324,7 +340,7 @@ impl Segment {
     }
 
     /// A segment whose pages are a volume's shared frames (mapped privately by clients).
-    pub fn on_volume(info: SegmentInfo, volume: Arc<Volume>) -> std::io::Result<Segment> {
+    pub fn on_volume(info: SegmentInfo, volume: Arc<dyn SharedFrames>) -> std::io::Result<Segment> {
         let len = info.size_bytes.div_ceil(PS) * PS;
         Ok(Segment {
             pages: PageTable::new(len / PS),
@@ -347,7 +363,7 @@ impl Segment {
 
     /// Change a page's state and keep the pool's accounting and clock in step (caller holds
     /// the page's stripe lock).
-    pub(crate) fn set_state(&self, page: u64, new: PageState) -> PageState {
+    pub fn set_state(&self, page: u64, new: PageState) -> PageState {
         let old = self.pages.set(page, new);
         if let Some(m) = &self.memory {
             let delta: i64 = match (old.is_resident(), new.is_resident()) {
@@ -376,12 +392,12 @@ impl Segment {
     }
 
     /// Whether `release` has run (the segment was removed).
-    pub(crate) fn is_released(&self) -> bool {
+    pub fn is_released(&self) -> bool {
         self.accounted.load(Ordering::Acquire) == RELEASED
     }
 
     /// Give back to the pool what this segment has counted against it, and stop counting.
-    pub(crate) fn take_accounted(&self) -> u64 {
+    pub fn take_accounted(&self) -> u64 {
         match self.accounted.swap(RELEASED, Ordering::AcqRel) {
             RELEASED => 0,
             n => n,
@@ -397,7 +413,7 @@ impl Segment {
         self.pages.npages() * PS
     }
 
-    pub(crate) fn stripe(&self, page: u64) -> &Mutex<()> {
+    pub fn stripe(&self, page: u64) -> &Mutex<()> {
         &self.stripes[(page % STRIPES) as usize]
     }
 
@@ -443,7 +459,7 @@ impl Segment {
     /// Write a whole page into the memfd for an Absent or Paged page (caller holds its stripe
     /// lock). On failure the page is punched out again: no half-written page is left for a
     /// later fault to take as cached.
-    pub(crate) fn install_page(&self, page: u64, buf: &[u8]) -> Result<(), IoError> {
+    pub fn install_page(&self, page: u64, buf: &[u8]) -> Result<(), IoError> {
         if let Err(source) = self.memfd.write_all_at(buf, page * PS) {
             let _ = self.memfd.punch_hole(page * PS, PS);
             return Err(IoError::Memfd {
@@ -458,7 +474,7 @@ impl Segment {
     /// Load an Absent or Paged page into `buf` for segment I/O (zeros for a dormant page);
     /// a page that cannot be read is poisoned, like a fault on it would (caller holds its
     /// stripe lock).
-    pub(crate) fn load_whole(&self, page: u64, buf: &mut [u8]) -> Result<(), IoError> {
+    pub fn load_whole(&self, page: u64, buf: &mut [u8]) -> Result<(), IoError> {
         match self.load(page, buf) {
             Ok(Loaded::Zero) => buf.fill(0),
             Ok(Loaded::Data) => {}
@@ -577,7 +593,7 @@ impl Segment {
         }
     }
 
-    pub(crate) fn poisoned_err(&self, page: u64) -> IoError {
+    pub fn poisoned_err(&self, page: u64) -> IoError {
         IoError::Poisoned {
             segment: self.info.name.clone(),
             page,

@@ -19,9 +19,6 @@ use std::time::{Duration, Instant};
 use pagemesh_store::paging::PagingDevice;
 use pagemesh_types::PAGE_SIZE;
 
-use crate::segment::Segment;
-use crate::volume::Volume;
-
 /// Clock entries of volume blocks carry the volume's id with this bit set.
 pub const VOLUME_ID_BIT: u64 = 1 << 63;
 use pagemesh_core::pool::{self, Limits, Usage};
@@ -87,8 +84,8 @@ pub struct Pool {
     /// Cluster pages whose eviction was asked for and has not ended yet.
     evicting: AtomicU64,
     partitions: RwLock<Vec<Arc<Partition>>>,
-    segments: RwLock<HashMap<u64, Weak<Segment>>>,
-    volumes: RwLock<HashMap<u64, Weak<Volume>>>,
+    segments: RwLock<HashMap<u64, Weak<dyn Resident>>>,
+    volumes: RwLock<HashMap<u64, Weak<dyn Resident>>>,
     next_volume_id: AtomicU64,
     /// Set when the evictor's last round could not free anything: faults then do not wait.
     stuck: std::sync::atomic::AtomicBool,
@@ -101,9 +98,24 @@ pub struct Pool {
     last_warn_s: AtomicU64,
 }
 
+/// What keeps pages on the pool's clocks (a segment, a volume): the pool sits below them and
+/// names neither; they register with it.
+pub trait Resident: Send + Sync {
+    /// The evictor's clock hand reached `page`.
+    fn clock_visit(self: Arc<Self>, page: u64) -> ClockVisit;
+    /// Whether `page` is still resident (clock entries of pages gone are dropped when a clock
+    /// is compacted).
+    fn is_resident(&self, page: u64) -> bool;
+}
+
+/// What reads pages ahead into its page cache, for the prefetcher thread.
+pub trait Prefetch: Send + Sync {
+    fn prefetch(&self, first: u64, pages: u64);
+}
+
 /// Pages of a file segment to read into its page cache in the background.
 pub struct PrefetchJob {
-    pub segment: Weak<Segment>,
+    pub segment: Weak<dyn Prefetch>,
     pub first: u64,
     pub pages: u64,
 }
@@ -202,11 +214,18 @@ impl Pool {
             .collect()
     }
 
-    pub fn register(&self, seg: &Arc<Segment>) {
+    /// Put a segment's pages (clock entries `(id, page)`) in the evictor's reach.
+    pub fn register<R: Resident + 'static>(&self, id: u64, seg: &Arc<R>) {
+        assert_eq!(
+            id & VOLUME_ID_BIT,
+            0,
+            "segment id {id:#x} in the volumes' id space"
+        );
+        let seg: Arc<dyn Resident> = Arc::clone(seg) as Arc<dyn Resident>;
         self.segments
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(seg.info.id, Arc::downgrade(seg));
+            .insert(id, Arc::downgrade(&seg));
     }
 
     /// An id for a volume's clock entries.
@@ -214,11 +233,17 @@ impl Pool {
         self.next_volume_id.fetch_add(1, Ordering::Relaxed) | VOLUME_ID_BIT
     }
 
-    pub fn register_volume(&self, id: u64, v: &Arc<Volume>) {
+    pub fn register_volume<R: Resident + 'static>(&self, id: u64, v: &Arc<R>) {
+        assert_ne!(
+            id & VOLUME_ID_BIT,
+            0,
+            "volume id {id:#x} from outside volume_id()"
+        );
+        let v: Arc<dyn Resident> = Arc::clone(v) as Arc<dyn Resident>;
         self.volumes
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Arc::downgrade(v));
+            .insert(id, Arc::downgrade(&v));
     }
 
     pub fn unregister_volume(&self, id: u64) {
@@ -226,15 +251,6 @@ impl Pool {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
-    }
-
-    /// A registered segment, if it still exists.
-    pub fn segment(&self, id: u64) -> Option<Arc<Segment>> {
-        self.segments
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .and_then(Weak::upgrade)
     }
 
     pub fn unregister(&self, id: u64) {
@@ -540,7 +556,7 @@ impl Pool {
                     || segments
                         .get(&seg_id)
                         .and_then(Weak::upgrade)
-                        .is_some_and(|s| s.pages.get(page).is_resident())
+                        .is_some_and(|s| s.is_resident(page))
             });
         }
     }

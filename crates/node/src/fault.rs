@@ -9,8 +9,8 @@ use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::fault::{self, install, resolve_present};
 use pagemesh_uffd::{Access, Fault, FaultKind, Protect, Source, UffdError, Wake};
 
+use crate::load::Loaded;
 use crate::pages::PageState;
-use crate::residency::Loaded;
 use crate::segment::{bump, bump_fault, lock, Attachment, Segment};
 
 const PS: u64 = PAGE_SIZE;
@@ -186,7 +186,7 @@ impl Segment {
 
 /// How a fault that needed a page brought in ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Filled {
+pub enum Filled {
     /// Mapped into the process.
     Served,
     /// The data could not be had: the page is poisoned and the fault refused.

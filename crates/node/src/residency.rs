@@ -10,7 +10,8 @@ use pagemesh_types::PAGE_SIZE;
 
 use std::sync::Arc;
 
-use crate::memory::{ClockVisit, PrefetchJob};
+use crate::load::{LoadError, Loaded};
+use crate::memory::{ClockVisit, Prefetch, PrefetchJob, Resident};
 use crate::pages::{PageState, PINNED};
 use crate::segment::{lock, Attachment, IoError, Segment};
 use pagemesh_uffd::fault::install;
@@ -27,17 +28,6 @@ const PREFETCH_CHUNK_PAGES: u64 = 16;
 
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
-
-/// Why a page's data could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(transparent)]
-    Mapper(#[from] MapperError),
-    #[error(transparent)]
-    Paging(#[from] PagingError),
-    #[error("the page is paged out but the daemon has no paging device")]
-    NoPagingDevice,
-}
 
 /// Why a page could not be evicted.
 #[derive(Debug, thiserror::Error)]
@@ -83,17 +73,9 @@ pub enum Evict {
     Busy,
 }
 
-/// What a load produced.
-pub enum Loaded {
-    /// A dormant page: zeros, the buffer untouched.
-    Zero,
-    /// The buffer holds the page.
-    Data,
-}
-
 impl Segment {
     /// Read the data of an Absent or Paged page into `buf` (caller holds the stripe lock).
-    pub(crate) fn load(&self, page: u64, buf: &mut [u8]) -> Result<Loaded, LoadError> {
+    pub fn load(&self, page: u64, buf: &mut [u8]) -> Result<Loaded, LoadError> {
         if self.pages.get(page) == PageState::Paged {
             let paging = self
                 .memory
@@ -139,7 +121,7 @@ impl Segment {
     /// takes the one-page path), or when a slot of the run is bad (the one-page path then
     /// poisons exactly the faulting page if it is the bad one). The caller holds `page`'s
     /// stripe lock; the others are only try-locked, so no lock order is needed.
-    pub(crate) fn page_in_run(
+    pub fn page_in_run(
         &self,
         att: &Attachment,
         page: u64,
@@ -204,7 +186,7 @@ impl Segment {
     /// with one read, and map them into `att` write-protected with one COPY. None when there
     /// is no run or the read fails: the caller's one-page path then serves (or poisons) exactly
     /// the faulting page. The caller holds `page`'s stripe lock; the others are try-locked.
-    pub(crate) fn file_read_ahead(
+    pub fn file_read_ahead(
         &self,
         att: &Attachment,
         page: u64,
@@ -275,10 +257,10 @@ impl Segment {
     }
 
     /// A forward scan reached `from`: have the prefetcher read the next window.
-    pub(crate) fn request_prefetch(&self, att: &Attachment, from: u64) {
+    pub fn request_prefetch(&self, att: &Attachment, from: u64) {
         if let Some(m) = &self.memory {
             m.pool.request_prefetch(PrefetchJob {
-                segment: Arc::downgrade(&att.segment),
+                segment: Arc::downgrade(&(Arc::clone(&att.segment) as Arc<dyn Prefetch>)),
                 first: from,
                 pages: PREFETCH_PAGES,
             });
@@ -289,7 +271,7 @@ impl Segment {
     /// mapped anywhere yet: the next faults on them are minor and do no I/O). Stops at the
     /// first page that is not Absent or whose stripe lock is busy. Runs on the prefetcher
     /// thread, never on the fault path.
-    pub(crate) fn prefetch(&self, first: u64, pages: u64) {
+    pub fn prefetch(&self, first: u64, pages: u64) {
         if !self.mapper.is_persistent() {
             return;
         }
@@ -340,7 +322,7 @@ impl Segment {
     }
 
     /// The evictor's clock hand reached `page`.
-    pub(crate) fn clock_visit(&self, page: u64) -> ClockVisit {
+    pub fn clock_visit(self: &Arc<Self>, page: u64) -> ClockVisit {
         if !self.pages.get(page).is_resident() {
             return ClockVisit::Gone;
         }
@@ -354,11 +336,8 @@ impl Segment {
             let Some(m) = &self.memory else {
                 return ClockVisit::Keep;
             };
-            let Some(me) = m.pool.segment(self.info.id) else {
-                return ClockVisit::Gone;
-            };
             m.pool.cluster_evict_started();
-            if let Err(e) = engine.evict(me, page) {
+            if let Err(e) = engine.evict(Arc::clone(self), page) {
                 m.pool
                     .cluster_evict_done(&m.partition, Some((self.info.id, page)));
                 return ClockVisit::Failed(e.to_string());
@@ -381,7 +360,7 @@ impl Segment {
     /// copied, and written back to its file or out to the paging device. Punching the hole zaps
     /// it from every mapping; the next access faults it back in. Returns false if the page was
     /// not evictable after all.
-    pub(crate) fn evict_page(&self, page: u64) -> Result<Evict, EvictError> {
+    pub fn evict_page(&self, page: u64) -> Result<Evict, EvictError> {
         // The evictor never waits on a stripe: a holder may be doing I/O for a while.
         let Ok(_g) = self.stripe(page).try_lock() else {
             return Ok(Evict::Busy);
@@ -649,5 +628,21 @@ impl Segment {
             }
         }
         m.pool.unregister(self.info.id);
+    }
+}
+
+impl Resident for Segment {
+    fn clock_visit(self: Arc<Self>, page: u64) -> ClockVisit {
+        Segment::clock_visit(&self, page)
+    }
+
+    fn is_resident(&self, page: u64) -> bool {
+        self.pages.get(page).is_resident()
+    }
+}
+
+impl Prefetch for Segment {
+    fn prefetch(&self, first: u64, pages: u64) {
+        Segment::prefetch(self, first, pages);
     }
 }
