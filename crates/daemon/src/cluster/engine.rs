@@ -31,6 +31,7 @@ use pagemesh_uffd::fault::{self, install, resolve_present};
 use pagemesh_uffd::poll::Epoll;
 use pagemesh_uffd::{Access as UffdAccess, Fault, FaultReader, Incoming, Protect, Source, Wake};
 
+pub use super::input::{ClusterSegStat, Input};
 use super::intents::IntentLog;
 use super::io::{IoFailure, IoJob};
 use super::transport::Transport;
@@ -48,106 +49,12 @@ const CONN_TOKEN: u64 = 2 << 62;
 const TOKEN_KIND: u64 = 3 << 62;
 /// Most fault messages taken from one uffd per wake-up.
 const FAULT_BATCH: usize = 16;
+/// Most faults waiting for a home's lease at once (each is a blocked thread of a process).
+const MAX_PARKED_FAULTS: usize = 1 << 16;
 /// Most bytes read from one peer connection per wake-up (then the others get a turn).
 const READ_PER_WAKE: usize = 4 << 20;
 /// How long a status request waits for the peers' figures.
 const STATUS_WAIT: Duration = Duration::from_millis(1500);
-
-/// What the engine is asked to do.
-pub enum Input {
-    /// A process attached a cluster segment: serve its uffd.
-    Attach(Arc<Attachment>),
-    /// The attachment is gone (the process detached or died).
-    Detach(u64),
-    /// A peer's connection passed its hello: read it.
-    Inbound {
-        from: NodeId,
-        epoch: Epoch,
-        stream: TcpStream,
-    },
-    /// The connection to a peer is (re)established: tell it what this node knows.
-    PeerConnected(NodeId),
-    /// A peer declared this incarnation dead: it must not go on.
-    Fenced {
-        by: NodeId,
-        reason: String,
-    },
-    /// A segment was created here (this node is its home): tell the cluster.
-    Created(Arc<Segment>),
-    /// Ask the home of `name`'s would-be segment to create it.
-    CreateRemote {
-        home: NodeId,
-        name: String,
-        size_bytes: Option<u64>,
-        backing: pagemesh_proto::Backing,
-        reply: Sender<Result<SegmentInfo, String>>,
-    },
-    Sync {
-        seg: SegmentId,
-        reply: Sender<Result<(), String>>,
-    },
-    /// Segment I/O through the coherence protocol: read `len` bytes, or write `data`.
-    Io {
-        seg: SegmentId,
-        offset: u64,
-        len: u64,
-        data: Option<Vec<u8>>,
-        reply: Sender<Result<Vec<u8>, IoFailure>>,
-    },
-    Stat {
-        seg: SegmentId,
-        reply: Sender<ClusterSegStat>,
-    },
-    /// Remove a cluster segment from the cluster (run by its home).
-    Remove {
-        seg: SegmentId,
-        reply: Sender<Result<(), String>>,
-    },
-    /// The memory pool wants this page out of the node (the home takes it back).
-    Evict {
-        seg: Arc<Segment>,
-        page: u64,
-    },
-    /// Restore every poisoned page of a segment from its mapper (or zero); answers how many.
-    ClearPoison {
-        seg: SegmentId,
-        reply: Sender<Result<u64, String>>,
-    },
-    Barrier {
-        seg: SegmentId,
-        barrier: u32,
-        parties: u32,
-        token: u64,
-        reply: Sender<Result<u64, String>>,
-    },
-    /// Forget a waiter whose client gave up (timeout, disconnect).
-    Forget {
-        token: u64,
-    },
-    Lock {
-        seg: SegmentId,
-        lock: u32,
-        token: u64,
-        reply: Sender<Result<(), String>>,
-    },
-    Unlock {
-        seg: SegmentId,
-        lock: u32,
-        token: u64,
-    },
-    Status {
-        reply: Sender<ClusterStatus>,
-    },
-}
-
-/// What `segment stat` adds for a cluster segment.
-#[derive(Clone, Debug, Default)]
-pub struct ClusterSegStat {
-    pub resident_pages: u64,
-    pub modified_pages: u64,
-    pub poisoned_pages: u64,
-    pub poisoned_known_here: bool,
-}
 
 /// Per-node counters, shared with the status command.
 #[derive(Default)]
@@ -764,7 +671,7 @@ impl Engine {
             let Some(s) = self.segs.get(&key.seg).cloned() else {
                 continue;
             };
-            self.protect(&s, key, true);
+            self.protect(&s, key, Protect::ReadOnly);
             let off = key.page.0 * PS;
             if let Err(e) = s.memfd.read_exact_at(&mut buf, off) {
                 fail_stop(&format!(
@@ -782,6 +689,19 @@ impl Engine {
         }
     }
 
+    /// A fault waits for its home's lease (in time order: `check_leases` serves or refuses the
+    /// waiting ones), up to `MAX_PARKED_FAULTS`; past that it is refused at once rather than
+    /// queued without bound.
+    fn park(&mut self, p: Parked) {
+        if self.parked.len() >= MAX_PARKED_FAULTS {
+            bump(&self.figures.sigbus);
+            let why = format!("{MAX_PARKED_FAULTS} faults already wait for a lease here");
+            p.att.refuse(&p.fault, &why);
+            return;
+        }
+        self.parked.push(p);
+    }
+
     fn fault(&mut self, att: Arc<Attachment>, fault: Fault, start: Instant) {
         let (page, kind, access) = (fault.page, fault.kind, fault.access);
         let seg = SegmentId(att.segment.info.id);
@@ -789,7 +709,7 @@ impl Engine {
             if !self.lease(home) {
                 // Serving this from a copy here could hand out data the home already gave
                 // away: wait for the home (bounded).
-                self.parked.push(Parked { att, fault, start });
+                self.park(Parked { att, fault, start });
                 return;
             }
         }
@@ -2160,18 +2080,18 @@ impl Engine {
                 // Counted in the memory pool from now on.
                 s.set_state(page.page.0, PageState::Clean);
                 if *writable {
-                    self.protect(&s, *page, false);
+                    self.protect(&s, *page, Protect::Writable);
                 }
             }
             Output::Unprotect { page } => {
                 if let Some(s) = self.seg(*page).cloned() {
-                    self.protect(&s, *page, false);
+                    self.protect(&s, *page, Protect::Writable);
                 }
             }
             Output::Downgrade { page } => {
                 bump(&self.figures.downgrades);
                 if let Some(s) = self.seg(*page).cloned() {
-                    self.protect(&s, *page, true);
+                    self.protect(&s, *page, Protect::ReadOnly);
                 }
             }
             Output::Invalidate { page } => {
@@ -2292,23 +2212,18 @@ impl Engine {
     }
 
     /// Write-protect (or un-protect) one page in every process attached here.
-    fn protect(&self, s: &Segment, page: PageKey, protect: bool) {
+    fn protect(&self, s: &Segment, page: PageKey, mode: Protect) {
         let clients = s.clients.read().unwrap_or_else(|e| e.into_inner());
         for a in clients.iter() {
             let addr = a.base + page.page.0 * PS;
             if addr >= a.base + a.len {
                 continue;
             }
-            let mode = if protect {
-                Protect::ReadOnly
-            } else {
-                Protect::Writable
-            };
             match a.uffd.write_protect(addr, PS, mode, Wake::Yes) {
                 Ok(()) => {}
                 Err(e) if e.is_process_gone() => {}
                 Err(e) => fail_stop(&format!(
-                    "{page}: write-protect={protect} in pid {} failed: {e}",
+                    "{page}: making it {mode:?} in pid {} failed: {e}",
                     a.pid
                 )),
             }
@@ -2331,7 +2246,7 @@ impl Engine {
                     FaultResult::Ok if !self.home_of(page.seg).is_none_or(|h| self.lease(h)) => {
                         // Granted, but the lease lapsed meanwhile: the copy stays, the process
                         // waits for the lease like any other access.
-                        self.parked.push(Parked { att, fault, start });
+                        self.park(Parked { att, fault, start });
                         return;
                     }
                     FaultResult::Ok => {

@@ -5,6 +5,7 @@
 //! peer [`transport`]. See `docs/cluster.md`.
 
 pub mod engine;
+mod input;
 mod intents;
 pub mod io;
 pub mod requests;
