@@ -161,9 +161,16 @@ fn main() -> ExitCode {
                 paging_device_bytes: paging_device_size.unwrap_or(memory_bytes * 4),
                 data_dir,
             };
-            pagemesh_daemon::run(config)
-                .map(|()| ExitCode::SUCCESS)
-                .map_err(anyhow::Error::from)
+            match pagemesh_daemon::run(config) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                // The node was stopped (fenced, or its page cache diverged from the protocol):
+                // its own exit code, so supervisors and tests can tell why.
+                Err(pagemesh_daemon::StartError::Fatal(f)) => {
+                    log::error!("{f}");
+                    Ok(ExitCode::from(f.exit_code()))
+                }
+                Err(e) => Err(anyhow::Error::from(e)),
+            }
         }
         Cmd::Segment(cmd) => segment_cmd::run(&cli.socket, cmd),
         Cmd::Cluster(cmd) => cluster_cmd::run(&cli.socket, cmd),

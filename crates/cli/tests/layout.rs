@@ -65,7 +65,6 @@ const KNOWN_LONG_FNS: &[(&str, &str, usize)] = &[
     ("daemon/src/cluster/engine.rs", "input", 294),
     ("daemon/src/cluster/engine.rs", "control", 197),
     ("daemon/src/cluster/engine.rs", "exec", 186),
-    ("daemon/src/cluster/mod.rs", "start", 106),
     ("daemon/src/cluster/requests.rs", "cluster_request", 340),
     ("daemon/src/partitions.rs", "handle_memory", 132),
     ("daemon/src/server.rs", "connection", 124),

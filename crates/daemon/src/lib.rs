@@ -14,6 +14,7 @@ mod server;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use server::Daemon;
 
@@ -77,6 +78,9 @@ pub enum StartError {
     },
     #[error("{0}")]
     DataDir(#[from] datadir::DataDirError),
+    /// The cluster side stopped the node (the binary exits with [`cluster::fatal::Fatal::exit_code`]).
+    #[error("{0}")]
+    Fatal(#[from] cluster::fatal::Fatal),
     #[error("{0}")]
     State(String),
 }
@@ -137,8 +141,15 @@ pub fn run(config: Config) -> Result<(), StartError> {
     datadir::open(&config.data_dir)?;
     let listener = bind(&config.socket_path)?;
     let daemon = Daemon::new(config.clone(), uffd_mode.clone()).map_err(StartError::State)?;
+    // Whatever ends the daemon (the socket server failing, the cluster side stopping the node)
+    // comes back here, and `run` returns it: the library never exits the process.
+    let (ended, end) = std::sync::mpsc::channel::<Result<(), StartError>>();
     if let Some(c) = &config.cluster {
-        cluster::start(&daemon, c.clone()).map_err(StartError::State)?;
+        let ended = ended.clone();
+        let on_fatal = Box::new(move |f: cluster::fatal::Fatal| {
+            let _ = ended.send(Err(StartError::Fatal(f)));
+        });
+        cluster::start(&daemon, c.clone(), on_fatal).map_err(StartError::State)?;
     }
     log::info!(
         "pagemeshd {} pid {} listening on {} (uffd {uffd_mode}, {} fault workers, data in {})",
@@ -148,7 +159,20 @@ pub fn run(config: Config) -> Result<(), StartError> {
         config.fault_workers,
         config.data_dir.display()
     );
-    daemon
-        .serve(listener)
-        .map_err(|e| StartError::State(format!("serving {}: {e}", config.socket_path.display())))
+    let socket = config.socket_path.clone();
+    let server = Arc::clone(&daemon);
+    std::thread::Builder::new()
+        .name("socket-server".into())
+        .spawn(move || {
+            let served = server
+                .serve(listener)
+                .map_err(|e| StartError::State(format!("serving {}: {e}", socket.display())));
+            let _ = ended.send(served);
+        })
+        .map_err(|e| StartError::State(format!("starting the socket server: {e}")))?;
+    end.recv().unwrap_or_else(|_| {
+        Err(StartError::State(
+            "the socket server thread vanished".into(),
+        ))
+    })
 }

@@ -31,6 +31,7 @@ use pagemesh_uffd::fault::{self, install, resolve_present};
 use pagemesh_uffd::poll::Epoll;
 use pagemesh_uffd::{Access as UffdAccess, Fault, FaultReader, Incoming, Protect, Source, Wake};
 
+use super::fatal::{self, Fatal};
 pub use super::input::{ClusterSegStat, Input};
 use super::intents::IntentLog;
 use super::io::{IoFailure, IoJob};
@@ -852,13 +853,8 @@ impl Engine {
                 }
             }
             Input::Fenced { by, reason } => {
-                log::error!(
-                    "{by} refused this node: {reason}. This incarnation (epoch {}) was declared dead \
-                     and its copies no longer count; exiting so attached processes get SIGBUS \
-                     instead of stale data. Restart pagemeshd: it rejoins with a new epoch.",
-                    self.node.epoch().0
-                );
-                std::process::exit(3);
+                let epoch = self.node.epoch().0;
+                fatal::stop(Fatal::Fenced { by, reason, epoch })
             }
             Input::Created(seg) => {
                 let info = seg.info.clone();
@@ -2398,8 +2394,8 @@ fn msg_data(m: &mut pagemesh_core::Msg) -> Option<&mut PageData> {
 /// the node stops: its processes get SIGBUS from their watchdogs, and its peers treat it as a
 /// dead node (its unsynced pages are poisoned, everything else is intact).
 fn fail_stop(what: &str) -> ! {
-    log::error!("{what}: the page cache no longer matches the coherence protocol; stopping this node (restart it to rejoin)");
-    std::process::exit(71);
+    let what = what.to_string();
+    fatal::stop(Fatal::Diverged { what })
 }
 
 /// End every eviction of `seg` still in flight (the segment is gone, and so are its pages):

@@ -5,6 +5,7 @@
 //! peer [`transport`]. See `docs/cluster.md`.
 
 pub mod engine;
+pub mod fatal;
 mod input;
 mod intents;
 pub mod io;
@@ -244,8 +245,13 @@ fn next_epoch(data_dir: &Path) -> Result<Epoch, String> {
     Ok(Epoch(epoch))
 }
 
-/// Start the cluster side of `daemon`: epoch, transport, engine.
-pub fn start(daemon: &Arc<Daemon>, cfg: ClusterConfig) -> Result<(), String> {
+/// Start the cluster side of `daemon` (epoch, transport, engine). When the engine must stop the node, `on_fatal` is
+/// called (once, on the engine's thread) with the reason.
+pub fn start(
+    daemon: &Arc<Daemon>,
+    cfg: ClusterConfig,
+    on_fatal: Box<dyn FnOnce(fatal::Fatal) + Send>,
+) -> Result<(), String> {
     let epoch = next_epoch(&daemon.config.data_dir)?;
     let me = NodeId(cfg.node_id);
     // Fences this node set before it restarted hold from the first connection on.
@@ -330,17 +336,7 @@ pub fn start(daemon: &Arc<Daemon>, cfg: ClusterConfig) -> Result<(), String> {
         cfg.fault_timeout_ms,
     )
     .map_err(|e| format!("starting the cluster engine: {e}"))?;
-    std::thread::Builder::new()
-        .name("cluster-engine".into())
-        .spawn(move || {
-            // A panic here is a bug that leaves the core's state unknown: end the daemon, so
-            // every attached process gets SIGBUS from its watchdog instead of waiting forever.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run())).is_err() {
-                log::error!("the cluster engine panicked (a bug); exiting so that attached processes fail loudly");
-                std::process::exit(70);
-            }
-        })
-        .map_err(|e| format!("starting the cluster engine: {e}"))?;
+    run_engine(engine, on_fatal)?;
     log::info!(
         "cluster: node {} epoch {} listening for peers on {} ({} peer(s), {} cluster segment(s))",
         cfg.node_id,
@@ -583,6 +579,30 @@ impl Daemon {
         );
         Ok(Some(seg))
     }
+}
+
+/// Run the engine on its own thread. It stops only with a fatal reason (fenced, diverged from
+/// the kernel) or a panic (a bug that leaves the core's state unknown): either ends the daemon
+/// through `on_fatal`, so every attached process gets SIGBUS from its watchdog instead of
+/// waiting forever.
+fn run_engine(
+    engine: Engine,
+    on_fatal: Box<dyn FnOnce(fatal::Fatal) + Send>,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("cluster-engine".into())
+        .spawn(move || {
+            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run()));
+            let f = match ended {
+                Ok(()) => fatal::Fatal::EnginePanicked {
+                    message: "its event loop returned".into(),
+                },
+                Err(payload) => fatal::Fatal::of_unwind(payload),
+            };
+            on_fatal(f);
+        })
+        .map(drop)
+        .map_err(|e| format!("starting the cluster engine: {e}"))
 }
 
 #[cfg(test)]
