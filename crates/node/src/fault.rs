@@ -111,21 +111,8 @@ impl Segment {
                 self.request_prefetch(att, f);
             }
         }
-        // Both sides (the one below for backward scans); a page of a run already mapped ends
-        // it early: harmless.
-        for run in [above, below] {
-            if !run.is_empty() {
-                let (at, len) = (att.base + run.start * PS, (run.end - run.start) * PS);
-                let _ = install(
-                    &att.uffd,
-                    at,
-                    len,
-                    Source::PageCache,
-                    Protect::ReadOnly,
-                    Wake::No,
-                );
-            }
-        }
+        // Both sides (the one below for backward scans).
+        fault::map_around_read(&att.uffd, att.base, (below, above));
     }
 
     /// Bring an Absent page in from the mapper (or as zeros) and map it into `att`.

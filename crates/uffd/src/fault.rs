@@ -284,6 +284,27 @@ pub fn around(
     (lo..page, page + 1..hi)
 }
 
+/// Map the runs of pages `around` found (indices from `base`, the attachment's start) from the
+/// page cache, write-protected and without waking anyone: always safe for pages that are valid
+/// here (a write takes a write-protect fault), and a run that meets a page already mapped ends
+/// early, harmlessly. Fault-around of a read fault, after the fault itself was answered.
+pub fn map_around_read(uffd: &Uffd, base: u64, runs: (Range<u64>, Range<u64>)) {
+    let (below, above) = runs;
+    for run in [above, below] {
+        if !run.is_empty() {
+            let (at, len) = (base + run.start * PS, (run.end - run.start) * PS);
+            let _ = install(
+                uffd,
+                at,
+                len,
+                Source::PageCache,
+                Protect::ReadOnly,
+                Wake::No,
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,9 +27,9 @@ use pagemesh_proto::peer::{
 };
 use pagemesh_proto::{ClusterNode, ClusterStatus, SegmentInfo};
 use pagemesh_types::{NodeId, SegmentId, PAGE_SIZE};
-use pagemesh_uffd::fault::{self, install, resolve_present};
+use pagemesh_uffd::fault::{self, resolve_present};
 use pagemesh_uffd::poll::Epoll;
-use pagemesh_uffd::{Access as UffdAccess, Fault, FaultReader, Incoming, Protect, Source, Wake};
+use pagemesh_uffd::{Access as UffdAccess, Fault, FaultReader, Incoming, Protect, Wake};
 
 use super::fatal::{self, Fatal};
 pub use super::input::{ClusterSegStat, Input};
@@ -778,20 +778,8 @@ impl Engine {
     /// a reader of local pages takes one fault per run instead of one per page.
     fn map_around(&self, att: &Attachment, page: PageKey) {
         let held = |q: u64| self.node.copy(PageKey::new(page.seg, q)).is_some();
-        let (below, above) = fault::around(page.page.0, att.len / PS, FAULT_AROUND_PAGES, held);
-        for run in [above, below] {
-            if !run.is_empty() {
-                let (at, len) = (att.base + run.start * PS, (run.end - run.start) * PS);
-                let _ = install(
-                    &att.uffd,
-                    at,
-                    len,
-                    Source::PageCache,
-                    Protect::ReadOnly,
-                    Wake::No,
-                );
-            }
-        }
+        let runs = fault::around(page.page.0, att.len / PS, FAULT_AROUND_PAGES, held);
+        fault::map_around_read(&att.uffd, att.base, runs);
     }
 
     fn input(&mut self, input: Input) {
