@@ -733,3 +733,57 @@ fn a_peer_speaking_another_protocol_version_is_refused_naming_both() {
     c.node(1).run(&["memtest", "after", "--write", "1"]).ok();
     c.node(2).run(&["memtest", "after", "--verify", "1"]).ok();
 }
+
+#[test]
+fn a_node_declared_dead_while_stalled_stops_with_exit_code_3_when_it_resumes() {
+    let mut c = Cluster::start(3, &["--dead-after-ms", "1500"]);
+    c.create(3, "held", &["--size", "16KiB"]);
+    c.node(3).run(&["memtest", "held", "--write", "2"]).ok();
+    // Node 1 reads node 3's pages, so its core knows node 3's incarnation (a peer the core never
+    // heard from holds nothing of anyone's and is not declared: there is nothing to fence).
+    c.node(1).run(&["memtest", "held", "--verify", "2"]).ok();
+    let stalled = c.nodes[2].pid();
+    // SAFETY: kill(2) with a pid the harness started, and a signal number.
+    assert_eq!(unsafe { libc::kill(stalled as i32, libc::SIGSTOP) }, 0);
+    let resume = Resume(stalled);
+    // Nodes 1 and 2 are a majority: node 1 declares it dead and fences it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.node(1).log().contains("declared dead") {
+        assert!(
+            Instant::now() < deadline,
+            "node 3 was not declared dead: {}",
+            c.node(1).log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(resume);
+    // Resumed, it is refused as fenced; the daemon returns that to its binary, which exits
+    // with the code for it.
+    let Some(status) = c.nodes[2].wait_exit(Duration::from_secs(30)) else {
+        panic!(
+            "the fenced node did not stop: {}\n--- node 1: {}",
+            c.nodes[2].log(),
+            c.node(1).log()
+        );
+    };
+    assert_eq!(status.code(), Some(3), "{}", c.nodes[2].log());
+    assert!(
+        c.nodes[2].log().contains("was declared dead"),
+        "{}",
+        c.nodes[2].log()
+    );
+    // Resuming, it judged nobody by the silence of its own pause: the healthy nodes go on.
+    assert!(
+        !c.nodes[2].log().contains("node1: nothing heard"),
+        "{}",
+        c.nodes[2].log()
+    );
+    for n in 1..=2 {
+        c.node(n).run(&["segment", "list"]).ok();
+        let log = c.node(n).log();
+        assert!(
+            !log.contains("refused this node"),
+            "node {n} was fenced: {log}"
+        );
+    }
+}

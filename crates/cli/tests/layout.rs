@@ -50,7 +50,7 @@ const KNOWN_CYCLES: &[(&str, &[&str])] = &[
 
 /// Files over the limit that predate the rule, with the most lines each may have.
 const KNOWN_LONG_FILES: &[(&str, usize)] = &[
-    ("daemon/src/cluster/engine.rs", 2407),
+    ("daemon/src/cluster/engine.rs", 2389),
     ("daemon/src/server.rs", 873),
 ];
 

@@ -46,6 +46,21 @@ impl Daemon {
         }
     }
 
+    /// Wait (bounded) for the daemon process to end by itself; its exit status, or None if
+    /// it is still running at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let c = self.child.as_mut()?;
+            if let Some(st) = c.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }

@@ -35,7 +35,7 @@ use super::fatal::{self, Fatal};
 pub use super::input::{ClusterSegStat, Input};
 use super::intents::IntentLog;
 use super::io::{IoFailure, IoJob};
-use super::transport::Transport;
+use super::transport::{msg_data, page_sized, Transport};
 use crate::server::Daemon;
 use pagemesh_node::histogram::Histogram;
 use pagemesh_node::pages::PageState;
@@ -250,6 +250,8 @@ pub struct Engine {
     dead_after_ms: u64,
     tick_ms: u64,
     last_liveness_ms: u64,
+    /// Silence is judged from here: the end of this node's own last pause.
+    judged_from_ms: u64,
     minority_logged: bool,
     fault_timeout: Duration,
     /// Homes whose lease on this node lapsed (their copies here are quarantined).
@@ -333,6 +335,7 @@ impl Engine {
             lapsed: HashMap::new(),
             parked: Vec::new(),
             last_liveness_ms: 0,
+            judged_from_ms: 0,
             minority_logged: false,
         })
     }
@@ -1769,17 +1772,21 @@ impl Engine {
     }
 
     fn check_liveness(&mut self, now: u64) {
-        // After a pause of this node itself (stopped, starved of CPU) every peer looks silent:
-        // read what they sent meanwhile before judging anyone.
+        // After a pause of this node itself (stopped, starved of CPU) every peer looks silent,
+        // and the peers may have cut it off meanwhile, so nothing comes to read: silence is
+        // measured from the end of the pause (one skipped round let a resumed node declare
+        // healthy peers dead).
         let gap = now.saturating_sub(self.last_liveness_ms);
         self.last_liveness_ms = now;
         if gap > self.dead_after_ms / 4 {
-            log::warn!(
-                "the cluster engine did not run for {gap} ms; dead-peer checks wait one round"
-            );
+            log::warn!("the cluster engine did not run for {gap} ms; silence counts from now");
+            self.judged_from_ms = now;
             return;
         }
-        let peers = self.transport.peers();
+        let mut peers = self.transport.peers();
+        for p in &mut peers {
+            p.silent_ms = p.silent_ms.min(now - self.judged_from_ms);
+        }
         // Only a side that reaches a strict majority of the cluster declares anyone dead: a
         // node that is itself cut off must not void the copies the others hold (it waits,
         // its faults time out, and it learns it was fenced when the link returns).
@@ -2349,31 +2356,6 @@ impl Engine {
                 }
             }
         }
-    }
-}
-
-/// Whether the page a message carries (if any) is exactly one page.
-fn page_sized(m: &pagemesh_core::Msg) -> bool {
-    match m {
-        pagemesh_core::Msg::Grant {
-            data: Some(PageData::Bytes(b)),
-            ..
-        }
-        | pagemesh_core::Msg::FetchReply {
-            copy: Some((_, PageData::Bytes(b))),
-            ..
-        } => b.len() == PS as usize,
-        _ => true,
-    }
-}
-
-fn msg_data(m: &mut pagemesh_core::Msg) -> Option<&mut PageData> {
-    match m {
-        pagemesh_core::Msg::Grant { data: Some(d), .. } => Some(d),
-        pagemesh_core::Msg::FetchReply {
-            copy: Some((_, d)), ..
-        } => Some(d),
-        _ => None,
     }
 }
 

@@ -578,3 +578,28 @@ fn read_hello(s: &mut TcpStream) -> Result<(PeerFrame, usize), String> {
         .map(|f| (f, 4 + len))
         .map_err(|e| e.to_string())
 }
+
+/// Whether the page a message carries (if any) is exactly one page.
+pub(super) fn page_sized(m: &pagemesh_core::Msg) -> bool {
+    match m {
+        pagemesh_core::Msg::Grant {
+            data: Some(pagemesh_core::PageData::Bytes(b)),
+            ..
+        }
+        | pagemesh_core::Msg::FetchReply {
+            copy: Some((_, pagemesh_core::PageData::Bytes(b))),
+            ..
+        } => b.len() == pagemesh_types::PAGE_SIZE as usize,
+        _ => true,
+    }
+}
+
+pub(super) fn msg_data(m: &mut pagemesh_core::Msg) -> Option<&mut pagemesh_core::PageData> {
+    match m {
+        pagemesh_core::Msg::Grant { data: Some(d), .. } => Some(d),
+        pagemesh_core::Msg::FetchReply {
+            copy: Some((_, d)), ..
+        } => Some(d),
+        _ => None,
+    }
+}
