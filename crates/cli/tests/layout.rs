@@ -4,8 +4,8 @@
 //!   crate table in docs/ARCHITECTURE.md);
 //! - no import cycle among the modules of any crate (`use crate::…`, `crate::…` paths and
 //!   `super::…`, outside `#[cfg(test)]` code);
-//! - no source file over `MAX_FILE_LINES` lines and no function over `MAX_FN_LINES` lines,
-//!   outside tests.
+//! - no source file over `MAX_FILE_LINES` lines (the whole file, its unit tests included) and
+//!   no function over `MAX_FN_LINES` lines outside tests.
 //!
 //! What the code broke before these rules existed is listed in `KNOWN_*` below, a ratchet: a
 //! new violation fails, a listed one that grew fails, and a listed one that is gone fails too
@@ -50,7 +50,7 @@ const KNOWN_CYCLES: &[(&str, &[&str])] = &[
 
 /// Files over the limit that predate the rule, with the most lines each may have.
 const KNOWN_LONG_FILES: &[(&str, usize)] = &[
-    ("daemon/src/cluster/engine.rs", 2389),
+    ("daemon/src/cluster/engine.rs", 2420),
     ("daemon/src/server.rs", 873),
 ];
 
@@ -466,7 +466,7 @@ fn no_long_files_or_functions() {
             .to_string();
         let text = fs::read_to_string(f).expect("readable");
         let code = code_of(&text);
-        let lines = code.lines().count();
+        let lines = text.lines().count();
         match KNOWN_LONG_FILES.iter().find(|(p, _)| *p == rel) {
             Some((_, most)) if lines > *most => problems.push(format!(
                 "{rel}: {lines} lines, more than the {most} it had (split it, do not grow it)"
@@ -482,7 +482,14 @@ fn no_long_files_or_functions() {
             )),
             None => {}
         }
-        for (name, len) in functions(&code) {
+        // Unit tests kept in files of their own (`#[path = "x_tests.rs"] mod tests;`) are
+        // tests: their functions are not held to the limit.
+        let fns = if rel.ends_with("_tests.rs") {
+            Vec::new()
+        } else {
+            functions(&code)
+        };
+        for (name, len) in fns {
             let known = KNOWN_LONG_FNS
                 .iter()
                 .find(|(p, n, _)| *p == rel && *n == name);
