@@ -78,12 +78,16 @@ impl Attachment {
     pub fn refuse(&self, f: &Fault, why: &dyn std::fmt::Display) {
         let seg = &self.segment.info.name;
         match answer_unservable(&self.uffd, f) {
-            Ok(Unservable::Sigbus | Unservable::AlreadyMapped) => log::error!(
-                "segment {seg} page {} ({:?} fault of pid {} at {:#x}): {why}; sending SIGBUS",
+            Ok(answer @ (Unservable::Sigbus | Unservable::AlreadyMapped)) => log::error!(
+                "segment {seg} page {} ({:?} fault of pid {} at {:#x}): {why}; {}",
                 f.page,
                 f.kind,
                 self.pid,
-                f.addr
+                f.addr,
+                match answer {
+                    Unservable::Sigbus => "sending SIGBUS",
+                    _ => "a page was mapped there meanwhile: the thread retries",
+                }
             ),
             Ok(Unservable::Gone) => {
                 log::debug!(
