@@ -24,6 +24,7 @@ const LAYERS: &[&str] = &[
     "pagemesh-sim",
     "pagemesh-proto",
     "pagemesh-node",
+    "pagemesh-cluster",
     "pagemesh-daemon",
     "pagemesh",
     "pagemesh-cli",
@@ -33,26 +34,10 @@ const MAX_FILE_LINES: usize = 800;
 const MAX_FN_LINES: usize = 100;
 
 /// Import cycles that predate the rule: (crate folder, the modules caught in them).
-const KNOWN_CYCLES: &[(&str, &[&str])] = &[
-    ("cli", &["bench", "bench_local", "bench_remote"]),
-    (
-        "daemon",
-        &[
-            "cluster",
-            "cluster::engine",
-            "cluster::requests",
-            "cluster::transport",
-            "partitions",
-            "server",
-        ],
-    ),
-];
+const KNOWN_CYCLES: &[(&str, &[&str])] = &[("cli", &["bench", "bench_local", "bench_remote"])];
 
 /// Files over the limit that predate the rule, with the most lines each may have.
-const KNOWN_LONG_FILES: &[(&str, usize)] = &[
-    ("daemon/src/cluster/engine.rs", 2420),
-    ("daemon/src/server.rs", 873),
-];
+const KNOWN_LONG_FILES: &[(&str, usize)] = &[("cluster/src/engine.rs", 2441)];
 
 /// Functions over the limit that predate the rule: (file, function, most lines).
 const KNOWN_LONG_FNS: &[(&str, &str, usize)] = &[
@@ -62,10 +47,10 @@ const KNOWN_LONG_FNS: &[(&str, &str, usize)] = &[
     ("cli/src/doctor.rs", "run", 114),
     ("cli/src/memtest.rs", "run", 140),
     ("cli/src/segment_cmd.rs", "run", 152),
-    ("daemon/src/cluster/engine.rs", "input", 294),
-    ("daemon/src/cluster/engine.rs", "control", 197),
-    ("daemon/src/cluster/engine.rs", "exec", 186),
-    ("daemon/src/cluster/requests.rs", "cluster_request", 340),
+    ("cluster/src/engine.rs", "input", 289),
+    ("cluster/src/engine.rs", "control", 197),
+    ("cluster/src/engine.rs", "exec", 186),
+    ("daemon/src/cluster_requests.rs", "cluster_request", 340),
     ("daemon/src/partitions.rs", "handle_memory", 132),
     ("daemon/src/server.rs", "connection", 124),
     ("daemon/src/server.rs", "handle", 131),
@@ -544,12 +529,9 @@ fn the_checks_see_what_they_check() {
     let found = cycles(&g);
     assert_eq!(found, [BTreeSet::from(["a".to_string(), "b".to_string()])]);
     // The real graphs are seen at all (the local fault path names the segment module; the
-    // cluster engine names its transport through `super::`).
+    // cluster engine names its transport through `crate::`).
     let node = module_graph(&crates_dir().join("node/src"));
     assert!(node["fault"].contains("segment"), "{node:?}");
-    let daemon = module_graph(&crates_dir().join("daemon/src"));
-    assert!(
-        daemon["cluster::engine"].contains("cluster::transport"),
-        "{daemon:?}"
-    );
+    let cluster = module_graph(&crates_dir().join("cluster/src"));
+    assert!(cluster["engine"].contains("transport"), "{cluster:?}");
 }

@@ -6,17 +6,26 @@
 #![forbid(unsafe_code)]
 
 mod catalog;
-pub mod cluster;
+mod cluster_requests;
+mod cluster_segments;
 pub mod datadir;
 mod partitions;
+mod pool;
+mod reply;
+mod segments;
 mod server;
+mod state;
+mod volumes;
+
+/// The cluster side (its configuration and fatal reasons are part of this crate's API).
+pub use pagemesh_cluster as cluster;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use server::Daemon;
+pub use state::Daemon;
 
 /// Default socket path.
 pub const DEFAULT_SOCKET: &str = "/run/pagemesh/pagemesh.sock";
@@ -149,7 +158,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         let on_fatal = Box::new(move |f: cluster::fatal::Fatal| {
             let _ = ended.send(Err(StartError::Fatal(f)));
         });
-        cluster::start(&daemon, c.clone(), on_fatal).map_err(StartError::State)?;
+        cluster_segments::start(&daemon, c.clone(), on_fatal).map_err(StartError::State)?;
     }
     log::info!(
         "pagemeshd {} pid {} listening on {} (uffd {uffd_mode}, {} fault workers, data in {})",

@@ -12,7 +12,7 @@ use pagemesh_node::segment::{Attachment, Segment};
 use pagemesh_proto::{ClusterStatus, SegmentInfo};
 use pagemesh_types::{NodeId, SegmentId};
 
-use super::io::IoFailure;
+use crate::io::IoFailure;
 
 /// What the engine is asked to do.
 pub enum Input {

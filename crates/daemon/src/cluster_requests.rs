@@ -12,8 +12,9 @@ use std::time::Duration;
 use pagemesh_proto::{Backing, ErrorCode, Request, Response, SegmentCounters, SegmentStat};
 use pagemesh_types::{NodeId, SegmentId};
 
-use super::engine::Input;
-use crate::server::{err, Daemon};
+use crate::reply::err;
+use crate::state::Daemon;
+use pagemesh_cluster::{Input, Waker};
 
 /// Longest wait for the engine on an ordinary request (it bounds faults and syncs itself).
 const REQUEST_WAIT: Duration = Duration::from_secs(120);
@@ -25,7 +26,7 @@ static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 /// Locks a client connection holds; released when the connection ends, however it ends.
 #[derive(Default)]
 pub struct HeldLocks {
-    tx: Option<super::Waker>,
+    tx: Option<Waker>,
     held: Vec<(SegmentId, u32, u64)>,
 }
 
@@ -331,9 +332,7 @@ impl Daemon {
                 }) {
                     return Some(err(ErrorCode::Internal, e));
                 }
-                locks
-                    .tx
-                    .get_or_insert_with(|| super::engine_sender(self).expect("cluster is up"));
+                locks.tx.get_or_insert_with(|| c.waker());
                 // From here the lock may be granted at any time: release it whatever happens.
                 locks.held.push((seg, *lock, token));
                 Some(

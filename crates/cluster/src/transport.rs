@@ -27,8 +27,8 @@ use pagemesh_proto::peer::{
 use pagemesh_types::NodeId;
 use pagemesh_uffd::fileio::send_nonblocking;
 
-use super::engine::Input;
-use super::Waker;
+use crate::input::Input;
+use crate::Waker;
 
 /// Bytes waiting for one peer's connection thread; frames beyond it are dropped and counted
 /// (the protocol retransmits).

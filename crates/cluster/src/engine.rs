@@ -13,6 +13,7 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -31,12 +32,13 @@ use pagemesh_uffd::fault::{self, resolve_present};
 use pagemesh_uffd::poll::Epoll;
 use pagemesh_uffd::{Access as UffdAccess, Fault, FaultReader, Incoming, Protect, Wake};
 
-use super::fatal::{self, Fatal};
-pub use super::input::{ClusterSegStat, Input};
-use super::intents::IntentLog;
-use super::io::{IoFailure, IoJob};
-use super::transport::{msg_data, page_sized, Transport};
-use crate::server::Daemon;
+use crate::fatal::{self, Fatal};
+use crate::files;
+pub use crate::input::{ClusterSegStat, Input};
+use crate::intents::IntentLog;
+use crate::io::{IoFailure, IoJob};
+use crate::transport::{msg_data, page_sized, Transport};
+use crate::{ClusterConfig, Host, Waker};
 use pagemesh_node::histogram::Histogram;
 use pagemesh_node::pages::PageState;
 use pagemesh_node::segment::{Attachment, Memory, Segment};
@@ -190,6 +192,18 @@ struct Conn {
     last_frame: Instant,
 }
 
+/// What the engine starts from (made by [`crate::prepare`]).
+pub struct EngineSetup {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) cfg: ClusterConfig,
+    pub(crate) waker: Waker,
+    pub(crate) node: Node,
+    pub(crate) transport: Arc<Transport>,
+    pub(crate) figures: Arc<Figures>,
+    pub(crate) segs: HashMap<SegmentId, Arc<Segment>>,
+    pub(crate) intents: HashMap<SegmentId, IntentLog>,
+}
+
 pub struct Engine {
     rx: Receiver<Input>,
     wake_rx: UnixStream,
@@ -200,7 +214,11 @@ pub struct Engine {
     sendbuf: Vec<u8>,
     /// Reads the attached processes' fault messages (one buffer, reused).
     reader: FaultReader,
-    daemon: Arc<Daemon>,
+    host: Arc<dyn Host>,
+    data_dir: PathBuf,
+    cfg: ClusterConfig,
+    /// The engine's own channel, which it links segments it adopts to.
+    waker: Waker,
     node: Node,
     transport: Arc<Transport>,
     figures: Arc<Figures>,
@@ -268,20 +286,24 @@ struct Parked {
 }
 
 impl Engine {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         rx: Receiver<Input>,
         wake_rx: UnixStream,
-        daemon: Arc<Daemon>,
-        node: Node,
-        transport: Arc<Transport>,
-        figures: Arc<Figures>,
-        segs: HashMap<SegmentId, Arc<Segment>>,
-        intents: HashMap<SegmentId, IntentLog>,
-        dead_after_ms: u64,
-        tick_ms: u64,
-        fault_timeout_ms: u64,
+        host: Arc<dyn Host>,
+        setup: EngineSetup,
     ) -> std::io::Result<Engine> {
+        let EngineSetup {
+            data_dir,
+            cfg,
+            waker,
+            node,
+            transport,
+            figures,
+            segs,
+            intents,
+        } = setup;
+        let tick_ms = (cfg.retry_ms / 2).clamp(1, 50);
+        let (dead_after_ms, fault_timeout_ms) = (cfg.dead_after_ms, cfg.fault_timeout_ms);
         let epoll = Epoll::new()?;
         epoll.add(wake_rx.as_fd(), WAKE_TOKEN)?;
         Ok(Engine {
@@ -293,7 +315,10 @@ impl Engine {
             next_conn: 1,
             sendbuf: Vec::with_capacity(8192),
             reader: FaultReader::new(FAULT_BATCH),
-            daemon,
+            host,
+            data_dir,
+            cfg,
+            waker,
             node,
             transport,
             figures,
@@ -838,7 +863,7 @@ impl Engine {
                 let segments: Vec<SegmentInfo> =
                     self.segs.values().map(|s| s.info.clone()).collect();
                 self.send_peer(peer, PeerFrame::Control(Control::Catalog { segments }));
-                let ids = self.daemon.removed_cluster_segments();
+                let ids = self.host.removed_ids();
                 if !ids.is_empty() {
                     self.send_peer(peer, PeerFrame::Control(Control::Removed { ids }));
                 }
@@ -1093,7 +1118,7 @@ impl Engine {
 
     /// Take part in a segment (created here, or learned from a peer's catalog).
     fn adopt(&mut self, seg: Arc<Segment>) {
-        let info = super::core_info(&seg.info);
+        let info = crate::core_info(&seg.info);
         if let Err(known) = self.node.add_segment(info) {
             log::error!(
                 "segment {} (id {}): the catalog says {info:?} but this node knows {known:?}; ignored",
@@ -1103,7 +1128,7 @@ impl Engine {
             return;
         }
         if info.home == self.me() && !self.intents.contains_key(&info.id) {
-            match super::open_intents(&self.daemon.config.data_dir, info.id) {
+            match files::open_intents(&self.data_dir, info.id) {
                 Ok(l) => {
                     self.intents.insert(info.id, l);
                 }
@@ -1113,12 +1138,8 @@ impl Engine {
                 ),
             }
         }
-        super::link(&seg, self.sender());
+        crate::link(&seg, self.waker.clone());
         self.segs.insert(info.id, seg);
-    }
-
-    fn sender(&self) -> super::Waker {
-        super::engine_sender(&self.daemon).expect("the engine runs only once the cluster is set up")
     }
 
     fn control(&mut self, from: NodeId, msg: Control) {
@@ -1126,7 +1147,7 @@ impl Engine {
         match msg {
             Control::Catalog { segments } => {
                 for info in segments {
-                    match self.daemon.adopt_cluster_segment(&info) {
+                    match self.host.adopt(&info) {
                         Ok(Some(seg)) => self.adopt(seg),
                         Ok(None) => {}
                         Err(e) => log::error!("catalog from {from}: {e}"),
@@ -1139,32 +1160,28 @@ impl Engine {
                 size_bytes,
                 backing,
             } => {
-                let result = self
-                    .daemon
-                    .create_cluster_segment(&name, size_bytes, backing, me.0, false)
-                    .map(|seg| {
-                        let info = seg.info.clone();
-                        self.adopt(seg);
-                        self.broadcast(Control::Catalog {
-                            segments: vec![info.clone()],
-                        });
-                        info
+                let result = self.host.create(&name, size_bytes, backing).map(|seg| {
+                    let info = seg.info.clone();
+                    self.adopt(seg);
+                    self.broadcast(Control::Catalog {
+                        segments: vec![info.clone()],
                     });
+                    info
+                });
                 self.send_peer(
                     from,
                     PeerFrame::Control(Control::CreateReply { req, result }),
                 );
             }
             Control::CreateReply { req, result } => {
-                let result =
-                    result.and_then(|info| match self.daemon.adopt_cluster_segment(&info) {
-                        Ok(Some(seg)) => {
-                            self.adopt(seg);
-                            Ok(info)
-                        }
-                        Ok(None) => Ok(info),
-                        Err(e) => Err(e),
-                    });
+                let result = result.and_then(|info| match self.host.adopt(&info) {
+                    Ok(Some(seg)) => {
+                        self.adopt(seg);
+                        Ok(info)
+                    }
+                    Ok(None) => Ok(info),
+                    Err(e) => Err(e),
+                });
                 if let Some((r, _)) = self.creates.remove(&req) {
                     let _ = r.send(result);
                 }
@@ -1204,7 +1221,7 @@ impl Engine {
                 }
             }
             Control::RemovePrepare { seg, attempt } => {
-                let result = match self.daemon.cluster_segment(seg) {
+                let result = match self.host.segment(SegmentId(seg)) {
                     Some(s) => {
                         let r = s.mark_removed().map_err(|pids| {
                             format!(
@@ -1240,18 +1257,18 @@ impl Engine {
             Control::RemoveAbort { seg, attempt } => {
                 if self.prepared.get(&SegmentId(seg)).map(|p| p.0) == Some(attempt) {
                     self.prepared.remove(&SegmentId(seg));
-                    if let Some(s) = self.daemon.cluster_segment(seg) {
+                    if let Some(s) = self.host.segment(SegmentId(seg)) {
                         s.unmark_removed();
                     }
                 }
             }
             Control::Removed { ids } => {
-                let known = self.daemon.removed_cluster_segments();
+                let known = self.host.removed_ids();
                 for id in ids {
-                    if known.contains(&id) && self.daemon.cluster_segment(id).is_none() {
+                    if known.contains(&id) && self.host.segment(SegmentId(id)).is_none() {
                         continue;
                     }
-                    match self.daemon.cluster_segment(id) {
+                    match self.host.segment(SegmentId(id)) {
                         Some(s) => match s.mark_removed() {
                             Ok(()) => self.forget_segment(SegmentId(id)),
                             Err(pids) => log::error!(
@@ -1262,7 +1279,7 @@ impl Engine {
                         },
                         // Remember it anyway, so a peer that was away cannot bring it back here.
                         None => {
-                            let _ = self.daemon.drop_cluster_segment(id);
+                            let _ = self.host.forget(SegmentId(id));
                         }
                     }
                 }
@@ -1529,7 +1546,7 @@ impl Engine {
         end_evictions(&mut self.evicting, seg, memory);
         self.prepared.remove(&seg);
         self.poisoned_seen.remove(&seg);
-        if let Err(e) = self.daemon.drop_cluster_segment(seg.0) {
+        if let Err(e) = self.host.forget(seg) {
             log::error!(
                 "segment id {:#x}: removing it from the catalog failed: {e}",
                 seg.0
@@ -1570,7 +1587,7 @@ impl Engine {
             .collect();
         for seg in expired {
             self.prepared.remove(&seg);
-            if let Some(s) = self.daemon.cluster_segment(seg.0) {
+            if let Some(s) = self.host.segment(seg) {
                 log::warn!(
                     "segment {}: prepared for removal {} s ago, but neither commit nor abort came; attachable again",
                     s.info.name,
@@ -1826,7 +1843,7 @@ impl Engine {
                 self.node.peer_dead(now, p.id);
                 let fence = self.node.peer_epoch(p.id);
                 self.transport.fence(p.id, fence);
-                if let Err(e) = super::store_fence(&self.daemon.config.data_dir, p.id, fence) {
+                if let Err(e) = files::store_fence(&self.data_dir, p.id, fence) {
                     log::error!(
                         "{}: storing its fence failed: {e}; a restart of this node would forget it",
                         p.id
@@ -1887,7 +1904,7 @@ impl Engine {
             };
             let mut nodes = vec![ClusterNode {
                 id: self.me().0,
-                addr: super::listen_addr(&self.daemon),
+                addr: self.cfg.listen.to_string(),
                 epoch: self.node.epoch().0,
                 alive: true,
                 declared_dead: false,
@@ -1909,7 +1926,7 @@ impl Engine {
                 self.segs.values().map(|s| s.info.clone()).collect();
             segments.sort_by(|a, b| a.name.cmp(&b.name));
             let _ = w.reply.send(ClusterStatus {
-                cluster_id: super::cluster_id(&self.daemon),
+                cluster_id: self.cfg.cluster_id,
                 node: self.me().0,
                 epoch: self.node.epoch().0,
                 nodes,

@@ -1,0 +1,143 @@
+//! Requests about node-local segments: create and remove.
+
+use std::sync::Arc;
+
+use pagemesh_proto::{Backing, ErrorCode, Response, SegmentInfo};
+use pagemesh_types::ByteSize;
+
+use crate::reply::err;
+use crate::state::{build_segment, valid_name, Daemon, Size, MAX_SEGMENT_BYTES};
+
+impl Daemon {
+    pub(crate) fn create(
+        &self,
+        name: String,
+        size: Option<u64>,
+        backing: Backing,
+        partition: Option<String>,
+    ) -> Response {
+        let partition = partition.unwrap_or_else(|| "default".to_string());
+        if !valid_name(&name) {
+            return err(
+                ErrorCode::InvalidArgument,
+                format!("invalid segment name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"),
+            );
+        }
+        if size == Some(0) {
+            return err(
+                ErrorCode::InvalidArgument,
+                "segment size must be at least one byte",
+            );
+        }
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        if self
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&name)
+        {
+            return err(
+                ErrorCode::AlreadyExists,
+                format!("segment {name:?} already exists (`pagemesh segment rm {name}` first)"),
+            );
+        }
+        let size = match (&backing, size) {
+            (Backing::Volume { name: v }, _) => match self.volumes.read().unwrap_or_else(|e| e.into_inner()).get(v) {
+                Some(vol) if size.is_none() || size == Some(vol.info.size_bytes) => vol.info.size_bytes,
+                Some(vol) => {
+                    return err(
+                        ErrorCode::InvalidArgument,
+                        format!("segment {name}: a volume segment has the volume's size ({} bytes); omit --size", vol.info.size_bytes),
+                    )
+                }
+                None => return err(ErrorCode::NotFound, format!("no volume named {v:?} (see `pagemesh volume list`)")),
+            },
+            (Backing::Zero, None) => return err(ErrorCode::InvalidArgument, format!("segment {name}: a zero segment needs --size")),
+            (_, s) => s.unwrap_or(0),
+        };
+        if size > MAX_SEGMENT_BYTES {
+            return err(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "segment {name}: size {} is larger than the limit {}",
+                    ByteSize(size),
+                    ByteSize(MAX_SEGMENT_BYTES)
+                ),
+            );
+        }
+        let info0 = SegmentInfo {
+            name: name.clone(),
+            id: 0,
+            size_bytes: size,
+            backing,
+            home: None,
+        };
+        let req_size = if matches!(info0.backing, Backing::File { .. }) && size == 0 {
+            None
+        } else {
+            Some(size)
+        };
+        let seg = {
+            let volumes = self.volumes.read().unwrap_or_else(|e| e.into_inner());
+            let memory = match crate::pool::memory_for(&self.pool, &info0.backing, &partition) {
+                Ok(m) => m,
+                Err(e) => return err(ErrorCode::NotFound, format!("segment {name}: {e}")),
+            };
+            match build_segment(&info0, Size::Create(req_size), &volumes, memory) {
+                Ok(s) => s,
+                Err(e) => return err(ErrorCode::InvalidArgument, format!("segment {name}: {e}")),
+            }
+        };
+        let mut seg = seg;
+        seg.info.id = catalog.next_id();
+        let info = seg.info.clone();
+        if let Err(e) = catalog.add(&info, &partition) {
+            return err(ErrorCode::Io, e.to_string());
+        }
+        let seg = Arc::new(seg);
+        self.pool.register(seg.info.id, &seg);
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), seg);
+        log::info!(
+            "created segment {name}: {} backed by {}",
+            ByteSize(size),
+            info.backing
+        );
+        Response::Segment(info)
+    }
+
+    pub(crate) fn remove(&self, name: &str) -> Response {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        let seg = match self.segment(name) {
+            Ok(s) => s,
+            Err(e) => return e,
+        };
+        if let Err(pids) = seg.mark_removed() {
+            return err(
+                ErrorCode::InvalidArgument,
+                format!("segment {name} is attached by pid(s) {pids:?}; end those processes or detach first"),
+            );
+        }
+        // Like unmapping a file: dirty data reaches the file before the cache goes away.
+        if let Err(e) = seg.sync() {
+            seg.unmark_removed();
+            return err(
+                ErrorCode::Io,
+                format!("segment {name} not removed: writing back its dirty pages failed: {e}"),
+            );
+        }
+        if let Err(e) = catalog.remove(name) {
+            seg.unmark_removed();
+            return err(ErrorCode::Io, e.to_string());
+        }
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        seg.release();
+        log::info!("removed segment {name}");
+        Response::Removed
+    }
+}
