@@ -1,0 +1,81 @@
+//! Clearing a segment's poisoned pages at its home, a bounded window of calls at a time.
+
+use std::collections::VecDeque;
+
+use pagemesh_core::{CallId, CallResult, PageKey};
+use pagemesh_proto::peer::{Control, PeerFrame};
+use pagemesh_types::SegmentId;
+
+use super::{ClearFor, ClearJob, Engine, CLEAR_WINDOW};
+
+impl Engine {
+    pub(super) fn start_clear(&mut self, seg: SegmentId, for_: ClearFor) {
+        let todo: VecDeque<u64> = self.node.poisoned_pages(seg).into_iter().collect();
+        let id = self.req_id();
+        self.clear_jobs.insert(
+            id,
+            ClearJob {
+                seg,
+                todo,
+                in_flight: 0,
+                cleared: 0,
+                failed: 0,
+                for_,
+            },
+        );
+        self.clear_step(id, None);
+    }
+
+    /// One clear-poison call of job `id` ended (or the job starts): issue more, or answer.
+    pub(super) fn clear_step(&mut self, id: u64, ended: Option<CallResult>) {
+        let now = self.now();
+        let mut issue = Vec::new();
+        let finished = {
+            let Some(job) = self.clear_jobs.get_mut(&id) else {
+                return;
+            };
+            if let Some(r) = ended {
+                job.in_flight -= 1;
+                match r {
+                    CallResult::Ok => job.cleared += 1,
+                    _ => job.failed += 1,
+                }
+            }
+            while job.in_flight < CLEAR_WINDOW {
+                let Some(p) = job.todo.pop_front() else {
+                    break;
+                };
+                job.in_flight += 1;
+                issue.push(PageKey::new(job.seg, p));
+            }
+            job.in_flight == 0 && job.todo.is_empty()
+        };
+        for page in issue {
+            let call = self.next_call;
+            self.next_call += 1;
+            self.clear_calls.insert(call, id);
+            self.node.clear_poison(now, CallId(call), page);
+        }
+        if finished {
+            let job = self.clear_jobs.remove(&id).expect("present");
+            self.poisoned_seen.remove(&job.seg);
+            let result = if job.failed == 0 {
+                Ok(job.cleared)
+            } else {
+                Err(format!(
+                    "{} page(s) cleared, {} could not be (still held, or the mapper failed): try again",
+                    job.cleared, job.failed
+                ))
+            };
+            match job.for_ {
+                ClearFor::Local(r) => {
+                    let _ = r.send(result);
+                }
+                ClearFor::Peer(n, req) => self.send_peer(
+                    n,
+                    PeerFrame::Control(Control::ClearPoisonDone { req, result }),
+                ),
+            }
+        }
+    }
+}

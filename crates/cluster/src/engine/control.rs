@@ -1,0 +1,248 @@
+//! Control messages from peers (catalog, create, removal, clear-poison, barriers, locks, status), one method for each longer kind.
+
+use std::time::Instant;
+
+use pagemesh_proto::peer::{Control, PeerFrame};
+use pagemesh_proto::{Backing, SegmentInfo};
+use pagemesh_types::{NodeId, SegmentId};
+
+use super::{ClearFor, Engine, RemoveFor, Route};
+
+impl Engine {
+    /// Dispatch one control message from a peer; the longer kinds have a method of their own.
+    pub(super) fn control(&mut self, from: NodeId, msg: Control) {
+        match msg {
+            Control::Catalog { segments } => self.on_catalog(from, segments),
+            Control::CreateSegment {
+                req,
+                name,
+                size_bytes,
+                backing,
+            } => {
+                let result = self.create_here(&name, size_bytes, backing);
+                let msg = Control::CreateReply { req, result };
+                self.send_peer(from, PeerFrame::Control(msg));
+            }
+            Control::CreateReply { req, result } => self.on_create_reply(req, result),
+            Control::BarrierArrive {
+                seg,
+                barrier,
+                parties,
+                token,
+            } => self.barrier_arrive(from, SegmentId(seg), barrier, parties, token),
+            Control::BarrierRelease {
+                tokens, generation, ..
+            } => {
+                for t in tokens {
+                    self.barrier_of.remove(&t);
+                    if let Some(w) = self.barrier_waiters.remove(&t) {
+                        let _ = w.send(Ok(generation));
+                    }
+                }
+            }
+            Control::SyncRefused { token, reason } => self.refuse_waiter(token, reason),
+            Control::RemoveSegment { req, seg } => {
+                self.on_remove_segment(from, req, SegmentId(seg))
+            }
+            Control::RemoveDone { req, result } => {
+                if let Some((r, _, _)) = self.removes.remove(&req) {
+                    let _ = r.send(result);
+                }
+            }
+            Control::RemovePrepare { seg, attempt } => {
+                let result = self.prepare_remove(SegmentId(seg), attempt);
+                let msg = Control::RemovePrepared {
+                    seg,
+                    attempt,
+                    result,
+                };
+                self.send_peer(from, PeerFrame::Control(msg));
+            }
+            Control::RemovePrepared {
+                seg,
+                attempt,
+                result,
+            } => self.remove_answer(SegmentId(seg), attempt, from, result),
+            Control::RemoveCommit { seg } => self.forget_segment(SegmentId(seg)),
+            Control::RemoveAbort { seg, attempt } => self.on_remove_abort(SegmentId(seg), attempt),
+            Control::Removed { ids } => self.on_removed(from, ids),
+            Control::ClearPoison { req, seg } => {
+                self.on_clear_poison_asked(from, req, SegmentId(seg))
+            }
+            Control::ClearPoisonDone { req, result } => self.on_clear_poison_done(req, result),
+            Control::BarrierCancel {
+                seg,
+                barrier,
+                token,
+            } => self.barrier_cancel(from, SegmentId(seg), barrier, token),
+            Control::LockAcquire { seg, lock, token } => {
+                self.lock_acquire(from, SegmentId(seg), lock, token)
+            }
+            Control::LockGranted { token, .. } => self.lock_granted(token),
+            Control::LockRelease { seg, lock, token } => {
+                self.lock_release(from, SegmentId(seg), lock, token)
+            }
+            Control::StatusRequest { req } => {
+                let figures = self.my_figures();
+                let msg = Control::StatusReply { req, figures };
+                self.send_peer(from, PeerFrame::Control(msg));
+            }
+            Control::StatusReply { req, figures } => {
+                if let Some(w) = self.statuses.get_mut(&req) {
+                    w.figures.insert(from, figures);
+                }
+                self.finish_statuses(false);
+            }
+        }
+    }
+
+    /// A peer's catalog: take in the segments this node does not know yet.
+    pub(super) fn on_catalog(&mut self, from: NodeId, segments: Vec<SegmentInfo>) {
+        for info in segments {
+            match self.host.adopt(&info) {
+                Ok(Some(seg)) => self.adopt(seg),
+                Ok(None) => {}
+                Err(e) => log::error!("catalog from {from}: {e}"),
+            }
+        }
+    }
+
+    pub(super) fn on_clear_poison_done(&mut self, req: u64, result: Result<u64, String>) {
+        if let Some((r, _, _)) = self.clears.remove(&req) {
+            if result.is_ok() {
+                // Which segment this clear was for is not needed: what this node saw poisoned
+                // is stale now for every segment it asked about.
+                self.poisoned_seen.clear();
+            }
+            let _ = r.send(result);
+        }
+    }
+
+    /// A peer asked this node to create a segment homed here: create it and tell the cluster.
+    pub(super) fn create_here(
+        &mut self,
+        name: &str,
+        size_bytes: Option<u64>,
+        backing: Backing,
+    ) -> Result<SegmentInfo, String> {
+        let seg = self.host.create(name, size_bytes, backing)?;
+        let info = seg.info.clone();
+        self.adopt(seg);
+        self.broadcast(Control::Catalog {
+            segments: vec![info.clone()],
+        });
+        Ok(info)
+    }
+
+    /// The home created the segment this node asked for: take it into the catalog here before
+    /// the client hears, so its attach finds it.
+    pub(super) fn on_create_reply(&mut self, req: u64, result: Result<SegmentInfo, String>) {
+        let result = result.and_then(|info| match self.host.adopt(&info) {
+            Ok(Some(seg)) => {
+                self.adopt(seg);
+                Ok(info)
+            }
+            Ok(None) => Ok(info),
+            Err(e) => Err(e),
+        });
+        if let Some((r, _)) = self.creates.remove(&req) {
+            let _ = r.send(result);
+        }
+    }
+
+    pub(super) fn on_remove_segment(&mut self, from: NodeId, req: u64, seg: SegmentId) {
+        if matches!(self.route(seg), Route::Here) {
+            self.start_remove(seg, RemoveFor::Peer(from, req));
+        } else {
+            let me = self.me();
+            let result = Err(format!("{me} is not the home of segment id {:#x}", seg.0));
+            let msg = Control::RemoveDone { req, result };
+            self.send_peer(from, PeerFrame::Control(msg));
+        }
+    }
+
+    /// The home asks whether `seg` may be removed: not while a process here has it attached.
+    pub(super) fn prepare_remove(&mut self, seg: SegmentId, attempt: u64) -> Result<(), String> {
+        let Some(s) = self.host.segment(seg) else {
+            return Ok(());
+        };
+        let me = self.me();
+        let r = s.mark_removed().map_err(|pids| {
+            format!(
+                "{me}: segment {} is attached by pid(s) {pids:?}",
+                s.info.name
+            )
+        });
+        if r.is_ok() {
+            // Undone by an abort, or by itself if neither commit nor abort comes (a lost
+            // frame, a home that died meanwhile).
+            self.prepared.insert(seg, (attempt, Instant::now()));
+        }
+        r
+    }
+
+    pub(super) fn on_remove_abort(&mut self, seg: SegmentId, attempt: u64) {
+        if self.prepared.get(&seg).map(|p| p.0) == Some(attempt) {
+            self.prepared.remove(&seg);
+            if let Some(s) = self.host.segment(seg) {
+                s.unmark_removed();
+            }
+        }
+    }
+
+    /// A peer lists segments removed from the cluster: forget each one this node still has.
+    pub(super) fn on_removed(&mut self, from: NodeId, ids: Vec<u64>) {
+        let known = self.host.removed_ids();
+        for id in ids {
+            let seg = self.host.segment(SegmentId(id));
+            if known.contains(&id) && seg.is_none() {
+                continue;
+            }
+            match seg {
+                Some(s) => match s.mark_removed() {
+                    Ok(()) => self.forget_segment(SegmentId(id)),
+                    Err(pids) => log::error!(
+                        "{from} says segment {} (id {id:#x}) was removed from the cluster, but pid(s) {pids:?} here have it attached; \
+                         their faults on it now fail (end them)",
+                        s.info.name
+                    ),
+                },
+                // Remember it anyway, so a peer that was away cannot bring it back here.
+                None => {
+                    let _ = self.host.forget(SegmentId(id));
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_clear_poison_asked(&mut self, from: NodeId, req: u64, seg: SegmentId) {
+        if matches!(self.route(seg), Route::Here) {
+            self.start_clear(seg, ClearFor::Peer(from, req));
+        } else {
+            let me = self.me();
+            let result = Err(format!("{me} is not the home of segment id {}", seg.0));
+            let msg = Control::ClearPoisonDone { req, result };
+            self.send_peer(from, PeerFrame::Control(msg));
+        }
+    }
+
+    pub(super) fn refuse_waiter(&mut self, token: u64, reason: String) {
+        if let Some(w) = self.barrier_waiters.remove(&token) {
+            let _ = w.send(Err(reason.clone()));
+        }
+        if let Some(w) = self.lock_waiters.remove(&token) {
+            let _ = w.send(Err(reason));
+        }
+    }
+
+    pub(super) fn tell(&mut self, to: NodeId, token: u64, reason: String) {
+        if to == self.me() {
+            self.refuse_waiter(token, reason);
+        } else {
+            self.send_peer(
+                to,
+                PeerFrame::Control(Control::SyncRefused { token, reason }),
+            );
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Membership and leases as the engine runs them: a home's lease on this node, quarantine when it lapses, silence, the majority rule for declaring a peer dead, fences, forgetting a dead node.
+
+use pagemesh_core::{Epoch, PageKey};
+use pagemesh_types::{NodeId, SegmentId};
+use pagemesh_uffd::Protect;
+
+use crate::files;
+
+use super::{bump, fail_stop, Engine, EVICTION_GIVE_UP, PS};
+
+impl Engine {
+    /// The lease on `home`'s pages: while it holds, `home` heard this node within the last
+    /// `dead_after_ms / 2`, so it cannot have declared it dead and given its pages to others.
+    pub(super) fn lease(&self, home: NodeId) -> bool {
+        home == self.me() || self.transport.lease_ok(home, self.dead_after_ms / 2)
+    }
+
+    /// A home's lease on this node lapsed: no process here may touch the copies of its pages
+    /// without asking the engine again. Each copy is write-protected everywhere, then punched
+    /// out of the page cache (which zaps every mapping) and written back unchanged: the data
+    /// stays (the home may have died and will want it back), but every access faults, and
+    /// faults wait for the lease.
+    pub(super) fn check_leases(&mut self) {
+        for p in self.transport.peers() {
+            let ok = self.lease(p.id);
+            let lapsed = self.lapsed.entry(p.id).or_insert(false);
+            if ok && *lapsed {
+                *lapsed = false;
+                log::debug!("{}: lease renewed; its pages are served again", p.id);
+            } else if !ok && !*lapsed {
+                *lapsed = true;
+                self.quarantine(p.id);
+            }
+        }
+        // Parked faults go on once their lease is back, or fail after the fault timeout.
+        let parked = std::mem::take(&mut self.parked);
+        for f in parked {
+            let home = self.home_of(SegmentId(f.att.segment.info.id));
+            if home.is_some_and(|h| self.lease(h)) {
+                self.fault(f.att, f.fault, f.start);
+                self.pump();
+            } else if f.start.elapsed() > self.fault_timeout {
+                bump(&self.figures.sigbus);
+                f.att.refuse(
+                    &f.fault,
+                    &format_args!(
+                        "waited {:?} for its home {} (no lease: unreachable)",
+                        f.start.elapsed(),
+                        home.map_or("?".into(), |h| h.to_string())
+                    ),
+                );
+            } else {
+                self.parked.push(f);
+            }
+        }
+    }
+
+    /// An `Evict` is sent once; if the home dropped it (rebuilding, a redialled connection,
+    /// dead, a failed write-back), the page stays: give the eviction up and put the page back
+    /// on the pool's clock, so the pool's count of pages on their way out does not drift.
+    pub(super) fn give_up_evictions(&mut self) {
+        let stale: Vec<PageKey> = self
+            .evicting
+            .iter()
+            .filter(|(_, t)| t.elapsed() > EVICTION_GIVE_UP)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            self.evicting.remove(&key);
+            if let Some(m) = self.segs.get(&key.seg).and_then(|s| s.memory.as_ref()) {
+                m.pool
+                    .cluster_evict_done(&m.partition, Some((key.seg.0, key.page.0)));
+            }
+        }
+    }
+
+    pub(super) fn quarantine(&mut self, home: NodeId) {
+        let segs: Vec<SegmentId> = self
+            .node
+            .segments()
+            .filter(|s| s.home == home)
+            .map(|s| s.id)
+            .collect();
+        let pages: Vec<PageKey> = self
+            .node
+            .copies()
+            .filter(|(k, _)| segs.contains(&k.seg))
+            .map(|(k, _)| k)
+            .collect();
+        if pages.is_empty() {
+            log::debug!("{home}: no lease (yet); nothing of it held here");
+            return;
+        }
+        log::warn!(
+            "{home}: no lease (not heard back for {} ms): {} page(s) of its segments held here are set aside until it answers",
+            self.dead_after_ms / 2,
+            pages.len()
+        );
+        let mut buf = vec![0u8; PS as usize];
+        for key in pages {
+            let Some(s) = self.segs.get(&key.seg).cloned() else {
+                continue;
+            };
+            self.protect(&s, key, Protect::ReadOnly);
+            let off = key.page.0 * PS;
+            if let Err(e) = s.memfd.read_exact_at(&mut buf, off) {
+                fail_stop(&format!(
+                    "{key}: reading a copy to set it aside failed: {e}"
+                ));
+            }
+            if let Err(e) = s.memfd.punch_hole(off, PS) {
+                fail_stop(&format!(
+                    "{key}: setting a copy aside (punch-hole) failed: {e}"
+                ));
+            }
+            if let Err(e) = s.memfd.write_all_at(&buf, off) {
+                fail_stop(&format!("{key}: restoring a copy set aside failed: {e}"));
+            }
+        }
+    }
+
+    /// Drop a dead node's barrier arrivals and locks, and fail the local waiters it served.
+    pub(super) fn forget_node(&mut self, peer: NodeId) {
+        let orphans: Vec<u64> = self
+            .barrier_of
+            .iter()
+            .filter(|(_, (seg, _))| self.home_of(*seg) == Some(peer))
+            .map(|(t, _)| *t)
+            .chain(
+                self.lock_of
+                    .iter()
+                    .filter(|(_, seg)| self.home_of(**seg) == Some(peer))
+                    .map(|(t, _)| *t),
+            )
+            .collect();
+        let clears: Vec<u64> = self
+            .clears
+            .iter()
+            .filter(|(_, (_, _, h))| *h == peer)
+            .map(|(r, _)| *r)
+            .collect();
+        for r in clears {
+            if let Some((reply, _, _)) = self.clears.remove(&r) {
+                let _ = reply.send(Err(format!("the segment's home {peer} died or restarted")));
+            }
+        }
+        for t in orphans {
+            self.barrier_of.remove(&t);
+            self.lock_of.remove(&t);
+            self.refuse_waiter(t, format!("the segment's home {peer} died or restarted"));
+        }
+        for b in self.barriers.values_mut() {
+            b.arrived.retain(|(n, _)| *n != peer);
+        }
+        let mut grants = Vec::new();
+        for ((seg, lock), l) in self.locks.iter_mut() {
+            l.queue.retain(|(n, _)| *n != peer);
+            if l.holder.is_some_and(|(n, _)| n == peer) {
+                l.holder = l.queue.pop_front();
+                if let Some((n, t)) = l.holder {
+                    grants.push((n, *seg, *lock, t));
+                }
+            }
+        }
+        for (n, seg, lock, t) in grants {
+            self.grant_lock(n, seg, lock, t);
+        }
+    }
+
+    pub(super) fn check_liveness(&mut self, now: u64) {
+        // After a pause of this node itself (stopped, starved of CPU) every peer looks silent,
+        // and the peers may have cut it off meanwhile, so nothing comes to read: silence is
+        // measured from the end of the pause (one skipped round let a resumed node declare
+        // healthy peers dead).
+        let gap = now.saturating_sub(self.last_liveness_ms);
+        self.last_liveness_ms = now;
+        if gap > self.dead_after_ms / 4 {
+            log::warn!("the cluster engine did not run for {gap} ms; silence counts from now");
+            self.judged_from_ms = now;
+            return;
+        }
+        let mut peers = self.transport.peers();
+        for p in &mut peers {
+            p.silent_ms = p.silent_ms.min(now - self.judged_from_ms);
+        }
+        // Only a side that reaches a strict majority of the cluster declares anyone dead: a
+        // node that is itself cut off must not void the copies the others hold (it waits,
+        // its faults time out, and it learns it was fenced when the link returns).
+        let total = peers.len() + 1;
+        let reachable = 1 + peers
+            .iter()
+            .filter(|p| p.silent_ms <= self.dead_after_ms)
+            .count();
+        let quorum = reachable * 2 > total;
+        for p in peers {
+            let dead = self.dead.entry(p.id).or_insert(false);
+            if p.silent_ms > self.dead_after_ms && !*dead {
+                if self.node.peer_epoch(p.id) == Epoch(0) {
+                    // Never heard from (not started yet?): it holds nothing of ours, and there
+                    // is no incarnation to fence.
+                    continue;
+                }
+                if !quorum {
+                    if !self.minority_logged {
+                        self.minority_logged = true;
+                        log::warn!(
+                            "{} is silent, but this node reaches only {reachable} of {total} nodes: no majority, so nobody is declared dead; waiting",
+                            p.id
+                        );
+                    }
+                    continue;
+                }
+                self.minority_logged = false;
+                *dead = true;
+                log::warn!(
+                    "{}: nothing heard for {} ms (limit {} ms): declared dead. Pages whose only copy it held unsynced are poisoned; \
+                     it must restart to rejoin",
+                    p.id,
+                    p.silent_ms,
+                    self.dead_after_ms
+                );
+                self.node.peer_dead(now, p.id);
+                let fence = self.node.peer_epoch(p.id);
+                self.transport.fence(p.id, fence);
+                if let Err(e) = files::store_fence(&self.data_dir, p.id, fence) {
+                    log::error!(
+                        "{}: storing its fence failed: {e}; a restart of this node would forget it",
+                        p.id
+                    );
+                }
+                self.forget_node(p.id);
+                // Whatever connection of the fenced incarnation survives is cut, so that if it
+                // is alive it redials, is refused as fenced, and stops.
+                let conns: Vec<u64> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.from == p.id)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in conns {
+                    self.close_conn(id, "its node was declared dead");
+                }
+            } else if p.silent_ms <= self.dead_after_ms && *dead {
+                *dead = false;
+                log::info!("{}: heard again (epoch {}): alive", p.id, p.epoch);
+            }
+        }
+    }
+}
