@@ -47,10 +47,6 @@ const KNOWN_LONG_FNS: &[(&str, &str, usize)] = &[
     ("cli/src/doctor.rs", "run", 114),
     ("cli/src/memtest.rs", "run", 140),
     ("cli/src/segment_cmd.rs", "run", 152),
-    ("daemon/src/cluster_requests.rs", "cluster_request", 340),
-    ("daemon/src/partitions.rs", "handle_memory", 132),
-    ("daemon/src/server.rs", "connection", 124),
-    ("daemon/src/server.rs", "handle", 131),
     ("proto/src/peer.rs", "encode_envelope", 159),
     ("proto/src/peer.rs", "decode_envelope", 143),
 ];

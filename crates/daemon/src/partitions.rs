@@ -89,40 +89,11 @@ impl Daemon {
         Ok(())
     }
 
-    /// Partition, pin and page requests.
     pub(crate) fn handle_memory(&self, req: Request) -> Response {
         let r = || -> Result<Response, Response> {
             Ok(match req {
-                Request::CreatePartition { name, mut limits } => {
-                    if !valid_name(&name) {
-                        return Err(err(
-                            ErrorCode::InvalidArgument,
-                            format!(
-                                "invalid partition name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"
-                            ),
-                        ));
-                    }
-                    if self.find_partition(&name).is_ok() {
-                        return Err(err(
-                            ErrorCode::AlreadyExists,
-                            format!("partition {name:?} already exists"),
-                        ));
-                    }
-                    limits.max_bytes = limits.max_bytes.min(self.pool.budget_bytes());
-                    self.check_limits(&name, &limits)?;
-                    let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
-                    catalog
-                        .put_partition(&name, limits)
-                        .map_err(|e| err(ErrorCode::Io, e.to_string()))?;
-                    let p = Partition::new(&name, limits_of(limits));
-                    self.pool.add_partition(Arc::clone(&p));
-                    log::info!(
-                        "created partition {name}: min {} max {} weight {}",
-                        ByteSize(limits.min_bytes),
-                        ByteSize(limits.max_bytes),
-                        limits.weight
-                    );
-                    Response::Partition(self.partition_stat(&p))
+                Request::CreatePartition { name, limits } => {
+                    self.create_partition(&name, limits)?
                 }
                 Request::ListPartitions => {
                     let mut v: Vec<PartitionStat> = self
@@ -142,51 +113,8 @@ impl Daemon {
                     min_bytes,
                     max_bytes,
                     weight,
-                } => {
-                    let p = self.find_partition(&name)?;
-                    let old = p.limits();
-                    let limits = PartitionLimits {
-                        min_bytes: min_bytes.unwrap_or(old.min_pages * PAGE_SIZE),
-                        max_bytes: max_bytes
-                            .unwrap_or(old.max_pages * PAGE_SIZE)
-                            .min(self.pool.budget_bytes()),
-                        weight: weight.unwrap_or(old.weight),
-                    };
-                    self.check_limits(&name, &limits)?;
-                    let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
-                    catalog
-                        .put_partition(&name, limits)
-                        .map_err(|e| err(ErrorCode::Io, e.to_string()))?;
-                    p.set_limits(limits_of(limits));
-                    Response::Partition(self.partition_stat(&p))
-                }
-                Request::RemovePartition { name } => {
-                    if name == "default" || name == VOLUMES {
-                        return Err(err(
-                            ErrorCode::InvalidArgument,
-                            format!("the built-in partition {name} cannot be removed"),
-                        ));
-                    }
-                    let p = self.find_partition(&name)?;
-                    // Counted under the catalog lock, which segment creation also holds: a
-                    // segment cannot land in the partition between the check and the removal.
-                    let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
-                    let st = self.partition_stat(&p);
-                    if st.segments > 0 {
-                        return Err(err(
-                            ErrorCode::InvalidArgument,
-                            format!(
-                                "partition {name} still holds {} segment(s); remove them first",
-                                st.segments
-                            ),
-                        ));
-                    }
-                    catalog
-                        .remove_partition(&name)
-                        .map_err(|e| err(ErrorCode::Io, e.to_string()))?;
-                    self.pool.remove_partition(&name);
-                    Response::Removed
-                }
+                } => self.set_partition(&name, min_bytes, max_bytes, weight)?,
+                Request::RemovePartition { name } => self.remove_partition(&name)?,
                 Request::Pin { name, offset, len } => {
                     let seg = self.segment(&name)?;
                     let (first, n) = page_range(&name, offset, len, seg.info.size_bytes)?;
@@ -201,26 +129,115 @@ impl Daemon {
                         pages: seg.unpin(first, n),
                     }
                 }
-                Request::PageInfo { name, page } => {
-                    let seg = self.segment(&name)?;
-                    let (state, flags, slot) = seg.page_info(page).ok_or_else(|| {
-                        err(
-                            ErrorCode::InvalidArgument,
-                            format!("segment {name} has no page {page}"),
-                        )
-                    })?;
-                    Response::Page(PageInfo {
-                        page,
-                        state: state_name(state).into(),
-                        pinned: flags & PINNED != 0,
-                        referenced: flags & REFERENCED != 0,
-                        slot: slot.map(|s| s.0),
-                    })
-                }
+                Request::PageInfo { name, page } => self.page_info(&name, page)?,
                 other => unreachable!("not a memory request: {other:?}"),
             })
         };
         r().unwrap_or_else(|e| e)
+    }
+
+    fn create_partition(
+        &self,
+        name: &str,
+        mut limits: PartitionLimits,
+    ) -> Result<Response, Response> {
+        if !valid_name(name) {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("invalid partition name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"),
+            ));
+        }
+        if self.find_partition(name).is_ok() {
+            return Err(err(
+                ErrorCode::AlreadyExists,
+                format!("partition {name:?} already exists"),
+            ));
+        }
+        limits.max_bytes = limits.max_bytes.min(self.pool.budget_bytes());
+        self.check_limits(name, &limits)?;
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        catalog
+            .put_partition(name, limits)
+            .map_err(|e| err(ErrorCode::Io, e.to_string()))?;
+        let p = Partition::new(name, limits_of(limits));
+        self.pool.add_partition(Arc::clone(&p));
+        log::info!(
+            "created partition {name}: min {} max {} weight {}",
+            ByteSize(limits.min_bytes),
+            ByteSize(limits.max_bytes),
+            limits.weight
+        );
+        Ok(Response::Partition(self.partition_stat(&p)))
+    }
+
+    fn set_partition(
+        &self,
+        name: &str,
+        min_bytes: Option<u64>,
+        max_bytes: Option<u64>,
+        weight: Option<u32>,
+    ) -> Result<Response, Response> {
+        let p = self.find_partition(name)?;
+        let old = p.limits();
+        let limits = PartitionLimits {
+            min_bytes: min_bytes.unwrap_or(old.min_pages * PAGE_SIZE),
+            max_bytes: max_bytes
+                .unwrap_or(old.max_pages * PAGE_SIZE)
+                .min(self.pool.budget_bytes()),
+            weight: weight.unwrap_or(old.weight),
+        };
+        self.check_limits(name, &limits)?;
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        catalog
+            .put_partition(name, limits)
+            .map_err(|e| err(ErrorCode::Io, e.to_string()))?;
+        p.set_limits(limits_of(limits));
+        Ok(Response::Partition(self.partition_stat(&p)))
+    }
+
+    fn remove_partition(&self, name: &str) -> Result<Response, Response> {
+        if name == "default" || name == VOLUMES {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("the built-in partition {name} cannot be removed"),
+            ));
+        }
+        let p = self.find_partition(name)?;
+        // Counted under the catalog lock, which segment creation also holds: a segment cannot
+        // land in the partition between the check and the removal.
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        let st = self.partition_stat(&p);
+        if st.segments > 0 {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "partition {name} still holds {} segment(s); remove them first",
+                    st.segments
+                ),
+            ));
+        }
+        catalog
+            .remove_partition(name)
+            .map_err(|e| err(ErrorCode::Io, e.to_string()))?;
+        self.pool.remove_partition(name);
+        Ok(Response::Removed)
+    }
+
+    fn page_info(&self, name: &str, page: u64) -> Result<Response, Response> {
+        let seg = self.segment(name)?;
+        let (state, flags, slot) = seg.page_info(page).ok_or_else(|| {
+            err(
+                ErrorCode::InvalidArgument,
+                format!("segment {name} has no page {page}"),
+            )
+        })?;
+        Ok(Response::Page(PageInfo {
+            page,
+            state: state_name(state).into(),
+            pinned: flags & PINNED != 0,
+            referenced: flags & REFERENCED != 0,
+            slot: slot.map(|s| s.0),
+        }))
     }
 }
 

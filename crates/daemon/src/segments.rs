@@ -2,10 +2,13 @@
 
 use std::sync::Arc;
 
-use pagemesh_proto::{Backing, ErrorCode, Response, SegmentInfo};
+use std::sync::atomic::Ordering;
+
+use pagemesh_node::segment::Segment;
+use pagemesh_proto::{Backing, ErrorCode, Response, SegmentInfo, MAX_IO_CHUNK_BYTES};
 use pagemesh_types::ByteSize;
 
-use crate::reply::err;
+use crate::reply::{err, io_err};
 use crate::state::{build_segment, valid_name, Daemon, Size, MAX_SEGMENT_BYTES};
 
 impl Daemon {
@@ -139,5 +142,83 @@ impl Daemon {
         seg.release();
         log::info!("removed segment {name}");
         Response::Removed
+    }
+
+    pub(crate) fn list_segments(&self) -> Response {
+        let mut v: Vec<SegmentInfo> = self
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|s| s.info.clone())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Response::Segments(v)
+    }
+
+    pub(crate) fn stat_segment(&self, name: &str) -> Response {
+        self.segment(name)
+            .map(|s| Response::Stat(s.stat()))
+            .unwrap_or_else(|e| e)
+    }
+
+    pub(crate) fn sync_segment(&self, name: &str) -> Response {
+        match self.segment(name) {
+            Ok(s) => match s.sync() {
+                Ok(pages_written) => Response::Synced { pages_written },
+                Err(e) => io_err(e),
+            },
+            Err(e) => e,
+        }
+    }
+
+    pub(crate) fn read_segment(&self, name: &str, offset: u64, len: u64) -> Response {
+        match self.segment(name) {
+            Ok(_) if len > MAX_IO_CHUNK_BYTES => err(
+                ErrorCode::InvalidArgument,
+                format!("read of {len} bytes exceeds {MAX_IO_CHUNK_BYTES} per request"),
+            ),
+            Ok(s) => {
+                let mut buf = vec![0u8; len as usize];
+                match s.read_at(offset, &mut buf) {
+                    Ok(()) => Response::Data(buf),
+                    Err(e) => io_err(e),
+                }
+            }
+            Err(e) => e,
+        }
+    }
+
+    pub(crate) fn write_segment(&self, name: &str, offset: u64, data: &[u8]) -> Response {
+        match self.segment(name) {
+            Ok(s) => match s.write_at(offset, data) {
+                Ok(()) => Response::Written {
+                    bytes: data.len() as u64,
+                },
+                Err(e) => io_err(e),
+            },
+            Err(e) => e,
+        }
+    }
+
+    pub(crate) fn clear_segment_poison(&self, name: &str) -> Response {
+        match self.segment(name) {
+            Ok(s) => Response::PoisonCleared {
+                pages: s.clear_poison(),
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// The first step of attaching: the segment's description, and its memfd to send along.
+    pub(crate) fn attach(&self, name: &str) -> (Response, Option<Arc<Segment>>) {
+        match self.segment(name) {
+            Ok(s) => {
+                let attach_id = self.next_attach.fetch_add(1, Ordering::Relaxed);
+                let info = s.info.clone();
+                (Response::Attached { info, attach_id }, Some(s))
+            }
+            Err(e) => (e, None),
+        }
     }
 }

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pagemesh_proto::{
-    read_frame, write_frame, DaemonInfo, ErrorCode, FrameError, Request, Response, SegmentInfo,
-    VolumeInfo, MAGIC, MAX_IO_CHUNK_BYTES, PROTOCOL_VERSION,
+    read_frame, write_frame, DaemonInfo, ErrorCode, FrameError, Request, Response, MAGIC,
+    PROTOCOL_VERSION,
 };
 use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::{fdpass, Uffd};
 
-use crate::reply::{err, io_err};
+use crate::cluster_requests::HeldLocks;
+use crate::reply::err;
 use crate::state::Daemon;
 use pagemesh_node::segment::{Attachment, Segment};
 
@@ -70,67 +71,11 @@ impl Daemon {
                 return;
             }
         };
-        let _ = sock.set_read_timeout(Some(HELLO_TIMEOUT));
-        match read_frame::<Request>(&sock) {
-            Ok((
-                Request::Hello {
-                    magic,
-                    version,
-                    client,
-                },
-                _,
-            )) if magic == MAGIC && version == PROTOCOL_VERSION => {
-                log::debug!(
-                    "client {client:?} connected: pid {} uid {} gid {}",
-                    cred.pid,
-                    cred.uid,
-                    cred.gid
-                );
-                let _ = write_frame(
-                    &sock,
-                    &Response::HelloOk {
-                        version: PROTOCOL_VERSION,
-                        daemon_pid: std::process::id(),
-                    },
-                    &[],
-                );
-            }
-            Ok((Request::Hello { magic, version, .. }, _)) if magic == MAGIC => {
-                log::warn!("pid {}: protocol version {version}, this daemon speaks {PROTOCOL_VERSION}; closing", cred.pid);
-                let _ = write_frame(
-                    &sock,
-                    &err(
-                        ErrorCode::VersionMismatch,
-                        format!("client protocol version {version} but daemon speaks {PROTOCOL_VERSION}: use a pagemesh client of the daemon's version"),
-                    ),
-                    &[],
-                );
-                return;
-            }
-            Ok(_) | Err(FrameError::Malformed(_)) | Err(FrameError::TooLarge(_)) => {
-                log::warn!(
-                    "pid {} (uid {}): no valid hello; closing",
-                    cred.pid,
-                    cred.uid
-                );
-                let _ = write_frame(
-                    &sock,
-                    &err(
-                        ErrorCode::Protocol,
-                        "expected a pagemesh hello first; closing",
-                    ),
-                    &[],
-                );
-                return;
-            }
-            Err(e) => {
-                log::debug!("pid {}: connection ended before hello: {e}", cred.pid);
-                return;
-            }
+        if !hello(&sock, &cred) {
+            return;
         }
-        let _ = sock.set_read_timeout(None);
         let mut pending_attach: Option<(u64, Arc<Segment>)> = None;
-        let mut locks = crate::cluster_requests::HeldLocks::default();
+        let mut locks = HeldLocks::default();
         loop {
             let (req, fds) = match read_frame::<Request>(&sock) {
                 Ok(r) => r,
@@ -172,10 +117,7 @@ impl Daemon {
                 }
                 return;
             }
-            let (resp, memfd_of) = match self.cluster_request(&req, &mut locks) {
-                Some(resp) => (resp, None),
-                None => self.handle(req),
-            };
+            let (resp, memfd_of) = self.route(req, &mut locks);
             let fds: Vec<_> = memfd_of.iter().map(|s| s.memfd().as_fd()).collect();
             if let (Response::Attached { attach_id, .. }, Some(seg)) = (&resp, &memfd_of) {
                 pending_attach = Some((*attach_id, Arc::clone(seg)));
@@ -261,7 +203,12 @@ impl Daemon {
         );
     }
 
-    fn handle(&self, req: Request) -> Reply {
+    /// The request router: a request on a cluster segment (or about the cluster) goes to the
+    /// cluster side, every other one to this node's handler for its noun.
+    fn route(&self, req: Request, locks: &mut HeldLocks) -> Reply {
+        if let Some(resp) = self.cluster_request(&req, locks) {
+            return (resp, None);
+        }
         let r = |resp| (resp, None);
         match req {
             Request::Hello { .. } => r(err(ErrorCode::Protocol, "hello sent twice")),
@@ -272,92 +219,22 @@ impl Daemon {
                 partition,
                 home: _,
             } => r(self.create(name, size_bytes, backing, partition)),
-            Request::ListSegments => {
-                let mut v: Vec<SegmentInfo> = self
-                    .segments
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .map(|s| s.info.clone())
-                    .collect();
-                v.sort_by(|a, b| a.name.cmp(&b.name));
-                r(Response::Segments(v))
-            }
-            Request::StatSegment { name } => r(self
-                .segment(&name)
-                .map(|s| Response::Stat(s.stat()))
-                .unwrap_or_else(|e| e)),
-            Request::SyncSegment { name } => r(match self.segment(&name) {
-                Ok(s) => match s.sync() {
-                    Ok(pages_written) => Response::Synced { pages_written },
-                    Err(e) => io_err(e),
-                },
-                Err(e) => e,
-            }),
+            Request::ListSegments => r(self.list_segments()),
+            Request::StatSegment { name } => r(self.stat_segment(&name)),
+            Request::SyncSegment { name } => r(self.sync_segment(&name)),
             Request::RemoveSegment { name } => r(self.remove(&name)),
-            Request::ReadAt { name, offset, len } => r(match self.segment(&name) {
-                Ok(_) if len > MAX_IO_CHUNK_BYTES => err(
-                    ErrorCode::InvalidArgument,
-                    format!("read of {len} bytes exceeds {MAX_IO_CHUNK_BYTES} per request"),
-                ),
-                Ok(s) => {
-                    let mut buf = vec![0u8; len as usize];
-                    match s.read_at(offset, &mut buf) {
-                        Ok(()) => Response::Data(buf),
-                        Err(e) => io_err(e),
-                    }
-                }
-                Err(e) => e,
-            }),
-            Request::WriteAt { name, offset, data } => r(match self.segment(&name) {
-                Ok(s) => match s.write_at(offset, &data) {
-                    Ok(()) => Response::Written {
-                        bytes: data.len() as u64,
-                    },
-                    Err(e) => io_err(e),
-                },
-                Err(e) => e,
-            }),
-            Request::ClearPoison { name } => r(match self.segment(&name) {
-                Ok(s) => Response::PoisonCleared {
-                    pages: s.clear_poison(),
-                },
-                Err(e) => e,
-            }),
-            Request::Attach { name } => match self.segment(&name) {
-                Ok(s) => {
-                    let attach_id = self.next_attach.fetch_add(1, Ordering::Relaxed);
-                    (
-                        Response::Attached {
-                            info: s.info.clone(),
-                            attach_id,
-                        },
-                        Some(s),
-                    )
-                }
-                Err(e) => r(e),
-            },
+            Request::ReadAt { name, offset, len } => r(self.read_segment(&name, offset, len)),
+            Request::WriteAt { name, offset, data } => r(self.write_segment(&name, offset, &data)),
+            Request::ClearPoison { name } => r(self.clear_segment_poison(&name)),
+            Request::Attach { name } => self.attach(&name),
             Request::RegisterUffd { .. } => unreachable!("handled by the connection loop"),
             Request::BarrierWait { .. }
             | Request::LockAcquire { .. }
             | Request::LockRelease { .. }
             | Request::ClusterStatus => unreachable!("answered by cluster_request"),
             Request::AddVolume { name, path } => r(self.add_volume(name, path)),
-            Request::ListVolumes => {
-                let mut v: Vec<VolumeInfo> = self
-                    .volumes
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .map(|v| v.info.clone())
-                    .collect();
-                v.sort_by(|a, b| a.name.cmp(&b.name));
-                r(Response::Volumes(v))
-            }
-            Request::StatVolume { name } => r(match self.volume(&name) {
-                Ok(v) => Response::VolumeStat(v.stat(self.volume_users(&name).len() as u64)),
-                Err(e) => e,
-            }),
+            Request::ListVolumes => r(self.list_volumes()),
+            Request::StatVolume { name } => r(self.stat_volume(&name)),
             Request::RemoveVolume { name } => r(self.remove_volume(&name)),
             req @ (Request::CreatePartition { .. }
             | Request::ListPartitions
@@ -367,29 +244,90 @@ impl Daemon {
             | Request::Pin { .. }
             | Request::Unpin { .. }
             | Request::PageInfo { .. }) => r(self.handle_memory(req)),
-            Request::DaemonStatus => r(Response::Status(DaemonInfo {
-                pid: std::process::id(),
-                memory_budget_bytes: self.pool.budget_bytes(),
-                memory_resident_bytes: self.pool.resident() * PAGE_SIZE,
-                paging_device: self.config.paging_device.display().to_string(),
-                paging_slots_used: self.pool.paging.as_ref().map_or(0, |p| u64::from(p.used())),
-                paging_slots_total: self
-                    .pool
-                    .paging
-                    .as_ref()
-                    .map_or(0, |p| u64::from(p.slots())),
-                backpressure_waits: self.pool.waits.load(Ordering::Relaxed),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                uffd_mode: self.uffd_mode.clone(),
-                fault_workers: self.config.fault_workers as u32,
-                segments: self
-                    .segments
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .len() as u64,
-                attached_clients: self.workers.count() as u64,
-                data_dir: self.config.data_dir.display().to_string(),
-            })),
+            Request::DaemonStatus => r(Response::Status(self.status())),
         }
     }
+
+    fn status(&self) -> DaemonInfo {
+        let paging = self.pool.paging.as_ref();
+        DaemonInfo {
+            pid: std::process::id(),
+            memory_budget_bytes: self.pool.budget_bytes(),
+            memory_resident_bytes: self.pool.resident() * PAGE_SIZE,
+            paging_device: self.config.paging_device.display().to_string(),
+            paging_slots_used: paging.map_or(0, |p| u64::from(p.used())),
+            paging_slots_total: paging.map_or(0, |p| u64::from(p.slots())),
+            backpressure_waits: self.pool.waits.load(Ordering::Relaxed),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uffd_mode: self.uffd_mode.clone(),
+            fault_workers: self.config.fault_workers as u32,
+            segments: self
+                .segments
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .len() as u64,
+            attached_clients: self.workers.count() as u64,
+            data_dir: self.config.data_dir.display().to_string(),
+        }
+    }
+}
+
+/// The handshake: a hello of this protocol version within `HELLO_TIMEOUT`, or the connection
+/// is refused (with a reply saying why) and `false` returned.
+fn hello(sock: &UnixStream, cred: &fdpass::PeerCred) -> bool {
+    let _ = sock.set_read_timeout(Some(HELLO_TIMEOUT));
+    let refuse = |code, message: String| {
+        let _ = write_frame(sock, &err(code, message), &[]);
+        false
+    };
+    let ok = match read_frame::<Request>(sock) {
+        Ok((
+            Request::Hello {
+                magic,
+                version,
+                client,
+            },
+            _,
+        )) if magic == MAGIC && version == PROTOCOL_VERSION => {
+            log::debug!(
+                "client {client:?} connected: pid {} uid {} gid {}",
+                cred.pid,
+                cred.uid,
+                cred.gid
+            );
+            let ok = Response::HelloOk {
+                version: PROTOCOL_VERSION,
+                daemon_pid: std::process::id(),
+            };
+            let _ = write_frame(sock, &ok, &[]);
+            true
+        }
+        Ok((Request::Hello { magic, version, .. }, _)) if magic == MAGIC => {
+            log::warn!(
+                "pid {}: protocol version {version}, this daemon speaks {PROTOCOL_VERSION}; closing",
+                cred.pid
+            );
+            refuse(
+                ErrorCode::VersionMismatch,
+                format!("client protocol version {version} but daemon speaks {PROTOCOL_VERSION}: use a pagemesh client of the daemon's version"),
+            )
+        }
+        Ok(_) | Err(FrameError::Malformed(_)) | Err(FrameError::TooLarge(_)) => {
+            log::warn!(
+                "pid {} (uid {}): no valid hello; closing",
+                cred.pid,
+                cred.uid
+            );
+            refuse(
+                ErrorCode::Protocol,
+                "expected a pagemesh hello first; closing".into(),
+            )
+        }
+        Err(e) => {
+            log::debug!("pid {}: connection ended before hello: {e}", cred.pid);
+            false
+        }
+    };
+    let _ = sock.set_read_timeout(None);
+    ok
 }

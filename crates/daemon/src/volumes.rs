@@ -130,4 +130,23 @@ impl Daemon {
         log::info!("removed volume {name}");
         Response::Removed
     }
+
+    pub(crate) fn list_volumes(&self) -> Response {
+        let mut v: Vec<VolumeInfo> = self
+            .volumes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|v| v.info.clone())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Response::Volumes(v)
+    }
+
+    pub(crate) fn stat_volume(&self, name: &str) -> Response {
+        match self.volume(name) {
+            Ok(v) => Response::VolumeStat(v.stat(self.volume_users(name).len() as u64)),
+            Err(e) => e,
+        }
+    }
 }
