@@ -19,6 +19,7 @@ use pagemesh_uffd::fileio::drop_cached;
 use pagemesh_uffd::ReadOnlyMapping;
 use sha2::{Digest, Sha256};
 
+use crate::bench_report::{header, report, RunsArgs};
 use crate::harness::{spawn, wait_all, PrivateDaemon, Proc};
 use crate::memtest::pattern;
 use crate::parse_size;
@@ -34,19 +35,19 @@ pub enum BenchCmd {
     Overcommit(OvercommitBench),
     /// Fault latency (p50, p99, mean) of dormant and cached faults against a minimal uffd
     /// handler in one process, and a kernel anonymous first touch.
-    LocalFault(crate::bench_local::RunsArgs),
+    LocalFault(RunsArgs),
     /// Create a 1 TiB segment and touch its first page, against a 1 TiB kernel mapping.
-    Create(crate::bench_local::RunsArgs),
+    Create(RunsArgs),
     /// Fault throughput with 1, 2 and 4 client threads and 1 and 2 fault workers.
-    Scaling(crate::bench_local::RunsArgs),
+    Scaling(RunsArgs),
     /// Read and write faults on pages another node holds (two nodes on loopback), against a
     /// minimal uffd handler plus one raw TCP round trip of a page.
-    RemoteFault(crate::bench_local::RunsArgs),
+    RemoteFault(RunsArgs),
     /// Two nodes taking turns writing one page: ownership transfers per second, against a page
     /// passed back and forth over raw TCP.
     Pingpong {
         #[command(flatten)]
-        runs: crate::bench_local::RunsArgs,
+        runs: RunsArgs,
         /// Seconds per repetition.
         #[arg(long, default_value_t = 2.0)]
         secs: f64,
@@ -54,7 +55,7 @@ pub enum BenchCmd {
     /// Cold sequential scan of a file segment against the kernel's mmap of the same file.
     Scan {
         #[command(flatten)]
-        runs: crate::bench_local::RunsArgs,
+        runs: RunsArgs,
         /// File size.
         #[arg(long, value_parser = parse_size, default_value = "256MiB")]
         size: u64,
@@ -112,7 +113,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Pingpong { runs, secs } => crate::bench_remote::pingpong(runs, secs),
         BenchCmd::Scan { runs, size } => crate::bench_local::scan(runs, size),
         BenchCmd::All { json } => {
-            let runs = || crate::bench_local::RunsArgs {
+            let runs = || RunsArgs {
                 runs: 5,
                 faults: 2000,
                 json,
@@ -176,64 +177,6 @@ fn used_bytes() -> anyhow::Result<u64> {
         Ok(kib * 1024)
     };
     Ok(field("Cached:")? + field("AnonPages:")?)
-}
-
-/// Median, min and max of a sample.
-pub struct Stats {
-    pub min: f64,
-    pub median: f64,
-    pub max: f64,
-    pub runs: usize,
-}
-
-pub fn stats(v: &[f64]) -> Stats {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    let median = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    Stats {
-        min: s[0],
-        median,
-        max: s[n - 1],
-        runs: n,
-    }
-}
-
-/// Print one result line (JSON or a table row).
-#[allow(clippy::too_many_arguments)]
-pub fn report(
-    json: bool,
-    bench: &str,
-    metric: &str,
-    unit: &str,
-    pm: &[f64],
-    base: &[f64],
-    better: &str,
-) {
-    let p = stats(pm);
-    let b = stats(base);
-    let ratio = if b.median == 0.0 {
-        f64::NAN
-    } else {
-        p.median / b.median
-    };
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"bench": bench, "metric": metric, "unit": unit, "pagemesh": p.median,
-                "baseline": b.median, "ratio": ratio, "better": better, "runs": p.runs,
-                "min": p.min, "median": p.median, "max": p.max})
-        );
-    } else {
-        println!(
-            "{bench:<8} {metric:<34} {unit:>5} {:>10.3} {:>10.3} {:>7.3}  ({better} is better; pagemesh min {:.3} max {:.3}, n={})",
-            p.median, b.median, ratio, p.min, p.max, p.runs
-        );
-    }
 }
 
 fn write_image(path: &Path, size: u64) -> anyhow::Result<()> {
@@ -393,17 +336,14 @@ fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
             .map(|s| s.mem_bytes / (1 << 20) as f64)
             .collect::<Vec<_>>()
     };
-    if !b.json {
-        println!(
+    header(
+        b.json,
+        &format!(
             "{} processes reading a {} image; pagemesh = volume segments, baselines: own copies via mmap | one file via mmap",
             b.procs,
             ByteSize(b.size)
-        );
-        println!(
-            "{:<8} {:<34} {:>5} {:>10} {:>10} {:>7}",
-            "bench", "metric", "unit", "pagemesh", "baseline", "ratio"
-        );
-    }
+        ),
+    );
     report(
         b.json,
         "volume",
@@ -504,17 +444,14 @@ fn overcommit(b: OvercommitBench) -> anyhow::Result<ExitCode> {
             eprintln!("run {}/{} done", run + 1, b.runs);
         }
     }
-    if !b.json {
-        println!(
+    header(
+        b.json,
+        &format!(
             "sequential scan of a zero segment 4x the --memory {} budget (paged) vs one that fits ({}); MB/s",
             ByteSize(b.memory),
             ByteSize(fit)
-        );
-        println!(
-            "{:<8} {:<34} {:>5} {:>10} {:>10} {:>7}",
-            "bench", "metric", "unit", "pagemesh", "baseline", "ratio"
-        );
-    }
+        ),
+    );
     report(
         b.json,
         "overcommit",

@@ -8,32 +8,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use clap::Args;
 use pagemesh::Backing;
-use pagemesh_uffd::poll::Epoll;
-use pagemesh_uffd::{
-    features, Event, FaultKind, Memfd, Protect, RegisterMode, SharedMapping, Uffd, Wake,
-};
+use pagemesh_uffd::{features, FaultKind, Memfd, Protect, RegisterMode, SharedMapping, Uffd, Wake};
 
-use crate::bench::report;
+use crate::bench_baseline::serve_faults;
+use crate::bench_report::{header, mean, pct, report, RunsArgs};
 use crate::harness::PrivateDaemon;
 
 const PS: u64 = 4096;
 /// Pages between two timed touches: more than fault-around's reach either way, so every touch
 /// is a fault of its own.
 const STRIDE_PAGES: u64 = 64;
-
-#[derive(Args)]
-pub struct RunsArgs {
-    /// Repetitions.
-    #[arg(long, default_value_t = 5)]
-    pub runs: usize,
-    /// Faults timed per repetition (local-fault, scaling).
-    #[arg(long, default_value_t = 2000)]
-    pub faults: u64,
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// Touch `n` pages `STRIDE_PAGES` apart through `read`, returning each touch's latency in ns.
 fn touch_all(n: u64, mut read: impl FnMut(usize, &mut [u8])) -> Vec<f64> {
@@ -45,11 +30,6 @@ fn touch_all(n: u64, mut read: impl FnMut(usize, &mut [u8])) -> Vec<f64> {
             t.elapsed().as_nanos() as f64
         })
         .collect()
-}
-
-fn pct(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * q).round() as usize]
 }
 
 /// The baseline: one handler thread, the same ioctls pagemesh uses (COPY of a zero page,
@@ -86,29 +66,6 @@ fn minimal_handler(n: u64, cached: bool) -> anyhow::Result<Vec<f64>> {
         lat
     });
     Ok(lat)
-}
-
-/// The baseline handlers' loop: one thread, epoll on the uffd, `on_fault(address, kind)` for
-/// every page fault, until `stop`.
-pub fn serve_faults(uffd: &Uffd, stop: &AtomicBool, mut on_fault: impl FnMut(u64, FaultKind)) {
-    let mut evs = Vec::with_capacity(16);
-    let epoll = Epoll::new().expect("epoll");
-    epoll.add(uffd.as_fd(), 1).expect("epoll add");
-    let mut ready = Vec::with_capacity(1);
-    while !stop.load(Ordering::Relaxed) {
-        ready.clear();
-        if epoll.wait(&mut ready, 1, 50).is_err() || ready.is_empty() {
-            continue;
-        }
-        let _ = epoll.rearm(uffd.as_fd(), 1);
-        evs.clear();
-        let _ = uffd.read_events(&mut evs, 16);
-        for ev in &evs {
-            if let Event::PageFault { address, kind, .. } = *ev {
-                on_fault(address, kind);
-            }
-        }
-    }
 }
 
 fn kernel_anon(n: u64) -> anyhow::Result<Vec<f64>> {
@@ -157,7 +114,6 @@ pub fn local_fault(a: RunsArgs) -> anyhow::Result<ExitCode> {
         let mut pc = pagemesh_faults(&d, a.faults, true, run)?;
         let mut mc = minimal_handler(a.faults, true)?;
         let mut ka = kernel_anon(a.faults)?;
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let vals = [
             (pct(&mut pd, 0.5), pct(&mut md, 0.5)),
             (pct(&mut pd, 0.99), pct(&mut md, 0.99)),
@@ -180,16 +136,6 @@ pub fn local_fault(a: RunsArgs) -> anyhow::Result<ExitCode> {
     }
     d.stop();
     Ok(ExitCode::SUCCESS)
-}
-
-fn header(json: bool, what: &str) {
-    if !json {
-        println!("{what}");
-        println!(
-            "{:<8} {:<34} {:>5} {:>10} {:>10} {:>7}",
-            "bench", "metric", "unit", "pagemesh", "baseline", "ratio"
-        );
-    }
 }
 
 pub fn create(a: RunsArgs) -> anyhow::Result<ExitCode> {
