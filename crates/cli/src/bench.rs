@@ -202,6 +202,12 @@ struct Sample {
     mem_bytes: f64,
 }
 
+impl Sample {
+    fn mem_mib(&self) -> f64 {
+        self.mem_bytes / (1 << 20) as f64
+    }
+}
+
 /// Run `procs` at once; the time until all are done, and the peak growth of used memory
 /// (sampled every 5 ms while they run, and once after).
 fn measure(
@@ -247,12 +253,14 @@ fn drop_file(p: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
-    if b.procs == 0 || b.runs == 0 || b.size == 0 {
-        bail!("--procs, --runs and --size must be positive");
-    }
-    let threshold = b.share_threshold.to_string();
-    let d = PrivateDaemon::start("pagemesh-bench-", &["--share-threshold", &threshold])?;
+/// The image the volume bench reads, its digest, and one private copy of it per reader.
+struct VolumeImage {
+    image: PathBuf,
+    want: String,
+    copies: Vec<PathBuf>,
+}
+
+fn volume_image(d: &PrivateDaemon, b: &VolumeBench) -> anyhow::Result<VolumeImage> {
     let image = d.dir.path().join("image.raw");
     write_image(&image, b.size)?;
     let want = {
@@ -266,76 +274,99 @@ fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
     for c in &copies {
         std::fs::copy(&image, c)?;
     }
-    let socket = d.socket.clone();
-    let (mut pm, mut own, mut one) = (Vec::new(), Vec::new(), Vec::new());
-    let mut storage = Vec::new();
-    for run in 0..b.runs {
-        // pagemesh: a fresh volume (empty cache) per run, one segment per process.
-        drop_file(&image)?;
-        d.client.add_volume("bench", &image.display().to_string())?;
-        for i in 0..b.procs {
-            d.client.create_segment(
-                &format!("vm{i}"),
-                None,
-                Backing::Volume {
-                    name: "bench".into(),
-                },
-            )?;
-        }
-        pm.push(measure(
-            || {
-                (0..b.procs)
-                    .map(|i| {
-                        spawn(
-                            &socket,
-                            &["memtest".into(), format!("vm{i}"), "--sha256".into()],
-                            format!("reader {i}"),
-                        )
-                    })
-                    .collect()
+    Ok(VolumeImage {
+        image,
+        want,
+        copies,
+    })
+}
+
+/// One run of the volume bench: pagemesh and both baselines, and the bytes pagemesh read
+/// from the image.
+struct VolumeRun {
+    pm: Sample,
+    own: Sample,
+    one: Sample,
+    storage_bytes: f64,
+}
+
+/// pagemesh: a fresh volume (empty cache), one segment per reader process; the sample and
+/// the bytes the volume read from storage.
+fn volume_pagemesh(
+    d: &PrivateDaemon,
+    b: &VolumeBench,
+    img: &VolumeImage,
+) -> anyhow::Result<(Sample, f64)> {
+    drop_file(&img.image)?;
+    d.client
+        .add_volume("bench", &img.image.display().to_string())?;
+    for i in 0..b.procs {
+        d.client.create_segment(
+            &format!("vm{i}"),
+            None,
+            Backing::Volume {
+                name: "bench".into(),
             },
-            &want,
-        )?);
-        let vs = d.client.stat_volume("bench")?;
-        storage.push(vs.storage_bytes_read as f64);
-        for i in 0..b.procs {
-            d.client.remove_segment(&format!("vm{i}"))?;
-        }
-        d.client.remove_volume("bench")?;
-        // Baseline 1: every process mmaps its own copy (what a system without shared frames does).
-        for c in &copies {
-            drop_file(c)?;
-        }
-        own.push(measure(
-            || {
-                copies
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| mmap_reader(&socket, c, i))
-                    .collect()
-            },
-            &want,
-        )?);
-        // Baseline 2: every process mmaps the one file (the kernel's own sharing).
-        drop_file(&image)?;
-        one.push(measure(
-            || {
-                (0..b.procs)
-                    .map(|i| mmap_reader(&socket, &image, i))
-                    .collect()
-            },
-            &want,
-        )?);
-        if !b.json {
-            eprintln!("run {}/{} done", run + 1, b.runs);
-        }
+        )?;
     }
-    let secs = |v: &[Sample]| v.iter().map(|s| s.secs).collect::<Vec<_>>();
-    let mib = |v: &[Sample]| {
-        v.iter()
-            .map(|s| s.mem_bytes / (1 << 20) as f64)
-            .collect::<Vec<_>>()
-    };
+    let sample = measure(
+        || {
+            (0..b.procs)
+                .map(|i| {
+                    spawn(
+                        &d.socket,
+                        &["memtest".into(), format!("vm{i}"), "--sha256".into()],
+                        format!("reader {i}"),
+                    )
+                })
+                .collect()
+        },
+        &img.want,
+    )?;
+    let vs = d.client.stat_volume("bench")?;
+    for i in 0..b.procs {
+        d.client.remove_segment(&format!("vm{i}"))?;
+    }
+    d.client.remove_volume("bench")?;
+    Ok((sample, vs.storage_bytes_read as f64))
+}
+
+fn volume_run(d: &PrivateDaemon, b: &VolumeBench, img: &VolumeImage) -> anyhow::Result<VolumeRun> {
+    let (pm, storage_bytes) = volume_pagemesh(d, b, img)?;
+    // Baseline 1: every process mmaps its own copy (what a system without shared frames does).
+    for c in &img.copies {
+        drop_file(c)?;
+    }
+    let own = measure(
+        || {
+            img.copies
+                .iter()
+                .enumerate()
+                .map(|(i, c)| mmap_reader(&d.socket, c, i))
+                .collect()
+        },
+        &img.want,
+    )?;
+    // Baseline 2: every process mmaps the one file (the kernel's own sharing).
+    drop_file(&img.image)?;
+    let one = measure(
+        || {
+            (0..b.procs)
+                .map(|i| mmap_reader(&d.socket, &img.image, i))
+                .collect()
+        },
+        &img.want,
+    )?;
+    Ok(VolumeRun {
+        pm,
+        own,
+        one,
+        storage_bytes,
+    })
+}
+
+fn volume_report(b: &VolumeBench, runs: &[VolumeRun]) {
+    let of = |f: fn(&VolumeRun) -> f64| runs.iter().map(f).collect::<Vec<_>>();
     header(
         b.json,
         &format!(
@@ -344,52 +375,58 @@ fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
             ByteSize(b.size)
         ),
     );
-    report(
-        b.json,
-        "volume",
-        "wall_time_vs_private_copies",
-        "s",
-        &secs(&pm),
-        &secs(&own),
-        "lower",
-    );
-    report(
-        b.json,
-        "volume",
-        "memory_vs_private_copies",
-        "MiB",
-        &mib(&pm),
-        &mib(&own),
-        "lower",
-    );
-    report(
-        b.json,
-        "volume",
-        "wall_time_vs_one_file_mmap",
-        "s",
-        &secs(&pm),
-        &secs(&one),
-        "lower",
-    );
-    report(
-        b.json,
-        "volume",
-        "memory_vs_one_file_mmap",
-        "MiB",
-        &mib(&pm),
-        &mib(&one),
-        "lower",
-    );
-    let image_bytes = vec![b.size as f64; storage.len()];
-    report(
-        b.json,
-        "volume",
-        "storage_bytes_read_vs_image_size",
-        "B",
-        &storage,
-        &image_bytes,
-        "lower",
-    );
+    let rows = [
+        (
+            "wall_time_vs_private_copies",
+            "s",
+            of(|r| r.pm.secs),
+            of(|r| r.own.secs),
+        ),
+        (
+            "memory_vs_private_copies",
+            "MiB",
+            of(|r| r.pm.mem_mib()),
+            of(|r| r.own.mem_mib()),
+        ),
+        (
+            "wall_time_vs_one_file_mmap",
+            "s",
+            of(|r| r.pm.secs),
+            of(|r| r.one.secs),
+        ),
+        (
+            "memory_vs_one_file_mmap",
+            "MiB",
+            of(|r| r.pm.mem_mib()),
+            of(|r| r.one.mem_mib()),
+        ),
+        (
+            "storage_bytes_read_vs_image_size",
+            "B",
+            of(|r| r.storage_bytes),
+            vec![b.size as f64; runs.len()],
+        ),
+    ];
+    for (metric, unit, p, base) in &rows {
+        report(b.json, "volume", metric, unit, p, base, "lower");
+    }
+}
+
+fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
+    if b.procs == 0 || b.runs == 0 || b.size == 0 {
+        bail!("--procs, --runs and --size must be positive");
+    }
+    let threshold = b.share_threshold.to_string();
+    let d = PrivateDaemon::start("pagemesh-bench-", &["--share-threshold", &threshold])?;
+    let img = volume_image(&d, &b)?;
+    let mut runs = Vec::with_capacity(b.runs);
+    for run in 0..b.runs {
+        runs.push(volume_run(&d, &b, &img)?);
+        if !b.json {
+            eprintln!("run {}/{} done", run + 1, b.runs);
+        }
+    }
+    volume_report(&b, &runs);
     d.stop();
     Ok(ExitCode::SUCCESS)
 }
