@@ -60,8 +60,6 @@ const KNOWN_LONG_FNS: &[(&str, &str, usize)] = &[
     ("daemon/src/partitions.rs", "handle_memory", 132),
     ("daemon/src/server.rs", "connection", 124),
     ("daemon/src/server.rs", "handle", 131),
-    ("proto/src/peer.rs", "encode_envelope", 159),
-    ("proto/src/peer.rs", "decode_envelope", 143),
 ];
 
 fn crates_dir() -> PathBuf {

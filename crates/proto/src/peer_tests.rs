@@ -1,4 +1,8 @@
-//! Tests of `peer.rs` (kept apart so the module stays readable).
+//! Tests of `peer.rs` and its coherence codec `peer_envelope.rs` (kept apart so the modules
+//! stay readable).
+
+use pagemesh_core::{CacheState, DenyReason, Msg, PageData, PageKey, ReqId, TxnId, Version, Want};
+use pagemesh_types::SegmentId;
 
 use super::*;
 
