@@ -19,6 +19,7 @@ use pagemesh_uffd::fileio::drop_cached;
 use pagemesh_uffd::ReadOnlyMapping;
 use sha2::{Digest, Sha256};
 
+use crate::bench_report::{header, report, RunsArgs};
 use crate::harness::{spawn, wait_all, PrivateDaemon, Proc};
 use crate::memtest::pattern;
 use crate::parse_size;
@@ -34,19 +35,19 @@ pub enum BenchCmd {
     Overcommit(OvercommitBench),
     /// Fault latency (p50, p99, mean) of dormant and cached faults against a minimal uffd
     /// handler in one process, and a kernel anonymous first touch.
-    LocalFault(crate::bench_local::RunsArgs),
+    LocalFault(RunsArgs),
     /// Create a 1 TiB segment and touch its first page, against a 1 TiB kernel mapping.
-    Create(crate::bench_local::RunsArgs),
+    Create(RunsArgs),
     /// Fault throughput with 1, 2 and 4 client threads and 1 and 2 fault workers.
-    Scaling(crate::bench_local::RunsArgs),
+    Scaling(RunsArgs),
     /// Read and write faults on pages another node holds (two nodes on loopback), against a
     /// minimal uffd handler plus one raw TCP round trip of a page.
-    RemoteFault(crate::bench_local::RunsArgs),
+    RemoteFault(RunsArgs),
     /// Two nodes taking turns writing one page: ownership transfers per second, against a page
     /// passed back and forth over raw TCP.
     Pingpong {
         #[command(flatten)]
-        runs: crate::bench_local::RunsArgs,
+        runs: RunsArgs,
         /// Seconds per repetition.
         #[arg(long, default_value_t = 2.0)]
         secs: f64,
@@ -54,7 +55,7 @@ pub enum BenchCmd {
     /// Cold sequential scan of a file segment against the kernel's mmap of the same file.
     Scan {
         #[command(flatten)]
-        runs: crate::bench_local::RunsArgs,
+        runs: RunsArgs,
         /// File size.
         #[arg(long, value_parser = parse_size, default_value = "256MiB")]
         size: u64,
@@ -112,7 +113,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Pingpong { runs, secs } => crate::bench_remote::pingpong(runs, secs),
         BenchCmd::Scan { runs, size } => crate::bench_local::scan(runs, size),
         BenchCmd::All { json } => {
-            let runs = || crate::bench_local::RunsArgs {
+            let runs = || RunsArgs {
                 runs: 5,
                 faults: 2000,
                 json,
@@ -178,64 +179,6 @@ fn used_bytes() -> anyhow::Result<u64> {
     Ok(field("Cached:")? + field("AnonPages:")?)
 }
 
-/// Median, min and max of a sample.
-pub struct Stats {
-    pub min: f64,
-    pub median: f64,
-    pub max: f64,
-    pub runs: usize,
-}
-
-pub fn stats(v: &[f64]) -> Stats {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    let median = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    Stats {
-        min: s[0],
-        median,
-        max: s[n - 1],
-        runs: n,
-    }
-}
-
-/// Print one result line (JSON or a table row).
-#[allow(clippy::too_many_arguments)]
-pub fn report(
-    json: bool,
-    bench: &str,
-    metric: &str,
-    unit: &str,
-    pm: &[f64],
-    base: &[f64],
-    better: &str,
-) {
-    let p = stats(pm);
-    let b = stats(base);
-    let ratio = if b.median == 0.0 {
-        f64::NAN
-    } else {
-        p.median / b.median
-    };
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"bench": bench, "metric": metric, "unit": unit, "pagemesh": p.median,
-                "baseline": b.median, "ratio": ratio, "better": better, "runs": p.runs,
-                "min": p.min, "median": p.median, "max": p.max})
-        );
-    } else {
-        println!(
-            "{bench:<8} {metric:<34} {unit:>5} {:>10.3} {:>10.3} {:>7.3}  ({better} is better; pagemesh min {:.3} max {:.3}, n={})",
-            p.median, b.median, ratio, p.min, p.max, p.runs
-        );
-    }
-}
-
 fn write_image(path: &Path, size: u64) -> anyhow::Result<()> {
     let mut f = std::io::BufWriter::new(File::create(path)?);
     let mut buf = Vec::with_capacity(1 << 20);
@@ -257,6 +200,12 @@ fn write_image(path: &Path, size: u64) -> anyhow::Result<()> {
 struct Sample {
     secs: f64,
     mem_bytes: f64,
+}
+
+impl Sample {
+    fn mem_mib(&self) -> f64 {
+        self.mem_bytes / (1 << 20) as f64
+    }
 }
 
 /// Run `procs` at once; the time until all are done, and the peak growth of used memory
@@ -304,12 +253,14 @@ fn drop_file(p: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
-    if b.procs == 0 || b.runs == 0 || b.size == 0 {
-        bail!("--procs, --runs and --size must be positive");
-    }
-    let threshold = b.share_threshold.to_string();
-    let d = PrivateDaemon::start("pagemesh-bench-", &["--share-threshold", &threshold])?;
+/// The image the volume bench reads, its digest, and one private copy of it per reader.
+struct VolumeImage {
+    image: PathBuf,
+    want: String,
+    copies: Vec<PathBuf>,
+}
+
+fn volume_image(d: &PrivateDaemon, b: &VolumeBench) -> anyhow::Result<VolumeImage> {
     let image = d.dir.path().join("image.raw");
     write_image(&image, b.size)?;
     let want = {
@@ -323,133 +274,159 @@ fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
     for c in &copies {
         std::fs::copy(&image, c)?;
     }
-    let socket = d.socket.clone();
-    let (mut pm, mut own, mut one) = (Vec::new(), Vec::new(), Vec::new());
-    let mut storage = Vec::new();
+    Ok(VolumeImage {
+        image,
+        want,
+        copies,
+    })
+}
+
+/// One run of the volume bench: pagemesh and both baselines, and the bytes pagemesh read
+/// from the image.
+struct VolumeRun {
+    pm: Sample,
+    own: Sample,
+    one: Sample,
+    storage_bytes: f64,
+}
+
+/// pagemesh: a fresh volume (empty cache), one segment per reader process; the sample and
+/// the bytes the volume read from storage.
+fn volume_pagemesh(
+    d: &PrivateDaemon,
+    b: &VolumeBench,
+    img: &VolumeImage,
+) -> anyhow::Result<(Sample, f64)> {
+    drop_file(&img.image)?;
+    d.client
+        .add_volume("bench", &img.image.display().to_string())?;
+    for i in 0..b.procs {
+        d.client.create_segment(
+            &format!("vm{i}"),
+            None,
+            Backing::Volume {
+                name: "bench".into(),
+            },
+        )?;
+    }
+    let sample = measure(
+        || {
+            (0..b.procs)
+                .map(|i| {
+                    spawn(
+                        &d.socket,
+                        &["memtest".into(), format!("vm{i}"), "--sha256".into()],
+                        format!("reader {i}"),
+                    )
+                })
+                .collect()
+        },
+        &img.want,
+    )?;
+    let vs = d.client.stat_volume("bench")?;
+    for i in 0..b.procs {
+        d.client.remove_segment(&format!("vm{i}"))?;
+    }
+    d.client.remove_volume("bench")?;
+    Ok((sample, vs.storage_bytes_read as f64))
+}
+
+fn volume_run(d: &PrivateDaemon, b: &VolumeBench, img: &VolumeImage) -> anyhow::Result<VolumeRun> {
+    let (pm, storage_bytes) = volume_pagemesh(d, b, img)?;
+    // Baseline 1: every process mmaps its own copy (what a system without shared frames does).
+    for c in &img.copies {
+        drop_file(c)?;
+    }
+    let own = measure(
+        || {
+            img.copies
+                .iter()
+                .enumerate()
+                .map(|(i, c)| mmap_reader(&d.socket, c, i))
+                .collect()
+        },
+        &img.want,
+    )?;
+    // Baseline 2: every process mmaps the one file (the kernel's own sharing).
+    drop_file(&img.image)?;
+    let one = measure(
+        || {
+            (0..b.procs)
+                .map(|i| mmap_reader(&d.socket, &img.image, i))
+                .collect()
+        },
+        &img.want,
+    )?;
+    Ok(VolumeRun {
+        pm,
+        own,
+        one,
+        storage_bytes,
+    })
+}
+
+fn volume_report(b: &VolumeBench, runs: &[VolumeRun]) {
+    let of = |f: fn(&VolumeRun) -> f64| runs.iter().map(f).collect::<Vec<_>>();
+    header(
+        b.json,
+        &format!(
+            "{} processes reading a {} image; pagemesh = volume segments, baselines: own copies via mmap | one file via mmap",
+            b.procs,
+            ByteSize(b.size)
+        ),
+    );
+    let rows = [
+        (
+            "wall_time_vs_private_copies",
+            "s",
+            of(|r| r.pm.secs),
+            of(|r| r.own.secs),
+        ),
+        (
+            "memory_vs_private_copies",
+            "MiB",
+            of(|r| r.pm.mem_mib()),
+            of(|r| r.own.mem_mib()),
+        ),
+        (
+            "wall_time_vs_one_file_mmap",
+            "s",
+            of(|r| r.pm.secs),
+            of(|r| r.one.secs),
+        ),
+        (
+            "memory_vs_one_file_mmap",
+            "MiB",
+            of(|r| r.pm.mem_mib()),
+            of(|r| r.one.mem_mib()),
+        ),
+        (
+            "storage_bytes_read_vs_image_size",
+            "B",
+            of(|r| r.storage_bytes),
+            vec![b.size as f64; runs.len()],
+        ),
+    ];
+    for (metric, unit, p, base) in &rows {
+        report(b.json, "volume", metric, unit, p, base, "lower");
+    }
+}
+
+fn volume(b: VolumeBench) -> anyhow::Result<ExitCode> {
+    if b.procs == 0 || b.runs == 0 || b.size == 0 {
+        bail!("--procs, --runs and --size must be positive");
+    }
+    let threshold = b.share_threshold.to_string();
+    let d = PrivateDaemon::start("pagemesh-bench-", &["--share-threshold", &threshold])?;
+    let img = volume_image(&d, &b)?;
+    let mut runs = Vec::with_capacity(b.runs);
     for run in 0..b.runs {
-        // pagemesh: a fresh volume (empty cache) per run, one segment per process.
-        drop_file(&image)?;
-        d.client.add_volume("bench", &image.display().to_string())?;
-        for i in 0..b.procs {
-            d.client.create_segment(
-                &format!("vm{i}"),
-                None,
-                Backing::Volume {
-                    name: "bench".into(),
-                },
-            )?;
-        }
-        pm.push(measure(
-            || {
-                (0..b.procs)
-                    .map(|i| {
-                        spawn(
-                            &socket,
-                            &["memtest".into(), format!("vm{i}"), "--sha256".into()],
-                            format!("reader {i}"),
-                        )
-                    })
-                    .collect()
-            },
-            &want,
-        )?);
-        let vs = d.client.stat_volume("bench")?;
-        storage.push(vs.storage_bytes_read as f64);
-        for i in 0..b.procs {
-            d.client.remove_segment(&format!("vm{i}"))?;
-        }
-        d.client.remove_volume("bench")?;
-        // Baseline 1: every process mmaps its own copy (what a system without shared frames does).
-        for c in &copies {
-            drop_file(c)?;
-        }
-        own.push(measure(
-            || {
-                copies
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| mmap_reader(&socket, c, i))
-                    .collect()
-            },
-            &want,
-        )?);
-        // Baseline 2: every process mmaps the one file (the kernel's own sharing).
-        drop_file(&image)?;
-        one.push(measure(
-            || {
-                (0..b.procs)
-                    .map(|i| mmap_reader(&socket, &image, i))
-                    .collect()
-            },
-            &want,
-        )?);
+        runs.push(volume_run(&d, &b, &img)?);
         if !b.json {
             eprintln!("run {}/{} done", run + 1, b.runs);
         }
     }
-    let secs = |v: &[Sample]| v.iter().map(|s| s.secs).collect::<Vec<_>>();
-    let mib = |v: &[Sample]| {
-        v.iter()
-            .map(|s| s.mem_bytes / (1 << 20) as f64)
-            .collect::<Vec<_>>()
-    };
-    if !b.json {
-        println!(
-            "{} processes reading a {} image; pagemesh = volume segments, baselines: own copies via mmap | one file via mmap",
-            b.procs,
-            ByteSize(b.size)
-        );
-        println!(
-            "{:<8} {:<34} {:>5} {:>10} {:>10} {:>7}",
-            "bench", "metric", "unit", "pagemesh", "baseline", "ratio"
-        );
-    }
-    report(
-        b.json,
-        "volume",
-        "wall_time_vs_private_copies",
-        "s",
-        &secs(&pm),
-        &secs(&own),
-        "lower",
-    );
-    report(
-        b.json,
-        "volume",
-        "memory_vs_private_copies",
-        "MiB",
-        &mib(&pm),
-        &mib(&own),
-        "lower",
-    );
-    report(
-        b.json,
-        "volume",
-        "wall_time_vs_one_file_mmap",
-        "s",
-        &secs(&pm),
-        &secs(&one),
-        "lower",
-    );
-    report(
-        b.json,
-        "volume",
-        "memory_vs_one_file_mmap",
-        "MiB",
-        &mib(&pm),
-        &mib(&one),
-        "lower",
-    );
-    let image_bytes = vec![b.size as f64; storage.len()];
-    report(
-        b.json,
-        "volume",
-        "storage_bytes_read_vs_image_size",
-        "B",
-        &storage,
-        &image_bytes,
-        "lower",
-    );
+    volume_report(&b, &runs);
     d.stop();
     Ok(ExitCode::SUCCESS)
 }
@@ -504,17 +481,14 @@ fn overcommit(b: OvercommitBench) -> anyhow::Result<ExitCode> {
             eprintln!("run {}/{} done", run + 1, b.runs);
         }
     }
-    if !b.json {
-        println!(
+    header(
+        b.json,
+        &format!(
             "sequential scan of a zero segment 4x the --memory {} budget (paged) vs one that fits ({}); MB/s",
             ByteSize(b.memory),
             ByteSize(fit)
-        );
-        println!(
-            "{:<8} {:<34} {:>5} {:>10} {:>10} {:>7}",
-            "bench", "metric", "unit", "pagemesh", "baseline", "ratio"
-        );
-    }
+        ),
+    );
     report(
         b.json,
         "overcommit",

@@ -1,39 +1,30 @@
 //! Single-node benches: fault latency against a minimal uffd handler, 1 TiB create + first
-//! touch, and fault throughput scaling with client and worker threads. Each figure is measured
-//! beside its baseline in the same run.
+//! touch, fault throughput scaling with client and worker threads, and file segments against
+//! the kernel's mmap of the same file. Each figure is measured beside its baseline in the same
+//! run.
 
+use std::io::Write;
 use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use clap::Args;
 use pagemesh::Backing;
-use pagemesh_uffd::poll::Epoll;
+use pagemesh_uffd::fileio::drop_cached;
 use pagemesh_uffd::{
-    features, Event, FaultKind, Memfd, Protect, RegisterMode, SharedMapping, Uffd, Wake,
+    features, FaultKind, Memfd, Protect, ReadOnlyMapping, RegisterMode, SharedMapping, Uffd, Wake,
 };
 
-use crate::bench::report;
-use crate::harness::PrivateDaemon;
+use crate::bench_baseline::serve_faults;
+use crate::bench_report::{header, mean, pct, report, RunsArgs};
+use crate::harness::{spawn, wait_all, PrivateDaemon};
 
 const PS: u64 = 4096;
 /// Pages between two timed touches: more than fault-around's reach either way, so every touch
 /// is a fault of its own.
 const STRIDE_PAGES: u64 = 64;
-
-#[derive(Args)]
-pub struct RunsArgs {
-    /// Repetitions.
-    #[arg(long, default_value_t = 5)]
-    pub runs: usize,
-    /// Faults timed per repetition (local-fault, scaling).
-    #[arg(long, default_value_t = 2000)]
-    pub faults: u64,
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// Touch `n` pages `STRIDE_PAGES` apart through `read`, returning each touch's latency in ns.
 fn touch_all(n: u64, mut read: impl FnMut(usize, &mut [u8])) -> Vec<f64> {
@@ -45,11 +36,6 @@ fn touch_all(n: u64, mut read: impl FnMut(usize, &mut [u8])) -> Vec<f64> {
             t.elapsed().as_nanos() as f64
         })
         .collect()
-}
-
-fn pct(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * q).round() as usize]
 }
 
 /// The baseline: one handler thread, the same ioctls pagemesh uses (COPY of a zero page,
@@ -86,29 +72,6 @@ fn minimal_handler(n: u64, cached: bool) -> anyhow::Result<Vec<f64>> {
         lat
     });
     Ok(lat)
-}
-
-/// The baseline handlers' loop: one thread, epoll on the uffd, `on_fault(address, kind)` for
-/// every page fault, until `stop`.
-pub fn serve_faults(uffd: &Uffd, stop: &AtomicBool, mut on_fault: impl FnMut(u64, FaultKind)) {
-    let mut evs = Vec::with_capacity(16);
-    let epoll = Epoll::new().expect("epoll");
-    epoll.add(uffd.as_fd(), 1).expect("epoll add");
-    let mut ready = Vec::with_capacity(1);
-    while !stop.load(Ordering::Relaxed) {
-        ready.clear();
-        if epoll.wait(&mut ready, 1, 50).is_err() || ready.is_empty() {
-            continue;
-        }
-        let _ = epoll.rearm(uffd.as_fd(), 1);
-        evs.clear();
-        let _ = uffd.read_events(&mut evs, 16);
-        for ev in &evs {
-            if let Event::PageFault { address, kind, .. } = *ev {
-                on_fault(address, kind);
-            }
-        }
-    }
 }
 
 fn kernel_anon(n: u64) -> anyhow::Result<Vec<f64>> {
@@ -157,7 +120,6 @@ pub fn local_fault(a: RunsArgs) -> anyhow::Result<ExitCode> {
         let mut pc = pagemesh_faults(&d, a.faults, true, run)?;
         let mut mc = minimal_handler(a.faults, true)?;
         let mut ka = kernel_anon(a.faults)?;
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let vals = [
             (pct(&mut pd, 0.5), pct(&mut md, 0.5)),
             (pct(&mut pd, 0.99), pct(&mut md, 0.99)),
@@ -180,16 +142,6 @@ pub fn local_fault(a: RunsArgs) -> anyhow::Result<ExitCode> {
     }
     d.stop();
     Ok(ExitCode::SUCCESS)
-}
-
-fn header(json: bool, what: &str) {
-    if !json {
-        println!("{what}");
-        println!(
-            "{:<8} {:<34} {:>5} {:>10} {:>10} {:>7}",
-            "bench", "metric", "unit", "pagemesh", "baseline", "ratio"
-        );
-    }
 }
 
 pub fn create(a: RunsArgs) -> anyhow::Result<ExitCode> {
@@ -288,169 +240,191 @@ pub fn scaling(a: RunsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Cold sequential scan of a file segment (its file dropped from the kernel's page cache before
-/// every run) against the kernel's mmap of the same cold file; MB/s.
-pub fn scan(a: RunsArgs, size: u64) -> anyhow::Result<ExitCode> {
-    use crate::harness::{spawn, wait_all};
-    let d = PrivateDaemon::start("pagemesh-bench-", &[])?;
+/// The file the `scan` benches read: `size` rounded up to whole MiB of a fixed byte pattern;
+/// its path and real size.
+fn scan_file(d: &PrivateDaemon, size: u64) -> anyhow::Result<(PathBuf, u64)> {
     let file = d.dir.path().join("scan.dat");
-    {
-        use std::io::Write;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&file)?);
-        let chunk: Vec<u8> = (0..1u32 << 20)
-            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
-            .collect();
-        for _ in 0..size.div_ceil(1 << 20) {
-            f.write_all(&chunk)?;
-        }
-        f.flush()?;
-    }
-    let size = std::fs::metadata(&file)?.len();
-    let drop_cache = || -> anyhow::Result<()> {
-        pagemesh_uffd::fileio::drop_cached(&std::fs::File::open(&file)?, 0, 0)?;
-        Ok(())
-    };
-    let (mut pm, mut base) = (Vec::new(), Vec::new());
-    for run in 0..a.runs.max(1) {
-        let name = format!("scan{run}");
-        d.client.create_segment(
-            &name,
-            None,
-            Backing::File {
-                path: file.display().to_string(),
-            },
-        )?;
-        drop_cache()?;
-        let t = Instant::now();
-        wait_all(
-            vec![spawn(
-                &d.socket,
-                &["memtest".into(), name.clone(), "--sha256".into()],
-                "scan".into(),
-            )?],
-            Duration::from_secs(600),
-        )?;
-        pm.push(size as f64 / t.elapsed().as_secs_f64() / 1e6);
-        d.client.remove_segment(&name)?;
-        drop_cache()?;
-        let t = Instant::now();
-        let args = [
-            "bench".into(),
-            "mmap-hash".into(),
-            file.display().to_string(),
-        ];
-        wait_all(
-            vec![spawn(&d.socket, &args, "mmap scan".into())?],
-            Duration::from_secs(600),
-        )?;
-        base.push(size as f64 / t.elapsed().as_secs_f64() / 1e6);
-    }
-    // Random 8-byte reads, one per page, in this process: through an attached segment, and
-    // through the kernel's mmap of the same file; both cold.
-    let (mut rp, mut rb) = (Vec::new(), Vec::new());
-    let pages = size / PS;
-    let offsets: Vec<u64> = (0..RANDOM_READS)
-        .map(|i| crate::memtest::splitmix64(i) % pages * PS)
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&file)?);
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
         .collect();
-    for run in 0..a.runs.max(1) {
-        let name = format!("rand{run}");
-        d.client.create_segment(
-            &name,
-            None,
-            Backing::File {
-                path: file.display().to_string(),
-            },
-        )?;
-        drop_cache()?;
-        let m = d.client.attach(&name)?;
-        let mut b = [0u8; 8];
-        let t = Instant::now();
-        for &o in &offsets {
-            m.read_at(o, &mut b)?;
-        }
-        rp.push(RANDOM_READS as f64 / t.elapsed().as_secs_f64());
-        drop(m);
-        d.client.remove_segment(&name)?;
-        drop_cache()?;
-        let f = std::fs::File::open(&file)?;
-        let map = pagemesh_uffd::ReadOnlyMapping::map(f.as_fd(), size as usize)?;
-        let t = Instant::now();
-        for &o in &offsets {
-            map.read_at(o as usize, &mut b);
-        }
-        rb.push(RANDOM_READS as f64 / t.elapsed().as_secs_f64());
+    for _ in 0..size.div_ceil(1 << 20) {
+        f.write_all(&chunk)?;
     }
-    // Write every page, then make it durable: segment sync against msync(MS_SYNC).
+    f.flush()?;
+    drop(f);
+    let size = std::fs::metadata(&file)?.len();
+    Ok((file, size))
+}
+
+/// Drop `file` from the kernel's page cache, so that the next read of it is cold.
+fn drop_cache(file: &Path) -> anyhow::Result<()> {
+    drop_cached(&std::fs::File::open(file)?, 0, 0)?;
+    Ok(())
+}
+
+fn create_file_segment(
+    d: &PrivateDaemon,
+    name: &str,
+    size: Option<u64>,
+    file: &Path,
+) -> anyhow::Result<()> {
+    d.client.create_segment(
+        name,
+        size,
+        Backing::File {
+            path: file.display().to_string(),
+        },
+    )?;
+    Ok(())
+}
+
+/// One cold sequential read of the whole file, by a `memtest --sha256` process through a file
+/// segment and by a `bench mmap-hash` process through the kernel's mmap; MB/s of each.
+fn sequential_scan(
+    d: &PrivateDaemon,
+    file: &Path,
+    size: u64,
+    run: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let name = format!("scan{run}");
+    create_file_segment(d, &name, None, file)?;
+    drop_cache(file)?;
+    let t = Instant::now();
+    wait_all(
+        vec![spawn(
+            &d.socket,
+            &["memtest".into(), name.clone(), "--sha256".into()],
+            "scan".into(),
+        )?],
+        Duration::from_secs(600),
+    )?;
+    let pm = size as f64 / t.elapsed().as_secs_f64() / 1e6;
+    d.client.remove_segment(&name)?;
+    drop_cache(file)?;
+    let t = Instant::now();
+    let args = [
+        "bench".into(),
+        "mmap-hash".into(),
+        file.display().to_string(),
+    ];
+    wait_all(
+        vec![spawn(&d.socket, &args, "mmap scan".into())?],
+        Duration::from_secs(600),
+    )?;
+    let base = size as f64 / t.elapsed().as_secs_f64() / 1e6;
+    Ok((pm, base))
+}
+
+/// Random 8-byte reads at `offsets` in this process: through an attached segment, and
+/// through the kernel's mmap of the same file; both cold. Reads per second of each.
+fn random_reads(
+    d: &PrivateDaemon,
+    file: &Path,
+    size: u64,
+    offsets: &[u64],
+    run: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let name = format!("rand{run}");
+    create_file_segment(d, &name, None, file)?;
+    drop_cache(file)?;
+    let m = d.client.attach(&name)?;
+    let mut b = [0u8; 8];
+    let t = Instant::now();
+    for &o in offsets {
+        m.read_at(o, &mut b)?;
+    }
+    let pm = offsets.len() as f64 / t.elapsed().as_secs_f64();
+    drop(m);
+    d.client.remove_segment(&name)?;
+    drop_cache(file)?;
+    let f = std::fs::File::open(file)?;
+    let map = ReadOnlyMapping::map(f.as_fd(), size as usize)?;
+    let t = Instant::now();
+    for &o in offsets {
+        map.read_at(o as usize, &mut b);
+    }
+    let base = offsets.len() as f64 / t.elapsed().as_secs_f64();
+    Ok((pm, base))
+}
+
+/// Write every page of a new `size`-byte file, then make it durable: through a file segment
+/// and its sync, against a shared mapping and msync(MS_SYNC). MB/s of each.
+fn write_then_sync(d: &PrivateDaemon, size: u64, run: usize) -> anyhow::Result<(f64, f64)> {
+    let pages = size / PS;
+    let seg_file = d.dir.path().join(format!("w{run}.dat"));
+    let name = format!("w{run}");
+    create_file_segment(d, &name, Some(size), &seg_file)?;
+    let m = d.client.attach(&name)?;
+    let t = Instant::now();
+    for p in 0..pages {
+        m.write_at(p * PS, &p.to_le_bytes())?;
+    }
+    m.sync()?;
+    let pm = size as f64 / t.elapsed().as_secs_f64() / 1e6;
+    drop(m);
+    d.client.remove_segment(&name)?;
+    let base_file = d.dir.path().join(format!("b{run}.dat"));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&base_file)?;
+    f.set_len(size)?;
+    let map = SharedMapping::map(f.as_fd(), size as usize)?;
+    let t = Instant::now();
+    for p in 0..pages {
+        map.write_at((p * PS) as usize, &p.to_le_bytes());
+    }
+    map.msync()?;
+    let base = size as f64 / t.elapsed().as_secs_f64() / 1e6;
+    drop(map);
+    let _ = std::fs::remove_file(&seg_file);
+    let _ = std::fs::remove_file(&base_file);
+    Ok((pm, base))
+}
+
+/// File segments against the kernel's mmap of the same file: a cold sequential scan (the file
+/// dropped from the kernel's page cache before every run; MB/s), cold random page reads, and
+/// writing every page then syncing.
+pub fn scan(a: RunsArgs, size: u64) -> anyhow::Result<ExitCode> {
+    let d = PrivateDaemon::start("pagemesh-bench-", &[])?;
+    let (file, size) = scan_file(&d, size)?;
+    let runs = a.runs.max(1);
+    let (mut pm, mut base) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let (p, b) = sequential_scan(&d, &file, size, run)?;
+        pm.push(p);
+        base.push(b);
+    }
+    let (mut rp, mut rb) = (Vec::new(), Vec::new());
+    let offsets: Vec<u64> = (0..RANDOM_READS)
+        .map(|i| crate::memtest::splitmix64(i) % (size / PS) * PS)
+        .collect();
+    for run in 0..runs {
+        let (p, b) = random_reads(&d, &file, size, &offsets, run)?;
+        rp.push(p);
+        rb.push(b);
+    }
     let (mut wp, mut wb) = (Vec::new(), Vec::new());
-    for run in 0..a.runs.max(1) {
-        let seg_file = d.dir.path().join(format!("w{run}.dat"));
-        let name = format!("w{run}");
-        d.client.create_segment(
-            &name,
-            Some(size),
-            Backing::File {
-                path: seg_file.display().to_string(),
-            },
-        )?;
-        let m = d.client.attach(&name)?;
-        let t = Instant::now();
-        for p in 0..pages {
-            m.write_at(p * PS, &p.to_le_bytes())?;
-        }
-        m.sync()?;
-        wp.push(size as f64 / t.elapsed().as_secs_f64() / 1e6);
-        drop(m);
-        d.client.remove_segment(&name)?;
-        let base_file = d.dir.path().join(format!("b{run}.dat"));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&base_file)?;
-        f.set_len(size)?;
-        let map = SharedMapping::map(f.as_fd(), size as usize)?;
-        let t = Instant::now();
-        for p in 0..pages {
-            map.write_at((p * PS) as usize, &p.to_le_bytes());
-        }
-        map.msync()?;
-        wb.push(size as f64 / t.elapsed().as_secs_f64() / 1e6);
-        drop(map);
-        let _ = std::fs::remove_file(&seg_file);
-        let _ = std::fs::remove_file(&base_file);
+    for run in 0..runs {
+        let (p, b) = write_then_sync(&d, size, run)?;
+        wp.push(p);
+        wb.push(b);
     }
     header(
         a.json,
         "file segments vs the kernel's mmap of the same file (cold cache for reads)",
     );
-    report(
-        a.json,
-        "scan",
-        "cold_sequential_read_vs_kernel_mmap",
-        "MB/s",
-        &pm,
-        &base,
-        "higher",
-    );
-    report(
-        a.json,
-        "scan",
-        "cold_random_page_reads_vs_kernel_mmap",
-        "1/s",
-        &rp,
-        &rb,
-        "higher",
-    );
-    report(
-        a.json,
-        "scan",
-        "write_all_then_sync_vs_mmap_msync",
-        "MB/s",
-        &wp,
-        &wb,
-        "higher",
-    );
+    let rows = [
+        ("cold_sequential_read_vs_kernel_mmap", "MB/s", &pm, &base),
+        ("cold_random_page_reads_vs_kernel_mmap", "1/s", &rp, &rb),
+        ("write_all_then_sync_vs_mmap_msync", "MB/s", &wp, &wb),
+    ];
+    for (metric, unit, p, b) in rows {
+        report(a.json, "scan", metric, unit, p, b, "higher");
+    }
     d.stop();
     Ok(ExitCode::SUCCESS)
 }

@@ -18,20 +18,11 @@ use anyhow::{bail, Context};
 use pagemesh::{Backing, Client, Mapping};
 use pagemesh_uffd::{features, Memfd, Protect, RegisterMode, SharedMapping, Uffd, Wake};
 
-use crate::bench::report;
-use crate::bench_local::RunsArgs;
+use crate::bench_baseline::serve_faults;
+use crate::bench_report::{header, mean, pct, report, RunsArgs};
 use crate::harness::{start_cluster, PrivateDaemon};
 
 const PS: u64 = 4096;
-
-fn pct(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * q).round() as usize]
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
-}
 
 /// Pages between two timed touches: not sequential, so no read-ahead or fault-around hides
 /// the fault being measured.
@@ -99,7 +90,7 @@ fn minimal_remote_handler(n: u64, port: u16) -> anyhow::Result<Vec<f64>> {
         s.spawn(|| {
             let mut page = vec![0u8; PS as usize];
             let mut req = [0u8; 16];
-            crate::bench_local::serve_faults(&uffd, &stop, |address, _| {
+            serve_faults(&uffd, &stop, |address, _| {
                 req[..8].copy_from_slice(&address.to_le_bytes());
                 let ok = conn.write_all(&req).is_ok() && conn.read_exact(&mut page).is_ok();
                 if ok {
@@ -284,14 +275,4 @@ fn tcp_pingpong(secs: f64) -> anyhow::Result<f64> {
         n
     });
     Ok(n as f64 / t.elapsed().as_secs_f64())
-}
-
-fn header(json: bool, what: &str) {
-    if !json {
-        println!("{what}");
-        println!(
-            "{:<8} {:<34} {:>5} {:>10} {:>10} {:>7}",
-            "bench", "metric", "unit", "pagemesh", "baseline", "ratio"
-        );
-    }
 }

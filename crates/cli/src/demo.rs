@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
-use pagemesh::{Backing, Client};
+use pagemesh::{Backing, Client, ClusterStatus};
 
 use crate::harness::{spawn, wait_all, PrivateDaemon};
 use crate::jacobi;
@@ -93,111 +93,131 @@ pub fn wait_for_segment(daemons: &[PrivateDaemon], name: &str) -> anyhow::Result
     Ok(())
 }
 
-pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
-    if a.nodes == 0 || a.workers_per_node == 0 || a.n < 3 || a.iters == 0 {
-        bail!("--nodes, --workers-per-node and --iters must be >= 1 and --n >= 3");
+/// The stencil's result as a node other than the home reads it, against the single-process
+/// reference.
+struct Verdict {
+    verified: Result<(), jacobi::Mismatch>,
+    /// Checksums of the shared grid and of the reference.
+    sum: u64,
+    want: u64,
+    /// Time the single-process reference took.
+    ref_secs: f64,
+}
+
+/// Run one process per rank, `workers_per_node` on each node, until all are done (their
+/// output is not shown).
+fn spawn_ranks(
+    a: &DemoArgs,
+    daemons: &[PrivateDaemon],
+    args_of: impl Fn(usize) -> Vec<String>,
+    what_of: impl Fn(usize, usize) -> String,
+) -> anyhow::Result<()> {
+    let mut procs = Vec::new();
+    for rank in 0..a.nodes * a.workers_per_node {
+        let node = rank / a.workers_per_node;
+        procs.push(spawn(
+            &daemons[node].socket,
+            &args_of(rank),
+            what_of(rank, node),
+        )?);
     }
+    wait_all(procs, PHASE_TIMEOUT)?;
+    Ok(())
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The Jacobi phase: the grid segment homed on node 1, every worker process on its node; the
+/// wall time from the first spawn until the last worker is done.
+fn stencil(a: &DemoArgs, daemons: &[PrivateDaemon]) -> anyhow::Result<f64> {
     let ranks = a.nodes * a.workers_per_node;
-    println!(
-        "pagemesh demo: {} nodes on loopback (separate daemons), {ranks} worker processes, \
-         Jacobi heat stencil on a {}x{} grid, {} iterations",
-        a.nodes, a.n, a.n, a.iters
-    );
-    let daemons = crate::harness::start_cluster(
-        a.nodes,
-        "pagemesh-demo",
-        &["--workers", "1", "--memory", "256MiB"],
-    )?;
-    for (i, d) in daemons.iter().enumerate() {
-        println!("  node {} in {}", i + 1, d.dir.path().display());
-    }
     let bytes = (jacobi::words(a.n) * 8) as u64;
-    let home = &daemons[0].client;
-    home.create_cluster_segment(
+    daemons[0].client.create_cluster_segment(
         SEGMENT,
         Some(bytes.div_ceil(4096) * 4096),
         Backing::Zero,
         None,
     )?;
-    wait_for_segment(&daemons, SEGMENT)?;
+    wait_for_segment(daemons, SEGMENT)?;
+    let t = Instant::now();
+    spawn_ranks(
+        a,
+        daemons,
+        |rank| {
+            strings(&[
+                "demo-worker",
+                "--segment",
+                SEGMENT,
+                "--n",
+                &a.n.to_string(),
+                "--iters",
+                &a.iters.to_string(),
+                "--rank",
+                &rank.to_string(),
+                "--ranks",
+                &ranks.to_string(),
+            ])
+        },
+        |rank, node| format!("worker {rank} on node {}", node + 1),
+    )?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Check the grid through another node than the home: every page comes over the wire.
+fn verify(a: &DemoArgs, daemons: &[PrivateDaemon]) -> anyhow::Result<Verdict> {
     let p = jacobi::Params {
         n: a.n,
         iters: a.iters,
     };
-
-    let t = Instant::now();
-    let mut procs = Vec::new();
-    for rank in 0..ranks {
-        let node = rank / a.workers_per_node;
-        let args: Vec<String> = [
-            "demo-worker",
-            "--segment",
-            SEGMENT,
-            "--n",
-            &a.n.to_string(),
-            "--iters",
-            &a.iters.to_string(),
-            "--rank",
-            &rank.to_string(),
-            "--ranks",
-            &ranks.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        procs.push(spawn(
-            &daemons[node].socket,
-            &args,
-            format!("worker {rank} on node {}", node + 1),
-        )?);
-    }
-    wait_all(procs, PHASE_TIMEOUT)?;
-    let wall = t.elapsed().as_secs_f64();
-
-    // Verify through another node than the home: every page comes over the wire.
     let check_node = &daemons[a.nodes.min(2) - 1];
     let m = check_node.client.attach(SEGMENT)?;
     let grid = &m.atomics_u64()[..jacobi::words(a.n)];
     let t_ref = Instant::now();
     let reference = jacobi::reference(&p);
     let ref_secs = t_ref.elapsed().as_secs_f64();
-    let verified = jacobi::verify(&p, grid);
-    let sum = jacobi::checksum(jacobi::result_values(&p, grid));
-    let want = jacobi::checksum(reference.into_iter());
-    drop(m);
+    Ok(Verdict {
+        verified: jacobi::verify(&p, grid),
+        sum: jacobi::checksum(jacobi::result_values(&p, grid)),
+        want: jacobi::checksum(reference.into_iter()),
+        ref_secs,
+    })
+}
 
-    let mut counter_line = String::new();
-    if a.increments > 0 {
-        home.create_cluster_segment(COUNTER, Some(4096), Backing::Zero, Some(a.nodes as u32))?;
-        wait_for_segment(&daemons, COUNTER)?;
-        let mut procs = Vec::new();
-        for rank in 0..ranks {
-            let node = rank / a.workers_per_node;
-            let args: Vec<String> = ["memtest", COUNTER, "--increment", &a.increments.to_string()]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            procs.push(spawn(
-                &daemons[node].socket,
-                &args,
-                format!("counter {rank}"),
-            )?);
-        }
-        wait_all(procs, PHASE_TIMEOUT)?;
-        let mut b = [0u8; 8];
-        daemons[0].client.read_at(COUNTER, 0, &mut b)?;
-        let got = u64::from_le_bytes(b);
-        let expect = ranks as u64 * a.increments;
-        if got != expect {
-            bail!("the shared counter is {got}, expected {expect}: increments were lost");
-        }
-        counter_line = format!(
-            "counter: {ranks} processes on {} nodes x {} atomic increments = {got}, exact",
-            a.nodes, a.increments
-        );
+/// The counter phase: every worker process does `increments` atomic increments of one shared
+/// word; an error unless none was lost. The line that says so.
+fn counter(a: &DemoArgs, daemons: &[PrivateDaemon]) -> anyhow::Result<String> {
+    let ranks = a.nodes * a.workers_per_node;
+    daemons[0].client.create_cluster_segment(
+        COUNTER,
+        Some(4096),
+        Backing::Zero,
+        Some(a.nodes as u32),
+    )?;
+    wait_for_segment(daemons, COUNTER)?;
+    let increments = a.increments.to_string();
+    spawn_ranks(
+        a,
+        daemons,
+        |_| strings(&["memtest", COUNTER, "--increment", &increments]),
+        |rank, _| format!("counter {rank}"),
+    )?;
+    let mut b = [0u8; 8];
+    daemons[0].client.read_at(COUNTER, 0, &mut b)?;
+    let got = u64::from_le_bytes(b);
+    let expect = ranks as u64 * a.increments;
+    if got != expect {
+        bail!("the shared counter is {got}, expected {expect}: increments were lost");
     }
+    Ok(format!(
+        "counter: {ranks} processes on {} nodes x {} atomic increments = {got}, exact",
+        a.nodes, a.increments
+    ))
+}
 
-    let status = home.cluster_status()?;
+/// What moved between the nodes: one row of figures per node.
+fn print_figures(status: &ClusterStatus) {
     println!();
     println!(
         "{:>5} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9} {:>9}",
@@ -219,16 +239,45 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             None => println!("{:>5} (no answer)", n.id),
         }
     }
+}
+
+pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    if a.nodes == 0 || a.workers_per_node == 0 || a.n < 3 || a.iters == 0 {
+        bail!("--nodes, --workers-per-node and --iters must be >= 1 and --n >= 3");
+    }
+    let ranks = a.nodes * a.workers_per_node;
+    println!(
+        "pagemesh demo: {} nodes on loopback (separate daemons), {ranks} worker processes, \
+         Jacobi heat stencil on a {}x{} grid, {} iterations",
+        a.nodes, a.n, a.n, a.iters
+    );
+    let daemons = crate::harness::start_cluster(
+        a.nodes,
+        "pagemesh-demo",
+        &["--workers", "1", "--memory", "256MiB"],
+    )?;
+    for (i, d) in daemons.iter().enumerate() {
+        println!("  node {} in {}", i + 1, d.dir.path().display());
+    }
+    let wall = stencil(&a, &daemons)?;
+    let v = verify(&a, &daemons)?;
+    let counter_line = if a.increments > 0 {
+        Some(counter(&a, &daemons)?)
+    } else {
+        None
+    };
+    print_figures(&daemons[0].client.cluster_status()?);
     println!();
     println!(
-        "stencil: {ranks} processes on {} nodes, {} iterations in {wall:.2} s (one process, no sharing: {ref_secs:.3} s)",
-        a.nodes, a.iters
+        "stencil: {ranks} processes on {} nodes, {} iterations in {wall:.2} s (one process, no sharing: {:.3} s)",
+        a.nodes, a.iters, v.ref_secs
     );
-    if !counter_line.is_empty() {
-        println!("{counter_line}");
+    if let Some(line) = counter_line {
+        println!("{line}");
     }
     drop(daemons);
-    match verified {
+    let (sum, want) = (v.sum, v.want);
+    match v.verified {
         Ok(()) => {
             println!("verified: the shared grid equals the single-process result bit for bit (checksum {sum:016x})");
             Ok(ExitCode::SUCCESS)

@@ -15,8 +15,8 @@ fn line(ok: bool, what: &str, detail: impl std::fmt::Display) {
     println!("[{}] {what:<28} {detail}", if ok { " ok " } else { "FAIL" });
 }
 
-pub fn run(socket: &Path) -> anyhow::Result<ExitCode> {
-    let mut failed = false;
+/// The kernel release: 6.8 or later. Whether it passed.
+fn check_kernel() -> bool {
     let release = read_trim("/proc/sys/kernel/osrelease");
     let (maj, min) = {
         let mut it = release
@@ -24,55 +24,68 @@ pub fn run(socket: &Path) -> anyhow::Result<ExitCode> {
             .filter_map(|s| s.parse::<u32>().ok());
         (it.next().unwrap_or(0), it.next().unwrap_or(0))
     };
-    let kernel_ok = (maj, min) >= (6, 8);
-    failed |= !kernel_ok;
-    line(kernel_ok, "kernel", format!("{release} (need >= 6.8)"));
+    let ok = (maj, min) >= (6, 8);
+    line(ok, "kernel", format!("{release} (need >= 6.8)"));
+    ok
+}
+
+/// 4 KiB pages. Whether it passed.
+fn check_page_size() -> bool {
     let ps = pagemesh_uffd::check_page_size();
-    failed |= ps.is_err();
     line(
         ps.is_ok(),
         "page size",
-        ps.map(|()| "4096".to_string())
+        ps.as_ref()
+            .map(|()| "4096".to_string())
             .unwrap_or_else(|e| e.to_string()),
     );
-    match Uffd::probe() {
-        Ok(p) => {
-            let full = p.mode != OpenMode::UserModeOnly;
-            line(full, "userfaultfd mode", p.mode);
-            if !full {
-                println!("       grant full mode: give the user access to /dev/userfaultfd (e.g. a group with rw), or CAP_SYS_PTRACE");
-            }
-            let have: Vec<&str> = features::NAMES
-                .iter()
-                .filter(|(b, _)| p.features & b != 0)
-                .map(|(_, n)| *n)
-                .collect();
-            let missing: Vec<&str> = features::NAMES
-                .iter()
-                .filter(|(b, _)| features::PAGEMESH & b != 0 && p.features & b == 0)
-                .map(|(_, n)| *n)
-                .collect();
-            failed |= !missing.is_empty();
-            line(
-                missing.is_empty(),
-                "userfaultfd features",
-                if missing.is_empty() {
-                    "all needed present".to_string()
-                } else {
-                    format!("missing {missing:?}")
-                },
-            );
-            println!("       kernel offers: {}", have.join(" "));
-        }
+    ps.is_ok()
+}
+
+/// userfaultfd can be opened, in which mode, and with every feature pagemesh needs. Whether
+/// it passed (user-mode-only is shown as a failure but does not fail the check).
+fn check_userfaultfd() -> bool {
+    let p = match Uffd::probe() {
+        Ok(p) => p,
         Err(e) => {
-            failed = true;
             line(
                 false,
                 "userfaultfd",
                 format!("{e}: run as root or grant access to /dev/userfaultfd"),
             );
+            return false;
         }
+    };
+    let full = p.mode != OpenMode::UserModeOnly;
+    line(full, "userfaultfd mode", p.mode);
+    if !full {
+        println!("       grant full mode: give the user access to /dev/userfaultfd (e.g. a group with rw), or CAP_SYS_PTRACE");
     }
+    let have: Vec<&str> = features::NAMES
+        .iter()
+        .filter(|(b, _)| p.features & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    let missing: Vec<&str> = features::NAMES
+        .iter()
+        .filter(|(b, _)| features::PAGEMESH & b != 0 && p.features & b == 0)
+        .map(|(_, n)| *n)
+        .collect();
+    line(
+        missing.is_empty(),
+        "userfaultfd features",
+        if missing.is_empty() {
+            "all needed present".to_string()
+        } else {
+            format!("missing {missing:?}")
+        },
+    );
+    println!("       kernel offers: {}", have.join(" "));
+    missing.is_empty()
+}
+
+/// Settings worth knowing that fail nothing.
+fn show_settings() {
     line(
         true,
         "vm.unprivileged_userfaultfd",
@@ -109,6 +122,10 @@ pub fn run(socket: &Path) -> anyhow::Result<ExitCode> {
             l.trim_start_matches("Max open files").trim(),
         );
     }
+}
+
+/// Whether a daemon answers at `socket` (informational: doctor needs none).
+fn show_daemon(socket: &Path) {
     match pagemesh::Client::connect(socket).and_then(|c| c.status()) {
         Ok(s) => line(
             true,
@@ -123,7 +140,14 @@ pub fn run(socket: &Path) -> anyhow::Result<ExitCode> {
         ),
         Err(e) => line(true, "daemon", format!("not reachable: {e}")),
     }
-    Ok(if failed {
+}
+
+pub fn run(socket: &Path) -> anyhow::Result<ExitCode> {
+    // Every check runs and prints its line, whatever the ones before it found.
+    let checks = [check_kernel(), check_page_size(), check_userfaultfd()];
+    show_settings();
+    show_daemon(socket);
+    Ok(if checks.contains(&false) {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

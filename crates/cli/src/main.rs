@@ -4,8 +4,10 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_baseline;
 mod bench_local;
 mod bench_remote;
+mod bench_report;
 mod cluster_cmd;
 mod demo;
 mod doctor;

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use pagemesh::Client;
+use pagemesh::{Client, Mapping};
 use pagemesh_types::ByteSize;
 use sha2::{Digest, Sha256};
 
@@ -78,13 +78,8 @@ fn rate(bytes: u64, secs: f64) -> String {
     format!("{:.0} MB/s", bytes as f64 / secs.max(1e-9) / 1e6)
 }
 
-pub fn run(socket: &Path, a: MemtestArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(socket)?;
-    let m = client
-        .attach(&a.name)
-        .with_context(|| format!("attaching segment {}", a.name))?;
-    pagemesh_uffd::sigbus::report_sigbus_for(m.as_ptr() as u64, m.len() as u64)?;
-    let size = m.len() as u64;
+/// The length of the range `a` names in a segment of `size` bytes, or why it is outside.
+fn range_len(a: &MemtestArgs, size: u64) -> anyhow::Result<u64> {
     if a.offset > size {
         bail!(
             "offset {} is past the end of segment {} ({} bytes)",
@@ -103,102 +98,159 @@ pub fn run(socket: &Path, a: MemtestArgs) -> anyhow::Result<ExitCode> {
             size
         );
     }
-    let start = Instant::now();
+    Ok(len)
+}
+
+/// Before every repetition but the first, `--pause-ms`.
+fn pause_before(rep: u64, a: &MemtestArgs) {
+    if rep > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(a.pause_ms));
+    }
+}
+
+pub fn run(socket: &Path, a: MemtestArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(socket)?;
+    let m = client
+        .attach(&a.name)
+        .with_context(|| format!("attaching segment {}", a.name))?;
+    pagemesh_uffd::sigbus::report_sigbus_for(m.as_ptr() as u64, m.len() as u64)?;
+    let len = range_len(&a, m.len() as u64)?;
     if let Some(n) = a.increment {
-        if !a.offset.is_multiple_of(8) {
-            bail!("--offset must be 8-aligned for --increment");
-        }
-        let word = &m.atomics_u64()[(a.offset / 8) as usize];
-        let per: Vec<u64> = (0..a.threads.max(1) as u64)
-            .map(|i| n / a.threads.max(1) as u64 + u64::from(i < n % a.threads.max(1) as u64))
-            .collect();
-        std::thread::scope(|s| {
-            for k in per {
-                s.spawn(move || {
-                    for _ in 0..k {
-                        word.fetch_add(1, Ordering::SeqCst);
-                    }
-                });
-            }
-        });
-        let v = word.load(Ordering::SeqCst);
-        println!(
-            "memtest: {n} increments of offset {} done in {:.3} s; value now {v}",
-            a.offset,
-            start.elapsed().as_secs_f64()
-        );
-        return Ok(ExitCode::SUCCESS);
+        return increment(&m, &a, n);
     }
     if a.sha256 {
-        for rep in 0..a.repeat.max(1) {
-            if rep > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(a.pause_ms));
-            }
-            let mut h = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(buf.len() as u64) as usize;
-                m.read_at(a.offset + done, &mut buf[..n])?;
-                h.update(&buf[..n]);
-                done += n as u64;
-            }
-            let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-            println!("{digest}");
-        }
-        return Ok(ExitCode::SUCCESS);
+        return sha256(&m, &a, len);
     }
     if !a.offset.is_multiple_of(8) || !len.is_multiple_of(8) {
         bail!("--offset and --len must be multiples of 8 for --write/--verify");
     }
-    let words = m.atomics_u64();
-    let (lo, hi) = ((a.offset / 8) as usize, ((a.offset + len) / 8) as usize);
     if let Some(seed) = a.write {
-        std::thread::scope(|s| {
-            for (p, q) in parts(lo, hi, a.threads) {
-                s.spawn(move || {
-                    for (i, w) in words[p..q].iter().enumerate() {
-                        w.store(pattern(seed, ((p + i) * 8) as u64), Ordering::Relaxed);
-                    }
-                });
-            }
-        });
-        let secs = start.elapsed().as_secs_f64();
-        println!(
-            "memtest: wrote {} at offset {} with seed {seed} in {secs:.3} s ({}, {} thread(s))",
-            ByteSize(len),
-            a.offset,
-            rate(len, secs),
-            a.threads
-        );
-        return Ok(ExitCode::SUCCESS);
+        return write(&m, &a, len, seed);
     }
     let seed = a.verify.expect("clap requires one operation");
-    for rep in 0..a.repeat.max(1) {
-        if rep > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(a.pause_ms));
+    verify(&m, &a, len, seed)
+}
+
+/// `--increment N`: N atomic fetch_add(1) of the word at `--offset`, shared by the threads.
+fn increment(m: &Mapping, a: &MemtestArgs, n: u64) -> anyhow::Result<ExitCode> {
+    let start = Instant::now();
+    if !a.offset.is_multiple_of(8) {
+        bail!("--offset must be 8-aligned for --increment");
+    }
+    let word = &m.atomics_u64()[(a.offset / 8) as usize];
+    let threads = a.threads.max(1) as u64;
+    let per: Vec<u64> = (0..threads)
+        .map(|i| n / threads + u64::from(i < n % threads))
+        .collect();
+    std::thread::scope(|s| {
+        for k in per {
+            s.spawn(move || {
+                for _ in 0..k {
+                    word.fetch_add(1, Ordering::SeqCst);
+                }
+            });
         }
-        let start = Instant::now();
-        let first_bad = AtomicU64::new(u64::MAX);
-        let bad = AtomicU64::new(0);
-        std::thread::scope(|s| {
-            for (p, q) in parts(lo, hi, a.threads) {
-                let (first_bad, bad) = (&first_bad, &bad);
-                s.spawn(move || {
-                    for (i, w) in words[p..q].iter().enumerate() {
-                        let o = ((p + i) * 8) as u64;
-                        if w.load(Ordering::Relaxed) != pattern(seed, o) {
-                            first_bad.fetch_min(o, Ordering::Relaxed);
-                            bad.fetch_add(1, Ordering::Relaxed);
-                        }
+    });
+    let v = word.load(Ordering::SeqCst);
+    println!(
+        "memtest: {n} increments of offset {} done in {:.3} s; value now {v}",
+        a.offset,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--sha256`: the digest of the range as read through the mapping, once per repetition.
+fn sha256(m: &Mapping, a: &MemtestArgs, len: u64) -> anyhow::Result<ExitCode> {
+    for rep in 0..a.repeat.max(1) {
+        pause_before(rep, a);
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            m.read_at(a.offset + done, &mut buf[..n])?;
+            h.update(&buf[..n]);
+            done += n as u64;
+        }
+        let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        println!("{digest}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The range's words, as indices into `m.atomics_u64()`.
+fn word_range(a: &MemtestArgs, len: u64) -> (usize, usize) {
+    ((a.offset / 8) as usize, ((a.offset + len) / 8) as usize)
+}
+
+/// `--write SEED`: the pattern over the range, the threads each writing a part.
+fn write(m: &Mapping, a: &MemtestArgs, len: u64, seed: u64) -> anyhow::Result<ExitCode> {
+    let start = Instant::now();
+    let words = m.atomics_u64();
+    let (lo, hi) = word_range(a, len);
+    std::thread::scope(|s| {
+        for (p, q) in parts(lo, hi, a.threads) {
+            s.spawn(move || {
+                for (i, w) in words[p..q].iter().enumerate() {
+                    w.store(pattern(seed, ((p + i) * 8) as u64), Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "memtest: wrote {} at offset {} with seed {seed} in {secs:.3} s ({}, {} thread(s))",
+        ByteSize(len),
+        a.offset,
+        rate(len, secs),
+        a.threads
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One check of the pattern over words `[lo, hi)` by `threads` threads: the number of bad
+/// words and the byte offset of the first (`u64::MAX` when none).
+fn check_pattern(
+    words: &[AtomicU64],
+    lo: usize,
+    hi: usize,
+    seed: u64,
+    threads: usize,
+) -> (u64, u64) {
+    let first_bad = AtomicU64::new(u64::MAX);
+    let bad = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for (p, q) in parts(lo, hi, threads) {
+            let (first_bad, bad) = (&first_bad, &bad);
+            s.spawn(move || {
+                for (i, w) in words[p..q].iter().enumerate() {
+                    let o = ((p + i) * 8) as u64;
+                    if w.load(Ordering::Relaxed) != pattern(seed, o) {
+                        first_bad.fetch_min(o, Ordering::Relaxed);
+                        bad.fetch_add(1, Ordering::Relaxed);
                     }
-                });
-            }
-        });
+                }
+            });
+        }
+    });
+    (
+        bad.load(Ordering::Relaxed),
+        first_bad.load(Ordering::Relaxed),
+    )
+}
+
+/// `--verify SEED`: check the pattern once per repetition; exit 1 at the first mismatch,
+/// naming the first bad offset.
+fn verify(m: &Mapping, a: &MemtestArgs, len: u64, seed: u64) -> anyhow::Result<ExitCode> {
+    let words = m.atomics_u64();
+    let (lo, hi) = word_range(a, len);
+    for rep in 0..a.repeat.max(1) {
+        pause_before(rep, a);
+        let start = Instant::now();
+        let (nbad, o) = check_pattern(words, lo, hi, seed, a.threads);
         let secs = start.elapsed().as_secs_f64();
-        let nbad = bad.load(Ordering::Relaxed);
         if nbad > 0 {
-            let o = first_bad.load(Ordering::Relaxed);
             let found = words[(o / 8) as usize].load(Ordering::Relaxed);
             println!(
                 "memtest: MISMATCH in segment {}: first bad offset {o} ({o:#x}): expected {:#018x}, found {found:#018x}; {nbad} bad word(s) of {}",

@@ -175,72 +175,15 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             backing,
             partition,
             home,
-        } => {
-            let info = match home {
-                Some(h) => {
-                    client.create_cluster_segment(&name, size, backing_arg(&backing)?, Some(h))?
-                }
-                None => client.create_segment_in(
-                    &name,
-                    size,
-                    backing_arg(&backing)?,
-                    partition.as_deref(),
-                )?,
-            };
-            println!(
-                "created segment {} ({}, {}{})",
-                info.name,
-                ByteSize(info.size_bytes),
-                info.backing,
-                info.home
-                    .map_or(String::new(), |h| format!(", home node {h}"))
-            );
-        }
-        SegmentCmd::List { json } => {
-            let segs = client.list_segments()?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::Value::Array(segs.iter().map(info_json).collect())
-                );
-            } else {
-                println!(
-                    "{:<24} {:>14} {:>12} {:>5}  BACKING",
-                    "NAME", "ID", "SIZE", "HOME"
-                );
-                for s in segs {
-                    println!(
-                        "{:<24} {:>14} {:>12} {:>5}  {}",
-                        s.name,
-                        s.id,
-                        ByteSize(s.size_bytes).to_string(),
-                        s.home.map_or("-".to_string(), |h| h.to_string()),
-                        s.backing
-                    );
-                }
-            }
-        }
+        } => create(&client, &name, size, &backing, partition.as_deref(), home)?,
+        SegmentCmd::List { json } => list(&client, json)?,
         SegmentCmd::Stat {
             name,
             json,
             page: Some(page),
-        } => {
-            let p = client.page_info(&name, page)?;
-            let v = serde_json::json!({"page": p.page, "state": p.state, "pinned": p.pinned,
-                "referenced": p.referenced, "slot": p.slot});
-            if json {
-                println!("{v}");
-            } else {
-                let slot = p.slot.map_or("-".to_string(), |s| s.to_string());
-                println!(
-                    "segment {name} page {}: {} pinned={} referenced={} slot={slot}",
-                    p.page, p.state, p.pinned, p.referenced
-                );
-            }
-        }
+        } => stat_page(&client, &name, page, json)?,
         SegmentCmd::Pin { name, offset, len } => {
-            let size = client.stat(&name)?.info.size_bytes;
-            let len = len.unwrap_or(size.saturating_sub(offset));
+            let len = range_len(&client, &name, offset, len)?;
             let n = client.pin(&name, offset, len)?;
             println!(
                 "segment {name}: {n} page(s) newly pinned ({}+{})",
@@ -248,8 +191,7 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             );
         }
         SegmentCmd::Unpin { name, offset, len } => {
-            let size = client.stat(&name)?.info.size_bytes;
-            let len = len.unwrap_or(size.saturating_sub(offset));
+            let len = range_len(&client, &name, offset, len)?;
             let n = client.unpin(&name, offset, len)?;
             println!("segment {name}: {n} page(s) unpinned");
         }
@@ -273,48 +215,132 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             client.remove_segment(&name)?;
             println!("removed segment {name}");
         }
-        SegmentCmd::Read { name, offset, len } => {
-            let size = client.stat(&name)?.info.size_bytes;
-            if offset > size {
-                bail!("offset {offset} is past the end of segment {name} ({size} bytes)");
-            }
-            let len = len.unwrap_or(size - offset);
-            let mut out = std::io::stdout().lock();
-            let mut buf = vec![0u8; pagemesh::MAX_IO_CHUNK_BYTES as usize];
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(buf.len() as u64) as usize;
-                client.read_at(&name, offset + done, &mut buf[..n])?;
-                out.write_all(&buf[..n]).context("writing to stdout")?;
-                done += n as u64;
-            }
-            out.flush()?;
-        }
-        SegmentCmd::Write { name, offset } => {
-            let mut stdin = std::io::stdin().lock();
-            let mut buf = vec![0u8; pagemesh::MAX_IO_CHUNK_BYTES as usize];
-            let mut done = 0u64;
-            loop {
-                let mut filled = 0;
-                while filled < buf.len() {
-                    let n = stdin.read(&mut buf[filled..]).context("reading stdin")?;
-                    if n == 0 {
-                        break;
-                    }
-                    filled += n;
-                }
-                if filled == 0 {
-                    break;
-                }
-                client.write_at(&name, offset + done, &buf[..filled])?;
-                done += filled as u64;
-            }
-            eprintln!("wrote {done} bytes to segment {name} at offset {offset}");
-        }
+        SegmentCmd::Read { name, offset, len } => read(&client, &name, offset, len)?,
+        SegmentCmd::Write { name, offset } => write(&client, &name, offset)?,
         SegmentCmd::ClearPoison { name } => {
             let n = client.clear_poison(&name)?;
             println!("segment {name}: {n} poisoned page(s) cleared; they reload from the backing store on next access");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `segment create`: a cluster segment when `home` is given, else a local one.
+fn create(
+    client: &Client,
+    name: &str,
+    size: Option<u64>,
+    backing: &str,
+    partition: Option<&str>,
+    home: Option<u32>,
+) -> anyhow::Result<()> {
+    let info = match home {
+        Some(h) => client.create_cluster_segment(name, size, backing_arg(backing)?, Some(h))?,
+        None => client.create_segment_in(name, size, backing_arg(backing)?, partition)?,
+    };
+    println!(
+        "created segment {} ({}, {}{})",
+        info.name,
+        ByteSize(info.size_bytes),
+        info.backing,
+        info.home
+            .map_or(String::new(), |h| format!(", home node {h}"))
+    );
+    Ok(())
+}
+
+/// `segment list`: a table, or one JSON array.
+fn list(client: &Client, json: bool) -> anyhow::Result<()> {
+    let segs = client.list_segments()?;
+    if json {
+        println!(
+            "{}",
+            serde_json::Value::Array(segs.iter().map(info_json).collect())
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>14} {:>12} {:>5}  BACKING",
+        "NAME", "ID", "SIZE", "HOME"
+    );
+    for s in segs {
+        println!(
+            "{:<24} {:>14} {:>12} {:>5}  {}",
+            s.name,
+            s.id,
+            ByteSize(s.size_bytes).to_string(),
+            s.home.map_or("-".to_string(), |h| h.to_string()),
+            s.backing
+        );
+    }
+    Ok(())
+}
+
+/// `segment stat --page N`: one page's state and paging slot.
+fn stat_page(client: &Client, name: &str, page: u64, json: bool) -> anyhow::Result<()> {
+    let p = client.page_info(name, page)?;
+    if json {
+        let v = serde_json::json!({"page": p.page, "state": p.state, "pinned": p.pinned,
+            "referenced": p.referenced, "slot": p.slot});
+        println!("{v}");
+    } else {
+        let slot = p.slot.map_or("-".to_string(), |s| s.to_string());
+        println!(
+            "segment {name} page {}: {} pinned={} referenced={} slot={slot}",
+            p.page, p.state, p.pinned, p.referenced
+        );
+    }
+    Ok(())
+}
+
+/// The length of a pin or unpin range: `len`, or from `offset` to the end of the segment.
+fn range_len(client: &Client, name: &str, offset: u64, len: Option<u64>) -> anyhow::Result<u64> {
+    let size = client.stat(name)?.info.size_bytes;
+    Ok(len.unwrap_or(size.saturating_sub(offset)))
+}
+
+/// `segment read`: the range through the node's page cache to stdout, in chunks a request
+/// may carry.
+fn read(client: &Client, name: &str, offset: u64, len: Option<u64>) -> anyhow::Result<()> {
+    let size = client.stat(name)?.info.size_bytes;
+    if offset > size {
+        bail!("offset {offset} is past the end of segment {name} ({size} bytes)");
+    }
+    let len = len.unwrap_or(size - offset);
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; pagemesh::MAX_IO_CHUNK_BYTES as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        client.read_at(name, offset + done, &mut buf[..n])?;
+        out.write_all(&buf[..n]).context("writing to stdout")?;
+        done += n as u64;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `segment write`: stdin through the node's page cache from `offset` on, in chunks a request
+/// may carry.
+fn write(client: &Client, name: &str, offset: u64) -> anyhow::Result<()> {
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = vec![0u8; pagemesh::MAX_IO_CHUNK_BYTES as usize];
+    let mut done = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = stdin.read(&mut buf[filled..]).context("reading stdin")?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        client.write_at(name, offset + done, &buf[..filled])?;
+        done += filled as u64;
+    }
+    eprintln!("wrote {done} bytes to segment {name} at offset {offset}");
+    Ok(())
 }

@@ -1,4 +1,8 @@
-//! Tests of `peer.rs` (kept apart so the module stays readable).
+//! Tests of `peer.rs` and its coherence codec `peer_envelope.rs` (kept apart so the modules
+//! stay readable).
+
+use pagemesh_core::{CacheState, DenyReason, Msg, PageData, PageKey, ReqId, TxnId, Version, Want};
+use pagemesh_types::SegmentId;
 
 use super::*;
 
@@ -145,6 +149,22 @@ fn every_frame_round_trips() {
         assert_eq!(back, f);
         assert_eq!(n, buf.len());
     }
+}
+
+/// The bytes of every frame above, pinned: a change of the wire format must be deliberate (and
+/// bump `PEER_PROTOCOL_VERSION`), never a side effect of reworking the codec. After such a
+/// change, put the new value here.
+#[test]
+fn the_wire_bytes_of_every_frame_are_pinned() {
+    let mut wire = Vec::new();
+    for f in all_frames() {
+        encode_peer_frame(&f, &mut wire);
+    }
+    // FNV-1a, 64 bits.
+    let hash = wire.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    assert_eq!((wire.len(), hash), (9888, 0xffa5b336187f0325));
 }
 
 #[test]

@@ -1,0 +1,96 @@
+//! What every bench shares: its repetition arguments, the statistics over the repetitions, and
+//! the lines it prints (a table, or one JSON object per figure; see `bench.rs`).
+
+use clap::Args;
+
+/// Repetitions, faults per repetition and output form, as most benches take them.
+#[derive(Args)]
+pub struct RunsArgs {
+    /// Repetitions.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Faults timed per repetition (local-fault, scaling).
+    #[arg(long, default_value_t = 2000)]
+    pub faults: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Median, min and max of a sample.
+pub struct Stats {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+    pub runs: usize,
+}
+
+pub fn stats(v: &[f64]) -> Stats {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    let median = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    Stats {
+        min: s[0],
+        median,
+        max: s[n - 1],
+        runs: n,
+    }
+}
+
+/// The `q` quantile of a sample (nearest rank); sorts it.
+pub fn pct(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
+}
+
+pub fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Unless `json`: what the bench measures, then the table's column heads.
+pub fn header(json: bool, what: &str) {
+    if !json {
+        println!("{what}");
+        println!(
+            "{:<8} {:<34} {:>5} {:>10} {:>10} {:>7}",
+            "bench", "metric", "unit", "pagemesh", "baseline", "ratio"
+        );
+    }
+}
+
+/// Print one result line (JSON or a table row).
+#[allow(clippy::too_many_arguments)]
+pub fn report(
+    json: bool,
+    bench: &str,
+    metric: &str,
+    unit: &str,
+    pm: &[f64],
+    base: &[f64],
+    better: &str,
+) {
+    let p = stats(pm);
+    let b = stats(base);
+    let ratio = if b.median == 0.0 {
+        f64::NAN
+    } else {
+        p.median / b.median
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"bench": bench, "metric": metric, "unit": unit, "pagemesh": p.median,
+                "baseline": b.median, "ratio": ratio, "better": better, "runs": p.runs,
+                "min": p.min, "median": p.median, "max": p.max})
+        );
+    } else {
+        println!(
+            "{bench:<8} {metric:<34} {unit:>5} {:>10.3} {:>10.3} {:>7.3}  ({better} is better; pagemesh min {:.3} max {:.3}, n={})",
+            p.median, b.median, ratio, p.min, p.max, p.runs
+        );
+    }
+}
