@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use pagemesh_core::lease::{self, LeaseBugs, LeaseLink};
 use pagemesh_core::Epoch;
 use pagemesh_proto::peer::{
     encode_peer_frame, read_peer_frame, write_peer_frame, PeerFrame, PEER_PROTOCOL_VERSION,
@@ -56,14 +57,17 @@ struct Link {
     /// Milliseconds since the transport started when the peer was last heard (any frame).
     last_heard_ms: AtomicU64,
     dropped: AtomicU64,
-    /// The latest clock value the peer sent in a heartbeat (echoed back to it).
-    heard_sent_ms: AtomicU64,
-    /// The latest of this node's own clock values the peer echoed: the peer had heard this
-    /// node at that time. The lease on the peer's segments runs from it.
-    echoed_ms: AtomicU64,
+    /// The lease arithmetic of this link (`pagemesh_core::lease`), on this transport's clock:
+    /// what to echo to the peer, and the latest of this node's send times the peer echoed,
+    /// which the lease on the peer's segments runs from.
+    lease: Mutex<LeaseLink>,
     /// When this node last sent the peer a heartbeat, and whether one is wanted now.
     last_hb_ms: AtomicU64,
     hb_now: AtomicBool,
+}
+
+fn lock_lease(m: &Mutex<LeaseLink>) -> MutexGuard<'_, LeaseLink> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn lock(m: &Mutex<Out>) -> MutexGuard<'_, Out> {
@@ -132,8 +136,7 @@ impl Transport {
                         epoch: AtomicU64::new(0),
                         last_heard_ms: AtomicU64::new(0),
                         dropped: AtomicU64::new(0),
-                        heard_sent_ms: AtomicU64::new(0),
-                        echoed_ms: AtomicU64::new(0),
+                        lease: Mutex::new(LeaseLink::new(LeaseBugs::default())),
                         last_hb_ms: AtomicU64::new(0),
                         hb_now: AtomicBool::new(false),
                     },
@@ -144,8 +147,7 @@ impl Transport {
             me,
             epoch,
             cluster_id,
-            heartbeat: (dead_after / 8)
-                .clamp(Duration::from_millis(20), Duration::from_millis(500)),
+            heartbeat: Duration::from_millis(lease::heartbeat_ms(dead_after.as_millis() as u64)),
             io_timeout: (dead_after / 3).clamp(Duration::from_millis(100), Duration::from_secs(2)),
             handshakes: std::sync::atomic::AtomicUsize::new(0),
             start: Instant::now(),
@@ -267,15 +269,9 @@ impl Transport {
         let Some(l) = self.links.get(&peer) else {
             return;
         };
-        l.heard_sent_ms.fetch_max(sent_ms, Ordering::Relaxed);
-        // An echo from this node's future was a clock value of an earlier incarnation of this
-        // node: it proves nothing about this one.
-        if echo_ms <= self.now_ms() {
-            l.echoed_ms.fetch_max(echo_ms, Ordering::Relaxed);
-        }
-        // A peer that has no echo from this node yet (it just connected) gets one at once; the
-        // periodic heartbeats carry it otherwise.
-        if echo_ms == 0 {
+        let now = self.now_ms();
+        let answer = lock_lease(&l.lease).on_heartbeat(now, sent_ms, echo_ms);
+        if answer == lease::Answer::Now {
             l.hb_now.store(true, Ordering::Relaxed);
             l.cv.notify_one();
         }
@@ -284,10 +280,9 @@ impl Transport {
     /// Whether `peer` heard this node within the last `lease_ms` (by its own echo): while it
     /// has, it cannot have declared this node dead (it waits `dead_after_ms > lease_ms`).
     pub fn lease_ok(&self, peer: NodeId, lease_ms: u64) -> bool {
-        self.links.get(&peer).is_some_and(|l| {
-            let e = l.echoed_ms.load(Ordering::Relaxed);
-            e != 0 && self.now_ms() < e + lease_ms
-        })
+        self.links
+            .get(&peer)
+            .is_some_and(|l| lock_lease(&l.lease).holds(self.now_ms(), lease_ms))
     }
 
     /// A frame (of any kind) arrived from `peer`.
@@ -363,7 +358,7 @@ impl Transport {
                     if since >= self.heartbeat || link.hb_now.swap(false, Ordering::Relaxed) {
                         let hb = PeerFrame::Heartbeat {
                             sent_ms: self.now_ms().max(1),
-                            echo_ms: link.heard_sent_ms.load(Ordering::Relaxed),
+                            echo_ms: lock_lease(&link.lease).echo(),
                         };
                         encode_peer_frame(&hb, &mut o.backlog);
                         last_hb = Some(Instant::now());
@@ -543,7 +538,7 @@ impl Transport {
         // A new connection may be a new incarnation, whose clock starts again: echo only what
         // it sends from now on.
         if let Some(l) = self.links.get(&from) {
-            l.heard_sent_ms.store(0, Ordering::Relaxed);
+            lock_lease(&l.lease).reconnected();
         }
         self.heard(from, n);
         if let Err(e) = s.set_nonblocking(true) {

@@ -1,7 +1,8 @@
 //! The coherence protocol of pagemesh as pure state machines (see `docs/protocol.md`).
 //!
 //! Each node runs one [`Node`]: its page cache, plus the directory of every segment it is home
-//! of. Nothing here does I/O, reads a clock, spawns a thread or draws a random number: the
+//! of; one [`Membership`] (which peers it declares dead); and one [`lease::LeaseLink`] per
+//! peer (whether it may use its copies of that peer's pages). Nothing here does I/O, reads a clock, spawns a thread or draws a random number: the
 //! driver (the daemon with real sockets and userfaultfds, or the simulator with a seeded network)
 //! feeds inputs and executes the [`Output`]s.
 //!
@@ -28,6 +29,8 @@ mod directory;
 mod home;
 mod ids;
 mod io;
+pub mod lease;
+mod membership;
 mod msg;
 mod node;
 mod output;
@@ -44,6 +47,7 @@ pub use ids::{
     Access, CacheState, CallId, CallResult, Epoch, FaultId, FaultResult, MapperError, MapperToken,
     PageData, PageKey, ReqId, TxnId, Version, Want,
 };
+pub use membership::{Membership, MembershipBugs, MembershipConfig, PeerSilence, Verdict};
 pub use msg::{DenyReason, Envelope, Msg};
 pub use node::Node;
 pub use output::{Event, Output};

@@ -50,18 +50,16 @@ pub struct SimConfig {
     /// declared dead, and the run draws exactly the random numbers it drew before this fault
     /// existed).
     pub dead_rate: f64,
-    /// The dead-peer limit: a node that cannot reach a peer (down, or on the other side of a
-    /// partition) for this long, plus up to a quarter of it of per-node jitter, declares it
-    /// dead. Only the side of a partition that is a strict majority of the cluster declares
-    /// live peers dead; a down peer is declared by every node. Keep it above the longest
-    /// ordinary partition (1500 ms) for ordinary partitions to stay short ones.
+    /// The dead-peer limit of the core's `Membership`: a node that has heard nothing from a
+    /// peer for this long declares it dead, if it reaches a fresh majority of the cluster (the
+    /// core's rules, `pagemesh_core::membership`). Keep it above the longest ordinary
+    /// partition (1500 ms) for ordinary partitions to stay short ones.
     pub dead_after_ms: u64,
-    /// Nodes on a minority side of a partition declare the peers they cannot hear dead too, as
-    /// the daemon's membership does today (it has no quorum rule); here only once the majority
-    /// declared them dead, so that they are sure to stop at the heal (while the peers they
-    /// fenced go on: one outcome of the daemon's race at the heal). Such a node's directory
-    /// then drops copies that are still in use: its own view is no longer checked, only what
-    /// it leaves behind (mapper contents, write intents) once it has stopped.
+    /// The core's injected membership bug (`MembershipBugs::no_quorum`): nodes on a minority
+    /// side of a partition declare the peers they cannot hear dead too, as the daemon did
+    /// before it had a quorum rule. Such a node's directory then drops copies that are still in
+    /// use: its own view is no longer checked, only what it leaves behind (mapper contents,
+    /// write intents) once it has stopped. The checkers must catch it.
     pub minority_declares: bool,
     /// A node declared dead while alive stops at the heal only if a node that is up then still
     /// fences it — as in the daemon before it stored its fences, when they lived in memory (the
@@ -70,15 +68,12 @@ pub struct SimConfig {
     /// incarnation, and a fencing node's transport refuses the fenced incarnation across its own
     /// restarts.
     pub fences_forgotten: bool,
-    /// Leases, as the daemon keeps them outside the core (`docs/cluster.md` §7): every node
-    /// sends each peer a heartbeat every `dead_after_ms / 8` (20..=500 ms) over the simulated
-    /// network, carrying its send time and echoing the latest send time it heard from that
-    /// peer; a node holds the lease on the pages homed at `H` while `H` provably heard it
-    /// within `dead_after_ms / 2` (by `H`'s echo of one of its own send times). A process may
-    /// complete a read or write (local hits included) only while its node holds the lease of
-    /// the page's home; otherwise the access waits. Membership then measures silence from the
-    /// last message a node heard from a peer, as the daemon does. With leases on, reads on
-    /// nodes declared dead are checked like every other read.
+    /// Leases, by the core's `lease::LeaseLink` (`docs/cluster.md` §7): heartbeats (which run
+    /// whenever membership does) carry their send time and echo the latest send time heard
+    /// from the receiver; a node holds the lease on the pages homed at `H` while `H` provably
+    /// heard it within `dead_after_ms / 2`. A process may complete a read or write (local hits
+    /// included) only while its node holds the lease of the page's home; otherwise the access
+    /// waits. With leases on, reads on nodes declared dead are checked like every other read.
     pub leases: bool,
     /// With `leases`: heartbeats run and the checks count on leases, but processes ignore
     /// them (no access ever waits) — the mistake leases exist to prevent, e.g. reads through

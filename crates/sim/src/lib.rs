@@ -15,8 +15,8 @@
 
 mod checks;
 mod config;
-mod lease;
-mod membership;
+mod fencing;
+mod liveness;
 mod model;
 mod net;
 mod rng;

@@ -71,9 +71,8 @@ impl World {
             return Ok(());
         }
         self.log(|| format!("recv {env}"));
-        if self.cfg.leases {
-            self.heard_from(to, env.from.0 as usize, env.from_epoch.0);
-        }
+        // Membership's silence starts again (whatever the message).
+        self.heard_from(to, env.from.0 as usize, env.from_epoch.0);
         let now = self.now;
         if let Some(c) = self.nodes[to].core.as_mut() {
             c.step(now, env);

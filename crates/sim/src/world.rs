@@ -4,6 +4,8 @@
 use crate::config::SimConfig;
 use crate::model::Model;
 use crate::rng::Rng;
+use pagemesh_core::lease::LeaseLink;
+use pagemesh_core::Membership;
 use pagemesh_core::{
     Backing, CallId, Coverage, Envelope, Epoch, FaultId, MapperToken, Node, NodeConfig, PageKey,
     SegmentInfo, Timing,
@@ -136,32 +138,22 @@ pub(crate) struct Heartbeat {
     pub to: usize,
     /// The sender's clock when it sent this.
     pub sent_ms: u64,
-    /// The latest send time the sender heard from the receiver, with the receiver's
-    /// incarnation that sent it.
-    pub echo: Option<(u64, u64)>,
+    /// What the sender's link echoes: the latest send time it heard from the receiver (0:
+    /// none).
+    pub echo_ms: u64,
 }
 
-/// What a node's transport knows of one peer (leases only). Reset when the node restarts.
-#[derive(Clone, Copy, Debug, Default)]
+/// What a node's transport knows of one peer. Reset when the node restarts.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Link {
-    /// The latest send time heard from the peer, and the peer's incarnation that sent it.
-    pub heard: Option<(u64, u64)>,
-    /// The latest of this incarnation's own send times that the peer echoed: the peer heard
-    /// this node then. The lease on the peer's pages runs from it.
-    pub echoed: Option<u64>,
+    /// The core's lease arithmetic of this link, on this node's clock.
+    pub lease: LeaseLink,
+    /// The peer's incarnation last heard on this link (a newer one is a new connection).
+    pub heard_epoch: u64,
     /// When this node last sent the peer a heartbeat.
     pub last_hb: Option<u64>,
     /// When this node last heard anything from the peer (membership's silence runs from it).
     pub last_heard: u64,
-}
-
-/// How long node `a` has not been able to reach peer `b`, as its membership sees it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Silence {
-    /// When `a` declares `b` dead if it still cannot reach it (the limit plus jitter).
-    pub deadline_ms: u64,
-    /// `a` declared `b` dead during this silence (the daemon declares once per silence).
-    pub declared: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,8 +199,10 @@ pub(crate) struct SimNode {
     /// This incarnation declared a live peer dead from a minority side (only with
     /// `SimConfig::minority_declares`): its directory no longer matches the copies held.
     pub diverged: bool,
-    /// Its transport's view of each peer (leases only).
+    /// Its transport's view of each peer.
     pub links: BTreeMap<usize, Link>,
+    /// This incarnation's membership (the core's machine), while it is up.
+    pub membership: Option<Membership>,
     /// When this incarnation started (its daemon's clock counts from it).
     pub started_ms: u64,
     /// Accesses waiting for the lease of their page's home (leases only).
@@ -236,8 +230,6 @@ pub struct World {
     /// The node whose messages are all lost while it still hears everyone (`mute_rate`).
     pub(crate) mute: Option<usize>,
     pub(crate) faults_on: bool,
-    /// Per (node, peer): how long the node has not been able to reach the peer (membership).
-    pub(crate) silence: BTreeMap<(usize, usize), Silence>,
     /// Per (node, peer): the fences the node set by declaring the peer dead (the lowest epoch
     /// of the peer it accepts), durable unless `SimConfig::fences_forgotten`: its transport
     /// refuses what older incarnations send, across its own restarts (and, with
@@ -305,7 +297,6 @@ impl World {
             partition: None,
             mute: None,
             faults_on: true,
-            silence: BTreeMap::new(),
             durable_fences: BTreeMap::new(),
             diverged_pages: BTreeSet::new(),
             quiesce_at: None,
@@ -344,6 +335,7 @@ impl World {
                 fenced: false,
                 diverged: false,
                 links: BTreeMap::new(),
+                membership: None,
                 parked: Vec::new(),
                 started_ms: 0,
             });
@@ -499,7 +491,7 @@ impl World {
                 self.run_outputs(i)?;
             }
         }
-        if self.cfg.leases {
+        if self.cfg.leases || self.membership_on() {
             self.leases_tick()?;
         }
         if self.membership_on() {
@@ -570,18 +562,11 @@ impl World {
         n.mem.clear();
         n.parked.clear();
         n.started_ms = now;
-        n.links = (0..count)
-            .filter(|p| *p != i)
-            .map(|p| {
-                (
-                    p,
-                    Link {
-                        last_heard: now,
-                        ..Link::default()
-                    },
-                )
-            })
-            .collect();
+        let link = self.new_link();
+        let membership = self.new_membership(i);
+        let n = &mut self.nodes[i];
+        n.links = (0..count).filter(|p| *p != i).map(|p| (p, link)).collect();
+        n.membership = Some(membership);
         for p in &mut n.procs {
             p.1 = false;
         }
@@ -608,8 +593,6 @@ impl World {
         self.mark_lost_by_crash(i);
         self.settle_io_of_dead(i);
         self.stats.crashes += 1;
-        // Its membership starts afresh with its next incarnation.
-        self.silence.retain(|(a, _), _| *a != i);
         let me = NodeId(i as u32);
         let segs = self.segs.clone();
         self.diverged_pages
@@ -623,6 +606,8 @@ impl World {
         n.calls.clear();
         n.parked.clear();
         n.links.clear();
+        // Its membership starts afresh with its next incarnation.
+        n.membership = None;
         for p in &mut n.procs {
             p.1 = false;
         }

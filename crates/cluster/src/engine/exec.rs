@@ -35,7 +35,7 @@ impl Engine {
         }
         if let Some(home) = self.home_of(seg) {
             if !self.lease(home) {
-                let silent_ms = self.dead_after_ms / 2;
+                let silent_ms = self.membership.lease_ms();
                 let _ = reply.send(Err(IoFailure::NoLease { home, silent_ms }));
                 return;
             }

@@ -246,7 +246,7 @@ impl Engine {
                 let home = self.home_of(page.seg);
                 let failure = IoFailure::of_fault(page.page.0, result).or_else(|| {
                     let home = home.filter(|h| !self.lease(*h))?;
-                    let silent_ms = self.dead_after_ms / 2;
+                    let silent_ms = self.membership.lease_ms();
                     Some(IoFailure::NoLease { home, silent_ms })
                 });
                 let Some(job) = self.ios.get_mut(&io) else {

@@ -1,6 +1,8 @@
-//! Membership and leases as the engine runs them: a home's lease on this node, quarantine when it lapses, silence, the majority rule for declaring a peer dead, fences, forgetting a dead node.
+//! Membership and leases as the engine executes them: a home's lease on this node and the
+//! quarantine when it lapses; the verdicts of `pagemesh_core::Membership` (declaring a peer
+//! dead: fences, forgetting what it held). The rules themselves are the core's.
 
-use pagemesh_core::{Epoch, PageKey};
+use pagemesh_core::{Epoch, PageKey, PeerSilence, Verdict};
 use pagemesh_types::{NodeId, SegmentId};
 use pagemesh_uffd::Protect;
 
@@ -12,7 +14,7 @@ impl Engine {
     /// The lease on `home`'s pages: while it holds, `home` heard this node within the last
     /// `dead_after_ms / 2`, so it cannot have declared it dead and given its pages to others.
     pub(super) fn lease(&self, home: NodeId) -> bool {
-        home == self.me() || self.transport.lease_ok(home, self.dead_after_ms / 2)
+        home == self.me() || self.transport.lease_ok(home, self.membership.lease_ms())
     }
 
     /// A home's lease on this node lapsed: no process here may touch the copies of its pages
@@ -93,7 +95,7 @@ impl Engine {
         }
         log::warn!(
             "{home}: no lease (not heard back for {} ms): {} page(s) of its segments held here are set aside until it answers",
-            self.dead_after_ms / 2,
+            self.membership.lease_ms(),
             pages.len()
         );
         let mut buf = vec![0u8; PS as usize];
@@ -167,83 +169,72 @@ impl Engine {
         }
     }
 
+    /// One round of membership (`pagemesh_core::Membership`): its verdicts are executed here.
     pub(super) fn check_liveness(&mut self, now: u64) {
-        // After a pause of this node itself (stopped, starved of CPU) every peer looks silent,
-        // and the peers may have cut it off meanwhile, so nothing comes to read: silence is
-        // measured from the end of the pause (one skipped round let a resumed node declare
-        // healthy peers dead).
-        let gap = now.saturating_sub(self.last_liveness_ms);
-        self.last_liveness_ms = now;
-        if gap > self.dead_after_ms / 4 {
-            log::warn!("the cluster engine did not run for {gap} ms; silence counts from now");
-            self.judged_from_ms = now;
-            return;
-        }
-        let mut peers = self.transport.peers();
-        for p in &mut peers {
-            p.silent_ms = p.silent_ms.min(now - self.judged_from_ms);
-        }
-        // Only a side that reaches a strict majority of the cluster declares anyone dead: a
-        // node that is itself cut off must not void the copies the others hold (it waits,
-        // its faults time out, and it learns it was fenced when the link returns).
-        let total = peers.len() + 1;
-        let reachable = 1 + peers
+        let peers: Vec<PeerSilence> = self
+            .transport
+            .peers()
             .iter()
-            .filter(|p| p.silent_ms <= self.dead_after_ms)
-            .count();
-        let quorum = reachable * 2 > total;
-        for p in peers {
-            let dead = self.dead.entry(p.id).or_insert(false);
-            if p.silent_ms > self.dead_after_ms && !*dead {
-                if self.node.peer_epoch(p.id) == Epoch(0) {
-                    // Never heard from (not started yet?): it holds nothing of ours, and there
-                    // is no incarnation to fence.
-                    continue;
+            .map(|p| PeerSilence {
+                id: p.id,
+                silent_ms: p.silent_ms,
+                ever_heard: self.node.peer_epoch(p.id) != Epoch(0),
+            })
+            .collect();
+        let mut verdicts = std::mem::take(&mut self.verdicts);
+        self.membership.round(now, &peers, &mut verdicts);
+        for v in verdicts.drain(..) {
+            match v {
+                Verdict::Paused { gap_ms } => log::warn!(
+                    "the cluster engine did not run for {gap_ms} ms; silence counts from now"
+                ),
+                Verdict::NoMajority {
+                    silent,
+                    reachable,
+                    total,
+                } => log::warn!(
+                    "{silent} is silent, but this node reaches only {reachable} of {total} nodes: no majority, so nobody is declared dead; waiting"
+                ),
+                Verdict::Dead(peer) => {
+                    let silent_ms = peers.iter().find(|p| p.id == peer).map_or(0, |p| p.silent_ms);
+                    self.declare_dead(now, peer, silent_ms);
                 }
-                if !quorum {
-                    if !self.minority_logged {
-                        self.minority_logged = true;
-                        log::warn!(
-                            "{} is silent, but this node reaches only {reachable} of {total} nodes: no majority, so nobody is declared dead; waiting",
-                            p.id
-                        );
-                    }
-                    continue;
+                Verdict::Alive(peer) => {
+                    let epoch = self.node.peer_epoch(peer).0;
+                    log::info!("{peer}: heard again (epoch {epoch}): alive");
                 }
-                self.minority_logged = false;
-                *dead = true;
-                log::warn!(
-                    "{}: nothing heard for {} ms (limit {} ms): declared dead. Pages whose only copy it held unsynced are poisoned; \
-                     it must restart to rejoin",
-                    p.id,
-                    p.silent_ms,
-                    self.dead_after_ms
-                );
-                self.node.peer_dead(now, p.id);
-                let fence = self.node.peer_epoch(p.id);
-                self.transport.fence(p.id, fence);
-                if let Err(e) = files::store_fence(&self.data_dir, p.id, fence) {
-                    log::error!(
-                        "{}: storing its fence failed: {e}; a restart of this node would forget it",
-                        p.id
-                    );
-                }
-                self.forget_node(p.id);
-                // Whatever connection of the fenced incarnation survives is cut, so that if it
-                // is alive it redials, is refused as fenced, and stops.
-                let conns: Vec<u64> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| c.from == p.id)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in conns {
-                    self.close_conn(id, "its node was declared dead");
-                }
-            } else if p.silent_ms <= self.dead_after_ms && *dead {
-                *dead = false;
-                log::info!("{}: heard again (epoch {}): alive", p.id, p.epoch);
             }
+        }
+        self.verdicts = verdicts;
+    }
+
+    /// Membership declared `peer` dead: the core drops what it held, its incarnation is fenced
+    /// (durably), and whatever connection of it survives is cut.
+    fn declare_dead(&mut self, now: u64, peer: NodeId, silent_ms: u64) {
+        log::warn!(
+            "{peer}: nothing heard for {silent_ms} ms (limit {} ms): declared dead. Pages whose only copy it held unsynced are poisoned; \
+             it must restart to rejoin",
+            self.membership.dead_after_ms()
+        );
+        self.node.peer_dead(now, peer);
+        let fence = self.node.peer_epoch(peer);
+        self.transport.fence(peer, fence);
+        if let Err(e) = files::store_fence(&self.data_dir, peer, fence) {
+            log::error!(
+                "{peer}: storing its fence failed: {e}; a restart of this node would forget it"
+            );
+        }
+        self.forget_node(peer);
+        // Whatever connection of the fenced incarnation survives is cut, so that if it is alive
+        // it redials, is refused as fenced, and stops.
+        let conns: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.from == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in conns {
+            self.close_conn(id, "its node was declared dead");
         }
     }
 }

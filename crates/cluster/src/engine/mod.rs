@@ -30,7 +30,10 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pagemesh_core::{Access, Envelope, MapperError, Node, Output, PageData, PageKey};
+use pagemesh_core::{
+    Access, Envelope, MapperError, Membership, MembershipConfig, Node, Output, PageData, PageKey,
+    Verdict,
+};
 use pagemesh_proto::peer::{Control, NodeFigures, PeerFrame};
 use pagemesh_proto::{ClusterStatus, SegmentInfo};
 use pagemesh_types::{NodeId, SegmentId, PAGE_SIZE};
@@ -248,7 +251,6 @@ pub struct Engine {
     next_io: u64,
     durable: Vec<(SegmentId, Durable)>,
     later: VecDeque<Later>,
-    dead: HashMap<NodeId, bool>,
     barriers: HashMap<(SegmentId, u32), BarrierState>,
     barrier_waiters: HashMap<u64, Sender<Result<u64, String>>>,
     /// The barrier each local waiter waits at (to cancel its arrival).
@@ -270,10 +272,9 @@ pub struct Engine {
     recently_invalidated: VecDeque<PageKey>,
     dead_after_ms: u64,
     tick_ms: u64,
-    last_liveness_ms: u64,
-    /// Silence is judged from here: the end of this node's own last pause.
-    judged_from_ms: u64,
-    minority_logged: bool,
+    /// Which peers are declared dead (the rules are `pagemesh_core::Membership`'s).
+    membership: Membership,
+    verdicts: Vec<Verdict>,
     fault_timeout: Duration,
     /// Homes whose lease on this node lapsed (their copies here are quarantined).
     lapsed: HashMap<NodeId, bool>,
@@ -317,6 +318,7 @@ impl Engine {
         } = setup;
         let tick_ms = (cfg.retry_ms / 2).clamp(1, 50);
         let (dead_after_ms, fault_timeout_ms) = (cfg.dead_after_ms, cfg.fault_timeout_ms);
+        let now_ms = transport.now_ms();
         let epoll = Epoll::new()?;
         epoll.add(wake_rx.as_fd(), WAKE_TOKEN)?;
         Ok(Engine {
@@ -352,7 +354,6 @@ impl Engine {
             next_io: 1,
             durable: Vec::new(),
             later: VecDeque::new(),
-            dead: HashMap::new(),
             barriers: HashMap::new(),
             barrier_waiters: HashMap::new(),
             barrier_of: HashMap::new(),
@@ -372,9 +373,8 @@ impl Engine {
             fault_timeout: Duration::from_millis(fault_timeout_ms),
             lapsed: HashMap::new(),
             parked: Vec::new(),
-            last_liveness_ms: 0,
-            judged_from_ms: 0,
-            minority_logged: false,
+            membership: Membership::new(MembershipConfig::new(dead_after_ms), now_ms),
+            verdicts: Vec::new(),
         })
     }
 

@@ -36,7 +36,7 @@ impl Engine {
             .transport
             .peers()
             .into_iter()
-            .filter(|p| self.dead.get(&p.id) != Some(&true))
+            .filter(|p| !self.membership.is_dead(p.id))
             .map(|p| p.id)
             .collect();
         let attempt = self.req_id();

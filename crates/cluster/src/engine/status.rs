@@ -33,9 +33,9 @@ impl Engine {
             .iter()
             .filter(|(_, w)| {
                 w.deadline <= now
-                    || peers.iter().all(|p| {
-                        w.figures.contains_key(&p.id) || self.dead.get(&p.id) == Some(&true)
-                    })
+                    || peers
+                        .iter()
+                        .all(|p| w.figures.contains_key(&p.id) || self.membership.is_dead(p.id))
             })
             .map(|(r, _)| *r)
             .collect();
@@ -58,7 +58,7 @@ impl Engine {
                     addr: p.addr.to_string(),
                     epoch: self.node.peer_epoch(p.id).0.max(p.epoch),
                     alive: p.silent_ms <= self.dead_after_ms,
-                    declared_dead: self.dead.get(&p.id) == Some(&true),
+                    declared_dead: self.membership.is_dead(p.id),
                     silent_ms: p.silent_ms,
                     figures: w.figures.remove(&p.id),
                 });

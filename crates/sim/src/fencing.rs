@@ -1,15 +1,14 @@
-//! Cluster membership as the daemon runs it, and the "declared dead" fault.
+//! What a node declared dead means in the simulated world, and the faults that make nodes
+//! silent for longer than the dead-peer limit.
 //!
-//! Each node watches each peer: once it has been unable to reach the peer (the peer is down,
-//! or on the other side of a partition) for `dead_after_ms` plus its own jitter, it calls
-//! `Node::peer_dead` on it, once per silence. (With `SimConfig::leases`, as the daemon: once
-//! it has heard nothing from the peer for longer than `dead_after_ms`, no jitter.) The peer's
-//! incarnation is then fenced there. A peer declared dead while it was in fact alive (cut off)
-//! is refused when the partition heals and stops — it crashes here — and comes back later with
-//! a new epoch. Until then its processes may still read its copies: without leases, those
-//! reads are counted, not checked (the stale-read window of `docs/cluster.md` §7); with
-//! leases (`crate::lease`) they wait for the lease of the page's home, and whatever completes
-//! is checked.
+//! Which peer a node declares dead, and when, is decided by the core's `Membership` (driven in
+//! `crate::liveness`); here the declaration is carried out (`Node::peer_dead`, durable
+//! fences) and its consequences are tracked for the checkers. A peer declared dead while it
+//! was in fact alive (cut off) is refused when the partition heals and stops — it crashes
+//! here — and comes back later with a new epoch. Until then its processes may still read its
+//! copies: without leases, those reads are counted, not checked (the stale-read window of
+//! `docs/cluster.md` §7); with leases they wait for the lease of the page's home, and
+//! whatever completes is checked.
 //!
 //! What is checked on such a node without leases: its copies of pages whose home fenced it,
 //! or is on the other side, are orphans (left out of the single-writer and latest-write
@@ -20,29 +19,23 @@
 //! A home that declares a node dead may poison what that node held in M or held unsynced
 //! (`World::mark_lost_by`, the crash rule seen from that home).
 //!
-//! Only the side of a partition that is a strict majority of the cluster declares live peers
-//! dead, and a down peer is declared by everyone who cannot hear it. Fences are durable: a
-//! node's transport refuses what a fenced incarnation sends, also after the node restarted
-//! (`SimConfig::fences_in_core` also gives them back to its core, as the daemon does). Two
-//! experiments model what the daemon did before (`SimConfig::minority_declares`: no quorum
-//! rule; `SimConfig::fences_forgotten`: fences in memory); both find stale data.
+//! Fences are durable: a node's transport refuses what a fenced incarnation sends, also after
+//! the node restarted (`SimConfig::fences_in_core` also gives them back to its core, as the
+//! daemon does). Two experiments show what the daemon did before: `SimConfig::minority_declares`
+//! (the core's membership without its quorum rule, an injected bug) and
+//! `SimConfig::fences_forgotten` (fences in memory); both find stale data.
 //!
 //! The one-way fault (`SimConfig::mute_rate`): a node's messages are all lost while it still
 //! hears everyone, for longer than the dead-peer limit. Everyone else is a majority that cannot
 //! hear it and declares it dead; it declares nobody (it hears everyone); it stops when it can
 //! send again.
 
-use crate::world::{Ev, Silence, Violation, World, TICK_MS};
+use crate::world::{Ev, Violation, World, TICK_MS};
 use pagemesh_core::PageKey;
 use pagemesh_types::NodeId;
 use std::collections::BTreeSet;
 
 impl World {
-    /// Whether `a` cannot reach `b` at all (membership's view of silence).
-    fn unreachable(&self, a: usize, b: usize) -> bool {
-        self.nodes[b].core.is_none() || self.cut(b, a)
-    }
-
     /// Whether `a` is on a side of the current partition that holds a strict majority of the
     /// cluster (or there is no partition).
     fn in_majority(&self, a: usize) -> bool {
@@ -101,62 +94,8 @@ impl World {
         self.nodes[h].diverged && self.diverged_pages.contains(&page)
     }
 
-    /// Every node's membership looks at every peer; those silent for too long are declared.
-    pub(crate) fn membership(&mut self) -> Result<(), Violation> {
-        let n = self.nodes.len();
-        let limit = self.cfg.dead_after_ms;
-        for a in 0..n {
-            if self.nodes[a].core.is_none() {
-                continue;
-            }
-            for b in 0..n {
-                if a == b {
-                    continue;
-                }
-                if !self.unreachable(a, b) {
-                    self.silence.remove(&(a, b));
-                    continue;
-                }
-                let s = match self.silence.get(&(a, b)) {
-                    Some(s) => *s,
-                    None => {
-                        let deadline_ms = if self.cfg.leases {
-                            // As the daemon: silent for longer than the limit since the last
-                            // message heard from the peer (as early as it could declare).
-                            let heard = self.nodes[a]
-                                .links
-                                .get(&b)
-                                .map_or(self.now, |l| l.last_heard);
-                            heard + limit + 1
-                        } else {
-                            self.now + limit + self.rng.range(0, limit / 4)
-                        };
-                        let s = Silence {
-                            deadline_ms,
-                            declared: false,
-                        };
-                        self.silence.insert((a, b), s);
-                        s
-                    }
-                };
-                // (A minority node that declares live peers dead stops at the heal only if the
-                // majority declared it first; the experiment keeps to that order.)
-                let may = self.nodes[b].core.is_none()
-                    || self.in_majority(a)
-                    || (self.cfg.minority_declares && self.nodes[a].fenced);
-                if !s.declared && self.now >= s.deadline_ms && may {
-                    if let Some(s) = self.silence.get_mut(&(a, b)) {
-                        s.declared = true;
-                    }
-                    self.declare(a, b)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Node `a` declares peer `b` dead.
-    fn declare(&mut self, a: usize, b: usize) -> Result<(), Violation> {
+    pub(crate) fn declare(&mut self, a: usize, b: usize) -> Result<(), Violation> {
         // What `a`'s directory may now poison: the pages homed at `a` that `b` held in M, or
         // held while they had unsynced data (the same rule as a crash of `b`, seen from `a`).
         self.mark_lost_by(b, |home| home == a);
@@ -197,22 +136,41 @@ impl World {
                 if alive { "alive" } else { "down" },
             )
         });
-        if minority && fenced.0 > epoch {
+        // Declared from a minority side: only the injected membership bug does that on
+        // purpose (the core's rule declares on a fresh majority only, which may be a few
+        // milliseconds old when a new partition has just begun).
+        let diverging = minority && self.cfg.minority_declares;
+        if diverging && fenced.0 > epoch {
             self.diverged_pages.extend(involved);
             // Its directory now drops copies that are in use; it stops at the heal (the
             // majority refuses it), and the fences it set die with it, so the peers it declared
             // dead go on (the daemon's race at the heal can also go the other way).
             self.nodes[a].diverged = true;
-        } else if !minority && alive && fenced.0 > epoch {
+        } else if alive && fenced.0 > epoch {
+            // `a` refuses it from now on: it learns it was fenced when it reaches `a` again,
+            // and stops; at once if they are in touch (a declaration right after a heal).
             self.nodes[b].fenced = true;
+            if !self.cut(a, b) && !self.cut(b, a) && !self.cfg.fences_forgotten {
+                self.stop_fenced(b);
+            }
         }
-        if !minority && !self.cfg.fences_forgotten && fenced.0 > 0 {
+        if !diverging && !self.cfg.fences_forgotten && fenced.0 > 0 {
             // Stored before it is relied on, and reloaded when `a` restarts (the daemon's
             // DATA_DIR/cluster/fences).
             let e = self.durable_fences.entry((a, b)).or_default();
             *e = (*e).max(fenced.0);
         }
         self.run_outputs(a)
+    }
+
+    /// A node declared dead while alive learns it (it is refused as fenced) and stops; it
+    /// restarts later with a new epoch.
+    fn stop_fenced(&mut self, i: usize) {
+        self.log(|| format!("node{i} learns it was declared dead: it stops"));
+        self.stats.fenced_stops += 1;
+        self.crash(i);
+        let down = self.rng.range(30, 600);
+        self.schedule(down, Ev::Restart(i));
     }
 
     /// The "declared dead" fault: a node crashes, or is cut off alone, for longer than the
@@ -229,7 +187,7 @@ impl World {
         }
         let victim = up[self.rng.below(up.len())];
         self.stats.dead_faults += 1;
-        // Long enough for every node's limit and jitter, checked at tick granularity.
+        // Long enough for every node's limit, checked at tick granularity.
         let limit = self.cfg.dead_after_ms + self.cfg.dead_after_ms / 4 + 2 * TICK_MS;
         if self.partition.is_none() && self.mute.is_none() && self.rng.chance(0.5) {
             let side: BTreeSet<NodeId> = [NodeId(victim as u32)].into();
@@ -300,11 +258,7 @@ impl World {
         };
         for i in fenced {
             // Crash it before the partition goes, so that nothing it sends gets out.
-            self.log(|| format!("node{i} learns it was declared dead: it stops"));
-            self.stats.fenced_stops += 1;
-            self.crash(i);
-            let down = self.rng.range(30, 600);
-            self.schedule(down, Ev::Restart(i));
+            self.stop_fenced(i);
         }
         self.partition = None;
         Ok(())

@@ -1,29 +1,34 @@
-//! Leases, as the daemon keeps them outside the core (`docs/cluster.md` §7, "Leases").
+//! Leases and membership as the daemon runs them, driven here through the core's own machines:
+//! `pagemesh_core::lease::LeaseLink` (one per link: what to echo, whether the lease holds) and
+//! `pagemesh_core::Membership` (one per incarnation: which peers to declare dead). Nothing of
+//! their rules is modelled in the simulator; it gives them the network and the clocks.
 //!
-//! Every node sends each peer a heartbeat every `dead_after_ms / 8` (20..=500 ms, as the
-//! daemon's transport), over the same simulated network as the protocol (delayed, reordered,
-//! dropped, duplicated, cut by partitions), and answers a heartbeat at once when its own last
-//! one to that peer is older than a quarter interval. A heartbeat carries its send time and
-//! echoes the latest send time its sender heard from the receiver. A node that receives the
-//! echo of one of its own send times `s` knows the peer heard it at `s` or later; it holds the
-//! lease on the peer's pages until `s + dead_after_ms / 2`. A home declares a node dead only
-//! after `dead_after_ms` without hearing anything from it, so the lease lapses first.
+//! Every node sends each peer a heartbeat every `pagemesh_core::lease::heartbeat_ms` over the
+//! same simulated network as the protocol (delayed, reordered, dropped, duplicated, cut by
+//! partitions), and answers at once when the core's link says so. A heartbeat carries its send
+//! time and the echo the sender's link gives. Heartbeats run whenever membership or leases do
+//! (membership measures silence from the last message heard, as the daemon does, so an idle
+//! peer must still be heard).
 //!
-//! A process completes a read or write (a local hit on a copy included) only while its node
-//! holds the lease of the page's home (a home always holds its own); otherwise the access
-//! waits — before it enters the core, like the daemon's parked faults, and again when the core
-//! completes it, since a copy may only be used under the lease — and is tried again once the
-//! lease returns, or fails (SIGBUS) after the fault timeout.
+//! With `SimConfig::leases`, a process completes a read or write (a local hit on a copy
+//! included) only while its node holds the lease of the page's home (a home always holds its
+//! own); otherwise the access waits — before it enters the core, like the daemon's parked
+//! faults, and again when the core completes it, since a copy may only be used under the lease
+//! — and is tried again once the lease returns, or fails (SIGBUS) after the fault timeout.
 //!
-//! The arithmetic keeps one simulated clock by default (a node takes only echoes of its current
-//! incarnation's send times); `SimConfig::lease_clocks` switches to the daemon's clocks (one per
-//! process, from its start), with its current rules or with those it had first. Not modelled:
-//! the quarantine's granularity (the engine checks leases every 25 ms; here every access
-//! checks the lease at the moment it completes), and clocks that drift.
+//! Clocks (`SimConfig::lease_clocks`): one simulated clock, or the daemon's (one per process,
+//! from its start); `clamped` is the daemon's clocks with the core's injected lease bug (its
+//! first rules for echoes). A link is new when a newer incarnation of the peer is first heard
+//! (the daemon: when it connects); what an older incarnation sends after that is dropped (its
+//! connection is closed). Not modelled: the quarantine's granularity (the engine checks leases
+//! every 25 ms; here every access checks the lease at the moment it completes), and clocks
+//! that drift.
 
 use crate::config::LeaseClocks;
-use crate::world::{fail, Ev, Heartbeat, Op, Violation, World, FAULT_TIMEOUT_MS};
-use pagemesh_core::PageKey;
+use crate::world::{fail, Ev, Heartbeat, Link, Op, Violation, World, FAULT_TIMEOUT_MS};
+use pagemesh_core::lease::{self, Answer, LeaseBugs, LeaseLink};
+use pagemesh_core::{Membership, MembershipConfig, PageKey, PeerSilence, Verdict};
+use pagemesh_types::NodeId;
 
 impl World {
     /// How long a lease runs from the send time a home echoed.
@@ -31,22 +36,37 @@ impl World {
         self.cfg.dead_after_ms / 2
     }
 
-    /// Node `n`'s clock, in which its send times, the echoes it takes and its lease are
-    /// counted: the simulated clock, or (daemon clocks) the time since its incarnation started.
-    fn clock(&self, n: usize) -> u64 {
+    /// Node `n`'s clock, in which its send times, the echoes it takes, its lease and its
+    /// membership rounds are counted: the simulated clock, or (daemon clocks) the time since
+    /// its incarnation started.
+    pub(crate) fn clock(&self, n: usize) -> u64 {
         match self.cfg.lease_clocks {
             LeaseClocks::Ideal => self.now,
             LeaseClocks::Daemon | LeaseClocks::Clamped => self.now - self.nodes[n].started_ms,
         }
     }
 
-    /// The daemon's heartbeat interval.
-    fn heartbeat_ms(&self) -> u64 {
-        (self.cfg.dead_after_ms / 8).clamp(20, 500)
+    /// A fresh link to a peer, at node start (heard "now", as the daemon's transport starts).
+    pub(crate) fn new_link(&self) -> Link {
+        let bugs = LeaseBugs {
+            clamp_echoes: self.cfg.lease_clocks == LeaseClocks::Clamped,
+        };
+        Link {
+            lease: LeaseLink::new(bugs),
+            heard_epoch: 0,
+            last_hb: None,
+            last_heard: self.now,
+        }
     }
 
-    /// Whether node `n` holds the lease on the pages homed at `h`: `h` heard it within the
-    /// lease, by `h`'s echo of one of `n`'s send times.
+    /// A fresh membership for node `n`'s new incarnation.
+    pub(crate) fn new_membership(&self, n: usize) -> Membership {
+        let mut cfg = MembershipConfig::new(self.cfg.dead_after_ms);
+        cfg.bugs.no_quorum = self.cfg.minority_declares;
+        Membership::new(cfg, self.clock(n))
+    }
+
+    /// Whether node `n` holds the lease on the pages homed at `h`.
     pub(crate) fn holds_lease_of(&self, n: usize, h: usize) -> bool {
         if n == h {
             return true;
@@ -56,8 +76,7 @@ impl World {
         self.nodes[n]
             .links
             .get(&h)
-            .and_then(|l| l.echoed)
-            .is_some_and(|e| clock < e + lease)
+            .is_some_and(|l| l.lease.holds(clock, lease))
     }
 
     /// Whether node `n` may use its copy of `page` (always, without leases).
@@ -72,7 +91,7 @@ impl World {
 
     /// Every engine round: heartbeats that are due, and the accesses waiting for a lease.
     pub(crate) fn leases_tick(&mut self) -> Result<(), Violation> {
-        let hb = self.heartbeat_ms();
+        let hb = lease::heartbeat_ms(self.cfg.dead_after_ms);
         for a in 0..self.nodes.len() {
             if self.nodes[a].core.is_none() {
                 continue;
@@ -102,7 +121,7 @@ impl World {
             from_epoch: epoch,
             to: b,
             sent_ms,
-            echo: link.heard,
+            echo_ms: link.lease.echo(),
         };
         self.stats.heartbeats += 1;
         self.stats.sent += 1;
@@ -142,7 +161,7 @@ impl World {
             from_epoch,
             to,
             sent_ms,
-            echo,
+            echo_ms,
         } = hb;
         if self.nodes[to].core.is_none() || self.cut(from, to) {
             return Ok(());
@@ -150,53 +169,69 @@ impl World {
         if !self.heard_from(to, from, from_epoch) {
             return Ok(());
         }
-        let now = self.now;
         let clock = self.clock(to);
-        let clocks = self.cfg.lease_clocks;
-        let my_epoch = self.nodes[to].epoch;
-        let quarter = self.heartbeat_ms() / 4;
         let lease = self.lease_ms();
         let Some(l) = self.nodes[to].links.get_mut(&from) else {
             return Ok(());
         };
-        l.heard = match (clocks, l.heard) {
-            // Kept across the peer's restarts, whatever clock they were counted in.
-            (LeaseClocks::Clamped, Some((e, t))) => Some((e.max(from_epoch), t.max(sent_ms))),
-            // A newer incarnation starts afresh; what an older one sends late is ignored.
-            (_, Some((e, t))) if e > from_epoch || (e == from_epoch && t >= sent_ms) => {
-                Some((e, t))
-            }
-            _ => Some((from_epoch, sent_ms)),
-        };
-        let held = l.echoed.is_some_and(|e| clock < e + lease);
-        let taken = match (clocks, echo) {
-            // Only this incarnation's own send times count (and none from the future).
-            (LeaseClocks::Ideal, Some((e, t))) if e == my_epoch && t <= clock => Some(t),
-            // Any value not ahead of this node's clock.
-            (LeaseClocks::Daemon, Some((_, t))) if t <= clock => Some(t),
-            // Any value, clamped to this node's clock.
-            (LeaseClocks::Clamped, Some((_, t))) => Some(t.min(clock)),
-            _ => None,
-        };
-        let regained = match taken {
-            Some(t) if l.echoed.is_none_or(|x| x < t) => {
-                l.echoed = Some(t);
-                (!held && clock < t + lease).then_some(t)
-            }
-            _ => None,
-        };
-        let answer = l.last_hb.is_none_or(|t| now.saturating_sub(t) > quarter);
-        if let Some(t) = regained {
+        if from_epoch < l.heard_epoch {
+            // Sent on a connection of an older incarnation, closed since.
+            return Ok(());
+        }
+        if from_epoch > l.heard_epoch {
+            l.heard_epoch = from_epoch;
+            l.lease.reconnected();
+        }
+        let held = l.lease.holds(clock, lease);
+        let answer = l.lease.on_heartbeat(clock, sent_ms, echo_ms);
+        let regained = !held && l.lease.holds(clock, lease);
+        if regained {
+            let until = l.lease.echoed_ms().map_or(0, |e| e + lease);
             self.log(|| {
                 format!(
-                    "node{to} regains the lease of node{from}: its heartbeat (sent at {sent_ms} by its clock) echoed {} (taken as {t} by this node's clock, now {clock}); lease until {}",
-                    echo.map_or(0, |e| e.1),
-                    t + lease
+                    "node{to} regains the lease of node{from}: its heartbeat (sent at {sent_ms} by its clock) echoed {echo_ms} (now {clock} by this node's clock); lease until {until}"
                 )
             });
         }
-        if answer {
+        if answer == Answer::Now {
             self.send_heartbeat(to, from);
+        }
+        Ok(())
+    }
+
+    /// Every node's membership round: the core's verdicts are executed (a peer declared dead
+    /// is declared in the world: `World::declare`).
+    pub(crate) fn membership(&mut self) -> Result<(), Violation> {
+        for a in 0..self.nodes.len() {
+            let Some(core) = self.nodes[a].core.as_ref() else {
+                continue;
+            };
+            let peers: Vec<PeerSilence> = self.nodes[a]
+                .links
+                .iter()
+                .map(|(&b, l)| PeerSilence {
+                    id: NodeId(b as u32),
+                    silent_ms: self.now - l.last_heard,
+                    ever_heard: core.peer_epoch(NodeId(b as u32)).0 != 0,
+                })
+                .collect();
+            let clock = self.clock(a);
+            let mut verdicts = Vec::new();
+            if let Some(m) = self.nodes[a].membership.as_mut() {
+                m.round(clock, &peers, &mut verdicts);
+            }
+            for v in verdicts {
+                match v {
+                    Verdict::Dead(b) => self.declare(a, b.0 as usize)?,
+                    Verdict::Alive(b) => self.log(|| format!("node{a}: {b} heard again: alive")),
+                    Verdict::Paused { gap_ms } => {
+                        self.log(|| format!("node{a}: paused {gap_ms} ms: silence counts from now"))
+                    }
+                    Verdict::NoMajority { silent, .. } => self.log(|| {
+                        format!("node{a}: {silent} silent, but no majority: nobody declared")
+                    }),
+                }
+            }
         }
         Ok(())
     }
