@@ -537,3 +537,24 @@ fn pages_mapped_before_the_daemon_died_get_sigbus_after_it() {
         out.stderr
     );
 }
+
+#[test]
+fn a_segment_can_be_removed_as_soon_as_its_mapping_is_dropped() {
+    // Dropping a mapping waits for the daemon to forget the attachment: a removal right
+    // after it must not find the segment attached by this process (it did, now and then).
+    let d = Daemon::start();
+    let client = d.client();
+    for i in 0..20 {
+        let name = format!("gone{i}");
+        client
+            .create_segment(&name, Some(1 << 20), pagemesh::Backing::Zero)
+            .expect("create");
+        let m = client.attach(&name).expect("attach");
+        m.write_at(0, &[7u8; 64])
+            .expect("write through the mapping");
+        drop(m);
+        client
+            .remove_segment(&name)
+            .unwrap_or_else(|e| panic!("removing {name} right after its mapping was dropped: {e}"));
+    }
+}

@@ -206,12 +206,39 @@ impl Mapping {
     }
 }
 
+/// Longest wait, when a mapping is dropped, for the daemon to forget the attachment.
+const DETACH_WAIT_MS: i32 = 5_000;
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = self.lease.shutdown(Shutdown::Both);
+        // Half-close the lease: the daemon forgets the attachment and then closes its side.
+        // Waiting for that (bounded) makes the detach synchronous: a `segment rm` right after
+        // the drop must not find the segment still attached by this process.
+        let _ = self.lease.shutdown(Shutdown::Write);
         if let Some(w) = self.watchdog.take() {
             let _ = w.join();
+        }
+        wait_for_close(&self.lease, DETACH_WAIT_MS);
+        let _ = self.lease.shutdown(Shutdown::Both);
+    }
+}
+
+/// Read `lease` until the daemon closes it, for at most `bound_ms`.
+fn wait_for_close(mut lease: &UnixStream, bound_ms: i32) {
+    let start = std::time::Instant::now();
+    let mut byte = [0u8; 64];
+    loop {
+        let left = bound_ms - start.elapsed().as_millis().min(i32::MAX as u128) as i32;
+        if left <= 0 {
+            return;
+        }
+        match wait_readable(lease.as_fd(), left) {
+            Ok(true) => match lease.read(&mut byte) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+            Ok(false) | Err(_) => return,
         }
     }
 }

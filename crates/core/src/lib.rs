@@ -30,6 +30,7 @@ mod home;
 mod ids;
 mod io;
 pub mod lease;
+mod locks;
 mod membership;
 mod msg;
 mod node;
@@ -47,6 +48,7 @@ pub use ids::{
     Access, CacheState, CallId, CallResult, Epoch, FaultId, FaultResult, MapperError, MapperToken,
     PageData, PageKey, ReqId, TxnId, Version, Want,
 };
+pub use locks::{LockBugs, LockOutput, LockTable, Refusal, Waiter};
 pub use membership::{Membership, MembershipBugs, MembershipConfig, PeerSilence, Verdict};
 pub use msg::{DenyReason, Envelope, Msg};
 pub use node::Node;

@@ -151,22 +151,7 @@ impl Engine {
             self.lock_of.remove(&t);
             self.refuse_waiter(t, format!("the segment's home {peer} died or restarted"));
         }
-        for b in self.barriers.values_mut() {
-            b.arrived.retain(|(n, _)| *n != peer);
-        }
-        let mut grants = Vec::new();
-        for ((seg, lock), l) in self.locks.iter_mut() {
-            l.queue.retain(|(n, _)| *n != peer);
-            if l.holder.is_some_and(|(n, _)| n == peer) {
-                l.holder = l.queue.pop_front();
-                if let Some((n, t)) = l.holder {
-                    grants.push((n, *seg, *lock, t));
-                }
-            }
-        }
-        for (n, seg, lock, t) in grants {
-            self.grant_lock(n, seg, lock, t);
-        }
+        self.forget_node_locks(peer);
     }
 
     /// One round of membership (`pagemesh_core::Membership`): its verdicts are executed here.

@@ -1,13 +1,24 @@
-//! Barriers and locks, run at the segment's home.
+//! Barriers and locks: the home's table is `pagemesh_core::LockTable` (the rules); the engine
+//! routes requests to it, executes its outputs and keeps this node's local waiters.
 
-use std::collections::HashMap;
-
+use pagemesh_core::{LockOutput, Waiter};
 use pagemesh_proto::peer::{Control, PeerFrame};
 use pagemesh_types::{NodeId, SegmentId};
 
 use super::Engine;
 
 impl Engine {
+    /// Whether this node is `seg`'s home; a waiter that asked the wrong node is told so.
+    fn serve_as_home(&mut self, from: NodeId, seg: SegmentId, token: u64) -> bool {
+        let me = self.me();
+        if self.home_of(seg) == Some(me) {
+            return true;
+        }
+        let reason = format!("{me} is not the home of segment id {}", seg.0);
+        self.tell(from, token, reason);
+        false
+    }
+
     pub(super) fn barrier_arrive(
         &mut self,
         from: NodeId,
@@ -16,52 +27,14 @@ impl Engine {
         parties: u32,
         token: u64,
     ) {
-        let me = self.me();
-        if self.home_of(seg) != Some(me) {
-            let reason = format!("{me} is not the home of segment id {}", seg.0);
-            self.tell(from, token, reason);
+        if !self.serve_as_home(from, seg, token) {
             return;
         }
-        let b = self.barriers.entry((seg, barrier)).or_default();
-        if b.arrived.is_empty() {
-            b.parties = parties;
-        } else if b.parties != parties {
-            let reason = format!(
-                "barrier {barrier}: {parties} parties asked, but the waiting round was started for {}",
-                b.parties
-            );
-            self.tell(from, token, reason);
-            return;
-        }
-        b.arrived.push((from, token));
-        if b.arrived.len() as u32 >= b.parties.max(1) {
-            b.generation += 1;
-            let generation = b.generation;
-            let mut by_node: HashMap<NodeId, Vec<u64>> = HashMap::new();
-            for (n, t) in b.arrived.drain(..) {
-                by_node.entry(n).or_default().push(t);
-            }
-            for (n, tokens) in by_node {
-                if n == me {
-                    for t in tokens {
-                        self.barrier_of.remove(&t);
-                        if let Some(w) = self.barrier_waiters.remove(&t) {
-                            let _ = w.send(Ok(generation));
-                        }
-                    }
-                } else {
-                    self.send_peer(
-                        n,
-                        PeerFrame::Control(Control::BarrierRelease {
-                            seg: seg.0,
-                            barrier,
-                            tokens,
-                            generation,
-                        }),
-                    );
-                }
-            }
-        }
+        let w = Waiter { node: from, token };
+        let mut outs = std::mem::take(&mut self.lock_outs);
+        self.lock_table.arrive(w, seg, barrier, parties, &mut outs);
+        self.exec_locks(&mut outs);
+        self.lock_outs = outs;
     }
 
     pub(super) fn barrier_cancel(
@@ -71,24 +44,80 @@ impl Engine {
         barrier: u32,
         token: u64,
     ) {
-        if let Some(b) = self.barriers.get_mut(&(seg, barrier)) {
-            b.arrived.retain(|a| *a != (from, token));
-        }
+        let w = Waiter { node: from, token };
+        self.lock_table.cancel(w, seg, barrier);
     }
 
     pub(super) fn lock_acquire(&mut self, from: NodeId, seg: SegmentId, lock: u32, token: u64) {
-        let me = self.me();
-        if self.home_of(seg) != Some(me) {
-            let reason = format!("{me} is not the home of segment id {}", seg.0);
-            self.tell(from, token, reason);
+        if !self.serve_as_home(from, seg, token) {
             return;
         }
-        let l = self.locks.entry((seg, lock)).or_default();
-        if l.holder.is_none() {
-            l.holder = Some((from, token));
-            self.grant_lock(from, seg, lock, token);
+        let w = Waiter { node: from, token };
+        let mut outs = std::mem::take(&mut self.lock_outs);
+        self.lock_table.acquire(w, seg, lock, &mut outs);
+        self.exec_locks(&mut outs);
+        self.lock_outs = outs;
+    }
+
+    pub(super) fn lock_release(&mut self, from: NodeId, seg: SegmentId, lock: u32, token: u64) {
+        let w = Waiter { node: from, token };
+        let mut outs = std::mem::take(&mut self.lock_outs);
+        self.lock_table.release(w, seg, lock, &mut outs);
+        self.exec_locks(&mut outs);
+        self.lock_outs = outs;
+    }
+
+    /// A dead (or restarted) node's arrivals and waits at this home are dropped, and the locks
+    /// it held pass on.
+    pub(super) fn forget_node_locks(&mut self, peer: NodeId) {
+        let mut outs = std::mem::take(&mut self.lock_outs);
+        self.lock_table.forget_node(peer, &mut outs);
+        self.exec_locks(&mut outs);
+        self.lock_outs = outs;
+    }
+
+    /// Execute (and drain) what the lock table decided.
+    fn exec_locks(&mut self, outs: &mut Vec<LockOutput>) {
+        for o in outs.drain(..) {
+            match o {
+                LockOutput::Granted { to, seg, lock } => {
+                    self.grant_lock(to.node, seg, lock, to.token)
+                }
+                LockOutput::Released {
+                    node,
+                    seg,
+                    barrier,
+                    tokens,
+                    generation,
+                } => self.release_barrier(node, seg, barrier, tokens, generation),
+                LockOutput::Refused { to, why } => self.tell(to.node, to.token, why.to_string()),
+            }
+        }
+    }
+
+    fn release_barrier(
+        &mut self,
+        node: NodeId,
+        seg: SegmentId,
+        barrier: u32,
+        tokens: Vec<u64>,
+        generation: u64,
+    ) {
+        if node == self.me() {
+            for t in tokens {
+                self.barrier_of.remove(&t);
+                if let Some(w) = self.barrier_waiters.remove(&t) {
+                    let _ = w.send(Ok(generation));
+                }
+            }
         } else {
-            l.queue.push_back((from, token));
+            let msg = Control::BarrierRelease {
+                seg: seg.0,
+                barrier,
+                tokens,
+                generation,
+            };
+            self.send_peer(node, PeerFrame::Control(msg));
         }
     }
 
@@ -96,14 +125,12 @@ impl Engine {
         if to == self.me() {
             self.lock_granted(token);
         } else {
-            self.send_peer(
-                to,
-                PeerFrame::Control(Control::LockGranted {
-                    seg: seg.0,
-                    lock,
-                    token,
-                }),
-            );
+            let msg = Control::LockGranted {
+                seg: seg.0,
+                lock,
+                token,
+            };
+            self.send_peer(to, PeerFrame::Control(msg));
         }
     }
 
@@ -115,19 +142,6 @@ impl Engine {
             }
             // The waiter gave up meanwhile: the grant is released again by its connection.
             None => log::debug!("lock granted to waiter {token}, which is gone"),
-        }
-    }
-
-    pub(super) fn lock_release(&mut self, from: NodeId, seg: SegmentId, lock: u32, token: u64) {
-        let Some(l) = self.locks.get_mut(&(seg, lock)) else {
-            return;
-        };
-        l.queue.retain(|w| *w != (from, token));
-        if l.holder == Some((from, token)) {
-            l.holder = l.queue.pop_front();
-            if let Some((n, t)) = l.holder {
-                self.grant_lock(n, seg, lock, t);
-            }
         }
     }
 }

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pagemesh_core::{
-    Access, Envelope, MapperError, Membership, MembershipConfig, Node, Output, PageData, PageKey,
-    Verdict,
+    Access, Envelope, LockBugs, LockOutput, LockTable, MapperError, Membership, MembershipConfig,
+    Node, Output, PageData, PageKey, Verdict,
 };
 use pagemesh_proto::peer::{Control, NodeFigures, PeerFrame};
 use pagemesh_proto::{ClusterStatus, SegmentInfo};
@@ -123,19 +123,6 @@ enum Later {
     IntentRead(pagemesh_core::MapperToken, Result<Vec<u64>, MapperError>),
     MapperWrite(pagemesh_core::MapperToken, Result<(), MapperError>),
     Intent(pagemesh_core::MapperToken, Result<(), MapperError>),
-}
-
-#[derive(Default)]
-struct BarrierState {
-    parties: u32,
-    arrived: Vec<(NodeId, u64)>,
-    generation: u64,
-}
-
-#[derive(Default)]
-struct LockState {
-    holder: Option<(NodeId, u64)>,
-    queue: VecDeque<(NodeId, u64)>,
 }
 
 /// Who asked for a clear-poison job.
@@ -251,13 +238,14 @@ pub struct Engine {
     next_io: u64,
     durable: Vec<(SegmentId, Durable)>,
     later: VecDeque<Later>,
-    barriers: HashMap<(SegmentId, u32), BarrierState>,
+    /// The barriers and locks of the segments homed here (the rules are the core's).
+    lock_table: LockTable,
+    lock_outs: Vec<LockOutput>,
     barrier_waiters: HashMap<u64, Sender<Result<u64, String>>>,
     /// The barrier each local waiter waits at (to cancel its arrival).
     barrier_of: HashMap<u64, (SegmentId, u32)>,
     /// The segment of each local lock waiter.
     lock_of: HashMap<u64, SegmentId>,
-    locks: HashMap<(SegmentId, u32), LockState>,
     lock_waiters: HashMap<u64, Sender<Result<(), String>>>,
     creates: HashMap<u64, (Sender<Result<SegmentInfo, String>>, Instant)>,
     next_req: u64,
@@ -354,11 +342,11 @@ impl Engine {
             next_io: 1,
             durable: Vec::new(),
             later: VecDeque::new(),
-            barriers: HashMap::new(),
+            lock_table: LockTable::new(LockBugs::default()),
+            lock_outs: Vec::new(),
             barrier_waiters: HashMap::new(),
             barrier_of: HashMap::new(),
             lock_of: HashMap::new(),
-            locks: HashMap::new(),
             lock_waiters: HashMap::new(),
             creates: HashMap::new(),
             next_req: 1,

@@ -154,6 +154,7 @@ impl Engine {
         end_evictions(&mut self.evicting, seg, memory);
         self.prepared.remove(&seg);
         self.poisoned_seen.remove(&seg);
+        self.lock_table.forget_segment(seg);
         if let Err(e) = self.host.forget(seg) {
             log::error!(
                 "segment id {:#x}: removing it from the catalog failed: {e}",
