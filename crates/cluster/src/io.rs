@@ -3,6 +3,7 @@
 //! as a value: the user sees the cause ("being removed", "no lease yet, retry"), and the socket
 //! API answers with the error code that matches it, never a blanket "poisoned".
 
+use crate::table::Full;
 use std::sync::mpsc::Sender;
 
 use pagemesh_core::FaultResult;
@@ -100,6 +101,9 @@ pub enum IoFailure {
     /// This node does not know the segment (it was removed meanwhile).
     #[error("page {page}: the segment is not known on this node (removed meanwhile?)")]
     UnknownSegment { page: u64 },
+    /// Too much is in flight on this node already (faults or I/O requests).
+    #[error("{0}")]
+    Busy(Full),
     /// Copying between the request and the node's page cache failed.
     #[error("page cache I/O at offset {offset:#x}: {message}")]
     PageCache { offset: u64, message: String },
@@ -124,6 +128,7 @@ impl IoFailure {
             IoFailure::NoLease { .. } | IoFailure::TimedOut { .. } => ErrorCode::TimedOut,
             IoFailure::Poisoned { .. } => ErrorCode::Poisoned,
             IoFailure::MapperFailed { .. } | IoFailure::PageCache { .. } => ErrorCode::Io,
+            IoFailure::Busy(_) => ErrorCode::Internal,
         }
     }
 }

@@ -16,6 +16,7 @@ mod input;
 mod intents;
 pub mod io;
 mod segment;
+mod table;
 pub mod transport;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ use pagemesh_types::{NodeId, SegmentId};
 use engine::{Engine, EngineSetup, Figures};
 pub use input::{ClusterSegStat, Input};
 pub use segment::{build_segment, core_info};
+pub use table::Full;
 use transport::Transport;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use pagemesh_core::{CallId, CallResult, PageKey};
 use pagemesh_proto::peer::{Control, PeerFrame};
 use pagemesh_types::SegmentId;
 
-use super::{ClearFor, ClearJob, Engine, CLEAR_WINDOW};
+use super::{CallFor, ClearFor, ClearJob, Engine, CLEAR_WINDOW};
 
 impl Engine {
     pub(super) fn start_clear(&mut self, seg: SegmentId, for_: ClearFor) {
@@ -30,7 +30,7 @@ impl Engine {
     pub(super) fn clear_step(&mut self, id: u64, ended: Option<CallResult>) {
         let now = self.now();
         let mut issue = Vec::new();
-        let finished = {
+        {
             let Some(job) = self.clear_jobs.get_mut(&id) else {
                 return;
             };
@@ -48,14 +48,25 @@ impl Engine {
                 job.in_flight += 1;
                 issue.push(PageKey::new(job.seg, p));
             }
-            job.in_flight == 0 && job.todo.is_empty()
-        };
-        for page in issue {
-            let call = self.next_call;
-            self.next_call += 1;
-            self.clear_calls.insert(call, id);
-            self.node.clear_poison(now, CallId(call), page);
         }
+        for page in issue {
+            match self.calls.insert(CallFor::Clear(id)) {
+                Ok(call) => self.node.clear_poison(now, CallId(call), page),
+                // The node's calls are at their bound: this page and the rest of the job are
+                // counted as not cleared (the answer says to try again).
+                Err(_) => {
+                    if let Some(job) = self.clear_jobs.get_mut(&id) {
+                        job.in_flight -= 1;
+                        job.failed += 1 + job.todo.len() as u64;
+                        job.todo.clear();
+                    }
+                }
+            }
+        }
+        let finished = self
+            .clear_jobs
+            .get(&id)
+            .is_some_and(|j| j.in_flight == 0 && j.todo.is_empty());
         if finished {
             let job = self.clear_jobs.remove(&id).expect("present");
             self.poisoned_seen.remove(&job.seg);

@@ -17,7 +17,8 @@ use pagemesh_node::pages::PageState;
 use pagemesh_node::segment::Segment;
 
 use super::{
-    bump, fail_stop, Durable, Engine, Later, Pending, Target, PS, RECENT_INVALIDATIONS, ZERO_PAGE,
+    bump, fail_stop, CallFor, Durable, Engine, Later, Pending, Target, PS, RECENT_INVALIDATIONS,
+    ZERO_PAGE,
 };
 
 impl Engine {
@@ -49,32 +50,29 @@ impl Engine {
         }
         let first = offset / PS;
         let last = (offset + buf.len() as u64 - 1) / PS;
-        let id = self.next_io;
-        self.next_io += 1;
-        self.ios.insert(
-            id,
-            IoJob {
-                seg,
-                offset,
-                buf,
-                write,
-                remaining: (last - first + 1) as usize,
-                error: None,
-                reply,
-            },
-        );
+        let pages = (last - first + 1) as usize;
+        if let Err(full) = self.faults.room(pages).and(self.ios.room(1)) {
+            let _ = reply.send(Err(IoFailure::Busy(full)));
+            return;
+        }
+        let job = IoJob {
+            seg,
+            offset,
+            buf,
+            write,
+            remaining: pages,
+            error: None,
+            reply,
+        };
+        let id = self.ios.insert(job).expect("room was checked");
         let access = if write { Access::Write } else { Access::Read };
         for p in first..=last {
-            let fid = self.next_fault;
-            self.next_fault += 1;
             let key = PageKey::new(seg, p);
-            self.pending.insert(
-                fid,
-                Pending {
-                    target: Target::Io { io: id },
-                    access,
-                },
-            );
+            let pending = Pending {
+                target: Target::Io { io: id },
+                access,
+            };
+            let fid = self.faults.insert(pending).expect("room was checked");
             self.node.fault(now, FaultId(fid), key, access);
         }
     }
@@ -279,30 +277,34 @@ impl Engine {
 
     /// A sync the core ran ended: for a removal, a clear-poison job or a client.
     pub(super) fn call_done(&mut self, call: u64, result: CallResult) {
-        if let Some(seg) = self.remove_syncs.remove(&call) {
-            match result {
-                CallResult::Ok => self.commit_remove(seg),
-                other => self.abort_remove(
-                    seg,
-                    format!("writing its dirty pages back to its file failed ({other:?})"),
-                ),
+        let Some(for_) = self.calls.remove(call) else {
+            return;
+        };
+        let r = match for_ {
+            CallFor::Removal(seg) => {
+                match result {
+                    CallResult::Ok => self.commit_remove(seg),
+                    other => self.abort_remove(
+                        seg,
+                        format!("writing its dirty pages back to its file failed ({other:?})"),
+                    ),
+                }
+                return;
             }
-            return;
-        }
-        if let Some(job) = self.clear_calls.remove(&call) {
-            self.clear_step(job, Some(result));
-            return;
-        }
-        if let Some(r) = self.calls.remove(&call) {
-            let _ = r.send(match result {
-                CallResult::Ok => Ok(()),
-                CallResult::Failed { pages } => Err(format!(
-                    "{pages} page(s) could not be made durable (poisoned, or the home's mapper failed)"
-                )),
-                CallResult::TimedOut => Err("the segment's home did not answer in time".into()),
-                CallResult::UnknownSegment => Err("not a cluster segment of this node".into()),
-            });
-        }
+            CallFor::Clear(job) => {
+                self.clear_step(job, Some(result));
+                return;
+            }
+            CallFor::Client(r) => r,
+        };
+        let _ = r.send(match result {
+            CallResult::Ok => Ok(()),
+            CallResult::Failed { pages } => Err(format!(
+                "{pages} page(s) could not be made durable (poisoned, or the home's mapper failed)"
+            )),
+            CallResult::TimedOut => Err("the segment's home did not answer in time".into()),
+            CallResult::UnknownSegment => Err("not a cluster segment of this node".into()),
+        });
     }
 
     pub(super) fn event(&mut self, e: &Event) {

@@ -97,15 +97,16 @@ impl Engine {
         let prev = att.last_page.swap(page, Ordering::Relaxed);
         let sequential = prev.wrapping_add(1) == page;
         let pages = att.len / PS;
-        let id = self.next_fault;
-        self.next_fault += 1;
-        self.pending.insert(
-            id,
-            Pending {
-                target: Target::Mapped { att, fault, start },
-                access,
-            },
-        );
+        if let Err(full) = self.faults.room(1) {
+            bump(&self.figures.sigbus);
+            att.refuse(&fault, &format_args!("{full}"));
+            return;
+        }
+        let pending = Pending {
+            target: Target::Mapped { att, fault, start },
+            access,
+        };
+        let id = self.faults.insert(pending).expect("room was checked");
         let miss = self.node.copy(key).is_none() && self.node.pending_request(key).is_none();
         self.node.fault(now, FaultId(id), key, access);
         if access == Access::Read && miss && sequential {
@@ -129,16 +130,14 @@ impl Engine {
             {
                 continue;
             }
-            let id = self.next_fault;
-            self.next_fault += 1;
+            let pending = Pending {
+                target: Target::Prefetch,
+                access: Access::Read,
+            };
+            let Ok(id) = self.faults.insert(pending) else {
+                return;
+            };
             self.prefetches += 1;
-            self.pending.insert(
-                id,
-                Pending {
-                    target: Target::Prefetch,
-                    access: Access::Read,
-                },
-            );
             self.node.fault(now, FaultId(id), k, Access::Read);
         }
     }
@@ -173,7 +172,7 @@ impl Engine {
     }
 
     pub(super) fn fault_done(&mut self, id: u64, page: PageKey, result: FaultResult) {
-        let Some(p) = self.pending.remove(&id) else {
+        let Some(p) = self.faults.remove(id) else {
             return;
         };
         let copy = self.node.copy(page);
@@ -249,12 +248,12 @@ impl Engine {
                     let silent_ms = self.membership.lease_ms();
                     Some(IoFailure::NoLease { home, silent_ms })
                 });
-                let Some(job) = self.ios.get_mut(&io) else {
+                let Some(job) = self.ios.get_mut(io) else {
                     return;
                 };
                 let memfd = self.segs.get(&job.seg).map(|s| &s.memfd);
                 if job.page_done(page.page.0, failure, memfd) {
-                    self.ios.remove(&io).expect("present").finish();
+                    self.ios.remove(io).expect("present").finish();
                 }
             }
         }

@@ -19,7 +19,8 @@ use pagemesh_node::pages::PageState;
 use pagemesh_node::segment::{Attachment, Segment};
 
 use super::{
-    ClearFor, Conn, Engine, RemoveFor, Route, StatusWait, CONN_TOKEN, STATUS_WAIT, UFFD_TOKEN,
+    CallFor, ClearFor, Conn, Engine, RemoveFor, Route, StatusWait, CONN_TOKEN, STATUS_WAIT,
+    UFFD_TOKEN,
 };
 
 impl Engine {
@@ -63,9 +64,14 @@ impl Engine {
                 self.send_peer(home, PeerFrame::Control(msg));
             }
             Input::Sync { seg, reply } => {
-                let id = self.next_call;
-                self.next_call += 1;
-                self.calls.insert(id, reply);
+                if let Err(full) = self.calls.room(1) {
+                    let _ = reply.send(Err(full.to_string()));
+                    return;
+                }
+                let id = self
+                    .calls
+                    .insert(CallFor::Client(reply))
+                    .expect("room was checked");
                 let now = self.now();
                 self.node.sync(now, CallId(id), seg);
             }

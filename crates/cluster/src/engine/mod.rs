@@ -44,6 +44,7 @@ use crate::fatal::{self, Fatal};
 pub use crate::input::{ClusterSegStat, Input};
 use crate::intents::IntentLog;
 use crate::io::IoJob;
+use crate::table::Table;
 use crate::transport::Transport;
 use crate::{ClusterConfig, Host, Waker};
 use pagemesh_node::histogram::Histogram;
@@ -58,6 +59,12 @@ const CONN_TOKEN: u64 = 2 << 62;
 const TOKEN_KIND: u64 = 3 << 62;
 /// Most fault messages taken from one uffd per wake-up.
 const FAULT_BATCH: usize = 16;
+/// Most faults in the core at once (a process's, read-ahead, pages of segment I/O).
+const MAX_FAULTS_IN_FLIGHT: usize = 1 << 16;
+/// Most syncs and clear-poison calls in the core at once.
+const MAX_CALLS_IN_FLIGHT: usize = 1 << 12;
+/// Most segment I/O requests at once.
+const MAX_IOS_IN_FLIGHT: usize = 1 << 10;
 /// Most faults waiting for a home's lease at once (each is a blocked thread of a process).
 const MAX_PARKED_FAULTS: usize = 1 << 16;
 /// Most bytes read from one peer connection per wake-up (then the others get a turn).
@@ -123,6 +130,16 @@ enum Later {
     IntentRead(pagemesh_core::MapperToken, Result<Vec<u64>, MapperError>),
     MapperWrite(pagemesh_core::MapperToken, Result<(), MapperError>),
     Intent(pagemesh_core::MapperToken, Result<(), MapperError>),
+}
+
+/// Who a sync or clear-poison call the core runs is for.
+enum CallFor {
+    /// A client's `segment sync`.
+    Client(Sender<Result<(), String>>),
+    /// One page of this clear-poison job.
+    Clear(u64),
+    /// The write-back of a file segment being removed.
+    Removal(SegmentId),
 }
 
 /// Who asked for a clear-poison job.
@@ -217,11 +234,10 @@ pub struct Engine {
     figures: Arc<Figures>,
     segs: HashMap<SegmentId, Arc<Segment>>,
     intents: HashMap<SegmentId, IntentLog>,
-    pending: HashMap<u64, Pending>,
-    next_fault: u64,
-    calls: HashMap<u64, Sender<Result<(), String>>>,
-    /// Clear-poison calls: call id -> job.
-    clear_calls: HashMap<u64, u64>,
+    /// Faults in the core: a process's, read-ahead, or a page of segment I/O.
+    faults: Table<Pending>,
+    /// Syncs and clear-poison calls in the core, and who each is for.
+    calls: Table<CallFor>,
     clear_jobs: HashMap<u64, ClearJob>,
     /// Clear-poison requests sent to a home: request -> (reply, when).
     clears: HashMap<u64, ClearWait>,
@@ -229,13 +245,10 @@ pub struct Engine {
     /// Segments this node prepared for removal: the attempt and when (a prepare that hears
     /// neither commit nor abort is undone after `PREPARED_EXPIRY`).
     prepared: HashMap<SegmentId, (u64, Instant)>,
-    /// Syncs run by removals: call -> segment.
-    remove_syncs: HashMap<u64, SegmentId>,
     /// Removals asked of a segment's home: request -> (reply, when, home).
     removes: HashMap<u64, RemoveWait>,
-    next_call: u64,
-    ios: HashMap<u64, IoJob>,
-    next_io: u64,
+    /// Segment I/O requests in flight.
+    ios: Table<IoJob>,
     durable: Vec<(SegmentId, Durable)>,
     later: VecDeque<Later>,
     /// The barriers and locks of the segments homed here (the rules are the core's).
@@ -327,19 +340,14 @@ impl Engine {
             figures,
             segs,
             intents,
-            pending: HashMap::new(),
-            next_fault: 1,
-            calls: HashMap::new(),
-            clear_calls: HashMap::new(),
+            faults: Table::new("faults", MAX_FAULTS_IN_FLIGHT),
+            calls: Table::new("syncs and clear-poison calls", MAX_CALLS_IN_FLIGHT),
             clear_jobs: HashMap::new(),
             clears: HashMap::new(),
             removals: HashMap::new(),
             prepared: HashMap::new(),
-            remove_syncs: HashMap::new(),
             removes: HashMap::new(),
-            next_call: 1,
-            ios: HashMap::new(),
-            next_io: 1,
+            ios: Table::new("segment I/O requests", MAX_IOS_IN_FLIGHT),
             durable: Vec::new(),
             later: VecDeque::new(),
             lock_table: LockTable::new(LockBugs::default()),

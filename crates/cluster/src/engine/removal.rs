@@ -6,7 +6,7 @@ use pagemesh_core::CallId;
 use pagemesh_proto::peer::{Control, PeerFrame};
 use pagemesh_types::{NodeId, SegmentId};
 
-use super::{end_evictions, Engine, Removal, RemoveFor, PREPARED_EXPIRY, REMOVE_WAIT};
+use super::{end_evictions, CallFor, Engine, Removal, RemoveFor, PREPARED_EXPIRY, REMOVE_WAIT};
 
 impl Engine {
     /// Run a removal at the home: every node that is not declared dead must confirm that no
@@ -98,11 +98,15 @@ impl Engine {
             .get(&seg)
             .is_some_and(|s| matches!(s.info.backing, pagemesh_proto::Backing::File { .. }));
         if file {
-            let call = self.next_call;
-            self.next_call += 1;
-            r.sync_call = Some(call);
-            self.remove_syncs.insert(call, seg);
-            self.node.sync(now, CallId(call), seg);
+            match self.calls.insert(CallFor::Removal(seg)) {
+                Ok(call) => {
+                    if let Some(r) = self.removals.get_mut(&seg) {
+                        r.sync_call = Some(call);
+                    }
+                    self.node.sync(now, CallId(call), seg);
+                }
+                Err(full) => self.abort_remove(seg, full.to_string()),
+            }
             return;
         }
         self.commit_remove(seg);
