@@ -202,14 +202,7 @@ impl LockTable {
         };
         l.queue.retain(|q| *q != w);
         if l.holder == Some(w) || (self.bugs.release_by_anyone && l.holder.is_some()) {
-            l.holder = l.queue.pop_front();
-            if let Some(next) = l.holder {
-                out.push(LockOutput::Granted {
-                    to: next,
-                    seg,
-                    lock,
-                });
-            }
+            Self::pass_on(l, seg, lock, out);
         }
         Self::check(l);
         if l.holder.is_none() && l.queue.is_empty() {
@@ -226,14 +219,7 @@ impl LockTable {
         for (&(seg, lock), l) in self.locks.iter_mut() {
             l.queue.retain(|q| q.node != node);
             if l.holder.is_some_and(|h| h.node == node) {
-                l.holder = l.queue.pop_front();
-                if let Some(next) = l.holder {
-                    out.push(LockOutput::Granted {
-                        to: next,
-                        seg,
-                        lock,
-                    });
-                }
+                Self::pass_on(l, seg, lock, out);
             }
             Self::check(l);
         }
@@ -250,6 +236,18 @@ impl LockTable {
     /// The holder of `lock` of `seg`, if any.
     pub fn holder(&self, seg: SegmentId, lock: u32) -> Option<Waiter> {
         self.locks.get(&(seg, lock)).and_then(|l| l.holder)
+    }
+
+    /// The holder is gone: the lock goes to the first waiter, if any.
+    fn pass_on(l: &mut Lock, seg: SegmentId, lock: u32, out: &mut Vec<LockOutput>) {
+        l.holder = l.queue.pop_front();
+        if let Some(next) = l.holder {
+            out.push(LockOutput::Granted {
+                to: next,
+                seg,
+                lock,
+            });
+        }
     }
 
     fn check(l: &Lock) {

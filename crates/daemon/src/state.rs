@@ -20,6 +20,26 @@ use pagemesh_node::segment::{Memory, Segment, SharedFrames};
 use pagemesh_node::volume::Volume;
 use pagemesh_node::workers::Workers;
 
+/// The entry `name` of a table of segments or volumes, or the reply that it does not exist.
+#[allow(clippy::result_large_err)]
+pub(crate) fn named<T>(
+    table: &RwLock<HashMap<String, Arc<T>>>,
+    name: &str,
+    what: &str,
+) -> Result<Arc<T>, Response> {
+    table
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .cloned()
+        .ok_or_else(|| {
+            err(
+                ErrorCode::NotFound,
+                format!("no {what} named {name:?} (see `pagemesh {what} list`)"),
+            )
+        })
+}
+
 /// Largest segment (the kernel's memfd limit is far higher; this bounds page-table metadata).
 pub(crate) const MAX_SEGMENT_BYTES: u64 = 64 << 40;
 
@@ -207,16 +227,6 @@ impl Daemon {
     // The error is the reply itself, built once per request: its size does not matter here.
     #[allow(clippy::result_large_err)]
     pub(crate) fn segment(&self, name: &str) -> Result<Arc<Segment>, Response> {
-        self.segments
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
-            .ok_or_else(|| {
-                err(
-                    ErrorCode::NotFound,
-                    format!("no segment named {name:?} (see `pagemesh segment list`)"),
-                )
-            })
+        named(&self.segments, name, "segment")
     }
 }

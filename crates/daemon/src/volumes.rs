@@ -8,22 +8,12 @@ use pagemesh_proto::{Backing, ErrorCode, Response, VolumeInfo};
 use pagemesh_types::ByteSize;
 
 use crate::reply::err;
-use crate::state::{valid_name, Daemon};
+use crate::state::{named, valid_name, Daemon};
 
 impl Daemon {
     #[allow(clippy::result_large_err)]
     pub(crate) fn volume(&self, name: &str) -> Result<Arc<Volume>, Response> {
-        self.volumes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
-            .ok_or_else(|| {
-                err(
-                    ErrorCode::NotFound,
-                    format!("no volume named {name:?} (see `pagemesh volume list`)"),
-                )
-            })
+        named(&self.volumes, name, "volume")
     }
 
     /// Segments backed by a volume.

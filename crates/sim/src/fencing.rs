@@ -173,19 +173,23 @@ impl World {
         self.schedule(down, Ev::Restart(i));
     }
 
-    /// The "declared dead" fault: a node crashes, or is cut off alone, for longer than the
-    /// dead-peer limit.
-    pub(crate) fn dead_fault(&mut self) {
+    /// A node for a long fault: one that may crash, is up, and is not fenced already.
+    fn pick_victim(&mut self) -> Option<usize> {
         let up: Vec<usize> = (0..self.nodes.len())
             .filter(|i| {
                 let n = &self.nodes[*i];
                 n.crashable && n.core.is_some() && !n.fenced
             })
             .collect();
-        if up.is_empty() {
+        (!up.is_empty()).then(|| up[self.rng.below(up.len())])
+    }
+
+    /// The "declared dead" fault: a node crashes, or is cut off alone, for longer than the
+    /// dead-peer limit.
+    pub(crate) fn dead_fault(&mut self) {
+        let Some(victim) = self.pick_victim() else {
             return;
-        }
-        let victim = up[self.rng.below(up.len())];
+        };
         self.stats.dead_faults += 1;
         // Long enough for every node's limit, checked at tick granularity.
         let limit = self.cfg.dead_after_ms + self.cfg.dead_after_ms / 4 + 2 * TICK_MS;
@@ -210,16 +214,9 @@ impl World {
         if self.partition.is_some() || self.mute.is_some() {
             return;
         }
-        let up: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| {
-                let n = &self.nodes[*i];
-                n.crashable && n.core.is_some() && !n.fenced
-            })
-            .collect();
-        if up.is_empty() {
+        let Some(victim) = self.pick_victim() else {
             return;
-        }
-        let victim = up[self.rng.below(up.len())];
+        };
         self.stats.mutes += 1;
         self.mute = Some(victim);
         self.log(|| format!("partition: node{victim} goes mute (it hears everyone, nobody hears it; long: will be declared dead)"));
