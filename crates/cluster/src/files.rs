@@ -2,10 +2,10 @@
 //! it set, each homed segment's write-intent log and a zero segment's page store. The data dir's
 //! format version (`pagemesh_daemon::datadir`) covers them.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use pagemesh_core::Epoch;
+use pagemesh_store::durable::replace_file;
 use pagemesh_types::{NodeId, SegmentId};
 
 use crate::intents::IntentLog;
@@ -37,17 +37,6 @@ pub fn remove_segment_files(data_dir: &Path, seg: SegmentId, zero: bool) {
         let _ = std::fs::remove_file(zero_store(data_dir, seg));
     }
     let _ = std::fs::remove_file(intents_path(data_dir, seg));
-}
-
-/// Write `text` to `dir/name` atomically and durably (a temp file, fsync, rename, fsync of the
-/// directory).
-fn replace(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The fences this node set (peer -> lowest epoch it accepts), kept in `DATA_DIR/cluster/fences`
@@ -94,7 +83,7 @@ pub(crate) fn store_fence(data_dir: &Path, peer: NodeId, epoch: Epoch) -> std::i
         .iter()
         .map(|(n, e)| format!("{} {}\n", n.0, e.0))
         .collect();
-    replace(&cluster_dir(data_dir), "fences", &text)
+    replace_file(&cluster_dir(data_dir).join("fences"), text.as_bytes())
 }
 
 /// Read, bump and durably store this node's epoch: every start is a new incarnation.
@@ -111,7 +100,7 @@ pub(crate) fn next_epoch(data_dir: &Path) -> Result<Epoch, String> {
         Err(e) => return Err(format!("reading {}: {e}", path.display())),
     };
     let epoch = old + 1;
-    replace(&dir, "epoch", &format!("{epoch}\n"))
+    replace_file(&path, format!("{epoch}\n").as_bytes())
         .map_err(|e| format!("storing the epoch in {}: {e}", path.display()))?;
     Ok(Epoch(epoch))
 }

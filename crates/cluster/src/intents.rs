@@ -115,18 +115,11 @@ impl IntentLog {
     }
 
     fn compact(&mut self) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("tmp");
-        let mut f = File::create(&tmp)?;
         let mut bytes = Vec::with_capacity(self.set.len() * 8);
         for p in &self.set {
             bytes.extend_from_slice(&p.to_le_bytes());
         }
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
+        pagemesh_store::durable::replace_file(&self.path, &bytes)?;
         self.file = OpenOptions::new()
             .append(true)
             .read(true)

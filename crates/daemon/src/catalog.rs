@@ -2,7 +2,6 @@
 //! fsync, rename, fsync of the directory), so segments survive a daemon restart.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use pagemesh_proto::{Backing, PartitionLimits, SegmentInfo, VolumeInfo};
@@ -253,18 +252,8 @@ impl Catalog {
             path: self.path.clone(),
             source,
         };
-        let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(stored).expect("catalog serialises");
-        let mut f = fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        fs::rename(&tmp, &self.path).map_err(err)?;
-        if let Some(dir) = self.path.parent() {
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(err)?;
-        }
-        Ok(())
+        pagemesh_store::durable::replace_file(&self.path, &bytes).map_err(err)
     }
 }
 

@@ -13,7 +13,6 @@
 //! both versions. A future format that changes a file adds its conversion here.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The data dir format this pagemesh writes.
@@ -131,14 +130,9 @@ fn stamp(dir: &Path) -> Result<(), DataDirError> {
             source,
         }
     };
-    let tmp = dir.join("FORMAT.tmp");
-    let mut f = fs::File::create(&tmp).map_err(io("creating FORMAT.tmp"))?;
-    writeln!(f, "{STAMP_PREFIX}{DATA_DIR_FORMAT}").map_err(io("writing FORMAT.tmp"))?;
-    f.sync_all().map_err(io("syncing FORMAT.tmp"))?;
-    fs::rename(&tmp, dir.join(STAMP)).map_err(io("renaming FORMAT.tmp to FORMAT"))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("syncing the dir"))
+    let text = format!("{STAMP_PREFIX}{DATA_DIR_FORMAT}\n");
+    pagemesh_store::durable::replace_file(&dir.join(STAMP), text.as_bytes())
+        .map_err(io("writing its FORMAT stamp"))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod durable;
 pub mod paging;
 
 use std::fs::{File, OpenOptions};
