@@ -2,7 +2,9 @@
 //!
 //! Each node runs one [`Node`]: its page cache, plus the directory of every segment it is home
 //! of; one [`Membership`] (which peers it declares dead); and one [`lease::LeaseLink`] per
-//! peer (whether it may use its copies of that peer's pages). Nothing here does I/O, reads a clock, spawns a thread or draws a random number: the
+//! peer (whether it may use its copies of that peer's pages); one [`LockTable`] (the barriers and
+//! locks of the segments it is home of); one [`Removals`] (two-phase removal, as home and as
+//! node). Nothing here does I/O, reads a clock, spawns a thread or draws a random number: the
 //! driver (the daemon with real sockets and userfaultfds, or the simulator with a seeded network)
 //! feeds inputs and executes the [`Output`]s.
 //!
@@ -30,6 +32,7 @@ mod home;
 mod ids;
 mod io;
 pub mod lease;
+mod lock_client;
 mod locks;
 mod membership;
 mod msg;
@@ -39,6 +42,7 @@ mod plan;
 pub mod pool;
 mod rebuild;
 mod recovery;
+mod removal;
 
 pub use cache::{CopyInfo, EvictStart};
 pub use config::{Backing, InjectedBugs, NodeConfig, SegmentInfo, Timing};
@@ -48,8 +52,12 @@ pub use ids::{
     Access, CacheState, CallId, CallResult, Epoch, FaultId, FaultResult, MapperError, MapperToken,
     PageData, PageKey, ReqId, TxnId, Version, Want,
 };
-pub use locks::{LockBugs, LockOutput, LockTable, Refusal, Waiter};
+pub use lock_client::{LockClient, LockWant};
+pub use locks::{Claim, LockBugs, LockOutput, LockTable, Refusal, Waiter};
 pub use membership::{Membership, MembershipBugs, MembershipConfig, PeerSilence, Verdict};
 pub use msg::{DenyReason, Envelope, Msg};
 pub use node::Node;
 pub use output::{Event, Output};
+pub use removal::{
+    RemovalBugs, RemovalConfig, RemovalError, RemovalMsg, RemovalOutput, Removals,
+};

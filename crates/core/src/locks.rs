@@ -5,9 +5,17 @@
 //! node's name for one waiting client). The driver feeds arrivals, cancels, acquires, releases
 //! and deaths in, and sends the [`LockOutput`]s; the daemon's engine runs this code.
 //!
+//! The table lives in the home's memory only. A home that restarts starts it *recovering*: it
+//! grants nothing until every node it counts alive has reported the locks its clients hold and
+//! wait for there ([`LockTable::report`], sent on every (re)connect; a node declared dead counts
+//! as reported), so a lock held across the restart is not granted a second time. A report also
+//! repairs what a dropped connection lost: a lock the reporting node no longer holds (a lost
+//! release) passes on, a wait it still has (a lost acquire) is queued, a grant it did not hear
+//! is sent again.
+//!
 //! Invariants (asserted): a lock has at most one holder; the holder is never also queued; a
 //! waiter is queued at most once per lock; a barrier's round never holds more arrivals than its
-//! parties.
+//! parties; nothing is granted while the table recovers.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -25,6 +33,14 @@ pub struct Waiter {
 /// Why a waiter is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
+    /// A node reports holding a lock that the home (after a restart) has given to another
+    /// client meanwhile: the report came too late, or two clients held it.
+    Lost {
+        /// The lock's segment.
+        seg: SegmentId,
+        /// The lock.
+        lock: u32,
+    },
     /// A barrier's round was started for another number of parties.
     Parties {
         /// The barrier.
@@ -39,6 +55,11 @@ pub enum Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Refusal::Lost { seg, lock } => write!(
+                f,
+                "lock {lock} of segment id {:#x} was lost: its home restarted and gave it to another client",
+                seg.0
+            ),
             Refusal::Parties {
                 barrier,
                 asked,
@@ -92,6 +113,19 @@ pub struct LockBugs {
     /// A release by a waiter that does not hold the lock (a late or duplicated release)
     /// passes the lock on anyway.
     pub release_by_anyone: bool,
+    /// A restarted home grants at once, without waiting for the nodes' reports.
+    pub no_recovery: bool,
+}
+
+/// One lock a node's client holds or waits for, as a report lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Claim {
+    /// The lock's segment.
+    pub seg: SegmentId,
+    /// The lock.
+    pub lock: u32,
+    /// The client's token.
+    pub token: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -112,6 +146,10 @@ struct Lock {
 pub struct LockTable {
     barriers: BTreeMap<(SegmentId, u32), Barrier>,
     locks: BTreeMap<(SegmentId, u32), Lock>,
+    /// While recovering: the nodes still to report.
+    awaiting: Option<std::collections::BTreeSet<NodeId>>,
+    /// Acquires that came while recovering, in order.
+    held_back: Vec<(Waiter, SegmentId, u32)>,
     bugs: LockBugs,
 }
 
@@ -121,6 +159,117 @@ impl LockTable {
         LockTable {
             bugs,
             ..LockTable::default()
+        }
+    }
+
+    /// The table of a home that (re)started: it grants nothing until each of `peers` (the other
+    /// nodes it counts alive) has reported.
+    pub fn recovering(bugs: LockBugs, peers: impl IntoIterator<Item = NodeId>) -> LockTable {
+        let awaiting: std::collections::BTreeSet<NodeId> = peers.into_iter().collect();
+        LockTable {
+            bugs,
+            awaiting: (!awaiting.is_empty() && !bugs.no_recovery).then_some(awaiting),
+            ..LockTable::default()
+        }
+    }
+
+    /// Whether the table still waits for reports (and grants nothing).
+    pub fn is_recovering(&self) -> bool {
+        self.awaiting.is_some()
+    }
+
+    /// The nodes whose reports the table still waits for.
+    pub fn awaiting(&self) -> Vec<NodeId> {
+        self.awaiting
+            .iter()
+            .flat_map(|a| a.iter().copied())
+            .collect()
+    }
+
+    /// `node` reports what its clients hold (`held`) and wait for (`waiting`) at this home,
+    /// as of when it sent the report: what it no longer claims is dropped (a held lock passes
+    /// on), what it holds is its own (or refused as lost if another client holds it now), what
+    /// it waits for is queued (or, if the table gave it already, granted again).
+    pub fn report(
+        &mut self,
+        node: NodeId,
+        held: &[Claim],
+        waiting: &[Claim],
+        out: &mut Vec<LockOutput>,
+    ) {
+        let claimed = |seg: SegmentId, lock: u32, w: Waiter| {
+            held.iter()
+                .chain(waiting)
+                .any(|c| c.seg == seg && c.lock == lock && c.token == w.token)
+        };
+        self.held_back
+            .retain(|(w, seg, lock)| w.node != node || claimed(*seg, *lock, *w));
+        for (&(seg, lock), l) in self.locks.iter_mut() {
+            l.queue.retain(|q| q.node != node || claimed(seg, lock, *q));
+            if l.holder.is_some_and(|h| h.node == node && !claimed(seg, lock, h)) {
+                Self::pass_on(l, seg, lock, out);
+            }
+            Self::check(l);
+        }
+        self.locks
+            .retain(|_, l| l.holder.is_some() || !l.queue.is_empty());
+        for c in held {
+            let w = Waiter { node, token: c.token };
+            let l = self.locks.entry((c.seg, c.lock)).or_default();
+            match l.holder {
+                None => {
+                    l.holder = Some(w);
+                    l.queue.retain(|q| *q != w);
+                }
+                Some(h) if h == w => {}
+                Some(_) => {
+                    let why = Refusal::Lost {
+                        seg: c.seg,
+                        lock: c.lock,
+                    };
+                    out.push(LockOutput::Refused { to: w, why });
+                }
+            }
+            Self::check(l);
+        }
+        for c in waiting {
+            let w = Waiter { node, token: c.token };
+            if self.holder(c.seg, c.lock) == Some(w) && !self.is_recovering() {
+                // The grant went out and was lost with the connection.
+                out.push(LockOutput::Granted {
+                    to: w,
+                    seg: c.seg,
+                    lock: c.lock,
+                });
+            } else {
+                self.acquire(w, c.seg, c.lock, out);
+            }
+        }
+        self.reported(node, out);
+    }
+
+    /// Grant again every lock `node`'s clients hold here (the home's connection to it was
+    /// re-established, and a grant may have been lost with the old one).
+    pub fn regrant(&self, node: NodeId, out: &mut Vec<LockOutput>) {
+        for (&(seg, lock), l) in &self.locks {
+            if let Some(h) = l.holder.filter(|h| h.node == node) {
+                out.push(LockOutput::Granted { to: h, seg, lock });
+            }
+        }
+    }
+
+    /// `node` no longer needs to report; the last one to do so ends the recovery, and the
+    /// acquires held back are served in their order.
+    fn reported(&mut self, node: NodeId, out: &mut Vec<LockOutput>) {
+        let Some(a) = self.awaiting.as_mut() else {
+            return;
+        };
+        a.remove(&node);
+        if a.is_empty() {
+            self.awaiting = None;
+            for (w, seg, lock) in std::mem::take(&mut self.held_back) {
+                self.acquire(w, seg, lock, out);
+            }
         }
     }
 
@@ -181,6 +330,12 @@ impl LockTable {
 
     /// `w` asks for `lock` of `seg`: granted now if it is free, queued otherwise.
     pub fn acquire(&mut self, w: Waiter, seg: SegmentId, lock: u32, out: &mut Vec<LockOutput>) {
+        if self.is_recovering() {
+            if !self.held_back.iter().any(|h| *h == (w, seg, lock)) {
+                self.held_back.push((w, seg, lock));
+            }
+            return;
+        }
         let l = self.locks.entry((seg, lock)).or_default();
         if l.holder == Some(w) || l.queue.contains(&w) {
             return;
@@ -197,6 +352,7 @@ impl LockTable {
 
     /// `w` releases `lock` of `seg` (or stops waiting for it); the next waiter gets it.
     pub fn release(&mut self, w: Waiter, seg: SegmentId, lock: u32, out: &mut Vec<LockOutput>) {
+        self.held_back.retain(|h| *h != (w, seg, lock));
         let Some(l) = self.locks.get_mut(&(seg, lock)) else {
             return;
         };
@@ -213,6 +369,7 @@ impl LockTable {
     /// `node` died or restarted: its arrivals and waits are dropped, and the locks it held
     /// pass to their next waiters.
     pub fn forget_node(&mut self, node: NodeId, out: &mut Vec<LockOutput>) {
+        self.held_back.retain(|(w, _, _)| w.node != node);
         for b in self.barriers.values_mut() {
             b.arrived.retain(|a| a.node != node);
         }
@@ -225,12 +382,14 @@ impl LockTable {
         }
         self.locks
             .retain(|_, l| l.holder.is_some() || !l.queue.is_empty());
+        self.reported(node, out);
     }
 
     /// `seg` is gone: its barriers and locks with it.
     pub fn forget_segment(&mut self, seg: SegmentId) {
         self.barriers.retain(|(s, _), _| *s != seg);
         self.locks.retain(|(s, _), _| *s != seg);
+        self.held_back.retain(|(_, s, _)| *s != seg);
     }
 
     /// The holder of `lock` of `seg`, if any.
@@ -241,6 +400,7 @@ impl LockTable {
     /// The holder is gone: the lock goes to the first waiter, if any.
     fn pass_on(l: &mut Lock, seg: SegmentId, lock: u32, out: &mut Vec<LockOutput>) {
         l.holder = l.queue.pop_front();
+        // While recovering nothing is queued (acquires are held back), so nothing is granted.
         if let Some(next) = l.holder {
             out.push(LockOutput::Granted {
                 to: next,
@@ -321,6 +481,7 @@ mod tests {
     fn the_injected_bug_grants_a_lock_twice() {
         let mut t = LockTable::new(LockBugs {
             release_by_anyone: true,
+            ..LockBugs::default()
         });
         let mut out = Vec::new();
         t.acquire(w(1, 10), SEG, 0, &mut out);
@@ -365,5 +526,69 @@ mod tests {
                 },
             ]
         );
+    }
+
+    fn claim(lock: u32, token: u64) -> Claim {
+        Claim {
+            seg: SEG,
+            lock,
+            token,
+        }
+    }
+
+    #[test]
+    fn a_restarted_home_grants_nothing_until_every_node_reported() {
+        let mut t = LockTable::recovering(LockBugs::default(), [NodeId(1), NodeId(2)]);
+        let mut out = Vec::new();
+        // Node 2 asks while node 1 (which holds lock 0 across the restart) has not reported.
+        t.acquire(w(2, 20), SEG, 0, &mut out);
+        t.report(NodeId(2), &[], &[claim(0, 20)], &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert!(t.is_recovering());
+        assert_eq!(t.awaiting(), vec![NodeId(1)]);
+        t.report(NodeId(1), &[claim(0, 10)], &[], &mut out);
+        assert!(!t.is_recovering());
+        assert!(out.is_empty(), "the lock is node 1's: {out:?}");
+        assert_eq!(t.holder(SEG, 0), Some(w(1, 10)));
+        t.release(w(1, 10), SEG, 0, &mut out);
+        assert_eq!(granted(&out), vec![w(2, 20)]);
+    }
+
+    #[test]
+    fn the_injected_bug_lets_a_restarted_home_grant_a_held_lock() {
+        let bugs = LockBugs {
+            no_recovery: true,
+            ..LockBugs::default()
+        };
+        let mut t = LockTable::recovering(bugs, [NodeId(1), NodeId(2)]);
+        let mut out = Vec::new();
+        t.acquire(w(2, 20), SEG, 0, &mut out);
+        assert_eq!(granted(&out), vec![w(2, 20)]);
+        out.clear();
+        t.report(NodeId(1), &[claim(0, 10)], &[], &mut out);
+        assert!(matches!(
+            out.as_slice(),
+            [LockOutput::Refused { why: Refusal::Lost { .. }, .. }]
+        ));
+    }
+
+    #[test]
+    fn a_report_frees_a_lost_release_queues_a_lost_acquire_and_resends_a_lost_grant() {
+        let mut t = LockTable::new(LockBugs::default());
+        let mut out = Vec::new();
+        t.acquire(w(1, 10), SEG, 0, &mut out);
+        t.acquire(w(2, 20), SEG, 0, &mut out);
+        t.acquire(w(2, 21), SEG, 1, &mut out);
+        out.clear();
+        // Node 1's release of lock 0 was lost; it reports nothing.
+        t.report(NodeId(1), &[], &[], &mut out);
+        assert_eq!(granted(&out), vec![w(2, 20)]);
+        out.clear();
+        // Node 2 did not hear either grant, and its acquire of lock 2 was lost.
+        t.report(NodeId(2), &[], &[claim(0, 20), claim(1, 21), claim(2, 22)], &mut out);
+        assert_eq!(granted(&out), vec![w(2, 20), w(2, 21), w(2, 22)]);
+        out.clear();
+        t.regrant(NodeId(2), &mut out);
+        assert_eq!(granted(&out).len(), 3);
     }
 }

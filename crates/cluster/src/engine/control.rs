@@ -1,7 +1,6 @@
 //! Control messages from peers (catalog, create, removal, clear-poison, barriers, locks, status), one method for each longer kind.
 
-use std::time::Instant;
-
+use pagemesh_core::RemovalMsg;
 use pagemesh_proto::peer::{Control, PeerFrame};
 use pagemesh_proto::{Backing, SegmentInfo};
 use pagemesh_types::{NodeId, SegmentId};
@@ -50,22 +49,38 @@ impl Engine {
                 }
             }
             Control::RemovePrepare { seg, attempt } => {
-                let result = self.prepare_remove(SegmentId(seg), attempt);
-                let msg = Control::RemovePrepared {
-                    seg,
+                let msg = RemovalMsg::Prepare {
+                    seg: SegmentId(seg),
                     attempt,
-                    result,
                 };
-                self.send_peer(from, PeerFrame::Control(msg));
+                self.on_removal_msg(from, msg)
             }
             Control::RemovePrepared {
                 seg,
                 attempt,
                 result,
-            } => self.remove_answer(SegmentId(seg), attempt, from, result),
-            Control::RemoveCommit { seg } => self.forget_segment(SegmentId(seg)),
-            Control::RemoveAbort { seg, attempt } => self.on_remove_abort(SegmentId(seg), attempt),
-            Control::Removed { ids } => self.on_removed(from, ids),
+            } => {
+                let msg = RemovalMsg::Prepared {
+                    seg: SegmentId(seg),
+                    attempt,
+                    result,
+                };
+                self.on_removal_msg(from, msg)
+            }
+            Control::RemoveCommit { seg } => {
+                let msg = RemovalMsg::Commit {
+                    seg: SegmentId(seg),
+                };
+                self.on_removal_msg(from, msg)
+            }
+            Control::RemoveAbort { seg, attempt } => {
+                let msg = RemovalMsg::Abort {
+                    seg: SegmentId(seg),
+                    attempt,
+                };
+                self.on_removal_msg(from, msg)
+            }
+            Control::Removed { ids } => self.on_removed(ids),
             Control::ClearPoison { req, seg } => {
                 self.on_clear_poison_asked(from, req, SegmentId(seg))
             }
@@ -158,60 +173,6 @@ impl Engine {
             let result = Err(format!("{me} is not the home of segment id {:#x}", seg.0));
             let msg = Control::RemoveDone { req, result };
             self.send_peer(from, PeerFrame::Control(msg));
-        }
-    }
-
-    /// The home asks whether `seg` may be removed: not while a process here has it attached.
-    pub(super) fn prepare_remove(&mut self, seg: SegmentId, attempt: u64) -> Result<(), String> {
-        let Some(s) = self.host.segment(seg) else {
-            return Ok(());
-        };
-        let me = self.me();
-        let r = s.mark_removed().map_err(|pids| {
-            format!(
-                "{me}: segment {} is attached by pid(s) {pids:?}",
-                s.info.name
-            )
-        });
-        if r.is_ok() {
-            // Undone by an abort, or by itself if neither commit nor abort comes (a lost
-            // frame, a home that died meanwhile).
-            self.prepared.insert(seg, (attempt, Instant::now()));
-        }
-        r
-    }
-
-    pub(super) fn on_remove_abort(&mut self, seg: SegmentId, attempt: u64) {
-        if self.prepared.get(&seg).map(|p| p.0) == Some(attempt) {
-            self.prepared.remove(&seg);
-            if let Some(s) = self.host.segment(seg) {
-                s.unmark_removed();
-            }
-        }
-    }
-
-    /// A peer lists segments removed from the cluster: forget each one this node still has.
-    pub(super) fn on_removed(&mut self, from: NodeId, ids: Vec<u64>) {
-        let known = self.host.removed_ids();
-        for id in ids {
-            let seg = self.host.segment(SegmentId(id));
-            if known.contains(&id) && seg.is_none() {
-                continue;
-            }
-            match seg {
-                Some(s) => match s.mark_removed() {
-                    Ok(()) => self.forget_segment(SegmentId(id)),
-                    Err(pids) => log::error!(
-                        "{from} says segment {} (id {id:#x}) was removed from the cluster, but pid(s) {pids:?} here have it attached; \
-                         their faults on it now fail (end them)",
-                        s.info.name
-                    ),
-                },
-                // Remember it anyway, so a peer that was away cannot bring it back here.
-                None => {
-                    let _ = self.host.forget(SegmentId(id));
-                }
-            }
         }
     }
 

@@ -282,14 +282,13 @@ impl Engine {
         };
         let r = match for_ {
             CallFor::Removal(seg) => {
-                match result {
-                    CallResult::Ok => self.commit_remove(seg),
-                    other => self.abort_remove(
-                        seg,
-                        format!("writing its dirty pages back to its file failed ({other:?})"),
-                    ),
-                }
-                return;
+                let result = match result {
+                    CallResult::Ok => Ok(()),
+                    other => Err(format!(
+                        "writing its dirty pages back to its file failed ({other:?})"
+                    )),
+                };
+                return self.removal_synced(seg, result);
             }
             CallFor::Clear(job) => {
                 self.clear_step(job, Some(result));

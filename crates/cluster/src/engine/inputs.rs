@@ -169,6 +169,7 @@ impl Engine {
         if !ids.is_empty() {
             self.send_peer(peer, PeerFrame::Control(Control::Removed { ids }));
         }
+        self.removal_peer_connected(peer);
     }
 
     pub(super) fn on_remove(&mut self, seg: SegmentId, reply: Sender<Result<(), String>>) {

@@ -210,6 +210,7 @@ impl Engine {
             );
         }
         self.forget_node(peer);
+        self.removal_peer_dead(peer);
         // Whatever connection of the fenced incarnation survives is cut, so that if it is alive
         // it redials, is refused as fenced, and stops.
         let conns: Vec<u64> = self

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use pagemesh_core::{
     Access, Envelope, LockBugs, LockOutput, LockTable, MapperError, Membership, MembershipConfig,
-    Node, Output, PageData, PageKey, Verdict,
+    Node, Output, PageData, PageKey, RemovalBugs, RemovalConfig, RemovalOutput, Removals, Verdict,
 };
 use pagemesh_proto::peer::{Control, NodeFigures, PeerFrame};
 use pagemesh_proto::{ClusterStatus, SegmentInfo};
@@ -164,24 +164,8 @@ enum RemoveFor {
     Peer(NodeId, u64),
 }
 
-/// A removal run by this node (the segment's home): every node must agree no process has the
-/// segment attached before anyone forgets it.
-struct Removal {
-    attempt: u64,
-    waiting: std::collections::HashSet<NodeId>,
-    deadline: Instant,
-    sync_call: Option<u64>,
-    for_: RemoveFor,
-}
-
 /// A removal asked of a segment's home: the reply, when, and which home.
 type RemoveWait = (Sender<Result<(), String>>, Instant, NodeId);
-
-/// How long the nodes have to answer a removal.
-const REMOVE_WAIT: Duration = Duration::from_secs(5);
-/// A prepared removal that hears neither commit nor abort in this long is undone (the home
-/// commits within `REMOVE_WAIT` plus a file segment's sync, bounded by the fault timeout).
-const PREPARED_EXPIRY: Duration = Duration::from_secs(120);
 
 /// A clear-poison asked of a segment's home: the reply, when, and which home.
 type ClearWait = (Sender<Result<u64, String>>, Instant, NodeId);
@@ -241,10 +225,9 @@ pub struct Engine {
     clear_jobs: HashMap<u64, ClearJob>,
     /// Clear-poison requests sent to a home: request -> (reply, when).
     clears: HashMap<u64, ClearWait>,
-    removals: HashMap<SegmentId, Removal>,
-    /// Segments this node prepared for removal: the attempt and when (a prepare that hears
-    /// neither commit nor abort is undone after `PREPARED_EXPIRY`).
-    prepared: HashMap<SegmentId, (u64, Instant)>,
+    /// The removals run here as a home and the prepares held here (the rules are the core's).
+    removal: Removals<RemoveFor>,
+    removal_outs: Vec<RemovalOutput<RemoveFor>>,
     /// Removals asked of a segment's home: request -> (reply, when, home).
     removes: HashMap<u64, RemoveWait>,
     /// Segment I/O requests in flight.
@@ -320,6 +303,7 @@ impl Engine {
         let tick_ms = (cfg.retry_ms / 2).clamp(1, 50);
         let (dead_after_ms, fault_timeout_ms) = (cfg.dead_after_ms, cfg.fault_timeout_ms);
         let now_ms = transport.now_ms();
+        let first_attempt = node.epoch().0 << 32;
         let epoll = Epoll::new()?;
         epoll.add(wake_rx.as_fd(), WAKE_TOKEN)?;
         Ok(Engine {
@@ -344,8 +328,12 @@ impl Engine {
             calls: Table::new("syncs and clear-poison calls", MAX_CALLS_IN_FLIGHT),
             clear_jobs: HashMap::new(),
             clears: HashMap::new(),
-            removals: HashMap::new(),
-            prepared: HashMap::new(),
+            removal: Removals::new(
+                RemovalConfig::DAEMON,
+                RemovalBugs::default(),
+                first_attempt,
+            ),
+            removal_outs: Vec::new(),
             removes: HashMap::new(),
             ios: Table::new("segment I/O requests", MAX_IOS_IN_FLIGHT),
             durable: Vec::new(),

@@ -1,138 +1,180 @@
-//! Two-phase removal of a cluster segment, run by its home: every node must agree that no process has it attached before anyone forgets it.
+//! Two-phase removal of a cluster segment: the rules are `pagemesh_core::Removals` (every node
+//! must agree that no process has the segment attached before anyone forgets it); the engine
+//! feeds it messages and time and executes its outputs.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pagemesh_core::CallId;
+use pagemesh_core::{CallId, RemovalMsg, RemovalOutput};
+use pagemesh_node::segment::Segment;
 use pagemesh_proto::peer::{Control, PeerFrame};
 use pagemesh_types::{NodeId, SegmentId};
 
-use super::{end_evictions, CallFor, Engine, Removal, RemoveFor, PREPARED_EXPIRY, REMOVE_WAIT};
+use super::{end_evictions, CallFor, Engine, RemoveFor};
+
+/// Mark `s` removed (new attachments refused), or say which processes have it attached.
+fn mark(s: &Segment, me: NodeId) -> Result<(), String> {
+    s.mark_removed()
+        .map_err(|pids| format!("segment {} is attached by pid(s) {pids:?} on {me}", s.info.name))
+}
+
+/// The peer wire format's control frame of a removal message.
+fn to_control(msg: RemovalMsg) -> Control {
+    match msg {
+        RemovalMsg::Prepare { seg, attempt } => Control::RemovePrepare {
+            seg: seg.0,
+            attempt,
+        },
+        RemovalMsg::Prepared {
+            seg,
+            attempt,
+            result,
+        } => Control::RemovePrepared {
+            seg: seg.0,
+            attempt,
+            result,
+        },
+        RemovalMsg::Commit { seg } => Control::RemoveCommit { seg: seg.0 },
+        RemovalMsg::Abort { seg, attempt } => Control::RemoveAbort {
+            seg: seg.0,
+            attempt,
+        },
+    }
+}
 
 impl Engine {
-    /// Run a removal at the home: every node that is not declared dead must confirm that no
-    /// process has the segment (and refuse new attachments) within `REMOVE_WAIT`; a file
-    /// segment is synced (like unmapping a file); then every node forgets it.
+    /// Run a removal at the home: every node that is not declared dead must prepare within the
+    /// answer limit; a file segment is synced (like unmapping a file); then every node forgets
+    /// it.
     pub(super) fn start_remove(&mut self, seg: SegmentId, for_: RemoveFor) {
-        let fail = |me: &mut Self, for_: RemoveFor, e: String| me.finish_remove_reply(for_, Err(e));
-        if self.removals.contains_key(&seg) {
-            return fail(
-                self,
-                for_,
-                "a removal of this segment is already running".into(),
-            );
-        }
         let Some(s) = self.segs.get(&seg).cloned() else {
-            return fail(self, for_, "not a cluster segment of this node".into());
+            let e = "not a cluster segment of this node".to_string();
+            return self.finish_remove_reply(for_, Err(e));
         };
-        if let Err(pids) = s.mark_removed() {
-            let e = format!(
-                "segment {} is attached by pid(s) {pids:?} on {}; end those processes first",
-                s.info.name,
-                self.me()
-            );
-            return fail(self, for_, e);
-        }
+        let me = self.me();
         let peers: Vec<NodeId> = self
             .transport
             .peers()
             .into_iter()
-            .filter(|p| !self.membership.is_dead(p.id))
+            .filter(|p| p.id != me && !self.membership.is_dead(p.id))
             .map(|p| p.id)
             .collect();
-        let attempt = self.req_id();
-        for &p in &peers {
-            self.send_peer(
-                p,
-                PeerFrame::Control(Control::RemovePrepare {
-                    seg: seg.0,
-                    attempt,
-                }),
-            );
-        }
-        self.removals.insert(
-            seg,
-            Removal {
-                attempt,
-                waiting: peers.into_iter().collect(),
-                deadline: Instant::now() + REMOVE_WAIT,
-                sync_call: None,
-                for_,
-            },
-        );
-        self.remove_step(seg);
-    }
-
-    pub(super) fn remove_answer(
-        &mut self,
-        seg: SegmentId,
-        attempt: u64,
-        from: NodeId,
-        result: Result<(), String>,
-    ) {
-        let Some(r) = self.removals.get_mut(&seg) else {
-            return;
-        };
-        if r.attempt != attempt {
-            return;
-        }
-        match result {
-            Ok(()) => {
-                r.waiting.remove(&from);
-                self.remove_step(seg);
-            }
-            Err(e) => self.abort_remove(seg, e),
-        }
-    }
-
-    /// Move a removal on: once every node agreed, sync a file segment, then commit.
-    pub(super) fn remove_step(&mut self, seg: SegmentId) {
+        let file = matches!(s.info.backing, pagemesh_proto::Backing::File { .. });
         let now = self.now();
-        let Some(r) = self.removals.get_mut(&seg) else {
-            return;
+        let mut outs = std::mem::take(&mut self.removal_outs);
+        self.removal
+            .start(now, seg, for_, || mark(&s, me), peers, file, &mut outs);
+        self.exec_removal(&mut outs);
+        self.removal_outs = outs;
+    }
+
+    /// A removal message from a peer.
+    pub(super) fn on_removal_msg(&mut self, from: NodeId, msg: RemovalMsg) {
+        let me = self.me();
+        let seg = match &msg {
+            RemovalMsg::Prepare { seg, .. } => self.host.segment(*seg),
+            _ => None,
         };
-        if !r.waiting.is_empty() || r.sync_call.is_some() {
-            return;
+        // A segment this node does not know has nothing attached.
+        let check = || seg.as_deref().map_or(Ok(()), |s| mark(s, me));
+        let now = self.now();
+        let mut outs = std::mem::take(&mut self.removal_outs);
+        self.removal.on_message(now, from, msg, check, &mut outs);
+        self.exec_removal(&mut outs);
+        self.removal_outs = outs;
+    }
+
+    /// Feed the removal machine one more input and execute what it decided.
+    fn with_removal(&mut self, f: impl FnOnce(&mut Self, &mut Vec<RemovalOutput<RemoveFor>>)) {
+        let mut outs = std::mem::take(&mut self.removal_outs);
+        f(self, &mut outs);
+        self.exec_removal(&mut outs);
+        self.removal_outs = outs;
+    }
+
+    /// The sync of a file segment being removed ended.
+    pub(super) fn removal_synced(&mut self, seg: SegmentId, result: Result<(), String>) {
+        self.with_removal(|e, outs| e.removal.sync_done(seg, result, outs));
+    }
+
+    /// Removals stop waiting for a peer declared dead.
+    pub(super) fn removal_peer_dead(&mut self, peer: NodeId) {
+        let now = self.now();
+        self.with_removal(|e, outs| e.removal.peer_dead(now, peer, outs));
+    }
+
+    /// A peer (re)connected: running removals ask it again (it may have restarted).
+    pub(super) fn removal_peer_connected(&mut self, peer: NodeId) {
+        self.with_removal(|e, outs| e.removal.peer_connected(peer, outs));
+    }
+
+    /// A peer lists segments removed from the cluster: forget each one this node still has.
+    pub(super) fn on_removed(&mut self, ids: Vec<u64>) {
+        let known = self.host.removed_ids();
+        for id in ids {
+            let seg = SegmentId(id);
+            if known.contains(&id) && self.host.segment(seg).is_none() {
+                continue;
+            }
+            self.with_removal(|e, outs| e.removal.removed_elsewhere(seg, outs));
         }
-        let file = self
-            .segs
-            .get(&seg)
-            .is_some_and(|s| matches!(s.info.backing, pagemesh_proto::Backing::File { .. }));
-        if file {
-            match self.calls.insert(CallFor::Removal(seg)) {
+    }
+
+    /// Execute (and drain) what the removal machine decided, and what that decided in turn.
+    fn exec_removal(&mut self, outs: &mut Vec<RemovalOutput<RemoveFor>>) {
+        while !outs.is_empty() {
+            let batch = std::mem::take(outs);
+            for o in batch {
+                self.exec_removal_one(o, outs);
+            }
+        }
+    }
+
+    fn exec_removal_one(
+        &mut self,
+        o: RemovalOutput<RemoveFor>,
+        outs: &mut Vec<RemovalOutput<RemoveFor>>,
+    ) {
+        match o {
+            RemovalOutput::Send { to, msg } => {
+                self.send_peer(to, PeerFrame::Control(to_control(msg)))
+            }
+            RemovalOutput::Sync { seg } => match self.calls.insert(CallFor::Removal(seg)) {
                 Ok(call) => {
-                    if let Some(r) = self.removals.get_mut(&seg) {
-                        r.sync_call = Some(call);
-                    }
+                    let now = self.now();
                     self.node.sync(now, CallId(call), seg);
                 }
-                Err(full) => self.abort_remove(seg, full.to_string()),
+                Err(full) => self.removal.sync_done(seg, Err(full.to_string()), outs),
+            },
+            RemovalOutput::Forget { seg, prepared } => self.forget_removed(seg, prepared),
+            RemovalOutput::Unmark { seg } => {
+                if let Some(s) = self.host.segment(seg) {
+                    s.unmark_removed();
+                }
             }
-            return;
+            RemovalOutput::Done { for_, result, .. } => {
+                let result = result.map_err(|e| format!("not removed: {e}"));
+                self.finish_remove_reply(for_, result);
+            }
         }
-        self.commit_remove(seg);
     }
 
-    pub(super) fn commit_remove(&mut self, seg: SegmentId) {
-        let Some(r) = self.removals.remove(&seg) else {
-            return;
-        };
-        self.broadcast(Control::RemoveCommit { seg: seg.0 });
+    /// The cluster removed `seg`: forget it here, unless (no prepare of this node covering it)
+    /// a process here has it attached; its faults then fail, and it is kept until they end.
+    fn forget_removed(&mut self, seg: SegmentId, prepared: bool) {
+        if !prepared {
+            if let Some(s) = self.host.segment(seg) {
+                if let Err(pids) = s.mark_removed() {
+                    log::error!(
+                        "segment {} (id {:#x}) was removed from the cluster, but pid(s) {pids:?} here have it attached; \
+                         their faults on it now fail (end them)",
+                        s.info.name,
+                        seg.0
+                    );
+                    return;
+                }
+            }
+        }
         self.forget_segment(seg);
-        self.finish_remove_reply(r.for_, Ok(()));
-    }
-
-    pub(super) fn abort_remove(&mut self, seg: SegmentId, why: String) {
-        let Some(r) = self.removals.remove(&seg) else {
-            return;
-        };
-        self.broadcast(Control::RemoveAbort {
-            seg: seg.0,
-            attempt: r.attempt,
-        });
-        if let Some(s) = self.segs.get(&seg) {
-            s.unmark_removed();
-        }
-        self.finish_remove_reply(r.for_, Err(format!("not removed: {why}")));
     }
 
     pub(super) fn finish_remove_reply(&mut self, for_: RemoveFor, result: Result<(), String>) {
@@ -156,7 +198,6 @@ impl Engine {
         self.intents.remove(&seg);
         let memory = removed.as_ref().and_then(|s| s.memory.as_ref());
         end_evictions(&mut self.evicting, seg, memory);
-        self.prepared.remove(&seg);
         self.poisoned_seen.remove(&seg);
         self.lock_table.forget_segment(seg);
         if let Err(e) = self.host.forget(seg) {
@@ -167,47 +208,12 @@ impl Engine {
         }
     }
 
-    /// Removals whose nodes did not all answer in time fail (and are undone everywhere).
+    /// Removals whose nodes did not all answer in time (or whose sync is too slow) fail and are
+    /// undone everywhere; prepares left alone are undone.
     pub(super) fn expire_removals(&mut self) {
-        let late: Vec<SegmentId> = self
-            .removals
-            .iter()
-            .filter(|(_, r)| r.sync_call.is_none() && r.deadline <= Instant::now())
-            .map(|(s, _)| *s)
-            .collect();
-        for seg in late {
-            let who: Vec<String> = self.removals[&seg]
-                .waiting
-                .iter()
-                .map(|n| n.to_string())
-                .collect();
-            self.abort_remove(
-                seg,
-                format!(
-                    "{} did not answer within {} s",
-                    who.join(", "),
-                    REMOVE_WAIT.as_secs()
-                ),
-            );
-        }
+        let now = self.now();
+        self.with_removal(|e, outs| e.removal.tick(now, outs));
         self.removes
             .retain(|_, (_, t, _)| t.elapsed() < Duration::from_secs(40));
-        let expired: Vec<SegmentId> = self
-            .prepared
-            .iter()
-            .filter(|(_, (_, t))| t.elapsed() > PREPARED_EXPIRY)
-            .map(|(s, _)| *s)
-            .collect();
-        for seg in expired {
-            self.prepared.remove(&seg);
-            if let Some(s) = self.host.segment(seg) {
-                log::warn!(
-                    "segment {}: prepared for removal {} s ago, but neither commit nor abort came; attachable again",
-                    s.info.name,
-                    PREPARED_EXPIRY.as_secs()
-                );
-                s.unmark_removed();
-            }
-        }
     }
 }

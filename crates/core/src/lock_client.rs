@@ -1,0 +1,113 @@
+//! The locks a node's clients hold and wait for at the segments' homes, sans IO: what the node
+//! reports to a home on every (re)connect ([`crate::LockTable::report`]).
+
+use std::collections::BTreeMap;
+
+use pagemesh_types::{NodeId, SegmentId};
+
+use crate::locks::Claim;
+
+/// One client's lock, as its node knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockWant {
+    /// The home of the lock's segment.
+    pub home: NodeId,
+    /// The segment.
+    pub seg: SegmentId,
+    /// The lock.
+    pub lock: u32,
+    /// Granted (and not released yet).
+    pub held: bool,
+}
+
+/// The locks of one node's clients, by token.
+#[derive(Clone, Debug, Default)]
+pub struct LockClient {
+    wants: BTreeMap<u64, LockWant>,
+}
+
+impl LockClient {
+    /// No lock held or waited for.
+    pub fn new() -> LockClient {
+        LockClient::default()
+    }
+
+    /// Client `token` asks `home` for `lock` of `seg` (the driver sends the acquire).
+    pub fn acquire(&mut self, token: u64, home: NodeId, seg: SegmentId, lock: u32) {
+        let w = LockWant {
+            home,
+            seg,
+            lock,
+            held: false,
+        };
+        let old = self.wants.insert(token, w);
+        assert!(old.is_none(), "lock token {token} used twice");
+    }
+
+    /// The home granted `token`'s lock. `Some` if the client waited for it (it holds it now);
+    /// `None` for a token that is not waiting: held already (a grant sent again), or gone (the
+    /// client gave up; the driver must release it at the home).
+    pub fn granted(&mut self, token: u64) -> Option<LockWant> {
+        match self.wants.get_mut(&token) {
+            Some(w) if !w.held => {
+                w.held = true;
+                Some(*w)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `token` holds (or was granted again) its lock.
+    pub fn holds(&self, token: u64) -> bool {
+        self.wants.get(&token).is_some_and(|w| w.held)
+    }
+
+    /// Client `token` releases its lock or stops waiting (the driver sends the release to the
+    /// home it returns).
+    pub fn release(&mut self, token: u64) -> Option<LockWant> {
+        self.wants.remove(&token)
+    }
+
+    /// The report for `home`: what this node's clients hold there, and what they wait for.
+    pub fn report(&self, home: NodeId) -> (Vec<Claim>, Vec<Claim>) {
+        let (mut held, mut waiting) = (Vec::new(), Vec::new());
+        for (&token, w) in self.wants.iter().filter(|(_, w)| w.home == home) {
+            let c = Claim {
+                seg: w.seg,
+                lock: w.lock,
+                token,
+            };
+            if w.held {
+                held.push(c);
+            } else {
+                waiting.push(c);
+            }
+        }
+        (held, waiting)
+    }
+
+    /// `home` is gone for good (declared dead): forget every lock there; the tokens that were
+    /// waiting are returned (to be refused).
+    pub fn home_lost(&mut self, home: NodeId) -> Vec<u64> {
+        let waiting = self
+            .wants
+            .iter()
+            .filter(|(_, w)| w.home == home && !w.held)
+            .map(|(t, _)| *t)
+            .collect();
+        self.wants.retain(|_, w| w.home != home);
+        waiting
+    }
+
+    /// `seg` is gone: forget its locks; the tokens that were waiting are returned.
+    pub fn forget_segment(&mut self, seg: SegmentId) -> Vec<u64> {
+        let waiting = self
+            .wants
+            .iter()
+            .filter(|(_, w)| w.seg == seg && !w.held)
+            .map(|(t, _)| *t)
+            .collect();
+        self.wants.retain(|_, w| w.seg != seg);
+        waiting
+    }
+}
