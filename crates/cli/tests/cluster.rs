@@ -382,6 +382,38 @@ fn barriers_and_locks_are_served_by_the_home() {
     assert!(err.to_string().contains("parties"), "{err}");
 }
 
+/// `docs/cluster.md` §5: a home that restarts has forgotten its locks; it grants none until
+/// every node has reported what its clients hold, so a lock held across the restart is not
+/// granted a second time.
+#[test]
+fn a_restarted_home_does_not_grant_a_lock_held_across_its_restart() {
+    let mut c = Cluster::start(3, &[]);
+    c.create(1, "held", &["--size", "4KiB"]);
+    c.wait_segment(2, "held");
+    c.wait_segment(3, "held");
+    let holder = c.node(2).client();
+    holder
+        .lock("held", 0, Duration::from_secs(10))
+        .expect("lock");
+    c.nodes[0].kill9();
+    c.restart(1);
+    c.wait_connected();
+    let other = c.node(3).client();
+    let err = other
+        .lock("held", 0, Duration::from_millis(1500))
+        .expect_err("held by node 2's client across the home's restart");
+    assert!(err.to_string().contains("not granted"), "{err}");
+    holder.unlock("held", 0).expect("unlock");
+    other
+        .lock("held", 0, Duration::from_secs(10))
+        .expect("free once its holder released it");
+    assert!(
+        c.node(1).log().contains("reported its locks"),
+        "{}",
+        c.node(1).log()
+    );
+}
+
 #[test]
 fn a_node_configured_by_a_toml_file_joins_nodes_configured_by_flags() {
     let ports = free_ports(2);
@@ -709,8 +741,10 @@ fn a_peer_speaking_another_protocol_version_is_refused_naming_both() {
     let mut s = std::net::TcpStream::connect(listen).expect("connect to node 1");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
+    // The previous release's version (2: before lock reports).
+    let old = pagemesh_proto::peer::PEER_PROTOCOL_VERSION - 1;
     let hello = PeerFrame::Hello {
-        version: 1,
+        version: old,
         cluster_id: 0,
         from: pagemesh_types::NodeId(2),
         from_epoch: pagemesh_core::Epoch(99),
@@ -722,11 +756,15 @@ fn a_peer_speaking_another_protocol_version_is_refused_naming_both() {
         (PeerFrame::Refused { reason, fenced }, _) => {
             assert!(!fenced);
             assert!(
-                reason.contains("version 1") && reason.contains("speaks 2"),
+                reason.contains(&format!("version {old}"))
+                    && reason.contains(&format!(
+                        "speaks {}",
+                        pagemesh_proto::peer::PEER_PROTOCOL_VERSION
+                    )),
                 "{reason}"
             );
         }
-        (other, _) => panic!("a hello of version 1 was answered {other:?}"),
+        (other, _) => panic!("a hello of version {old} was answered {other:?}"),
     }
     // The node goes on with its real peer.
     c.create(1, "after", &["--size", "4KiB"]);

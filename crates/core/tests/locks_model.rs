@@ -138,6 +138,7 @@ fn locks_match_the_reference_and_are_never_held_twice() {
 fn the_property_catches_a_release_by_anyone() {
     let bugs = LockBugs {
         release_by_anyone: true,
+        ..LockBugs::default()
     };
     let caught = (0..3000u64).any(|case| run(&gen(&mut Rng::new(case)), bugs).is_err());
     assert!(

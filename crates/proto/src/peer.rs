@@ -20,7 +20,7 @@ use crate::SegmentInfo;
 /// First bytes of a peer hello.
 pub const PEER_MAGIC: [u8; 4] = *b"PGMP";
 /// Version of the daemon <-> daemon protocol. Bumped on any incompatible change.
-pub const PEER_PROTOCOL_VERSION: u32 = 2;
+pub const PEER_PROTOCOL_VERSION: u32 = 3;
 /// Largest peer frame accepted (a `Holdings` of a big segment is the largest message).
 pub const MAX_PEER_FRAME_BYTES: u32 = 64 << 20;
 /// Largest page payload accepted in a coherence message.
@@ -248,6 +248,15 @@ pub enum Control {
         lock: u32,
         /// The holder or waiter.
         token: u64,
+    },
+    /// node -> home, on every (re)connect: the locks this node's clients hold and wait for at
+    /// the receiver, each `(segment, lock, token)`. A restarted home grants no lock before
+    /// every peer has reported; a home frees what a node no longer reports.
+    LockReport {
+        /// Held (granted, not released).
+        held: Vec<(u64, u32, u64)>,
+        /// Asked for, not granted yet.
+        waiting: Vec<(u64, u32, u64)>,
     },
     /// Ask for the receiver's figures.
     StatusRequest {

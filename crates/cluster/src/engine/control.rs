@@ -1,6 +1,6 @@
 //! Control messages from peers (catalog, create, removal, clear-poison, barriers, locks, status), one method for each longer kind.
 
-use pagemesh_core::RemovalMsg;
+use pagemesh_core::{Claim, RemovalMsg};
 use pagemesh_proto::peer::{Control, PeerFrame};
 use pagemesh_proto::{Backing, SegmentInfo};
 use pagemesh_types::{NodeId, SegmentId};
@@ -94,6 +94,16 @@ impl Engine {
                 self.lock_acquire(from, SegmentId(seg), lock, token)
             }
             Control::LockGranted { token, .. } => self.lock_granted(token),
+            Control::LockReport { held, waiting } => {
+                let claim = |(seg, lock, token): (u64, u32, u64)| Claim {
+                    seg: SegmentId(seg),
+                    lock,
+                    token,
+                };
+                let held = held.into_iter().map(claim).collect();
+                let waiting = waiting.into_iter().map(claim).collect();
+                self.lock_report(from, held, waiting)
+            }
             Control::LockRelease { seg, lock, token } => {
                 self.lock_release(from, SegmentId(seg), lock, token)
             }

@@ -319,7 +319,7 @@ impl Engine {
             Event::PoisonCleared { page } => log::info!("{page}: poison cleared"),
             Event::PeerRestarted { peer } => {
                 log::warn!("{peer} restarted: what its earlier incarnation held is dropped");
-                self.forget_node(*peer);
+                self.forget_node(*peer, false);
             }
             Event::MapperFailed { page, write, error } => log::error!(
                 "{page}: mapper {} failed: {error}",

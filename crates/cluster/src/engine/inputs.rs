@@ -170,6 +170,7 @@ impl Engine {
             self.send_peer(peer, PeerFrame::Control(Control::Removed { ids }));
         }
         self.removal_peer_connected(peer);
+        self.locks_peer_connected(peer);
     }
 
     pub(super) fn on_remove(&mut self, seg: SegmentId, reply: Sender<Result<(), String>>) {
@@ -273,7 +274,7 @@ impl Engine {
                 };
                 self.send_peer(h, PeerFrame::Control(msg));
             }
-            Route::Unknown => self.refuse_waiter(token, "unknown cluster segment".into()),
+            Route::Unknown => unreachable!("routed above"),
         }
     }
 
@@ -306,25 +307,31 @@ impl Engine {
         token: u64,
         reply: Sender<Result<(), String>>,
     ) {
-        self.lock_waiters.insert(token, reply);
-        self.lock_of.insert(token, seg);
-        match self.route(seg) {
-            Route::Here => self.lock_acquire(self.me(), seg, lock, token),
-            Route::Home(h) => {
-                let msg = Control::LockAcquire {
-                    seg: seg.0,
-                    lock,
-                    token,
-                };
-                self.send_peer(h, PeerFrame::Control(msg));
+        let home = match self.route(seg) {
+            Route::Here => self.me(),
+            Route::Home(h) => h,
+            Route::Unknown => {
+                let _ = reply.send(Err("unknown cluster segment".into()));
+                return;
             }
-            Route::Unknown => self.refuse_waiter(token, "unknown cluster segment".into()),
+        };
+        self.lock_waiters.insert(token, reply);
+        self.lock_client.acquire(token, home, seg, lock);
+        if home == self.me() {
+            self.lock_acquire(home, seg, lock, token);
+        } else {
+            let msg = Control::LockAcquire {
+                seg: seg.0,
+                lock,
+                token,
+            };
+            self.send_peer(home, PeerFrame::Control(msg));
         }
     }
 
     pub(super) fn on_unlock(&mut self, seg: SegmentId, lock: u32, token: u64) {
         self.lock_waiters.remove(&token);
-        self.lock_of.remove(&token);
+        self.lock_client.release(token);
         match self.route(seg) {
             Route::Here => self.lock_release(self.me(), seg, lock, token),
             Route::Home(h) => {

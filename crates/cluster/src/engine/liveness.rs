@@ -121,20 +121,19 @@ impl Engine {
         }
     }
 
-    /// Drop a dead node's barrier arrivals and locks, and fail the local waiters it served.
-    pub(super) fn forget_node(&mut self, peer: NodeId) {
-        let orphans: Vec<u64> = self
+    /// Drop a dead or restarted node's barrier arrivals and locks, and fail the local barrier
+    /// waiters it served; lock waiters fail only if it is `dead` (a restarted home hears them
+    /// again in this node's report).
+    pub(super) fn forget_node(&mut self, peer: NodeId, dead: bool) {
+        let mut orphans: Vec<u64> = self
             .barrier_of
             .iter()
             .filter(|(_, (seg, _))| self.home_of(*seg) == Some(peer))
             .map(|(t, _)| *t)
-            .chain(
-                self.lock_of
-                    .iter()
-                    .filter(|(_, seg)| self.home_of(**seg) == Some(peer))
-                    .map(|(t, _)| *t),
-            )
             .collect();
+        if dead {
+            orphans.extend(self.lock_client.home_lost(peer));
+        }
         let clears: Vec<u64> = self
             .clears
             .iter()
@@ -148,7 +147,6 @@ impl Engine {
         }
         for t in orphans {
             self.barrier_of.remove(&t);
-            self.lock_of.remove(&t);
             self.refuse_waiter(t, format!("the segment's home {peer} died or restarted"));
         }
         self.forget_node_locks(peer);
@@ -209,7 +207,7 @@ impl Engine {
                 "{peer}: storing its fence failed: {e}; a restart of this node would forget it"
             );
         }
-        self.forget_node(peer);
+        self.forget_node(peer, true);
         self.removal_peer_dead(peer);
         // Whatever connection of the fenced incarnation survives is cut, so that if it is alive
         // it redials, is refused as fenced, and stops.

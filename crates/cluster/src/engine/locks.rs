@@ -1,7 +1,7 @@
 //! Barriers and locks: the home's table is `pagemesh_core::LockTable` (the rules); the engine
 //! routes requests to it, executes its outputs and keeps this node's local waiters.
 
-use pagemesh_core::{LockOutput, Waiter};
+use pagemesh_core::{Claim, LockOutput, Waiter};
 use pagemesh_proto::peer::{Control, PeerFrame};
 use pagemesh_types::{NodeId, SegmentId};
 
@@ -72,6 +72,10 @@ impl Engine {
     pub(super) fn forget_node_locks(&mut self, peer: NodeId) {
         let mut outs = std::mem::take(&mut self.lock_outs);
         self.lock_table.forget_node(peer, &mut outs);
+        if !self.lock_table.is_recovering() && self.lock_recovering {
+            self.lock_recovering = false;
+            log::info!("every peer reported its locks or was declared dead: this home grants locks again");
+        }
         self.exec_locks(&mut outs);
         self.lock_outs = outs;
     }
@@ -135,13 +139,42 @@ impl Engine {
     }
 
     pub(super) fn lock_granted(&mut self, token: u64) {
-        self.lock_of.remove(&token);
-        match self.lock_waiters.remove(&token) {
-            Some(w) => {
-                let _ = w.send(Ok(()));
-            }
-            // The waiter gave up meanwhile: the grant is released again by its connection.
-            None => log::debug!("lock granted to waiter {token}, which is gone"),
+        if self.lock_client.granted(token).is_none() {
+            // Granted again (after a reconnect), or to a waiter that gave up meanwhile: the
+            // latter's release is on its way from its connection.
+            return log::debug!("lock granted to waiter {token}, which does not wait");
         }
+        if let Some(w) = self.lock_waiters.remove(&token) {
+            let _ = w.send(Ok(()));
+        }
+    }
+
+    /// A home hears `from`'s report of the locks its clients hold and wait for here.
+    pub(super) fn lock_report(&mut self, from: NodeId, held: Vec<Claim>, waiting: Vec<Claim>) {
+        let mut outs = std::mem::take(&mut self.lock_outs);
+        self.lock_table.report(from, &held, &waiting, &mut outs);
+        if !self.lock_table.is_recovering() && self.lock_recovering {
+            self.lock_recovering = false;
+            log::info!("every peer reported its locks: this home grants locks again");
+        }
+        self.exec_locks(&mut outs);
+        self.lock_outs = outs;
+    }
+
+    /// A connection to `peer` was (re)established: report to it (as a home) what this node's
+    /// clients hold and wait for there, and (as a home) grant again what `peer` holds here, in
+    /// case a grant was lost with the old connection.
+    pub(super) fn locks_peer_connected(&mut self, peer: NodeId) {
+        let (held, waiting) = self.lock_client.report(peer);
+        let wire = |c: &Claim| (c.seg.0, c.lock, c.token);
+        let msg = Control::LockReport {
+            held: held.iter().map(wire).collect(),
+            waiting: waiting.iter().map(wire).collect(),
+        };
+        self.send_peer(peer, PeerFrame::Control(msg));
+        let mut outs = std::mem::take(&mut self.lock_outs);
+        self.lock_table.regrant(peer, &mut outs);
+        self.exec_locks(&mut outs);
+        self.lock_outs = outs;
     }
 }

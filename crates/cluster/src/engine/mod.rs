@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pagemesh_core::{
-    Access, Envelope, LockBugs, LockOutput, LockTable, MapperError, Membership, MembershipConfig,
+    Access, Envelope, LockBugs, LockClient, LockOutput, LockTable, MapperError, Membership, MembershipConfig,
     Node, Output, PageData, PageKey, RemovalBugs, RemovalConfig, RemovalOutput, Removals, Verdict,
 };
 use pagemesh_proto::peer::{Control, NodeFigures, PeerFrame};
@@ -237,11 +237,14 @@ pub struct Engine {
     /// The barriers and locks of the segments homed here (the rules are the core's).
     lock_table: LockTable,
     lock_outs: Vec<LockOutput>,
+    /// The lock table waits for the peers' reports (logged once when it ends).
+    lock_recovering: bool,
     barrier_waiters: HashMap<u64, Sender<Result<u64, String>>>,
     /// The barrier each local waiter waits at (to cancel its arrival).
     barrier_of: HashMap<u64, (SegmentId, u32)>,
     /// The segment of each local lock waiter.
-    lock_of: HashMap<u64, SegmentId>,
+    /// The locks this node's clients hold and wait for at their homes (reported on connect).
+    lock_client: LockClient,
     lock_waiters: HashMap<u64, Sender<Result<(), String>>>,
     creates: HashMap<u64, (Sender<Result<SegmentInfo, String>>, Instant)>,
     next_req: u64,
@@ -304,6 +307,14 @@ impl Engine {
         let (dead_after_ms, fault_timeout_ms) = (cfg.dead_after_ms, cfg.fault_timeout_ms);
         let now_ms = transport.now_ms();
         let first_attempt = node.epoch().0 << 32;
+        // A (re)started home grants no lock before every peer has reported what it holds.
+        let me = node.id();
+        let lock_peers: Vec<NodeId> = transport
+            .peers()
+            .into_iter()
+            .map(|p| p.id)
+            .filter(|p| *p != me)
+            .collect();
         let epoll = Epoll::new()?;
         epoll.add(wake_rx.as_fd(), WAKE_TOKEN)?;
         Ok(Engine {
@@ -338,11 +349,12 @@ impl Engine {
             ios: Table::new("segment I/O requests", MAX_IOS_IN_FLIGHT),
             durable: Vec::new(),
             later: VecDeque::new(),
-            lock_table: LockTable::new(LockBugs::default()),
+            lock_table: LockTable::recovering(LockBugs::default(), lock_peers),
+            lock_recovering: true,
             lock_outs: Vec::new(),
             barrier_waiters: HashMap::new(),
             barrier_of: HashMap::new(),
-            lock_of: HashMap::new(),
+            lock_client: LockClient::new(),
             lock_waiters: HashMap::new(),
             creates: HashMap::new(),
             next_req: 1,
