@@ -59,5 +59,5 @@ pub use msg::{DenyReason, Envelope, Msg};
 pub use node::Node;
 pub use output::{Event, Output};
 pub use removal::{
-    RemovalBugs, RemovalConfig, RemovalError, RemovalMsg, RemovalOutput, Removals,
+    RemovalBugs, RemovalConfig, RemovalError, RemovalMsg, RemovalOutput, RemovalStart, Removals,
 };

@@ -206,7 +206,9 @@ impl LockTable {
             .retain(|(w, seg, lock)| w.node != node || claimed(*seg, *lock, *w));
         for (&(seg, lock), l) in self.locks.iter_mut() {
             l.queue.retain(|q| q.node != node || claimed(seg, lock, *q));
-            if l.holder.is_some_and(|h| h.node == node && !claimed(seg, lock, h)) {
+            if l.holder
+                .is_some_and(|h| h.node == node && !claimed(seg, lock, h))
+            {
                 Self::pass_on(l, seg, lock, out);
             }
             Self::check(l);
@@ -214,7 +216,10 @@ impl LockTable {
         self.locks
             .retain(|_, l| l.holder.is_some() || !l.queue.is_empty());
         for c in held {
-            let w = Waiter { node, token: c.token };
+            let w = Waiter {
+                node,
+                token: c.token,
+            };
             let l = self.locks.entry((c.seg, c.lock)).or_default();
             match l.holder {
                 None => {
@@ -233,7 +238,10 @@ impl LockTable {
             Self::check(l);
         }
         for c in waiting {
-            let w = Waiter { node, token: c.token };
+            let w = Waiter {
+                node,
+                token: c.token,
+            };
             if self.holder(c.seg, c.lock) == Some(w) && !self.is_recovering() {
                 // The grant went out and was lost with the connection.
                 out.push(LockOutput::Granted {
@@ -331,7 +339,7 @@ impl LockTable {
     /// `w` asks for `lock` of `seg`: granted now if it is free, queued otherwise.
     pub fn acquire(&mut self, w: Waiter, seg: SegmentId, lock: u32, out: &mut Vec<LockOutput>) {
         if self.is_recovering() {
-            if !self.held_back.iter().any(|h| *h == (w, seg, lock)) {
+            if !self.held_back.contains(&(w, seg, lock)) {
                 self.held_back.push((w, seg, lock));
             }
             return;
@@ -568,7 +576,10 @@ mod tests {
         t.report(NodeId(1), &[claim(0, 10)], &[], &mut out);
         assert!(matches!(
             out.as_slice(),
-            [LockOutput::Refused { why: Refusal::Lost { .. }, .. }]
+            [LockOutput::Refused {
+                why: Refusal::Lost { .. },
+                ..
+            }]
         ));
     }
 
@@ -585,7 +596,12 @@ mod tests {
         assert_eq!(granted(&out), vec![w(2, 20)]);
         out.clear();
         // Node 2 did not hear either grant, and its acquire of lock 2 was lost.
-        t.report(NodeId(2), &[], &[claim(0, 20), claim(1, 21), claim(2, 22)], &mut out);
+        t.report(
+            NodeId(2),
+            &[],
+            &[claim(0, 20), claim(1, 21), claim(2, 22)],
+            &mut out,
+        );
         assert_eq!(granted(&out), vec![w(2, 20), w(2, 21), w(2, 22)]);
         out.clear();
         t.regrant(NodeId(2), &mut out);

@@ -167,6 +167,19 @@ impl RemovalConfig {
     };
 }
 
+/// A removal to start at a segment's home.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemovalStart<R> {
+    /// The segment, homed here.
+    pub seg: SegmentId,
+    /// Who asked (handed back in [`RemovalOutput::Done`]).
+    pub for_: R,
+    /// The other nodes not declared dead: each must prepare.
+    pub peers: Vec<NodeId>,
+    /// A file segment, synced before the commit.
+    pub file: bool,
+}
+
 /// Removal bugs that can be switched on to prove the checkers catch them.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -240,19 +253,21 @@ impl<R> Removals<R> {
             .map(|r| (r.attempt, r.asked.iter().copied().collect()))
     }
 
-    /// Start removing `seg`, homed here, for `for_`. `mark` checks that no process here has it
-    /// attached and refuses new attachments (or says who is attached); `peers` are the other
-    /// nodes not declared dead; `file` whether it must be synced before the commit.
+    /// Start the removal `ask` describes. `mark` checks that no process here has the segment
+    /// attached and refuses new attachments (or says who is attached).
     pub fn start(
         &mut self,
         now_ms: u64,
-        seg: SegmentId,
-        for_: R,
+        ask: RemovalStart<R>,
         mark: impl FnOnce() -> Result<(), String>,
-        peers: impl IntoIterator<Item = NodeId>,
-        file: bool,
         out: &mut Vec<RemovalOutput<R>>,
     ) {
+        let RemovalStart {
+            seg,
+            for_,
+            peers,
+            file,
+        } = ask;
         if self.running.contains_key(&seg) {
             let result = Err(RemovalError::Running);
             return out.push(RemovalOutput::Done { seg, for_, result });
@@ -392,10 +407,10 @@ impl<R> Removals<R> {
         result: Result<(), String>,
         out: &mut Vec<RemovalOutput<R>>,
     ) {
-        if !self
+        if self
             .running
             .get(&seg)
-            .is_some_and(|r| r.syncing_since.is_some())
+            .is_none_or(|r| r.syncing_since.is_none())
         {
             return;
         }
@@ -514,6 +529,15 @@ mod tests {
         prepared_ms: 1_000,
     };
 
+    fn ask(for_: &'static str, peers: &[u32], file: bool) -> RemovalStart<&'static str> {
+        RemovalStart {
+            seg: SEG,
+            for_,
+            peers: peers.iter().map(|p| NodeId(*p)).collect(),
+            file,
+        }
+    }
+
     fn home() -> Removals<&'static str> {
         Removals::new(CFG, RemovalBugs::default(), 0)
     }
@@ -546,7 +570,7 @@ mod tests {
     fn a_removal_commits_once_every_node_prepared_and_its_file_is_synced() {
         let mut h = home();
         let mut out = Vec::new();
-        h.start(0, SEG, "user", || Ok(()), [NodeId(1), NodeId(2)], true, &mut out);
+        h.start(0, ask("user", &[1, 2], true), || Ok(()), &mut out);
         let (attempt, _) = h.asked(SEG).unwrap();
         assert_eq!(sent(&out).len(), 2);
         out.clear();
@@ -569,26 +593,47 @@ mod tests {
     fn a_refusal_a_silent_node_or_a_slow_sync_aborts_everywhere() {
         let mut h = home();
         let mut out = Vec::new();
-        h.start(0, SEG, "a", || Ok(()), [NodeId(1)], false, &mut out);
+        h.start(0, ask("a", &[1], false), || Ok(()), &mut out);
         let (attempt, _) = h.asked(SEG).unwrap();
         out.clear();
-        h.on_message(1, NodeId(1), prepared(attempt, Err("pid 7".into())), || Ok(()), &mut out);
-        assert!(matches!(done(&out), Some(Err(RemovalError::Refused { .. }))));
+        h.on_message(
+            1,
+            NodeId(1),
+            prepared(attempt, Err("pid 7".into())),
+            || Ok(()),
+            &mut out,
+        );
+        assert!(matches!(
+            done(&out),
+            Some(Err(RemovalError::Refused { .. }))
+        ));
         assert!(out.contains(&RemovalOutput::Unmark { seg: SEG }));
         out.clear();
-        h.start(10, SEG, "b", || Ok(()), [NodeId(1)], true, &mut out);
+        h.start(10, ask("b", &[1], true), || Ok(()), &mut out);
         out.clear();
         h.tick(109, &mut out);
         assert!(out.is_empty());
         h.tick(110, &mut out);
-        assert!(matches!(done(&out), Some(Err(RemovalError::NoAnswer { .. }))));
+        assert!(matches!(
+            done(&out),
+            Some(Err(RemovalError::NoAnswer { .. }))
+        ));
         out.clear();
-        h.start(200, SEG, "c", || Ok(()), [NodeId(1)], true, &mut out);
+        h.start(200, ask("c", &[1], true), || Ok(()), &mut out);
         let (attempt, _) = h.asked(SEG).unwrap();
-        h.on_message(201, NodeId(1), prepared(attempt, Ok(())), || Ok(()), &mut out);
+        h.on_message(
+            201,
+            NodeId(1),
+            prepared(attempt, Ok(())),
+            || Ok(()),
+            &mut out,
+        );
         out.clear();
         h.tick(401, &mut out);
-        assert!(matches!(done(&out), Some(Err(RemovalError::SyncTooSlow { .. }))));
+        assert!(matches!(
+            done(&out),
+            Some(Err(RemovalError::SyncTooSlow { .. }))
+        ));
         // The sync's late end changes nothing.
         out.clear();
         h.sync_done(SEG, Ok(()), &mut out);
@@ -603,7 +648,13 @@ mod tests {
             seg: SEG,
             attempt: 4,
         };
-        n.on_message(0, NodeId(0), prepare.clone(), || Err("pid 3".into()), &mut out);
+        n.on_message(
+            0,
+            NodeId(0),
+            prepare.clone(),
+            || Err("pid 3".into()),
+            &mut out,
+        );
         assert!(!n.is_prepared(SEG));
         out.clear();
         n.on_message(0, NodeId(0), prepare, || Ok(()), &mut out);
@@ -622,7 +673,13 @@ mod tests {
         assert_eq!(out, vec![RemovalOutput::Unmark { seg: SEG }]);
         out.clear();
         // A commit that comes after the prepare expired says so.
-        n.on_message(1_001, NodeId(0), RemovalMsg::Commit { seg: SEG }, || Ok(()), &mut out);
+        n.on_message(
+            1_001,
+            NodeId(0),
+            RemovalMsg::Commit { seg: SEG },
+            || Ok(()),
+            &mut out,
+        );
         assert_eq!(
             out,
             vec![RemovalOutput::Forget {
@@ -636,7 +693,7 @@ mod tests {
     fn a_reconnected_node_is_asked_again_and_a_dead_one_is_not_waited_for() {
         let mut h = home();
         let mut out = Vec::new();
-        h.start(0, SEG, "u", || Ok(()), [NodeId(1), NodeId(2)], false, &mut out);
+        h.start(0, ask("u", &[1, 2], false), || Ok(()), &mut out);
         let (attempt, _) = h.asked(SEG).unwrap();
         h.on_message(1, NodeId(1), prepared(attempt, Ok(())), || Ok(()), &mut out);
         out.clear();
@@ -659,7 +716,7 @@ mod tests {
         };
         let mut h: Removals<&'static str> = Removals::new(CFG, bugs, 0);
         let mut out = Vec::new();
-        h.start(0, SEG, "u", || Ok(()), [NodeId(1), NodeId(2)], false, &mut out);
+        h.start(0, ask("u", &[1, 2], false), || Ok(()), &mut out);
         let (attempt, _) = h.asked(SEG).unwrap();
         h.on_message(1, NodeId(1), prepared(attempt, Ok(())), || Ok(()), &mut out);
         assert_eq!(done(&out), Some(Ok(())));

@@ -9,12 +9,17 @@
 //! `SimConfig::leases`, nodes exchange the daemon's heartbeats and use their copies only under
 //! the lease of the pages' homes; reads on nodes declared dead are then checked too.
 //! `SimConfig::mute_rate` adds a one-way failure (a node hears everyone, nobody hears it).
+//!
+//! [`ControlWorld`] simulates the control plane the same way: the core's lock table, lock
+//! client and two-phase removal on every node, over connections that break and nodes that
+//! crash, with checkers of their own (`control` module).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod checks;
 mod config;
+mod control;
 mod fencing;
 mod liveness;
 mod model;
@@ -26,6 +31,9 @@ mod workload;
 mod world;
 
 pub use config::{LeaseClocks, SimConfig};
+pub use control::{
+    run_control_seeds, ControlConfig, ControlOutcome, ControlStats, ControlViolation, ControlWorld,
+};
 pub use model::{Model, PageModel};
 pub use rng::Rng;
 pub use run::{run_seed, run_seeds, Failure, SeedsOutcome};

@@ -1,6 +1,5 @@
 //! Control messages from peers (catalog, create, removal, clear-poison, barriers, locks, status), one method for each longer kind.
 
-use pagemesh_core::{Claim, RemovalMsg};
 use pagemesh_proto::peer::{Control, PeerFrame};
 use pagemesh_proto::{Backing, SegmentInfo};
 use pagemesh_types::{NodeId, SegmentId};
@@ -48,37 +47,13 @@ impl Engine {
                     let _ = r.send(result);
                 }
             }
-            Control::RemovePrepare { seg, attempt } => {
-                let msg = RemovalMsg::Prepare {
-                    seg: SegmentId(seg),
-                    attempt,
-                };
-                self.on_removal_msg(from, msg)
-            }
-            Control::RemovePrepared {
-                seg,
-                attempt,
-                result,
-            } => {
-                let msg = RemovalMsg::Prepared {
-                    seg: SegmentId(seg),
-                    attempt,
-                    result,
-                };
-                self.on_removal_msg(from, msg)
-            }
-            Control::RemoveCommit { seg } => {
-                let msg = RemovalMsg::Commit {
-                    seg: SegmentId(seg),
-                };
-                self.on_removal_msg(from, msg)
-            }
-            Control::RemoveAbort { seg, attempt } => {
-                let msg = RemovalMsg::Abort {
-                    seg: SegmentId(seg),
-                    attempt,
-                };
-                self.on_removal_msg(from, msg)
+            msg @ (Control::RemovePrepare { .. }
+            | Control::RemovePrepared { .. }
+            | Control::RemoveCommit { .. }
+            | Control::RemoveAbort { .. }) => {
+                if let Some(m) = super::removal::from_control(msg) {
+                    self.on_removal_msg(from, m)
+                }
             }
             Control::Removed { ids } => self.on_removed(ids),
             Control::ClearPoison { req, seg } => {
@@ -94,16 +69,7 @@ impl Engine {
                 self.lock_acquire(from, SegmentId(seg), lock, token)
             }
             Control::LockGranted { token, .. } => self.lock_granted(token),
-            Control::LockReport { held, waiting } => {
-                let claim = |(seg, lock, token): (u64, u32, u64)| Claim {
-                    seg: SegmentId(seg),
-                    lock,
-                    token,
-                };
-                let held = held.into_iter().map(claim).collect();
-                let waiting = waiting.into_iter().map(claim).collect();
-                self.lock_report(from, held, waiting)
-            }
+            Control::LockReport { held, waiting } => self.lock_report(from, held, waiting),
             Control::LockRelease { seg, lock, token } => {
                 self.lock_release(from, SegmentId(seg), lock, token)
             }

@@ -74,7 +74,9 @@ impl Engine {
         self.lock_table.forget_node(peer, &mut outs);
         if !self.lock_table.is_recovering() && self.lock_recovering {
             self.lock_recovering = false;
-            log::info!("every peer reported its locks or was declared dead: this home grants locks again");
+            log::info!(
+                "every peer reported its locks or was declared dead: this home grants locks again"
+            );
         }
         self.exec_locks(&mut outs);
         self.lock_outs = outs;
@@ -150,7 +152,20 @@ impl Engine {
     }
 
     /// A home hears `from`'s report of the locks its clients hold and wait for here.
-    pub(super) fn lock_report(&mut self, from: NodeId, held: Vec<Claim>, waiting: Vec<Claim>) {
+    /// Each claim on the wire is `(segment, lock, token)`.
+    pub(super) fn lock_report(
+        &mut self,
+        from: NodeId,
+        held: Vec<(u64, u32, u64)>,
+        waiting: Vec<(u64, u32, u64)>,
+    ) {
+        let claim = |(seg, lock, token): (u64, u32, u64)| Claim {
+            seg: SegmentId(seg),
+            lock,
+            token,
+        };
+        let held: Vec<Claim> = held.into_iter().map(claim).collect();
+        let waiting: Vec<Claim> = waiting.into_iter().map(claim).collect();
         let mut outs = std::mem::take(&mut self.lock_outs);
         self.lock_table.report(from, &held, &waiting, &mut outs);
         if !self.lock_table.is_recovering() && self.lock_recovering {

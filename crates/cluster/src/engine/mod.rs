@@ -31,8 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pagemesh_core::{
-    Access, Envelope, LockBugs, LockClient, LockOutput, LockTable, MapperError, Membership, MembershipConfig,
-    Node, Output, PageData, PageKey, RemovalBugs, RemovalConfig, RemovalOutput, Removals, Verdict,
+    Access, Envelope, LockBugs, LockClient, LockOutput, LockTable, MapperError, Membership,
+    MembershipConfig, Node, Output, PageData, PageKey, RemovalBugs, RemovalConfig, RemovalOutput,
+    Removals, Verdict,
 };
 use pagemesh_proto::peer::{Control, NodeFigures, PeerFrame};
 use pagemesh_proto::{ClusterStatus, SegmentInfo};
@@ -339,11 +340,7 @@ impl Engine {
             calls: Table::new("syncs and clear-poison calls", MAX_CALLS_IN_FLIGHT),
             clear_jobs: HashMap::new(),
             clears: HashMap::new(),
-            removal: Removals::new(
-                RemovalConfig::DAEMON,
-                RemovalBugs::default(),
-                first_attempt,
-            ),
+            removal: Removals::new(RemovalConfig::DAEMON, RemovalBugs::default(), first_attempt),
             removal_outs: Vec::new(),
             removes: HashMap::new(),
             ios: Table::new("segment I/O requests", MAX_IOS_IN_FLIGHT),

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pagemesh_core::{CallId, RemovalMsg, RemovalOutput};
+use pagemesh_core::{CallId, RemovalMsg, RemovalOutput, RemovalStart};
 use pagemesh_node::segment::Segment;
 use pagemesh_proto::peer::{Control, PeerFrame};
 use pagemesh_types::{NodeId, SegmentId};
@@ -13,8 +13,12 @@ use super::{end_evictions, CallFor, Engine, RemoveFor};
 
 /// Mark `s` removed (new attachments refused), or say which processes have it attached.
 fn mark(s: &Segment, me: NodeId) -> Result<(), String> {
-    s.mark_removed()
-        .map_err(|pids| format!("segment {} is attached by pid(s) {pids:?} on {me}", s.info.name))
+    s.mark_removed().map_err(|pids| {
+        format!(
+            "segment {} is attached by pid(s) {pids:?} on {me}",
+            s.info.name
+        )
+    })
 }
 
 /// The peer wire format's control frame of a removal message.
@@ -41,6 +45,33 @@ fn to_control(msg: RemovalMsg) -> Control {
     }
 }
 
+/// The removal message of a control frame (`None` for any other frame).
+pub(super) fn from_control(msg: Control) -> Option<RemovalMsg> {
+    Some(match msg {
+        Control::RemovePrepare { seg, attempt } => RemovalMsg::Prepare {
+            seg: SegmentId(seg),
+            attempt,
+        },
+        Control::RemovePrepared {
+            seg,
+            attempt,
+            result,
+        } => RemovalMsg::Prepared {
+            seg: SegmentId(seg),
+            attempt,
+            result,
+        },
+        Control::RemoveCommit { seg } => RemovalMsg::Commit {
+            seg: SegmentId(seg),
+        },
+        Control::RemoveAbort { seg, attempt } => RemovalMsg::Abort {
+            seg: SegmentId(seg),
+            attempt,
+        },
+        _ => return None,
+    })
+}
+
 impl Engine {
     /// Run a removal at the home: every node that is not declared dead must prepare within the
     /// answer limit; a file segment is synced (like unmapping a file); then every node forgets
@@ -61,8 +92,13 @@ impl Engine {
         let file = matches!(s.info.backing, pagemesh_proto::Backing::File { .. });
         let now = self.now();
         let mut outs = std::mem::take(&mut self.removal_outs);
-        self.removal
-            .start(now, seg, for_, || mark(&s, me), peers, file, &mut outs);
+        let ask = RemovalStart {
+            seg,
+            for_,
+            peers,
+            file,
+        };
+        self.removal.start(now, ask, || mark(&s, me), &mut outs);
         self.exec_removal(&mut outs);
         self.removal_outs = outs;
     }
