@@ -89,25 +89,64 @@ impl LockClient {
     /// `home` is gone for good (declared dead): forget every lock there; the tokens that were
     /// waiting are returned (to be refused).
     pub fn home_lost(&mut self, home: NodeId) -> Vec<u64> {
-        let waiting = self
-            .wants
-            .iter()
-            .filter(|(_, w)| w.home == home && !w.held)
-            .map(|(t, _)| *t)
-            .collect();
-        self.wants.retain(|_, w| w.home != home);
-        waiting
+        self.drop_where(|w| w.home == home)
     }
 
     /// `seg` is gone: forget its locks; the tokens that were waiting are returned.
     pub fn forget_segment(&mut self, seg: SegmentId) -> Vec<u64> {
+        self.drop_where(|w| w.seg == seg)
+    }
+
+    /// Forget the locks `pick` chooses; return the tokens of those that were waiting.
+    fn drop_where(&mut self, pick: impl Fn(&LockWant) -> bool) -> Vec<u64> {
         let waiting = self
             .wants
             .iter()
-            .filter(|(_, w)| w.seg == seg && !w.held)
+            .filter(|(_, w)| pick(w) && !w.held)
             .map(|(t, _)| *t)
             .collect();
-        self.wants.retain(|_, w| w.seg != seg);
+        self.wants.retain(|_, w| !pick(w));
         waiting
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: SegmentId = SegmentId(1);
+    const B: SegmentId = SegmentId(2);
+
+    #[test]
+    fn a_report_lists_what_is_held_and_waited_for_at_one_home() {
+        let mut c = LockClient::new();
+        c.acquire(1, NodeId(5), A, 0);
+        c.acquire(2, NodeId(5), A, 1);
+        c.acquire(3, NodeId(6), B, 0);
+        assert!(c.granted(1).is_some());
+        // A grant sent again, or to a token that is gone, changes nothing.
+        assert!(c.granted(1).is_none());
+        assert!(c.granted(9).is_none());
+        let claim = |lock, token| Claim {
+            seg: A,
+            lock,
+            token,
+        };
+        assert_eq!(c.report(NodeId(5)), (vec![claim(0, 1)], vec![claim(1, 2)]));
+        assert!(c.release(2).is_some());
+        assert_eq!(c.report(NodeId(5)), (vec![claim(0, 1)], vec![]));
+    }
+
+    #[test]
+    fn a_lost_home_or_segment_returns_its_waiters_and_forgets_its_holds() {
+        let mut c = LockClient::new();
+        c.acquire(1, NodeId(5), A, 0);
+        c.acquire(2, NodeId(5), A, 1);
+        c.acquire(3, NodeId(6), B, 0);
+        c.granted(1);
+        assert_eq!(c.home_lost(NodeId(5)), vec![2]);
+        assert!(!c.holds(1));
+        assert_eq!(c.forget_segment(B), vec![3]);
+        assert_eq!(c.report(NodeId(6)), (vec![], vec![]));
     }
 }

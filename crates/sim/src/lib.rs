@@ -24,6 +24,7 @@ mod fencing;
 mod liveness;
 mod model;
 mod net;
+mod queue;
 mod rng;
 mod run;
 mod storage;

@@ -65,18 +65,10 @@ impl World {
     /// Node `i` died: each of its writes to durable storage either landed or not, now — never
     /// after a later incarnation has started.
     pub(crate) fn settle_io_of_dead(&mut self, i: usize) {
-        let ids: Vec<u64> = self
-            .events
-            .iter()
-            .filter(|(_, ev)| {
-                matches!(ev, Ev::MapperWrite { node, .. } | Ev::IntentWrite { node, .. } if *node == i)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            let Some(ev) = self.events.remove(&id) else {
-                continue;
-            };
+        let writes = self.queue.take_where(|ev| {
+            matches!(ev, Ev::MapperWrite { node, .. } | Ev::IntentWrite { node, .. } if *node == i)
+        });
+        for ev in writes {
             if !self.rng.chance(0.5) {
                 continue;
             }

@@ -3,6 +3,7 @@
 
 use crate::config::SimConfig;
 use crate::model::Model;
+use crate::queue::EventQueue;
 use crate::rng::Rng;
 use pagemesh_core::lease::LeaseLink;
 use pagemesh_core::Membership;
@@ -11,8 +12,7 @@ use pagemesh_core::{
     SegmentInfo, Timing,
 };
 use pagemesh_types::{NodeId, SegmentId};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A broken invariant, with where it broke.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,9 +215,7 @@ pub struct World {
     pub(crate) rng: Rng,
     pub(crate) now: u64,
     pub(crate) step: u64,
-    next_ev: u64,
-    queue: BinaryHeap<Reverse<(u64, u64)>>,
-    pub(crate) events: BTreeMap<u64, Ev>,
+    pub(crate) queue: EventQueue<Ev>,
     pub(crate) nodes: Vec<SimNode>,
     pub(crate) segs: Vec<SegmentInfo>,
     /// Durable mapper contents (each segment's mapper lives with its home).
@@ -286,9 +284,7 @@ impl World {
             rng: Rng::new(seed),
             now: 0,
             step: 0,
-            next_ev: 0,
-            queue: BinaryHeap::new(),
-            events: BTreeMap::new(),
+            queue: EventQueue::new(),
             nodes: Vec::new(),
             segs,
             mapper: BTreeMap::new(),
@@ -370,10 +366,7 @@ impl World {
     }
 
     pub(crate) fn schedule(&mut self, delay_ms: u64, ev: Ev) {
-        self.next_ev += 1;
-        let id = self.next_ev;
-        self.queue.push(Reverse((self.now + delay_ms, id)));
-        self.events.insert(id, ev);
+        self.queue.push(self.now + delay_ms, ev);
     }
 
     pub(crate) fn log(&mut self, line: impl FnOnce() -> String) {
@@ -384,7 +377,7 @@ impl World {
     }
 
     pub(crate) fn pending_events(&self) -> impl Iterator<Item = &Ev> {
-        self.events.values()
+        self.queue.pending()
     }
 
     /// Branch counts of every node so far.
@@ -409,10 +402,7 @@ impl World {
     /// Run to the end: the workload, then quiescence and the audit.
     pub fn run(&mut self) -> Result<Stats, Violation> {
         self.boot()?;
-        while let Some(Reverse((t, id))) = self.queue.pop() {
-            let Some(ev) = self.events.remove(&id) else {
-                continue;
-            };
+        while let Some((t, ev)) = self.queue.pop() {
             self.now = t;
             self.step += 1;
             if self.step > self.cfg.max_steps {

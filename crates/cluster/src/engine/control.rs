@@ -169,7 +169,13 @@ impl Engine {
         }
         if let Some(w) = self.lock_waiters.remove(&token) {
             let _ = w.send(Err(reason));
+        } else if self.lock_client.holds(token) {
+            // Its home gave the lock to another client after restarting (`Refusal::Lost`): the
+            // holder cannot be told through its wait any more, so say it here.
+            log::error!("a lock held by client token {token} here was lost: {reason}");
         }
+        // Refused, it claims nothing at its home any more (no later report may claim it).
+        self.lock_client.release(token);
     }
 
     pub(super) fn tell(&mut self, to: NodeId, token: u64, reason: String) {

@@ -236,6 +236,11 @@ impl Engine {
         end_evictions(&mut self.evicting, seg, memory);
         self.poisoned_seen.remove(&seg);
         self.lock_table.forget_segment(seg);
+        for token in self.lock_client.forget_segment(seg) {
+            if let Some(w) = self.lock_waiters.remove(&token) {
+                let _ = w.send(Err("the segment was removed".into()));
+            }
+        }
         if let Err(e) = self.host.forget(seg) {
             log::error!(
                 "segment id {:#x}: removing it from the catalog failed: {e}",

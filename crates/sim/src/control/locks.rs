@@ -24,18 +24,23 @@ impl ControlWorld {
         let cl = &mut n.clients[c];
         cl.left -= 1;
         cl.state = ClientState::Waiting { token, seg, lock };
-        cl.op += 1;
-        let (epoch, op) = (n.epoch, cl.op);
         self.send(node, home, Msg::Acquire { seg, lock, token });
         let wait = self.rng.range(100, 1500);
+        self.arm(node, c, wait);
+        Ok(())
+    }
+
+    /// Client `c`'s one timer fires in `delay_ms` (an earlier one is void).
+    fn arm(&mut self, node: usize, c: usize, delay_ms: u64) {
+        let n = &mut self.nodes[node];
+        n.clients[c].op += 1;
         let ev = Ev::Client {
             node,
             client: c,
-            epoch,
-            op,
+            epoch: n.epoch,
+            op: n.clients[c].op,
         };
-        self.schedule(wait, ev);
-        Ok(())
+        self.schedule(delay_ms, ev);
     }
 
     /// A client's timer: its wait timed out, or its hold is over. Either way it releases.
@@ -150,23 +155,13 @@ impl ControlWorld {
                 want.lock, want.seg
             )
         });
-        let n = &mut self.nodes[node];
-        let cl = &mut n.clients[c];
-        cl.state = ClientState::Holding {
+        self.nodes[node].clients[c].state = ClientState::Holding {
             token,
             seg: want.seg,
             lock: want.lock,
         };
-        cl.op += 1;
-        let (epoch, op) = (n.epoch, cl.op);
         let hold = self.rng.range(5, 80);
-        let ev = Ev::Client {
-            node,
-            client: c,
-            epoch,
-            op,
-        };
-        self.schedule(hold, ev);
+        self.arm(node, c, hold);
         Ok(())
     }
 

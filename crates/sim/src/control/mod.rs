@@ -21,13 +21,13 @@
 mod locks;
 mod removal;
 
+use crate::queue::EventQueue;
 use crate::rng::Rng;
 use pagemesh_core::{
     Claim, LockBugs, LockClient, LockTable, RemovalBugs, RemovalConfig, RemovalMsg, Removals,
 };
 use pagemesh_types::{NodeId, SegmentId};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What one control-plane run simulates.
 #[derive(Clone, Debug)]
@@ -257,9 +257,7 @@ pub struct ControlWorld {
     pub(crate) rng: Rng,
     pub(crate) now: u64,
     pub(crate) step: u64,
-    next_ev: u64,
-    queue: BinaryHeap<Reverse<(u64, u64)>>,
-    events: BTreeMap<u64, Ev>,
+    queue: EventQueue<Ev>,
     pub(crate) nodes: Vec<CtlNode>,
     pub(crate) conns: BTreeMap<(usize, usize), Conn>,
     /// Segment -> home.
@@ -328,9 +326,7 @@ impl ControlWorld {
             rng: Rng::new(seed),
             now: 0,
             step: 0,
-            next_ev: 0,
-            queue: BinaryHeap::new(),
-            events: BTreeMap::new(),
+            queue: EventQueue::new(),
             nodes,
             conns,
             homes,
@@ -369,10 +365,7 @@ impl ControlWorld {
     }
 
     pub(crate) fn schedule(&mut self, delay_ms: u64, ev: Ev) {
-        self.next_ev += 1;
-        self.queue
-            .push(Reverse((self.now + delay_ms, self.next_ev)));
-        self.events.insert(self.next_ev, ev);
+        self.queue.push(self.now + delay_ms, ev);
     }
 
     /// Run the workload, then quiescence and the final checks.
@@ -381,10 +374,7 @@ impl ControlWorld {
             self.restart(i)?;
         }
         self.schedule(TICK_MS, Ev::Tick);
-        while let Some(Reverse((t, id))) = self.queue.pop() {
-            let Some(ev) = self.events.remove(&id) else {
-                continue;
-            };
+        while let Some((t, ev)) = self.queue.pop() {
             self.now = t;
             self.step += 1;
             if self.step > self.cfg.max_steps {
