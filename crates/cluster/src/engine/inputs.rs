@@ -274,7 +274,7 @@ impl Engine {
                 };
                 self.send_peer(h, PeerFrame::Control(msg));
             }
-            Route::Unknown => unreachable!("routed above"),
+            Route::Unknown => self.refuse_waiter(token, "unknown cluster segment".into()),
         }
     }
 
