@@ -60,10 +60,31 @@ pub enum BenchCmd {
         #[arg(long, value_parser = parse_size, default_value = "256MiB")]
         size: u64,
     },
+    /// Many pages at once: first touch of a zero segment and a rewrite of its cached pages by
+    /// a new process, against the kernel's first touch of anonymous memory (pairs interleaved).
+    Bulk {
+        /// Repetitions (pairs).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Bytes written per run.
+        #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+        size: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Every bench above, one after the other.
     All {
         #[arg(long)]
         json: bool,
+    },
+    /// (internal) write `bench bulk`'s pattern over a segment or fresh anonymous memory and
+    /// print the seconds it took.
+    #[command(hide = true)]
+    Touch {
+        #[arg(long)]
+        segment: Option<String>,
+        #[arg(long)]
+        anon_bytes: Option<u64>,
     },
     /// (internal) mmap FILE read-only and print the SHA-256 of its bytes.
     #[command(hide = true)]
@@ -102,7 +123,7 @@ pub struct OvercommitBench {
 
 const CASE_TIMEOUT: Duration = Duration::from_secs(600);
 
-pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
+pub fn run(socket: &Path, cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCmd::Volume(b) => volume(b),
         BenchCmd::Overcommit(b) => overcommit(b),
@@ -112,6 +133,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::RemoteFault(a) => crate::bench_remote::remote_fault(a),
         BenchCmd::Pingpong { runs, secs } => crate::bench_remote::pingpong(runs, secs),
         BenchCmd::Scan { runs, size } => crate::bench_local::scan(runs, size),
+        BenchCmd::Bulk { runs, size, json } => crate::bench_bulk::bulk(runs, size, json),
         BenchCmd::All { json } => {
             let runs = || RunsArgs {
                 runs: 5,
@@ -124,6 +146,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
             crate::bench_local::scan(runs(), 256 << 20)?;
             crate::bench_local::create(runs())?;
             crate::bench_local::scaling(runs())?;
+            crate::bench_bulk::bulk(5, 1 << 30, json)?;
             volume(VolumeBench {
                 size: 256 << 20,
                 procs: 8,
@@ -136,6 +159,13 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
                 runs: 3,
                 json,
             })
+        }
+        BenchCmd::Touch {
+            segment,
+            anon_bytes,
+        } => {
+            crate::bench_bulk::touch(socket, segment.as_deref(), anon_bytes)?;
+            Ok(ExitCode::SUCCESS)
         }
         BenchCmd::MmapHash { file } => {
             let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;

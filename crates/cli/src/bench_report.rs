@@ -94,3 +94,39 @@ pub fn report(
         );
     }
 }
+
+/// Print one result line for a bench whose runs are pairs (the baseline and pagemesh measured
+/// back to back, A B A B ...): `ratio` is the median of the pairs' own ratios, which the
+/// machine's drift between pairs does not move; `pagemesh` and `baseline` are medians as in
+/// [`report`].
+#[allow(clippy::too_many_arguments)]
+pub fn report_pairs(
+    json: bool,
+    bench: &str,
+    metric: &str,
+    unit: &str,
+    pm: &[f64],
+    base: &[f64],
+    better: &str,
+) {
+    assert_eq!(pm.len(), base.len(), "{bench} {metric}: unpaired runs");
+    let ratios: Vec<f64> = pm
+        .iter()
+        .zip(base)
+        .map(|(p, b)| if *b == 0.0 { f64::NAN } else { p / b })
+        .collect();
+    let (p, b, ratio) = (stats(pm), stats(base), stats(&ratios).median);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"bench": bench, "metric": metric, "unit": unit, "pagemesh": p.median,
+                "baseline": b.median, "ratio": ratio, "better": better, "runs": p.runs,
+                "min": p.min, "median": p.median, "max": p.max, "paired": true})
+        );
+    } else {
+        println!(
+            "{bench:<8} {metric:<34} {unit:>5} {:>10.3} {:>10.3} {:>7.3}  ({better} is better; median of {} pairs' ratios; pagemesh min {:.3} max {:.3})",
+            p.median, b.median, ratio, p.runs, p.min, p.max
+        );
+    }
+}

@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_baseline;
+mod bench_bulk;
 mod bench_local;
 mod bench_remote;
 mod bench_report;
@@ -178,7 +179,7 @@ fn main() -> ExitCode {
         Cmd::Cluster(cmd) => cluster_cmd::run(&cli.socket, cmd),
         Cmd::Volume(cmd) => volume_cmd::run(&cli.socket, cmd),
         Cmd::Partition(cmd) => partition_cmd::run(&cli.socket, cmd),
-        Cmd::Bench(cmd) => bench::run(cmd),
+        Cmd::Bench(cmd) => bench::run(&cli.socket, cmd),
         Cmd::Memtest(args) => memtest::run(&cli.socket, args),
         Cmd::Doctor => doctor::run(&cli.socket),
         Cmd::Demo(args) => demo::run(args),

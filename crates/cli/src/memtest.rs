@@ -184,13 +184,11 @@ fn word_range(a: &MemtestArgs, len: u64) -> (usize, usize) {
     ((a.offset / 8) as usize, ((a.offset + len) / 8) as usize)
 }
 
-/// `--write SEED`: the pattern over the range, the threads each writing a part.
-fn write(m: &Mapping, a: &MemtestArgs, len: u64, seed: u64) -> anyhow::Result<ExitCode> {
-    let start = Instant::now();
-    let words = m.atomics_u64();
-    let (lo, hi) = word_range(a, len);
+/// The pattern for `seed` into words `[lo, hi)`, `threads` threads each writing a contiguous
+/// part (also the kernel baseline of `bench bulk`, so both write the same way).
+pub fn write_words(words: &[AtomicU64], lo: usize, hi: usize, seed: u64, threads: usize) {
     std::thread::scope(|s| {
-        for (p, q) in parts(lo, hi, a.threads) {
+        for (p, q) in parts(lo, hi, threads) {
             s.spawn(move || {
                 for (i, w) in words[p..q].iter().enumerate() {
                     w.store(pattern(seed, ((p + i) * 8) as u64), Ordering::Relaxed);
@@ -198,6 +196,13 @@ fn write(m: &Mapping, a: &MemtestArgs, len: u64, seed: u64) -> anyhow::Result<Ex
             });
         }
     });
+}
+
+/// `--write SEED`: the pattern over the range, the threads each writing a part.
+fn write(m: &Mapping, a: &MemtestArgs, len: u64, seed: u64) -> anyhow::Result<ExitCode> {
+    let start = Instant::now();
+    let (lo, hi) = word_range(a, len);
+    write_words(m.atomics_u64(), lo, hi, seed, a.threads);
     let secs = start.elapsed().as_secs_f64();
     println!(
         "memtest: wrote {} at offset {} with seed {seed} in {secs:.3} s ({}, {} thread(s))",

@@ -277,3 +277,57 @@ fn a_corrupt_paging_slot_poisons_exactly_that_page() {
         .ok();
     assert_eq!(z.stdout, vec![0u8; 8]);
 }
+
+/// A sequential writer of a zero segment gets speculative runs of zero pages ahead of it (see
+/// the node's `runs`). Here it writes the first MiB of every 4 MiB, so each region's last run
+/// reaches past what it writes: those pages are Dirty and all zeros. Under a budget of a
+/// quarter of what is touched, the evictor must drop them as dormant with no paging I/O, page
+/// out the written ones, and every page must read back as written (or as zeros).
+#[test]
+fn speculative_zero_pages_leave_memory_without_paging_io() {
+    let d = Daemon::start_with(&["--memory", "64MiB", "--paging-device-size", "512MiB"]);
+    d.run(&["segment", "create", "sparse", "--size", "256MiB"])
+        .ok();
+    const PAGE_WORDS: usize = 512;
+    const REGION_PAGES: usize = 1024;
+    const WRITTEN_PAGES: usize = 256;
+    const REGIONS: usize = 64;
+    let word = |r: usize, p: usize| (r * REGION_PAGES + p) * PAGE_WORDS;
+    let client = d.client();
+    let m = client.attach("sparse").expect("attach");
+    let words = m.atomics_u64();
+    for r in 0..REGIONS {
+        for p in 0..WRITTEN_PAGES {
+            let w = word(r, p);
+            words[w].store(common::pattern_word(5, w as u64 * 8), Ordering::Relaxed);
+        }
+    }
+    let st = stat_json(&d, "sparse");
+    let (evictions, page_outs) = (
+        st["evictions"].as_u64().unwrap(),
+        st["page_outs"].as_u64().unwrap(),
+    );
+    let written = (REGIONS * WRITTEN_PAGES) as u64;
+    assert!(
+        st["zero_fills"].as_u64().unwrap() > written,
+        "the writer got no speculative runs: {st}"
+    );
+    assert!(evictions > page_outs, "no zero page was dropped: {st}");
+    assert!(
+        page_outs <= written,
+        "{page_outs} pages were paged out, more than the {written} written: {st}"
+    );
+    for r in 0..REGIONS {
+        for p in 0..REGION_PAGES {
+            let w = word(r, p);
+            let want = if p < WRITTEN_PAGES {
+                common::pattern_word(5, w as u64 * 8)
+            } else {
+                0
+            };
+            let got = words[w].load(Ordering::Relaxed);
+            assert_eq!(got, want, "region {r} page {p}: {got:#x}, want {want:#x}");
+        }
+    }
+    assert_eq!(stat_json(&d, "sparse")["poisoned_pages"], 0);
+}

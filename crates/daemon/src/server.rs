@@ -172,6 +172,7 @@ impl Daemon {
             len,
             segment: Arc::clone(&seg),
             last_page: std::sync::atomic::AtomicU64::new(0),
+            streams: Default::default(),
             lease: sock.try_clone().ok(),
             volume_map: seg.is_volume().then(|| {
                 (0..seg.mapped_len().div_ceil(PAGE_SIZE * 64))

@@ -9,6 +9,8 @@ use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::fault::{self, install, resolve_present};
 use pagemesh_uffd::{Access, Fault, FaultKind, Protect, Source, UffdError, Wake};
 
+use pagemesh_store::PageData;
+
 use crate::load::Loaded;
 use crate::pages::PageState;
 use crate::segment::{bump, bump_fault, lock, Attachment, Segment};
@@ -59,6 +61,12 @@ impl Segment {
                 Some(r) => r.map(|()| Filled::Served),
                 None => self.fill(att, f, scratch),
             },
+            PageState::Absent if !self.mapper.is_persistent() => {
+                match self.zero_run(att, f, scratch) {
+                    Some(r) => r,
+                    None => self.fill(att, f, scratch),
+                }
+            }
             PageState::Absent if !write => match self.file_read_ahead(att, page, scratch) {
                 Some(r) => r.map(|()| Filled::Served),
                 None => self.fill(att, f, scratch),
@@ -82,6 +90,7 @@ impl Segment {
             Err(e) => att.refuse(f, &format_args!("cannot map the page: {e}")),
             Ok(Filled::Poisoned) => {}
             Ok(Filled::Served) if kind == FaultKind::Minor && !write => self.map_ahead(att, page),
+            Ok(Filled::Served) if kind == FaultKind::Minor => self.map_ahead_dirty(att, page),
             Ok(Filled::Served) => {}
         }
         self.latency.record(start.elapsed().as_nanos() as u64);
@@ -95,8 +104,11 @@ impl Segment {
     fn map_ahead(&self, att: &Attachment, page: u64) {
         let present = |p: u64| matches!(self.pages.get(p), PageState::Clean | PageState::Dirty);
         let pages = (att.len / PS).min(self.pages.npages());
-        let end = (page + 1 + FAULT_AROUND_PAGES).min(pages);
-        let (below, above) = fault::around(page, pages, FAULT_AROUND_PAGES, present);
+        // Forward as far as the reader's stream has earned (at least FAULT_AROUND_PAGES).
+        let reach = (att.streams.window(page) - 1).max(FAULT_AROUND_PAGES);
+        let end = (page + 1 + reach).min(pages);
+        let (below, above) = fault::around_reach(page, pages, FAULT_AROUND_PAGES, reach, present);
+        att.streams.served(page, above.end);
         if above.end == end && self.mapper.is_persistent() {
             // A sequential reader of a file segment: when the end of what is cached comes
             // within PREFETCH_TRIGGER_PAGES, have the prefetcher read on ahead of it.
@@ -113,6 +125,117 @@ impl Segment {
         }
         // Both sides (the one below for backward scans).
         fault::map_around_read(&att.uffd, att.base, (below, above));
+    }
+
+    /// Fault-around for a write to a page that is in the page cache: map the Dirty pages after
+    /// it into `att` writable, as far as the writer's stream has earned, so a process rewriting
+    /// cached pages takes one fault per run instead of one per page. Only Dirty pages, and only
+    /// under their stripe locks (try-locked): a Clean page must take its write fault (it becomes
+    /// Dirty then), and a Dirty page that a sync or an eviction is write-protecting must not be
+    /// mapped writable behind its back.
+    fn map_ahead_dirty(&self, att: &Attachment, page: u64) {
+        let want = att.streams.window(page);
+        let end = (page + want).min(att.len / PS).min(self.pages.npages());
+        let mut guards = Vec::with_capacity((end - page).saturating_sub(1) as usize);
+        let mut hi = page + 1;
+        while hi < end {
+            match self.stripe(hi).try_lock() {
+                Ok(g) if self.pages.get(hi) == PageState::Dirty => guards.push(g),
+                _ => break,
+            }
+            hi += 1;
+        }
+        let mut served = page + 1;
+        if hi > page + 1 {
+            let at = att.base + (page + 1) * PS;
+            // A page of the run mapped here already ends it early, harmlessly.
+            if let Ok(bytes) = install(
+                &att.uffd,
+                at,
+                (hi - page - 1) * PS,
+                Source::PageCache,
+                Protect::Writable,
+                Wake::No,
+            ) {
+                served += bytes / PS;
+            }
+        }
+        drop(guards);
+        att.streams.served(page, served);
+    }
+
+    /// A fault on a dormant page of a segment without a backing file: install zeros for the
+    /// run of dormant pages from it that the faulting stream has earned (see `runs`), writable
+    /// and Dirty for a write, read-only and Clean for a read, with one ioctl. None when the run
+    /// would be the faulting page alone (the one-page path serves it). The caller holds the
+    /// faulting page's stripe lock; the others are try-locked, and the run stops at the first
+    /// page that is not dormant, whose stripe is busy, or past what the memory pool has room
+    /// for (speculation never pushes the pool over its high watermark). A page made Dirty here
+    /// and never written is still all zeros: the evictor finds that and drops it as dormant,
+    /// with no paging I/O.
+    fn zero_run(
+        &self,
+        att: &Attachment,
+        f: &Fault,
+        scratch: &mut [u8],
+    ) -> Option<Result<Filled, UffdError>> {
+        let page = f.page;
+        // The mapper is asked about every page of the run (a fault-injecting one may fail any).
+        let mut dormant = |p: u64| {
+            matches!(
+                self.mapper.read_page(p * PS, &mut scratch[..PSU]),
+                Ok(PageData::Dormant)
+            )
+        };
+        if !dormant(page) {
+            return None;
+        }
+        let room = self
+            .memory
+            .as_ref()
+            .map_or(u64::MAX, |m| m.pool.room_pages());
+        let want = att.streams.window(page).min(room.max(1));
+        let end = (page + want).min(att.len / PS).min(self.pages.npages());
+        if end <= page + 1 {
+            att.streams.served(page, page + 1);
+            return None;
+        }
+        let mut guards = Vec::with_capacity((end - page - 1) as usize);
+        let mut hi = page + 1;
+        while hi < end {
+            match self.stripe(hi).try_lock() {
+                Ok(g) if self.pages.get(hi) == PageState::Absent && dormant(hi) => guards.push(g),
+                _ => break,
+            }
+            hi += 1;
+        }
+        let (protect, state) = match f.access {
+            Access::Write => (Protect::Writable, PageState::Dirty),
+            Access::Read => (Protect::ReadOnly, PageState::Clean),
+        };
+        let installed = match install(
+            &att.uffd,
+            f.addr,
+            (hi - page) * PS,
+            Source::Zeros,
+            protect,
+            Wake::Yes,
+        ) {
+            Ok(bytes) => bytes / PS,
+            Err(e) => return Some(Err(e)),
+        };
+        if installed == 0 {
+            // The faulting page is mapped already: the one-page path sorts that out.
+            att.streams.served(page, page + 1);
+            return None;
+        }
+        for p in page..page + installed {
+            self.set_state(p, state);
+        }
+        drop(guards);
+        bump(&self.counters.zero_fills, installed);
+        att.streams.served(page, page + installed);
+        Some(Ok(Filled::Served))
     }
 
     /// Bring an Absent page in from the mapper (or as zeros) and map it into `att`.

@@ -14,6 +14,7 @@ pub mod load;
 pub mod memory;
 pub mod pages;
 pub mod residency;
+pub mod runs;
 pub mod segment;
 pub mod volume;
 pub mod workers;

@@ -152,6 +152,12 @@ impl Pool {
         self.resident.load(Ordering::Relaxed)
     }
 
+    /// Pages that may come in before the pool reaches its high watermark: what speculative
+    /// runs (pages no fault has asked for yet) may take.
+    pub fn room_pages(&self) -> u64 {
+        self.high_pages.saturating_sub(self.resident())
+    }
+
     /// Resident pages not already on their way out.
     fn effective_resident(&self) -> u64 {
         self.resident()

@@ -389,64 +389,7 @@ impl Segment {
             PageState::Clean if has_slot => PageState::Paged,
             // A clean page of a zero segment without a slot was never written: dormant again.
             PageState::Clean => PageState::Absent,
-            _ => {
-                // Take the paging slot first: a full device must fail before any client is
-                // write-protected for nothing.
-                let slot = if persistent {
-                    None
-                } else {
-                    Some(self.slot_for(page)?)
-                };
-                for a in self
-                    .clients
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                {
-                    match a
-                        .uffd
-                        .write_protect(a.base + page * PS, PS, Protect::ReadOnly, Wake::Yes)
-                    {
-                        Ok(()) => {}
-                        Err(e) if e.is_process_gone() => {}
-                        // A process left with a writable mapping could write between the copy
-                        // and the punch, and that write would be lost: do not evict.
-                        Err(e) => {
-                            return Err(EvictError::WriteProtect {
-                                segment: seg(),
-                                page,
-                                pid: a.pid,
-                                source: e,
-                            })
-                        }
-                    }
-                }
-                let mut buf = [0u8; PSU];
-                self.memfd
-                    .read_exact_at(&mut buf, page * PS)
-                    .map_err(|source| EvictError::Memfd {
-                        segment: seg(),
-                        page,
-                        what: "reading the page",
-                        source,
-                    })?;
-                if persistent {
-                    self.mapper.write_at(page * PS, &buf).map_err(|source| {
-                        EvictError::WriteBack {
-                            segment: seg(),
-                            page,
-                            source,
-                        }
-                    })?;
-                    self.counters
-                        .mapper_bytes_written
-                        .fetch_add(PS, Ordering::Relaxed);
-                    PageState::Absent
-                } else {
-                    self.page_out(page, slot.expect("taken above"), &buf)?;
-                    PageState::Paged
-                }
-            }
+            _ => self.write_out(page, persistent)?,
         };
         self.memfd
             .punch_hole(page * PS, PS)
@@ -459,6 +402,78 @@ impl Segment {
         self.set_state(page, new);
         self.counters.evictions.fetch_add(1, Ordering::Relaxed);
         Ok(Evict::Done)
+    }
+
+    /// The Dirty half of an eviction (caller holds the stripe and sync locks): write-protect
+    /// the page everywhere, copy it, and write it back to its file or out to the paging device
+    /// (a page of a zero segment that reads as zeros is dormant instead). The state it leaves.
+    fn write_out(&self, page: u64, persistent: bool) -> Result<PageState, EvictError> {
+        let seg = || self.info.name.clone();
+        // Take the paging slot first: a full device must fail before any client is
+        // write-protected for nothing.
+        let slot = if persistent {
+            None
+        } else {
+            Some(self.slot_for(page)?)
+        };
+        for a in self
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            match a
+                .uffd
+                .write_protect(a.base + page * PS, PS, Protect::ReadOnly, Wake::Yes)
+            {
+                Ok(()) => {}
+                Err(e) if e.is_process_gone() => {}
+                // A process left with a writable mapping could write between the copy
+                // and the punch, and that write would be lost: do not evict.
+                Err(e) => {
+                    return Err(EvictError::WriteProtect {
+                        segment: seg(),
+                        page,
+                        pid: a.pid,
+                        source: e,
+                    })
+                }
+            }
+        }
+        let mut buf = [0u8; PSU];
+        self.memfd
+            .read_exact_at(&mut buf, page * PS)
+            .map_err(|source| EvictError::Memfd {
+                segment: seg(),
+                page,
+                what: "reading the page",
+                source,
+            })?;
+        let new = if !persistent && buf.iter().all(|&b| b == 0) {
+            // All zeros (a page of a speculative run never written, or written with
+            // zeros): dormant again, with no paging I/O; its slot, if it had one, is
+            // given back.
+            if let Some(s) = self.slots.take(page) {
+                self.paging(page)?.free(s);
+            }
+            PageState::Absent
+        } else if persistent {
+            self.mapper
+                .write_at(page * PS, &buf)
+                .map_err(|source| EvictError::WriteBack {
+                    segment: seg(),
+                    page,
+                    source,
+                })?;
+            self.counters
+                .mapper_bytes_written
+                .fetch_add(PS, Ordering::Relaxed);
+            PageState::Absent
+        } else {
+            self.page_out(page, slot.expect("taken above"), &buf)?;
+            PageState::Paged
+        };
+        Ok(new)
     }
 
     fn paging(&self, page: u64) -> Result<&pagemesh_store::paging::PagingDevice, EvictError> {

@@ -21,6 +21,7 @@ use crate::load::VolumeError;
 use crate::load::{LoadError, Loaded};
 use crate::memory::{Partition, Pool};
 use crate::pages::{PageState, PageTable, SlotTable};
+use crate::runs::Streams;
 
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
@@ -39,6 +40,8 @@ pub struct Attachment {
     /// The page of this process's previous volume fault: tells a backward scan from a forward
     /// one, so private-copy runs go the way the process is reading.
     pub last_page: AtomicU64,
+    /// This process's access streams: how far each fault's run reaches (see `runs`).
+    pub streams: Streams,
     /// A handle on the lease connection, shut down when the daemon drops the attachment for
     /// its own reasons (a broken uffd), so the client's watchdog takes over instead of faults
     /// hanging.

@@ -269,18 +269,30 @@ pub fn around(
     max: u64,
     present: impl Fn(u64) -> bool,
 ) -> (Range<u64>, Range<u64>) {
+    around_reach(page, limit, max, max, present)
+}
+
+/// [`around`] with a reach of its own on each side: at most `max_below` pages below the fault
+/// and `max_above` above it.
+pub fn around_reach(
+    page: u64,
+    limit: u64,
+    max_below: u64,
+    max_above: u64,
+    present: impl Fn(u64) -> bool,
+) -> (Range<u64>, Range<u64>) {
     assert!(page < limit, "fault-around of page {page} of {limit}");
-    let end = page.saturating_add(1).saturating_add(max).min(limit);
+    let end = page.saturating_add(1).saturating_add(max_above).min(limit);
     let mut hi = page + 1;
     while hi < end && present(hi) {
         hi += 1;
     }
-    let start = page.saturating_sub(max);
+    let start = page.saturating_sub(max_below);
     let mut lo = page;
     while lo > start && present(lo - 1) {
         lo -= 1;
     }
-    debug_assert!(lo <= page && hi > page && hi - page - 1 <= max && page - lo <= max);
+    debug_assert!(lo <= page && hi > page && hi - page - 1 <= max_above && page - lo <= max_below);
     (lo..page, page + 1..hi)
 }
 
@@ -318,6 +330,7 @@ mod tests {
         assert_eq!(around(0, 1, 8, |_| true), (0..0, 1..1));
         assert_eq!(around(25, 100, 8, present), (25..25, 26..26));
         assert_eq!(around(20, 100, 8, present), (12..20, 21..21));
+        assert_eq!(around_reach(10, 100, 2, 6, present), (8..10, 11..17));
     }
 
     #[test]
