@@ -71,7 +71,11 @@ impl Segment {
                 Some(r) => r.map(|()| Filled::Served),
                 None => self.fill(att, f, scratch),
             },
-            PageState::Absent | PageState::Paged => self.fill(att, f, scratch),
+            PageState::Absent => match self.file_write_run(att, f, scratch) {
+                Some(r) => r,
+                None => self.fill(att, f, scratch),
+            },
+            PageState::Paged => self.fill(att, f, scratch),
             state @ (PageState::Clean | PageState::Dirty) => {
                 let dirty = state == PageState::Dirty || write || kind == FaultKind::WriteProtect;
                 if dirty && state == PageState::Clean {
@@ -190,11 +194,7 @@ impl Segment {
         if !dormant(page) {
             return None;
         }
-        let room = self
-            .memory
-            .as_ref()
-            .map_or(u64::MAX, |m| m.pool.room_pages());
-        let want = att.streams.window(page).min(room.max(1));
+        let want = self.reach(att, page, 1);
         let end = (page + want).min(att.len / PS).min(self.pages.npages());
         if end <= page + 1 {
             att.streams.served(page, page + 1);

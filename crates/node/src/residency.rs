@@ -15,11 +15,14 @@ use crate::memory::{ClockVisit, Prefetch, PrefetchJob, Resident};
 use crate::pages::{PageState, PINNED};
 use crate::segment::{lock, Attachment, IoError, Segment};
 use pagemesh_uffd::fault::install;
-use pagemesh_uffd::{Protect, Source, UffdError, Wake};
+use pagemesh_uffd::{Fault, Protect, Source, UffdError, Wake};
 
-/// Most pages one page-in read brings back (page-in read-ahead).
+use crate::fault::Filled;
+
+/// Fewest pages one page-in read tries to bring back (page-in read-ahead); a sequential
+/// reader's stream reaches further (see `runs`).
 const PAGE_IN_RUN: u64 = 16;
-/// Most pages one file read brings in (file read-ahead).
+/// Fewest pages one file read tries to bring in (file read-ahead); likewise.
 const FILE_READAHEAD_PAGES: u64 = 16;
 /// Pages the prefetcher reads ahead of a sequential reader (1 MiB).
 const PREFETCH_PAGES: u64 = 256;
@@ -115,6 +118,17 @@ impl Segment {
         }
     }
 
+    /// How many pages a run for a fault at `page` may bring in: as far as the faulting
+    /// stream's window, no further than the pool has room for below its high watermark, and
+    /// at least `floor` (the short runs that were always taken, inside the documented slack).
+    pub fn reach(&self, att: &Attachment, page: u64, floor: u64) -> u64 {
+        let room = self
+            .memory
+            .as_ref()
+            .map_or(u64::MAX, |m| m.pool.room_pages());
+        att.streams.window(page).min(room).max(floor)
+    }
+
     /// Page-in read-ahead: if the Paged pages after `page` sit in consecutive slots after its
     /// own (pages paged out together usually do), read them all with one read and map them
     /// into `att` write-protected with one COPY. Returns None when there is no run (the caller
@@ -129,7 +143,7 @@ impl Segment {
     ) -> Option<Result<(), UffdError>> {
         let paging = self.memory.as_ref().and_then(|m| m.pool.paging.as_ref())?;
         let max = (scratch.len() as u64 / PS)
-            .min(PAGE_IN_RUN)
+            .min(self.reach(att, page, PAGE_IN_RUN))
             .min(att.len / PS - page)
             .min(self.pages.npages() - page);
         let first = self.slots.get(page)?;
@@ -173,6 +187,7 @@ impl Segment {
         for p in page..page + copied {
             self.set_state(p, PageState::Clean);
         }
+        att.streams.served(page, page + copied);
         self.counters.page_ins.fetch_add(copied, Ordering::Relaxed);
         if let Some(m) = &self.memory {
             m.partition.page_ins.fetch_add(copied, Ordering::Relaxed);
@@ -195,7 +210,7 @@ impl Segment {
         if !self.mapper.is_persistent() {
             return None;
         }
-        let max = (scratch.len() as u64 / PS).min(FILE_READAHEAD_PAGES);
+        let max = (scratch.len() as u64 / PS).min(self.reach(att, page, FILE_READAHEAD_PAGES));
         let end = (att.len / PS).min(self.pages.npages());
         let claim = |p: u64| {
             self.stripe(p)
@@ -240,6 +255,9 @@ impl Segment {
         for p in lo..lo + copied {
             self.set_state(p, PageState::Clean);
         }
+        if lo + copied > page {
+            att.streams.served(page, lo + copied);
+        }
         self.counters
             .mapper_reads
             .fetch_add(copied, Ordering::Relaxed);
@@ -254,6 +272,72 @@ impl Segment {
             return None; // the faulting page was not reached: serve it alone
         }
         Some(Ok(()))
+    }
+
+    /// A write fault on an Absent page of a file segment: when it continues a sequential
+    /// writer's stream, read the run of Absent pages from it (as far as the stream has earned)
+    /// with one read and map it writable, every page Dirty, so the writer takes one fault per
+    /// run instead of a fault and a file read per page. The pages after the faulting one are
+    /// Dirty before they are written: a writer that reached the end of each of its runs so far
+    /// is writing every page, and a page it skips still holds the file's own bytes, which sync
+    /// writes back unchanged (I/O spent, never a byte changed). None for a first or random
+    /// write (a window of one page) or when the read fails: the one-page path then serves (or
+    /// poisons) exactly the faulting page. Locks as for `file_read_ahead`.
+    pub fn file_write_run(
+        &self,
+        att: &Attachment,
+        f: &Fault,
+        scratch: &mut [u8],
+    ) -> Option<Result<Filled, UffdError>> {
+        let page = f.page;
+        let max = (scratch.len() as u64 / PS).min(self.reach(att, page, 1));
+        let end = (page + max).min(att.len / PS).min(self.pages.npages());
+        let mut guards = Vec::with_capacity(end.saturating_sub(page + 1) as usize);
+        let mut hi = page + 1;
+        while hi < end {
+            match self.stripe(hi).try_lock() {
+                Ok(g) if self.pages.get(hi) == PageState::Absent => guards.push(g),
+                _ => break,
+            }
+            hi += 1;
+        }
+        let single = || {
+            att.streams.served(page, page + 1);
+            None
+        };
+        if hi == page + 1 {
+            return single();
+        }
+        let buf = &mut scratch[..((hi - page) * PS) as usize];
+        if self.mapper.read_pages(page * PS, buf).is_err() {
+            return single();
+        }
+        let copied = match install(
+            &att.uffd,
+            f.addr,
+            0,
+            Source::Bytes(buf),
+            Protect::Writable,
+            Wake::Yes,
+        ) {
+            Ok(bytes) => bytes / PS,
+            Err(e) => return Some(Err(e)),
+        };
+        if copied == 0 {
+            return single();
+        }
+        for p in page..page + copied {
+            self.set_state(p, PageState::Dirty);
+        }
+        drop(guards);
+        att.streams.served(page, page + copied);
+        self.counters
+            .mapper_reads
+            .fetch_add(copied, Ordering::Relaxed);
+        self.counters
+            .mapper_bytes_read
+            .fetch_add(copied * PS, Ordering::Relaxed);
+        Some(Ok(Filled::Served))
     }
 
     /// A forward scan reached `from`: have the prefetcher read the next window.

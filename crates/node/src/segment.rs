@@ -26,8 +26,8 @@ use crate::runs::Streams;
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
 const STRIPES: u64 = 512;
-/// Most pages one sync step write-protects and copies at once.
-const SYNC_RUN_PAGES: u64 = 64;
+/// Most pages one sync step write-protects and copies at once (1 MiB).
+const SYNC_RUN_PAGES: u64 = 256;
 
 /// One process's attachment: its uffd (a dup of the client's) and where it mapped the segment.
 pub struct Attachment {

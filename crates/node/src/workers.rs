@@ -105,8 +105,10 @@ impl Workers {
     fn run(&self) {
         let mut tokens = Vec::with_capacity(8);
         let mut reader = FaultReader::new(BATCH);
-        // Room for one read-ahead run of a volume (and one page for everything else).
-        let mut scratch = vec![0u8; (crate::volume::READAHEAD_BLOCKS * PAGE_SIZE) as usize];
+        // Room for the longest run a fault reads (file read-ahead and page-in runs reach as far
+        // as the stream's window; a volume's run is shorter).
+        let run_pages = crate::runs::MAX_RUN_PAGES.max(crate::volume::READAHEAD_BLOCKS);
+        let mut scratch = vec![0u8; (run_pages * PAGE_SIZE) as usize];
         loop {
             tokens.clear();
             if let Err(e) = self.epoll.wait(&mut tokens, 8, IDLE_WAIT_MS) {
