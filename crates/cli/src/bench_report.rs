@@ -73,26 +73,19 @@ pub fn report(
     base: &[f64],
     better: &str,
 ) {
-    let p = stats(pm);
-    let b = stats(base);
+    let (p, b) = (stats(pm), stats(base));
     let ratio = if b.median == 0.0 {
         f64::NAN
     } else {
         p.median / b.median
     };
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"bench": bench, "metric": metric, "unit": unit, "pagemesh": p.median,
-                "baseline": b.median, "ratio": ratio, "better": better, "runs": p.runs,
-                "min": p.min, "median": p.median, "max": p.max})
-        );
-    } else {
-        println!(
-            "{bench:<8} {metric:<34} {unit:>5} {:>10.3} {:>10.3} {:>7.3}  ({better} is better; pagemesh min {:.3} max {:.3}, n={})",
-            p.median, b.median, ratio, p.min, p.max, p.runs
-        );
-    }
+    let line = Line {
+        bench,
+        metric,
+        unit,
+        better,
+    };
+    print_line(json, &line, &p, &b, ratio, false);
 }
 
 /// Print one result line for a bench whose runs are pairs (the baseline and pagemesh measured
@@ -115,18 +108,54 @@ pub fn report_pairs(
         .zip(base)
         .map(|(p, b)| if *b == 0.0 { f64::NAN } else { p / b })
         .collect();
-    let (p, b, ratio) = (stats(pm), stats(base), stats(&ratios).median);
+    let line = Line {
+        bench,
+        metric,
+        unit,
+        better,
+    };
+    print_line(
+        json,
+        &line,
+        &stats(pm),
+        &stats(base),
+        stats(&ratios).median,
+        true,
+    );
+}
+
+/// What names a result line.
+struct Line<'a> {
+    bench: &'a str,
+    metric: &'a str,
+    unit: &'a str,
+    better: &'a str,
+}
+
+fn print_line(json: bool, l: &Line<'_>, p: &Stats, b: &Stats, ratio: f64, paired: bool) {
+    let Line {
+        bench,
+        metric,
+        unit,
+        better,
+    } = *l;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"bench": bench, "metric": metric, "unit": unit, "pagemesh": p.median,
-                "baseline": b.median, "ratio": ratio, "better": better, "runs": p.runs,
-                "min": p.min, "median": p.median, "max": p.max, "paired": true})
-        );
+        let mut v = serde_json::json!({"bench": bench, "metric": metric, "unit": unit,
+            "pagemesh": p.median, "baseline": b.median, "ratio": ratio, "better": better,
+            "runs": p.runs, "min": p.min, "median": p.median, "max": p.max});
+        if paired {
+            v["paired"] = serde_json::Value::Bool(true);
+        }
+        println!("{v}");
     } else {
+        let how = if paired {
+            format!("median of {} pairs' ratios; ", p.runs)
+        } else {
+            String::new()
+        };
         println!(
-            "{bench:<8} {metric:<34} {unit:>5} {:>10.3} {:>10.3} {:>7.3}  ({better} is better; median of {} pairs' ratios; pagemesh min {:.3} max {:.3})",
-            p.median, b.median, ratio, p.runs, p.min, p.max
+            "{bench:<8} {metric:<34} {unit:>5} {:>10.3} {:>10.3} {:>7.3}  ({better} is better; {how}pagemesh min {:.3} max {:.3}, n={})",
+            p.median, b.median, ratio, p.min, p.max, p.runs
         );
     }
 }

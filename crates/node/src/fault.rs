@@ -2,7 +2,7 @@
 //! runtime (`pagemesh_uffd::fault`): the page table says what the page is, and the page comes
 //! from the page cache, the paging device, the mapper or the zero page.
 
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
 use pagemesh_types::PAGE_SIZE;
@@ -100,6 +100,31 @@ impl Segment {
         self.latency.record(start.elapsed().as_nanos() as u64);
     }
 
+    /// Claim the pages after `first` for a run: try-lock each one's stripe, up to `end`
+    /// (exclusive), stopping at the first whose stripe is busy or for which `fits` says no.
+    /// Returns where the run ends and the guards, held until the caller has installed it and
+    /// set the states. The caller holds `first`'s own stripe; the others are only try-locked,
+    /// so no lock order is needed (see the module's locking note). Every run path claims its
+    /// neighbours here: zero runs, file read-ahead and write runs, page-in runs, writable
+    /// fault-around.
+    pub fn claim_after(
+        &self,
+        first: u64,
+        end: u64,
+        mut fits: impl FnMut(u64) -> bool,
+    ) -> (u64, Vec<MutexGuard<'_, ()>>) {
+        let mut guards = Vec::with_capacity(end.saturating_sub(first + 1) as usize);
+        let mut hi = first + 1;
+        while hi < end {
+            match self.stripe(hi).try_lock() {
+                Ok(g) if fits(hi) => guards.push(g),
+                _ => break,
+            }
+            hi += 1;
+        }
+        (hi, guards)
+    }
+
     /// Fault-around for reads: map the runs of present pages after and before a minor read
     /// fault into `att` write-protected, so a sequential reader takes one fault per run instead of one per
     /// page. Mapping a present page write-protected is always safe whatever its state (a write
@@ -140,15 +165,7 @@ impl Segment {
     fn map_ahead_dirty(&self, att: &Attachment, page: u64) {
         let want = att.streams.window(page);
         let end = (page + want).min(att.len / PS).min(self.pages.npages());
-        let mut guards = Vec::with_capacity((end - page).saturating_sub(1) as usize);
-        let mut hi = page + 1;
-        while hi < end {
-            match self.stripe(hi).try_lock() {
-                Ok(g) if self.pages.get(hi) == PageState::Dirty => guards.push(g),
-                _ => break,
-            }
-            hi += 1;
-        }
+        let (hi, guards) = self.claim_after(page, end, |p| self.pages.get(p) == PageState::Dirty);
         let mut served = page + 1;
         if hi > page + 1 {
             let at = att.base + (page + 1) * PS;
@@ -200,15 +217,9 @@ impl Segment {
             att.streams.served(page, page + 1);
             return None;
         }
-        let mut guards = Vec::with_capacity((end - page - 1) as usize);
-        let mut hi = page + 1;
-        while hi < end {
-            match self.stripe(hi).try_lock() {
-                Ok(g) if self.pages.get(hi) == PageState::Absent && dormant(hi) => guards.push(g),
-                _ => break,
-            }
-            hi += 1;
-        }
+        let (hi, guards) = self.claim_after(page, end, |p| {
+            self.pages.get(p) == PageState::Absent && dormant(p)
+        });
         let (protect, state) = match f.access {
             Access::Write => (Protect::Writable, PageState::Dirty),
             Access::Read => (Protect::ReadOnly, PageState::Clean),

@@ -292,15 +292,7 @@ impl Segment {
         let page = f.page;
         let max = (scratch.len() as u64 / PS).min(self.reach(att, page, 1));
         let end = (page + max).min(att.len / PS).min(self.pages.npages());
-        let mut guards = Vec::with_capacity(end.saturating_sub(page + 1) as usize);
-        let mut hi = page + 1;
-        while hi < end {
-            match self.stripe(hi).try_lock() {
-                Ok(g) if self.pages.get(hi) == PageState::Absent => guards.push(g),
-                _ => break,
-            }
-            hi += 1;
-        }
+        let (hi, guards) = self.claim_after(page, end, |p| self.pages.get(p) == PageState::Absent);
         let single = || {
             att.streams.served(page, page + 1);
             None
@@ -500,30 +492,15 @@ impl Segment {
         } else {
             Some(self.slot_for(page)?)
         };
-        for a in self
-            .clients
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            match a
-                .uffd
-                .write_protect(a.base + page * PS, PS, Protect::ReadOnly, Wake::Yes)
-            {
-                Ok(()) => {}
-                Err(e) if e.is_process_gone() => {}
-                // A process left with a writable mapping could write between the copy
-                // and the punch, and that write would be lost: do not evict.
-                Err(e) => {
-                    return Err(EvictError::WriteProtect {
-                        segment: seg(),
-                        page,
-                        pid: a.pid,
-                        source: e,
-                    })
-                }
-            }
-        }
+        // A process left with a writable mapping could write between the copy and the punch,
+        // and that write would be lost: do not evict.
+        self.protect_everywhere(page, 1)
+            .map_err(|(pid, source)| EvictError::WriteProtect {
+                segment: seg(),
+                page,
+                pid,
+                source,
+            })?;
         let mut buf = [0u8; PSU];
         self.memfd
             .read_exact_at(&mut buf, page * PS)
@@ -558,6 +535,29 @@ impl Segment {
             PageState::Paged
         };
         Ok(new)
+    }
+
+    /// Write-protect pages `[first, first+n)` in every attached process, before their bytes are
+    /// copied out (sync, eviction): a process left with a writable mapping could write after the
+    /// copy, and that write would be lost. A process that has exited is skipped; any other
+    /// failure is returned with the pid, and the caller must not go on.
+    pub fn protect_everywhere(&self, first: u64, n: u64) -> Result<(), (i32, UffdError)> {
+        for a in self
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            match a
+                .uffd
+                .write_protect(a.base + first * PS, n * PS, Protect::ReadOnly, Wake::Yes)
+            {
+                Ok(()) => {}
+                Err(e) if e.is_process_gone() => {}
+                Err(e) => return Err((a.pid, e)),
+            }
+        }
+        Ok(())
     }
 
     fn paging(&self, page: u64) -> Result<&pagemesh_store::paging::PagingDevice, EvictError> {

@@ -14,7 +14,7 @@ use pagemesh_proto::{SegmentCounters, SegmentInfo, SegmentStat};
 use pagemesh_store::{Mapper, MapperError};
 use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::fault::answer_unservable;
-use pagemesh_uffd::{Bounds, Fault, FaultKind, Memfd, Protect, Uffd, UffdError, Unservable, Wake};
+use pagemesh_uffd::{Bounds, Fault, FaultKind, Memfd, Uffd, UffdError, Unservable};
 
 use crate::histogram::Histogram;
 use crate::load::VolumeError;
@@ -673,31 +673,16 @@ impl Segment {
             }
             return Ok(w);
         }
-        for a in self
-            .clients
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            match a
-                .uffd
-                .write_protect(a.base + first * PS, n * PS, Protect::ReadOnly, Wake::Yes)
-            {
-                Ok(()) => {}
-                Err(e) if e.is_process_gone() => {}
-                // A process that keeps a writable mapping would write without faulting: the
-                // pages must stay Dirty, and the sync fails.
-                Err(e) => {
-                    return Err(IoError::WriteProtect {
-                        segment: self.info.name.clone(),
-                        first,
-                        n,
-                        pid: a.pid,
-                        source: e,
-                    })
-                }
-            }
-        }
+        // A process that keeps a writable mapping would write without faulting: the pages
+        // must stay Dirty, and the sync fails.
+        self.protect_everywhere(first, n)
+            .map_err(|(pid, source)| IoError::WriteProtect {
+                segment: self.info.name.clone(),
+                first,
+                n,
+                pid,
+                source,
+            })?;
         let bytes = &mut buf[..(n * PS) as usize];
         self.memfd
             .read_exact_at(bytes, first * PS)
