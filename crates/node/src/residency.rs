@@ -129,12 +129,13 @@ impl Segment {
         att.streams.window(page).min(room).max(floor)
     }
 
-    /// Page-in read-ahead: if the Paged pages after `page` sit in consecutive slots after its
-    /// own (pages paged out together usually do), read them all with one read and map them
-    /// into `att` write-protected with one COPY. Returns None when there is no run (the caller
-    /// takes the one-page path), or when a slot of the run is bad (the one-page path then
-    /// poisons exactly the faulting page if it is the bad one). The caller holds `page`'s
-    /// stripe lock; the others are only try-locked, so no lock order is needed.
+    /// Page-in read-ahead: the Paged pages after `page`, as far as its stream reaches, read
+    /// with one read per run of consecutive slots (pages paged out together usually sit in
+    /// consecutive slots; pages the clock kept a while longer do not) and mapped into `att`
+    /// write-protected with one COPY. Returns None when there is no run (the caller takes the
+    /// one-page path), or when `page`'s own slot cannot be read (the one-page path then
+    /// poisons exactly it); a bad slot further on ends the run before it. The caller holds
+    /// `page`'s stripe lock; the others are only try-locked, so no lock order is needed.
     pub fn page_in_run(
         &self,
         att: &Attachment,
@@ -146,30 +147,28 @@ impl Segment {
             .min(self.reach(att, page, PAGE_IN_RUN))
             .min(att.len / PS - page)
             .min(self.pages.npages() - page);
-        let first = self.slots.get(page)?;
+        let mut slots = vec![self.slots.get(page)?];
         let mut guards = Vec::new();
-        let mut n = 1u64;
-        while n < max {
-            let p = page + n;
-            if self.slots.get(p).map(|s| s.0) != first.0.checked_add(n as u32) {
-                break;
-            }
+        while (slots.len() as u64) < max {
+            let p = page + slots.len() as u64;
             let Ok(g) = self.stripe(p).try_lock() else {
                 break;
             };
-            if self.pages.get(p) != PageState::Paged {
-                break;
+            match self.slots.get(p) {
+                Some(slot) if self.pages.get(p) == PageState::Paged => slots.push(slot),
+                _ => break,
             }
             guards.push(g);
-            n += 1;
         }
-        if n == 1 {
+        if slots.len() == 1 {
             return None;
         }
-        let buf = &mut scratch[..(n * PS) as usize];
-        if paging.read_run(first, buf).is_err() {
+        let n = read_slot_runs(paging, &slots, scratch);
+        if n <= 1 {
             return None;
         }
+        guards.truncate(n - 1);
+        let buf = &mut scratch[..n * PSU];
         let copied = match install(
             &att.uffd,
             att.base + page * PS,
@@ -744,4 +743,35 @@ impl Prefetch for Segment {
     fn prefetch(&self, first: u64, pages: u64) {
         Segment::prefetch(self, first, pages);
     }
+}
+
+/// Read the pages of `slots` (in page order) into `buf`, one read per run of consecutive
+/// slots; returns how many pages, from the first, were read and verified (a bad slot ends
+/// the run before it).
+fn read_slot_runs(
+    paging: &pagemesh_store::paging::PagingDevice,
+    slots: &[Slot],
+    buf: &mut [u8],
+) -> usize {
+    let mut done = 0;
+    while done < slots.len() {
+        let mut end = done + 1;
+        while end < slots.len() && slots[end].0 == slots[end - 1].0.wrapping_add(1) {
+            end += 1;
+        }
+        if paging
+            .read_run(slots[done], &mut buf[done * PSU..end * PSU])
+            .is_err()
+        {
+            // Somewhere in this group: the pages before it are good; re-read the group page
+            // by page to keep the good ones in front of the bad one.
+            for (i, &slot) in slots.iter().enumerate().take(end).skip(done) {
+                if paging.read(slot, &mut buf[i * PSU..(i + 1) * PSU]).is_err() {
+                    return i;
+                }
+            }
+        }
+        done = end;
+    }
+    done
 }

@@ -1,9 +1,12 @@
 //! The node's paging device: where dirty pages of `zero` segments go under memory pressure.
 //!
-//! A file of fixed size divided into page slots. Slots are allocated from a free list (freed
-//! slots are reused first), each written slot keeps a checksum, and every read is verified: a
-//! mismatch or an I/O error is a paging error, which the daemon turns into a poisoned page.
+//! A file of fixed size divided into page slots. Slots are allocated lowest free first (freed
+//! slots are reused before the file grows, in ascending order, so pages paged out one after
+//! the other land in consecutive slots and page in with one read). Each written slot keeps a
+//! checksum, and every read is verified: a mismatch or an I/O error is a paging error, which
+//! the daemon turns into a poisoned page.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -38,7 +41,7 @@ pub enum PagingError {
 }
 
 struct Slots {
-    free: Vec<u32>,
+    free: BTreeSet<u32>,
     next_unused: u32,
     checksums: Vec<u64>,
 }
@@ -86,7 +89,7 @@ impl PagingDevice {
             path: path.to_path_buf(),
             slots,
             state: Mutex::new(Slots {
-                free: Vec::new(),
+                free: BTreeSet::new(),
                 next_unused: 0,
                 checksums: Vec::new(),
             }),
@@ -120,7 +123,7 @@ impl PagingDevice {
     /// Take a free slot.
     pub fn alloc(&self) -> Result<Slot, PagingError> {
         let mut s = self.lock();
-        if let Some(slot) = s.free.pop() {
+        if let Some(slot) = s.free.pop_first() {
             return Ok(Slot(slot));
         }
         if s.next_unused < self.slots {
@@ -138,8 +141,8 @@ impl PagingDevice {
     /// Return a slot to the free list.
     pub fn free(&self, slot: Slot) {
         let mut s = self.lock();
-        debug_assert!(!s.free.contains(&slot.0), "slot {} freed twice", slot.0);
-        s.free.push(slot.0);
+        let fresh = s.free.insert(slot.0);
+        debug_assert!(fresh, "slot {} freed twice", slot.0);
     }
 
     /// Write one page to `slot` and remember its checksum.
