@@ -94,3 +94,59 @@ fn sync_writes_back_exactly_the_pages_written() {
     assert_eq!(page, pages, "the file is {page} pages");
     assert_eq!(changed, written.len() as u64);
 }
+
+/// A file segment four times the memory budget, written whole through the mapping: eviction
+/// takes the dirty pages out in runs (one write-back per run of consecutive pages, one punch),
+/// and after a sync an independent reader of the file finds every word of the pattern. Then a
+/// scattered rewrite of a few pages under the same pressure: only those pages change.
+#[test]
+fn eviction_runs_write_back_every_page_of_a_file_larger_than_memory() {
+    let d = Daemon::start_with(&["--memory", "64MiB"]);
+    let file = d.path("over.img");
+    let size: u64 = 256 << 20;
+    std::fs::File::create(&file)
+        .and_then(|f| f.set_len(size))
+        .expect("create the file");
+    let spec = format!("file:{}", file.display());
+    d.run(&["segment", "create", "over", "--backing", &spec])
+        .ok();
+    d.run(&["memtest", "over", "--write", "21"]).ok();
+    let st = stat_json(&d, "over");
+    assert!(
+        st["evictions"].as_u64().unwrap_or(0) > 0,
+        "nothing was evicted (the test must run under pressure): {st}"
+    );
+    let client = d.client();
+    let m = client.attach("over").expect("attach");
+    let words = m.atomics_u64();
+    let pages = size / PAGE;
+    let rewritten: Vec<u64> = (0..pages).step_by(997).collect();
+    for &p in &rewritten {
+        words[(p * PAGE / 8) as usize].store(!0, Ordering::Relaxed);
+    }
+    m.sync().expect("sync");
+    drop(m);
+
+    let mut f = std::fs::File::open(&file).expect("open the file");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = f.read(&mut buf).expect("read the file");
+        if n == 0 {
+            break;
+        }
+        for (i, w) in buf[..n].chunks_exact(8).enumerate() {
+            let at = offset + i as u64 * 8;
+            let got = u64::from_le_bytes(w.try_into().unwrap());
+            let page = at / PAGE;
+            let want = if at % PAGE == 0 && page % 997 == 0 {
+                !0
+            } else {
+                pattern_word(21, at)
+            };
+            assert_eq!(got, want, "file offset {at} (page {page}): wrong word");
+        }
+        offset += n as u64;
+    }
+    assert_eq!(offset, size, "the file is {offset} bytes");
+}

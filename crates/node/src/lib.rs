@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod evict;
 mod fault;
 pub mod histogram;
 pub mod load;

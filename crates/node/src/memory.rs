@@ -102,7 +102,9 @@ pub struct Pool {
 /// names neither; they register with it.
 pub trait Resident: Send + Sync {
     /// The evictor's clock hand reached `page`.
-    fn clock_visit(self: Arc<Self>, page: u64) -> ClockVisit;
+    /// The evictor's clock hand reached `page`; it may take up to `max` pages from there
+    /// (a run after it), at least the one.
+    fn clock_visit(self: Arc<Self>, page: u64, max: u64) -> ClockVisit;
     /// Whether `page` is still resident (clock entries of pages gone are dropped when a clock
     /// is compacted).
     fn is_resident(&self, page: u64) -> bool;
@@ -479,6 +481,11 @@ impl Pool {
     /// One sweep of a partition's clock, until a page is evicted.
     fn evict_from(&self, part: &Partition) -> Sweep {
         let mut busy = false;
+        // A run may take the pages after the one the hand reached, down to the low watermark.
+        let max = self
+            .effective_resident()
+            .saturating_sub(self.low_pages)
+            .max(1);
         let sweep = part.clock.lock().unwrap_or_else(|e| e.into_inner()).len() * 2 + 1;
         for _ in 0..sweep {
             let Some((seg_id, page)) = part
@@ -497,7 +504,7 @@ impl Pool {
                     .get(&seg_id)
                     .and_then(Weak::upgrade);
                 let Some(vol) = vol else { continue };
-                vol.clock_visit(page)
+                vol.clock_visit(page, max)
             } else {
                 let seg = self
                     .segments
@@ -506,7 +513,7 @@ impl Pool {
                     .get(&seg_id)
                     .and_then(Weak::upgrade);
                 let Some(seg) = seg else { continue };
-                seg.clock_visit(page)
+                seg.clock_visit(page, max)
             };
             match visit {
                 ClockVisit::Gone => continue,
@@ -522,8 +529,8 @@ impl Pool {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push_back((seg_id, page)),
-                ClockVisit::Evicted => {
-                    part.evictions.fetch_add(1, Ordering::Relaxed);
+                ClockVisit::Evicted(n) => {
+                    part.evictions.fetch_add(n, Ordering::Relaxed);
                     return Sweep::Evicted;
                 }
                 ClockVisit::Failed(e) => {
@@ -600,7 +607,8 @@ pub enum ClockVisit {
     /// Its lock is held (a fault, a sync, a read-ahead at work): keep it, and the pool is not
     /// stuck for it.
     Busy,
-    Evicted,
+    /// This many pages left (the one visited, and a run after it).
+    Evicted(u64),
     /// Eviction failed: keep the entry; the evictor tries other partitions.
     Failed(String),
 }

@@ -4,8 +4,8 @@
 
 use std::sync::atomic::Ordering;
 
-use pagemesh_store::paging::{PagingError, Slot};
-use pagemesh_store::{MapperError, PageData};
+use pagemesh_store::paging::Slot;
+use pagemesh_store::PageData;
 use pagemesh_types::PAGE_SIZE;
 
 use std::sync::Arc;
@@ -31,50 +31,6 @@ const PREFETCH_CHUNK_PAGES: u64 = 16;
 
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
-
-/// Why a page could not be evicted.
-#[derive(Debug, thiserror::Error)]
-pub enum EvictError {
-    #[error("segment {segment} page {page}: writing it back: {source}")]
-    WriteBack {
-        segment: String,
-        page: u64,
-        source: MapperError,
-    },
-    #[error("segment {segment} page {page}: paging it out: {source}")]
-    PageOut {
-        segment: String,
-        page: u64,
-        source: PagingError,
-    },
-    #[error("segment {segment} page {page}: no paging device for a dirty page of a zero segment")]
-    NoPagingDevice { segment: String, page: u64 },
-    #[error(
-        "segment {segment} page {page}: write-protecting it in pid {pid} before eviction: {source}"
-    )]
-    WriteProtect {
-        segment: String,
-        page: u64,
-        pid: i32,
-        source: UffdError,
-    },
-    #[error("segment {segment} page {page}: {what}: {source}")]
-    Memfd {
-        segment: String,
-        page: u64,
-        what: &'static str,
-        source: std::io::Error,
-    },
-}
-
-/// What an eviction attempt did.
-pub enum Evict {
-    Done,
-    NotResident,
-    Pinned,
-    /// The page's stripe (or its segment's sync) is busy: try later.
-    Busy,
-}
 
 impl Segment {
     /// Read the data of an Absent or Paged page into `buf` (caller holds the stripe lock).
@@ -396,146 +352,6 @@ impl Segment {
         }
     }
 
-    /// The evictor's clock hand reached `page`.
-    pub fn clock_visit(self: &Arc<Self>, page: u64) -> ClockVisit {
-        if !self.pages.get(page).is_resident() {
-            return ClockVisit::Gone;
-        }
-        if self.pages.flags(page) & PINNED != 0 || self.pages.take_referenced(page) {
-            return ClockVisit::Keep;
-        }
-        if let Some(engine) = self.cluster.get() {
-            // A cluster page leaves through the protocol (its home writes it back if this is
-            // the last copy of unsynced data, then invalidates it here): ask the engine, which
-            // reports the end to the pool.
-            let Some(m) = &self.memory else {
-                return ClockVisit::Keep;
-            };
-            m.pool.cluster_evict_started();
-            if let Err(e) = engine.evict(Arc::clone(self), page) {
-                m.pool
-                    .cluster_evict_done(&m.partition, Some((self.info.id, page)));
-                return ClockVisit::Failed(e.to_string());
-            }
-            return ClockVisit::Evicted;
-        }
-        match self.evict_page(page) {
-            Ok(Evict::Done) => ClockVisit::Evicted,
-            Ok(Evict::NotResident) => ClockVisit::Gone,
-            // Pinned meanwhile, or its stripe is busy (a fault, a sync or a read-ahead is at
-            // work on it): keep it on the clock and move on.
-            Ok(Evict::Pinned) => ClockVisit::Keep,
-            Ok(Evict::Busy) => ClockVisit::Busy,
-            Err(e) => ClockVisit::Failed(e.to_string()),
-        }
-    }
-
-    /// Take a page out of the memfd: a clean page is dropped (it stays in its file or paging
-    /// slot, or was a zero page); a dirty one is first write-protected in every attached process,
-    /// copied, and written back to its file or out to the paging device. Punching the hole zaps
-    /// it from every mapping; the next access faults it back in. Returns false if the page was
-    /// not evictable after all.
-    pub fn evict_page(&self, page: u64) -> Result<Evict, EvictError> {
-        // The evictor never waits on a stripe: a holder may be doing I/O for a while.
-        let Ok(_g) = self.stripe(page).try_lock() else {
-            return Ok(Evict::Busy);
-        };
-        let state = self.pages.get(page);
-        if !state.is_resident() {
-            return Ok(Evict::NotResident);
-        }
-        if self.pages.flags(page) & PINNED != 0 {
-            return Ok(Evict::Pinned);
-        }
-        // A file segment being synced keeps its pages until the sync is durable: a page the
-        // sync marked Clean must not be dropped before fdatasync has succeeded.
-        let Ok(_sync) = self.sync_lock.try_lock() else {
-            return Ok(Evict::Busy);
-        };
-        // Removed (release runs under the sync lock too): nothing here is ours to move.
-        if self.is_released() {
-            return Ok(Evict::NotResident);
-        }
-        let seg = || self.info.name.clone();
-        let persistent = self.mapper.is_persistent();
-        let has_slot = self.slots.get(page).is_some();
-        let new = match state {
-            PageState::Clean if persistent => PageState::Absent,
-            PageState::Clean if has_slot => PageState::Paged,
-            // A clean page of a zero segment without a slot was never written: dormant again.
-            PageState::Clean => PageState::Absent,
-            _ => self.write_out(page, persistent)?,
-        };
-        self.memfd
-            .punch_hole(page * PS, PS)
-            .map_err(|source| EvictError::Memfd {
-                segment: seg(),
-                page,
-                what: "punching it out of the memfd",
-                source,
-            })?;
-        self.set_state(page, new);
-        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-        Ok(Evict::Done)
-    }
-
-    /// The Dirty half of an eviction (caller holds the stripe and sync locks): write-protect
-    /// the page everywhere, copy it, and write it back to its file or out to the paging device
-    /// (a page of a zero segment that reads as zeros is dormant instead). The state it leaves.
-    fn write_out(&self, page: u64, persistent: bool) -> Result<PageState, EvictError> {
-        let seg = || self.info.name.clone();
-        // Take the paging slot first: a full device must fail before any client is
-        // write-protected for nothing.
-        let slot = if persistent {
-            None
-        } else {
-            Some(self.slot_for(page)?)
-        };
-        // A process left with a writable mapping could write between the copy and the punch,
-        // and that write would be lost: do not evict.
-        self.protect_everywhere(page, 1)
-            .map_err(|(pid, source)| EvictError::WriteProtect {
-                segment: seg(),
-                page,
-                pid,
-                source,
-            })?;
-        let mut buf = [0u8; PSU];
-        self.memfd
-            .read_exact_at(&mut buf, page * PS)
-            .map_err(|source| EvictError::Memfd {
-                segment: seg(),
-                page,
-                what: "reading the page",
-                source,
-            })?;
-        let new = if !persistent && buf.iter().all(|&b| b == 0) {
-            // All zeros (a page of a speculative run never written, or written with
-            // zeros): dormant again, with no paging I/O; its slot, if it had one, is
-            // given back.
-            if let Some(s) = self.slots.take(page) {
-                self.paging(page)?.free(s);
-            }
-            PageState::Absent
-        } else if persistent {
-            self.mapper
-                .write_at(page * PS, &buf)
-                .map_err(|source| EvictError::WriteBack {
-                    segment: seg(),
-                    page,
-                    source,
-                })?;
-            self.counters
-                .mapper_bytes_written
-                .fetch_add(PS, Ordering::Relaxed);
-            PageState::Absent
-        } else {
-            self.page_out(page, slot.expect("taken above"), &buf)?;
-            PageState::Paged
-        };
-        Ok(new)
-    }
-
     /// Write-protect pages `[first, first+n)` in every attached process, before their bytes are
     /// copied out (sync, eviction): a process left with a writable mapping could write after the
     /// copy, and that write would be lost. A process that has exited is skipped; any other
@@ -555,49 +371,6 @@ impl Segment {
                 Err(e) if e.is_process_gone() => {}
                 Err(e) => return Err((a.pid, e)),
             }
-        }
-        Ok(())
-    }
-
-    fn paging(&self, page: u64) -> Result<&pagemesh_store::paging::PagingDevice, EvictError> {
-        self.memory
-            .as_ref()
-            .and_then(|m| m.pool.paging.as_ref())
-            .ok_or_else(|| EvictError::NoPagingDevice {
-                segment: self.info.name.clone(),
-                page,
-            })
-    }
-
-    /// The page's paging slot, allocated if it has none.
-    fn slot_for(&self, page: u64) -> Result<Slot, EvictError> {
-        if let Some(s) = self.slots.get(page) {
-            return Ok(s);
-        }
-        let s = self
-            .paging(page)?
-            .alloc()
-            .map_err(|source| EvictError::PageOut {
-                segment: self.info.name.clone(),
-                page,
-                source,
-            })?;
-        self.slots.set(page, Some(s));
-        Ok(s)
-    }
-
-    fn page_out(&self, page: u64, slot: Slot, buf: &[u8]) -> Result<(), EvictError> {
-        let paging = self.paging(page)?;
-        paging
-            .write(slot, buf)
-            .map_err(|source| EvictError::PageOut {
-                segment: self.info.name.clone(),
-                page,
-                source,
-            })?;
-        self.counters.page_outs.fetch_add(1, Ordering::Relaxed);
-        if let Some(m) = &self.memory {
-            m.partition.page_outs.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -730,8 +503,8 @@ impl Segment {
 }
 
 impl Resident for Segment {
-    fn clock_visit(self: Arc<Self>, page: u64) -> ClockVisit {
-        Segment::clock_visit(&self, page)
+    fn clock_visit(self: Arc<Self>, page: u64, max: u64) -> ClockVisit {
+        Segment::clock_visit(&self, page, max)
     }
 
     fn is_resident(&self, page: u64) -> bool {

@@ -221,7 +221,7 @@ impl Volume {
             ));
         }
         self.set(b, Block::Absent);
-        ClockVisit::Evicted
+        ClockVisit::Evicted(1)
     }
 
     /// Give the pool back what this volume counted (it is being removed).
@@ -640,7 +640,7 @@ impl SharedFrames for Volume {
 }
 
 impl Resident for Volume {
-    fn clock_visit(self: Arc<Self>, b: u64) -> ClockVisit {
+    fn clock_visit(self: Arc<Self>, b: u64, _max: u64) -> ClockVisit {
         Volume::clock_visit(&self, b)
     }
 

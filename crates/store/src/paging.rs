@@ -148,15 +148,38 @@ impl PagingDevice {
     /// Write one page to `slot` and remember its checksum.
     pub fn write(&self, slot: Slot, page: &[u8]) -> Result<(), PagingError> {
         assert_eq!(page.len(), PAGE_SIZE, "paging I/O is page-sized");
+        self.write_run(slot, page)
+    }
+
+    /// Write `buf.len() / PAGE_SIZE` pages to consecutive slots from `first` with one write,
+    /// and remember each page's checksum.
+    pub fn write_run(&self, first: Slot, buf: &[u8]) -> Result<(), PagingError> {
+        assert!(
+            buf.len().is_multiple_of(PAGE_SIZE) && !buf.is_empty(),
+            "paging I/O is page-sized"
+        );
+        let n = (buf.len() / PAGE_SIZE) as u32;
+        assert!(
+            first.0.checked_add(n).is_some_and(|end| end <= self.slots),
+            "run past the device"
+        );
         self.file
-            .write_all_at(page, u64::from(slot.0) * PAGE_SIZE as u64)
+            .write_all_at(buf, u64::from(first.0) * PAGE_SIZE as u64)
             .map_err(|source| PagingError::Io {
                 path: self.path_str(),
-                slot: slot.0,
+                slot: first.0,
                 op: "write",
                 source,
             })?;
-        self.lock().checksums[slot.0 as usize] = checksum(slot, page);
+        let sums: Vec<u64> = buf
+            .chunks_exact(PAGE_SIZE)
+            .enumerate()
+            .map(|(i, page)| checksum(Slot(first.0 + i as u32), page))
+            .collect();
+        let mut state = self.lock();
+        for (i, sum) in sums.into_iter().enumerate() {
+            state.checksums[first.0 as usize + i] = sum;
+        }
         Ok(())
     }
 
