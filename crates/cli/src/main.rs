@@ -7,6 +7,7 @@ mod bench;
 mod bench_baseline;
 mod bench_bulk;
 mod bench_local;
+mod bench_map_cached;
 mod bench_remote;
 mod bench_report;
 mod cluster_cmd;

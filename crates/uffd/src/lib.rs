@@ -10,6 +10,7 @@ pub mod fault;
 pub mod fdpass;
 pub mod fileio;
 pub mod memfd;
+pub mod pagemap;
 pub mod poll;
 pub mod sigbus;
 mod sys;
@@ -17,6 +18,7 @@ pub mod uffd;
 
 pub use fault::{Access, Bounds, Fault, FaultReader, Incoming, Source, Unservable};
 pub use memfd::{Memfd, ReadOnlyMapping, SharedMapping};
+pub use pagemap::{Pagemap, Rearm, ScanError};
 pub use uffd::{
     features, Event, FaultKind, OpenMode, Probe, Protect, RegisterMode, Uffd, UffdError, Wake,
 };

@@ -5,6 +5,9 @@
 use core::mem::size_of;
 
 pub use linux_raw_sys::general::{
+    page_region, pm_scan_arg, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
+};
+pub use linux_raw_sys::general::{
     uffd_msg, uffdio_api, uffdio_continue, uffdio_copy, uffdio_poison, uffdio_range,
     uffdio_register, uffdio_writeprotect, uffdio_zeropage, UFFD_API, UFFD_EVENT_PAGEFAULT,
     UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_WP, UFFD_PAGEFAULT_FLAG_WRITE,
@@ -50,6 +53,21 @@ const _: () = assert!(
             size_of::<linux_raw_sys::general::uffdio_move>()
         )
 );
+
+/// `PAGEMAP_SCAN` on `/proc/<pid>/pagemap`: `_IOWR('f', 16, struct pm_scan_arg)`.
+pub const PAGEMAP_SCAN: u32 = 0xc060_6610;
+const _: () = assert!(
+    PAGEMAP_SCAN
+        == ioc(
+            IOC_READ | IOC_WRITE,
+            b'f' as u32,
+            16,
+            size_of::<pm_scan_arg>()
+        )
+);
+// The layouts of include/uapi/linux/fs.h (6.7+): twelve u64s in, three u64s per region out.
+const _: () = assert!(size_of::<pm_scan_arg>() == 96);
+const _: () = assert!(size_of::<page_region>() == 24);
 
 /// `USERFAULTFD_IOC_NEW` on `/dev/userfaultfd`: `_IO(0xAA, 0)`.
 pub const USERFAULTFD_IOC_NEW: u32 = 0xaa00;
