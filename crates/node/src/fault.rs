@@ -111,10 +111,21 @@ impl Segment {
         &self,
         first: u64,
         end: u64,
+        fits: impl FnMut(u64) -> bool,
+    ) -> (u64, Vec<MutexGuard<'_, ()>>) {
+        self.claim_from(first + 1, end, fits)
+    }
+
+    /// Like `claim_after`, for a caller that holds no stripe (the prefetcher): claims `first`
+    /// too. Returns `first` itself when not even it could be claimed.
+    pub fn claim_from(
+        &self,
+        first: u64,
+        end: u64,
         mut fits: impl FnMut(u64) -> bool,
     ) -> (u64, Vec<MutexGuard<'_, ()>>) {
-        let mut guards = Vec::with_capacity(end.saturating_sub(first + 1) as usize);
-        let mut hi = first + 1;
+        let mut guards = Vec::with_capacity(end.saturating_sub(first) as usize);
+        let mut hi = first;
         while hi < end {
             match self.stripe(hi).try_lock() {
                 Ok(g) if fits(hi) => guards.push(g),
@@ -138,9 +149,10 @@ impl Segment {
         let end = (page + 1 + reach).min(pages);
         let (below, above) = fault::around_reach(page, pages, FAULT_AROUND_PAGES, reach, present);
         att.streams.served(page, above.end);
-        if above.end == end && self.mapper.is_persistent() {
-            // A sequential reader of a file segment: when the end of what is cached comes
-            // within PREFETCH_TRIGGER_PAGES, have the prefetcher read on ahead of it.
+        if above.end == end {
+            // A sequential reader: when the end of what is cached comes within
+            // PREFETCH_TRIGGER_PAGES, have the prefetcher read on ahead of it (file pages from
+            // the file, paged-out pages from their slots).
             let limit = (page + PREFETCH_TRIGGER_PAGES)
                 .min(att.len / PS)
                 .min(self.pages.npages());
@@ -148,7 +160,12 @@ impl Segment {
             while f < limit && present(f) {
                 f += 1;
             }
-            if f < limit && self.pages.get(f) == PageState::Absent {
+            let ahead = if self.mapper.is_persistent() {
+                PageState::Absent
+            } else {
+                PageState::Paged
+            };
+            if f < limit && self.pages.get(f) == ahead {
                 self.request_prefetch(att, f);
             }
         }

@@ -154,10 +154,13 @@ impl Pool {
         self.resident.load(Ordering::Relaxed)
     }
 
-    /// Pages that may come in before the pool reaches its high watermark: what speculative
-    /// runs (pages no fault has asked for yet) may take.
+    /// Pages a run may bring in beyond the faulting page: up to the budget itself. Crossing
+    /// the high watermark wakes the evictor as for any page; a run stops at the budget, so the
+    /// next fault waits for room (bounded) rather than the pool going over. Bounded by the
+    /// high watermark instead, runs of a reader scanning more than memory shrank to the floor
+    /// whenever the pool sat between its watermarks, which is all the time under overcommit.
     pub fn room_pages(&self) -> u64 {
-        self.high_pages.saturating_sub(self.resident())
+        self.budget_pages.saturating_sub(self.resident())
     }
 
     /// Resident pages not already on their way out.
@@ -187,7 +190,7 @@ impl Pool {
                 .unwrap_or_else(|e| e.into_inner())
                 .push_back(entry);
         }
-        self.room.1.notify_all();
+        self.notify_room();
     }
 
     pub fn add_partition(&self, p: Arc<Partition>) {
@@ -284,13 +287,21 @@ impl Pool {
     pub fn release_pages(&self, part: &Partition, n: u64) {
         part.resident.fetch_sub(n, Ordering::Relaxed);
         self.resident.fetch_sub(n, Ordering::Relaxed);
-        self.room.1.notify_all();
+        self.notify_room();
     }
 
     /// A page left the memfd.
     pub fn page_out(&self, part: &Partition) {
         part.resident.fetch_sub(1, Ordering::Relaxed);
         self.resident.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Wake the faults waiting for room. Under the room mutex, so a waiter between its check
+    /// and its wait cannot miss it.
+    fn notify_room(&self) {
+        let (m, cv) = &self.room;
+        let _g = m.lock().unwrap_or_else(|e| e.into_inner());
+        cv.notify_all();
     }
 
     fn kick_evictor(&self) {
@@ -401,7 +412,9 @@ impl Pool {
                         break;
                     }
                     match self.evict_one() {
-                        Sweep::Evicted => {}
+                        // A fault waiting for room goes on as soon as a run has left, not
+                        // after the whole batch.
+                        Sweep::Evicted => self.notify_room(),
                         Sweep::Busy => {
                             busy = true;
                             break;
@@ -415,7 +428,7 @@ impl Pool {
                 // Stuck only when nothing could be evicted for a reason that will not pass by
                 // itself (pinned, mins, mapped frames, failures); busy pages will free up.
                 self.stuck.store(stuck, Ordering::Relaxed);
-                self.room.1.notify_all();
+                self.notify_room();
                 self.drop_paging_cache();
                 if self.evicting.load(Ordering::Relaxed) > 0 {
                     // Cluster evictions answer asynchronously (a busy page comes back on the
@@ -531,6 +544,17 @@ impl Pool {
                     .push_back((seg_id, page)),
                 ClockVisit::Evicted(n) => {
                     part.evictions.fetch_add(n, Ordering::Relaxed);
+                    // The run's other pages usually follow this one on the clock (they came in
+                    // together): drop their entries now, or they would stay behind and, once
+                    // the pages come back, evict them early, before anything could read them.
+                    let mut clock = part.clock.lock().unwrap_or_else(|e| e.into_inner());
+                    while clock
+                        .front()
+                        .is_some_and(|&(s, p)| s == seg_id && p > page && p < page + n)
+                    {
+                        clock.pop_front();
+                    }
+                    drop(clock);
                     return Sweep::Evicted;
                 }
                 ClockVisit::Failed(e) => {

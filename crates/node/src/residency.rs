@@ -26,8 +26,11 @@ const PAGE_IN_RUN: u64 = 16;
 const FILE_READAHEAD_PAGES: u64 = 16;
 /// Pages the prefetcher reads ahead of a sequential reader (1 MiB).
 const PREFETCH_PAGES: u64 = 256;
-/// Pages per prefetcher read (64 KiB). 4 MiB windows of 256 KiB reads measured no better.
+/// Pages per prefetcher read from a file (64 KiB). 4 MiB windows of 256 KiB reads measured
+/// no better.
 const PREFETCH_CHUNK_PAGES: u64 = 16;
+/// Pages per prefetcher page-in (256 KiB: a few reads of consecutive slots).
+const PAGE_IN_PREFETCH_CHUNK_PAGES: u64 = 64;
 
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
@@ -143,6 +146,11 @@ impl Segment {
             self.set_state(p, PageState::Clean);
         }
         att.streams.served(page, page + copied);
+        if copied == max && copied > PAGE_IN_RUN {
+            // A sequential reader (its stream earned more than the floor) got all it could:
+            // page in what follows off the fault path, while it reads this run.
+            self.request_prefetch(att, page + copied);
+        }
         self.counters.page_ins.fetch_add(copied, Ordering::Relaxed);
         if let Some(m) = &self.memory {
             m.partition.page_ins.fetch_add(copied, Ordering::Relaxed);
@@ -298,56 +306,85 @@ impl Segment {
         }
     }
 
-    /// Background read of up to `pages` Absent pages from `first` into the memfd (Clean, not
-    /// mapped anywhere yet: the next faults on them are minor and do no I/O). Stops at the
-    /// first page that is not Absent or whose stripe lock is busy. Runs on the prefetcher
-    /// thread, never on the fault path.
+    /// Background read of up to `pages` pages from `first` into the memfd (Clean, not mapped
+    /// anywhere yet: the next faults on them are minor and do no I/O): Absent pages of a file
+    /// segment from its file, Paged pages of a zero segment from their slots (they keep their
+    /// slots, so a later eviction drops them without writing). Stops at the first page in
+    /// another state or whose stripe lock is busy, at a read that fails (a fault on that page
+    /// reads it itself, and poisons it if need be), and when the pool has no room for a chunk.
+    /// Runs on the prefetcher thread, never on the fault path.
     pub fn prefetch(&self, first: u64, pages: u64) {
-        if !self.mapper.is_persistent() {
+        let from_file = self.mapper.is_persistent();
+        let paging = self.memory.as_ref().and_then(|m| m.pool.paging.as_ref());
+        if !from_file && paging.is_none() {
             return;
         }
+        let wanted = if from_file {
+            PageState::Absent
+        } else {
+            PageState::Paged
+        };
+        let chunk = if from_file {
+            PREFETCH_CHUNK_PAGES
+        } else {
+            PAGE_IN_PREFETCH_CHUNK_PAGES
+        };
         let end = (first + pages).min(self.pages.npages());
-        let mut buf = vec![0u8; (PREFETCH_CHUNK_PAGES * PS) as usize];
+        let mut buf = vec![0u8; (chunk * PS) as usize];
+        let mut slots = Vec::with_capacity(chunk as usize);
         let mut lo = first;
         while lo < end {
-            let mut guards = Vec::new();
-            let mut hi = lo;
-            while hi < end && hi - lo < PREFETCH_CHUNK_PAGES {
-                match self.stripe(hi).try_lock() {
-                    Ok(g) if self.pages.get(hi) == PageState::Absent => guards.push(g),
-                    _ => break,
-                }
-                hi += 1;
-            }
-            if hi == lo {
-                return;
-            }
-            if self
+            let room = self
                 .memory
                 .as_ref()
-                .is_some_and(|m| m.pool.resident() >= m.pool.high_pages)
-            {
-                return; // no prefetching under memory pressure
+                .map_or(u64::MAX, |m| m.pool.room_pages());
+            let (hi, guards) = self.claim_from(lo, (lo + chunk.min(room)).min(end), |p| {
+                self.pages.get(p) == wanted
+            });
+            if hi == lo {
+                return; // no room, or nothing to read here
             }
-            let bytes = &mut buf[..((hi - lo) * PS) as usize];
-            if self.mapper.read_pages(lo * PS, bytes).is_err() {
-                return; // a fault on these pages will read (and if need be poison) them itself
-            }
-            if self.memfd.write_all_at(bytes, lo * PS).is_err() {
-                // Leave no half-written page behind for a later fault to take as cached.
-                let _ = self.memfd.punch_hole(lo * PS, (hi - lo) * PS);
+            let n = match paging {
+                Some(dev) if !from_file => {
+                    slots.clear();
+                    slots.extend((lo..hi).map_while(|p| self.slots.get(p)));
+                    read_slot_runs(dev, &slots, &mut buf) as u64
+                }
+                _ => match self
+                    .mapper
+                    .read_pages(lo * PS, &mut buf[..((hi - lo) * PS) as usize])
+                {
+                    Ok(_) => hi - lo,
+                    Err(_) => 0,
+                },
+            };
+            if n == 0 {
                 return;
             }
-            for p in lo..hi {
+            let bytes = &buf[..(n * PS) as usize];
+            if self.memfd.write_all_at(bytes, lo * PS).is_err() {
+                // Leave no half-written page behind for a later fault to take as cached.
+                let _ = self.memfd.punch_hole(lo * PS, n * PS);
+                return;
+            }
+            for p in lo..lo + n {
                 self.set_state(p, PageState::Clean);
             }
-            self.counters
-                .prefetched
-                .fetch_add(hi - lo, Ordering::Relaxed);
-            self.counters
-                .mapper_bytes_read
-                .fetch_add((hi - lo) * PS, Ordering::Relaxed);
+            self.counters.prefetched.fetch_add(n, Ordering::Relaxed);
+            if from_file {
+                self.counters
+                    .mapper_bytes_read
+                    .fetch_add(n * PS, Ordering::Relaxed);
+            } else {
+                self.counters.page_ins.fetch_add(n, Ordering::Relaxed);
+                if let Some(m) = &self.memory {
+                    m.partition.page_ins.fetch_add(n, Ordering::Relaxed);
+                }
+            }
             drop(guards);
+            if lo + n < hi {
+                return; // a bad slot: its fault poisons it
+            }
             lo = hi;
         }
     }

@@ -25,7 +25,12 @@ use crate::runs::Streams;
 
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
-const STRIPES: u64 = 512;
+/// Stripe locks per segment: page `p` is guarded by stripe `p % STRIPES`. Far more than the
+/// longest run (512 pages), because runs only try-lock their neighbours and stop at a busy
+/// one: with 512 stripes, an eviction run of 256 pages held half of all stripes while it
+/// wrote, and a reader's page-in runs behind it broke at the first aliased page, often
+/// after one page.
+pub const STRIPES: u64 = 4096;
 /// Most pages one sync step write-protects and copies at once (1 MiB).
 const SYNC_RUN_PAGES: u64 = 256;
 
