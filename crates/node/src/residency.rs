@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use pagemesh_store::paging::Slot;
+use pagemesh_store::paging::{PagingDevice, Slot};
 use pagemesh_store::PageData;
 use pagemesh_types::PAGE_SIZE;
 
@@ -324,14 +324,13 @@ impl Segment {
         } else {
             PageState::Paged
         };
+        let end = (first + pages).min(self.pages.npages());
         let chunk = if from_file {
             PREFETCH_CHUNK_PAGES
         } else {
             PAGE_IN_PREFETCH_CHUNK_PAGES
         };
-        let end = (first + pages).min(self.pages.npages());
         let mut buf = vec![0u8; (chunk * PS) as usize];
-        let mut slots = Vec::with_capacity(chunk as usize);
         let mut lo = first;
         while lo < end {
             let room = self
@@ -345,28 +344,9 @@ impl Segment {
                 return; // no room, or nothing to read here
             }
             let n = match paging {
-                Some(dev) if !from_file => {
-                    slots.clear();
-                    slots.extend((lo..hi).map_while(|p| self.slots.get(p)));
-                    read_slot_runs(dev, &slots, &mut buf) as u64
-                }
-                _ => match self
-                    .mapper
-                    .read_pages(lo * PS, &mut buf[..((hi - lo) * PS) as usize])
-                {
-                    Ok(_) => hi - lo,
-                    Err(_) => 0,
-                },
+                Some(dev) if !from_file => self.prefetch_paged(dev, lo, hi, &mut buf),
+                _ => self.prefetch_file(lo, hi, &mut buf),
             };
-            if n == 0 {
-                return;
-            }
-            let bytes = &buf[..(n * PS) as usize];
-            if self.memfd.write_all_at(bytes, lo * PS).is_err() {
-                // Leave no half-written page behind for a later fault to take as cached.
-                let _ = self.memfd.punch_hole(lo * PS, n * PS);
-                return;
-            }
             for p in lo..lo + n {
                 self.set_state(p, PageState::Clean);
             }
@@ -383,10 +363,45 @@ impl Segment {
             }
             drop(guards);
             if lo + n < hi {
-                return; // a bad slot: its fault poisons it
+                return; // a read failed or a slot is bad: a fault on that page deals with it
             }
             lo = hi;
         }
+    }
+
+    /// Prefetch `[lo, hi)` (Absent, stripes held) from the file into the memfd through `buf`.
+    /// Returns how many pages from `lo` are now in the memfd; a failed write leaves none of its
+    /// pages behind (punched), so no fault takes a partly written page as cached. (Reading with
+    /// `O_DIRECT` straight into a daemon mapping of the memfd was measured slower: allocating,
+    /// zeroing and pinning each memfd page cost the daemon more than the copy it saves.)
+    fn prefetch_file(&self, lo: u64, hi: u64, buf: &mut [u8]) -> u64 {
+        let bytes = &mut buf[..((hi - lo) * PS) as usize];
+        if self.mapper.read_pages(lo * PS, bytes).is_err() {
+            return 0;
+        }
+        if self.memfd.write_all_at(bytes, lo * PS).is_err() {
+            let _ = self.memfd.punch_hole(lo * PS, (hi - lo) * PS);
+            return 0;
+        }
+        hi - lo
+    }
+
+    /// Prefetch `[lo, hi)` (Paged, stripes held) from their slots into the memfd, one read per
+    /// group of consecutive slots, each checksum verified. Returns how many pages from `lo` are
+    /// now in the memfd (a bad slot ends the run before it).
+    fn prefetch_paged(&self, dev: &PagingDevice, lo: u64, hi: u64, buf: &mut [u8]) -> u64 {
+        let slots: Vec<Slot> = (lo..hi).map_while(|p| self.slots.get(p)).collect();
+        let n = read_slot_runs(dev, &slots, buf) as u64;
+        if n > 0
+            && self
+                .memfd
+                .write_all_at(&buf[..(n * PS) as usize], lo * PS)
+                .is_err()
+        {
+            let _ = self.memfd.punch_hole(lo * PS, n * PS);
+            return 0;
+        }
+        n
     }
 
     /// Write-protect pages `[first, first+n)` in every attached process, before their bytes are
