@@ -139,7 +139,7 @@ fn eviction_runs_write_back_every_page_of_a_file_larger_than_memory() {
             let at = offset + i as u64 * 8;
             let got = u64::from_le_bytes(w.try_into().unwrap());
             let page = at / PAGE;
-            let want = if at % PAGE == 0 && page % 997 == 0 {
+            let want = if at.is_multiple_of(PAGE) && page.is_multiple_of(997) {
                 !0
             } else {
                 pattern_word(21, at)

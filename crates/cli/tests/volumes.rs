@@ -289,3 +289,52 @@ fn volume_caches_live_within_the_memory_budget() {
     let out = d.run(&["memtest", "vm0", "--sha256"]).ok();
     assert_eq!(out.stdout_str().trim(), want);
 }
+
+/// A sequential reader gets runs of up to 2 MiB and read-ahead past them: a region of the image
+/// that cannot be read (here: cut off after `volume add`) must still cost exactly the blocks a
+/// fault meets there (SIGBUS at that address), never the good blocks that shared a run with
+/// them, and never zeros.
+#[test]
+fn a_sequential_reader_gets_sigbus_only_where_the_image_cannot_be_read() {
+    let d = Daemon::start();
+    let img = d.path("cut.img");
+    make_image(&img, 8 << 20);
+    d.run(&["volume", "add", "cut", img.to_str().unwrap()]).ok();
+    d.run(&["segment", "create", "s", "--backing", "volume:cut"])
+        .ok();
+    let good = (5 << 20) + 3 * 4096; // not on a run's boundary
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(good).unwrap();
+    let want: String = Sha256::digest(std::fs::read(&img).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let len = good.to_string();
+    let out = d.run(&["memtest", "s", "--sha256", "--len", &len]).ok();
+    assert_eq!(out.stdout_str().trim(), want, "the readable part");
+    let out = d.run(&[
+        "memtest", "s", "--sha256", "--offset", &len, "--len", "4KiB",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGBUS),
+        "{} {}",
+        out.stdout_str(),
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("SIGBUS at segment offset {good:#x}")),
+        "{}",
+        out.stderr
+    );
+    let v = volume_stat(&d, "cut");
+    assert_eq!(v["poisoned_blocks"], 1, "{v}");
+    assert_eq!(v["cached_bytes"], good, "{v}");
+    assert_eq!(v["storage_bytes_read"], good, "{v}");
+    // A second reader of the readable part is served from the cache: no storage read.
+    let reads = v["storage_reads"].clone();
+    let out = d.run(&["memtest", "s", "--sha256", "--len", &len]).ok();
+    assert_eq!(out.stdout_str().trim(), want);
+    assert_eq!(volume_stat(&d, "cut")["storage_reads"], reads);
+}

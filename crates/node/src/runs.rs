@@ -30,6 +30,15 @@ struct Stream {
     used: u64,
 }
 
+impl Stream {
+    /// Whether a fault at `page` is within one window of what this stream covers.
+    fn near(&self, page: u64) -> bool {
+        self.window > 0
+            && page >= self.start.saturating_sub(self.window)
+            && page < self.next.saturating_add(self.window)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Table {
     streams: [Stream; STREAMS],
@@ -78,6 +87,59 @@ impl Streams {
         };
         debug_assert!((MIN_RUN_PAGES..=MAX_RUN_PAGES).contains(&window));
         window
+    }
+
+    /// [`Streams::window`] for a reader that moves forward at the grain of its buffer but may
+    /// touch the pages inside it in any order (glibc's `memcpy` copies backward for some
+    /// alignments: the first page of a 1 MiB buffer, then the last, then downwards): a fault
+    /// continues a stream when it lands within one window of the pages the stream has covered,
+    /// `[start - window, next + window)`, and then doubles its window; anywhere else it starts a
+    /// new stream. Pair it with [`Streams::served_near`].
+    pub fn window_near(&self, page: u64) -> u64 {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.clock += 1;
+        let now = t.clock;
+        let window = match t.streams.iter_mut().find(|s| s.near(page)) {
+            Some(s) => {
+                s.window = (s.window * 2).min(MAX_RUN_PAGES);
+                s.used = now;
+                s.window
+            }
+            None => {
+                let s = t
+                    .streams
+                    .iter_mut()
+                    .min_by_key(|s| (s.window > 0, s.used))
+                    .expect("STREAMS > 0");
+                *s = Stream {
+                    next: page + 1,
+                    start: page,
+                    window: MIN_RUN_PAGES,
+                    used: now,
+                };
+                MIN_RUN_PAGES
+            }
+        };
+        debug_assert!((MIN_RUN_PAGES..=MAX_RUN_PAGES).contains(&window));
+        window
+    }
+
+    /// The fault at `page` (after [`Streams::window_near`]) was served with the run `[lo, hi)`
+    /// (`lo <= page < hi`): the stream now covers it too (at most its last 4 maximal windows,
+    /// so an old region does not keep a stream alive).
+    pub fn served_near(&self, page: u64, lo: u64, hi: u64) {
+        assert!(
+            lo <= page && page < hi,
+            "a run [{lo}, {hi}) without page {page}"
+        );
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = t.streams.iter_mut().find(|s| s.near(page)) {
+            s.next = s.next.max(hi);
+            s.start = s
+                .start
+                .min(lo)
+                .max(s.next.saturating_sub(4 * MAX_RUN_PAGES));
+        }
     }
 
     /// The fault at `page` was served with a run that ends at `end` (exclusive; `end > page`):
@@ -157,6 +219,31 @@ mod tests {
         assert_eq!(s.window(11), 2);
         s.served(11, 12); // cut short: only one page was free
         assert_eq!(s.window(12), 4);
+    }
+
+    #[test]
+    fn a_buffered_reader_copying_backward_is_one_stream() {
+        // 256-page buffers, each copied first page first, then from its end downwards, 16
+        // pages per fault: the windows grow as for a forward scan.
+        let s = Streams::default();
+        let mut last = 0;
+        for buf in 0..4u64 {
+            let base = buf * 256;
+            let w = s.window_near(base);
+            s.served_near(base, base, base + 16);
+            last = last.max(w);
+            let mut p = base + 255;
+            while p > base + 16 {
+                let w = s.window_near(p);
+                let lo = p.saturating_sub(w.max(16) - 1).max(base + 16);
+                s.served_near(p, lo, p + 1);
+                last = w;
+                p = lo.saturating_sub(1);
+            }
+        }
+        assert_eq!(last, MAX_RUN_PAGES);
+        // Far from it: a new stream.
+        assert_eq!(s.window_near(1 << 30), MIN_RUN_PAGES);
     }
 
     #[test]

@@ -241,7 +241,7 @@ pub trait ClusterPages: Send + Sync {
 /// The shared frames of a read-only image behind a `volume:` segment (the node's
 /// `volume::Volume`), for the segment, which names no volume type: faults, reads and poison go
 /// to the image's one cache.
-pub trait SharedFrames: Send + Sync {
+pub trait SharedFrames: crate::memory::Prefetch {
     /// Serve a fault of `att` on block `f.page`.
     fn resolve(&self, att: &Arc<Attachment>, f: &Fault, scratch: &mut [u8]);
     /// Read bytes of the image through its cache.

@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -29,12 +28,16 @@ use crate::segment::SharedFrames;
 use crate::segment::{lock, Attachment};
 use std::sync::Weak;
 
+mod fill;
+
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
 const STRIPES: u64 = 256;
-/// Blocks one storage read brings in (read-ahead), at most.
+/// Fewest blocks one storage read of a fault tries to bring in; a sequential reader's stream
+/// reaches further (see `runs`).
 pub const READAHEAD_BLOCKS: u64 = 16;
-/// Present blocks one fault maps at once (fault-around), at most.
+/// Present blocks one fault maps at least (fault-around), forward, and at most backward;
+/// forward it maps as far as the faulting stream's window.
 const FAULT_AROUND_BLOCKS: u64 = 16;
 const CHUNK: u64 = 1 << 15;
 /// Bound on a segment read waiting for a block another fault is reading.
@@ -47,6 +50,9 @@ enum Block {
     Pending = 1,
     Present = 2,
     Poisoned = 3,
+    /// Absent, and its last storage read failed when only read-ahead asked for it: faults
+    /// read it (and poison it if it fails again), runs and read-ahead leave it alone.
+    Unreadable = 4,
 }
 
 /// Sparse per-block bytes (state, access history).
@@ -83,9 +89,9 @@ struct Counters {
     poisoned: AtomicU64,
 }
 
-/// Who waits for a block being read: the attachment and the faulting address.
-/// A fault waiting for its block's storage read.
-type Waiter = (Arc<Attachment>, Fault);
+/// A fault waiting for its block's storage read: the attachment, the fault, and how far its
+/// stream reaches (the fault-around it gets once the block is in).
+type Waiter = (Arc<Attachment>, Fault, u64);
 
 pub struct Volume {
     pub info: VolumeInfo,
@@ -155,7 +161,8 @@ impl Volume {
             0 => Block::Absent,
             1 => Block::Pending,
             2 => Block::Present,
-            _ => Block::Poisoned,
+            3 => Block::Poisoned,
+            _ => Block::Unreadable,
         }
     }
 
@@ -240,75 +247,53 @@ impl Volume {
         &self.stripes[(b % STRIPES) as usize]
     }
 
-    /// Read blocks `[b, b+n)` of the image into `buf` with one read (zero past the end of
-    /// the file).
-    fn read_storage(&self, b: u64, n: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
-        let off = b * PS;
-        let buf = &mut buf[..(n * PS) as usize];
-        let want = (self.info.size_bytes - off).min(n * PS) as usize;
-        buf[want..].fill(0);
-        self.counters.storage_reads.fetch_add(1, Ordering::Relaxed);
-        self.file
-            .read_exact_at(&mut buf[..want], off)
-            .map_err(|source| VolumeError::Storage {
-                volume: self.info.name.clone(),
-                path: self.info.path.clone(),
-                block: b,
-                source,
-            })?;
-        self.counters
-            .storage_bytes_read
-            .fetch_add(want as u64, Ordering::Relaxed);
-        // The blocks now live in the volume cache: do not keep a second copy in the kernel's
-        // page cache of the image (best effort; a failure only costs memory).
-        let _ = pagemesh_uffd::fileio::drop_cached(&self.file, off, want as u64);
-        Ok(())
-    }
-
-    /// Fault-around: map the faulting block and the run of Present blocks above it (at most
-    /// FAULT_AROUND_BLOCKS, within the attachment) with one CONTINUE that wakes the faulting
-    /// thread, then the run just below `b` without waking (a backward scan, as glibc's memcpy
-    /// does for some alignments, gets the same benefit; for a forward scan it stops at once on
-    /// a mapped page).
-    fn map_around(&self, att: &Attachment, f: &Fault) -> Result<(), UffdError> {
+    /// Fault-around: map the run of Present blocks just below the faulting block `b`, without
+    /// waking, then `b` and the run above it with one CONTINUE that wakes the faulting thread,
+    /// each run as far as the faulting stream reaches (`reach` blocks, at least
+    /// FAULT_AROUND_BLOCKS) within the attachment. Below first: a reader copying backward (as
+    /// glibc's memcpy does for some alignments) would otherwise fault on the block below
+    /// before it is mapped; for a forward reader that run stops at once on a mapped page. The
+    /// stream then covers both runs, and a sequential one has the blocks after them read ahead
+    /// (`read_ahead`).
+    fn map_around(&self, att: &Attachment, f: &Fault, reach: u64) -> Result<(), UffdError> {
         let b = f.page;
         let limit = (att.len / PS).min(self.blocks);
-        let present = |x: u64| self.block_state(x) == Block::Present;
-        let (below, above) = fault::around(b, limit, FAULT_AROUND_BLOCKS - 1, present);
-        let n = above.end - b;
+        // Not the blocks this process may map already: a CONTINUE that starts on a mapped page
+        // maps nothing.
+        let present = |x: u64| self.block_state(x) == Block::Present && !att.maps(x);
+        let max = reach.max(FAULT_AROUND_BLOCKS) - 1;
+        let (below, above) = fault::around_reach(b, limit, max, max, present);
+        att.streams.served_near(b, below.start, above.end);
+        self.read_ahead(att, above.end, reach);
         self.counters.shared_maps.fetch_add(1, Ordering::Relaxed);
         // Mark first (conservative: a mark on a frame not mapped only keeps it longer).
-        att.mark_mapped(b, n);
-        // Another thread of this process may have mapped the page first: install then only
-        // wakes this one.
-        match install(
-            &att.uffd,
-            f.addr,
-            n * PS,
-            Source::PageCache,
-            Protect::Writable,
-            Wake::Yes,
-        ) {
-            Ok(_) => {}
-            // The frame went (evicted after all): wake the thread, whose retry faults again
-            // and reads the block back.
-            Err(e) if e.is_no_page() => att.uffd.wake(f.addr, PS)?,
-            Err(e) => return Err(e),
-        }
+        att.mark_mapped(below.start, above.end - below.start);
         if !below.is_empty() {
-            let m = b - below.start;
-            att.mark_mapped(below.start, m);
-            let at = att.base + below.start * PS;
             let _ = install(
                 &att.uffd,
-                at,
-                m * PS,
+                att.base + below.start * PS,
+                (b - below.start) * PS,
                 Source::PageCache,
                 Protect::Writable,
                 Wake::No,
             );
         }
-        Ok(())
+        // Another thread of this process may have mapped the page first: install then only
+        // wakes this one.
+        match install(
+            &att.uffd,
+            f.addr,
+            (above.end - b) * PS,
+            Source::PageCache,
+            Protect::Writable,
+            Wake::Yes,
+        ) {
+            Ok(_) => Ok(()),
+            // The frame went (evicted after all): wake the thread, whose retry faults again
+            // and reads the block back.
+            Err(e) if e.is_no_page() => att.uffd.wake(f.addr, PS),
+            Err(e) => Err(e),
+        }
     }
 
     /// Give `att` private copies of blocks `[lo, lo+n)` (read into `scratch`), which include
@@ -356,38 +341,14 @@ impl Volume {
         }
     }
 
-    /// Claim the Absent blocks next to `b` (already Pending) for one storage read: up to
-    /// READAHEAD_BLOCKS after it, or, when the block after it is not Absent (a backward scan),
-    /// before it. Returns the run `[lo, lo+n)`, all Pending and owned by the caller.
-    fn claim_run(&self, b: u64) -> (u64, u64) {
-        let claim = |blk: u64| {
-            let _g = lock(self.stripe(blk));
-            let absent = self.block_state(blk) == Block::Absent;
-            if absent {
-                self.set(blk, Block::Pending);
-            }
-            absent
-        };
-        let mut n = 1;
-        while n < READAHEAD_BLOCKS && b + n < self.blocks && claim(b + n) {
-            n += 1;
-        }
-        let mut lo = b;
-        while n < READAHEAD_BLOCKS && lo > 0 && claim(lo - 1) {
-            lo -= 1;
-            n += 1;
-        }
-        (lo, n)
-    }
-
     /// Serve a fault of `att` on block `f.page` (at `f.addr` in its private mapping).
     pub fn resolve(&self, att: &Arc<Attachment>, f: &Fault, scratch: &mut [u8]) {
-        let (b, addr) = (f.page, f.addr);
+        let b = f.page;
         if !att.volume_user.swap(true, Ordering::Relaxed) {
             lock(&self.users).push(Arc::downgrade(att));
         }
         if let Some(m) = &self.memory {
-            if self.block_state(b) == Block::Absent {
+            if matches!(self.block_state(b), Block::Absent | Block::Unreadable) {
                 m.pool.wait_for_room(); // backpressure, before any lock
             }
         }
@@ -399,6 +360,8 @@ impl Volume {
             }
             v.saturating_add(1)
         };
+        // How far this fault reaches (one window per fault: its read, its fault-around).
+        let reach = att.streams.window_near(b);
         let g = lock(self.stripe(b));
         match self.block_state(b) {
             Block::Present => {
@@ -406,7 +369,7 @@ impl Volume {
                 // under that lock, so it cannot punch the frame this fault is about to map.
                 att.mark_mapped(b, 1);
                 drop(g);
-                finish(att, f, self.map_around(att, f));
+                finish(att, f, self.map_around(att, f, reach));
             }
             Block::Poisoned => {
                 drop(g);
@@ -419,88 +382,61 @@ impl Volume {
                 lock(&self.waiters)
                     .entry(b)
                     .or_default()
-                    .push((Arc::clone(att), *f));
+                    .push((Arc::clone(att), *f, reach));
             }
-            Block::Absent if hits < self.share_threshold => {
+            Block::Absent | Block::Unreadable if hits < self.share_threshold => {
                 drop(g);
-                // Not (yet) likely to be shared: private copies of a run of blocks (the volume
-                // is read-only, so a copy is right whatever the blocks' cache states), and the
-                // shared cache stays as it is.
-                let backward = b < att.last_page.swap(b, Ordering::Relaxed);
-                let (lo, n) = if backward {
-                    let limit = READAHEAD_BLOCKS.min((addr - att.base) / PS + 1);
-                    let mut n = 1;
-                    while n < limit && self.block_state(b - n) != Block::Poisoned {
-                        n += 1;
-                    }
-                    (b + 1 - n, n)
-                } else {
-                    let limit = READAHEAD_BLOCKS
-                        .min((att.base + att.len - addr) / PS)
-                        .min(self.blocks - b);
-                    let mut n = 1;
-                    while n < limit && self.block_state(b + n) != Block::Poisoned {
-                        n += 1;
-                    }
-                    (b, n)
-                };
-                match self.read_storage(lo, n, scratch) {
-                    Ok(()) => finish(att, f, self.copy_private_run(att, lo, n, b, scratch)),
-                    Err(e) => att.refuse(f, &e),
-                }
+                self.serve_private(att, f, reach, scratch);
             }
-            Block::Absent => {
+            Block::Absent | Block::Unreadable => {
                 self.set(b, Block::Pending);
                 lock(&self.waiters)
                     .entry(b)
                     .or_default()
-                    .push((Arc::clone(att), *f));
+                    .push((Arc::clone(att), *f, reach));
                 drop(g);
-                let (lo, n) = self.claim_run(b);
-                self.complete_fill(lo, n, scratch);
+                let (lo, n) = self.claim_run(b, self.run_blocks(reach, scratch));
+                self.complete_fill(lo, n, scratch, Some(b));
             }
         }
     }
 
-    /// Blocks `[b, b+n)` are Pending and this thread owns their read: read them with one
-    /// storage read, publish them, serve every fault that waited on them. `scratch` holds at
-    /// least `n` pages.
-    fn complete_fill(&self, b: u64, n: u64, scratch: &mut [u8]) -> bool {
-        let bytes = (n * PS) as usize;
-        let result = self.read_storage(b, n, scratch).and_then(|()| {
-            self.memfd
-                .write_all_at(&scratch[..bytes], b * PS)
-                .map_err(|source| VolumeError::Cache {
-                    volume: self.info.name.clone(),
-                    source,
-                })
-        });
-        let ok = result.is_ok();
-        if let Err(e) = &result {
-            log::error!(
-                "{e}; blocks {b}..{} are poisoned for every segment on the volume",
-                b + n
-            );
-        }
-        for blk in b..b + n {
-            let g = lock(self.stripe(blk));
-            self.set(blk, if ok { Block::Present } else { Block::Poisoned });
-            let waiters = lock(&self.waiters).remove(&blk).unwrap_or_default();
-            if ok {
-                for (a, _) in &waiters {
-                    a.mark_mapped(blk, 1); // before the lock goes, as in `resolve`
-                }
+    /// A fault on a block below the share threshold: not (yet) likely to be shared, so the
+    /// process gets private copies of a run of blocks (the volume is read-only, so a copy is
+    /// right whatever the blocks' cache states) read in the direction it scans, and the shared
+    /// cache stays as it is. A run stops before a block known to be bad; if its read fails,
+    /// the faulting block is read alone, so only a fault on a bad block itself is refused.
+    fn serve_private(&self, att: &Attachment, f: &Fault, reach: u64, scratch: &mut [u8]) {
+        let (b, addr) = (f.page, f.addr);
+        let backward = b < att.last_page.swap(b, Ordering::Relaxed);
+        let max = self.run_blocks(reach, scratch);
+        let good = |x: u64| !matches!(self.block_state(x), Block::Poisoned | Block::Unreadable);
+        let (lo, n) = if backward {
+            let limit = max.min((addr - att.base) / PS + 1);
+            let mut n = 1;
+            while n < limit && good(b - n) {
+                n += 1;
             }
-            drop(g);
-            for (a, f) in &waiters {
-                if ok {
-                    finish(a, f, self.map_around(a, f));
-                } else {
-                    a.refuse(f, &format_args!("the storage read of block {blk} failed"));
-                }
+            (b + 1 - n, n)
+        } else {
+            let limit = max
+                .min((att.base + att.len - addr) / PS)
+                .min(self.blocks - b);
+            let mut n = 1;
+            while n < limit && good(b + n) {
+                n += 1;
             }
+            (b, n)
+        };
+        att.streams.served_near(b, lo, lo + n);
+        let read = match self.read_storage(lo, n, scratch) {
+            Err(_) if n > 1 => self.read_storage(b, 1, scratch).map(|()| (b, 1)),
+            r => r.map(|()| (lo, n)),
+        };
+        match read {
+            Ok((lo, n)) => finish(att, f, self.copy_private_run(att, lo, n, b, scratch)),
+            Err(e) => att.refuse(f, &e),
         }
-        ok
     }
 
     /// Make block `b` present in the cache (for segment reads), waiting (bounded) for a read
@@ -528,17 +464,12 @@ impl Volume {
                     }
                     std::thread::sleep(Duration::from_micros(200));
                 }
-                Block::Absent => {
+                Block::Absent | Block::Unreadable => {
                     self.set(b, Block::Pending);
                     drop(g);
-                    let (lo, n) = self.claim_run(b);
-                    if !self.complete_fill(lo, n, scratch) {
-                        return Err(VolumeError::Poisoned {
-                            volume: self.info.name.clone(),
-                            block: b,
-                        });
-                    }
-                    return Ok(());
+                    let (lo, n) = self.claim_run(b, scratch.len() as u64 / PS);
+                    // `b` is now Present or Poisoned: the next turn says which.
+                    self.complete_fill(lo, n, scratch, Some(b));
                 }
             }
         }
@@ -568,11 +499,12 @@ impl Volume {
     pub fn clear_poison(&self) -> u64 {
         let mut n = 0;
         for b in 0..self.blocks {
-            if self.state.get(b) == Block::Poisoned as u8 {
+            if self.state.get(b) >= Block::Poisoned as u8 {
                 let _g = lock(self.stripe(b));
-                if self.block_state(b) == Block::Poisoned {
+                let was = self.block_state(b);
+                if matches!(was, Block::Poisoned | Block::Unreadable) {
                     self.set(b, Block::Absent);
-                    n += 1;
+                    n += u64::from(was == Block::Poisoned);
                 }
             }
         }

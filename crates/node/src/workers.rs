@@ -105,8 +105,8 @@ impl Workers {
     fn run(&self) {
         let mut tokens = Vec::with_capacity(8);
         let mut reader = FaultReader::new(BATCH);
-        // Room for the longest run a fault reads (file read-ahead and page-in runs reach as far
-        // as the stream's window; a volume's run is shorter).
+        // Room for the longest run a fault reads (file read-ahead, page-in and volume runs reach
+        // as far as the stream's window).
         let run_pages = crate::runs::MAX_RUN_PAGES.max(crate::volume::READAHEAD_BLOCKS);
         let mut scratch = vec![0u8; (run_pages * PAGE_SIZE) as usize];
         loop {
