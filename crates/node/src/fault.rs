@@ -145,10 +145,13 @@ impl Segment {
         let present = |p: u64| matches!(self.pages.get(p), PageState::Clean | PageState::Dirty);
         let pages = (att.len / PS).min(self.pages.npages());
         // Forward as far as the reader's stream has earned (at least FAULT_AROUND_PAGES).
-        let reach = (att.streams.window(page) - 1).max(FAULT_AROUND_PAGES);
+        // Both ways as far as the reader's (near) stream has earned, at least FAULT_AROUND_PAGES:
+        // a reader copying out a buffer backward (glibc's memcpy) walks down inside it.
+        let reach = (att.streams.window_near(page) - 1).max(FAULT_AROUND_PAGES);
         let end = (page + 1 + reach).min(pages);
-        let (below, above) = fault::around_reach(page, pages, FAULT_AROUND_PAGES, reach, present);
-        att.streams.served(page, above.end);
+        let (below, above) = fault::around_reach(page, pages, reach, reach, present);
+        att.streams
+            .served_near(page, below.start.min(page), above.end.max(page + 1));
         if above.end == end {
             // A sequential reader: when the end of what is cached comes within
             // PREFETCH_TRIGGER_PAGES, have the prefetcher read on ahead of it (file pages from

@@ -88,6 +88,16 @@ impl Segment {
         att.streams.window(page).min(room).max(floor)
     }
 
+    /// `reach` for a reader: the window of a *near* stream ([`Streams::window_near`]), which a
+    /// reader copying out 1 MiB at a time backward (glibc's `memcpy`) still continues.
+    pub fn reach_near(&self, att: &Attachment, page: u64, floor: u64) -> u64 {
+        let room = self
+            .memory
+            .as_ref()
+            .map_or(u64::MAX, |m| m.pool.room_pages());
+        att.streams.window_near(page).min(room).max(floor)
+    }
+
     /// Page-in read-ahead: the Paged pages after `page`, as far as its stream reaches, read
     /// with one read per run of consecutive slots (pages paged out together usually sit in
     /// consecutive slots; pages the clock kept a while longer do not) and mapped into `att`
@@ -173,7 +183,7 @@ impl Segment {
         if !self.mapper.is_persistent() {
             return None;
         }
-        let max = (scratch.len() as u64 / PS).min(self.reach(att, page, FILE_READAHEAD_PAGES));
+        let max = (scratch.len() as u64 / PS).min(self.reach_near(att, page, FILE_READAHEAD_PAGES));
         let end = (att.len / PS).min(self.pages.npages());
         let claim = |p: u64| {
             self.stripe(p)
@@ -219,7 +229,7 @@ impl Segment {
             self.set_state(p, PageState::Clean);
         }
         if lo + copied > page {
-            att.streams.served(page, lo + copied);
+            att.streams.served_near(page, lo, lo + copied);
         }
         self.counters
             .mapper_reads
