@@ -150,3 +150,39 @@ fn eviction_runs_write_back_every_page_of_a_file_larger_than_memory() {
     }
     assert_eq!(offset, size, "the file is {offset} bytes");
 }
+
+/// A write to a page of a file segment followed at once by a sync is in the file when the sync
+/// returns, every time: the fault that maps a page writable marks it Dirty before it wakes the
+/// writer (a sync that scanned for Dirty pages between the wake and the marking skipped the
+/// page and reported the write durable; seen under CPU load).
+#[test]
+fn a_write_then_sync_is_always_in_the_file() {
+    let d = Daemon::start();
+    let file = d.path("ws.img");
+    let size: u64 = 64 << 20;
+    std::fs::File::create(&file)
+        .and_then(|f| f.set_len(size))
+        .expect("create the file");
+    let spec = format!("file:{}", file.display());
+    d.run(&["segment", "create", "ws", "--backing", &spec]).ok();
+    let client = d.client();
+    let m = client.attach("ws").expect("attach");
+    let words = m.atomics_u64();
+    let f = std::fs::File::open(&file).expect("open the file");
+    // Pages far apart, so each write is a first touch of an Absent page (and some continue a
+    // writer's stream, so write runs are exercised too).
+    for i in 0..400u64 {
+        let page = (i * 37) % (size / PAGE);
+        let w = (page * PAGE / 8) as usize;
+        let value = pattern_word(5, i);
+        words[w].store(value, Ordering::Relaxed);
+        m.sync().expect("sync");
+        let mut got = [0u8; 8];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut got, page * PAGE).expect("read");
+        assert_eq!(
+            u64::from_le_bytes(got),
+            value,
+            "write {i} to page {page}: not in the file after sync returned"
+        );
+    }
+}

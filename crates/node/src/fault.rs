@@ -300,27 +300,34 @@ impl Segment {
         } else {
             Protect::ReadOnly
         };
+        // A page mapped writable is Dirty *before* the install wakes the writer: the writer
+        // may write and ask for a sync at once, and a sync that scanned for Dirty pages while
+        // this one still looked Absent would skip it and report its write durable. (The stripe
+        // lock, held here, keeps the sync off the page until it is in the memfd.)
+        let new = if write {
+            PageState::Dirty
+        } else {
+            PageState::Clean
+        };
+        let old = self.set_state(page, new);
+        let installed = install(&att.uffd, addr, PS, Source::Bytes(data), protect, Wake::Yes);
         // Nothing installed: the page is already mapped here (a racing thread of the same
         // process was served, and install woke this one); it must be in the memfd too.
-        if install(&att.uffd, addr, PS, Source::Bytes(data), protect, Wake::Yes)? == 0
-            && !self.memfd.is_present(page * PS).unwrap_or(false)
-        {
-            return Err(UffdError {
+        let refused = match installed {
+            Ok(0) if !self.memfd.is_present(page * PS).unwrap_or(false) => Err(UffdError {
                 op: "UFFDIO_COPY",
                 source: std::io::Error::new(
                     std::io::ErrorKind::AlreadyExists,
                     "a page is mapped there but not in the segment's page cache",
                 ),
-            });
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = refused {
+            self.set_state(page, old);
+            return Err(e);
         }
-        self.set_state(
-            page,
-            if write {
-                PageState::Dirty
-            } else {
-                PageState::Clean
-            },
-        );
         Ok(Filled::Served)
     }
 }

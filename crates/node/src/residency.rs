@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use pagemesh_store::paging::{PagingDevice, Slot};
+use pagemesh_store::paging::{PageBuf, PagingDevice, Slot};
 use pagemesh_store::PageData;
 use pagemesh_types::PAGE_SIZE;
 
@@ -277,22 +277,28 @@ impl Segment {
         if self.mapper.read_pages(page * PS, buf).is_err() {
             return single();
         }
-        let copied = match install(
+        // Dirty before the install wakes the writer (see `fill`: a sync right after the write
+        // must find these pages); what the install did not reach goes back to Absent.
+        for p in page..hi {
+            self.set_state(p, PageState::Dirty);
+        }
+        let installed = install(
             &att.uffd,
             f.addr,
             0,
             Source::Bytes(buf),
             Protect::Writable,
             Wake::Yes,
-        ) {
-            Ok(bytes) => bytes / PS,
-            Err(e) => return Some(Err(e)),
-        };
+        );
+        let copied = installed.as_ref().map_or(0, |bytes| bytes / PS);
+        for p in page + copied..hi {
+            self.set_state(p, PageState::Absent);
+        }
+        if let Err(e) = installed {
+            return Some(Err(e));
+        }
         if copied == 0 {
             return single();
-        }
-        for p in page..page + copied {
-            self.set_state(p, PageState::Dirty);
         }
         drop(guards);
         att.streams.served(page, page + copied);
@@ -340,7 +346,7 @@ impl Segment {
         } else {
             PAGE_IN_PREFETCH_CHUNK_PAGES
         };
-        let mut buf = vec![0u8; (chunk * PS) as usize];
+        let mut buf = PageBuf::new((chunk * PS) as usize);
         let mut lo = first;
         while lo < end {
             let room = self
