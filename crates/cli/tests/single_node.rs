@@ -119,7 +119,13 @@ fn killing_the_daemon_mid_verify_gives_sigbus_not_success_or_a_hang() {
     d.run(&["memtest", "big", "--write", "3", "--threads", "2"])
         .ok();
     let verify = d.spawn_cmd(&["memtest", "big", "--verify", "3"], false);
-    std::thread::sleep(Duration::from_millis(300));
+    // Kill the daemon as soon as the verifier is attached: with runs a whole 1 GiB verify
+    // takes about 0.3 s here, so a fixed sleep could let it finish first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat_json(&d, "big")["attached_clients"] == 0 {
+        assert!(Instant::now() < deadline, "the verifier never attached");
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let killed_at = Instant::now();
     d.kill9();
     let out = finish(
