@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use pagemesh_store::paging::{PageBuf, PagingDevice, Slot};
+use pagemesh_store::paging::{PagingDevice, Slot};
 use pagemesh_types::PAGE_SIZE;
 
 use crate::memory::ClockVisit;
@@ -20,16 +20,13 @@ use crate::segment::Segment;
 /// no two pages of a run share a stripe lock.
 pub const EVICT_RUN_PAGES: u64 = 256;
 
-/// How far `slot_near` looks for a neighbour's slot.
-const SLOT_NEIGHBOURHOOD: u64 = 64;
-
 const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
 
 thread_local! {
     /// The evictor's copy-out buffer (one run), kept between runs so a run costs no allocation
     /// and no page faults on fresh memory.
-    static SCRATCH: RefCell<Option<PageBuf>> = const { RefCell::new(None) };
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Why a page could not be evicted.
@@ -182,11 +179,7 @@ impl Segment {
             states.push(st);
         }
         debug_assert!(guards.len() == states.len() && !states.is_empty());
-        let n = SCRATCH.with_borrow_mut(|buf| {
-            // Page-aligned, so runs go to the paging device directly (O_DIRECT).
-            let buf = buf.get_or_insert_with(|| PageBuf::new(EVICT_RUN_PAGES as usize * PSU));
-            self.write_out_run(page, &states, buf)
-        })?;
+        let n = SCRATCH.with_borrow_mut(|buf| self.write_out_run(page, &states, buf))?;
         debug_assert!(n >= 1 && n <= states.len() as u64);
         Ok(Evict::Done(n))
     }
@@ -198,7 +191,7 @@ impl Segment {
         &self,
         page: u64,
         states: &[PageState],
-        buf: &mut [u8],
+        buf: &mut Vec<u8>,
     ) -> Result<u64, EvictError> {
         let seg = || self.info.name.clone();
         let persistent = self.mapper.is_persistent();
@@ -230,6 +223,9 @@ impl Segment {
                     pid,
                     source,
                 })?;
+            if buf.len() < n * PSU {
+                buf.resize(EVICT_RUN_PAGES as usize * PSU, 0);
+            }
             self.memfd
                 .read_exact_at(&mut buf[..n * PSU], page * PS)
                 .map_err(|source| EvictError::Memfd {
@@ -361,7 +357,7 @@ impl Segment {
         }
         let s = self
             .paging(page)?
-            .alloc_near(self.slot_near(page))
+            .alloc()
             .map_err(|source| EvictError::PageOut {
                 segment: self.info.name.clone(),
                 page,
@@ -369,24 +365,6 @@ impl Segment {
             })?;
         self.slots.set(page, Some(s));
         Ok(s)
-    }
-
-    /// The slot `page` would have to sit in for its nearest neighbour with a slot (within
-    /// `SLOT_NEIGHBOURHOOD` pages, before it first) to be contiguous with it: a page the clock
-    /// kept a while longer then fills the hole its run left, and the run reads back whole.
-    fn slot_near(&self, page: u64) -> Option<Slot> {
-        for d in 1..=SLOT_NEIGHBOURHOOD {
-            if let Some(s) = page.checked_sub(d).and_then(|q| self.slots.get(q)) {
-                return s.0.checked_add(d as u32).map(Slot);
-            }
-            if let Some(s) = (page + d < self.pages.npages())
-                .then(|| self.slots.get(page + d))
-                .flatten()
-            {
-                return s.0.checked_sub(d as u32).map(Slot);
-            }
-        }
-        None
     }
 
     /// Write `data` (whole pages, from `page` on) to consecutive slots from `first`.

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use pagemesh_store::paging::{PageBuf, PagingDevice, Slot};
+use pagemesh_store::paging::{PagingDevice, Slot};
 use pagemesh_store::PageData;
 use pagemesh_types::PAGE_SIZE;
 
@@ -346,7 +346,7 @@ impl Segment {
         } else {
             PAGE_IN_PREFETCH_CHUNK_PAGES
         };
-        let mut buf = PageBuf::new((chunk * PS) as usize);
+        let mut buf = vec![0u8; (chunk * PS) as usize];
         let mut lo = first;
         while lo < end {
             let room = self

@@ -108,8 +108,7 @@ impl Workers {
         // Room for the longest run a fault reads (file read-ahead, page-in and volume runs reach
         // as far as the stream's window).
         let run_pages = crate::runs::MAX_RUN_PAGES.max(crate::volume::READAHEAD_BLOCKS);
-        // Page-aligned, so paging runs read straight into it (O_DIRECT).
-        let mut scratch = pagemesh_store::paging::PageBuf::new((run_pages * PAGE_SIZE) as usize);
+        let mut scratch = vec![0u8; (run_pages * PAGE_SIZE) as usize];
         loop {
             tokens.clear();
             if let Err(e) = self.epoll.wait(&mut tokens, 8, IDLE_WAIT_MS) {

@@ -9,9 +9,8 @@
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::PAGE_SIZE;
@@ -41,27 +40,17 @@ pub enum PagingError {
     },
 }
 
-/// How far past the slots used so far `alloc_near` may reach for a wanted slot.
-const NEAR_GAP: u32 = 4096;
-
 struct Slots {
     free: BTreeSet<u32>,
     next_unused: u32,
     checksums: Vec<u64>,
 }
 
-/// A paging device over a file. I/O from page-aligned buffers ([`PageBuf`]) goes through a
-/// second descriptor opened `O_DIRECT`: runs of slots move between the device and the buffer
-/// with no copy through the kernel's page cache, and paged-out memory does not linger there as
-/// cache (page-sized O_DIRECT writes were measured 3x slower than buffered ones, but pages now
-/// leave and come back in runs). Unaligned buffers, a file system that refuses `O_DIRECT`, and
-/// any direct I/O that fails with EINVAL fall back to buffered I/O, after which the daemon drops
-/// the file's clean cached pages periodically ([`PagingDevice::file`]).
+/// A paging device over a file. I/O is buffered (O_DIRECT measured 3x slower for page-sized
+/// writes here); the daemon drops the file's clean cached pages periodically
+/// ([`PagingDevice::file`]) so paged-out memory does not linger in the kernel's page cache.
 pub struct PagingDevice {
     file: File,
-    /// The same file opened `O_DIRECT`, while direct I/O works on it.
-    direct: Option<File>,
-    direct_refused: AtomicBool,
     path: PathBuf,
     slots: u32,
     state: Mutex<Slots>,
@@ -95,16 +84,8 @@ impl PagingDevice {
             .truncate(true)
             .open(path)?;
         file.set_len(u64::from(slots) * PAGE_SIZE as u64)?;
-        let direct = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok();
         Ok(PagingDevice {
             file,
-            direct,
-            direct_refused: AtomicBool::new(false),
             path: path.to_path_buf(),
             slots,
             state: Mutex::new(Slots {
@@ -113,29 +94,6 @@ impl PagingDevice {
                 checksums: Vec::new(),
             }),
         })
-    }
-
-    /// Run `io` on the direct descriptor when the buffer at `ptr` is page-aligned and direct
-    /// I/O still works here, else (or after EINVAL from it: the file system's alignment rules)
-    /// on the buffered one.
-    fn direct_or_buffered(
-        &self,
-        ptr: *const u8,
-        mut io: impl FnMut(&File) -> io::Result<()>,
-    ) -> io::Result<()> {
-        if let Some(direct) = &self.direct {
-            if (ptr as usize).is_multiple_of(PAGE_SIZE)
-                && !self.direct_refused.load(Ordering::Relaxed)
-            {
-                match io(direct) {
-                    Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                        self.direct_refused.store(true, Ordering::Relaxed);
-                    }
-                    other => return other,
-                }
-            }
-        }
-        io(&self.file)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
@@ -180,29 +138,6 @@ impl PagingDevice {
         })
     }
 
-    /// Take `want` if it is free (so a page lands next to its neighbours' slots and a run of
-    /// pages reads back with one I/O, whatever order the pages left in), else the lowest free
-    /// slot. A `want` past the slots used so far is taken if it is at most `NEAR_GAP` further;
-    /// the slots skipped become free.
-    pub fn alloc_near(&self, want: Option<Slot>) -> Result<Slot, PagingError> {
-        if let Some(Slot(w)) = want {
-            let mut s = self.lock();
-            if s.free.remove(&w) {
-                return Ok(Slot(w));
-            }
-            if w >= s.next_unused && w < self.slots && w - s.next_unused <= NEAR_GAP {
-                for skipped in s.next_unused..w {
-                    s.free.insert(skipped);
-                }
-                s.next_unused = w + 1;
-                let n = s.next_unused as usize;
-                s.checksums.resize(n, 0);
-                return Ok(Slot(w));
-            }
-        }
-        self.alloc()
-    }
-
     /// Return a slot to the free list.
     pub fn free(&self, slot: Slot) {
         let mut s = self.lock();
@@ -228,8 +163,8 @@ impl PagingDevice {
             first.0.checked_add(n).is_some_and(|end| end <= self.slots),
             "run past the device"
         );
-        let at = u64::from(first.0) * PAGE_SIZE as u64;
-        self.direct_or_buffered(buf.as_ptr(), |f| f.write_all_at(buf, at))
+        self.file
+            .write_all_at(buf, u64::from(first.0) * PAGE_SIZE as u64)
             .map_err(|source| PagingError::Io {
                 path: self.path_str(),
                 slot: first.0,
@@ -261,9 +196,8 @@ impl PagingDevice {
             first.0.checked_add(n).is_some_and(|end| end <= self.slots),
             "run past the device"
         );
-        let at = u64::from(first.0) * PAGE_SIZE as u64;
-        let ptr = buf.as_ptr();
-        self.direct_or_buffered(ptr, |f| f.read_exact_at(buf, at))
+        self.file
+            .read_exact_at(buf, u64::from(first.0) * PAGE_SIZE as u64)
             .map_err(|source| PagingError::Io {
                 path: self.path_str(),
                 slot: first.0,
@@ -291,37 +225,6 @@ impl PagingDevice {
     pub fn read(&self, slot: Slot, page: &mut [u8]) -> Result<(), PagingError> {
         assert_eq!(page.len(), PAGE_SIZE, "paging I/O is page-sized");
         self.read_run(slot, page)
-    }
-}
-
-/// A page-aligned byte buffer, for paging I/O that can go direct: a `Vec` one page longer than
-/// asked, used from its first page boundary (no allocator tricks, no unsafe).
-pub struct PageBuf {
-    v: Vec<u8>,
-    off: usize,
-    len: usize,
-}
-
-impl PageBuf {
-    /// `len` zero bytes starting at a page boundary.
-    pub fn new(len: usize) -> PageBuf {
-        let v = vec![0u8; len + PAGE_SIZE];
-        let off = v.as_ptr().align_offset(PAGE_SIZE);
-        assert!(off < PAGE_SIZE, "a byte pointer can always be aligned");
-        PageBuf { v, off, len }
-    }
-}
-
-impl std::ops::Deref for PageBuf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.v[self.off..self.off + self.len]
-    }
-}
-
-impl std::ops::DerefMut for PageBuf {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.v[self.off..self.off + self.len]
     }
 }
 
@@ -355,58 +258,5 @@ mod tests {
             Err(PagingError::Checksum { .. })
         ));
         let _ = c;
-    }
-
-    #[test]
-    fn alloc_near_takes_the_wanted_slot_or_the_lowest_free() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = PagingDevice::create(&dir.path().join("swap"), 16384 * PAGE_SIZE as u64).unwrap();
-        assert_eq!(
-            d.alloc_near(Some(Slot(3))).unwrap(),
-            Slot(3),
-            "past the used ones, near"
-        );
-        assert_eq!(d.alloc().unwrap(), Slot(0), "the skipped slots are free");
-        assert_eq!(
-            d.alloc_near(Some(Slot(3))).unwrap(),
-            Slot(1),
-            "taken: lowest free"
-        );
-        assert_eq!(d.alloc_near(Some(Slot(2))).unwrap(), Slot(2), "a free hole");
-        assert_eq!(
-            d.alloc_near(Some(Slot(9000))).unwrap(),
-            Slot(4),
-            "too far past the used ones: the next slot"
-        );
-        assert_eq!(d.used(), 5);
-    }
-
-    /// Runs through an aligned buffer (direct I/O where the file system allows it) and through
-    /// an unaligned one (buffered) read back the same bytes, each page verified.
-    #[test]
-    fn runs_roundtrip_aligned_and_unaligned() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = PagingDevice::create(&dir.path().join("swap"), 64 * PAGE_SIZE as u64).unwrap();
-        let slots: Vec<Slot> = (0..8).map(|_| d.alloc().unwrap()).collect();
-        let mut aligned = PageBuf::new(8 * PAGE_SIZE);
-        assert!((aligned.as_ptr() as usize).is_multiple_of(PAGE_SIZE));
-        for (i, b) in aligned.iter_mut().enumerate() {
-            *b = (i * 7 % 253) as u8;
-        }
-        d.write_run(slots[0], &aligned).unwrap();
-        let mut unaligned = vec![0u8; 8 * PAGE_SIZE + 1];
-        d.read_run(slots[0], &mut unaligned[1..]).unwrap();
-        assert_eq!(&unaligned[1..], &aligned[..]);
-        let mut back = PageBuf::new(8 * PAGE_SIZE);
-        d.read_run(slots[0], &mut back).unwrap();
-        assert_eq!(&back[..], &aligned[..]);
-        unaligned[1 + 3 * PAGE_SIZE] ^= 1;
-        d.write_run(slots[0], &unaligned[1..]).unwrap();
-        d.read_run(slots[0], &mut back).unwrap();
-        assert_eq!(
-            &back[..],
-            &unaligned[1..],
-            "a buffered write is seen by a direct read"
-        );
     }
 }
