@@ -235,19 +235,7 @@ fn a_corrupt_paging_slot_poisons_exactly_that_page() {
     let out = d.run(&[
         "memtest", "s", "--verify", "13", "--offset", &off, "--len", "4096",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(128 + libc::SIGBUS),
-        "{}{}",
-        out.stdout_str(),
-        out.stderr
-    );
-    assert!(
-        out.stderr
-            .contains(&format!("SIGBUS at segment offset {:#x}", page * 4096)),
-        "{}",
-        out.stderr
-    );
+    out.assert_sigbus_at(page * 4096);
     // Everything else verifies, from another process.
     d.run(&["memtest", "s", "--verify", "13", "--len", &off])
         .ok();

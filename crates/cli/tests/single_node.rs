@@ -241,18 +241,7 @@ fn mapper_read_error_poisons_exactly_that_page_until_cleared() {
     let out = d.run(&[
         "memtest", "p", "--verify", "5", "--offset", "512KiB", "--len", "4KiB",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(128 + libc::SIGBUS),
-        "{} {}",
-        out.stdout_str(),
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("SIGBUS at segment offset 0x80000"),
-        "{}",
-        out.stderr
-    );
+    out.assert_sigbus_at(0x80000);
     let st = stat_json(&d, "p");
     assert_eq!(st["poisoned_pages"], 1);
     assert!(

@@ -315,19 +315,7 @@ fn a_sequential_reader_gets_sigbus_only_where_the_image_cannot_be_read() {
     let out = d.run(&[
         "memtest", "s", "--sha256", "--offset", &len, "--len", "4KiB",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(128 + libc::SIGBUS),
-        "{} {}",
-        out.stdout_str(),
-        out.stderr
-    );
-    assert!(
-        out.stderr
-            .contains(&format!("SIGBUS at segment offset {good:#x}")),
-        "{}",
-        out.stderr
-    );
+    out.assert_sigbus_at(good);
     let v = volume_stat(&d, "cut");
     assert_eq!(v["poisoned_blocks"], 1, "{v}");
     assert_eq!(v["cached_bytes"], good, "{v}");

@@ -78,24 +78,23 @@ impl Segment {
     }
 
     /// How many pages a run for a fault at `page` may bring in: as far as the faulting
-    /// stream's window, no further than the pool has room for below its high watermark, and
+    /// stream's window, no further than the pool has room for below its budget, and
     /// at least `floor` (the short runs that were always taken, inside the documented slack).
     pub fn reach(&self, att: &Attachment, page: u64, floor: u64) -> u64 {
-        let room = self
-            .memory
+        att.streams.window(page).min(self.room()).max(floor)
+    }
+
+    /// Pages the pool has room for (unbounded without a pool).
+    fn room(&self) -> u64 {
+        self.memory
             .as_ref()
-            .map_or(u64::MAX, |m| m.pool.room_pages());
-        att.streams.window(page).min(room).max(floor)
+            .map_or(u64::MAX, |m| m.pool.room_pages())
     }
 
     /// `reach` for a reader: the window of a *near* stream ([`Streams::window_near`]), which a
     /// reader copying out 1 MiB at a time backward (glibc's `memcpy`) still continues.
     pub fn reach_near(&self, att: &Attachment, page: u64, floor: u64) -> u64 {
-        let room = self
-            .memory
-            .as_ref()
-            .map_or(u64::MAX, |m| m.pool.room_pages());
-        att.streams.window_near(page).min(room).max(floor)
+        att.streams.window_near(page).min(self.room()).max(floor)
     }
 
     /// Page-in read-ahead: the Paged pages after `page`, as far as its stream reaches, read
@@ -349,10 +348,7 @@ impl Segment {
         let mut buf = vec![0u8; (chunk * PS) as usize];
         let mut lo = first;
         while lo < end {
-            let room = self
-                .memory
-                .as_ref()
-                .map_or(u64::MAX, |m| m.pool.room_pages());
+            let room = self.room();
             let (hi, guards) = self.claim_from(lo, (lo + chunk.min(room)).min(end), |p| {
                 self.pages.get(p) == wanted
             });

@@ -56,37 +56,7 @@ impl Streams {
     /// stream's last window if the fault continues a stream, [`MIN_RUN_PAGES`] for a new one.
     /// Always between `MIN_RUN_PAGES` and `MAX_RUN_PAGES`.
     pub fn window(&self, page: u64) -> u64 {
-        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        t.clock += 1;
-        let now = t.clock;
-        let window = match t
-            .streams
-            .iter_mut()
-            .find(|s| s.window > 0 && s.next == page)
-        {
-            Some(s) => {
-                s.window = (s.window * 2).min(MAX_RUN_PAGES);
-                s.start = page;
-                s.used = now;
-                s.window
-            }
-            None => {
-                let s = t
-                    .streams
-                    .iter_mut()
-                    .min_by_key(|s| (s.window > 0, s.used))
-                    .expect("STREAMS > 0");
-                *s = Stream {
-                    next: page + 1,
-                    start: page,
-                    window: MIN_RUN_PAGES,
-                    used: now,
-                };
-                MIN_RUN_PAGES
-            }
-        };
-        debug_assert!((MIN_RUN_PAGES..=MAX_RUN_PAGES).contains(&window));
-        window
+        self.continue_or_start(page, |s| s.window > 0 && s.next == page, true)
     }
 
     /// [`Streams::window`] for a reader that moves forward at the grain of its buffer but may
@@ -96,12 +66,27 @@ impl Streams {
     /// `[start - window, next + window)`, and then doubles its window; anywhere else it starts a
     /// new stream. Pair it with [`Streams::served_near`].
     pub fn window_near(&self, page: u64) -> u64 {
+        self.continue_or_start(page, |s| s.near(page), false)
+    }
+
+    /// The window for a fault at `page`: doubled for the first stream `continues` accepts (its
+    /// run then starts at `page` if `restart`), else a new stream of [`MIN_RUN_PAGES`] in the
+    /// place of the least recently used one.
+    fn continue_or_start(
+        &self,
+        page: u64,
+        continues: impl Fn(&Stream) -> bool,
+        restart: bool,
+    ) -> u64 {
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         t.clock += 1;
         let now = t.clock;
-        let window = match t.streams.iter_mut().find(|s| s.near(page)) {
+        let window = match t.streams.iter_mut().find(|s| continues(s)) {
             Some(s) => {
                 s.window = (s.window * 2).min(MAX_RUN_PAGES);
+                if restart {
+                    s.start = page;
+                }
                 s.used = now;
                 s.window
             }

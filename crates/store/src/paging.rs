@@ -151,18 +151,23 @@ impl PagingDevice {
         self.write_run(slot, page)
     }
 
-    /// Write `buf.len() / PAGE_SIZE` pages to consecutive slots from `first` with one write,
-    /// and remember each page's checksum.
-    pub fn write_run(&self, first: Slot, buf: &[u8]) -> Result<(), PagingError> {
+    /// A run's I/O is whole pages, at least one, within the device.
+    fn check_run(&self, first: Slot, len: usize) {
         assert!(
-            buf.len().is_multiple_of(PAGE_SIZE) && !buf.is_empty(),
+            len.is_multiple_of(PAGE_SIZE) && len > 0,
             "paging I/O is page-sized"
         );
-        let n = (buf.len() / PAGE_SIZE) as u32;
+        let n = (len / PAGE_SIZE) as u32;
         assert!(
             first.0.checked_add(n).is_some_and(|end| end <= self.slots),
             "run past the device"
         );
+    }
+
+    /// Write `buf.len() / PAGE_SIZE` pages to consecutive slots from `first` with one write,
+    /// and remember each page's checksum.
+    pub fn write_run(&self, first: Slot, buf: &[u8]) -> Result<(), PagingError> {
+        self.check_run(first, buf.len());
         self.file
             .write_all_at(buf, u64::from(first.0) * PAGE_SIZE as u64)
             .map_err(|source| PagingError::Io {
@@ -187,15 +192,7 @@ impl PagingDevice {
     /// every checksum. On a mismatch, returns the error of the first bad slot (the caller reads
     /// the pages it needs one by one instead).
     pub fn read_run(&self, first: Slot, buf: &mut [u8]) -> Result<(), PagingError> {
-        assert!(
-            buf.len().is_multiple_of(PAGE_SIZE) && !buf.is_empty(),
-            "paging I/O is page-sized"
-        );
-        let n = (buf.len() / PAGE_SIZE) as u32;
-        assert!(
-            first.0.checked_add(n).is_some_and(|end| end <= self.slots),
-            "run past the device"
-        );
+        self.check_run(first, buf.len());
         self.file
             .read_exact_at(buf, u64::from(first.0) * PAGE_SIZE as u64)
             .map_err(|source| PagingError::Io {

@@ -110,6 +110,24 @@ pub struct Out {
 }
 
 impl Out {
+    /// The command died of SIGBUS (exit 128 + SIGBUS, as memtest reports it) at `offset` of
+    /// the segment, and said so.
+    pub fn assert_sigbus_at(&self, offset: u64) {
+        assert_eq!(
+            self.status.code(),
+            Some(128 + libc::SIGBUS),
+            "{} {}",
+            self.stdout_str(),
+            self.stderr
+        );
+        assert!(
+            self.stderr
+                .contains(&format!("SIGBUS at segment offset {offset:#x}")),
+            "{}",
+            self.stderr
+        );
+    }
+
     pub fn stdout_str(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
