@@ -11,7 +11,7 @@ use pagemesh_proto::{
     PROTOCOL_VERSION,
 };
 use pagemesh_types::PAGE_SIZE;
-use pagemesh_uffd::{fdpass, Uffd};
+use pagemesh_uffd::{fdpass, RegisterMode, Uffd};
 
 use crate::cluster_requests::HeldLocks;
 use crate::reply::err;
@@ -164,6 +164,10 @@ impl Daemon {
                 return;
             }
         };
+        if let Err(message) = check_uffd(&uffd, pid, &seg, base, len) {
+            let _ = write_frame(&sock, &err(ErrorCode::InvalidArgument, message), &[]);
+            return;
+        }
         let att = Arc::new(Attachment {
             id,
             pid,
@@ -331,4 +335,32 @@ fn hello(sock: &UnixStream, cred: &fdpass::PeerCred) -> bool {
     };
     let _ = sock.set_read_timeout(None);
     ok
+}
+
+/// The uffd a client sent must serve its mapping: register the range from here, with the modes
+/// its faults need. A uffd that never did its API handshake, or a base where the process has
+/// no such mapping, is refused now (the message says why), not found out by a failed
+/// write-protect later.
+fn check_uffd(uffd: &Uffd, pid: i32, seg: &Segment, base: u64, len: u64) -> Result<(), String> {
+    let modes = if seg.is_volume() {
+        RegisterMode::MISSING.union(RegisterMode::MINOR)
+    } else {
+        RegisterMode::MISSING
+            .union(RegisterMode::MINOR)
+            .union(RegisterMode::WP)
+    };
+    uffd.register_for_creator(base, len, modes)
+        .map(|_| ())
+        .map_err(|e| {
+            log::warn!(
+                "pid {pid}: refused its uffd for segment {} at {base:#x}: {e}",
+                seg.info.name
+            );
+            format!(
+                "RegisterUffd: the uffd cannot serve the mapping at {base:#x} ({len} bytes) of \
+                 segment {}: {e} (it must have done UFFDIO_API, and the segment's memfd must be \
+                 mapped at that address)",
+                seg.info.name
+            )
+        })
 }

@@ -418,9 +418,14 @@ impl Segment {
 
     /// Write-protect pages `[first, first+n)` in every attached process, before their bytes are
     /// copied out (sync, eviction): a process left with a writable mapping could write after the
-    /// copy, and that write would be lost. A process that has exited is skipped; any other
-    /// failure is returned with the pid, and the caller must not go on.
-    pub fn protect_everywhere(&self, first: u64, n: u64) -> Result<(), (i32, UffdError)> {
+    /// copy, and that write would be lost. A process that has exited is skipped. A process whose
+    /// uffd refuses (it unregistered or remapped the range behind the daemon's back) loses its
+    /// attachment: it is taken off the segment and its lease closed, so its watchdog turns its
+    /// next fault into SIGBUS; what it still has mapped it may write, and such writes are its
+    /// own (they can be lost). The others, and the node, go on: a client's fault is the
+    /// client's.
+    pub fn protect_everywhere(&self, first: u64, n: u64) {
+        let mut refused = Vec::new();
         for a in self
             .clients
             .read()
@@ -432,11 +437,27 @@ impl Segment {
                 .write_protect(a.base + first * PS, n * PS, Protect::ReadOnly, Wake::Yes)
             {
                 Ok(()) => {}
-                Err(e) if e.is_process_gone() => {}
-                Err(e) => return Err((a.pid, e)),
+                // Exited: its lease ends by itself.
+                Err(e) if e.is_process_exited() => {}
+                // ENOENT too: the range is not registered any more, which does not prove it
+                // unmapped (a process may unregister and keep writing).
+                Err(e) => {
+                    log::warn!(
+                        "segment {}: pid {} refused to write-protect pages {first}..{}: {e}; \
+                         closing its attachment {} (its next fault gets SIGBUS)",
+                        self.info.name,
+                        a.pid,
+                        first + n,
+                        a.id
+                    );
+                    a.revoke();
+                    refused.push(a.id);
+                }
             }
         }
-        Ok(())
+        for id in refused {
+            self.detach(id);
+        }
     }
 
     /// Pin `[first, first+n)`: fault every page into the memfd and never evict it. Fails,

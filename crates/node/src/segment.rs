@@ -14,7 +14,7 @@ use pagemesh_proto::{SegmentCounters, SegmentInfo, SegmentStat};
 use pagemesh_store::{Mapper, MapperError};
 use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::fault::answer_unservable;
-use pagemesh_uffd::{Bounds, Fault, FaultKind, Memfd, Uffd, UffdError, Unservable};
+use pagemesh_uffd::{Bounds, Fault, FaultKind, Memfd, Uffd, Unservable};
 
 use crate::histogram::Histogram;
 use crate::load::VolumeError;
@@ -171,14 +171,6 @@ pub enum IoError {
         segment: String,
         offset: u64,
         source: std::io::Error,
-    },
-    #[error("segment {segment}: write-protecting pages {first}..{} in pid {pid} for sync failed: {source}; the pages stay dirty", first + n)]
-    WriteProtect {
-        segment: String,
-        first: u64,
-        n: u64,
-        pid: i32,
-        source: UffdError,
     },
     #[error("segment {segment}: {source}")]
     Volume {
@@ -678,16 +670,9 @@ impl Segment {
             }
             return Ok(w);
         }
-        // A process that keeps a writable mapping would write without faulting: the pages
-        // must stay Dirty, and the sync fails.
-        self.protect_everywhere(first, n)
-            .map_err(|(pid, source)| IoError::WriteProtect {
-                segment: self.info.name.clone(),
-                first,
-                n,
-                pid,
-                source,
-            })?;
+        // A process that keeps a writable mapping would write without faulting after the copy
+        // (one whose uffd refuses loses its attachment instead).
+        self.protect_everywhere(first, n);
         let bytes = &mut buf[..(n * PS) as usize];
         self.memfd
             .read_exact_at(bytes, first * PS)

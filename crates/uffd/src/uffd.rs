@@ -137,6 +137,13 @@ impl UffdError {
         )
     }
 
+    /// The process whose address space the uffd belongs to has exited (ESRCH) - and only
+    /// that: unlike [`UffdError::is_process_gone`], a range that is merely no longer
+    /// registered (ENOENT) does not count, since the process may still have it mapped.
+    pub fn is_process_exited(&self) -> bool {
+        self.source.raw_os_error() == Some(libc::ESRCH)
+    }
+
     /// No page to map (CONTINUE on a page that is not in the page cache): EFAULT.
     pub fn is_no_page(&self) -> bool {
         self.source.raw_os_error() == Some(libc::EFAULT)
@@ -346,6 +353,24 @@ impl Uffd {
     }
 
     /// Unregister a range.
+    /// Register `[start, start+len)` of the process that created this uffd for `mode`
+    /// faults, on its behalf: only for a uffd received from another process
+    /// ([`Uffd::from_received`]). It checks what that process claims of its uffd: the API
+    /// handshake was done, the range is mapped in its address space, and the range can take
+    /// `mode` (registering what it already registered the same way changes nothing; what it
+    /// left out is registered now). Returns the ioctls supported on the range.
+    pub fn register_for_creator(
+        &self,
+        start: u64,
+        len: u64,
+        mode: RegisterMode,
+    ) -> Result<u64, UffdError> {
+        // SAFETY: a uffd acts on the address space of the process that created it, and this
+        // one was received from another process (the daemon creates no uffd of its own and
+        // hands none out), so no Rust value of this process lies in the range.
+        unsafe { self.register(start, len, mode) }
+    }
+
     pub fn unregister(&self, start: u64, len: u64) -> Result<(), UffdError> {
         let mut range = sys::uffdio_range { start, len };
         self.ioctl("UFFDIO_UNREGISTER", sys::UFFDIO_UNREGISTER, &mut range)
