@@ -231,9 +231,13 @@ fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
             ByteSize(s.memory_budget_bytes),
             s.backpressure_waits
         );
+        // A slot holds one page.
+        let page = pagemesh_types::PAGE_SIZE;
         outln!(
-            "paging device   {} ({} of {} slots used)",
+            "paging device   {} ({} of {} used: {} of {} page slots)",
             s.paging_device,
+            ByteSize(s.paging_slots_used * page),
+            ByteSize(s.paging_slots_total * page),
             s.paging_slots_used,
             s.paging_slots_total
         );

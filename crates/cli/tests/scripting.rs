@@ -125,13 +125,18 @@ fn sync_of_a_zero_segment_says_there_is_no_file_to_sync() {
 
 #[test]
 fn sizes_print_in_the_largest_unit_they_reach() {
-    let d = Daemon::start();
+    let d = Daemon::start_with(&["--memory", "64MiB", "--paging-device-size", "256MiB"]);
     d.run(&["segment", "create", "odd", "--size", "65540KiB"])
         .ok();
     let list = d.run(&["segment", "list"]).ok().stdout_str();
     assert!(list.contains("64.0MiB"), "{list}");
     let stat = d.run(&["segment", "stat", "odd"]).ok().stdout_str();
     assert!(stat.contains("fault service  no faults"), "{stat}");
+    let status = d.run(&["status"]).ok().stdout_str();
+    assert!(
+        status.contains("(0B of 256MiB used: 0 of 65536 page slots)"),
+        "{status}"
+    );
 }
 
 #[test]
