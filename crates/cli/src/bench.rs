@@ -69,6 +69,7 @@ pub enum BenchCmd {
         /// Bytes written per run.
         #[arg(long, value_parser = parse_size, default_value = "1GiB")]
         size: u64,
+        /// One JSON object per line.
         #[arg(long)]
         json: bool,
     },
@@ -78,6 +79,7 @@ pub enum BenchCmd {
     MapCached(crate::bench_map_cached::MapCachedBench),
     /// Every bench above, one after the other.
     All {
+        /// One JSON object per line.
         #[arg(long)]
         json: bool,
     },
@@ -119,8 +121,10 @@ pub struct OvercommitBench {
     /// The bench daemon's --memory; the overcommitted segment is 4x this.
     #[arg(long, value_parser = parse_size, default_value = "256MiB")]
     pub memory: u64,
+    /// Repetitions (rounds in one daemon).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
 }
@@ -182,7 +186,7 @@ pub fn run(socket: &Path, cmd: BenchCmd) -> anyhow::Result<ExitCode> {
             let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
             let len = f.metadata()?.len() as usize;
             let m = ReadOnlyMapping::map(f.as_fd(), len)?;
-            println!("{}", sha256_of(|off, buf| m.read_at(off, buf), len));
+            outln!("{}", sha256_of(|off, buf| m.read_at(off, buf), len));
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -44,7 +44,7 @@ pub fn touch(socket: &Path, segment: Option<&str>, anon_bytes: Option<u64>) -> a
         }
         _ => bail!("give exactly one of --segment and --anon-bytes"),
     };
-    println!("{secs}");
+    outln!("{secs}");
     Ok(())
 }
 

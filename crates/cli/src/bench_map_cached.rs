@@ -57,6 +57,7 @@ pub struct MapCachedBench {
     /// Single-page writes timed per case and run.
     #[arg(long, default_value_t = 2000)]
     pub faults: usize,
+    /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
 }

@@ -12,6 +12,7 @@ pub struct RunsArgs {
     /// Faults timed per repetition (local-fault, scaling).
     #[arg(long, default_value_t = 2000)]
     pub faults: u64,
+    /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
 }
@@ -54,10 +55,15 @@ pub fn mean(v: &[f64]) -> f64 {
 /// Unless `json`: what the bench measures, then the table's column heads.
 pub fn header(json: bool, what: &str) {
     if !json {
-        println!("{what}");
-        println!(
+        outln!("{what}");
+        outln!(
             "{:<8} {:<34} {:>5} {:>10} {:>10} {:>7}",
-            "bench", "metric", "unit", "pagemesh", "baseline", "ratio"
+            "bench",
+            "metric",
+            "unit",
+            "pagemesh",
+            "baseline",
+            "ratio"
         );
     }
 }
@@ -146,14 +152,14 @@ fn print_line(json: bool, l: &Line<'_>, p: &Stats, b: &Stats, ratio: f64, paired
         if paired {
             v["paired"] = serde_json::Value::Bool(true);
         }
-        println!("{v}");
+        outln!("{v}");
     } else {
         let how = if paired {
             format!("median of {} pairs' ratios; ", p.runs)
         } else {
             String::new()
         };
-        println!(
+        outln!(
             "{bench:<8} {metric:<34} {unit:>5} {:>10.3} {:>10.3} {:>7.3}  ({better} is better; {how}pagemesh min {:.3} max {:.3}, n={})",
             p.median, b.median, ratio, p.min, p.max, p.runs
         );

@@ -21,8 +21,9 @@ pub struct ClusterArgs {
     /// Address peers reach this node on (e.g. 10.0.0.1:7100).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Another node: ID=HOST:PORT (repeat for every other node).
-    #[arg(long = "peer", value_parser = parse_peer)]
+    /// Another node: ID=IP:PORT, an IP address, not a host name (repeat for every other
+    /// node).
+    #[arg(long = "peer", value_name = "ID=IP:PORT", value_parser = parse_peer)]
     pub peers: Vec<(u32, SocketAddr)>,
     /// Nodes of different clusters refuse each other.
     #[arg(long)]
@@ -36,9 +37,9 @@ pub struct ClusterArgs {
 }
 
 fn parse_peer(s: &str) -> Result<(u32, SocketAddr), String> {
-    let (id, addr) = s
-        .split_once('=')
-        .ok_or_else(|| format!("peer {s:?}: expected ID=HOST:PORT"))?;
+    let (id, addr) = s.split_once('=').ok_or_else(|| {
+        format!("peer {s:?}: expected ID=IP:PORT (an IP address, e.g. 2=10.0.0.2:7100)")
+    })?;
     let id = id
         .trim()
         .parse()
@@ -132,6 +133,7 @@ pub fn cluster_config(
 pub enum ClusterCmd {
     /// Nodes (epoch, liveness, figures) and cluster segments with their homes.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -143,14 +145,16 @@ pub fn run(socket: &Path, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
         ClusterCmd::Status { json } => {
             let s = client.cluster_status()?;
             if json {
-                println!("{}", status_json(&s));
+                outln!("{}", status_json(&s));
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            outln!(
                 "cluster {:#x}, answered by node {} (epoch {})",
-                s.cluster_id, s.node, s.epoch
+                s.cluster_id,
+                s.node,
+                s.epoch
             );
-            println!(
+            outln!(
                 "{:>5} {:<22} {:>6} {:<6} {:>9} {:>10} {:>10} {:>8} {:>8}",
                 "node",
                 "address",
@@ -159,8 +163,8 @@ pub fn run(socket: &Path, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
                 "silent_ms",
                 "faults",
                 "fetches",
-                "p50_us",
-                "p99_us"
+                "p50<=us",
+                "p99<=us"
             );
             for n in &s.nodes {
                 let state = if n.declared_dead {
@@ -176,22 +180,30 @@ pub fn run(socket: &Path, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
                         (
                             f.faults.to_string(),
                             f.remote_fetches.to_string(),
-                            format!("{:.1}", f.fault_p50_ns as f64 / 1e3),
-                            format!("{:.1}", f.fault_p99_ns as f64 / 1e3),
+                            crate::latency::cell_us(f.faults, f.fault_p50_ns),
+                            crate::latency::cell_us(f.faults, f.fault_p99_ns),
                         )
                     },
                 );
-                println!(
+                outln!(
                     "{:>5} {:<22} {:>6} {:<6} {:>9} {:>10} {:>10} {:>8} {:>8}",
-                    n.id, n.addr, n.epoch, state, n.silent_ms, f, r, p50, p99
+                    n.id,
+                    n.addr,
+                    n.epoch,
+                    state,
+                    n.silent_ms,
+                    f,
+                    r,
+                    p50,
+                    p99
                 );
             }
-            println!("segments:");
+            outln!("segments:");
             for seg in &s.segments {
-                println!(
-                    "  {:<20} {:>14} bytes  {:<24} home node {}",
+                outln!(
+                    "  {:<20} {:>10}  {:<24} home node {}",
                     seg.name,
-                    seg.size_bytes,
+                    pagemesh_types::ByteSize(seg.size_bytes).to_string(),
                     seg.backing.to_string(),
                     seg.home.map_or("-".into(), |h| h.to_string())
                 );

@@ -218,25 +218,32 @@ fn counter(a: &DemoArgs, daemons: &[PrivateDaemon]) -> anyhow::Result<String> {
 
 /// What moved between the nodes: one row of figures per node.
 fn print_figures(status: &ClusterStatus) {
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:>5} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9} {:>9}",
-        "node", "faults", "fetches", "invals", "downgr", "bytes moved", "p50", "p99"
+        "node",
+        "faults",
+        "fetches",
+        "invals",
+        "downgr",
+        "bytes moved",
+        "p50<=us",
+        "p99<=us"
     );
     for n in &status.nodes {
         match &n.figures {
-            Some(f) => println!(
-                "{:>5} {:>9} {:>9} {:>9} {:>9} {:>12} {:>7.1}us {:>7.1}us",
+            Some(f) => outln!(
+                "{:>5} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9} {:>9}",
                 n.id,
                 f.faults,
                 f.remote_fetches,
                 f.invalidations,
                 f.downgrades,
                 pagemesh_types::ByteSize(f.bytes_sent + f.bytes_received).to_string(),
-                f.fault_p50_ns as f64 / 1e3,
-                f.fault_p99_ns as f64 / 1e3
+                crate::latency::cell_us(f.faults, f.fault_p50_ns),
+                crate::latency::cell_us(f.faults, f.fault_p99_ns)
             ),
-            None => println!("{:>5} (no answer)", n.id),
+            None => outln!("{:>5} (no answer)", n.id),
         }
     }
 }
@@ -246,10 +253,13 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         bail!("--nodes, --workers-per-node and --iters must be >= 1 and --n >= 3");
     }
     let ranks = a.nodes * a.workers_per_node;
-    println!(
+    outln!(
         "pagemesh demo: {} nodes on loopback (separate daemons), {ranks} worker processes, \
          Jacobi heat stencil on a {}x{} grid, {} iterations",
-        a.nodes, a.n, a.n, a.iters
+        a.nodes,
+        a.n,
+        a.n,
+        a.iters
     );
     let daemons = crate::harness::start_cluster(
         a.nodes,
@@ -257,7 +267,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         &["--workers", "1", "--memory", "256MiB"],
     )?;
     for (i, d) in daemons.iter().enumerate() {
-        println!("  node {} in {}", i + 1, d.dir.path().display());
+        outln!("  node {} in {}", i + 1, d.dir.path().display());
     }
     let wall = stencil(&a, &daemons)?;
     let v = verify(&a, &daemons)?;
@@ -267,23 +277,23 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         None
     };
     print_figures(&daemons[0].client.cluster_status()?);
-    println!();
-    println!(
+    outln!();
+    outln!(
         "stencil: {ranks} processes on {} nodes, {} iterations in {wall:.2} s (one process, no sharing: {:.3} s)",
         a.nodes, a.iters, v.ref_secs
     );
     if let Some(line) = counter_line {
-        println!("{line}");
+        outln!("{line}");
     }
     drop(daemons);
     let (sum, want) = (v.sum, v.want);
     match v.verified {
         Ok(()) => {
-            println!("verified: the shared grid equals the single-process result bit for bit (checksum {sum:016x})");
+            outln!("verified: the shared grid equals the single-process result bit for bit (checksum {sum:016x})");
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            println!("NOT VERIFIED: {e} (checksum {sum:016x}, expected {want:016x})");
+            outln!("NOT VERIFIED: {e} (checksum {sum:016x}, expected {want:016x})");
             Ok(ExitCode::from(1))
         }
     }

@@ -12,7 +12,7 @@ fn read_trim(path: &str) -> String {
 }
 
 fn line(ok: bool, what: &str, detail: impl std::fmt::Display) {
-    println!("[{}] {what:<28} {detail}", if ok { " ok " } else { "FAIL" });
+    outln!("[{}] {what:<28} {detail}", if ok { " ok " } else { "FAIL" });
 }
 
 /// The kernel release: 6.8 or later. Whether it passed.
@@ -59,7 +59,7 @@ fn check_userfaultfd() -> bool {
     let full = p.mode != OpenMode::UserModeOnly;
     line(full, "userfaultfd mode", p.mode);
     if !full {
-        println!("       grant full mode: give the user access to /dev/userfaultfd (e.g. a group with rw), or CAP_SYS_PTRACE");
+        outln!("       grant full mode: give the user access to /dev/userfaultfd (e.g. a group with rw), or CAP_SYS_PTRACE");
     }
     let have: Vec<&str> = features::NAMES
         .iter()
@@ -80,7 +80,7 @@ fn check_userfaultfd() -> bool {
             format!("missing {missing:?}")
         },
     );
-    println!("       kernel offers: {}", have.join(" "));
+    outln!("       kernel offers: {}", have.join(" "));
     missing.is_empty()
 }
 

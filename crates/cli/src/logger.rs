@@ -54,8 +54,24 @@ impl log::Log for Logger {
     fn flush(&self) {}
 }
 
-pub fn init(level: &str) {
-    let level = level.parse().unwrap_or(log::LevelFilter::Info);
+/// The daemon's `--log-level`: an unknown name is refused by the parser, with this list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+pub fn init(level: Level) {
+    let level = match level {
+        Level::Error => log::LevelFilter::Error,
+        Level::Warn => log::LevelFilter::Warn,
+        Level::Info => log::LevelFilter::Info,
+        Level::Debug => log::LevelFilter::Debug,
+        Level::Trace => log::LevelFilter::Trace,
+    };
     if log::set_boxed_logger(Box::new(Logger { level })).is_ok() {
         log::set_max_level(level);
     }

@@ -3,6 +3,9 @@
 
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod stdout;
+
 mod bench;
 mod bench_baseline;
 mod bench_bulk;
@@ -15,6 +18,7 @@ mod demo;
 mod doctor;
 mod harness;
 mod jacobi;
+mod latency;
 mod logger;
 mod memtest;
 mod partition_cmd;
@@ -34,7 +38,8 @@ use pagemesh_types::ByteSize;
     about = "Distributed memory manager on userfaultfd: named segments used as plain memory"
 )]
 struct Cli {
-    /// The node daemon's socket.
+    /// The node daemon's socket (ignored by `demo` and `bench`, which start daemons of
+    /// their own).
     #[arg(long, global = true, env = "PAGEMESH_SOCKET", default_value = pagemesh::DEFAULT_SOCKET)]
     socket: PathBuf,
     #[command(subcommand)]
@@ -65,9 +70,9 @@ enum Cmd {
         /// Paging device size (default: 4 x --memory; the file is sparse).
         #[arg(long, value_parser = parse_size)]
         paging_device_size: Option<u64>,
-        /// error, warn, info, debug.
-        #[arg(long, env = "PAGEMESH_LOG", default_value = "info")]
-        log_level: String,
+        /// The least severe messages the daemon logs (on stderr).
+        #[arg(long, env = "PAGEMESH_LOG", value_enum, default_value_t = logger::Level::Info)]
+        log_level: logger::Level,
         #[command(flatten)]
         cluster: cluster_cmd::ClusterArgs,
     },
@@ -98,6 +103,7 @@ enum Cmd {
     DemoWorker(demo::WorkerArgs),
     /// Show the daemon's identity and state.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -122,7 +128,7 @@ fn main() -> ExitCode {
             log_level,
             cluster,
         } => {
-            logger::init(&log_level);
+            logger::init(log_level);
             let file = match &cluster.config {
                 Some(p) => match cluster_cmd::read_config(p) {
                     Ok(f) => f,
@@ -187,8 +193,11 @@ fn main() -> ExitCode {
         Cmd::DemoWorker(args) => demo::worker(&cli.socket, args),
         Cmd::Status { json } => status(&cli.socket, json),
     };
+    let result = result.and_then(|code| stdout::flush().map(|()| code));
     match result {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): not a failure of the command.
+        Err(e) if e.is::<stdout::StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pagemesh: error: {e:#}");
             ExitCode::from(2)
@@ -199,7 +208,7 @@ fn main() -> ExitCode {
 fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     let s = pagemesh::Client::connect(socket)?.status()?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "pid": s.pid, "version": s.version, "uffd_mode": s.uffd_mode, "fault_workers": s.fault_workers,
@@ -210,21 +219,27 @@ fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
             })
         );
     } else {
-        println!("daemon pid {} version {}", s.pid, s.version);
-        println!("uffd mode       {}", s.uffd_mode);
-        println!("fault workers   {}", s.fault_workers);
-        println!("segments        {}", s.segments);
-        println!("attached        {}", s.attached_clients);
-        println!("data dir        {}", s.data_dir);
-        println!(
+        outln!("daemon pid {} version {}", s.pid, s.version);
+        outln!("uffd mode       {}", s.uffd_mode);
+        outln!("fault workers   {}", s.fault_workers);
+        outln!("segments        {}", s.segments);
+        outln!("attached        {}", s.attached_clients);
+        outln!("data dir        {}", s.data_dir);
+        outln!(
             "memory          {} resident of a {} pool ({} backpressure waits)",
             ByteSize(s.memory_resident_bytes),
             ByteSize(s.memory_budget_bytes),
             s.backpressure_waits
         );
-        println!(
-            "paging device   {} ({} of {} slots used)",
-            s.paging_device, s.paging_slots_used, s.paging_slots_total
+        // A slot holds one page.
+        let page = pagemesh_types::PAGE_SIZE;
+        outln!(
+            "paging device   {} ({} of {} used: {} of {} page slots)",
+            s.paging_device,
+            ByteSize(s.paging_slots_used * page),
+            ByteSize(s.paging_slots_total * page),
+            s.paging_slots_used,
+            s.paging_slots_total
         );
     }
     Ok(ExitCode::SUCCESS)

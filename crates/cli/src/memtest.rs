@@ -23,13 +23,13 @@ pub struct MemtestArgs {
     /// Segment name.
     pub name: String,
     /// Write the pattern for SEED.
-    #[arg(long)]
+    #[arg(long, value_name = "SEED")]
     pub write: Option<u64>,
     /// Verify the pattern for SEED; exit 1 and print the first bad offset on mismatch.
-    #[arg(long)]
+    #[arg(long, value_name = "SEED")]
     pub verify: Option<u64>,
     /// Do N atomic fetch_add(1) on the u64 at --offset.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub increment: Option<u64>,
     /// Print the SHA-256 of the range as read through the mapping.
     #[arg(long)]
@@ -82,20 +82,20 @@ fn rate(bytes: u64, secs: f64) -> String {
 fn range_len(a: &MemtestArgs, size: u64) -> anyhow::Result<u64> {
     if a.offset > size {
         bail!(
-            "offset {} is past the end of segment {} ({} bytes)",
+            "offset {} is past the end of segment {} ({})",
             a.offset,
             a.name,
-            size
+            ByteSize(size)
         );
     }
     let len = a.len.unwrap_or(size - a.offset);
     if a.offset.checked_add(len).is_none_or(|end| end > size) {
         bail!(
-            "range {}+{} is outside segment {} ({} bytes)",
+            "range {}+{} is outside segment {} ({})",
             a.offset,
             len,
             a.name,
-            size
+            ByteSize(size)
         );
     }
     Ok(len)
@@ -152,7 +152,7 @@ fn increment(m: &Mapping, a: &MemtestArgs, n: u64) -> anyhow::Result<ExitCode> {
         }
     });
     let v = word.load(Ordering::SeqCst);
-    println!(
+    outln!(
         "memtest: {n} increments of offset {} done in {:.3} s; value now {v}",
         a.offset,
         start.elapsed().as_secs_f64()
@@ -174,7 +174,7 @@ fn sha256(m: &Mapping, a: &MemtestArgs, len: u64) -> anyhow::Result<ExitCode> {
             done += n as u64;
         }
         let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        println!("{digest}");
+        outln!("{digest}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -204,7 +204,7 @@ fn write(m: &Mapping, a: &MemtestArgs, len: u64, seed: u64) -> anyhow::Result<Ex
     let (lo, hi) = word_range(a, len);
     write_words(m.atomics_u64(), lo, hi, seed, a.threads);
     let secs = start.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "memtest: wrote {} at offset {} with seed {seed} in {secs:.3} s ({}, {} thread(s))",
         ByteSize(len),
         a.offset,
@@ -257,7 +257,7 @@ fn verify(m: &Mapping, a: &MemtestArgs, len: u64, seed: u64) -> anyhow::Result<E
         let secs = start.elapsed().as_secs_f64();
         if nbad > 0 {
             let found = words[(o / 8) as usize].load(Ordering::Relaxed);
-            println!(
+            outln!(
                 "memtest: MISMATCH in segment {}: first bad offset {o} ({o:#x}): expected {:#018x}, found {found:#018x}; {nbad} bad word(s) of {}",
                 a.name,
                 pattern(seed, o),
@@ -265,7 +265,7 @@ fn verify(m: &Mapping, a: &MemtestArgs, len: u64, seed: u64) -> anyhow::Result<E
             );
             return Ok(ExitCode::from(1));
         }
-        println!(
+        outln!(
             "memtest: verified {} at offset {} with seed {seed} in {secs:.3} s ({}, {} thread(s))",
             ByteSize(len),
             a.offset,

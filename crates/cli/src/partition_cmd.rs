@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::bail;
 use clap::Subcommand;
 use pagemesh::{Client, PartitionLimits, PartitionStat};
 use pagemesh_types::ByteSize;
@@ -14,38 +15,58 @@ pub enum PartitionCmd {
     /// Create a partition. Under memory pressure a partition below its min is never robbed,
     /// one above its max gives pages up first, and the rest share the pool by weight.
     Create {
+        /// Partition name (1-64 of A-Z a-z 0-9 . _ -).
         name: String,
+        /// Memory the partition keeps under pressure (e.g. 1GiB).
         #[arg(long, value_parser = parse_size, default_value = "0")]
         min: u64,
-        /// Default: the whole pool.
+        /// Most memory the partition may hold (default: the whole pool).
         #[arg(long, value_parser = parse_size)]
         max: Option<u64>,
+        /// Its share of the memory above the mins, relative to the other partitions (at
+        /// least 1).
         #[arg(long, default_value_t = 1)]
         weight: u32,
+        /// Print the new partition as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List partitions with their use.
     List {
+        /// Print a JSON array.
         #[arg(long)]
         json: bool,
     },
     /// One partition's limits, entitlement, resident and pinned memory, paging counters.
     Stat {
+        /// Partition name.
         name: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Change limits.
+    /// Change limits (at least one of --min, --max, --weight).
     Set {
+        /// Partition name.
         name: String,
+        /// New min (see `partition create`).
         #[arg(long, value_parser = parse_size)]
         min: Option<u64>,
+        /// New max.
         #[arg(long, value_parser = parse_size)]
         max: Option<u64>,
+        /// New weight (at least 1).
         #[arg(long)]
         weight: Option<u32>,
+        /// Print the changed partition as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a partition that holds no segment.
-    Rm { name: String },
+    Rm {
+        /// Partition name.
+        name: String,
+    },
 }
 
 pub fn stat_json(p: &PartitionStat) -> serde_json::Value {
@@ -59,7 +80,7 @@ pub fn stat_json(p: &PartitionStat) -> serde_json::Value {
 
 fn row(p: &PartitionStat) {
     let b = |v: u64| ByteSize(v).to_string();
-    println!(
+    outln!(
         "{:<16} {:>10} {:>10} {:>6} {:>12} {:>10} {:>10} {:>9} {:>10} {:>8}",
         p.name,
         b(p.limits.min_bytes),
@@ -75,7 +96,7 @@ fn row(p: &PartitionStat) {
 }
 
 fn header() {
-    println!(
+    outln!(
         "{:<16} {:>10} {:>10} {:>6} {:>12} {:>10} {:>10} {:>9} {:>10} {:>8}",
         "NAME",
         "MIN",
@@ -94,7 +115,7 @@ pub fn run(socket: &Path, cmd: PartitionCmd) -> anyhow::Result<ExitCode> {
     let client = Client::connect(socket)?;
     let show = |p: PartitionStat, json: bool| {
         if json {
-            println!("{}", stat_json(&p));
+            outln!("{}", stat_json(&p));
         } else {
             header();
             row(&p);
@@ -106,18 +127,19 @@ pub fn run(socket: &Path, cmd: PartitionCmd) -> anyhow::Result<ExitCode> {
             min,
             max,
             weight,
+            json,
         } => {
             let limits = PartitionLimits {
                 min_bytes: min,
                 max_bytes: max.unwrap_or(u64::MAX),
                 weight,
             };
-            show(client.create_partition(&name, limits)?, false);
+            show(client.create_partition(&name, limits)?, json);
         }
         PartitionCmd::List { json } => {
             let v = client.list_partitions()?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::Value::Array(v.iter().map(stat_json).collect())
                 );
@@ -132,10 +154,16 @@ pub fn run(socket: &Path, cmd: PartitionCmd) -> anyhow::Result<ExitCode> {
             min,
             max,
             weight,
-        } => show(client.set_partition(&name, min, max, weight)?, false),
+            json,
+        } => {
+            if min.is_none() && max.is_none() && weight.is_none() {
+                bail!("partition {name}: nothing to change: give --min, --max or --weight");
+            }
+            show(client.set_partition(&name, min, max, weight)?, json);
+        }
         PartitionCmd::Rm { name } => {
             client.remove_partition(&name)?;
-            println!("removed partition {name}");
+            outln!("removed partition {name}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,6 +1,6 @@
 //! `pagemesh segment ...`
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -15,6 +15,7 @@ use crate::parse_size;
 pub enum SegmentCmd {
     /// Create a segment (O(1): every page starts dormant).
     Create {
+        /// Segment name (1-64 of A-Z a-z 0-9 . _ -).
         name: String,
         /// Size (e.g. 64GiB). Optional for file backing: the file's size.
         #[arg(long, value_parser = parse_size)]
@@ -23,7 +24,7 @@ pub enum SegmentCmd {
         /// or volume:NAME (the volume's frames; writes private to each process).
         #[arg(long, default_value = "zero")]
         backing: String,
-        /// The memory partition its pages count against.
+        /// The memory partition its pages count against (default: the default partition).
         #[arg(long)]
         partition: Option<String>,
         /// Cluster mode: the node that runs the segment's directory and mapper (default: the
@@ -33,42 +34,63 @@ pub enum SegmentCmd {
     },
     /// Fault in and pin a range: never evicted until unpinned.
     Pin {
+        /// Segment name.
         name: String,
+        /// Start of the range (rounded down to a page).
         #[arg(long, value_parser = parse_size, default_value = "0")]
         offset: u64,
-        /// Default: to the end of the segment.
+        /// Length of the range (default: to the end of the segment).
         #[arg(long, value_parser = parse_size)]
         len: Option<u64>,
     },
     /// Unpin a range.
     Unpin {
+        /// Segment name.
         name: String,
+        /// Start of the range (rounded down to a page).
         #[arg(long, value_parser = parse_size, default_value = "0")]
         offset: u64,
+        /// Length of the range (default: to the end of the segment).
         #[arg(long, value_parser = parse_size)]
         len: Option<u64>,
     },
     /// List the segments of this node.
     List {
+        /// Print a JSON array.
         #[arg(long)]
         json: bool,
     },
     /// Resident, dirty and poisoned pages, and fault counters.
     Stat {
+        /// Segment name.
         name: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
         /// Show one page's state and paging slot instead.
         #[arg(long)]
         page: Option<u64>,
     },
-    /// Write a file segment's dirty pages back to the file and fsync.
-    Sync { name: String },
+    /// Write a file segment's dirty pages back to the file and fsync. A zero or volume
+    /// segment has no file to write to: its dirty pages stay in memory (or on the paging
+    /// device), and the command says so.
+    Sync {
+        /// Segment name.
+        name: String,
+        /// Print JSON: {"segment", "backing", "synced", "pages_written", "dirty_pages"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a segment (a backing file is kept; its dirty pages are written back first).
-    Rm { name: String },
+    Rm {
+        /// Segment name.
+        name: String,
+    },
     /// Read bytes through the node's page cache to stdout.
     Read {
+        /// Segment name.
         name: String,
+        /// Where to start reading (e.g. 4KiB).
         #[arg(long, value_parser = parse_size, default_value = "0")]
         offset: u64,
         /// Bytes to read (default: to the end of the segment).
@@ -77,12 +99,17 @@ pub enum SegmentCmd {
     },
     /// Write stdin through the node's page cache at --offset.
     Write {
+        /// Segment name.
         name: String,
+        /// Where the first byte of stdin goes (e.g. 4KiB).
         #[arg(long, value_parser = parse_size, default_value = "0")]
         offset: u64,
     },
     /// Forget poisoned pages: they reload from the backing file (or read as zero) on next access.
-    ClearPoison { name: String },
+    ClearPoison {
+        /// Segment name.
+        name: String,
+    },
 }
 
 fn backing_arg(s: &str) -> anyhow::Result<Backing> {
@@ -125,44 +152,51 @@ pub fn stat_json(s: &SegmentStat) -> serde_json::Value {
 
 fn print_stat(s: &SegmentStat) {
     let c = &s.counters;
-    println!("segment        {} (id {})", s.info.name, s.info.id);
-    println!(
+    outln!("segment        {} (id {})", s.info.name, s.info.id);
+    outln!(
         "size           {} ({} bytes)",
         ByteSize(s.info.size_bytes),
         s.info.size_bytes
     );
-    println!("backing        {}", s.info.backing);
+    outln!("backing        {}", s.info.backing);
     if let Some(h) = s.info.home {
-        println!("home           node {h} (cluster segment)");
+        outln!("home           node {h} (cluster segment)");
     }
-    println!("resident pages {}", s.resident_pages);
-    println!("dirty pages    {}", s.dirty_pages);
-    println!("poisoned pages {}", s.poisoned_pages);
-    println!("paged out      {}", s.paged_pages);
-    println!("pinned pages   {}", s.pinned_pages);
-    println!("partition      {}", s.partition);
-    println!(
+    outln!("resident pages {}", s.resident_pages);
+    outln!("dirty pages    {}", s.dirty_pages);
+    outln!("poisoned pages {}", s.poisoned_pages);
+    outln!("paged out      {}", s.paged_pages);
+    outln!("pinned pages   {}", s.pinned_pages);
+    outln!("partition      {}", s.partition);
+    outln!(
         "evictions      {}  page-ins {}  page-outs {}",
-        c.evictions, c.page_ins, c.page_outs
+        c.evictions,
+        c.page_ins,
+        c.page_outs
     );
-    println!("attached       {}", s.attached_clients);
-    println!(
+    outln!("attached       {}", s.attached_clients);
+    outln!(
         "faults         missing {}  minor {}  write-protect {}",
-        c.faults_missing, c.faults_minor, c.faults_wp
+        c.faults_missing,
+        c.faults_minor,
+        c.faults_wp
     );
-    println!(
+    outln!(
         "fills          zero {}  from mapper {}",
-        c.zero_fills, c.mapper_reads
+        c.zero_fills,
+        c.mapper_reads
     );
-    println!(
+    outln!(
         "mapper bytes   read {}  written {}",
-        c.mapper_bytes_read, c.mapper_bytes_written
+        ByteSize(c.mapper_bytes_read),
+        ByteSize(c.mapper_bytes_written)
     );
-    println!("poisonings     {}", c.poisonings);
-    println!("syncs          {}", c.syncs);
-    println!(
-        "fault service  p50 {} ns  p99 {} ns",
-        c.fault_service_p50_ns, c.fault_service_p99_ns
+    outln!("poisonings     {}", c.poisonings);
+    outln!("syncs          {}", c.syncs);
+    let faults = c.faults_missing + c.faults_minor + c.faults_wp;
+    outln!(
+        "fault service  {}",
+        crate::latency::percentiles(faults, c.fault_service_p50_ns, c.fault_service_p99_ns)
     );
 }
 
@@ -185,15 +219,16 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
         SegmentCmd::Pin { name, offset, len } => {
             let len = range_len(&client, &name, offset, len)?;
             let n = client.pin(&name, offset, len)?;
-            println!(
-                "segment {name}: {n} page(s) newly pinned ({}+{})",
-                offset, len
+            outln!(
+                "segment {name}: {n} page(s) newly pinned ({} from offset {})",
+                ByteSize(len),
+                ByteSize(offset)
             );
         }
         SegmentCmd::Unpin { name, offset, len } => {
             let len = range_len(&client, &name, offset, len)?;
             let n = client.unpin(&name, offset, len)?;
-            println!("segment {name}: {n} page(s) unpinned");
+            outln!("segment {name}: {n} page(s) unpinned");
         }
         SegmentCmd::Stat {
             name,
@@ -202,24 +237,21 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
         } => {
             let s = client.stat(&name)?;
             if json {
-                println!("{}", stat_json(&s));
+                outln!("{}", stat_json(&s));
             } else {
                 print_stat(&s);
             }
         }
-        SegmentCmd::Sync { name } => {
-            let n = client.sync(&name)?;
-            println!("synced segment {name}: {n} dirty page(s) written and fsynced");
-        }
+        SegmentCmd::Sync { name, json } => sync(&client, &name, json)?,
         SegmentCmd::Rm { name } => {
             client.remove_segment(&name)?;
-            println!("removed segment {name}");
+            outln!("removed segment {name}");
         }
         SegmentCmd::Read { name, offset, len } => read(&client, &name, offset, len)?,
         SegmentCmd::Write { name, offset } => write(&client, &name, offset)?,
         SegmentCmd::ClearPoison { name } => {
             let n = client.clear_poison(&name)?;
-            println!("segment {name}: {n} poisoned page(s) cleared; they reload from the backing store on next access");
+            outln!("segment {name}: {n} poisoned page(s) cleared; they reload from the backing store on next access");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -238,7 +270,7 @@ fn create(
         Some(h) => client.create_cluster_segment(name, size, backing_arg(backing)?, Some(h))?,
         None => client.create_segment_in(name, size, backing_arg(backing)?, partition)?,
     };
-    println!(
+    outln!(
         "created segment {} ({}, {}{})",
         info.name,
         ByteSize(info.size_bytes),
@@ -249,22 +281,54 @@ fn create(
     Ok(())
 }
 
+/// `segment sync`: a file segment's dirty pages to its file and fsync; for a segment without
+/// a file, what happens to its dirty pages instead (nothing is written).
+fn sync(client: &Client, name: &str, json: bool) -> anyhow::Result<()> {
+    let s = client.stat(name)?;
+    let has_file = matches!(s.info.backing, Backing::File { .. });
+    let (written, dirty) = if has_file {
+        (client.sync(name)?, 0)
+    } else {
+        (0, s.dirty_pages)
+    };
+    if json {
+        let v = serde_json::json!({"segment": name, "backing": s.info.backing.to_string(),
+            "synced": has_file, "pages_written": written, "dirty_pages": dirty});
+        outln!("{v}");
+    } else if has_file {
+        outln!("synced segment {name}: {written} dirty page(s) written to its file and fsynced");
+    } else {
+        let what = match s.info.backing {
+            Backing::Volume { .. } => "a volume segment (writes are private copies)",
+            _ => "a zero segment",
+        };
+        outln!(
+            "segment {name} is {what}: no backing file to sync; its {dirty} dirty page(s) stay \
+             in memory or on the paging device"
+        );
+    }
+    Ok(())
+}
+
 /// `segment list`: a table, or one JSON array.
 fn list(client: &Client, json: bool) -> anyhow::Result<()> {
     let segs = client.list_segments()?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::Value::Array(segs.iter().map(info_json).collect())
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<24} {:>14} {:>12} {:>5}  BACKING",
-        "NAME", "ID", "SIZE", "HOME"
+        "NAME",
+        "ID",
+        "SIZE",
+        "HOME"
     );
     for s in segs {
-        println!(
+        outln!(
             "{:<24} {:>14} {:>12} {:>5}  {}",
             s.name,
             s.id,
@@ -282,12 +346,15 @@ fn stat_page(client: &Client, name: &str, page: u64, json: bool) -> anyhow::Resu
     if json {
         let v = serde_json::json!({"page": p.page, "state": p.state, "pinned": p.pinned,
             "referenced": p.referenced, "slot": p.slot});
-        println!("{v}");
+        outln!("{v}");
     } else {
         let slot = p.slot.map_or("-".to_string(), |s| s.to_string());
-        println!(
+        outln!(
             "segment {name} page {}: {} pinned={} referenced={} slot={slot}",
-            p.page, p.state, p.pinned, p.referenced
+            p.page,
+            p.state,
+            p.pinned,
+            p.referenced
         );
     }
     Ok(())
@@ -304,20 +371,22 @@ fn range_len(client: &Client, name: &str, offset: u64, len: Option<u64>) -> anyh
 fn read(client: &Client, name: &str, offset: u64, len: Option<u64>) -> anyhow::Result<()> {
     let size = client.stat(name)?.info.size_bytes;
     if offset > size {
-        bail!("offset {offset} is past the end of segment {name} ({size} bytes)");
+        bail!(
+            "offset {offset} is past the end of segment {name} ({})",
+            ByteSize(size)
+        );
     }
     let len = len.unwrap_or(size - offset);
-    let mut out = std::io::stdout().lock();
     let mut buf = vec![0u8; pagemesh::MAX_IO_CHUNK_BYTES as usize];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(buf.len() as u64) as usize;
         client.read_at(name, offset + done, &mut buf[..n])?;
-        out.write_all(&buf[..n]).context("writing to stdout")?;
+        // Stops with `StdoutClosed` when the reader went away (`| head`): main exits 0.
+        crate::stdout::write_bytes(&buf[..n])?;
         done += n as u64;
     }
-    out.flush()?;
-    Ok(())
+    crate::stdout::flush()
 }
 
 /// `segment write`: stdin through the node's page cache from `offset` on, in chunks a request
@@ -341,6 +410,9 @@ fn write(client: &Client, name: &str, offset: u64) -> anyhow::Result<()> {
         client.write_at(name, offset + done, &buf[..filled])?;
         done += filled as u64;
     }
-    eprintln!("wrote {done} bytes to segment {name} at offset {offset}");
+    eprintln!(
+        "wrote {} to segment {name} at offset {offset}",
+        ByteSize(done)
+    );
     Ok(())
 }

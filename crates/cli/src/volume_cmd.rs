@@ -12,20 +12,31 @@ pub enum VolumeCmd {
     /// Register a raw image file as a read-only volume. Segments created with
     /// `--backing volume:NAME` share its frames; a write gives the writing process a private
     /// copy of the page (VM-style), seen by no other process and never written to the image.
-    Add { name: String, path: PathBuf },
+    Add {
+        /// Volume name (1-64 of A-Z a-z 0-9 . _ -).
+        name: String,
+        /// The raw image file (never written).
+        path: PathBuf,
+    },
     /// List volumes.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Cache size, storage reads and sharing counters of a volume.
     Stat {
+        /// Volume name.
         name: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Remove a volume that no segment uses (the image file is kept).
-    Rm { name: String },
+    Rm {
+        /// Volume name.
+        name: String,
+    },
 }
 
 fn info_json(v: &VolumeInfo) -> serde_json::Value {
@@ -52,7 +63,7 @@ pub fn run(socket: &Path, cmd: VolumeCmd) -> anyhow::Result<ExitCode> {
                 std::env::current_dir()?.join(path)
             };
             let v = client.add_volume(&name, &abs.display().to_string())?;
-            println!(
+            outln!(
                 "added volume {} ({}, {})",
                 v.name,
                 ByteSize(v.size_bytes),
@@ -62,14 +73,14 @@ pub fn run(socket: &Path, cmd: VolumeCmd) -> anyhow::Result<ExitCode> {
         VolumeCmd::List { json } => {
             let vols = client.list_volumes()?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::Value::Array(vols.iter().map(info_json).collect())
                 );
             } else {
-                println!("{:<24} {:>12}  PATH", "NAME", "SIZE");
+                outln!("{:<24} {:>12}  PATH", "NAME", "SIZE");
                 for v in vols {
-                    println!(
+                    outln!(
                         "{:<24} {:>12}  {}",
                         v.name,
                         ByteSize(v.size_bytes).to_string(),
@@ -81,30 +92,31 @@ pub fn run(socket: &Path, cmd: VolumeCmd) -> anyhow::Result<ExitCode> {
         VolumeCmd::Stat { name, json } => {
             let s = client.stat_volume(&name)?;
             if json {
-                println!("{}", stat_json(&s));
+                outln!("{}", stat_json(&s));
             } else {
-                println!("volume           {} ({})", s.info.name, s.info.path);
-                println!("size             {}", ByteSize(s.info.size_bytes));
-                println!(
+                outln!("volume           {} ({})", s.info.name, s.info.path);
+                outln!("size             {}", ByteSize(s.info.size_bytes));
+                outln!(
                     "cached           {} blocks ({})",
                     s.cached_blocks,
                     ByteSize(s.cached_blocks * 4096)
                 );
-                println!(
-                    "storage reads    {} ({} bytes)",
-                    s.storage_reads, s.storage_bytes_read
+                outln!(
+                    "storage reads    {} ({})",
+                    s.storage_reads,
+                    ByteSize(s.storage_bytes_read)
                 );
-                println!("shared maps      {}", s.shared_maps);
-                println!("private copies   {}", s.private_copies);
-                println!("coalesced waits  {}", s.coalesced_waits);
-                println!("poisoned blocks  {}", s.poisoned_blocks);
-                println!("segments         {}", s.segments);
-                println!("share threshold  {}", s.share_threshold);
+                outln!("shared maps      {}", s.shared_maps);
+                outln!("private copies   {}", s.private_copies);
+                outln!("coalesced waits  {}", s.coalesced_waits);
+                outln!("poisoned blocks  {}", s.poisoned_blocks);
+                outln!("segments         {}", s.segments);
+                outln!("share threshold  {}", s.share_threshold);
             }
         }
         VolumeCmd::Rm { name } => {
             client.remove_volume(&name)?;
-            println!("removed volume {name}");
+            outln!("removed volume {name}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -9,7 +9,7 @@ use pagemesh_cluster::fatal::Fatal;
 use pagemesh_cluster::{ClusterConfig, Host, Input};
 use pagemesh_node::segment::Segment;
 use pagemesh_proto::{Backing, SegmentInfo};
-use pagemesh_types::{NodeId, SegmentId};
+use pagemesh_types::{ByteSize, NodeId, SegmentId};
 
 use crate::pool::memory_for;
 use crate::state::{valid_name, Daemon, MAX_SEGMENT_BYTES};
@@ -155,8 +155,8 @@ impl Daemon {
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), Arc::clone(&seg));
         log::info!(
-            "created cluster segment {name} (id {id:#x}): {} bytes backed by {}, home node {home}",
-            size,
+            "created cluster segment {name} (id {id:#x}): {} backed by {}, home node {home}",
+            ByteSize(size),
             info.backing
         );
         Ok(seg)
@@ -242,8 +242,8 @@ impl Daemon {
                 return Ok(None);
             }
             return Err(format!(
-                "two segments named {:?}: id {:#x} here (home {:?}) and id {:#x} (home {:?}); the later one is ignored on this node. Remove one of them.",
-                info.name, s.info.id, s.info.home, info.id, info.home
+                "two segments named {}: id {:#x} here (home {}) and id {:#x} (home {}); the later one is ignored on this node. Remove one of them.",
+                info.name, s.info.id, home_name(s.info.home), info.id, home_name(info.home)
             ));
         }
         let memory = memory_for(&self.pool, &info.backing, "default")?;
@@ -269,4 +269,9 @@ impl Daemon {
         );
         Ok(Some(seg))
     }
+}
+
+/// A segment's home for a message: "node N", or "none" (a local segment).
+fn home_name(home: Option<u32>) -> String {
+    home.map_or_else(|| "none".to_string(), |h| format!("node {h}"))
 }

@@ -109,7 +109,8 @@ fn check_kernel() -> Result<String, StartError> {
             .map(|(_, n)| *n)
             .collect();
         return Err(StartError::Kernel(format!(
-            "this kernel's userfaultfd lacks {missing:?}: pagemesh needs Linux >= 6.8"
+            "this kernel's userfaultfd lacks {}: pagemesh needs Linux >= 6.8",
+            missing.join(", ")
         )));
     }
     Ok(probe.mode.to_string())

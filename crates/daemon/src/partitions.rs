@@ -62,6 +62,12 @@ impl Daemon {
     }
 
     fn check_limits(&self, name: &str, l: &PartitionLimits) -> Result<(), Response> {
+        if l.weight == 0 {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("partition {name}: --weight must be at least 1 (the spare pool is shared in proportion to the weights)"),
+            ));
+        }
         if l.min_bytes > l.max_bytes {
             return Err(err(
                 ErrorCode::InvalidArgument,

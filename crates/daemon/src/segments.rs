@@ -105,7 +105,7 @@ impl Daemon {
             .insert(name.clone(), seg);
         log::info!(
             "created segment {name}: {} backed by {}",
-            ByteSize(size),
+            ByteSize(info.size_bytes),
             info.backing
         );
         Response::Segment(info)
@@ -120,7 +120,13 @@ impl Daemon {
         if let Err(pids) = seg.mark_removed() {
             return err(
                 ErrorCode::InvalidArgument,
-                format!("segment {name} is attached by pid(s) {pids:?}; end those processes or detach first"),
+                format!(
+                    "segment {name} is attached by pid(s) {}; end those processes or detach first",
+                    pids.iter()
+                        .map(i32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             );
         }
         // Like unmapping a file: dirty data reaches the file before the cache goes away.

@@ -103,7 +103,10 @@ impl Daemon {
         if !users.is_empty() {
             return err(
                 ErrorCode::InvalidArgument,
-                format!("volume {name} backs segment(s) {users:?}; remove them first"),
+                format!(
+                    "volume {name} backs segment(s) {}; remove them first",
+                    users.join(", ")
+                ),
             );
         }
         if let Err(e) = catalog.remove_volume(name) {

@@ -110,15 +110,22 @@ impl fmt::Display for ByteSize {
             ("MiB", 1 << 20),
             ("KiB", 1 << 10),
         ];
-        for (name, m) in UNITS {
-            if self.0 >= m && self.0.is_multiple_of(m) {
+        // The largest unit the size reaches: a whole number of it, or one decimal (so 64 MiB
+        // and 4 KiB print as "64.0MiB", not "65540KiB"). One decimal that rounds up to 1024
+        // of a unit is shown in the next unit up.
+        for (i, (name, m)) in UNITS.into_iter().enumerate() {
+            if self.0 < m {
+                continue;
+            }
+            if self.0.is_multiple_of(m) {
                 return write!(f, "{}{}", self.0 / m, name);
             }
-        }
-        for (name, m) in UNITS {
-            if self.0 >= m {
-                return write!(f, "{:.1}{}", self.0 as f64 / m as f64, name);
+            let v = self.0 as f64 / m as f64;
+            if (v * 10.0).round() >= 10_240.0 && i > 0 {
+                let (up, _) = UNITS[i - 1];
+                return write!(f, "{:.1}{up}", v / 1024.0);
             }
+            return write!(f, "{v:.1}{name}");
         }
         write!(f, "{}B", self.0)
     }
@@ -144,6 +151,9 @@ mod tests {
         assert_eq!(ByteSize(1 << 30).to_string(), "1GiB");
         assert_eq!(ByteSize(1536).to_string(), "1.5KiB");
         assert_eq!(ByteSize(10).to_string(), "10B");
+        assert_eq!(ByteSize((64 << 20) + 4096).to_string(), "64.0MiB");
+        assert_eq!(ByteSize((1 << 30) - 4096).to_string(), "1.0GiB");
+        assert_eq!(ByteSize(3 << 20).to_string(), "3MiB");
     }
 
     #[test]
