@@ -15,7 +15,10 @@ pub(crate) fn io_err(e: IoError) -> Response {
     let code = match e {
         IoError::OutOfRange { .. } => ErrorCode::InvalidArgument,
         IoError::Poisoned { .. } => ErrorCode::Poisoned,
-        IoError::Mapper { .. } | IoError::Memfd { .. } | IoError::Volume { .. } => ErrorCode::Io,
+        IoError::Mapper { .. }
+        | IoError::Memfd { .. }
+        | IoError::Volume { .. }
+        | IoError::WriteProtect { .. } => ErrorCode::Io,
         IoError::ReadOnly { .. } | IoError::PinLimit { .. } | IoError::PinUnsupported { .. } => {
             ErrorCode::InvalidArgument
         }

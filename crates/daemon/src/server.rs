@@ -184,6 +184,7 @@ impl Daemon {
                     .collect()
             }),
             volume_user: std::sync::atomic::AtomicBool::new(false),
+            revoked: std::sync::atomic::AtomicBool::new(false),
         });
         if let Err(e) = self.workers.add(att) {
             let _ = write_frame(

@@ -46,6 +46,15 @@ pub enum EvictError {
     },
     #[error("segment {segment} page {page}: no paging device for a dirty page of a zero segment")]
     NoPagingDevice { segment: String, page: u64 },
+    #[error(
+        "segment {segment} page {page}: write-protecting it in pid {pid} before eviction: {source}"
+    )]
+    WriteProtect {
+        segment: String,
+        page: u64,
+        pid: i32,
+        source: pagemesh_uffd::UffdError,
+    },
     #[error("segment {segment} page {page}: {what}: {source}")]
     Memfd {
         segment: String,
@@ -206,8 +215,15 @@ impl Segment {
                 }
             }
             // A process left with a writable mapping could write between the copy and the
-            // punch, and that write would be lost (one whose uffd refuses loses its attachment).
-            self.protect_everywhere(page, n as u64);
+            // punch, and that write would be lost: do not evict (one whose range is no longer
+            // registered loses its attachment instead).
+            self.protect_everywhere(page, n as u64)
+                .map_err(|(pid, source)| EvictError::WriteProtect {
+                    segment: seg(),
+                    page,
+                    pid,
+                    source,
+                })?;
             if buf.len() < n * PSU {
                 buf.resize(EVICT_RUN_PAGES as usize * PSU, 0);
             }

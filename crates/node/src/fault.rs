@@ -29,6 +29,15 @@ impl Segment {
     /// allocates nothing).
     pub fn resolve_fault(&self, att: &Arc<Attachment>, f: &Fault, scratch: &mut [u8]) {
         let start = Instant::now();
+        if att.is_revoked() {
+            // Its range stopped being served (see `protect_everywhere`): never map anything
+            // into it again.
+            att.refuse(
+                f,
+                &"the attachment was revoked (its uffd range was unregistered)",
+            );
+            return;
+        }
         bump_fault(self, f.kind);
         let (page, kind) = (f.page, f.kind);
         let write = f.access == Access::Write;
@@ -310,7 +319,19 @@ impl Segment {
             PageState::Clean
         };
         let old = self.set_state(page, new);
-        let installed = install(&att.uffd, addr, PS, Source::Bytes(data), protect, Wake::Yes);
+        let mut installed = install(&att.uffd, addr, PS, Source::Bytes(data), protect, Wake::Yes);
+        if matches!(installed, Ok(0)) && !old.is_resident() {
+            // The memfd holds a page the table says is not there: a process wrote it past the
+            // daemon (its range no longer registered). Never adopt it: punch it out (which
+            // zaps every mapping of it) and install the page's real data.
+            log::warn!(
+                "segment {} page {page}: a page nobody installed was in the page cache; \
+                 replacing it with the page's data",
+                self.info.name
+            );
+            let _ = self.memfd.punch_hole(page * PS, PS);
+            installed = install(&att.uffd, addr, PS, Source::Bytes(data), protect, Wake::Yes);
+        }
         // Nothing installed: the page is already mapped here (a racing thread of the same
         // process was served, and install woke this one); it must be in the memfd too.
         let refused = match installed {

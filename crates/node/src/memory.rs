@@ -547,11 +547,22 @@ impl Pool {
                     // The run's other pages usually follow this one on the clock (they came in
                     // together): drop their entries now, or they would stay behind and, once
                     // the pages come back, evict them early, before anything could read them.
+                    // Only entries of pages still out: one that came back in meanwhile (its
+                    // stripe is free once the run has left) has just been queued anew, and
+                    // popping that entry would leave it on no clock at all.
+                    let owner = self
+                        .segments
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&seg_id)
+                        .and_then(Weak::upgrade);
                     let mut clock = part.clock.lock().unwrap_or_else(|e| e.into_inner());
-                    while clock
-                        .front()
-                        .is_some_and(|&(s, p)| s == seg_id && p > page && p < page + n)
-                    {
+                    while clock.front().is_some_and(|&(s, p)| {
+                        s == seg_id
+                            && p > page
+                            && p < page + n
+                            && owner.as_ref().is_some_and(|o| !o.is_resident(p))
+                    }) {
                         clock.pop_front();
                     }
                     drop(clock);

@@ -419,13 +419,15 @@ impl Segment {
     /// Write-protect pages `[first, first+n)` in every attached process, before their bytes are
     /// copied out (sync, eviction): a process left with a writable mapping could write after the
     /// copy, and that write would be lost. A process that has exited is skipped. A process whose
-    /// uffd refuses (it unregistered or remapped the range behind the daemon's back) loses its
-    /// attachment: it is taken off the segment and its lease closed, so its watchdog turns its
-    /// next fault into SIGBUS; what it still has mapped it may write, and such writes are its
-    /// own (they can be lost). The others, and the node, go on: a client's fault is the
-    /// client's.
-    pub fn protect_everywhere(&self, first: u64, n: u64) {
+    /// range is no longer registered on its uffd (it unregistered or remapped it behind the
+    /// daemon's back: ENOENT, EINVAL) loses its attachment: it is taken off the segment and
+    /// its faults are refused (SIGBUS) from now on; what it still has mapped it may write, and
+    /// such writes are its own (they can be lost). Any other failure (ENOMEM under pressure,
+    /// say) is returned with the pid, and the caller must not go on: the pages stay as they
+    /// are and the operation is tried again later.
+    pub fn protect_everywhere(&self, first: u64, n: u64) -> Result<(), (i32, UffdError)> {
         let mut refused = Vec::new();
+        let mut failed = None;
         for a in self
             .clients
             .read()
@@ -439,12 +441,10 @@ impl Segment {
                 Ok(()) => {}
                 // Exited: its lease ends by itself.
                 Err(e) if e.is_process_exited() => {}
-                // ENOENT too: the range is not registered any more, which does not prove it
-                // unmapped (a process may unregister and keep writing).
-                Err(e) => {
+                Err(e) if e.is_unregistered() => {
                     log::warn!(
-                        "segment {}: pid {} refused to write-protect pages {first}..{}: {e}; \
-                         closing its attachment {} (its next fault gets SIGBUS)",
+                        "segment {}: pid {} no longer has pages {first}..{} registered ({e}); \
+                         closing its attachment {} (its faults get SIGBUS from now on)",
                         self.info.name,
                         a.pid,
                         first + n,
@@ -453,11 +453,16 @@ impl Segment {
                     a.revoke();
                     refused.push(a.id);
                 }
+                Err(e) => {
+                    failed = Some((a.pid, e));
+                    break;
+                }
             }
         }
         for id in refused {
             self.detach(id);
         }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Pin `[first, first+n)`: fault every page into the memfd and never evict it. Fails,

@@ -14,7 +14,7 @@ use pagemesh_proto::{SegmentCounters, SegmentInfo, SegmentStat};
 use pagemesh_store::{Mapper, MapperError};
 use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::fault::answer_unservable;
-use pagemesh_uffd::{Bounds, Fault, FaultKind, Memfd, Uffd, Unservable};
+use pagemesh_uffd::{Bounds, Fault, FaultKind, Memfd, Uffd, UffdError, Unservable};
 
 use crate::histogram::Histogram;
 use crate::load::VolumeError;
@@ -56,6 +56,8 @@ pub struct Attachment {
     pub volume_map: Option<Box<[AtomicU64]>>,
     /// Whether the volume knows this attachment as a user.
     pub volume_user: std::sync::atomic::AtomicBool,
+    /// Set by `revoke`: the attachment is being dropped and its faults are refused.
+    pub revoked: std::sync::atomic::AtomicBool,
 }
 
 impl Attachment {
@@ -127,8 +129,16 @@ impl Attachment {
         }
     }
 
-    /// Close the lease, so the client's watchdog revokes the mapping and fails loudly.
+    /// Whether `revoke` ran.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Close the lease, so the client's watchdog revokes the mapping and fails loudly; faults of
+    /// this attachment still queued or read are refused (SIGBUS) from now on.
     pub fn revoke(&self) {
+        self.revoked
+            .store(true, std::sync::atomic::Ordering::Release);
         if let Some(l) = &self.lease {
             let _ = l.shutdown(std::net::Shutdown::Both);
         }
@@ -171,6 +181,14 @@ pub enum IoError {
         segment: String,
         offset: u64,
         source: std::io::Error,
+    },
+    #[error("segment {segment}: write-protecting pages {first}..{} in pid {pid} for sync failed: {source}; the pages stay dirty", first + n)]
+    WriteProtect {
+        segment: String,
+        first: u64,
+        n: u64,
+        pid: i32,
+        source: UffdError,
     },
     #[error("segment {segment}: {source}")]
     Volume {
@@ -670,9 +688,17 @@ impl Segment {
             }
             return Ok(w);
         }
-        // A process that keeps a writable mapping would write without faulting after the copy
-        // (one whose uffd refuses loses its attachment instead).
-        self.protect_everywhere(first, n);
+        // A process that keeps a writable mapping would write without faulting after the copy:
+        // if one cannot be write-protected the pages stay Dirty and the sync fails (one whose
+        // range is no longer registered loses its attachment instead).
+        self.protect_everywhere(first, n)
+            .map_err(|(pid, source)| IoError::WriteProtect {
+                segment: self.info.name.clone(),
+                first,
+                n,
+                pid,
+                source,
+            })?;
         let bytes = &mut buf[..(n * PS) as usize];
         self.memfd
             .read_exact_at(bytes, first * PS)

@@ -144,6 +144,15 @@ impl UffdError {
         self.source.raw_os_error() == Some(libc::ESRCH)
     }
 
+    /// The range is not (or no longer) registered on this uffd in its process, or not as
+    /// the call needs (ENOENT, EINVAL): the process unmapped, unregistered or remapped it.
+    pub fn is_unregistered(&self) -> bool {
+        matches!(
+            self.source.raw_os_error(),
+            Some(libc::ENOENT) | Some(libc::EINVAL)
+        )
+    }
+
     /// No page to map (CONTINUE on a page that is not in the page cache): EFAULT.
     pub fn is_no_page(&self) -> bool {
         self.source.raw_os_error() == Some(libc::EFAULT)
@@ -192,6 +201,8 @@ pub struct Probe {
 #[derive(Debug)]
 pub struct Uffd {
     fd: OwnedFd,
+    /// Made by `from_received`: a uffd of another process, whose address space is not ours.
+    received: bool,
 }
 
 fn open_raw() -> Result<(OwnedFd, OpenMode), UffdError> {
@@ -237,7 +248,10 @@ impl Uffd {
     /// Fails with a message naming the missing features if the kernel lacks any.
     pub fn open(wanted: u64) -> Result<(Uffd, OpenMode), UffdError> {
         let (fd, mode) = open_raw()?;
-        let uffd = Uffd { fd };
+        let uffd = Uffd {
+            fd,
+            received: false,
+        };
         let mut api = sys::uffdio_api {
             api: sys::UFFD_API as u64,
             features: wanted,
@@ -250,7 +264,10 @@ impl Uffd {
     /// Probe the kernel's features on a throw-away uffd (UFFDIO_API may run once per fd).
     pub fn probe() -> Result<Probe, UffdError> {
         let (fd, mode) = open_raw()?;
-        let uffd = Uffd { fd };
+        let uffd = Uffd {
+            fd,
+            received: false,
+        };
         let mut api = sys::uffdio_api {
             api: sys::UFFD_API as u64,
             features: 0,
@@ -266,7 +283,10 @@ impl Uffd {
 
     /// Wrap a uffd received from another process (its API handshake is already done).
     pub fn from_owned(fd: OwnedFd) -> Uffd {
-        Uffd { fd }
+        Uffd {
+            fd,
+            received: false,
+        }
     }
 
     /// Wrap an fd received from an untrusted client, checking that it is a userfaultfd and
@@ -294,13 +314,14 @@ impl Uffd {
                 "the uffd must be opened O_NONBLOCK",
             ));
         }
-        Ok(Uffd { fd })
+        Ok(Uffd { fd, received: true })
     }
 
     /// A second handle to the same uffd (`dup`).
     pub fn try_clone(&self) -> io::Result<Uffd> {
         Ok(Uffd {
             fd: self.fd.try_clone()?,
+            received: self.received,
         })
     }
 
@@ -365,9 +386,14 @@ impl Uffd {
         len: u64,
         mode: RegisterMode,
     ) -> Result<u64, UffdError> {
+        assert!(
+            self.received,
+            "register_for_creator on a uffd not made by Uffd::from_received"
+        );
         // SAFETY: a uffd acts on the address space of the process that created it, and this
-        // one was received from another process (the daemon creates no uffd of its own and
-        // hands none out), so no Rust value of this process lies in the range.
+        // one came through `from_received` (asserted): it was passed in by another process
+        // and is not one this process opened, so no Rust value of this process lies in the
+        // range.
         unsafe { self.register(start, len, mode) }
     }
 

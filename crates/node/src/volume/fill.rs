@@ -73,9 +73,14 @@ impl Volume {
         self.read_storage(b, n, scratch)?;
         self.memfd
             .write_all_at(&scratch[..(n * PS) as usize], b * PS)
-            .map_err(|source| VolumeError::Cache {
-                volume: self.info.name.clone(),
-                source,
+            .map_err(|source| {
+                // Leave no partly written frame behind: the blocks are not Present, so nothing
+                // would ever account for it or evict it.
+                let _ = self.memfd.punch_hole(b * PS, n * PS);
+                VolumeError::Cache {
+                    volume: self.info.name.clone(),
+                    source,
+                }
             })
     }
 
