@@ -124,6 +124,8 @@ pub struct PrefetchJob {
 
 /// Jobs queued for the prefetcher at most; past that, requests are dropped (it is a hint).
 const PREFETCH_QUEUE: usize = 16;
+/// Prefetcher threads: two jobs in flight at once, so one's read overlaps the other's copy.
+const PREFETCH_THREADS: usize = 2;
 
 impl Pool {
     /// A pool of `budget_pages` with watermarks at 95% and 90% of it.
@@ -350,15 +352,21 @@ impl Pool {
     /// segments' page caches, so their next faults are minor ones with no I/O.
     pub fn start_prefetcher(&self) -> std::io::Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<PrefetchJob>(PREFETCH_QUEUE);
-        std::thread::Builder::new()
-            .name("prefetcher".into())
-            .spawn(move || {
-                for job in rx {
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..PREFETCH_THREADS {
+            let rx = Arc::clone(&rx);
+            std::thread::Builder::new()
+                .name(format!("prefetcher-{i}"))
+                .spawn(move || loop {
+                    // One job at a time off the shared queue; the lock is not held while the
+                    // job reads.
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(job) = job else { return };
                     if let Some(seg) = job.segment.upgrade() {
                         seg.prefetch(job.first, job.pages);
                     }
-                }
-            })?;
+                })?;
+        }
         *self.prefetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         Ok(())
     }
