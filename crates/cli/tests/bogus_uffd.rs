@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::cluster::Cluster;
 use common::{pattern_word, stat_json, Daemon};
 use pagemesh_proto::{read_frame, write_frame, Request, Response, MAGIC, PROTOCOL_VERSION};
 use pagemesh_uffd::{features, Memfd, RegisterMode, SharedMapping, Uffd};
@@ -232,4 +233,45 @@ fn a_stray_page_written_past_the_daemon_is_never_adopted() {
     assert!(d.log().contains("a page nobody installed"), "{}", d.log());
     drop((sock, map));
     node_goes_on(&mut d, "g");
+}
+
+/// On a cluster node: a process that unregisters its range after attaching loses its
+/// attachment when the node must write-protect a page for another node's read (it used to be
+/// skipped as if gone, or, for other errors, to stop the node); the other node reads the data
+/// and both nodes go on.
+#[test]
+fn a_cluster_node_revokes_a_client_whose_uffd_stops_serving() {
+    let c = Cluster::start(2, &[]);
+    c.create(1, "c", &["--size", "16MiB", "--home", "1"]);
+    let n1 = c.node(1);
+    let (sock, id, map, len) = raw_attach(&n1.socket, "c");
+    let (uffd, _) = Uffd::open(features::PAGEMESH).expect("uffd");
+    let modes = RegisterMode::MISSING
+        .union(RegisterMode::MINOR)
+        .union(RegisterMode::WP);
+    uffd.register_mapping(&map, modes).expect("register");
+    let fd: OwnedFd = uffd.as_fd().try_clone_to_owned().unwrap();
+    let r = register(&sock, id, map.addr(), len, &fd);
+    assert!(matches!(r, Response::Registered), "{r:?}");
+    uffd.unregister(map.addr(), len).expect("unregister");
+    // Node 1 writes (its pages Modified here), node 2 reads them: node 1 write-protects them
+    // in every process attached to it, the unregistered one included.
+    n1.run(&["memtest", "c", "--write", "9", "--len", "1MiB"])
+        .ok();
+    c.node(2)
+        .run(&["memtest", "c", "--verify", "9", "--len", "1MiB"])
+        .ok();
+    assert!(
+        n1.log().contains("no longer has it registered"),
+        "{}\n{}",
+        n1.log(),
+        c.status(1)
+    );
+    drop((sock, map));
+    // Both nodes go on: node 1 takes the pages back and verifies them.
+    n1.run(&["memtest", "c", "--write", "10", "--len", "1MiB"])
+        .ok();
+    c.node(2)
+        .run(&["memtest", "c", "--verify", "10", "--len", "1MiB"])
+        .ok();
 }

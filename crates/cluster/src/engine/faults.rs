@@ -75,6 +75,13 @@ impl Engine {
     }
 
     pub(super) fn fault(&mut self, att: Arc<Attachment>, fault: Fault, start: Instant) {
+        if att.is_revoked() {
+            att.refuse(
+                &fault,
+                &"the attachment was revoked (its uffd range was unregistered)",
+            );
+            return;
+        }
         let (page, kind, access) = (fault.page, fault.kind, fault.access);
         let seg = SegmentId(att.segment.info.id);
         if let Some(home) = self.home_of(seg) {
@@ -152,22 +159,39 @@ impl Engine {
         fault::map_around_read(&att.uffd, att.base, runs);
     }
 
-    /// Write-protect (or un-protect) one page in every process attached here.
+    /// Write-protect (or un-protect) one page in every process attached here. A process
+    /// whose range is no longer registered on its uffd (it unregistered or remapped it after
+    /// attaching: ENOENT, EINVAL) loses its attachment, as on a single node (its faults get
+    /// SIGBUS, its lease is closed); the node goes on. Any other failure means the node cannot
+    /// keep its pages' protection right, and it stops.
     pub(super) fn protect(&self, s: &Segment, page: PageKey, mode: Protect) {
-        let clients = s.clients.read().unwrap_or_else(|e| e.into_inner());
-        for a in clients.iter() {
+        let mut revoked = Vec::new();
+        for a in s.clients.read().unwrap_or_else(|e| e.into_inner()).iter() {
             let addr = a.base + page.page.0 * PS;
             if addr >= a.base + a.len {
                 continue;
             }
             match a.uffd.write_protect(addr, PS, mode, Wake::Yes) {
                 Ok(()) => {}
-                Err(e) if e.is_process_gone() => {}
+                Err(e) if e.is_process_exited() => {}
+                Err(e) if e.is_unregistered() => {
+                    log::warn!(
+                        "{page}: pid {} no longer has it registered ({e}); closing its \
+                         attachment {} (its faults get SIGBUS from now on)",
+                        a.pid,
+                        a.id
+                    );
+                    a.revoke();
+                    revoked.push(a.id);
+                }
                 Err(e) => fail_stop(&format!(
                     "{page}: making it {mode:?} in pid {} failed: {e}",
                     a.pid
                 )),
             }
+        }
+        for id in revoked {
+            s.detach(id);
         }
     }
 

@@ -1,0 +1,118 @@
+//! A cluster of real daemons on loopback for the multi-node tests: ids 1..=n, every node
+//! peered with every other, bounded waits.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use super::Daemon;
+
+/// Free loopback ports (bound once to learn them, then released for the daemons).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Daemon>,
+    pub args: Vec<Vec<String>>,
+}
+
+impl Cluster {
+    /// `n` nodes with ids 1..=n; `extra` goes to every daemon.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let ports = free_ports(n);
+        let mut args = Vec::new();
+        for i in 0..n {
+            let mut a = vec![
+                "--node-id".to_string(),
+                (i + 1).to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", ports[i]),
+            ];
+            for (j, p) in ports.iter().enumerate() {
+                if j != i {
+                    a.push("--peer".into());
+                    a.push(format!("{}=127.0.0.1:{p}", j + 1));
+                }
+            }
+            a.extend(extra.iter().map(|s| s.to_string()));
+            args.push(a);
+        }
+        let nodes = args
+            .iter()
+            .map(|a| Daemon::start_with(&a.iter().map(String::as_str).collect::<Vec<_>>()))
+            .collect();
+        let c = Cluster { nodes, args };
+        c.wait_connected();
+        c
+    }
+
+    pub fn node(&self, id: usize) -> &Daemon {
+        &self.nodes[id - 1]
+    }
+
+    pub fn restart(&mut self, id: usize) {
+        let a: Vec<&str> = self.args[id - 1].iter().map(String::as_str).collect();
+        self.nodes[id - 1].spawn_with(&a);
+    }
+
+    pub fn status(&self, id: usize) -> serde_json::Value {
+        let out = self.node(id).run(&["cluster", "status", "--json"]).ok();
+        serde_json::from_slice(&out.stdout).expect("cluster status --json is JSON")
+    }
+
+    /// Wait (bounded) until every node sees every other alive at its current epoch.
+    pub fn wait_connected(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let all = (1..=self.nodes.len()).all(|i| {
+                let s = self.status(i);
+                s["nodes"]
+                    .as_array()
+                    .expect("nodes")
+                    .iter()
+                    .all(|n| n["alive"] == true && n["figures"].is_object())
+            });
+            if all {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not connect: {}",
+                self.status(1)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Wait (bounded) until `name` is in node `id`'s catalog.
+    pub fn wait_segment(&self, id: usize, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .node(id)
+            .run(&["segment", "list"])
+            .ok()
+            .stdout_str()
+            .contains(name)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} never learned of segment {name}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn create(&self, on: usize, name: &str, extra: &[&str]) {
+        let mut a = vec!["segment", "create", name];
+        a.extend_from_slice(extra);
+        self.node(on).run(&a).ok();
+        for i in 1..=self.nodes.len() {
+            self.wait_segment(i, name);
+        }
+    }
+}
