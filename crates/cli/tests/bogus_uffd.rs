@@ -55,6 +55,22 @@ fn register(sock: &UnixStream, attach_id: u64, base: u64, len: u64, uffd: &Owned
     read_frame::<Response>(sock).expect("register reply").0
 }
 
+/// A client that attaches `name` properly (its uffd registered over the mapping and accepted)
+/// and then unregisters its range behind the daemon's back; its lease and mapping.
+fn attach_then_unregister(socket: &Path, name: &str) -> (UnixStream, SharedMapping) {
+    let (sock, id, map, len) = raw_attach(socket, name);
+    let (uffd, _) = Uffd::open(features::PAGEMESH).expect("uffd");
+    let modes = RegisterMode::MISSING
+        .union(RegisterMode::MINOR)
+        .union(RegisterMode::WP);
+    uffd.register_mapping(&map, modes).expect("register");
+    let fd: OwnedFd = uffd.as_fd().try_clone_to_owned().unwrap();
+    let r = register(&sock, id, map.addr(), len, &fd);
+    assert!(matches!(r, Response::Registered), "{r:?}");
+    uffd.unregister(map.addr(), len).expect("unregister");
+    (sock, map)
+}
+
 /// A userfaultfd that never did its `UFFDIO_API` handshake.
 fn uffd_without_api() -> OwnedFd {
     // SAFETY: the userfaultfd syscall takes flags and returns a new fd or -1; nothing else.
@@ -157,16 +173,7 @@ fn a_client_whose_uffd_stops_serving_loses_its_attachment_not_the_node() {
         .expect("create the file");
     let spec = format!("file:{}", file.display());
     d.run(&["segment", "create", "f", "--backing", &spec]).ok();
-    let (sock, id, map, len) = raw_attach(&d.socket, "f");
-    let (uffd, _) = Uffd::open(features::PAGEMESH).expect("uffd");
-    let modes = RegisterMode::MISSING
-        .union(RegisterMode::MINOR)
-        .union(RegisterMode::WP);
-    uffd.register_mapping(&map, modes).expect("register");
-    let fd: OwnedFd = uffd.as_fd().try_clone_to_owned().unwrap();
-    let r = register(&sock, id, map.addr(), len, &fd);
-    assert!(matches!(r, Response::Registered), "{r:?}");
-    uffd.unregister(map.addr(), len).expect("unregister");
+    let (sock, _map) = attach_then_unregister(&d.socket, "f");
 
     let client = d.client();
     let m = client.attach("f").expect("attach");
@@ -209,16 +216,7 @@ fn a_stray_page_written_past_the_daemon_is_never_adopted() {
         .expect("create the file");
     let spec = format!("file:{}", file.display());
     d.run(&["segment", "create", "g", "--backing", &spec]).ok();
-    let (sock, id, map, len) = raw_attach(&d.socket, "g");
-    let (uffd, _) = Uffd::open(features::PAGEMESH).expect("uffd");
-    let modes = RegisterMode::MISSING
-        .union(RegisterMode::MINOR)
-        .union(RegisterMode::WP);
-    uffd.register_mapping(&map, modes).expect("register");
-    let fd: OwnedFd = uffd.as_fd().try_clone_to_owned().unwrap();
-    let r = register(&sock, id, map.addr(), len, &fd);
-    assert!(matches!(r, Response::Registered), "{r:?}");
-    uffd.unregister(map.addr(), len).expect("unregister");
+    let (sock, map) = attach_then_unregister(&d.socket, "g");
     // Four times the budget through a good client: early pages are evicted (written back and
     // punched), and the unregistered client is revoked on the first eviction.
     d.run(&["memtest", "g", "--write", "6"]).ok();
@@ -244,16 +242,7 @@ fn a_cluster_node_revokes_a_client_whose_uffd_stops_serving() {
     let c = Cluster::start(2, &[]);
     c.create(1, "c", &["--size", "16MiB", "--home", "1"]);
     let n1 = c.node(1);
-    let (sock, id, map, len) = raw_attach(&n1.socket, "c");
-    let (uffd, _) = Uffd::open(features::PAGEMESH).expect("uffd");
-    let modes = RegisterMode::MISSING
-        .union(RegisterMode::MINOR)
-        .union(RegisterMode::WP);
-    uffd.register_mapping(&map, modes).expect("register");
-    let fd: OwnedFd = uffd.as_fd().try_clone_to_owned().unwrap();
-    let r = register(&sock, id, map.addr(), len, &fd);
-    assert!(matches!(r, Response::Registered), "{r:?}");
-    uffd.unregister(map.addr(), len).expect("unregister");
+    let (sock, map) = attach_then_unregister(&n1.socket, "c");
     // Node 1 writes (its pages Modified here), node 2 reads them: node 1 write-protects them
     // in every process attached to it, the unregistered one included.
     n1.run(&["memtest", "c", "--write", "9", "--len", "1MiB"])
