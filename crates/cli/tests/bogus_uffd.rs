@@ -167,12 +167,7 @@ fn a_cluster_node_refuses_a_bogus_uffd_and_goes_on() {
 #[test]
 fn a_client_whose_uffd_stops_serving_loses_its_attachment_not_the_node() {
     let mut d = Daemon::start();
-    let file = d.path("f.img");
-    std::fs::File::create(&file)
-        .and_then(|f| f.set_len(16 << 20))
-        .expect("create the file");
-    let spec = format!("file:{}", file.display());
-    d.run(&["segment", "create", "f", "--backing", &spec]).ok();
+    let file = d.file_segment("f", 16 << 20);
     let (sock, _map) = attach_then_unregister(&d.socket, "f");
 
     let client = d.client();
@@ -210,12 +205,7 @@ fn a_client_whose_uffd_stops_serving_loses_its_attachment_not_the_node() {
 #[test]
 fn a_stray_page_written_past_the_daemon_is_never_adopted() {
     let mut d = Daemon::start_with(&["--memory", "64MiB"]);
-    let file = d.path("g.img");
-    std::fs::File::create(&file)
-        .and_then(|f| f.set_len(256 << 20))
-        .expect("create the file");
-    let spec = format!("file:{}", file.display());
-    d.run(&["segment", "create", "g", "--backing", &spec]).ok();
+    d.file_segment("g", 256 << 20);
     let (sock, map) = attach_then_unregister(&d.socket, "g");
     // Four times the budget through a good client: early pages are evicted (written back and
     // punched), and the unregistered client is revoked on the first eviction.

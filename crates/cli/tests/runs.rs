@@ -10,18 +10,6 @@ use common::{pattern_word, stat_json, Daemon};
 
 const PAGE: u64 = 4096;
 
-/// A zero-filled file of `size` bytes in the daemon's temp dir and a segment `name` on it;
-/// the file's path.
-fn file_segment(d: &Daemon, name: &str, size: u64) -> std::path::PathBuf {
-    let file = d.path(&format!("{name}.img"));
-    std::fs::File::create(&file)
-        .and_then(|f| f.set_len(size))
-        .expect("create the file");
-    let spec = format!("file:{}", file.display());
-    d.run(&["segment", "create", name, "--backing", &spec]).ok();
-    file
-}
-
 /// Scattered pages of a 1 GiB file segment, plus a few runs of consecutive ones, written through
 /// the mapping and synced: an independent reader of the file finds exactly those pages
 /// changed, each with the word written into it, and every other page still zero.
@@ -29,7 +17,7 @@ fn file_segment(d: &Daemon, name: &str, size: u64) -> std::path::PathBuf {
 fn sync_writes_back_exactly_the_pages_written() {
     let d = Daemon::start();
     let size: u64 = 1 << 30;
-    let file = file_segment(&d, "big", size);
+    let file = d.file_segment("big", size);
     let pages = size / PAGE;
     let mut written = std::collections::BTreeSet::new();
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -101,7 +89,7 @@ fn sync_writes_back_exactly_the_pages_written() {
 fn eviction_runs_write_back_every_page_of_a_file_larger_than_memory() {
     let d = Daemon::start_with(&["--memory", "64MiB"]);
     let size: u64 = 256 << 20;
-    let file = file_segment(&d, "over", size);
+    let file = d.file_segment("over", size);
     d.run(&["memtest", "over", "--write", "21"]).ok();
     let st = stat_json(&d, "over");
     assert!(
@@ -151,7 +139,7 @@ fn eviction_runs_write_back_every_page_of_a_file_larger_than_memory() {
 fn a_write_then_sync_is_always_in_the_file() {
     let d = Daemon::start();
     let size: u64 = 64 << 20;
-    let file = file_segment(&d, "ws", size);
+    let file = d.file_segment("ws", size);
     let client = d.client();
     let m = client.attach("ws").expect("attach");
     let words = m.atomics_u64();

@@ -4,7 +4,6 @@ mod common;
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use common::{file_len, finish, pattern_word, stat_json, Daemon};
@@ -110,50 +109,6 @@ fn file_segment_sync_writes_the_pattern_to_the_file() {
         .ok()
         .stdout_str()
         .contains(" 1 dirty page(s)"));
-}
-
-#[test]
-fn killing_the_daemon_mid_verify_gives_sigbus_not_success_or_a_hang() {
-    let mut d = Daemon::start();
-    d.run(&["segment", "create", "big", "--size", "1GiB"]).ok();
-    d.run(&["memtest", "big", "--write", "3", "--threads", "2"])
-        .ok();
-    let verify = d.spawn_cmd(&["memtest", "big", "--verify", "3"], false);
-    // Kill the daemon as soon as the verifier is attached: with runs a whole 1 GiB verify
-    // takes about 0.3 s here, so a fixed sleep could let it finish first.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stat_json(&d, "big")["attached_clients"] == 0 {
-        assert!(Instant::now() < deadline, "the verifier never attached");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let killed_at = Instant::now();
-    d.kill9();
-    let out = finish(
-        verify,
-        &[],
-        Duration::from_secs(10),
-        &["verify after daemon kill"],
-    );
-    assert!(killed_at.elapsed() < Duration::from_secs(10));
-    assert!(
-        !out.status.success(),
-        "memtest reported success after the daemon died: {}",
-        out.stdout_str()
-    );
-    let sigbus =
-        out.status.code() == Some(128 + libc::SIGBUS) || out.status.signal() == Some(libc::SIGBUS);
-    assert!(
-        sigbus,
-        "expected SIGBUS, got {} / {}{}",
-        out.status,
-        out.stdout_str(),
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("SIGBUS at segment offset"),
-        "{}",
-        out.stderr
-    );
 }
 
 #[test]

@@ -31,6 +31,19 @@ impl Daemon {
         self.dir.path().join(name)
     }
 
+    /// A zero-filled (sparse) file of `size` bytes in the temp dir and a segment `name` on it;
+    /// the file's path.
+    pub fn file_segment(&self, name: &str, size: u64) -> PathBuf {
+        let file = self.path(&format!("{name}.img"));
+        std::fs::File::create(&file)
+            .and_then(|f| f.set_len(size))
+            .expect("create the file");
+        let spec = format!("file:{}", file.display());
+        self.run(&["segment", "create", name, "--backing", &spec])
+            .ok();
+        file
+    }
+
     /// Start (or restart) the daemon process and wait (bounded) until it answers.
     pub fn spawn(&mut self) {
         self.spawn_with(&[]);
