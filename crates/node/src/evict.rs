@@ -161,26 +161,13 @@ impl Segment {
         let max = max
             .clamp(1, EVICT_RUN_PAGES)
             .min(self.pages.npages() - page);
-        let mut guards = vec![first_guard];
-        let mut states = vec![state];
-        while (states.len() as u64) < max {
-            let p = page + states.len() as u64;
-            if self.pages.flags(p) & (PINNED | REFERENCED) != 0 {
-                break;
-            }
-            let Ok(g) = self.stripe(p).try_lock() else {
-                break;
-            };
-            let st = self.pages.get(p);
-            if !st.is_resident() || self.pages.flags(p) & PINNED != 0 {
-                break;
-            }
-            guards.push(g);
-            states.push(st);
-        }
-        debug_assert!(guards.len() == states.len() && !states.is_empty());
+        let (hi, guards) = self.claim_after(page, page + max, |p| {
+            self.pages.get(p).is_resident() && self.pages.flags(p) & (PINNED | REFERENCED) == 0
+        });
+        let states: Vec<PageState> = (page..hi).map(|p| self.pages.get(p)).collect();
         let n = SCRATCH.with_borrow_mut(|buf| self.write_out_run(page, &states, buf))?;
         debug_assert!(n >= 1 && n <= states.len() as u64);
+        drop((guards, first_guard));
         Ok(Evict::Done(n))
     }
 

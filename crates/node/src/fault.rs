@@ -113,9 +113,10 @@ impl Segment {
     /// (exclusive), stopping at the first whose stripe is busy or for which `fits` says no.
     /// Returns where the run ends and the guards, held until the caller has installed it and
     /// set the states. The caller holds `first`'s own stripe; the others are only try-locked,
-    /// so no lock order is needed (see the module's locking note). Every run path claims its
-    /// neighbours here: zero runs, file read-ahead and write runs, page-in runs, writable
-    /// fault-around.
+    /// so no lock order is needed (see the module's locking note). The run paths claim their
+    /// neighbours here: zero runs, file write runs, page-in runs, eviction runs, writable
+    /// fault-around, and (through `claim_from`) the prefetcher. File read-ahead, which may run
+    /// backward, try-locks the same way with a loop of its own.
     pub fn claim_after(
         &self,
         first: u64,
@@ -153,7 +154,6 @@ impl Segment {
     fn map_ahead(&self, att: &Attachment, page: u64) {
         let present = |p: u64| matches!(self.pages.get(p), PageState::Clean | PageState::Dirty);
         let pages = (att.len / PS).min(self.pages.npages());
-        // Forward as far as the reader's stream has earned (at least FAULT_AROUND_PAGES).
         // Both ways as far as the reader's (near) stream has earned, at least FAULT_AROUND_PAGES:
         // a reader copying out a buffer backward (glibc's memcpy) walks down inside it.
         let reach = (att.streams.window_near(page) - 1).max(FAULT_AROUND_PAGES);

@@ -101,7 +101,6 @@ pub struct Pool {
 /// What keeps pages on the pool's clocks (a segment, a volume): the pool sits below them and
 /// names neither; they register with it.
 pub trait Resident: Send + Sync {
-    /// The evictor's clock hand reached `page`.
     /// The evictor's clock hand reached `page`; it may take up to `max` pages from there
     /// (a run after it), at least the one.
     fn clock_visit(self: Arc<Self>, page: u64, max: u64) -> ClockVisit;
@@ -499,6 +498,19 @@ impl Pool {
         }
     }
 
+    /// The segment or volume a clock entry belongs to, if it still exists.
+    fn resident_of(&self, id: u64) -> Option<Arc<dyn Resident>> {
+        let map = if id & VOLUME_ID_BIT != 0 {
+            &self.volumes
+        } else {
+            &self.segments
+        };
+        map.read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .and_then(Weak::upgrade)
+    }
+
     /// One sweep of a partition's clock, until a page is evicted.
     fn evict_from(&self, part: &Partition) -> Sweep {
         let mut busy = false;
@@ -517,25 +529,10 @@ impl Pool {
             else {
                 return if busy { Sweep::Busy } else { Sweep::Nothing };
             };
-            let visit = if seg_id & VOLUME_ID_BIT != 0 {
-                let vol = self
-                    .volumes
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&seg_id)
-                    .and_then(Weak::upgrade);
-                let Some(vol) = vol else { continue };
-                vol.clock_visit(page, max)
-            } else {
-                let seg = self
-                    .segments
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&seg_id)
-                    .and_then(Weak::upgrade);
-                let Some(seg) = seg else { continue };
-                seg.clock_visit(page, max)
+            let Some(owner) = self.resident_of(seg_id) else {
+                continue;
             };
+            let visit = Arc::clone(&owner).clock_visit(page, max);
             match visit {
                 ClockVisit::Gone => continue,
                 ClockVisit::Busy => {
@@ -558,18 +555,9 @@ impl Pool {
                     // Only entries of pages still out: one that came back in meanwhile (its
                     // stripe is free once the run has left) has just been queued anew, and
                     // popping that entry would leave it on no clock at all.
-                    let owner = self
-                        .segments
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&seg_id)
-                        .and_then(Weak::upgrade);
                     let mut clock = part.clock.lock().unwrap_or_else(|e| e.into_inner());
                     while clock.front().is_some_and(|&(s, p)| {
-                        s == seg_id
-                            && p > page
-                            && p < page + n
-                            && owner.as_ref().is_some_and(|o| !o.is_resident(p))
+                        s == seg_id && p > page && p < page + n && !owner.is_resident(p)
                     }) {
                         clock.pop_front();
                     }

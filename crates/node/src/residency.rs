@@ -115,28 +115,19 @@ impl Segment {
             .min(self.reach(att, page, PAGE_IN_RUN))
             .min(att.len / PS - page)
             .min(self.pages.npages() - page);
-        let mut slots = vec![self.slots.get(page)?];
-        let mut guards = Vec::new();
-        while (slots.len() as u64) < max {
-            let p = page + slots.len() as u64;
-            let Ok(g) = self.stripe(p).try_lock() else {
-                break;
-            };
-            match self.slots.get(p) {
-                Some(slot) if self.pages.get(p) == PageState::Paged => slots.push(slot),
-                _ => break,
-            }
-            guards.push(g);
-        }
-        if slots.len() == 1 {
+        self.slots.get(page)?;
+        let (hi, mut guards) = self.claim_after(page, page + max, |p| {
+            self.pages.get(p) == PageState::Paged && self.slots.get(p).is_some()
+        });
+        if hi == page + 1 {
             return None;
         }
-        let n = read_slot_runs(paging, &slots, scratch);
+        let n = self.read_slot_runs(paging, page, hi - page, scratch);
         if n <= 1 {
             return None;
         }
-        guards.truncate(n - 1);
-        let buf = &mut scratch[..n * PSU];
+        guards.truncate((n - 1) as usize);
+        let buf = &mut scratch[..(n * PS) as usize];
         let copied = match install(
             &att.uffd,
             att.base + page * PS,
@@ -350,7 +341,7 @@ impl Segment {
         while lo < end {
             let room = self.room();
             let (hi, guards) = self.claim_from(lo, (lo + chunk.min(room)).min(end), |p| {
-                self.pages.get(p) == wanted
+                self.pages.get(p) == wanted && (from_file || self.slots.get(p).is_some())
             });
             if hi == lo {
                 return; // no room, or nothing to read here
@@ -402,8 +393,7 @@ impl Segment {
     /// group of consecutive slots, each checksum verified. Returns how many pages from `lo` are
     /// now in the memfd (a bad slot ends the run before it).
     fn prefetch_paged(&self, dev: &PagingDevice, lo: u64, hi: u64, buf: &mut [u8]) -> u64 {
-        let slots: Vec<Slot> = (lo..hi).map_while(|p| self.slots.get(p)).collect();
-        let n = read_slot_runs(dev, &slots, buf) as u64;
+        let n = self.read_slot_runs(dev, lo, hi - lo, buf);
         if n > 0
             && self
                 .memfd
@@ -412,6 +402,37 @@ impl Segment {
         {
             let _ = self.memfd.punch_hole(lo * PS, n * PS);
             return 0;
+        }
+        n
+    }
+
+    /// Read the paged-out pages `[first, first+n)` (the caller holds their stripes; each has a
+    /// slot) into `buf`, one read per group of consecutive slots, each page's checksum
+    /// verified. Returns how many pages, from the first, were read and verified: a bad slot
+    /// ends the run before it (its group is read again page by page to keep the good pages in
+    /// front of it).
+    fn read_slot_runs(&self, paging: &PagingDevice, first: u64, n: u64, buf: &mut [u8]) -> u64 {
+        let slot = |i: u64| {
+            self.slots
+                .get(first + i)
+                .expect("a Paged page under its stripe lock has a slot")
+        };
+        let mut done = 0;
+        while done < n {
+            let mut end = done + 1;
+            while end < n && slot(end).0 == slot(end - 1).0.wrapping_add(1) {
+                end += 1;
+            }
+            let group = &mut buf[(done * PS) as usize..(end * PS) as usize];
+            if paging.read_run(slot(done), group).is_err() {
+                for i in done..end {
+                    let page = &mut buf[(i * PS) as usize..((i + 1) * PS) as usize];
+                    if paging.read(slot(i), page).is_err() {
+                        return i;
+                    }
+                }
+            }
+            done = end;
         }
         n
     }
@@ -606,35 +627,4 @@ impl Prefetch for Segment {
     fn prefetch(&self, first: u64, pages: u64) {
         Segment::prefetch(self, first, pages);
     }
-}
-
-/// Read the pages of `slots` (in page order) into `buf`, one read per run of consecutive
-/// slots; returns how many pages, from the first, were read and verified (a bad slot ends
-/// the run before it).
-fn read_slot_runs(
-    paging: &pagemesh_store::paging::PagingDevice,
-    slots: &[Slot],
-    buf: &mut [u8],
-) -> usize {
-    let mut done = 0;
-    while done < slots.len() {
-        let mut end = done + 1;
-        while end < slots.len() && slots[end].0 == slots[end - 1].0.wrapping_add(1) {
-            end += 1;
-        }
-        if paging
-            .read_run(slots[done], &mut buf[done * PSU..end * PSU])
-            .is_err()
-        {
-            // Somewhere in this group: the pages before it are good; re-read the group page
-            // by page to keep the good ones in front of the bad one.
-            for (i, &slot) in slots.iter().enumerate().take(end).skip(done) {
-                if paging.read(slot, &mut buf[i * PSU..(i + 1) * PSU]).is_err() {
-                    return i;
-                }
-            }
-        }
-        done = end;
-    }
-    done
 }

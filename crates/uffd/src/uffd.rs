@@ -129,7 +129,9 @@ impl UffdError {
     }
 
     /// The process whose address space the uffd belongs to has exited (ESRCH), or the range is
-    /// no longer registered there because it was unmapped (ENOENT): nothing to serve.
+    /// no longer registered there (ENOENT): no fault of it can be served. For a write-protect
+    /// that matters, ENOENT does not prove the range unmapped (see
+    /// [`UffdError::is_process_exited`] and [`UffdError::is_unregistered`]).
     pub fn is_process_gone(&self) -> bool {
         matches!(
             self.source.raw_os_error(),
