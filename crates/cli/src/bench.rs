@@ -43,6 +43,18 @@ pub enum BenchCmd {
     /// Read and write faults on pages another node holds (two nodes on loopback), against a
     /// minimal uffd handler plus one raw TCP round trip of a page.
     RemoteFault(RunsArgs),
+    /// What TLS peer links cost: remote read faults, a bulk remote read and ownership
+    /// ping-pong on two nodes with TLS links, against the same with plaintext links.
+    Tls {
+        #[command(flatten)]
+        runs: RunsArgs,
+        /// Size of the bulk remote read.
+        #[arg(long, default_value = "32MiB", value_parser = parse_size)]
+        size: u64,
+        /// Seconds of ping-pong per run.
+        #[arg(long, default_value_t = 1.0)]
+        secs: f64,
+    },
     /// Two nodes taking turns writing one page: ownership transfers per second, against a page
     /// passed back and forth over raw TCP.
     Pingpong {
@@ -139,6 +151,7 @@ pub fn run(socket: &Path, cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Create(a) => crate::bench_local::create(a),
         BenchCmd::Scaling(a) => crate::bench_local::scaling(a),
         BenchCmd::RemoteFault(a) => crate::bench_remote::remote_fault(a),
+        BenchCmd::Tls { runs, size, secs } => crate::bench_tls::tls(runs, size, secs),
         BenchCmd::Pingpong { runs, secs } => crate::bench_remote::pingpong(runs, secs),
         BenchCmd::Scan { runs, size } => crate::bench_local::scan(runs, size),
         BenchCmd::Bulk { runs, size, json } => crate::bench_bulk::bulk(runs, size, json),
@@ -152,6 +165,7 @@ pub fn run(socket: &Path, cmd: BenchCmd) -> anyhow::Result<ExitCode> {
             crate::bench_local::local_fault(runs())?;
             crate::bench_remote::remote_fault(runs())?;
             crate::bench_remote::pingpong(runs(), 2.0)?;
+            crate::bench_tls::tls(runs(), 32 << 20, 1.0)?;
             crate::bench_local::scan(runs(), 256 << 20)?;
             crate::bench_local::create(runs())?;
             crate::bench_local::scaling(runs())?;

@@ -29,7 +29,7 @@ const PS: u64 = 4096;
 const STRIDE: u64 = 2;
 
 /// Time one access per `STRIDE` pages of `m` (a read, or a write of one word).
-fn touch(m: &Mapping, n: u64, write: bool) -> Vec<f64> {
+pub(crate) fn touch(m: &Mapping, n: u64, write: bool) -> Vec<f64> {
     let words = m.atomics_u64();
     (0..n)
         .map(|i| {
@@ -118,7 +118,7 @@ fn two_nodes() -> anyhow::Result<Vec<PrivateDaemon>> {
     start_cluster(2, "pagemesh-bench", &["--workers", "1"])
 }
 
-fn segment(nodes: &[PrivateDaemon], name: &str, bytes: u64) -> anyhow::Result<()> {
+pub(crate) fn segment(nodes: &[PrivateDaemon], name: &str, bytes: u64) -> anyhow::Result<()> {
     nodes[0]
         .client
         .create_cluster_segment(name, Some(bytes), Backing::Zero, Some(2))?;
@@ -211,7 +211,7 @@ pub fn pingpong(a: RunsArgs, secs: f64) -> anyhow::Result<ExitCode> {
 
 /// Two threads, each through its own node's mapping, take turns incrementing word 0: a thread
 /// may write only when the value's parity is its own. Every turn moves ownership of the page.
-fn turns(ma: &Mapping, mb: &Mapping, secs: f64) -> f64 {
+pub(crate) fn turns(ma: &Mapping, mb: &Mapping, secs: f64) -> f64 {
     let stop = AtomicBool::new(false);
     let done = AtomicU64::new(0);
     let t = Instant::now();

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use pagemesh_daemon::cluster::pki;
+use pagemesh_daemon::cluster::tls::TlsFiles;
 use pagemesh_daemon::cluster::ClusterConfig;
 use serde::Deserialize;
 
@@ -34,6 +36,20 @@ pub struct ClusterArgs {
     /// A fault or sync with no answer for this long ends in SIGBUS / an error.
     #[arg(long)]
     pub fault_timeout_ms: Option<u64>,
+    /// This node's certificate (from `pagemesh cluster ca issue`): peer links become TLS 1.3,
+    /// both ends authenticated by the cluster CA. Needs --tls-key and --tls-ca.
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key.
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA's certificate (the only root peers are checked against).
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Allow plaintext, unauthenticated peer links on a non-loopback address (labs only:
+    /// anyone who reaches the address can read and write pages).
+    #[arg(long)]
+    pub insecure_peers: bool,
 }
 
 fn parse_peer(s: &str) -> Result<(u32, SocketAddr), String> {
@@ -58,6 +74,9 @@ fn parse_peer(s: &str) -> Result<(u32, SocketAddr), String> {
 /// listen = "10.0.0.1:7100"
 /// cluster_id = 42
 /// dead_after_ms = 5000
+/// tls_cert = "/etc/pagemesh/node-1.pem"
+/// tls_key = "/etc/pagemesh/node-1.key"
+/// tls_ca = "/etc/pagemesh/ca.pem"
 /// [[peer]]
 /// id = 2
 /// addr = "10.0.0.2:7100"
@@ -72,6 +91,11 @@ pub struct ConfigFile {
     pub fault_timeout_ms: Option<u64>,
     pub data_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_peers: bool,
     #[serde(default)]
     pub peer: Vec<PeerEntry>,
 }
@@ -126,7 +150,32 @@ pub fn cluster_config(
     if let Some(ms) = args.fault_timeout_ms.or(file.fault_timeout_ms) {
         c.fault_timeout_ms = ms.max(100);
     }
+    c.tls = tls_files(args, file)?;
+    c.insecure_peers = args.insecure_peers || file.insecure_peers;
     Ok(Some(c))
+}
+
+/// The TLS credentials the flags and the file name: all three or none.
+fn tls_files(args: &ClusterArgs, file: &ConfigFile) -> anyhow::Result<Option<TlsFiles>> {
+    let cert = args.tls_cert.clone().or(file.tls_cert.clone());
+    let key = args.tls_key.clone().or(file.tls_key.clone());
+    let ca = args.tls_ca.clone().or(file.tls_ca.clone());
+    match (cert, key, ca) {
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles { cert, key, ca })),
+        (None, None, None) => Ok(None),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)]
+                .into_iter()
+                .filter(|(_, v)| v.is_none())
+                .map(|(n, _)| n)
+                .collect();
+            bail!(
+                "TLS needs --tls-cert, --tls-key and --tls-ca together (or tls_cert, tls_key, \
+                 tls_ca in the config); missing {}",
+                missing.join(", ")
+            )
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -137,78 +186,126 @@ pub enum ClusterCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The cluster's certificate authority: credentials for authenticated peer links.
+    #[command(subcommand)]
+    Ca(CaCmd),
 }
 
-pub fn run(socket: &Path, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
-    let client = pagemesh::Client::connect(socket)?;
+#[derive(Subcommand)]
+pub enum CaCmd {
+    /// Make a new cluster CA in DIR (its key is written 0600; keep it off the nodes).
+    Init {
+        /// Directory for the CA (created if missing; existing CA files are never overwritten).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The cluster the CA is for (the daemons' --cluster-id; the default if not given).
+        #[arg(long)]
+        cluster_id: Option<u64>,
+    },
+    /// Issue node certificates from the CA in DIR: DIR/node-N.pem and DIR/node-N.key.
+    Issue {
+        /// The CA's directory (from `cluster ca init`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// A node id (repeat for several nodes).
+        #[arg(long = "node", value_name = "N", required = true)]
+        nodes: Vec<u32>,
+    },
+}
+
+fn ca(cmd: CaCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        ClusterCmd::Status { json } => {
-            let s = client.cluster_status()?;
-            if json {
-                outln!("{}", status_json(&s));
-                return Ok(ExitCode::SUCCESS);
-            }
-            outln!(
-                "cluster {:#x}, answered by node {} (epoch {})",
-                s.cluster_id,
-                s.node,
-                s.epoch
-            );
-            outln!(
-                "{:>5} {:<22} {:>6} {:<6} {:>9} {:>10} {:>10} {:>8} {:>8}",
-                "node",
-                "address",
-                "epoch",
-                "state",
-                "silent_ms",
-                "faults",
-                "fetches",
-                "p50<=us",
-                "p99<=us"
-            );
-            for n in &s.nodes {
-                let state = if n.declared_dead {
-                    "dead"
-                } else if n.alive {
-                    "alive"
-                } else {
-                    "silent"
-                };
-                let (f, r, p50, p99) = n.figures.as_ref().map_or(
-                    ("-".into(), "-".into(), "-".into(), "-".into()),
-                    |f| {
-                        (
-                            f.faults.to_string(),
-                            f.remote_fetches.to_string(),
-                            crate::latency::cell_us(f.faults, f.fault_p50_ns),
-                            crate::latency::cell_us(f.faults, f.fault_p99_ns),
-                        )
-                    },
-                );
+        CaCmd::Init { dir, cluster_id } => {
+            let id = cluster_id.unwrap_or(pagemesh_daemon::cluster::DEFAULT_CLUSTER_ID);
+            let cert = pki::init(&dir, id)?;
+            outln!("cluster CA for cluster {id:#x}: {}", cert.display());
+        }
+        CaCmd::Issue { dir, nodes } => {
+            for n in nodes {
+                let got = pki::issue(&dir, pagemesh_types::NodeId(n))?;
                 outln!(
-                    "{:>5} {:<22} {:>6} {:<6} {:>9} {:>10} {:>10} {:>8} {:>8}",
-                    n.id,
-                    n.addr,
-                    n.epoch,
-                    state,
-                    n.silent_ms,
-                    f,
-                    r,
-                    p50,
-                    p99
-                );
-            }
-            outln!("segments:");
-            for seg in &s.segments {
-                outln!(
-                    "  {:<20} {:>10}  {:<24} home node {}",
-                    seg.name,
-                    pagemesh_types::ByteSize(seg.size_bytes).to_string(),
-                    seg.backing.to_string(),
-                    seg.home.map_or("-".into(), |h| h.to_string())
+                    "node {n}: {} and {} ({}, valid until {})",
+                    got.cert.display(),
+                    got.key.display(),
+                    got.name,
+                    got.not_after.date()
                 );
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(socket: &Path, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
+    let json = match cmd {
+        ClusterCmd::Ca(c) => return ca(c),
+        ClusterCmd::Status { json } => json,
+    };
+    let client = pagemesh::Client::connect(socket)?;
+    let s = client.cluster_status()?;
+    if json {
+        outln!("{}", status_json(&s));
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!(
+        "cluster {:#x}, answered by node {} (epoch {})",
+        s.cluster_id,
+        s.node,
+        s.epoch
+    );
+    outln!(
+        "{:>5} {:<22} {:>6} {:<6} {:>9} {:>10} {:>10} {:>8} {:>8}",
+        "node",
+        "address",
+        "epoch",
+        "state",
+        "silent_ms",
+        "faults",
+        "fetches",
+        "p50<=us",
+        "p99<=us"
+    );
+    for n in &s.nodes {
+        let state = if n.declared_dead {
+            "dead"
+        } else if n.alive {
+            "alive"
+        } else {
+            "silent"
+        };
+        let (f, r, p50, p99) =
+            n.figures
+                .as_ref()
+                .map_or(("-".into(), "-".into(), "-".into(), "-".into()), |f| {
+                    (
+                        f.faults.to_string(),
+                        f.remote_fetches.to_string(),
+                        crate::latency::cell_us(f.faults, f.fault_p50_ns),
+                        crate::latency::cell_us(f.faults, f.fault_p99_ns),
+                    )
+                });
+        outln!(
+            "{:>5} {:<22} {:>6} {:<6} {:>9} {:>10} {:>10} {:>8} {:>8}",
+            n.id,
+            n.addr,
+            n.epoch,
+            state,
+            n.silent_ms,
+            f,
+            r,
+            p50,
+            p99
+        );
+    }
+    outln!("segments:");
+    for seg in &s.segments {
+        outln!(
+            "  {:<20} {:>10}  {:<24} home node {}",
+            seg.name,
+            pagemesh_types::ByteSize(seg.size_bytes).to_string(),
+            seg.backing.to_string(),
+            seg.home.map_or("-".into(), |h| h.to_string())
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -171,6 +171,17 @@ pub fn start_cluster(
     prefix: &str,
     extra: &[&str],
 ) -> anyhow::Result<Vec<PrivateDaemon>> {
+    start_cluster_with(nodes, prefix, extra, None)
+}
+
+/// As [`start_cluster`], with TLS peer links if `pki` is a CA directory holding every node's
+/// credentials (`pagemesh cluster ca init` and `issue`).
+pub fn start_cluster_with(
+    nodes: usize,
+    prefix: &str,
+    extra: &[&str],
+    pki: Option<&Path>,
+) -> anyhow::Result<Vec<PrivateDaemon>> {
     let ports = free_ports(nodes)?;
     let mut daemons = Vec::new();
     for i in 0..nodes {
@@ -181,6 +192,16 @@ pub fn start_cluster(
             format!("127.0.0.1:{}", ports[i]),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        if let Some(d) = pki {
+            for (flag, file) in [
+                ("--tls-cert", format!("node-{}.pem", i + 1)),
+                ("--tls-key", format!("node-{}.key", i + 1)),
+                ("--tls-ca", "ca.pem".to_string()),
+            ] {
+                args.push(flag.into());
+                args.push(d.join(file).display().to_string());
+            }
+        }
         for (j, p) in ports.iter().enumerate() {
             if j != i {
                 args.push("--peer".into());

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{free_ports, Cluster};
+use common::cluster::{free_ports, Cluster, Pki};
 use common::{finish, Daemon, Out};
 
 fn run_for(d: &Daemon, args: &[&str], timeout: Duration) -> Out {
@@ -307,13 +307,20 @@ fn a_restarted_home_does_not_grant_a_lock_held_across_its_restart() {
 fn a_node_configured_by_a_toml_file_joins_nodes_configured_by_flags() {
     let ports = free_ports(2);
     let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(2, Some(77));
+    let cred = |f: &str| pki.dir.path().join(f).display().to_string();
     let conf = dir.path().join("node1.toml");
     std::fs::write(
         &conf,
         format!(
             "node_id = 1\nlisten = \"127.0.0.1:{}\"\ncluster_id = 77\ndead_after_ms = 4000\n\
+             tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_ca = \"{}\"\n\
              [[peer]]\nid = 2\naddr = \"127.0.0.1:{}\"\n",
-            ports[0], ports[1]
+            ports[0],
+            cred("node-1.pem"),
+            cred("node-1.key"),
+            cred("ca.pem"),
+            ports[1]
         ),
     )
     .expect("write config");
@@ -321,7 +328,7 @@ fn a_node_configured_by_a_toml_file_joins_nodes_configured_by_flags() {
     let n1 = Daemon::start_with(&["--config", &conf]);
     let p1 = format!("1=127.0.0.1:{}", ports[0]);
     let l2 = format!("127.0.0.1:{}", ports[1]);
-    let n2 = Daemon::start_with(&[
+    let mut a2: Vec<String> = [
         "--node-id",
         "2",
         "--listen",
@@ -330,7 +337,11 @@ fn a_node_configured_by_a_toml_file_joins_nodes_configured_by_flags() {
         &p1,
         "--cluster-id",
         "77",
-    ]);
+    ]
+    .map(String::from)
+    .to_vec();
+    a2.extend(pki.flags(2));
+    let n2 = Daemon::start_with(&a2.iter().map(String::as_str).collect::<Vec<_>>());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let out = n2.run(&["cluster", "status", "--json"]).ok();
@@ -351,7 +362,7 @@ fn a_node_configured_by_a_toml_file_joins_nodes_configured_by_flags() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // A node of another cluster is refused, loudly.
+    // A node without this cluster's credentials is refused, loudly.
     let bad = Daemon::start_with(&[
         "--node-id",
         "2",
@@ -363,7 +374,7 @@ fn a_node_configured_by_a_toml_file_joins_nodes_configured_by_flags() {
         "78",
     ]);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !n1.log().contains("cluster id 0x4e") {
+    while !n1.log().contains("TLS handshake failed") {
         assert!(Instant::now() < deadline, "no refusal logged: {}", n1.log());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -621,7 +632,8 @@ fn io_during_a_removal_is_refused_as_being_removed_not_poisoned() {
 #[test]
 fn a_peer_speaking_another_protocol_version_is_refused_naming_both() {
     use pagemesh_proto::peer::{read_peer_frame, write_peer_frame, PeerFrame};
-    let c = Cluster::start(2, &[]);
+    // Plaintext links: the hello is what is checked here (TLS peers: tests/peer_auth.rs).
+    let c = Cluster::start_tls(2, &[], false);
     let listen = &c.args[0][c.args[0]
         .iter()
         .position(|a| a == "--listen")
@@ -654,6 +666,24 @@ fn a_peer_speaking_another_protocol_version_is_refused_naming_both() {
             );
         }
         (other, _) => panic!("a hello of version {old} was answered {other:?}"),
+    }
+    // A node of another cluster is refused, naming both cluster ids.
+    let mut s = std::net::TcpStream::connect(listen).expect("connect to node 1");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let hello = PeerFrame::Hello {
+        version: pagemesh_proto::peer::PEER_PROTOCOL_VERSION,
+        cluster_id: 78,
+        from: pagemesh_types::NodeId(2),
+        from_epoch: pagemesh_core::Epoch(99),
+        to: pagemesh_types::NodeId(1),
+    };
+    write_peer_frame(&mut s, &hello).expect("send the hello");
+    match read_peer_frame(&mut s, &mut buf).expect("an answer") {
+        (PeerFrame::Refused { reason, .. }, _) => {
+            assert!(reason.contains("cluster id 0x4e"), "{reason}");
+        }
+        (other, _) => panic!("a hello of cluster 78 was answered {other:?}"),
     }
     // The node goes on with its real peer.
     c.create(1, "after", &["--size", "4KiB"]);

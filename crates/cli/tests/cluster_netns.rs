@@ -10,6 +10,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cluster::Pki;
 use common::{finish, Daemon};
 
 fn sh(args: &[&str]) -> Result<(), String> {
@@ -31,6 +32,8 @@ fn sh(args: &[&str]) -> Result<(), String> {
 struct Net {
     prefix: String,
     names: Vec<String>,
+    /// The nodes' credentials: their addresses are not loopback, so their links are TLS.
+    pki: Pki,
 }
 
 impl Drop for Net {
@@ -65,6 +68,7 @@ impl Net {
         let mut net = Net {
             prefix,
             names: Vec::new(),
+            pki: Pki::new(3, None),
         };
         let hub = net.hub();
         sh(&["ip", "netns", "add", &hub]).expect("ip netns add (needs root and iproute2)");
@@ -122,6 +126,7 @@ fn start_nodes(net: &Net, extra: &[&str]) -> Vec<Daemon> {
             args.push(format!("{j}={}:7400", Net::addr(j)));
         }
         args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(net.pki.flags(i));
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         nodes.push(Daemon::start_wrapped(&["ip", "netns", "exec", &ns], &a));
     }

@@ -3,7 +3,6 @@
 //! status) and the peer transport (inbound connections, fences). Each request carries the
 //! channel its answer goes back on.
 
-use std::net::TcpStream;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
@@ -24,7 +23,7 @@ pub enum Input {
     Inbound {
         from: NodeId,
         epoch: Epoch,
-        stream: TcpStream,
+        stream: crate::peer_stream::InboundStream,
     },
     /// The connection to a peer is (re)established: tell it what this node knows.
     PeerConnected(NodeId),

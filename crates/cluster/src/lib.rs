@@ -15,8 +15,11 @@ pub mod files;
 mod input;
 mod intents;
 pub mod io;
+mod peer_stream;
+pub mod pki;
 mod segment;
 mod table;
+pub mod tls;
 pub mod transport;
 
 use std::collections::HashMap;
@@ -39,6 +42,10 @@ pub use segment::{build_segment, core_info};
 pub use table::Full;
 use transport::Transport;
 
+/// The cluster id nodes use unless told otherwise ("pagemesh" in ASCII). Public, so it
+/// separates clusters by mistake only, never by intent: TLS is what keeps peers out.
+pub const DEFAULT_CLUSTER_ID: u64 = 0x7061_6765_6d65_7368;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
     pub node_id: u32,
@@ -54,6 +61,11 @@ pub struct ClusterConfig {
     pub retry_ms: u64,
     /// A fault or sync that gets no answer in this long ends in SIGBUS / an error.
     pub fault_timeout_ms: u64,
+    /// This node's credentials: peer links are TLS 1.3, both ends authenticated by the
+    /// cluster CA. `None`: plaintext links, allowed on loopback or with `insecure_peers`.
+    pub tls: Option<tls::TlsFiles>,
+    /// Allow plaintext, unauthenticated peer links on a non-loopback address (labs only).
+    pub insecure_peers: bool,
 }
 
 impl ClusterConfig {
@@ -62,10 +74,12 @@ impl ClusterConfig {
             node_id,
             listen,
             peers,
-            cluster_id: 0x7061_6765_6d65_7368, // "pagemesh"
+            cluster_id: DEFAULT_CLUSTER_ID,
             dead_after_ms: 5_000,
             retry_ms: 50,
             fault_timeout_ms: 30_000,
+            tls: None,
+            insecure_peers: false,
         }
     }
 }
@@ -162,6 +176,35 @@ impl ClusterPages for Waker {
     }
 }
 
+/// The node's TLS set-up, or `None` for plaintext links where those are allowed (loopback, or
+/// `insecure_peers`, said in the log at every start).
+fn peer_tls(cfg: &ClusterConfig, me: NodeId) -> Result<Option<tls::PeerTls>, String> {
+    if let Some(files) = &cfg.tls {
+        return tls::PeerTls::load(files, me, cfg.cluster_id)
+            .map(Some)
+            .map_err(|e| e.to_string());
+    }
+    if !cfg.listen.ip().is_loopback() && !cfg.insecure_peers {
+        return Err(format!(
+            "listening for peers on {} without credentials would let anyone who reaches it read \
+             and write every page: give --tls-cert, --tls-key and --tls-ca (made by `pagemesh \
+             cluster ca init` and `cluster ca issue`), or --insecure-peers for a lab",
+            cfg.listen
+        ));
+    }
+    log::warn!(
+        "cluster: peer links on {} are plaintext and unauthenticated ({}): anyone who reaches \
+         this address can read and write pages",
+        cfg.listen,
+        if cfg.insecure_peers {
+            "--insecure-peers"
+        } else {
+            "loopback, no --tls-cert"
+        }
+    );
+    Ok(None)
+}
+
 /// The cluster side, set up (epoch taken, fences read, peer transport listening) but with its
 /// engine not running yet: the daemon keeps the [`ClusterHandle`] first, so that segments the
 /// engine adopts from the first peer message on can be linked to it.
@@ -179,8 +222,9 @@ pub fn prepare(
     data_dir: &Path,
     segments: Vec<Arc<Segment>>,
 ) -> Result<Prepared, String> {
-    let epoch = files::next_epoch(data_dir)?;
     let me = NodeId(cfg.node_id);
+    let tls = peer_tls(&cfg, me)?;
+    let epoch = files::next_epoch(data_dir)?;
     // Fences this node set before it restarted hold from the first connection on.
     let fences = files::load_fences(data_dir)?;
     let (chan, rx) = mpsc::channel();
@@ -204,6 +248,7 @@ pub fn prepare(
         Duration::from_millis(cfg.dead_after_ms),
         tx.clone(),
         &fences,
+        tls,
     )
     .map_err(|e| format!("starting the peer transport: {e}"))?;
     let segs: HashMap<SegmentId, Arc<Segment>> = segments

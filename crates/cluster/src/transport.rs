@@ -13,7 +13,7 @@
 //! and silence (an inbound connection quiet for the dead-peer limit is closed by the engine).
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,7 +29,10 @@ use pagemesh_types::NodeId;
 use pagemesh_uffd::fileio::send_nonblocking;
 
 use crate::input::Input;
+use crate::peer_stream::{self, InboundStream};
+use crate::tls::PeerTls;
 use crate::Waker;
+use rustls::ClientConnection;
 
 /// Bytes waiting for one peer's connection thread; frames beyond it are dropped and counted
 /// (the protocol retransmits).
@@ -42,6 +45,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Default)]
 struct Out {
     stream: Option<Arc<TcpStream>>,
+    /// The TLS session of the connection (authenticated links): frames are sealed into
+    /// records under this lock, in the order they go on the wire.
+    tls: Option<Box<ClientConnection>>,
+    /// Scratch for sealed frames (kept for its allocation).
+    sealed: Vec<u8>,
     backlog: Vec<u8>,
     /// The connection thread is writing a taken backlog: new frames must queue behind it.
     flushing: bool,
@@ -99,6 +107,8 @@ pub struct Transport {
     engine: Waker,
     /// Lowest epoch accepted from each peer (raised when the peer is declared dead).
     fence: Mutex<HashMap<NodeId, Epoch>>,
+    /// Authenticated, encrypted links (`None`: plaintext, `--insecure-peers` or loopback).
+    tls: Option<PeerTls>,
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
 }
@@ -115,6 +125,7 @@ impl Transport {
         dead_after: Duration,
         engine: Waker,
         fences: &[(NodeId, Epoch)],
+        tls: Option<PeerTls>,
     ) -> std::io::Result<Arc<Transport>> {
         let listener = TcpListener::bind(listen).map_err(|e| {
             std::io::Error::new(
@@ -154,6 +165,7 @@ impl Transport {
             links,
             engine,
             fence: Mutex::new(fences.iter().copied().collect()),
+            tls,
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
         });
@@ -188,18 +200,39 @@ impl Transport {
             l.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         };
+        let mut sealed = std::mem::take(&mut o.sealed);
+        let wire: &[u8] = match o.tls.as_deref_mut() {
+            None => buf,
+            Some(tls) => {
+                sealed.clear();
+                if let Err(e) = peer_stream::seal(tls, buf, &mut sealed) {
+                    log::warn!("peer {to}: sealing a frame failed: {e}; reconnecting");
+                    o.stream = None;
+                    l.cv.notify_one();
+                    return false;
+                }
+                &sealed
+            }
+        };
+        let sent = self.send_wire(to, l, &mut o, &s, wire);
+        o.sealed = sealed;
+        sent
+    }
+
+    /// Put `wire` bytes on the socket without blocking, queueing what it does not take.
+    fn send_wire(&self, to: NodeId, l: &Link, o: &mut Out, s: &TcpStream, wire: &[u8]) -> bool {
         if o.flushing || !o.backlog.is_empty() {
-            return self.queue(l, &mut o, buf);
+            return self.queue(l, o, wire);
         }
-        match send_nonblocking(s.as_fd(), buf) {
+        match send_nonblocking(s.as_fd(), wire) {
             Ok(n) => {
                 self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-                if n < buf.len() {
-                    return self.queue(l, &mut o, &buf[n..]);
+                if n < wire.len() {
+                    return self.queue(l, o, &wire[n..]);
                 }
                 true
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.queue(l, &mut o, buf),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.queue(l, o, wire),
             Err(e) => {
                 log::warn!("peer {to}: send failed: {e}; reconnecting");
                 o.stream = None;
@@ -300,8 +333,8 @@ impl Transport {
         let mut backoff = Duration::from_millis(20);
         let mut logged_down = false;
         loop {
-            let stream = match self.dial(peer, link.addr) {
-                Ok(s) => Arc::new(s),
+            let (stream, tls) = match self.dial(peer, link.addr) {
+                Ok((s, tls)) => (Arc::new(s), tls),
                 Err(Dial::Fenced(reason)) => {
                     let _ = self.engine.send(Input::Fenced { by: peer, reason });
                     return;
@@ -322,6 +355,7 @@ impl Transport {
             {
                 let mut o = lock(&link.out);
                 o.stream = Some(Arc::clone(&stream));
+                o.tls = tls;
                 o.backlog.clear();
                 o.flushing = false;
             }
@@ -334,6 +368,7 @@ impl Transport {
             {
                 let mut o = lock(&link.out);
                 o.stream = None;
+                o.tls = None;
                 o.backlog.clear();
                 o.flushing = false;
             }
@@ -360,7 +395,17 @@ impl Transport {
                             sent_ms: self.now_ms().max(1),
                             echo_ms: lock_lease(&link.lease).echo(),
                         };
-                        encode_peer_frame(&hb, &mut o.backlog);
+                        let mut plain = Vec::new();
+                        encode_peer_frame(&hb, &mut plain);
+                        let o = &mut *o;
+                        match o.tls.as_deref_mut() {
+                            None => o.backlog.extend_from_slice(&plain),
+                            Some(tls) => {
+                                if let Err(e) = peer_stream::seal(tls, &plain, &mut o.backlog) {
+                                    return format!("sealing a heartbeat failed: {e}");
+                                }
+                            }
+                        }
                         last_hb = Some(Instant::now());
                         link.last_hb_ms.store(self.now_ms(), Ordering::Relaxed);
                         break;
@@ -396,15 +441,21 @@ impl Transport {
         }
     }
 
-    fn dial(&self, peer: NodeId, addr: SocketAddr) -> Result<TcpStream, Dial> {
-        let fail = |what: &str, e: std::io::Error| Dial::Failed(format!("{what}: {e}"));
+    /// Connect to `peer`, authenticate it (TLS: its certificate must name it), say hello and
+    /// take its welcome.
+    fn dial(
+        &self,
+        peer: NodeId,
+        addr: SocketAddr,
+    ) -> Result<(TcpStream, Option<Box<ClientConnection>>), Dial> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| Dial::Failed(format!("{what}: {e}"));
         let mut s =
-            TcpStream::connect_timeout(&addr, self.io_timeout).map_err(|e| fail("connect", e))?;
-        s.set_nodelay(true).map_err(|e| fail("nodelay", e))?;
+            TcpStream::connect_timeout(&addr, self.io_timeout).map_err(|e| fail("connect", &e))?;
+        s.set_nodelay(true).map_err(|e| fail("nodelay", &e))?;
         s.set_write_timeout(Some(self.io_timeout))
-            .map_err(|e| fail("timeout", e))?;
+            .map_err(|e| fail("timeout", &e))?;
         s.set_read_timeout(Some(self.io_timeout))
-            .map_err(|e| fail("timeout", e))?;
+            .map_err(|e| fail("timeout", &e))?;
         let hello = PeerFrame::Hello {
             version: PEER_PROTOCOL_VERSION,
             cluster_id: self.cluster_id,
@@ -412,21 +463,36 @@ impl Transport {
             from_epoch: self.epoch,
             to: peer,
         };
-        write_peer_frame(&mut s, &hello).map_err(|e| Dial::Failed(format!("hello: {e}")))?;
-        match read_peer_frame(&mut s, &mut Vec::new()) {
-            Ok((PeerFrame::Welcome { epoch }, _)) => {
-                self.links[&peer].epoch.store(epoch.0, Ordering::Relaxed);
-                Ok(s)
+        let mut tls = match &self.tls {
+            None => None,
+            Some(t) => {
+                let mut c = Box::new(t.dial(peer).map_err(|e| fail("TLS", &e))?);
+                peer_stream::handshake(&mut c, &mut s)
+                    .map_err(|e| fail("TLS handshake (is it this cluster's node?)", &e))?;
+                Some(c)
             }
-            Ok((PeerFrame::Refused { reason, fenced }, _)) => {
+        };
+        let answer = match tls.as_deref_mut() {
+            None => hello_exchange(&mut s, &hello),
+            Some(c) => hello_exchange(&mut rustls::Stream::new(c, &mut s), &hello),
+        }?;
+        match answer {
+            PeerFrame::Welcome { epoch } => {
+                self.links[&peer].epoch.store(epoch.0, Ordering::Relaxed);
+                if let Some(c) = tls.as_deref_mut() {
+                    // Frames are sealed and drained at once: rustls buffers nothing for long.
+                    c.set_buffer_limit(None);
+                }
+                Ok((s, tls))
+            }
+            PeerFrame::Refused { reason, fenced } => {
                 if fenced {
                     Err(Dial::Fenced(reason))
                 } else {
                     Err(Dial::Failed(format!("refused: {reason}")))
                 }
             }
-            Ok((other, _)) => Err(Dial::Failed(format!("expected a welcome, got {other:?}"))),
-            Err(e) => Err(Dial::Failed(format!("waiting for the welcome: {e}"))),
+            other => Err(Dial::Failed(format!("expected a welcome, got {other:?}"))),
         }
     }
 
@@ -462,7 +528,8 @@ impl Transport {
         }
     }
 
-    /// Check an inbound hello; on success the engine takes the connection over.
+    /// Authenticate an inbound connection (TLS) and check its hello; on success the engine
+    /// takes the connection over.
     fn handshake(&self, mut s: TcpStream) {
         let who = s
             .peer_addr()
@@ -470,70 +537,22 @@ impl Transport {
         let _ = s.set_nodelay(true);
         let _ = s.set_read_timeout(Some(self.io_timeout));
         let _ = s.set_write_timeout(Some(self.io_timeout));
-        let refuse = |s: &mut TcpStream, reason: String, fenced: bool| {
-            log::warn!("peer connection from {who}: refused: {reason}");
-            let _ = write_peer_frame(s, &PeerFrame::Refused { reason, fenced });
-        };
-        let (from, epoch, n) = match read_hello(&mut s) {
-            Ok((
-                PeerFrame::Hello {
-                    version,
-                    cluster_id,
-                    from,
-                    from_epoch,
-                    to,
-                },
-                n,
-            )) => {
-                if version != PEER_PROTOCOL_VERSION {
-                    let r = format!(
-                        "peer protocol version {version}, this node speaks {PEER_PROTOCOL_VERSION}"
-                    );
-                    return refuse(&mut s, r, false);
-                }
-                if cluster_id != self.cluster_id {
-                    let r = format!(
-                        "cluster id {cluster_id:#x}, this node is in cluster {:#x}",
-                        self.cluster_id
-                    );
-                    return refuse(&mut s, r, false);
-                }
-                if to != self.me || !self.links.contains_key(&from) {
-                    let r = format!(
-                        "{from} dialled {to}, but this is {} and {from} is not in its peer list",
-                        self.me
-                    );
-                    return refuse(&mut s, r, false);
-                }
-                let floor = self
-                    .fence
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&from)
-                    .copied()
-                    .unwrap_or_default();
-                if from_epoch < floor {
-                    let r = format!(
-                        "{} declared {from} (epoch {}) dead; restart it so it rejoins with a new epoch",
-                        self.me, from_epoch.0
-                    );
-                    return refuse(&mut s, r, true);
-                }
-                if let Err(e) = write_peer_frame(&mut s, &PeerFrame::Welcome { epoch: self.epoch })
-                {
-                    log::warn!("peer {from} at {who}: welcome failed: {e}");
+        let (mut tls, proven) = match &self.tls {
+            None => (None, None),
+            Some(t) => match self.authenticate(t, &mut s) {
+                Ok((c, id)) => (Some(c), Some(id)),
+                Err(e) => {
+                    log::warn!("peer connection from {who}: refused: {e}");
                     return;
                 }
-                (from, from_epoch, n)
-            }
-            Ok((other, _)) => {
-                log::warn!("peer connection from {who}: expected a hello, got {other:?}; closed");
-                return;
-            }
-            Err(e) => {
-                log::warn!("peer connection from {who}: bad hello: {e}; closed");
-                return;
-            }
+            },
+        };
+        let checked = match tls.as_deref_mut() {
+            None => self.check_hello(&mut s, &who, None),
+            Some(c) => self.check_hello(&mut rustls::Stream::new(c, &mut s), &who, proven),
+        };
+        let Some((from, epoch, n)) = checked else {
+            return;
         };
         // A new connection may be a new incarnation, whose clock starts again: echo only what
         // it sends from now on.
@@ -548,8 +567,94 @@ impl Transport {
         let _ = self.engine.send(Input::Inbound {
             from,
             epoch,
-            stream: s,
+            stream: InboundStream::new(s, tls),
         });
+    }
+
+    /// The TLS handshake of an inbound connection, and which peer its certificate names.
+    fn authenticate(
+        &self,
+        t: &PeerTls,
+        s: &mut TcpStream,
+    ) -> Result<(Box<rustls::ServerConnection>, NodeId), String> {
+        let mut c = Box::new(t.accept()?);
+        peer_stream::handshake(&mut c, s).map_err(|e| format!("TLS handshake failed: {e}"))?;
+        let id = t.identity(&c, self.links.keys().copied())?;
+        Ok((c, id))
+    }
+
+    /// Read and check the hello: version, cluster, that it is for this node from a node of its
+    /// peer list (the one its certificate names, on authenticated links) of an incarnation
+    /// not fenced. Answer welcome or refused.
+    fn check_hello<S: Read + Write>(
+        &self,
+        io: &mut S,
+        who: &str,
+        proven: Option<NodeId>,
+    ) -> Option<(NodeId, Epoch, usize)> {
+        let refuse = |io: &mut S, reason: String, fenced: bool| {
+            log::warn!("peer connection from {who}: refused: {reason}");
+            let _ = write_peer_frame(io, &PeerFrame::Refused { reason, fenced });
+            let _ = io.flush();
+            None
+        };
+        let (hello, n) = match read_hello(io) {
+            Ok(h) => h,
+            Err(e) => {
+                log::warn!("peer connection from {who}: bad hello: {e}; closed");
+                return None;
+            }
+        };
+        let PeerFrame::Hello {
+            version,
+            cluster_id,
+            from,
+            from_epoch,
+            to,
+        } = hello
+        else {
+            log::warn!("peer connection from {who}: expected a hello, got {hello:?}; closed");
+            return None;
+        };
+        if version != PEER_PROTOCOL_VERSION {
+            let r = format!(
+                "peer protocol version {version}, this node speaks {PEER_PROTOCOL_VERSION}"
+            );
+            return refuse(io, r, false);
+        }
+        if cluster_id != self.cluster_id {
+            let r = format!(
+                "cluster id {cluster_id:#x}, this node is in cluster {:#x}",
+                self.cluster_id
+            );
+            return refuse(io, r, false);
+        }
+        if let Some(p) = proven.filter(|&p| p != from) {
+            let r = format!("its certificate is {p}'s, but its hello says it is {from}");
+            return refuse(io, r, false);
+        }
+        if to != self.me || !self.links.contains_key(&from) {
+            let r = format!(
+                "{from} dialled {to}, but this is {} and {from} is not in its peer list",
+                self.me
+            );
+            return refuse(io, r, false);
+        }
+        if from_epoch < self.fence_floor(from) {
+            let r = format!(
+                "{} declared {from} (epoch {}) dead; restart it so it rejoins with a new epoch",
+                self.me, from_epoch.0
+            );
+            return refuse(io, r, true);
+        }
+        if let Err(e) = write_peer_frame(io, &PeerFrame::Welcome { epoch: self.epoch })
+            .map_err(|e| e.to_string())
+            .and_then(|()| io.flush().map_err(|e| e.to_string()))
+        {
+            log::warn!("peer {from} at {who}: welcome failed: {e}");
+            return None;
+        }
+        Some((from, from_epoch, n))
     }
 }
 
@@ -558,9 +663,19 @@ enum Dial {
     Fenced(String),
 }
 
+/// Send the hello and read the answer.
+fn hello_exchange(io: &mut (impl Read + Write), hello: &PeerFrame) -> Result<PeerFrame, Dial> {
+    write_peer_frame(io, hello).map_err(|e| Dial::Failed(format!("hello: {e}")))?;
+    io.flush()
+        .map_err(|e| Dial::Failed(format!("hello: {e}")))?;
+    match read_peer_frame(io, &mut Vec::new()) {
+        Ok((f, _)) => Ok(f),
+        Err(e) => Err(Dial::Failed(format!("waiting for the welcome: {e}"))),
+    }
+}
+
 /// Read the first frame of an inbound connection, refusing anything larger than a hello.
-fn read_hello(s: &mut TcpStream) -> Result<(PeerFrame, usize), String> {
-    use std::io::Read;
+fn read_hello(s: &mut impl Read) -> Result<(PeerFrame, usize), String> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).map_err(|e| e.to_string())?;
     let len = u32::from_le_bytes(len) as usize;

@@ -19,11 +19,70 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 pub struct Cluster {
     pub nodes: Vec<Daemon>,
     pub args: Vec<Vec<String>>,
+    /// The cluster's CA and node credentials when the links are TLS.
+    pub pki: Option<Pki>,
+}
+
+/// Whether the cluster tests run over TLS peer links (`PAGEMESH_TEST_PEER_TLS=1`; CI runs the
+/// cluster suite both ways).
+pub fn tls_from_env() -> bool {
+    std::env::var("PAGEMESH_TEST_PEER_TLS").is_ok_and(|v| v == "1")
+}
+
+/// A cluster CA and node credentials made with `pagemesh cluster ca`, in a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// A CA for cluster `cluster_id` (the default one if `None`) and certificates for nodes
+    /// 1..=n.
+    pub fn new(n: usize, cluster_id: Option<u64>) -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().to_str().expect("utf-8 path").to_string();
+        let mut init = vec!["cluster", "ca", "init", "--dir", &d];
+        let id = cluster_id.map(|c| c.to_string());
+        if let Some(id) = &id {
+            init.extend(["--cluster-id", id.as_str()]);
+        }
+        super::pagemesh(&init).ok();
+        let nodes: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+        let mut issue = vec!["cluster", "ca", "issue", "--dir", &d];
+        for i in &nodes {
+            issue.extend(["--node", i.as_str()]);
+        }
+        super::pagemesh(&issue).ok();
+        Pki { dir }
+    }
+
+    /// The daemon flags that make node `id` use its own credentials.
+    pub fn flags(&self, id: usize) -> Vec<String> {
+        self.flags_as(id, id)
+    }
+
+    /// The daemon flags for node `id` holding node `cert_of`'s credentials.
+    pub fn flags_as(&self, _id: usize, cert_of: usize) -> Vec<String> {
+        let p = |f: String| self.dir.path().join(f).to_str().expect("utf-8").to_string();
+        vec![
+            "--tls-cert".into(),
+            p(format!("node-{cert_of}.pem")),
+            "--tls-key".into(),
+            p(format!("node-{cert_of}.key")),
+            "--tls-ca".into(),
+            p("ca.pem".into()),
+        ]
+    }
 }
 
 impl Cluster {
     /// `n` nodes with ids 1..=n; `extra` goes to every daemon.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_tls(n, extra, tls_from_env())
+    }
+
+    /// `n` nodes, with TLS peer links (a fresh CA) or plaintext ones.
+    pub fn start_tls(n: usize, extra: &[&str], tls: bool) -> Cluster {
+        let pki = tls.then(|| Pki::new(n, None));
         let ports = free_ports(n);
         let mut args = Vec::new();
         for i in 0..n {
@@ -40,13 +99,16 @@ impl Cluster {
                 }
             }
             a.extend(extra.iter().map(|s| s.to_string()));
+            if let Some(pki) = &pki {
+                a.extend(pki.flags(i + 1));
+            }
             args.push(a);
         }
         let nodes = args
             .iter()
             .map(|a| Daemon::start_with(&a.iter().map(String::as_str).collect::<Vec<_>>()))
             .collect();
-        let c = Cluster { nodes, args };
+        let c = Cluster { nodes, args, pki };
         c.wait_connected();
         c
     }

@@ -184,6 +184,18 @@ pub fn finish(mut child: Child, stdin: &[u8], timeout: Duration, what: &[&str]) 
     }
 }
 
+/// Run the CLI with no daemon involved (e.g. `cluster ca`), bounded.
+pub fn pagemesh(args: &[&str]) -> Out {
+    let child = std::process::Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn pagemesh");
+    finish(child, &[], Duration::from_secs(30), args)
+}
+
 /// The memtest pattern, written independently of the CLI's implementation.
 pub fn pattern_word(seed: u64, offset: u64) -> u64 {
     let mut z = seed

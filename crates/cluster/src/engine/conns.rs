@@ -1,44 +1,26 @@
 //! Inbound peer connections: reading their frames into the core, closing the silent and the broken.
 
-use std::io::Read;
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use pagemesh_proto::peer::{decode_peer_frame, PeerFrame, MAX_PEER_FRAME_BYTES};
 use pagemesh_types::NodeId;
 
+use crate::peer_stream::Drained;
 use crate::transport::page_sized;
 
 use super::{Engine, CONN_TOKEN, READ_PER_WAKE};
 
 impl Engine {
     pub(super) fn conn_ready(&mut self, id: u64) {
-        let mut tmp = [0u8; 64 << 10];
-        let mut got = 0usize;
-        let mut closed: Option<String> = None;
-        {
+        let mut closed: Option<String> = {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
-            while got < READ_PER_WAKE {
-                match (&c.stream).read(&mut tmp) {
-                    Ok(0) => {
-                        closed = Some("closed by the peer".into());
-                        break;
-                    }
-                    Ok(n) => {
-                        c.buf.extend_from_slice(&tmp[..n]);
-                        got += n;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        closed = Some(e.to_string());
-                        break;
-                    }
-                }
+            match c.stream.read_available(&mut c.buf, READ_PER_WAKE) {
+                Drained::Later => None,
+                Drained::Closed(why) => Some(why),
             }
-        }
+        };
         // Take whole frames out and act on each.
         let mut at = 0usize;
         loop {
@@ -58,7 +40,7 @@ impl Engine {
             if buf.len() < total {
                 break;
             }
-            let from = c.from;
+            let (from, epoch) = (c.from, c.epoch);
             let frame = decode_peer_frame(&buf[4..total]);
             c.last_frame = Instant::now();
             at += total;
@@ -71,6 +53,13 @@ impl Engine {
                     closed = Some(format!(
                         "a page of the wrong size in {} (a bug or a lying peer)",
                         env.msg
+                    ));
+                    break;
+                }
+                Ok(PeerFrame::Protocol(env)) if env.from_epoch != epoch => {
+                    closed = Some(format!(
+                        "an envelope of epoch {} on a connection of epoch {} (a bug or a lying peer)",
+                        env.from_epoch.0, epoch.0
                     ));
                     break;
                 }
@@ -102,7 +91,7 @@ impl Engine {
             Some(why) => self.close_conn(id, &why),
             None => {
                 if let Some(c) = self.conns.get(&id) {
-                    let _ = self.epoll.rearm(c.stream.as_fd(), CONN_TOKEN | id);
+                    let _ = self.epoll.rearm(c.stream.fd(), CONN_TOKEN | id);
                 }
             }
         }
@@ -111,8 +100,8 @@ impl Engine {
     pub(super) fn close_conn(&mut self, id: u64, why: &str) {
         if let Some(c) = self.conns.remove(&id) {
             log::info!("{}: inbound connection closed: {why}", c.from);
-            let _ = self.epoll.remove(c.stream.as_fd());
-            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            let _ = self.epoll.remove(c.stream.fd());
+            c.stream.shutdown();
         }
     }
 

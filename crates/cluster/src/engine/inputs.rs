@@ -1,7 +1,6 @@
 //! What the other threads ask of the engine ([`Input`]), one method a kind; and taking part in a segment.
 
 use std::collections::HashMap;
-use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -15,6 +14,7 @@ use pagemesh_types::{NodeId, SegmentId};
 use crate::fatal::{self, Fatal};
 use crate::files;
 use crate::input::{ClusterSegStat, Input};
+use crate::peer_stream::InboundStream;
 use pagemesh_node::pages::PageState;
 use pagemesh_node::segment::{Attachment, Segment};
 
@@ -135,22 +135,23 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_inbound(&mut self, from: NodeId, epoch: Epoch, stream: TcpStream) {
+    pub(super) fn on_inbound(&mut self, from: NodeId, epoch: Epoch, stream: InboundStream) {
         // Declared dead after its hello was checked: it must not slip in.
         if epoch < self.transport.fence_floor(from) {
             log::warn!(
                 "{from}: a connection of its fenced incarnation {} closed",
                 epoch.0
             );
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            stream.shutdown();
             return;
         }
         let id = self.next_conn;
         self.next_conn += 1;
-        match self.epoll.add(stream.as_fd(), CONN_TOKEN | id) {
+        match self.epoll.add(stream.fd(), CONN_TOKEN | id) {
             Ok(()) => {
                 let conn = Conn {
                     from,
+                    epoch,
                     stream,
                     buf: Vec::with_capacity(64 << 10),
                     last_frame: Instant::now(),

@@ -21,7 +21,6 @@ mod status;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
-use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -182,7 +181,9 @@ struct StatusWait {
 
 struct Conn {
     from: NodeId,
-    stream: TcpStream,
+    /// The incarnation its hello stated: the only one its envelopes may name.
+    epoch: pagemesh_core::Epoch,
+    stream: crate::peer_stream::InboundStream,
     buf: Vec<u8>,
     last_frame: Instant,
 }
