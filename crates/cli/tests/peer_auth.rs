@@ -278,3 +278,60 @@ fn a_node_refuses_to_start_with_another_nodes_certificate_or_exposed_without_one
     );
     assert!(!Path::new("x.pem").exists());
 }
+
+/// An authenticated node may ask only what the protocol lets it ask: node 2's real credential
+/// cannot commit, announce or catalogue changes of a segment homed on node 1.
+#[test]
+fn an_authenticated_node_cannot_change_what_another_node_homes() {
+    let c = Cluster::start_tls(3, &[], true);
+    c.create(1, "data", &["--size", "64KiB"]);
+    c.node(1).run(&["memtest", "data", "--write", "5"]).ok();
+    let seg_id = c.status(3)["segments"][0]["id"]
+        .as_u64()
+        .expect("segment id");
+    let epoch2 = c.status(3)["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["id"] == 2)
+        .expect("node 2")["epoch"]
+        .as_u64()
+        .expect("epoch");
+    let before = cluster_state(&c);
+    let node2 = load(c.pki.as_ref().expect("tls"), 2);
+    let mut s = connect(&listen_of(&c, 3));
+    let mut conn = node2.dial(NodeId(3)).expect("dial");
+    let mut st = rustls::Stream::new(&mut conn, &mut s);
+    write_peer_frame(&mut st, &hello(2, epoch2, 3)).expect("hello");
+    st.flush().expect("flush");
+    match read_peer_frame(&mut st, &mut Vec::new()) {
+        Ok((PeerFrame::Welcome { .. }, _)) => {}
+        other => panic!("node 2's own credential was not welcomed: {other:?}"),
+    }
+    let forged = pagemesh_proto::SegmentInfo {
+        name: "evil".into(),
+        id: seg_id + 1,
+        size_bytes: 4096,
+        backing: Backing::Zero,
+        home: Some(1),
+    };
+    for f in [
+        Control::RemoveCommit { seg: seg_id },
+        Control::Removed { ids: vec![seg_id] },
+        Control::Catalog {
+            segments: vec![forged],
+        },
+    ] {
+        write_peer_frame(&mut st, &PeerFrame::Control(f)).expect("send");
+    }
+    st.flush().expect("flush");
+    wait_log(&c, 3, "only a segment's home runs its removal");
+    wait_log(&c, 3, "only a segment's home announces its removal");
+    wait_log(&c, 3, "a node announces only the segments it homes");
+    assert_eq!(
+        cluster_state(&c),
+        before,
+        "node 2 changed what node 1 homes"
+    );
+    c.node(3).run(&["memtest", "data", "--verify", "5"]).ok();
+}

@@ -57,6 +57,11 @@ impl LockClient {
         }
     }
 
+    /// The home `token` asked for its lock (`None`: no such client here).
+    pub fn home_of(&self, token: u64) -> Option<NodeId> {
+        self.wants.get(&token).map(|w| w.home)
+    }
+
     /// Whether `token` holds (or was granted again) its lock.
     pub fn holds(&self, token: u64) -> bool {
         self.wants.get(&token).is_some_and(|w| w.held)

@@ -122,7 +122,7 @@ impl Daemon {
             }
         }
         // Ids are unique across the cluster: the home's node id in the high bits.
-        let id = (u64::from(home) + 1) << 40 | catalog.next_id();
+        let id = SegmentId::cluster(NodeId(home), catalog.next_id()).0;
         let info = SegmentInfo {
             name: name.to_string(),
             id,

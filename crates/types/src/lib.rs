@@ -27,6 +27,23 @@ impl fmt::Display for NodeId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct SegmentId(pub u64);
 
+impl SegmentId {
+    /// The first id of a cluster segment: ids of the segments homed on `home` are
+    /// `(home + 1) << 40 | n`, unique across the cluster without coordination.
+    pub const fn cluster(home: NodeId, n: u64) -> SegmentId {
+        assert!(n < 1 << 40, "a home's segment counter ran past 2^40");
+        SegmentId(((home.0 as u64) + 1) << 40 | n)
+    }
+
+    /// The node a cluster segment's id says is its home (`None` for a node-local id).
+    pub const fn home(self) -> Option<NodeId> {
+        match self.0 >> 40 {
+            0 => None,
+            h => Some(NodeId((h - 1) as u32)),
+        }
+    }
+}
+
 impl fmt::Display for SegmentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "seg{}", self.0)
@@ -133,6 +150,17 @@ impl fmt::Display for ByteSize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cluster_segment_id_names_its_home() {
+        use super::{NodeId, SegmentId};
+        assert_eq!(SegmentId::cluster(NodeId(0), 5).home(), Some(NodeId(0)));
+        assert_eq!(
+            SegmentId::cluster(NodeId(3), (1 << 40) - 1).home(),
+            Some(NodeId(3))
+        );
+        assert_eq!(SegmentId(5).home(), None);
+    }
+
     use super::*;
 
     #[test]

@@ -21,31 +21,20 @@ impl Engine {
                 let msg = Control::CreateReply { req, result };
                 self.send_peer(from, PeerFrame::Control(msg));
             }
-            Control::CreateReply { req, result } => self.on_create_reply(req, result),
+            msg @ (Control::CreateReply { .. }
+            | Control::BarrierRelease { .. }
+            | Control::SyncRefused { .. }
+            | Control::RemoveDone { .. }
+            | Control::ClearPoisonDone { .. }
+            | Control::LockGranted { .. }) => self.on_answer(from, msg),
             Control::BarrierArrive {
                 seg,
                 barrier,
                 parties,
                 token,
             } => self.barrier_arrive(from, SegmentId(seg), barrier, parties, token),
-            Control::BarrierRelease {
-                tokens, generation, ..
-            } => {
-                for t in tokens {
-                    self.barrier_of.remove(&t);
-                    if let Some(w) = self.barrier_waiters.remove(&t) {
-                        let _ = w.send(Ok(generation));
-                    }
-                }
-            }
-            Control::SyncRefused { token, reason } => self.refuse_waiter(token, reason),
             Control::RemoveSegment { req, seg } => {
                 self.on_remove_segment(from, req, SegmentId(seg))
-            }
-            Control::RemoveDone { req, result } => {
-                if let Some((r, _, _)) = self.removes.remove(&req) {
-                    let _ = r.send(result);
-                }
             }
             msg @ (Control::RemovePrepare { .. }
             | Control::RemovePrepared { .. }
@@ -55,11 +44,10 @@ impl Engine {
                     self.on_removal_msg(from, m)
                 }
             }
-            Control::Removed { ids } => self.on_removed(ids),
+            Control::Removed { ids } => self.on_removed(from, ids),
             Control::ClearPoison { req, seg } => {
                 self.on_clear_poison_asked(from, req, SegmentId(seg))
             }
-            Control::ClearPoisonDone { req, result } => self.on_clear_poison_done(req, result),
             Control::BarrierCancel {
                 seg,
                 barrier,
@@ -68,7 +56,6 @@ impl Engine {
             Control::LockAcquire { seg, lock, token } => {
                 self.lock_acquire(from, SegmentId(seg), lock, token)
             }
-            Control::LockGranted { token, .. } => self.lock_granted(token),
             Control::LockReport { held, waiting } => self.lock_report(from, held, waiting),
             Control::LockRelease { seg, lock, token } => {
                 self.lock_release(from, SegmentId(seg), lock, token)
@@ -87,9 +74,77 @@ impl Engine {
         }
     }
 
+    /// An answer from a peer to what this node asked: taken only from the node it was asked of
+    /// (the home of the segment, lock or barrier), refused and logged otherwise.
+    fn on_answer(&mut self, from: NodeId, msg: Control) {
+        match msg {
+            Control::CreateReply { req, result } => self.on_create_reply(from, req, result),
+            Control::BarrierRelease {
+                seg,
+                tokens,
+                generation,
+                ..
+            } => {
+                if self.home_of(SegmentId(seg)) != Some(from) {
+                    return refused(
+                        from,
+                        "a barrier release for a segment it is not the home of",
+                    );
+                }
+                for t in tokens {
+                    self.barrier_of.remove(&t);
+                    if let Some(w) = self.barrier_waiters.remove(&t) {
+                        let _ = w.send(Ok(generation));
+                    }
+                }
+            }
+            Control::SyncRefused { token, reason } => {
+                let home = self.lock_client.home_of(token).or_else(|| {
+                    let seg = self.barrier_of.get(&token)?.0;
+                    self.home_of(seg)
+                });
+                if home.is_some_and(|h| h != from) {
+                    return refused(from, "a refusal for a waiter of another home");
+                }
+                self.refuse_waiter(token, reason)
+            }
+            Control::RemoveDone { req, result } => {
+                if self.removes.get(&req).is_some_and(|w| w.2 != from) {
+                    return refused(from, "a removal it was not asked for");
+                }
+                if let Some((r, _, _)) = self.removes.remove(&req) {
+                    let _ = r.send(result);
+                }
+            }
+            Control::ClearPoisonDone { req, result } => {
+                if self.clears.get(&req).is_some_and(|w| w.2 != from) {
+                    return refused(from, "a clear-poison it was not asked for");
+                }
+                self.on_clear_poison_done(req, result)
+            }
+            Control::LockGranted { token, .. } => {
+                if self.lock_client.home_of(token).is_some_and(|h| h != from) {
+                    return refused(from, "a lock grant for a lock another home keeps");
+                }
+                self.lock_granted(token)
+            }
+            other => unreachable!("not an answer: {other:?}"),
+        }
+    }
+
     /// A peer's catalog: take in the segments this node does not know yet.
     pub(super) fn on_catalog(&mut self, from: NodeId, segments: Vec<SegmentInfo>) {
         for info in segments {
+            let home = info.home.map(NodeId);
+            if home != Some(from) || SegmentId(info.id).home() != Some(from) {
+                log::warn!(
+                    "catalog from {from}: segment {} (id {:#x}, home {home:?}) refused: a node \
+                     announces only the segments it homes",
+                    info.name,
+                    info.id
+                );
+                continue;
+            }
             match self.host.adopt(&info) {
                 Ok(Some(seg)) => self.adopt(seg),
                 Ok(None) => {}
@@ -127,7 +182,22 @@ impl Engine {
 
     /// The home created the segment this node asked for: take it into the catalog here before
     /// the client hears, so its attach finds it.
-    pub(super) fn on_create_reply(&mut self, req: u64, result: Result<SegmentInfo, String>) {
+    pub(super) fn on_create_reply(
+        &mut self,
+        from: NodeId,
+        req: u64,
+        result: Result<SegmentInfo, String>,
+    ) {
+        match self.creates.get(&req) {
+            None => return,
+            Some(w) if w.2 != from => return refused(from, "a create it was not asked for"),
+            Some(_) => {}
+        }
+        if let Ok(info) = &result {
+            if info.home != Some(from.0) || SegmentId(info.id).home() != Some(from) {
+                return refused(from, "a created segment homed elsewhere");
+            }
+        }
         let result = result.and_then(|info| match self.host.adopt(&info) {
             Ok(Some(seg)) => {
                 self.adopt(seg);
@@ -136,7 +206,7 @@ impl Engine {
             Ok(None) => Ok(info),
             Err(e) => Err(e),
         });
-        if let Some((r, _)) = self.creates.remove(&req) {
+        if let Some((r, _, _)) = self.creates.remove(&req) {
             let _ = r.send(result);
         }
     }
@@ -188,4 +258,9 @@ impl Engine {
             );
         }
     }
+}
+
+/// A peer sent what the protocol does not let it send: logged, nothing changes.
+fn refused(from: NodeId, what: &str) {
+    log::warn!("{from} sent {what}; refused (a bug or a lying peer)");
 }

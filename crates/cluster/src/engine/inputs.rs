@@ -54,7 +54,7 @@ impl Engine {
                 reply,
             } => {
                 let req = self.req_id();
-                self.creates.insert(req, (reply, Instant::now()));
+                self.creates.insert(req, (reply, Instant::now(), home));
                 let msg = Control::CreateSegment {
                     req,
                     name,
@@ -164,9 +164,19 @@ impl Engine {
 
     /// Tell a peer that (re)connected what this node knows: its catalog and its removals.
     pub(super) fn on_peer_connected(&mut self, peer: NodeId) {
-        let segments: Vec<SegmentInfo> = self.segs.values().map(|s| s.info.clone()).collect();
+        // A node speaks for the segments it homes (peers take catalog entries and tombstones
+        // only from the home they name).
+        let me = Some(self.me().0);
+        let segments: Vec<SegmentInfo> = self
+            .segs
+            .values()
+            .filter(|s| s.info.home == me)
+            .map(|s| s.info.clone())
+            .collect();
         self.send_peer(peer, PeerFrame::Control(Control::Catalog { segments }));
-        let ids = self.host.removed_ids();
+        let mine = Some(self.me());
+        let mut ids = self.host.removed_ids();
+        ids.retain(|&id| SegmentId(id).home() == mine);
         if !ids.is_empty() {
             self.send_peer(peer, PeerFrame::Control(Control::Removed { ids }));
         }

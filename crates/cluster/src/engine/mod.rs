@@ -167,6 +167,9 @@ enum RemoveFor {
 /// A removal asked of a segment's home: the reply, when, and which home.
 type RemoveWait = (Sender<Result<(), String>>, Instant, NodeId);
 
+/// A create asked of the would-be home: the reply, when, and which home.
+type CreateWait = (Sender<Result<SegmentInfo, String>>, Instant, NodeId);
+
 /// A clear-poison asked of a segment's home: the reply, when, and which home.
 type ClearWait = (Sender<Result<u64, String>>, Instant, NodeId);
 
@@ -248,7 +251,7 @@ pub struct Engine {
     /// The locks this node's clients hold and wait for at their homes (reported on connect).
     lock_client: LockClient,
     lock_waiters: HashMap<u64, Sender<Result<(), String>>>,
-    creates: HashMap<u64, (Sender<Result<SegmentInfo, String>>, Instant)>,
+    creates: HashMap<u64, CreateWait>,
     next_req: u64,
     statuses: HashMap<u64, StatusWait>,
     poisoned_seen: HashMap<SegmentId, std::collections::BTreeSet<u64>>,
@@ -419,7 +422,7 @@ impl Engine {
                 self.finish_statuses(false);
                 // The asking client gave up after 10 s.
                 self.creates
-                    .retain(|_, (_, t)| t.elapsed() < Duration::from_secs(15));
+                    .retain(|_, (_, t, _)| t.elapsed() < Duration::from_secs(15));
                 self.clears
                     .retain(|_, (_, t, _)| t.elapsed() < Duration::from_secs(130));
             }

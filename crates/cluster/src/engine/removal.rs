@@ -114,7 +114,9 @@ impl Engine {
         let check = || seg.as_deref().map_or(Ok(()), |s| mark(s, me));
         let now = self.now();
         let mut outs = std::mem::take(&mut self.removal_outs);
-        self.removal.on_message(now, from, msg, check, &mut outs);
+        let home = self.home_of(msg.seg()).or(msg.seg().home());
+        self.removal
+            .on_peer_message(now, from, home, msg, check, &mut outs);
         self.exec_removal(&mut outs);
         self.removal_outs = outs;
     }
@@ -144,14 +146,15 @@ impl Engine {
     }
 
     /// A peer lists segments removed from the cluster: forget each one this node still has.
-    pub(super) fn on_removed(&mut self, ids: Vec<u64>) {
+    pub(super) fn on_removed(&mut self, from: NodeId, ids: Vec<u64>) {
         let known = self.host.removed_ids();
         for id in ids {
             let seg = SegmentId(id);
             if known.contains(&id) && self.host.segment(seg).is_none() {
                 continue;
             }
-            self.with_removal(|e, outs| e.removal.removed_elsewhere(seg, outs));
+            let home = self.home_of(seg).or(seg.home());
+            self.with_removal(|e, outs| e.removal.removed_by(from, home, seg, outs));
         }
     }
 
@@ -182,6 +185,9 @@ impl Engine {
                 Err(full) => self.removal.sync_done(seg, Err(full.to_string()), outs),
             },
             RemovalOutput::Forget { seg, prepared } => self.forget_removed(seg, prepared),
+            RemovalOutput::Refused { from, seg, why } => {
+                log::warn!("{from} asked about the removal of {seg}, refused: {why}");
+            }
             RemovalOutput::Unmark { seg } => {
                 if let Some(s) = self.host.segment(seg) {
                     s.unmark_removed();

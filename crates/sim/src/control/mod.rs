@@ -532,7 +532,13 @@ impl ControlWorld {
     fn on_connected(&mut self, a: usize, b: usize) -> Result<(), ControlViolation> {
         let n = &self.nodes[a];
         let catalog: Vec<SegmentId> = n.catalog.keys().copied().collect();
-        let removed: Vec<SegmentId> = n.tombstones.iter().copied().collect();
+        // Homes announce the removals of their own segments (the others' are refused).
+        let removed: Vec<SegmentId> = n
+            .tombstones
+            .iter()
+            .copied()
+            .filter(|s| self.homes.get(s) == Some(&a))
+            .collect();
         self.send(a, b, Msg::Catalog(catalog));
         if !removed.is_empty() {
             self.send(a, b, Msg::Removed(removed));
@@ -568,7 +574,10 @@ impl ControlWorld {
                         continue;
                     }
                     let mut out = Vec::new();
-                    self.nodes[to].removals.removed_elsewhere(seg, &mut out);
+                    let home = self.homes.get(&seg).map(|&h| nid(h));
+                    self.nodes[to]
+                        .removals
+                        .removed_by(nid(from), home, seg, &mut out);
                     self.exec_removal(to, out)?;
                 }
                 Ok(())

@@ -79,17 +79,13 @@ impl ControlWorld {
         {
             self.prepared_ok.insert((*seg, *attempt, from), from_epoch);
         }
-        let seg = match &m {
-            RemovalMsg::Prepare { seg, .. }
-            | RemovalMsg::Prepared { seg, .. }
-            | RemovalMsg::Commit { seg }
-            | RemovalMsg::Abort { seg, .. } => *seg,
-        };
+        let seg = m.seg();
         let now = self.now;
+        let home = self.homes.get(&seg).map(|&h| nid(h));
         let n = &mut self.nodes[to];
         let (removals, catalog) = (&mut n.removals, &mut n.catalog);
         let mut out = Vec::new();
-        removals.on_message(now, nid(from), m, || mark(catalog, seg), &mut out);
+        removals.on_peer_message(now, nid(from), home, m, || mark(catalog, seg), &mut out);
         self.exec_removal(to, out)
     }
 
@@ -151,6 +147,12 @@ impl ControlWorld {
                     self.schedule(d, Ev::SyncDone { node, epoch, seg });
                 }
                 RemovalOutput::Forget { seg, prepared } => self.forget(node, seg, prepared)?,
+                RemovalOutput::Refused { from, seg, why } => {
+                    // No simulated node lies: a refusal is a driver or core bug.
+                    return Err(self.fail(format!(
+                        "node{node} refused {from}'s removal message about {seg:?}: {why}"
+                    )));
+                }
                 RemovalOutput::Unmark { seg } => {
                     if let Some(e) = self.nodes[node].catalog.get_mut(&seg) {
                         e.marked = false;

@@ -18,6 +18,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod peers;
+
 use pagemesh_types::{NodeId, SegmentId};
 
 /// A message of the removal protocol (carried by the peer wire format's control frames).
@@ -51,6 +53,18 @@ pub enum RemovalMsg {
         /// The attempt that failed.
         attempt: u64,
     },
+}
+
+impl RemovalMsg {
+    /// The segment it is about.
+    pub fn seg(&self) -> SegmentId {
+        match self {
+            RemovalMsg::Prepare { seg, .. }
+            | RemovalMsg::Prepared { seg, .. }
+            | RemovalMsg::Commit { seg }
+            | RemovalMsg::Abort { seg, .. } => *seg,
+        }
+    }
 }
 
 /// Why a removal did not happen.
@@ -130,6 +144,15 @@ pub enum RemovalOutput<R> {
         seg: SegmentId,
         /// Whether a prepare of this node covered it.
         prepared: bool,
+    },
+    /// A peer asked what the protocol does not let it ask: nothing changed; the driver logs it.
+    Refused {
+        /// The peer.
+        from: NodeId,
+        /// The segment it named.
+        seg: SegmentId,
+        /// The rule it broke.
+        why: &'static str,
     },
     /// `seg` is attachable again on this node.
     Unmark {
@@ -564,6 +587,37 @@ mod tests {
             attempt,
             result,
         }
+    }
+
+    #[test]
+    fn only_the_home_runs_or_announces_a_removal() {
+        let mut n = home();
+        let mut out = Vec::new();
+        let home = Some(NodeId(0));
+        let commit = RemovalMsg::Commit { seg: SEG };
+        n.on_peer_message(0, NodeId(2), home, commit.clone(), || Ok(()), &mut out);
+        n.removed_by(NodeId(2), home, SEG, &mut out);
+        n.on_peer_message(0, NodeId(2), None, commit.clone(), || Ok(()), &mut out);
+        assert!(
+            out.iter().all(|o| matches!(
+                o,
+                RemovalOutput::Refused {
+                    from: NodeId(2),
+                    ..
+                }
+            )),
+            "{out:?}"
+        );
+        assert_eq!(out.len(), 3);
+        out.clear();
+        n.on_peer_message(0, NodeId(0), home, commit, || Ok(()), &mut out);
+        assert_eq!(
+            out,
+            vec![RemovalOutput::Forget {
+                seg: SEG,
+                prepared: false
+            }]
+        );
     }
 
     #[test]
