@@ -23,6 +23,7 @@ mod logger;
 mod memtest;
 mod partition_cmd;
 mod segment_cmd;
+mod vm_cmd;
 mod volume_cmd;
 
 use std::path::PathBuf;
@@ -89,6 +90,9 @@ enum Cmd {
     #[command(subcommand)]
     Volume(volume_cmd::VolumeCmd),
     /// Measurements, each against a baseline measured in the same run.
+    /// Firecracker microVMs whose memory pagemesh serves from a snapshot volume.
+    #[command(subcommand)]
+    Vm(vm_cmd::VmCmd),
     #[command(subcommand)]
     Bench(bench::BenchCmd),
     /// Write, verify, increment or hash a segment through its mapping (real page faults).
@@ -186,6 +190,7 @@ fn main() -> ExitCode {
         Cmd::Cluster(cmd) => cluster_cmd::run(&cli.socket, cmd),
         Cmd::Volume(cmd) => volume_cmd::run(&cli.socket, cmd),
         Cmd::Partition(cmd) => partition_cmd::run(&cli.socket, cmd),
+        Cmd::Vm(cmd) => vm_cmd::run(&cli.socket, cmd),
         Cmd::Bench(cmd) => bench::run(&cli.socket, cmd),
         Cmd::Memtest(args) => memtest::run(&cli.socket, args),
         Cmd::Doctor => doctor::run(&cli.socket),
