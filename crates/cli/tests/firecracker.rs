@@ -1,0 +1,158 @@
+//! Firecracker microVMs restored through pagemesh (issue 21): the real Firecracker in
+//! `../shared/firecracker` loads a snapshot of the tick guest with its UFFD memory backend
+//! pointed at `pagemesh vm serve`, which has the daemon serve the guest's memory from a volume
+//! on the snapshot's memory file. The guest checks every page it re-reads and prints
+//! `TICK iter=.. errors=..`; a wrong or zero page shows as errors > 0.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::firecracker::{self, serve_log, snapshot, vm_serve, Vmm};
+use common::Daemon;
+
+/// The documented bound (docs/firecracker.md) on stopping a VM once its pages can no longer be
+/// served: SIGBUS at once, SIGKILL after 2 s; plus a second for a loaded CI machine.
+const STOP_BOUND: Duration = Duration::from_secs(3);
+/// The guest's memory area (tick.S: 64 MiB from guest-physical 32 MiB), which it reads page
+/// by page on its first pass after the restore.
+const AREA: u64 = 32 << 20;
+
+fn volume_stat(d: &Daemon, name: &str) -> serde_json::Value {
+    let out = d.run(&["volume", "stat", name, "--json"]).ok();
+    serde_json::from_slice(&out.stdout).expect("volume stat --json is JSON")
+}
+
+/// A snapshot in the daemon's temp dir, checksummed and added as volume `snap`.
+fn snapshot_volume(d: &Daemon, corrupt_at: Option<u64>) -> PathBuf {
+    let snap = d.path("snap");
+    snapshot(&snap);
+    let mem = snap.join("snap.mem");
+    d.run(&["volume", "checksum", mem.to_str().unwrap()]).ok();
+    if let Some(off) = corrupt_at {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&mem).unwrap();
+        f.write_all_at(&[0xa5; 64], off).unwrap();
+    }
+    d.run(&["volume", "add", "snap", mem.to_str().unwrap()])
+        .ok();
+    snap
+}
+
+/// The last TICK the guest printed before its snapshot.
+fn last_boot_tick(snap: &Path) -> u64 {
+    firecracker::ticks(&snap.join("boot.console"))
+        .last()
+        .expect("the guest ticked before its snapshot")
+        .0
+}
+
+#[test]
+fn a_vm_restored_through_pagemesh_advances_with_no_errors() {
+    let d = Daemon::start();
+    let snap = snapshot_volume(&d, None);
+    let uds = d.path("uffd.sock");
+    let mut serve = vm_serve(&d, "snap", &uds);
+    let mut vm = Vmm::start(d.dir.path(), "vm");
+    let t0 = Instant::now();
+    assert_eq!(vm.load_uffd(&snap, &uds), 204, "{}", vm.log_text());
+    let load = t0.elapsed();
+    let ticks = vm.wait_ticks(10, Duration::from_secs(60));
+    let ten = t0.elapsed();
+    assert!(
+        ticks.len() >= 10,
+        "{} TICK lines in 60 s: {}",
+        ticks.len(),
+        vm.log_text()
+    );
+    assert!(
+        ticks.iter().all(|t| t.1 == 0),
+        "errors after the restore: {ticks:x?}"
+    );
+    assert!(
+        ticks[0].0 > last_boot_tick(&snap) && ticks.windows(2).all(|w| w[1].0 > w[0].0),
+        "the guest did not go on from its snapshot: {ticks:x?}"
+    );
+    let v = volume_stat(&d, "snap");
+    let image = 128u64 << 20;
+    assert_eq!(v["poisoned_blocks"], 0, "{v}");
+    let read = v["storage_bytes_read"].as_u64().unwrap();
+    assert!(read > 0 && read <= image, "{v}");
+    // The VMM's exit ends vm serve (0: the VM was not stopped).
+    vm.proc.kill();
+    let st = serve
+        .wait_exit(Duration::from_secs(10))
+        .expect("vm serve ended");
+    assert!(st.success(), "{st}: {}", serve_log(&uds));
+    eprintln!(
+        "load {load:?}, 10 TICK lines {ten:?} after the load started; {} MiB read from storage",
+        read >> 20
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("ended:") {
+        assert!(Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_corrupt_snapshot_block_stops_the_vm_instead_of_feeding_it() {
+    let d = Daemon::start();
+    let bad = AREA + (8 << 20) + 3 * 4096; // read on the guest's first pass
+    let snap = snapshot_volume(&d, Some(bad));
+    let uds = d.path("uffd.sock");
+    let mut serve = vm_serve(&d, "snap", &uds);
+    let mut vm = Vmm::start(d.dir.path(), "vm");
+    // The load may end before the guest reaches the block, or not at all.
+    let _ = vm.load_uffd(&snap, &uds);
+    let st = vm.proc.wait_exit(Duration::from_secs(30));
+    assert!(st.is_some(), "the VM still runs: {}", d.log());
+    assert!(
+        vm.ticks().iter().all(|t| t.1 == 0),
+        "the guest was fed wrong data: {:x?}",
+        vm.ticks()
+    );
+    assert!(
+        vm.log_text().contains("intercepting signal 7"),
+        "Firecracker did not report the SIGBUS: {}",
+        vm.log_text()
+    );
+    let log = d.log();
+    let block = bad / 4096;
+    assert!(
+        log.contains(&format!("block {block} of")) && log.contains("does not match its checksum"),
+        "{log}"
+    );
+    assert!(log.contains("stopping the VM"), "{log}");
+    assert_eq!(volume_stat(&d, "snap")["poisoned_blocks"], 1);
+    assert!(serve.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn killing_the_daemon_mid_restore_stops_the_vm_within_the_bound() {
+    let mut d = Daemon::start();
+    let snap = snapshot_volume(&d, None);
+    let uds = d.path("uffd.sock");
+    let mut serve = vm_serve(&d, "snap", &uds);
+    let mut vm = Vmm::start(d.dir.path(), "vm");
+    assert_eq!(vm.load_uffd(&snap, &uds), 204, "{}", vm.log_text());
+    // The guest's first pass over its 64 MiB is still faulting its pages in.
+    d.kill9();
+    let t0 = Instant::now();
+    let st = vm.proc.wait_exit(Duration::from_secs(30));
+    let took = t0.elapsed();
+    assert!(st.is_some(), "the VM still runs 30 s after the daemon died");
+    assert!(took <= STOP_BOUND, "the VM was stopped after {took:?}");
+    assert!(vm.ticks().iter().all(|t| t.1 == 0), "{:x?}", vm.ticks());
+    let st = serve
+        .wait_exit(Duration::from_secs(10))
+        .expect("vm serve ended");
+    assert_eq!(st.code(), Some(1), "{}", serve_log(&uds));
+    assert!(
+        serve_log(&uds).contains("the daemon went away"),
+        "{}",
+        serve_log(&uds)
+    );
+    eprintln!("VM stopped {took:?} after the daemon's death");
+}
