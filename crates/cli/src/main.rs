@@ -89,10 +89,10 @@ enum Cmd {
     /// Read-only volumes whose frames many segments share (shortcut I/O).
     #[command(subcommand)]
     Volume(volume_cmd::VolumeCmd),
-    /// Measurements, each against a baseline measured in the same run.
     /// Firecracker microVMs whose memory pagemesh serves from a snapshot volume.
     #[command(subcommand)]
     Vm(vm_cmd::VmCmd),
+    /// Measurements, each against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
     /// Write, verify, increment or hash a segment through its mapping (real page faults).
