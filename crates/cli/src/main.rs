@@ -13,6 +13,7 @@ mod bench_local;
 mod bench_map_cached;
 mod bench_remote;
 mod bench_report;
+mod bench_vm;
 mod cluster_cmd;
 mod demo;
 mod doctor;

@@ -72,7 +72,9 @@ impl Daemon {
             Ok(v) => v,
             Err(m) => return refuse(ErrorCode::InvalidArgument, m),
         };
-        match uid_of(vmm_pid) {
+        // The uid is read by pid: it is the VMM's only if the VMM still lives after the read
+        // (the pidfd, checked above, cannot have been recycled; a pid can).
+        match uid_of(vmm_pid).filter(|_| !vmm.wait_exited(0).unwrap_or(true)) {
             Some(u) if cred.uid == 0 || cred.uid == u => {}
             Some(u) => {
                 return refuse(
