@@ -136,13 +136,26 @@ fn killing_the_daemon_mid_restore_stops_the_vm_within_the_bound() {
     let uds = d.path("uffd.sock");
     let mut serve = vm_serve(&d, "snap", &uds);
     let mut vm = Vmm::start(d.dir.path(), "vm");
-    assert_eq!(vm.load_uffd(&snap, &uds), 204, "{}", vm.log_text());
-    // The guest's first pass over its 64 MiB is still faulting its pages in.
-    d.kill9();
-    let t0 = Instant::now();
-    let st = vm.proc.wait_exit(Duration::from_secs(30));
-    let took = t0.elapsed();
-    assert!(st.is_some(), "the VM still runs 30 s after the daemon died");
+    // Killed while the load request itself is in flight: Firecracker touches guest memory
+    // during the load, so faults are being served when the daemon dies.
+    let api = vm.api.clone();
+    let took = std::thread::scope(|s| {
+        let load = s.spawn(|| firecracker::load_uffd_at(&api, &snap, &uds));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !d.log().contains("serving VMM pid") {
+            assert!(Instant::now() < deadline, "{}", d.log());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        d.kill9();
+        let t0 = Instant::now();
+        let st = vm.proc.wait_exit(Duration::from_secs(30));
+        let took = t0.elapsed();
+        assert!(st.is_some(), "the VM still runs 30 s after the daemon died");
+        // The VMM's death ends its load request (bounded by the harness's 30 s read timeout).
+        let status = load.join().expect("load thread");
+        eprintln!("load answered {status} (0: the VMM died first)");
+        took
+    });
     assert!(took <= STOP_BOUND, "the VM was stopped after {took:?}");
     assert!(vm.ticks().iter().all(|t| t.1 == 0), "{:x?}", vm.ticks());
     let st = serve

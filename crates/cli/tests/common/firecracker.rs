@@ -149,12 +149,7 @@ impl Vmm {
     /// `PUT /snapshot/load` of `snap`'s snapshot with the Uffd backend at `uds`, resumed: the
     /// HTTP status (0 if the VMM closed the connection first: it died during the load).
     pub fn load_uffd(&self, snap: &Path, uds: &Path) -> u16 {
-        let body = format!(
-            r#"{{"snapshot_path":"{}","mem_backend":{{"backend_type":"Uffd","backend_path":"{}"}},"resume_vm":true}}"#,
-            snap.join("snap.state").display(),
-            uds.display()
-        );
-        api(&self.api, "PUT", "/snapshot/load", &body)
+        load_uffd_at(&self.api, snap, uds)
     }
 
     /// The same with Firecracker's own File backend (the baseline).
@@ -187,6 +182,16 @@ impl Vmm {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// `Vmm::load_uffd` on the API socket `api_sock` (for a thread that must not borrow the `Vmm`).
+pub fn load_uffd_at(api_sock: &Path, snap: &Path, uds: &Path) -> u16 {
+    let body = format!(
+        r#"{{"snapshot_path":"{}","mem_backend":{{"backend_type":"Uffd","backend_path":"{}"}},"resume_vm":true}}"#,
+        snap.join("snap.state").display(),
+        uds.display()
+    );
+    api(api_sock, "PUT", "/snapshot/load", &body)
 }
 
 /// One HTTP request on Firecracker's API socket; the response's status (0: no response).
