@@ -116,3 +116,81 @@ impl Volume {
         self.read_ahead_to(&me, limit, end, reach);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::ClockVisit;
+    use pagemesh_proto::VolumeInfo;
+    use pagemesh_store::sums::BlockSums;
+
+    /// An image of `blocks` blocks, each filled with its own number.
+    fn image(dir: &std::path::Path, blocks: u64) -> (std::path::PathBuf, Vec<u8>) {
+        let data: Vec<u8> = (0..blocks * PS).map(|i| (i / PS) as u8 ^ 0x5a).collect();
+        let p = dir.join("img");
+        std::fs::write(&p, &data).unwrap();
+        (p, data)
+    }
+
+    fn open(p: &std::path::Path, len: u64) -> Volume {
+        let info = VolumeInfo {
+            name: "v".into(),
+            path: p.display().to_string(),
+            size_bytes: len,
+        };
+        Volume::open(info, 1, None).unwrap()
+    }
+
+    #[test]
+    fn a_pinned_block_is_not_evicted_until_copied_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, data) = image(dir.path(), 64);
+        let v = open(&p, data.len() as u64);
+        let mut scratch = vec![0u8; (32 * PS) as usize];
+        // One storage read brings a run in; the copy pins the 4 blocks it asked for.
+        let n = v.pin_run(8, 4, 64, &mut scratch).unwrap();
+        assert_eq!(n, 4);
+        assert!(matches!(v.clock_visit(8), ClockVisit::Keep));
+        assert!(matches!(v.clock_visit(11), ClockVisit::Keep));
+        let mut out = vec![0u8; (4 * PS) as usize];
+        v.take_pinned(8, n, &mut out).unwrap();
+        assert_eq!(out, data[(8 * PS) as usize..(12 * PS) as usize]);
+        assert!(matches!(v.clock_visit(8), ClockVisit::Evicted(1)));
+        // Evicted, it is read again (never zeros); the run stops at the limit.
+        assert_eq!(v.pin_run(8, 16, 10, &mut scratch).unwrap(), 2);
+        v.take_pinned(8, 2, &mut out).unwrap();
+        assert_eq!(
+            out[..(2 * PS) as usize],
+            data[(8 * PS) as usize..(10 * PS) as usize]
+        );
+    }
+
+    #[test]
+    fn a_block_that_fails_its_checksum_is_poisoned_and_its_neighbours_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, mut data) = image(dir.path(), 64);
+        BlockSums::compute(&p)
+            .unwrap()
+            .write(&BlockSums::sidecar(&p))
+            .unwrap();
+        data[(20 * PS + 7) as usize] ^= 1;
+        std::fs::write(&p, &data).unwrap();
+        let v = open(&p, data.len() as u64);
+        assert!(v.is_checksummed());
+        let mut scratch = vec![0u8; (32 * PS) as usize];
+        // The run read with block 16 covers block 20: read again block by block, 20 is left
+        // Unreadable (nobody asked for it), the others are served.
+        let n = v.pin_run(16, 4, 64, &mut scratch).unwrap();
+        assert_eq!(n, 4);
+        v.take_pinned(16, n, &mut scratch).unwrap();
+        assert_eq!(
+            &scratch[..(4 * PS) as usize],
+            &data[(16 * PS) as usize..(20 * PS) as usize]
+        );
+        assert!(matches!(
+            v.pin_run(20, 1, 64, &mut scratch),
+            Err(VolumeError::Poisoned { block: 20, .. })
+        ));
+        assert_eq!(v.poisoned_blocks(), 1);
+    }
+}
