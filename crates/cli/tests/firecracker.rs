@@ -170,21 +170,21 @@ fn killing_the_daemon_mid_restore_stops_the_vm_within_the_bound() {
     eprintln!("VM stopped {took:?} after the daemon's death");
 }
 
-/// Two VMs restored at once from one snapshot, each through its own `vm serve`: both advance
-/// with errors=0, and the storage reads of both together stay within one image (a block one
-/// VM is reading is waited for by the other, not read again).
+/// Two VMs restored at once from one snapshot through one `vm serve` (one socket, a
+/// connection each): both advance with errors=0, and the storage reads of both together stay
+/// within one image (a block one VM is reading is waited for by the other, not read again).
 #[test]
 fn two_vms_restored_at_once_share_the_storage_reads() {
     let d = Daemon::start();
     let snap = snapshot_volume(&d, None);
-    let (uds1, uds2) = (d.path("u1.sock"), d.path("u2.sock"));
-    let (_s1, _s2) = (vm_serve(&d, "snap", &uds1), vm_serve(&d, "snap", &uds2));
+    let uds = d.path("uffd.sock");
+    let _serve = firecracker::vm_serve_with(&d, "snap", &uds, &[]);
     let vm1 = Vmm::start(d.dir.path(), "vm1");
     let vm2 = Vmm::start(d.dir.path(), "vm2");
     let (api1, api2) = (vm1.api.clone(), vm2.api.clone());
     std::thread::scope(|s| {
-        let l1 = s.spawn(|| firecracker::load_uffd_at(&api1, &snap, &uds1));
-        let l2 = s.spawn(|| firecracker::load_uffd_at(&api2, &snap, &uds2));
+        let l1 = s.spawn(|| firecracker::load_uffd_at(&api1, &snap, &uds));
+        let l2 = s.spawn(|| firecracker::load_uffd_at(&api2, &snap, &uds));
         assert_eq!(l1.join().unwrap(), 204, "{}", vm1.log_text());
         assert_eq!(l2.join().unwrap(), 204, "{}", vm2.log_text());
     });
@@ -199,6 +199,8 @@ fn two_vms_restored_at_once_share_the_storage_reads() {
         "{v}"
     );
     assert_eq!(v["poisoned_blocks"], 0, "{v}");
+    let log = serve_log(&uds);
+    assert_eq!(log.matches("served from volume snap").count(), 2, "{log}");
     eprintln!(
         "two VMs: {} MiB read from storage in {} reads, {} waits on another's read",
         v["storage_bytes_read"].as_u64().unwrap() >> 20,

@@ -235,10 +235,17 @@ pub fn wait_for(path: &Path, timeout: Duration) {
 
 /// `pagemesh vm serve --once` against `d` for volume `volume`, listening on `uds`.
 pub fn vm_serve(d: &Daemon, volume: &str, uds: &Path) -> Owned {
+    vm_serve_with(d, volume, uds, &["--once"])
+}
+
+/// `pagemesh vm serve` with `extra` flags.
+pub fn vm_serve_with(d: &Daemon, volume: &str, uds: &Path, extra: &[&str]) -> Owned {
     let child = Command::new(BIN)
         .arg("--socket")
         .arg(&d.socket)
-        .args(["vm", "serve", "--once", "--snapshot", volume, "--listen"])
+        .args(["vm", "serve"])
+        .args(extra)
+        .args(["--snapshot", volume, "--listen"])
         .arg(uds)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
