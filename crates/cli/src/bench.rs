@@ -30,6 +30,10 @@ pub enum BenchCmd {
     /// per block), versus each process mmap'ing its own copy of the image (no sharing), versus
     /// all mmap'ing the one file. Wall time and memory used.
     Volume(VolumeBench),
+    /// A Firecracker guest restored from a snapshot with its memory served by pagemesh (vm
+    /// serve on a volume), against Firecracker's File backend: time to N TICK lines, pairs
+    /// interleaved.
+    Vm(crate::bench_vm::VmBench),
     /// Sequential write and read of a zero segment 4x larger than the daemon's memory budget
     /// (paging to the paging device), beside the same scan of a segment that fits in memory.
     Overcommit(OvercommitBench),
@@ -147,6 +151,7 @@ pub fn run(socket: &Path, cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCmd::Volume(b) => volume(b),
         BenchCmd::Overcommit(b) => overcommit(b),
+        BenchCmd::Vm(b) => crate::bench_vm::vm(b),
         BenchCmd::LocalFault(a) => crate::bench_local::local_fault(a),
         BenchCmd::Create(a) => crate::bench_local::create(a),
         BenchCmd::Scaling(a) => crate::bench_local::scaling(a),
@@ -187,7 +192,8 @@ pub fn run(socket: &Path, cmd: BenchCmd) -> anyhow::Result<ExitCode> {
                 memory: 256 << 20,
                 runs: 3,
                 json,
-            })
+            })?;
+            crate::bench_vm::vm_if_present(json)
         }
         BenchCmd::Touch {
             segment,

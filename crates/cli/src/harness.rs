@@ -25,6 +25,17 @@ impl Drop for Proc {
     }
 }
 
+impl Proc {
+    /// Own a child started elsewhere (its output goes where its command sent it).
+    pub fn adopt(child: Child, what: &str) -> Proc {
+        Proc {
+            child,
+            what: what.into(),
+            out: None,
+        }
+    }
+}
+
 pub fn exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("finding the pagemesh executable")
 }

@@ -14,6 +14,7 @@ mod bench_map_cached;
 mod bench_remote;
 mod bench_report;
 mod bench_tls;
+mod bench_vm;
 mod cluster_cmd;
 mod demo;
 mod doctor;
@@ -24,6 +25,7 @@ mod logger;
 mod memtest;
 mod partition_cmd;
 mod segment_cmd;
+mod vm_cmd;
 mod volume_cmd;
 
 use std::path::PathBuf;
@@ -89,6 +91,9 @@ enum Cmd {
     /// Read-only volumes whose frames many segments share (shortcut I/O).
     #[command(subcommand)]
     Volume(volume_cmd::VolumeCmd),
+    /// Firecracker microVMs whose memory pagemesh serves from a snapshot volume.
+    #[command(subcommand)]
+    Vm(vm_cmd::VmCmd),
     /// Measurements, each against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -187,6 +192,7 @@ fn main() -> ExitCode {
         Cmd::Cluster(cmd) => cluster_cmd::run(&cli.socket, cmd),
         Cmd::Volume(cmd) => volume_cmd::run(&cli.socket, cmd),
         Cmd::Partition(cmd) => partition_cmd::run(&cli.socket, cmd),
+        Cmd::Vm(cmd) => vm_cmd::run(&cli.socket, cmd),
         Cmd::Bench(cmd) => bench::run(&cli.socket, cmd),
         Cmd::Memtest(args) => memtest::run(&cli.socket, args),
         Cmd::Doctor => doctor::run(&cli.socket),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use pagemesh::{Client, VolumeInfo, VolumeStat};
+use pagemesh_store::sums::BlockSums;
 use pagemesh_types::ByteSize;
 
 #[derive(Subcommand)]
@@ -32,6 +33,14 @@ pub enum VolumeCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write the block checksums of an image to IMAGE.pmsums, beside it, while the image is
+    /// known to be good (e.g. right after a VM snapshot). A volume on an image with such a
+    /// file checks every block it reads from storage: a block that does not match is poisoned
+    /// (SIGBUS for whoever faults on it; a VM is stopped), never served.
+    Checksum {
+        /// The raw image file (only read).
+        path: PathBuf,
+    },
     /// Remove a volume that no segment uses (the image file is kept).
     Rm {
         /// Volume name.
@@ -54,6 +63,17 @@ pub fn stat_json(s: &VolumeStat) -> serde_json::Value {
 }
 
 pub fn run(socket: &Path, cmd: VolumeCmd) -> anyhow::Result<ExitCode> {
+    if let VolumeCmd::Checksum { path } = &cmd {
+        let sums = BlockSums::compute(path)?;
+        let side = BlockSums::sidecar(path);
+        sums.write(&side)?;
+        outln!(
+            "wrote {} block checksums to {}",
+            sums.blocks(),
+            side.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = Client::connect(socket)?;
     match cmd {
         VolumeCmd::Add { name, path } => {
@@ -118,6 +138,7 @@ pub fn run(socket: &Path, cmd: VolumeCmd) -> anyhow::Result<ExitCode> {
             client.remove_volume(&name)?;
             outln!("removed volume {name}");
         }
+        VolumeCmd::Checksum { .. } => unreachable!("needs no daemon: handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

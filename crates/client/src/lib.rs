@@ -21,6 +21,7 @@
 
 mod mapping;
 mod sync;
+pub mod vm;
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -35,7 +36,7 @@ use pagemesh_proto::{
 pub use mapping::Mapping;
 pub use pagemesh_proto::{
     Backing, ClusterNode, ClusterStatus, DaemonInfo, ErrorCode, PageInfo, PartitionLimits,
-    PartitionStat, SegmentInfo, SegmentStat, VolumeInfo, VolumeStat, MAX_IO_CHUNK_BYTES,
+    PartitionStat, SegmentInfo, SegmentStat, VmRegion, VolumeInfo, VolumeStat, MAX_IO_CHUNK_BYTES,
 };
 pub use sync::{Barrier, LockGuard};
 

@@ -15,6 +15,7 @@ mod reply;
 mod segments;
 mod server;
 mod state;
+mod vms;
 mod volumes;
 
 /// The cluster side (its configuration and fatal reasons are part of this crate's API).

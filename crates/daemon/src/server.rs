@@ -117,6 +117,16 @@ impl Daemon {
                 }
                 return;
             }
+            if let Request::AttachVm {
+                volume,
+                vmm_pid,
+                regions,
+            } = req
+            {
+                // The connection becomes the VM's lease.
+                self.vm_lease(sock, cred, &volume, vmm_pid, &regions, fds);
+                return;
+            }
             let (resp, memfd_of) = self.route(req, &mut locks);
             let fds: Vec<_> = memfd_of.iter().map(|s| s.memfd().as_fd()).collect();
             if let (Response::Attached { attach_id, .. }, Some(seg)) = (&resp, &memfd_of) {
@@ -233,7 +243,9 @@ impl Daemon {
             Request::WriteAt { name, offset, data } => r(self.write_segment(&name, offset, &data)),
             Request::ClearPoison { name } => r(self.clear_segment_poison(&name)),
             Request::Attach { name } => self.attach(&name),
-            Request::RegisterUffd { .. } => unreachable!("handled by the connection loop"),
+            Request::RegisterUffd { .. } | Request::AttachVm { .. } => {
+                unreachable!("handled by the connection loop")
+            }
             Request::BarrierWait { .. }
             | Request::LockAcquire { .. }
             | Request::LockRelease { .. }

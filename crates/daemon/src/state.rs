@@ -53,6 +53,8 @@ pub struct Daemon {
     pub(crate) workers: Arc<Workers>,
     pub(crate) next_attach: AtomicU64,
     pub(crate) connections: AtomicUsize,
+    /// VMs being served (`vms`), at most `vms::MAX_VMS`.
+    pub(crate) vms: AtomicUsize,
     /// Set once the cluster side is started (cluster mode only).
     pub(crate) cluster: std::sync::OnceLock<Arc<ClusterHandle>>,
 }
@@ -219,6 +221,7 @@ impl Daemon {
             pool,
             workers,
             next_attach: AtomicU64::new(1),
+            vms: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             cluster: std::sync::OnceLock::new(),
         }))

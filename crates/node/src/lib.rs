@@ -17,5 +17,6 @@ pub mod pages;
 pub mod residency;
 pub mod runs;
 pub mod segment;
+pub mod vm;
 pub mod volume;
 pub mod workers;

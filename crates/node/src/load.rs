@@ -34,6 +34,12 @@ pub enum VolumeError {
         block: u64,
         source: std::io::Error,
     },
+    #[error("volume {volume}: block {block} of {path} does not match its checksum in the image's .pmsums file: the image is corrupt there; restore it from a good copy")]
+    Checksum {
+        volume: String,
+        path: String,
+        block: u64,
+    },
     #[error("volume {volume}: block {block} is poisoned (its read failed); fix the image, then `pagemesh segment clear-poison` a segment on it")]
     Poisoned { volume: String, block: u64 },
     #[error("volume {volume}: block {block} still being read after {waited:?}")]

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pagemesh_proto::{VolumeInfo, VolumeStat};
+use pagemesh_store::sums::BlockSums;
 use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::fault::{self, install};
 use pagemesh_uffd::{Fault, Memfd, Protect, Source, UffdError, Wake};
@@ -28,9 +29,10 @@ use crate::segment::SharedFrames;
 use crate::segment::{lock, Attachment};
 use std::sync::Weak;
 
+mod copy;
 mod fill;
 
-const PS: u64 = PAGE_SIZE;
+pub const PS: u64 = PAGE_SIZE;
 const PSU: usize = PAGE_SIZE as usize;
 const STRIPES: u64 = 256;
 /// Fewest blocks one storage read of a fault tries to bring in; a sequential reader's stream
@@ -41,7 +43,7 @@ pub const READAHEAD_BLOCKS: u64 = 16;
 const FAULT_AROUND_BLOCKS: u64 = 16;
 const CHUNK: u64 = 1 << 15;
 /// Bound on a segment read waiting for a block another fault is reading.
-const PENDING_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const PENDING_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
@@ -110,6 +112,12 @@ pub struct Volume {
     accounted: AtomicU64,
     /// Attachments that have faulted on this volume: their maps of mapped frames.
     users: Mutex<Vec<Weak<Attachment>>>,
+    /// Copies in progress out of each block's frame (`copy`): the evictor leaves a pinned
+    /// block alone. Changed only under the block's stripe lock.
+    pins: ByteTable,
+    /// The checksum of every block (from the image's `.pmsums` file, if it has one): every
+    /// storage read is checked against it.
+    sums: Option<BlockSums>,
 }
 
 /// Where a volume's cached blocks are accounted.
@@ -130,6 +138,11 @@ impl Volume {
         memory: Option<VolumeMemory>,
     ) -> std::io::Result<Volume> {
         let file = File::open(&info.path)?;
+        let side = BlockSums::sidecar(std::path::Path::new(&info.path));
+        let sums = match side.exists() {
+            true => Some(BlockSums::load(&side, info.size_bytes).map_err(std::io::Error::other)?),
+            false => None,
+        };
         // pagemesh reads ahead itself and caches the blocks in the volume memfd: kernel
         // read-ahead on the image would only fill the page cache with a second copy.
         let _ = pagemesh_uffd::fileio::advise_random(&file);
@@ -149,11 +162,23 @@ impl Volume {
             memory,
             accounted: AtomicU64::new(0),
             users: Mutex::new(Vec::new()),
+            pins: ByteTable::new(blocks),
+            sums,
         })
     }
 
     pub fn memfd(&self) -> &Memfd {
         &self.memfd
+    }
+
+    /// Blocks in the image.
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// Whether every storage read is checked against the image's block sums.
+    pub fn is_checksummed(&self) -> bool {
+        self.sums.is_some()
     }
 
     fn block_state(&self, b: u64) -> Block {
@@ -213,6 +238,9 @@ impl Volume {
         };
         if self.block_state(b) != Block::Present {
             return ClockVisit::Gone;
+        }
+        if self.pins.get(b) > 0 {
+            return ClockVisit::Keep; // being copied into a VM
         }
         {
             let mut users = lock(&self.users);

@@ -172,5 +172,11 @@ fn serve(a: &Arc<Attachment>, incoming: &Incoming, scratch: &mut [u8]) {
                 a.pid
             );
         }
+        Incoming::Layout(l) => {
+            log::warn!(
+                "pid {}: unexpected uffd event {l:?} (segment attachments enable none); ignored",
+                a.pid
+            );
+        }
     }
 }

@@ -180,6 +180,26 @@ pub enum Request {
     },
     /// The cluster as this node sees it.
     ClusterStatus,
+    /// Serve a VM's guest memory from volume `volume` (`pagemesh vm serve`): the VMM's
+    /// userfaultfd and a pidfd of the VMM process (`vmm_pid`) come with this frame, in that
+    /// order. Each region maps `size` bytes at `base` in the VMM to `offset` in the image.
+    /// After the reply (`VmAttached`) this connection is the VM's lease: when it closes while
+    /// the VMM lives, the daemon stops the VM (nothing would stop it should the daemon die).
+    AttachVm {
+        volume: String,
+        vmm_pid: i32,
+        regions: Vec<VmRegion>,
+    },
+}
+
+/// A guest memory region as a VMM reports it (Firecracker's `GuestRegionUffdMapping`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRegion {
+    /// Where the region starts in the VMM's address space.
+    pub base: u64,
+    pub size_bytes: u64,
+    /// Its offset in the snapshot's memory file (the volume's image).
+    pub offset: u64,
 }
 
 /// One node as `pagemesh cluster status` shows it.
@@ -405,6 +425,10 @@ pub enum Response {
     LockHeld,
     LockReleased,
     Cluster(ClusterStatus),
+    /// The VM's faults are served from now on.
+    VmAttached {
+        vm_id: u64,
+    },
     Error {
         code: ErrorCode,
         message: String,

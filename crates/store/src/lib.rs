@@ -8,6 +8,7 @@
 
 pub mod durable;
 pub mod paging;
+pub mod sums;
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -17,7 +17,7 @@
 
 use std::ops::Range;
 
-use crate::uffd::{Event, FaultKind, Protect, Uffd, UffdError, Wake};
+use crate::uffd::{Event, FaultKind, Layout, Protect, Uffd, UffdError, Wake};
 use crate::PAGE_SIZE;
 
 const PS: u64 = PAGE_SIZE as u64;
@@ -62,7 +62,10 @@ pub enum Incoming {
     /// A fault outside the bounds (the kernel or the client is confused): the caller answers
     /// it with [`answer_unservable`]; `fault.page` is meaningless.
     Stray(Fault),
-    /// A non-fault event (fork, remap, remove, unmap), which pagemesh does not enable.
+    /// A change of the registered address space (remove, unmap, remap): only a uffd opened
+    /// with those events enabled reports them (a VMM's, see the node's `vm` module).
+    Layout(Layout),
+    /// Another non-fault event (fork), which pagemesh does not enable.
     Other { event: u8 },
 }
 
@@ -135,6 +138,7 @@ pub fn decode(ev: Event, bounds: Bounds) -> Incoming {
                 access,
             })
         }
+        Event::Layout(l) => Incoming::Layout(l),
         Event::Other { event } => Incoming::Other { event },
     }
 }

@@ -11,6 +11,7 @@ pub mod fdpass;
 pub mod fileio;
 pub mod memfd;
 pub mod pagemap;
+pub mod pidfd;
 pub mod poll;
 pub mod sigbus;
 mod sys;
@@ -19,8 +20,10 @@ pub mod uffd;
 pub use fault::{Access, Bounds, Fault, FaultReader, Incoming, Source, Unservable};
 pub use memfd::{Memfd, ReadOnlyMapping, SharedMapping};
 pub use pagemap::{Pagemap, Rearm, ScanError};
+pub use pidfd::{PidFd, Signal, Stopped};
 pub use uffd::{
-    features, Event, FaultKind, OpenMode, Probe, Protect, RegisterMode, Uffd, UffdError, Wake,
+    features, Event, FaultKind, Layout, OpenMode, Probe, Protect, RegisterMode, Uffd, UffdError,
+    Wake,
 };
 
 /// The page size pagemesh is built for; checked against the running kernel by [`check_page_size`].

@@ -233,6 +233,12 @@ impl SharedMapping {
         self.advise(offset, len, libc::MADV_DONTNEED)
     }
 
+    /// Free a range's pages (`MADV_REMOVE`), as a balloon does with guest memory: a registered
+    /// uffd with `EVENT_REMOVE` is told first, and the next access faults as missing.
+    pub fn discard(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.advise(offset, len, libc::MADV_REMOVE)
+    }
+
     fn check(&self, offset: usize, len: usize) {
         assert!(
             offset.checked_add(len).is_some_and(|end| end <= self.len),

@@ -39,12 +39,12 @@ impl std::fmt::Display for OpenMode {
 /// Feature bits (`UFFD_FEATURE_*`).
 pub mod features {
     pub use linux_raw_sys::general::{
-        UFFD_FEATURE_EVENT_FORK as EVENT_FORK, UFFD_FEATURE_EXACT_ADDRESS as EXACT_ADDRESS,
-        UFFD_FEATURE_MINOR_SHMEM as MINOR_SHMEM, UFFD_FEATURE_MISSING_SHMEM as MISSING_SHMEM,
-        UFFD_FEATURE_MOVE as MOVE, UFFD_FEATURE_PAGEFAULT_FLAG_WP as PAGEFAULT_FLAG_WP,
-        UFFD_FEATURE_POISON as POISON, UFFD_FEATURE_SIGBUS as SIGBUS,
-        UFFD_FEATURE_THREAD_ID as THREAD_ID, UFFD_FEATURE_WP_ASYNC as WP_ASYNC,
-        UFFD_FEATURE_WP_HUGETLBFS_SHMEM as WP_HUGETLBFS_SHMEM,
+        UFFD_FEATURE_EVENT_FORK as EVENT_FORK, UFFD_FEATURE_EVENT_REMOVE as EVENT_REMOVE,
+        UFFD_FEATURE_EXACT_ADDRESS as EXACT_ADDRESS, UFFD_FEATURE_MINOR_SHMEM as MINOR_SHMEM,
+        UFFD_FEATURE_MISSING_SHMEM as MISSING_SHMEM, UFFD_FEATURE_MOVE as MOVE,
+        UFFD_FEATURE_PAGEFAULT_FLAG_WP as PAGEFAULT_FLAG_WP, UFFD_FEATURE_POISON as POISON,
+        UFFD_FEATURE_SIGBUS as SIGBUS, UFFD_FEATURE_THREAD_ID as THREAD_ID,
+        UFFD_FEATURE_WP_ASYNC as WP_ASYNC, UFFD_FEATURE_WP_HUGETLBFS_SHMEM as WP_HUGETLBFS_SHMEM,
         UFFD_FEATURE_WP_UNPOPULATED as WP_UNPOPULATED,
     };
 
@@ -176,8 +176,24 @@ pub enum Event {
         write: bool,
         thread_id: u32,
     },
-    /// Some other event (fork, remap, remove, unmap), which pagemesh does not enable.
+    /// A change of the registered address space (the non-cooperative events
+    /// `UFFD_FEATURE_EVENT_REMOVE`, `_UNMAP` and `_REMAP` report).
+    Layout(Layout),
+    /// Some other event (fork), which pagemesh does not enable.
     Other { event: u8 },
+}
+
+/// A change of the registered address space, reported as an event (the process blocks in
+/// `madvise`, `munmap` or `mremap` until the event is read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `[start, end)` was discarded (`MADV_DONTNEED`/`MADV_REMOVE`, e.g. a balloon): its next
+    /// accesses fault as missing again, and must read zeros.
+    Remove { start: u64, end: u64 },
+    /// `[start, end)` was unmapped: it is no longer registered.
+    Unmap { start: u64, end: u64 },
+    /// `len` bytes moved from `from` to `to` (`mremap`).
+    Remap { from: u64, to: u64, len: u64 },
 }
 
 /// What kind of fault it is.
@@ -615,8 +631,30 @@ fn run_result((r, done): (Result<(), UffdError>, i64), len: u64) -> Result<u64, 
 /// Decode one 32-byte `uffd_msg` (packed; fields read by value from their offsets).
 fn decode(b: &[u8]) -> Event {
     let event = b[0];
-    if u32::from(event) != sys::UFFD_EVENT_PAGEFAULT {
-        return Event::Other { event };
+    let word = |at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    match u32::from(event) {
+        sys::UFFD_EVENT_PAGEFAULT => {}
+        // `arg.remove` / `arg.remap` start right after the 8-byte header, like `arg.pagefault`.
+        sys::UFFD_EVENT_REMOVE => {
+            return Event::Layout(Layout::Remove {
+                start: word(8),
+                end: word(16),
+            })
+        }
+        sys::UFFD_EVENT_UNMAP => {
+            return Event::Layout(Layout::Unmap {
+                start: word(8),
+                end: word(16),
+            })
+        }
+        sys::UFFD_EVENT_REMAP => {
+            return Event::Layout(Layout::Remap {
+                from: word(8),
+                to: word(16),
+                len: word(24),
+            })
+        }
+        _ => return Event::Other { event },
     }
     let flags = u64::from_ne_bytes(b[8..16].try_into().expect("8 bytes"));
     let address = u64::from_ne_bytes(b[16..24].try_into().expect("8 bytes"));

@@ -50,6 +50,7 @@ fn next_fault(uffd: &Uffd) -> (u64, FaultKind, bool) {
                     ..
                 } => return (address, kind, write),
                 Event::Other { event } => panic!("unexpected uffd event {event}"),
+                Event::Layout(l) => panic!("unexpected uffd event {l:?}"),
             }
         }
         assert!(Instant::now() < deadline, "no fault within 10 s");

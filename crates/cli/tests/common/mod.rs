@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod firecracker;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -41,6 +41,10 @@ impl Engine {
                             "pid {}: unexpected uffd event {event} (pagemesh enables none); ignored",
                             att.pid
                         ),
+                        Incoming::Layout(l) => log::warn!(
+                            "pid {}: unexpected uffd event {l:?} (pagemesh enables none); ignored",
+                            att.pid
+                        ),
                     }
                 }
             }

@@ -62,6 +62,17 @@ impl Volume {
         self.counters
             .storage_bytes_read
             .fetch_add(want as u64, Ordering::Relaxed);
+        if let Some(sums) = &self.sums {
+            for (i, page) in buf.chunks_exact(PS as usize).enumerate() {
+                if !sums.verify(b + i as u64, page) {
+                    return Err(VolumeError::Checksum {
+                        volume: self.info.name.clone(),
+                        path: self.info.path.clone(),
+                        block: b + i as u64,
+                    });
+                }
+            }
+        }
         // The blocks now live in the volume cache: do not keep a second copy in the kernel's
         // page cache of the image (best effort; a failure only costs memory).
         let _ = pagemesh_uffd::fileio::drop_cached(&self.file, off, want as u64);
@@ -162,12 +173,20 @@ impl Volume {
     /// faults find their blocks Present (or already being read) instead of waiting for a
     /// storage read of their own.
     pub(super) fn read_ahead(&self, att: &Attachment, end: u64, reach: u64) {
+        let Some(v) = &att.segment.volume else { return };
+        let me: Arc<dyn Prefetch> = Arc::clone(v) as Arc<dyn Prefetch>;
+        self.read_ahead_to(&me, (att.len / PS).min(self.blocks), end, reach);
+    }
+
+    /// `read_ahead` for a reader whose blocks end at `limit`; `me` is this volume, for the
+    /// prefetcher's job.
+    pub(super) fn read_ahead_to(&self, me: &Arc<dyn Prefetch>, limit: u64, end: u64, reach: u64) {
         let Some(m) = &self.memory else { return };
         if reach < READ_AHEAD_MIN_WINDOW {
             return;
         }
         let window = (2 * reach).min(MAX_RUN_PAGES);
-        let limit = (att.len / PS).min(self.blocks);
+        let limit = limit.min(self.blocks);
         let ahead = (end + window).min(limit);
         let mut first = end;
         while first < ahead && self.block_state(first) != Block::Absent {
@@ -179,10 +198,8 @@ impl Volume {
         if ahead - first < READ_AHEAD_CHUNK_BLOCKS && ahead < limit {
             return; // a sliver: the next fault asks for it with more
         }
-        let Some(v) = &att.segment.volume else { return };
-        let volume: Arc<dyn Prefetch> = Arc::clone(v) as Arc<dyn Prefetch>;
         m.pool.request_prefetch(PrefetchJob {
-            segment: Arc::downgrade(&volume),
+            segment: Arc::downgrade(me),
             first,
             pages: ahead - first,
         });
