@@ -26,12 +26,15 @@ const WORDS_PER_PAGE: usize = (PAGE_SIZE / 8) as usize;
 
 #[derive(Args)]
 pub struct WorkerArgs {
-    /// This worker's number (0..workers): it writes the pages `p` with `p % workers == worker`.
+    /// This worker's number (for the log).
     #[arg(long)]
     pub worker: u32,
-    /// How many workers write.
-    #[arg(long)]
-    pub workers: u32,
+    /// How many workers write each segment this one writes.
+    #[arg(long, default_value_t = 1)]
+    pub writers: u32,
+    /// Which of them this one is: it writes the pages `p` with `p % writers == rank`.
+    #[arg(long, default_value_t = 0)]
+    pub rank: u32,
     /// The node whose daemon this worker talks to (for the log).
     #[arg(long)]
     pub node: u32,
@@ -50,6 +53,9 @@ pub struct WorkerArgs {
     /// Stop at this `CLOCK_MONOTONIC` time (ns).
     #[arg(long)]
     pub until_ns: u64,
+    /// Work on this segment only (by its number; default: any).
+    #[arg(long)]
+    pub segment: Option<u32>,
     /// Pause between operations.
     #[arg(long, default_value_t = 1000)]
     pub pause_us: u64,
@@ -62,6 +68,10 @@ pub struct WorkerArgs {
     /// Read every page of every segment once, then exit (the final check).
     #[arg(long)]
     pub read_all: bool,
+    /// Only read, again and again, one page (`SEG:PAGE`) picked from these: a reader that
+    /// keeps its copy mapped, as a process polling a flag does.
+    #[arg(long, value_delimiter = ',')]
+    pub hot_pages: Vec<String>,
 }
 
 /// The log: one `write` per line, appended, so a line is whole unless the process dies in it.
@@ -134,6 +144,14 @@ pub fn run(socket: &Path, a: WorkerArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if !a.hot_pages.is_empty() {
+        let pick = w.next(a.hot_pages.len() as u64) as usize;
+        let (seg, page) = a.hot_pages[pick]
+            .split_once(':')
+            .and_then(|(s, p)| Some((s.parse().ok()?, p.parse().ok()?)))
+            .with_context(|| format!("--hot-pages: not SEG:PAGE: {}", a.hot_pages[pick]))?;
+        return w.poll(seg, page);
+    }
     w.run()
 }
 
@@ -154,15 +172,16 @@ impl Worker<'_> {
 
     fn run(&mut self) -> anyhow::Result<ExitCode> {
         let segs = self.maps.len() as u64;
-        let mine = self
-            .a
-            .owned_pages
-            .div_ceil(u64::from(self.a.workers.max(1)));
+        let writers = u64::from(self.a.writers.max(1));
+        let mine = self.a.owned_pages.div_ceil(writers);
         while now_ns() < self.a.until_ns {
             if self.maps.iter().any(Mapping::daemon_lost) {
                 return Ok(ExitCode::from(EXIT_NO_DAEMON));
             }
-            let seg = self.next(segs) as u32;
+            let seg = match self.a.segment {
+                Some(s) => s,
+                None => self.next(segs) as u32,
+            };
             let roll = self.next(100);
             if roll < self.a.sync_percent {
                 if !self.sync(seg)? {
@@ -170,7 +189,7 @@ impl Worker<'_> {
                 }
             } else if roll < 50 {
                 let k = self.next(mine);
-                let page = k * u64::from(self.a.workers) + u64::from(self.a.worker);
+                let page = k * writers + u64::from(self.a.rank);
                 if page < self.a.owned_pages.min(self.pages(seg)) {
                     self.write(seg, page)?;
                 }
@@ -178,6 +197,18 @@ impl Worker<'_> {
                 let page = self.next(self.pages(seg));
                 self.read(seg, page)?;
             }
+            std::thread::sleep(std::time::Duration::from_micros(self.a.pause_us));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Read one page until the deadline.
+    fn poll(&mut self, seg: u32, page: u64) -> anyhow::Result<ExitCode> {
+        while now_ns() < self.a.until_ns {
+            if self.maps.iter().any(Mapping::daemon_lost) {
+                return Ok(ExitCode::from(EXIT_NO_DAEMON));
+            }
+            self.read(seg, page)?;
             std::thread::sleep(std::time::Duration::from_micros(self.a.pause_us));
         }
         Ok(ExitCode::SUCCESS)
