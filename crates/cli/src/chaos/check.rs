@@ -78,8 +78,15 @@ struct Ctx<'a> {
     h: &'a History,
     deaths: Vec<Death>,
     pages: BTreeMap<(u32, u64), PageView<'a>>,
-    /// Successful clears per segment, by start.
-    clears: BTreeMap<u32, Vec<Clear>>,
+    /// Successful clears per segment.
+    clears: BTreeMap<u32, Clears>,
+}
+
+/// One segment's successful clears by start, and the earliest end among those from each on.
+#[derive(Default)]
+struct Clears {
+    list: Vec<Clear>,
+    min_end_from: Vec<u64>,
 }
 
 /// Check a history; the report's violations are empty when it is allowed.
@@ -234,12 +241,18 @@ impl<'a> Ctx<'a> {
                 v.durable_at[i] = at;
             }
         }
-        let mut clears: BTreeMap<u32, Vec<Clear>> = BTreeMap::new();
+        let mut clears: BTreeMap<u32, Clears> = BTreeMap::new();
         for c in h.clears.iter().filter(|c| c.pages.is_some()) {
-            clears.entry(c.seg).or_default().push(*c);
+            clears.entry(c.seg).or_default().list.push(*c);
         }
         for v in clears.values_mut() {
-            v.sort_by_key(|c| c.start_ns);
+            v.list.sort_by_key(|c| c.start_ns);
+            let mut m = u64::MAX;
+            v.min_end_from = vec![u64::MAX; v.list.len() + 1];
+            for i in (0..v.list.len()).rev() {
+                m = m.min(v.list[i].end_ns);
+                v.min_end_from[i] = m;
+            }
         }
         Ctx {
             h,
@@ -249,8 +262,25 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn clears_of(&self, seg: u32) -> &[Clear] {
-        self.clears.get(&seg).map_or(&[], Vec::as_slice)
+    /// Whether a successful clear of `seg` began in `(after, before)` and ended after
+    /// `ended_after`.
+    fn cleared_in(&self, seg: u32, after: u64, before: u64, ended_after: u64) -> bool {
+        let Some(c) = self.clears.get(&seg) else {
+            return false;
+        };
+        let from = c.list.partition_point(|c| c.start_ns <= after);
+        c.list[from..]
+            .iter()
+            .take_while(|c| c.start_ns < before)
+            .any(|c| c.end_ns > ended_after)
+    }
+
+    /// Whether a successful clear of `seg` began after `after` and ended before `before`.
+    fn cleared_between(&self, seg: u32, after: u64, before: u64) -> bool {
+        self.clears.get(&seg).is_some_and(|c| {
+            let from = c.list.partition_point(|c| c.start_ns <= after);
+            c.min_end_from[from] < before
+        })
     }
 
     /// How many of `v`'s attempts are exposed to death `d`: they began before it, or ran on
@@ -267,9 +297,7 @@ impl<'a> Ctx<'a> {
         self.deaths.iter().any(|d| {
             i < Self::exposed(v, d)
                 && v.durable_at[i] >= d.lo_ns
-                && self.clears_of(seg).iter().any(|c| {
-                    c.start_ns > d.lo_ns && c.end_ns > w.start_ns && c.start_ns < before_ns
-                })
+                && self.cleared_in(seg, d.lo_ns, before_ns, w.start_ns)
         })
     }
 
@@ -287,12 +315,7 @@ impl<'a> Ctx<'a> {
             while n > 0 && skip.is_some_and(|s| std::ptr::eq(s, v.attempts[n - 1])) {
                 n -= 1;
             }
-            n > 0
-                && v.durable_at[n - 1] >= d.lo_ns
-                && !self
-                    .clears_of(seg)
-                    .iter()
-                    .any(|c| c.start_ns > d.hi_ns && c.end_ns < start)
+            n > 0 && v.durable_at[n - 1] >= d.lo_ns && !self.cleared_between(seg, d.hi_ns, start)
         })
     }
 
