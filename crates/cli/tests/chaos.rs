@@ -18,7 +18,7 @@ mod common;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -295,15 +295,32 @@ impl Faults {
     }
 }
 
-/// A running chaos test: the network, the cluster, the history being written.
+/// A running chaos test: the workers, the cluster, its network, the history being written
+/// (dropped in this order; the history and the daemons' logs are kept if the test panics).
 struct Chaos {
-    net: Net,
+    workers: Workers,
     cluster: Cluster,
+    net: Net,
     events: Events,
     rng: Rng,
-    workers: Workers,
     /// Restarts per node: each one is followed by a rebuild of the segment the node homes.
     restarts: [usize; NODES],
+    dir: Option<tempfile::TempDir>,
+    keep: bool,
+}
+
+impl Drop for Chaos {
+    fn drop(&mut self) {
+        if !(self.keep || std::thread::panicking()) {
+            return;
+        }
+        let Some(dir) = self.dir.take() else { return };
+        for n in 1..=NODES {
+            let log = self.cluster.node(n).log();
+            let _ = std::fs::write(dir.path().join(format!("daemon{n}.log")), log);
+        }
+        eprintln!("chaos: history kept in {}", dir.keep().display());
+    }
 }
 
 /// What a home logs when the rebuild of a segment's directory ended after its restart.
@@ -388,6 +405,39 @@ impl Chaos {
         }
     }
 
+    /// Wait (bounded) until every node sees every other alive, restarting those that end.
+    fn wait_connected(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.reap();
+            // A node may be ending (fenced) while it is asked: not connected yet.
+            let all = (1..=NODES).all(|i| {
+                let out = self.cluster.node(i).run(&["cluster", "status", "--json"]);
+                let s: serde_json::Value = match out.status.success() {
+                    true => serde_json::from_slice(&out.stdout).expect("status --json is JSON"),
+                    false => return false,
+                };
+                s["nodes"]
+                    .as_array()
+                    .expect("nodes")
+                    .iter()
+                    .all(|n| n["alive"] == true && n["figures"].is_object())
+            });
+            if all {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not connect: {}",
+                self.cluster
+                    .node(1)
+                    .run(&["cluster", "status", "--json"])
+                    .stdout_str()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Every node up and connected, then every poisoned page cleared (recorded).
     fn settle(&mut self) {
         self.reap();
@@ -396,7 +446,7 @@ impl Chaos {
                 self.restart(n);
             }
         }
-        self.cluster.wait_connected();
+        self.wait_connected();
         // A clear-poison asked while a restarted home still rebuilds clears nothing, and the
         // pages the rebuild then poisons stay poisoned (the ignored test at the end of this
         // file): wait for the rebuilds first.
@@ -472,7 +522,11 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-fn start(tag: char, dir: &Path, secs: u64, seed: u64) -> Chaos {
+fn start(tag: char, secs: u64, seed: u64) -> Chaos {
+    let dir = tempfile::Builder::new()
+        .prefix("pagemesh-chaos-")
+        .tempdir()
+        .expect("temp dir");
     let net = Net::build(tag, NODES);
     let dead = DEAD_AFTER_MS.to_string();
     let timeout = FAULT_TIMEOUT_MS.to_string();
@@ -482,7 +536,7 @@ fn start(tag: char, dir: &Path, secs: u64, seed: u64) -> Chaos {
         cluster.create(1, seg, &["--size", "256KiB", "--home", &home]);
     }
     let events = Events(Arc::new(Mutex::new(
-        File::create(dir.join("events.log")).expect("events.log"),
+        File::create(dir.path().join("events.log")).expect("events.log"),
     )));
     events.line(format_args!(
         "config fault_timeout_ms {FAULT_TIMEOUT_MS} dead_after_ms {DEAD_AFTER_MS} segments {} pages {PAGES}",
@@ -502,18 +556,20 @@ fn start(tag: char, dir: &Path, secs: u64, seed: u64) -> Chaos {
         respawn: AtomicBool::new(true),
         stop: AtomicBool::new(false),
         sockets: cluster.nodes.iter().map(|d| d.socket.clone()).collect(),
-        dir: dir.to_path_buf(),
+        dir: dir.path().to_path_buf(),
         until_ns: now_ns() + secs * 1_000_000_000,
         events: events.clone(),
         seed,
     };
     Chaos {
-        net,
+        workers: Workers::start(pool),
         cluster,
+        net,
         events,
         rng: Rng(seed),
-        workers: Workers::start(pool),
         restarts: [0; NODES],
+        dir: Some(dir),
+        keep: std::env::var("PAGEMESH_CHAOS_KEEP").is_ok(),
     }
 }
 
@@ -524,11 +580,7 @@ fn run(tag: char, default: Faults) {
     let seed = env_u64("PAGEMESH_CHAOS_SEED").unwrap_or_else(|| now_ns() % 1_000_000);
     let faults = Faults::from_env(default);
     eprintln!("chaos: seed {seed}, {secs} s of {faults:?}");
-    let dir = tempfile::Builder::new()
-        .prefix("pagemesh-chaos-")
-        .tempdir()
-        .expect("temp dir");
-    let mut c = start(tag, dir.path(), secs, seed);
+    let mut c = start(tag, secs, seed);
     let until = c.workers.pool.until_ns;
     while now_ns() < until {
         let quiet = c.rng.ms(1000, 3000);
@@ -543,24 +595,17 @@ fn run(tag: char, default: Faults) {
         .finish(Duration::from_millis(FAULT_TIMEOUT_MS) + Duration::from_secs(30));
     c.settle();
     read_everything(&c.workers.pool);
+    let dir = c.workers.pool.dir.clone();
     let check = Command::new(BIN)
         .arg("chaos-check")
-        .arg(dir.path())
+        .arg(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start chaos-check");
     let out = finish(check, &[], Duration::from_secs(600), &["chaos-check"]);
     eprintln!("chaos: the checker says:\n{}", out.stdout_str());
-    let keep = !out.status.success() || std::env::var("PAGEMESH_CHAOS_KEEP").is_ok();
-    if keep {
-        for n in 1..=NODES {
-            let log = c.cluster.node(n).log();
-            std::fs::write(dir.path().join(format!("daemon{n}.log")), log).expect("save log");
-        }
-        let kept = dir.keep();
-        eprintln!("chaos: history kept in {}", kept.display());
-    }
+    c.keep |= !out.status.success();
     assert!(
         out.status.success(),
         "the history has violations (seed {seed}):\n{}{}",

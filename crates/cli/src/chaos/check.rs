@@ -65,6 +65,8 @@ pub struct Counts {
 pub struct Report {
     pub counts: Counts,
     pub violations: Vec<String>,
+    /// What is allowed but worth a look (a node fenced that nobody stopped or cut off).
+    pub notes: Vec<String>,
 }
 
 /// One page's writes in order (its single writer's), and when each became durable.
@@ -160,7 +162,15 @@ pub fn deaths(h: &History, r: &mut Report) -> Vec<Death> {
                 let since = provoked.get(&e.node).copied();
                 match (code, since) {
                     (3, Some(_)) => c.fenced_exits += 1,
-                    (3, None) => c.unprovoked_fences += 1,
+                    (3, None) => {
+                        c.unprovoked_fences += 1;
+                        r.notes.push(format!(
+                            "node {} was fenced (exit 3) at {} with no stop or partition since it came up at {}",
+                            e.node,
+                            e.at_ns,
+                            up.get(&e.node).copied().unwrap_or(0)
+                        ));
+                    }
                     _ => r.violations.push(format!(
                         "node {} exited with code {code} at {} (only kill -9 or a fence may end a daemon)",
                         e.node, e.at_ns
