@@ -1,7 +1,9 @@
 //! The history checker on a real cluster (issue 13). Three daemons in network namespaces of
-//! their own, each the home of one of three segments; two worker processes per node
-//! (`pagemesh chaos-worker`) write versioned values into the pages they own, read any page and
-//! sync segments, logging every operation with its start and end (`CLOCK_MONOTONIC`).
+//! their own, each the home of one of three segments. On every node, two writers
+//! (`pagemesh chaos-worker`, one segment each: every segment has writers on two nodes) write
+//! versioned values into the pages they own, read any page of their segment and sync it, and
+//! a hot reader reads one page written on another node again and again; all log every
+//! operation with its start and end (`CLOCK_MONOTONIC`).
 //! Meanwhile the test, one fault at a time, kills a node with SIGKILL and restarts it (homes
 //! included), stops one with SIGSTOP past the dead-peer limit, or cuts one off the network, and
 //! after each fault clears the poisoned pages; workers that die (SIGBUS, daemon gone) are
@@ -35,7 +37,7 @@ const WORKERS_PER_NODE: usize = 2;
 const WORKERS: usize = NODES * WORKERS_PER_NODE;
 const SEGMENTS: [&str; 3] = ["chaos1", "chaos2", "chaos3"];
 const PAGES: u64 = 64;
-/// Pages 0..48 of each segment have a writer (8 per worker); the rest are only read.
+/// Pages 0..48 of each segment have a writer (24 for each of its two); the rest are only read.
 const OWNED_PAGES: u64 = 48;
 const DEAD_AFTER_MS: u64 = 1000;
 const FAULT_TIMEOUT_MS: u64 = 10_000;
