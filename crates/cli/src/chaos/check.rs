@@ -18,7 +18,8 @@
 //!   SIGBUS, the page's latest write exposed to it was not durable, and no successful
 //!   clear-poison ran between that death's end and the operation.
 //! - **Clear-poison** clears no more pages than were poisonable then.
-//! - **Daemons** end only when killed, or fenced (exit 3) after a stop or a partition.
+//! - **Daemons** end only when killed, or fenced (exit 3) after a stop or a partition of their
+//!   own since they came up.
 
 use std::collections::BTreeMap;
 
@@ -57,7 +58,8 @@ pub struct Counts {
     pub cuts: u64,
     pub deaths: u64,
     pub fenced_exits: u64,
-    /// Nodes fenced (exit 3) with no stop or partition of theirs since they started.
+    /// Nodes fenced (exit 3) with no stop or partition of theirs since they started
+    /// (violations).
     pub unprovoked_fences: u64,
 }
 
@@ -65,8 +67,6 @@ pub struct Counts {
 pub struct Report {
     pub counts: Counts,
     pub violations: Vec<String>,
-    /// What is allowed but worth a look (a node fenced that nobody stopped or cut off).
-    pub notes: Vec<String>,
 }
 
 /// One page's writes in order (its single writer's), and when each became durable.
@@ -164,8 +164,8 @@ pub fn deaths(h: &History, r: &mut Report) -> Vec<Death> {
                     (3, Some(_)) => c.fenced_exits += 1,
                     (3, None) => {
                         c.unprovoked_fences += 1;
-                        r.notes.push(format!(
-                            "node {} was fenced (exit 3) at {} with no stop or partition since it came up at {}",
+                        r.violations.push(format!(
+                            "node {} was fenced (exit 3) at {} though nothing stopped or cut it off since it came up at {} (a healthy node declared dead)",
                             e.node,
                             e.at_ns,
                             up.get(&e.node).copied().unwrap_or(0)

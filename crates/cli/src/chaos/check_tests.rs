@@ -263,10 +263,19 @@ fn a_stopped_nodes_reader_must_not_return_a_value_the_cluster_overwrote() {
 }
 
 #[test]
-fn a_daemon_that_ends_other_than_killed_or_fenced_is_rejected() {
+fn a_daemon_that_ends_other_than_killed_or_fenced_after_its_own_stop_or_cut_is_rejected() {
     H::new()
         .node(2, NodeEvent::Exit(70), 10)
         .assert_rejected("exited with code 70");
-    let c = H::new().node(2, NodeEvent::Exit(3), 10).assert_ok();
-    assert_eq!(c.unprovoked_fences, 1);
+    // Fenced, but nothing stopped or cut it off: a healthy node declared dead.
+    H::new()
+        .node(2, NodeEvent::Up, 5)
+        .node(2, NodeEvent::Exit(3), 10)
+        .assert_rejected("though nothing stopped or cut it off since it came up at 5");
+    let c = H::new()
+        .node(2, NodeEvent::Cut, 5)
+        .node(2, NodeEvent::Heal, 8)
+        .node(2, NodeEvent::Exit(3), 10)
+        .assert_ok();
+    assert_eq!((c.cuts, c.fenced_exits, c.deaths), (1, 1, 1));
 }

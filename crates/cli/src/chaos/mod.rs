@@ -58,9 +58,6 @@ pub fn run_check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     for (k, v) in counts {
         outln!("{k} {v}");
     }
-    for n in &r.notes {
-        outln!("NOTE {n}");
-    }
     for v in r.violations.iter().take(a.show) {
         outln!("VIOLATION {v}");
     }
