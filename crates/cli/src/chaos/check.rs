@@ -244,6 +244,17 @@ impl<'a> Ctx<'a> {
         }
         for ((seg, _), v) in pages.iter_mut() {
             v.attempts.sort_by_key(|w| w.version);
+            // One writer per page, one write at a time: in version order, each attempt ends
+            // before the next begins (what the binary searches over starts and ends rely on).
+            for w in v.attempts.windows(2) {
+                assert!(
+                    w[0].end_ns <= w[1].start_ns,
+                    "page {seg}/{} has overlapping writes: {} and {}",
+                    w[0].page,
+                    describe(w[0]),
+                    describe(w[1])
+                );
+            }
             let mut at = u64::MAX;
             v.durable_at = vec![u64::MAX; v.attempts.len()];
             for i in (0..v.attempts.len()).rev() {
