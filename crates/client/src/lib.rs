@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+mod lease_watch;
 mod mapping;
 mod sync;
 pub mod vm;

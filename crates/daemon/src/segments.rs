@@ -222,9 +222,23 @@ impl Daemon {
             Ok(s) => {
                 let attach_id = self.next_attach.fetch_add(1, Ordering::Relaxed);
                 let info = s.info.clone();
-                (Response::Attached { info, attach_id }, Some(s))
+                let lease_slot = self.lease_slot(&s);
+                let resp = Response::Attached {
+                    info,
+                    attach_id,
+                    lease_slot,
+                };
+                (resp, Some(s))
             }
             Err(e) => (e, None),
         }
+    }
+
+    /// The lease-board slot of a cluster segment homed on another node: its processes stop
+    /// using their copies when the node's lease on that home ends (`None`: local, or homed here).
+    fn lease_slot(&self, s: &Segment) -> Option<u32> {
+        let home = pagemesh_types::NodeId(s.info.home?);
+        let cluster = self.cluster.get()?;
+        cluster.transport.board().slot(home)
     }
 }

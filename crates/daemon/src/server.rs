@@ -128,7 +128,18 @@ impl Daemon {
                 return;
             }
             let (resp, memfd_of) = self.route(req, &mut locks);
-            let fds: Vec<_> = memfd_of.iter().map(|s| s.memfd().as_fd()).collect();
+            let mut fds: Vec<_> = memfd_of.iter().map(|s| s.memfd().as_fd()).collect();
+            let board = self.cluster.get().map(|c| c.transport.board().fd());
+            if let (
+                Response::Attached {
+                    lease_slot: Some(_),
+                    ..
+                },
+                Some(b),
+            ) = (&resp, board)
+            {
+                fds.push(b);
+            }
             if let (Response::Attached { attach_id, .. }, Some(seg)) = (&resp, &memfd_of) {
                 pending_attach = Some((*attach_id, Arc::clone(seg)));
             }

@@ -400,10 +400,12 @@ pub enum Response {
     PoisonCleared {
         pages: u64,
     },
-    /// The memfd comes with this frame.
+    /// The memfd comes with this frame; with `lease_slot`, the node's lease board too
+    /// (`lease_board`: a cluster segment homed on another node, whose lease the client checks).
     Attached {
         info: SegmentInfo,
         attach_id: u64,
+        lease_slot: Option<u32>,
     },
     Registered,
     Status(DaemonInfo),

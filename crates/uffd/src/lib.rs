@@ -6,6 +6,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod clock;
 pub mod fault;
 pub mod fdpass;
 pub mod fileio;
