@@ -76,6 +76,10 @@ enum Cmd {
         /// The least severe messages the daemon logs (on stderr).
         #[arg(long, env = "PAGEMESH_LOG", value_enum, default_value_t = logger::Level::Info)]
         log_level: logger::Level,
+        /// Longest clean stop on SIGTERM or SIGINT, in seconds: stop serving, sync every
+        /// segment with a backing (cluster segments at their homes), remove the socket.
+        #[arg(long, value_name = "SECS", default_value_t = pagemesh_daemon::DEFAULT_SHUTDOWN_TIMEOUT.as_secs())]
+        shutdown_timeout: u64,
         #[command(flatten)]
         cluster: cluster_cmd::ClusterArgs,
     },
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
             paging_device,
             paging_device_size,
             log_level,
+            shutdown_timeout,
             cluster,
         } => {
             logger::init(log_level);
@@ -176,6 +181,7 @@ fn main() -> ExitCode {
                 paging_device: paging_device.unwrap_or_else(|| data_dir.join("paging.swap")),
                 paging_device_bytes: paging_device_size.unwrap_or(memory_bytes * 4),
                 data_dir,
+                shutdown_timeout: std::time::Duration::from_secs(shutdown_timeout),
             };
             match pagemesh_daemon::run(config) {
                 Ok(()) => Ok(ExitCode::SUCCESS),

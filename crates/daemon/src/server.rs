@@ -232,7 +232,7 @@ impl Daemon {
 
     /// The request router: a request on a cluster segment (or about the cluster) goes to the
     /// cluster side, every other one to this node's handler for its noun.
-    fn route(&self, req: Request, locks: &mut HeldLocks) -> Reply {
+    pub(crate) fn route(&self, req: Request, locks: &mut HeldLocks) -> Reply {
         if let Some(resp) = self.cluster_request(&req, locks) {
             return (resp, None);
         }

@@ -14,6 +14,7 @@ pub mod memfd;
 pub mod pagemap;
 pub mod pidfd;
 pub mod poll;
+pub mod process;
 pub mod sigbus;
 mod sys;
 pub mod uffd;

@@ -273,6 +273,8 @@ pub struct Engine {
     /// Faults on segments whose home's lease lapsed, waiting for it (bounded by the fault
     /// timeout).
     parked: Vec<Parked>,
+    /// Shutting down: faults are left unread in their uffds (`Input::StopFaults`).
+    faults_stopped: bool,
 }
 
 /// Where the work on a segment is done.
@@ -370,6 +372,7 @@ impl Engine {
             fault_timeout: Duration::from_millis(fault_timeout_ms),
             lapsed: HashMap::new(),
             parked: Vec::new(),
+            faults_stopped: false,
             membership: Membership::new(MembershipConfig::new(dead_after_ms), now_ms),
             verdicts: Vec::new(),
         })
