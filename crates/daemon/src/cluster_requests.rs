@@ -35,6 +35,13 @@ pub struct HeldLocks {
     held: Vec<(SegmentId, u32, u64)>,
 }
 
+impl HeldLocks {
+    /// Whether the connection holds no lock.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
 impl Drop for HeldLocks {
     fn drop(&mut self) {
         if let Some(tx) = &self.tx {

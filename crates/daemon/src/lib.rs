@@ -8,6 +8,7 @@
 mod catalog;
 mod cluster_requests;
 mod cluster_segments;
+mod connections;
 pub mod datadir;
 mod lifecycle;
 mod partitions;
@@ -27,6 +28,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use connections::ConnectionLimits;
 pub use state::Daemon;
 
 /// Default socket path.
@@ -52,6 +54,8 @@ pub struct Config {
     pub cluster: Option<cluster::ClusterConfig>,
     /// Longest clean stop on `SIGTERM`/`SIGINT` (syncing every segment included).
     pub shutdown_timeout: std::time::Duration,
+    /// Who may connect, and how much they may hold.
+    pub connections: ConnectionLimits,
 }
 
 /// The default for [`Config::shutdown_timeout`].
@@ -125,7 +129,7 @@ fn check_kernel() -> Result<String, StartError> {
     Ok(probe.mode.to_string())
 }
 
-fn bind(path: &Path) -> Result<UnixListener, StartError> {
+fn bind(path: &Path, limits: &ConnectionLimits) -> Result<UnixListener, StartError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| StartError::Dir {
             path: dir.to_path_buf(),
@@ -143,8 +147,16 @@ fn bind(path: &Path) -> Result<UnixListener, StartError> {
         path: path.to_path_buf(),
         source,
     })?;
-    // Access is governed by the socket's mode: owner and group (the daemon logs peer creds).
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+    // Who may connect is the socket's mode and group (`--socket-mode`, `--socket-group`).
+    let set = |source| StartError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(gid) = limits.socket_group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(set)?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(limits.socket_mode))
+        .map_err(set)?;
     Ok(l)
 }
 
@@ -165,6 +177,13 @@ enum End {
 pub fn run(config: Config) -> Result<(), StartError> {
     let uffd_mode = check_kernel()?;
     lifecycle::private_umask();
+    match pagemesh_uffd::process::raise_open_files_limit() {
+        Ok(n) if n < 4096 => log::warn!(
+            "open files are limited to {n}: each client connection and attachment takes some; raise the hard limit (LimitNOFILE=) for many clients"
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("raising the open-files limit: {e}"),
+    }
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::Dir {
         path: config.data_dir.clone(),
         source,
@@ -186,7 +205,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let (ended, end) = std::sync::mpsc::channel::<End>();
     let on_signal = ended.clone();
     lifecycle::catch_stop_signals(move |signal| on_signal.send(End::Signal(signal)).is_ok())?;
-    let listener = bind(&config.socket_path)?;
+    let listener = bind(&config.socket_path, &config.connections)?;
     let daemon = Daemon::new(config.clone(), uffd_mode.clone()).map_err(StartError::State)?;
     if let Some(c) = &config.cluster {
         let ended = ended.clone();

@@ -14,19 +14,19 @@ use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::{fdpass, RegisterMode, Uffd};
 
 use crate::cluster_requests::HeldLocks;
+use crate::connections::{self, Next, FRAME_TIMEOUT};
 use crate::reply::err;
 use crate::state::Daemon;
 use pagemesh_node::segment::{Attachment, Segment};
 
-/// Most client connections at once; more are refused with an error.
-const MAX_CONNECTIONS: usize = 1024;
 /// Time a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Reply = (Response, Option<Arc<Segment>>);
 
 impl Daemon {
-    /// Accept connections until the listener fails.
+    /// Accept connections until the listener fails. Each admitted connection is served by a
+    /// thread of its own (`connections`: how many, and for how long).
     pub fn serve(self: &Arc<Self>, listener: UnixListener) -> std::io::Result<()> {
         for conn in listener.incoming() {
             let conn = match conn {
@@ -36,51 +36,68 @@ impl Daemon {
                     continue;
                 }
             };
-            if self.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                self.connections.fetch_sub(1, Ordering::SeqCst);
-                let _ = write_frame(
-                    &conn,
-                    &err(
-                        ErrorCode::Internal,
-                        format!("the daemon has {MAX_CONNECTIONS} connections; try again later"),
-                    ),
-                    &[],
-                );
-                continue;
-            }
+            let cred = match fdpass::peer_cred(&conn) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("cannot read peer credentials: {e}; closing");
+                    continue;
+                }
+            };
+            let per_uid = self.config.connections.per_uid;
+            let admitted = match connections::admit(&self.admissions, cred.uid, per_uid) {
+                Ok(a) => a,
+                Err(why) => {
+                    log::debug!("pid {} (uid {}): refused: {why}", cred.pid, cred.uid);
+                    // Never wait on a client that does not read.
+                    let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
+                    let _ = write_frame(&conn, &err(ErrorCode::Busy, why), &[]);
+                    continue;
+                }
+            };
             let d = Arc::clone(self);
             let spawned = std::thread::Builder::new()
                 .name("client-conn".into())
                 .spawn(move || {
-                    d.connection(conn);
-                    d.connections.fetch_sub(1, Ordering::SeqCst);
+                    d.connection(conn, cred);
+                    drop(admitted);
                 });
             if let Err(e) = spawned {
-                self.connections.fetch_sub(1, Ordering::SeqCst);
                 log::error!("cannot start a connection thread: {e}");
             }
         }
         Ok(())
     }
 
-    fn connection(&self, sock: UnixStream) {
-        let cred = match fdpass::peer_cred(&sock) {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("cannot read peer credentials: {e}; closing");
-                return;
-            }
-        };
+    fn connection(&self, sock: UnixStream, cred: fdpass::PeerCred) {
         if !hello(&sock, &cred) {
             return;
         }
         let mut pending_attach: Option<(u64, Arc<Segment>)> = None;
         let mut locks = HeldLocks::default();
+        let idle = self.config.connections.idle_timeout;
         loop {
-            let (req, fds) = match read_frame::<Request>(&sock) {
-                Ok(r) => r,
-                Err(FrameError::Closed) => return,
-                Err(e @ (FrameError::Malformed(_) | FrameError::TooLarge(_))) => {
+            let holds = pending_attach.is_some() || !locks.is_empty();
+            let (req, fds) = match connections::next_request(&sock, holds, idle) {
+                Next::Request(req, fds) => (req, fds),
+                Next::Idle => {
+                    log::debug!("pid {}: idle for {idle:?}; closing", cred.pid);
+                    let why = format!(
+                        "closed after {} s without a request; reconnect",
+                        idle.as_secs()
+                    );
+                    let _ = write_frame(&sock, &err(ErrorCode::Idle, why), &[]);
+                    return;
+                }
+                Next::Stalled => {
+                    log::warn!(
+                        "pid {} (uid {}): a frame began but did not end within {FRAME_TIMEOUT:?}; closing",
+                        cred.pid,
+                        cred.uid
+                    );
+                    return;
+                }
+                Next::Gone(None) => return,
+                Next::Gone(Some(e @ (FrameError::Malformed(_) | FrameError::TooLarge(_)))) => {
                     log::warn!("pid {}: {e}; disconnecting it", cred.pid);
                     let _ = write_frame(
                         &sock,
@@ -89,7 +106,7 @@ impl Daemon {
                     );
                     return;
                 }
-                Err(e) => {
+                Next::Gone(Some(e)) => {
                     log::debug!("pid {}: {e}", cred.pid);
                     return;
                 }
@@ -296,6 +313,7 @@ impl Daemon {
                 .unwrap_or_else(|e| e.into_inner())
                 .len() as u64,
             attached_clients: self.workers.count() as u64,
+            connections: self.admissions.total() as u64,
             data_dir: self.config.data_dir.display().to_string(),
         }
     }

@@ -52,7 +52,8 @@ pub struct Daemon {
     pub(crate) pool: Arc<Pool>,
     pub(crate) workers: Arc<Workers>,
     pub(crate) next_attach: AtomicU64,
-    pub(crate) connections: AtomicUsize,
+    /// Open client connections, per user and in all (`connections::admit`).
+    pub(crate) admissions: Arc<crate::connections::Admissions>,
     /// VMs being served (`vms`), at most `vms::MAX_VMS`.
     pub(crate) vms: AtomicUsize,
     /// Set once the cluster side is started (cluster mode only).
@@ -222,7 +223,7 @@ impl Daemon {
             workers,
             next_attach: AtomicU64::new(1),
             vms: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
+            admissions: Default::default(),
             cluster: std::sync::OnceLock::new(),
         }))
     }

@@ -361,6 +361,8 @@ pub struct DaemonInfo {
     pub fault_workers: u32,
     pub segments: u64,
     pub attached_clients: u64,
+    /// Client connections open (attachments included).
+    pub connections: u64,
     pub data_dir: String,
 }
 
@@ -377,6 +379,11 @@ pub enum ErrorCode {
     Internal,
     /// A bounded wait ended (barrier, lock, a node that did not answer).
     TimedOut,
+    /// Too many connections (from this user, or in all); nothing was done: try again later.
+    Busy,
+    /// The daemon closed this connection for being idle; the request sent on it, if any, was
+    /// not read: send it again on a new connection (the client library does).
+    Idle,
 }
 
 /// A reply.

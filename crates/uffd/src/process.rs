@@ -26,6 +26,27 @@ pub fn set_umask(mask: u32) -> u32 {
     unsafe { libc::umask(mask as libc::mode_t) as u32 }
 }
 
+/// Raise the soft limit on open files to the hard one (a daemon holds a socket per client and
+/// a memfd and a uffd per attachment); the limit now in force.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the valid rlimit `l` points to.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if l.rlim_cur < l.rlim_max {
+        l.rlim_cur = l.rlim_max;
+        // SAFETY: setrlimit reads the valid rlimit `l` points to.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(l.rlim_cur)
+}
+
 /// `SIGTERM` and `SIGINT`, blocked in the thread that made this (and every thread it starts
 /// afterwards), to be waited for with [`StopSignals::wait`] on a thread of their own.
 pub struct StopSignals {
