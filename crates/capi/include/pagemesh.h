@@ -56,7 +56,9 @@ enum pagemesh_status
    */
   PAGEMESH_ERR_EXISTS = -5,
   /**
-   * The byte range is outside the segment.
+   * The byte range is outside the mapped segment (`pagemesh_read_at`, `pagemesh_write_at`:
+   * checked in this process). The calls whose range the daemon checks (segment I/O, pin,
+   * unpin) give `PAGEMESH_ERR_INVALID` for a range outside the segment.
    */
   PAGEMESH_ERR_RANGE = -6,
   /**
@@ -314,7 +316,8 @@ pagemesh_status pagemesh_sync(const pagemesh_client *client,
 /**
  * Fault in and pin `[offset, offset + len)` of segment `name`: those pages are never evicted
  * until unpinned. `*pages` (if `pages` is not NULL) is how many pages were newly pinned.
- * Node-local segments only (a cluster segment refuses with `PAGEMESH_ERR_INVALID`).
+ * Node-local segments only (a cluster segment refuses with `PAGEMESH_ERR_INVALID`); a range
+ * outside the segment is `PAGEMESH_ERR_INVALID` (the daemon checks it).
  *
  * # Safety
  *
@@ -343,7 +346,8 @@ pagemesh_status pagemesh_unpin(const pagemesh_client *client,
 
 /**
  * Read `len` bytes at `offset` of segment `name` into `buf`, through the node's page cache
- * without attaching it (segment I/O: coherent with every mapping of the segment).
+ * without attaching it (segment I/O: coherent with every mapping of the segment). A range
+ * outside the segment is `PAGEMESH_ERR_INVALID` (the daemon checks it).
  *
  * # Safety
  *
@@ -358,7 +362,7 @@ pagemesh_status pagemesh_segment_read(const pagemesh_client *client,
 
 /**
  * Write the `len` bytes at `data` at `offset` of segment `name`, through the node's page
- * cache without attaching it.
+ * cache without attaching it. A range outside the segment is `PAGEMESH_ERR_INVALID`.
  *
  * # Safety
  *

@@ -300,7 +300,8 @@ pub unsafe extern "C" fn pagemesh_sync(
 
 /// Fault in and pin `[offset, offset + len)` of segment `name`: those pages are never evicted
 /// until unpinned. `*pages` (if `pages` is not NULL) is how many pages were newly pinned.
-/// Node-local segments only (a cluster segment refuses with `PAGEMESH_ERR_INVALID`).
+/// Node-local segments only (a cluster segment refuses with `PAGEMESH_ERR_INVALID`); a range
+/// outside the segment is `PAGEMESH_ERR_INVALID` (the daemon checks it).
 ///
 /// # Safety
 ///
@@ -349,7 +350,8 @@ pub unsafe extern "C" fn pagemesh_unpin(
 }
 
 /// Read `len` bytes at `offset` of segment `name` into `buf`, through the node's page cache
-/// without attaching it (segment I/O: coherent with every mapping of the segment).
+/// without attaching it (segment I/O: coherent with every mapping of the segment). A range
+/// outside the segment is `PAGEMESH_ERR_INVALID` (the daemon checks it).
 ///
 /// # Safety
 ///
@@ -378,7 +380,7 @@ pub unsafe extern "C" fn pagemesh_segment_read(
 }
 
 /// Write the `len` bytes at `data` at `offset` of segment `name`, through the node's page
-/// cache without attaching it.
+/// cache without attaching it. A range outside the segment is `PAGEMESH_ERR_INVALID`.
 ///
 /// # Safety
 ///

@@ -25,7 +25,9 @@ pub enum pagemesh_status {
     PAGEMESH_ERR_NOT_FOUND = -4,
     /// A segment of that name exists already.
     PAGEMESH_ERR_EXISTS = -5,
-    /// The byte range is outside the segment.
+    /// The byte range is outside the mapped segment (`pagemesh_read_at`, `pagemesh_write_at`:
+    /// checked in this process). The calls whose range the daemon checks (segment I/O, pin,
+    /// unpin) give `PAGEMESH_ERR_INVALID` for a range outside the segment.
     PAGEMESH_ERR_RANGE = -6,
     /// The daemon's I/O failed (the backing file, the catalog).
     PAGEMESH_ERR_IO = -7,
