@@ -250,8 +250,9 @@ extern "C" {
 pagemesh_status pagemesh_connect(const char *socket_path, pagemesh_client **out);
 
 /**
- * Close a client and free it. Mappings attached through it stay attached (each has its own
- * connection); locks it holds are released. `client` is invalid afterwards.
+ * Free a client; `client` is invalid afterwards. Mappings attached through it stay attached.
+ * Its connection to the daemon closes, releasing the locks it holds, once no mapping attached
+ * through it remains (a mapping keeps the client's connection for as long as it lives).
  *
  * # Safety
  *

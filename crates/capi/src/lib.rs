@@ -39,3 +39,10 @@ pub use mapping::{
     pagemesh_read_at, pagemesh_write_at,
 };
 pub use status::{pagemesh_backing, pagemesh_status, pagemesh_strerror};
+
+// The header promises that handles may be used from several threads at once.
+const _: fn() = || {
+    fn shared_between_threads<T: Send + Sync>() {}
+    shared_between_threads::<pagemesh_client>();
+    shared_between_threads::<pagemesh_mapping>();
+};

@@ -57,6 +57,17 @@ static void locks(pagemesh_client *c) {
     EXPECT(pagemesh_unlock(c, "grid", 7), PAGEMESH_ERR_INVALID);
     EXPECT(pagemesh_lock(c, "nope", 7, 300), PAGEMESH_ERR_NOT_FOUND);
     EXPECT(pagemesh_lock(c, "grid", 7, UINT64_MAX), PAGEMESH_ERR_INVALID);
+
+    /* A mapping keeps its client's connection, and so the client's locks, until detached. */
+    pagemesh_mapping *m;
+    EXPECT(pagemesh_connect(sock, &other), PAGEMESH_OK);
+    EXPECT(pagemesh_attach(other, "grid", &m), PAGEMESH_OK);
+    EXPECT(pagemesh_lock(other, "grid", 8, 5000), PAGEMESH_OK);
+    EXPECT(pagemesh_disconnect(other), PAGEMESH_OK);
+    EXPECT(pagemesh_lock(c, "grid", 8, 300), PAGEMESH_ERR_TIMED_OUT);
+    EXPECT(pagemesh_detach(m), PAGEMESH_OK);
+    EXPECT(pagemesh_lock(c, "grid", 8, 5000), PAGEMESH_OK);
+    EXPECT(pagemesh_unlock(c, "grid", 8), PAGEMESH_OK);
 }
 
 int main(int argc, char **argv) {
