@@ -88,6 +88,11 @@ enum pagemesh_status
    * A bug: the daemon's internal error, or a panic caught inside this library.
    */
   PAGEMESH_ERR_INTERNAL = -12,
+  /**
+   * The daemon has too many connections (from this user, or in all): nothing was done; try
+   * again later.
+   */
+  PAGEMESH_ERR_BUSY = -13,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

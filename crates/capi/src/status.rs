@@ -44,6 +44,9 @@ pub enum pagemesh_status {
     PAGEMESH_ERR_ATTACH = -11,
     /// A bug: the daemon's internal error, or a panic caught inside this library.
     PAGEMESH_ERR_INTERNAL = -12,
+    /// The daemon has too many connections (from this user, or in all): nothing was done; try
+    /// again later.
+    PAGEMESH_ERR_BUSY = -13,
 }
 
 use pagemesh_status::*;
@@ -105,6 +108,10 @@ fn of_daemon(code: ErrorCode) -> pagemesh_status {
         ErrorCode::Protocol | ErrorCode::VersionMismatch => PAGEMESH_ERR_PROTOCOL,
         ErrorCode::Internal => PAGEMESH_ERR_INTERNAL,
         ErrorCode::TimedOut => PAGEMESH_ERR_TIMED_OUT,
+        ErrorCode::Busy => PAGEMESH_ERR_BUSY,
+        // The client library sends the request again on a new connection; seen only if that
+        // fails too.
+        ErrorCode::Idle => PAGEMESH_ERR_CONNECT,
     }
 }
 
@@ -126,6 +133,7 @@ pub extern "C" fn pagemesh_strerror(status: c_int) -> *const c_char {
         -10 => c"PAGEMESH_ERR_PROTOCOL",
         -11 => c"PAGEMESH_ERR_ATTACH",
         -12 => c"PAGEMESH_ERR_INTERNAL",
+        -13 => c"PAGEMESH_ERR_BUSY",
         _ => c"unknown pagemesh status",
     };
     name.as_ptr()

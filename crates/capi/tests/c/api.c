@@ -253,6 +253,7 @@ static void names(void) {
     CHECK(strcmp(pagemesh_strerror(PAGEMESH_OK), "PAGEMESH_OK") == 0);
     CHECK(strcmp(pagemesh_strerror(PAGEMESH_ERR_RANGE), "PAGEMESH_ERR_RANGE") == 0);
     CHECK(strcmp(pagemesh_strerror(PAGEMESH_ERR_INTERNAL), "PAGEMESH_ERR_INTERNAL") == 0);
+    CHECK(strcmp(pagemesh_strerror(PAGEMESH_ERR_BUSY), "PAGEMESH_ERR_BUSY") == 0);
     CHECK(strcmp(pagemesh_strerror(42), "unknown pagemesh status") == 0);
 }
 
