@@ -42,12 +42,26 @@ fn run_logged(mut cmd: Command, log: &Path, bound: Duration, what: &str) -> (boo
     (out.status.success(), text)
 }
 
-/// libpagemesh installed once per test run by `install.sh` (which builds it in release).
+/// libpagemesh installed once per test process by `install.sh` (which builds it in release),
+/// in a prefix of the process's own: test runners that run each test in a process of its own
+/// (nextest) must not install into, or delete, a prefix another test is compiling against.
+/// Prefixes of processes that have ended are removed.
 fn prefix() -> &'static Path {
     static PREFIX: OnceLock<PathBuf> = OnceLock::new();
     PREFIX.get_or_init(|| {
         let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let p = tmp.join("capi-prefix");
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("capi-prefix-")
+                .or_else(|| name.strip_prefix("capi-install-")?.strip_suffix(".log"))
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let p = tmp.join(format!("capi-prefix-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         let mut cmd = Command::new("bash");
         cmd.arg(capi_dir().join("install.sh"))
@@ -56,7 +70,8 @@ fn prefix() -> &'static Path {
             .env("CARGO", env!("CARGO"));
         // A cold release build of the library and the client library it wraps.
         let bound = Duration::from_secs(1200);
-        let (ok, log) = run_logged(cmd, &tmp.join("capi-install.log"), bound, "install.sh");
+        let log = tmp.join(format!("capi-install-{}.log", std::process::id()));
+        let (ok, log) = run_logged(cmd, &log, bound, "install.sh");
         assert!(ok, "crates/capi/install.sh failed:\n{log}");
         p
     })

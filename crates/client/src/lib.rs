@@ -39,7 +39,8 @@ use pagemesh_uffd::poll::wait_readable;
 pub use mapping::Mapping;
 pub use pagemesh_proto::{
     Backing, ClusterNode, ClusterStatus, DaemonInfo, ErrorCode, PageInfo, PartitionLimits,
-    PartitionStat, SegmentInfo, SegmentStat, VmRegion, VolumeInfo, VolumeStat, MAX_IO_CHUNK_BYTES,
+    PartitionStat, SegmentInfo, SegmentStat, UnavailableSegment, VmRegion, VolumeInfo, VolumeStat,
+    MAX_IO_CHUNK_BYTES,
 };
 pub use sync::{Barrier, LockGuard};
 
@@ -407,6 +408,15 @@ impl Client {
     pub fn list_segments(&self) -> Result<Vec<SegmentInfo>, ClientError> {
         match self.call(Request::ListSegments, "list", DEFAULT_TIMEOUT)? {
             (Response::Segments(v), _) => Ok(v),
+            (r, _) => Err(unexpected("list", r)),
+        }
+    }
+
+    /// The segments of this node's catalog it could not open, and why (`segment rm` forgets
+    /// one).
+    pub fn list_unavailable(&self) -> Result<Vec<UnavailableSegment>, ClientError> {
+        match self.call(Request::ListUnavailable, "list", DEFAULT_TIMEOUT)? {
+            (Response::Unavailable(v), _) => Ok(v),
             (r, _) => Err(unexpected("list", r)),
         }
     }

@@ -250,6 +250,18 @@ impl Daemon {
     /// The request router: a request on a cluster segment (or about the cluster) goes to the
     /// cluster side, every other one to this node's handler for its noun.
     pub(crate) fn route(&self, req: Request, locks: &mut HeldLocks) -> Reply {
+        // A segment the catalog holds unavailable is forgotten here (or refused, for a cluster
+        // segment), never asked of the cluster.
+        if let Request::RemoveSegment { name } = &req {
+            if self
+                .unavailable
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(name)
+            {
+                return (self.remove(name), None);
+            }
+        }
         if let Some(resp) = self.cluster_request(&req, locks) {
             return (resp, None);
         }
@@ -264,6 +276,7 @@ impl Daemon {
                 home: _,
             } => r(self.create(name, size_bytes, backing, partition)),
             Request::ListSegments => r(self.list_segments()),
+            Request::ListUnavailable => r(self.list_unavailable()),
             Request::StatSegment { name } => r(self.stat_segment(&name)),
             Request::SyncSegment { name } => r(self.sync_segment(&name)),
             Request::RemoveSegment { name } => r(self.remove(&name)),

@@ -72,6 +72,9 @@ pub enum Request {
         home: Option<u32>,
     },
     ListSegments,
+    /// Segments in the catalog that could not be opened (a missing backing file, a cluster
+    /// segment on a daemon started without its cluster), with why.
+    ListUnavailable,
     StatSegment {
         name: String,
     },
@@ -329,6 +332,14 @@ pub struct SegmentInfo {
     pub home: Option<u32>,
 }
 
+/// A segment of the catalog this node could not open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnavailableSegment {
+    pub info: SegmentInfo,
+    /// Why (the error opening it), and what to do.
+    pub why: String,
+}
+
 /// A segment's state on this node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentStat {
@@ -395,6 +406,7 @@ pub enum Response {
     },
     Segment(SegmentInfo),
     Segments(Vec<SegmentInfo>),
+    Unavailable(Vec<UnavailableSegment>),
     Stat(SegmentStat),
     Synced {
         pages_written: u64,

@@ -62,6 +62,19 @@ impl Memfd {
         Ok(())
     }
 
+    /// Create a memfd of `len_bytes` whose size is sealed: nobody holding it (a client with its
+    /// fd) can grow or shrink it under the daemon. Punching pages out stays possible.
+    pub fn create_fixed_size(name: &str, len_bytes: u64) -> io::Result<Memfd> {
+        let m = Memfd::create_sealable(name, len_bytes)?;
+        let seals = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+        // SAFETY: F_ADD_SEALS takes an int argument and touches no memory of ours.
+        let r = unsafe { libc::fcntl(m.file.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(m)
+    }
+
     /// Wrap a memfd received from the daemon.
     pub fn from_owned(fd: OwnedFd) -> Memfd {
         Memfd {
