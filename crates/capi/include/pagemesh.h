@@ -93,6 +93,10 @@ enum pagemesh_status
    * again later.
    */
   PAGEMESH_ERR_BUSY = -13,
+  /**
+   * The segment is in use (attached by a process): nothing was done.
+   */
+  PAGEMESH_ERR_IN_USE = -14,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

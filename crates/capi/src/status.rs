@@ -47,6 +47,8 @@ pub enum pagemesh_status {
     /// The daemon has too many connections (from this user, or in all): nothing was done; try
     /// again later.
     PAGEMESH_ERR_BUSY = -13,
+    /// The segment is in use (attached by a process): nothing was done.
+    PAGEMESH_ERR_IN_USE = -14,
 }
 
 use pagemesh_status::*;
@@ -109,6 +111,7 @@ fn of_daemon(code: ErrorCode) -> pagemesh_status {
         ErrorCode::Internal => PAGEMESH_ERR_INTERNAL,
         ErrorCode::TimedOut => PAGEMESH_ERR_TIMED_OUT,
         ErrorCode::Busy => PAGEMESH_ERR_BUSY,
+        ErrorCode::InUse => PAGEMESH_ERR_IN_USE,
         // The client library sends the request again on a new connection; seen only if that
         // fails too.
         ErrorCode::Idle => PAGEMESH_ERR_CONNECT,
@@ -134,6 +137,7 @@ pub extern "C" fn pagemesh_strerror(status: c_int) -> *const c_char {
         -11 => c"PAGEMESH_ERR_ATTACH",
         -12 => c"PAGEMESH_ERR_INTERNAL",
         -13 => c"PAGEMESH_ERR_BUSY",
+        -14 => c"PAGEMESH_ERR_IN_USE",
         _ => c"unknown pagemesh status",
     };
     name.as_ptr()

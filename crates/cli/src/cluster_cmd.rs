@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use pagemesh_daemon::cluster::pki;
 use pagemesh_daemon::cluster::tls::TlsFiles;
@@ -126,7 +126,7 @@ pub fn cluster_config(
     }
     let Some(node_id) = node_id else {
         if !peers.is_empty() || args.listen.is_some() || file.listen.is_some() {
-            bail!("--peer and --listen need --node-id (or node_id in the config)");
+            usage!("--peer and --listen need --node-id (or node_id in the config)");
         }
         return Ok(None);
     };
@@ -135,7 +135,7 @@ pub fn cluster_config(
         .or(file.listen)
         .context("a cluster node needs --listen ADDR (or listen in the config)")?;
     if let Some(p) = peers.iter().find(|p| p.0 == node_id) {
-        bail!("peer {}={} has this node's own id {node_id}", p.0, p.1);
+        usage!("peer {}={} has this node's own id {node_id}", p.0, p.1);
     }
     let mut c = ClusterConfig::new(node_id, listen, peers);
     if let Some(id) = args.cluster_id.or(file.cluster_id) {
@@ -143,7 +143,7 @@ pub fn cluster_config(
     }
     if let Some(ms) = args.dead_after_ms.or(file.dead_after_ms) {
         if ms < 100 {
-            bail!("--dead-after-ms {ms} is below 100 ms: every hiccup would kill a node");
+            usage!("--dead-after-ms {ms} is below 100 ms: every hiccup would kill a node");
         }
         c.dead_after_ms = ms;
     }
@@ -169,7 +169,7 @@ fn tls_files(args: &ClusterArgs, file: &ConfigFile) -> anyhow::Result<Option<Tls
                 .filter(|(_, v)| v.is_none())
                 .map(|(n, _)| n)
                 .collect();
-            bail!(
+            usage!(
                 "TLS needs --tls-cert, --tls-key and --tls-ca together (or tls_cert, tls_key, \
                  tls_ca in the config); missing {}",
                 missing.join(", ")

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 
 use crate::{cluster_cmd, logger};
@@ -79,7 +79,7 @@ fn group_id(g: &str) -> anyhow::Result<u32> {
                 .with_context(|| format!("/etc/group: group {g} has gid {:?}", f[2]));
         }
     }
-    bail!("--socket-group {g}: no such group in /etc/group (give a name or a gid)")
+    usage!("--socket-group {g}: no such group in /etc/group (give a name or a gid)")
 }
 
 /// Gather the configuration and run the daemon until it stops; its exit code.

@@ -5,6 +5,8 @@
 
 #[macro_use]
 mod stdout;
+#[macro_use]
+mod exit;
 
 mod bench;
 mod bench_baseline;
@@ -97,7 +99,18 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => exit::Exit::Usage.code(),
+            };
+        }
+    };
     let result = match cli.cmd {
         Cmd::Daemon(args) => daemon_cmd::run(cli.socket, *args),
         Cmd::Segment(cmd) => segment_cmd::run(&cli.socket, cmd),
@@ -119,7 +132,7 @@ fn main() -> ExitCode {
         Err(e) if e.is::<stdout::StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pagemesh: error: {e:#}");
-            ExitCode::from(2)
+            exit::Exit::of(&e).code()
         }
     }
 }

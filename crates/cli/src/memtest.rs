@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use pagemesh::{Client, Mapping};
 use pagemesh_types::ByteSize;
@@ -85,7 +85,7 @@ fn rate(bytes: u64, secs: f64) -> String {
 /// The length of the range `a` names in a segment of `size` bytes, or why it is outside.
 fn range_len(a: &MemtestArgs, size: u64) -> anyhow::Result<u64> {
     if a.offset > size {
-        bail!(
+        usage!(
             "offset {} is past the end of segment {} ({})",
             a.offset,
             a.name,
@@ -94,7 +94,7 @@ fn range_len(a: &MemtestArgs, size: u64) -> anyhow::Result<u64> {
     }
     let len = a.len.unwrap_or(size - a.offset);
     if a.offset.checked_add(len).is_none_or(|end| end > size) {
-        bail!(
+        usage!(
             "range {}+{} is outside segment {} ({})",
             a.offset,
             len,
@@ -129,7 +129,7 @@ pub fn run(socket: &Path, a: MemtestArgs) -> anyhow::Result<ExitCode> {
         return watch(&m, &a, ms);
     }
     if !a.offset.is_multiple_of(8) || !len.is_multiple_of(8) {
-        bail!("--offset and --len must be multiples of 8 for --write/--verify");
+        usage!("--offset and --len must be multiples of 8 for --write/--verify");
     }
     if let Some(seed) = a.write {
         return write(&m, &a, len, seed);
@@ -144,7 +144,7 @@ fn watch(m: &Mapping, a: &MemtestArgs, ms: u64) -> anyhow::Result<ExitCode> {
     use pagemesh_uffd::clock::monotonic_ns;
     use std::io::Write;
     if !a.offset.is_multiple_of(8) {
-        bail!("--offset must be 8-aligned for --watch-ms");
+        usage!("--offset must be 8-aligned for --watch-ms");
     }
     let word = &m.atomics_u64()[(a.offset / 8) as usize];
     let end = monotonic_ns() + ms * 1_000_000;
@@ -166,7 +166,7 @@ fn watch(m: &Mapping, a: &MemtestArgs, ms: u64) -> anyhow::Result<ExitCode> {
 fn increment(m: &Mapping, a: &MemtestArgs, n: u64) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     if !a.offset.is_multiple_of(8) {
-        bail!("--offset must be 8-aligned for --increment");
+        usage!("--offset must be 8-aligned for --increment");
     }
     let word = &m.atomics_u64()[(a.offset / 8) as usize];
     let threads = a.threads.max(1) as u64;
@@ -294,7 +294,7 @@ fn verify(m: &Mapping, a: &MemtestArgs, len: u64, seed: u64) -> anyhow::Result<E
                 pattern(seed, o),
                 hi - lo
             );
-            return Ok(ExitCode::from(1));
+            return Ok(crate::exit::Exit::CheckFailed.code());
         }
         outln!(
             "memtest: verified {} at offset {} with seed {seed} in {secs:.3} s ({}, {} thread(s))",

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Subcommand;
 use pagemesh::{Backing, Client, SegmentInfo, SegmentStat};
 use pagemesh_types::ByteSize;
@@ -383,7 +383,7 @@ fn range_len(client: &Client, name: &str, offset: u64, len: Option<u64>) -> anyh
 fn read(client: &Client, name: &str, offset: u64, len: Option<u64>) -> anyhow::Result<()> {
     let size = client.stat(name)?.info.size_bytes;
     if offset > size {
-        bail!(
+        usage!(
             "offset {offset} is past the end of segment {name} ({})",
             ByteSize(size)
         );

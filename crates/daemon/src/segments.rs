@@ -198,7 +198,7 @@ impl Daemon {
         };
         if let Err(pids) = seg.mark_removed() {
             return err(
-                ErrorCode::InvalidArgument,
+                ErrorCode::InUse,
                 format!(
                     "segment {name} is attached by pid(s) {}; end those processes or detach first",
                     pids.iter()

@@ -392,6 +392,8 @@ pub enum ErrorCode {
     TimedOut,
     /// Too many connections (from this user, or in all); nothing was done: try again later.
     Busy,
+    /// The object is in use (a segment attached, a volume backing segments): nothing was done.
+    InUse,
     /// The daemon closed this connection for being idle; the request sent on it, if any, was
     /// not read: send it again on a new connection (the client library does).
     Idle,

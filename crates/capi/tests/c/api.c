@@ -229,7 +229,7 @@ static void threads(pagemesh_client *c, pagemesh_mapping *m) {
 
 static void removing(pagemesh_client *c, pagemesh_mapping *m) {
     pagemesh_mapping *again = (pagemesh_mapping *)1;
-    EXPECT(pagemesh_remove(c, "zero"), PAGEMESH_ERR_INVALID);
+    EXPECT(pagemesh_remove(c, "zero"), PAGEMESH_ERR_IN_USE);
     EXPECT_MESSAGE("is attached");
     EXPECT(pagemesh_detach(m), PAGEMESH_OK);
     EXPECT(pagemesh_remove(c, "zero"), PAGEMESH_OK);
@@ -254,6 +254,7 @@ static void names(void) {
     CHECK(strcmp(pagemesh_strerror(PAGEMESH_ERR_RANGE), "PAGEMESH_ERR_RANGE") == 0);
     CHECK(strcmp(pagemesh_strerror(PAGEMESH_ERR_INTERNAL), "PAGEMESH_ERR_INTERNAL") == 0);
     CHECK(strcmp(pagemesh_strerror(PAGEMESH_ERR_BUSY), "PAGEMESH_ERR_BUSY") == 0);
+    CHECK(strcmp(pagemesh_strerror(PAGEMESH_ERR_IN_USE), "PAGEMESH_ERR_IN_USE") == 0);
     CHECK(strcmp(pagemesh_strerror(42), "unknown pagemesh status") == 0);
 }
 

@@ -1,0 +1,87 @@
+//! Exit codes a script can act on (README, "In scripts"): each class of failure has its own,
+//! from real commands against real daemons.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::cluster::Cluster;
+use common::{pagemesh, Daemon};
+
+fn code(out: &common::Out) -> Option<i32> {
+    out.status.code()
+}
+
+#[test]
+fn usage_not_found_conflict_and_unavailable_have_their_codes() {
+    let d = Daemon::start();
+    d.run(&["segment", "create", "a", "--size", "1M"]).ok();
+    // The command line is wrong: 64.
+    assert_eq!(
+        code(&d.run(&["segment", "create", "a", "--bogus"])),
+        Some(64)
+    );
+    assert_eq!(code(&d.run(&["segment"])), Some(64), "no subcommand");
+    let past = d.run(&["memtest", "a", "--verify", "1", "--offset", "4M"]);
+    assert_eq!(code(&past), Some(64), "{}", past.stderr);
+    // Nothing of that name: 66.
+    assert_eq!(code(&d.run(&["segment", "stat", "nope"])), Some(66));
+    // Exists already: 73.
+    let again = d.run(&["segment", "create", "a", "--size", "1M"]);
+    assert_eq!(code(&again), Some(73), "{}", again.stderr);
+    // No daemon there: 69.
+    let none = pagemesh(&["--socket", "/nonexistent/pm.sock", "segment", "list"]);
+    assert_eq!(code(&none), Some(69), "{}", none.stderr);
+    // Help is not an error.
+    assert_eq!(code(&pagemesh(&["segment", "--help"])), Some(0));
+}
+
+#[test]
+fn a_socket_this_user_may_not_use_is_a_permission_error() {
+    let d = Daemon::start_with(&["--socket-mode", "0600"]);
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = tempfile::Builder::new()
+        .prefix("pagemesh-exit-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cli = bin.path().join("pagemesh");
+    std::fs::copy(Path::new(env!("CARGO_BIN_EXE_pagemesh")), &cli).unwrap();
+    std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(&cli)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["segment", "list"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run as nobody");
+    assert_eq!(
+        out.status.code(),
+        Some(77),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn lost_data_is_a_data_error() {
+    let mut c = Cluster::start(3, &["--dead-after-ms", "1000"]);
+    c.create(1, "lost", &["--size", "64K"]);
+    // Node 2 holds the only copy of its writes, unsynced, and dies.
+    c.node(2).run(&["memtest", "lost", "--write", "4"]).ok();
+    c.nodes[1].kill9();
+    let read = common::finish(
+        c.node(1)
+            .spawn_cmd(&["segment", "read", "lost", "--len", "4096"], false),
+        &[],
+        Duration::from_secs(60),
+        &["segment read"],
+    );
+    assert_eq!(code(&read), Some(65), "{}", read.stderr);
+    assert!(read.stderr.contains("poison"), "{}", read.stderr);
+}
