@@ -17,6 +17,7 @@ mod bench_remote;
 mod bench_report;
 mod bench_tls;
 mod bench_vm;
+mod chaos;
 mod cluster_cmd;
 mod daemon_cmd;
 mod demo;
@@ -84,6 +85,12 @@ enum Cmd {
     /// One worker process of `pagemesh demo`.
     #[command(hide = true)]
     DemoWorker(demo::WorkerArgs),
+    /// One worker process of the chaos test (tests/chaos.rs).
+    #[command(hide = true)]
+    ChaosWorker(chaos::WorkerArgs),
+    /// Check the history a chaos test run left in a directory.
+    #[command(hide = true)]
+    ChaosCheck(chaos::CheckArgs),
     /// Show the daemon's identity and state.
     Status {
         /// Print JSON instead of text.
@@ -123,6 +130,8 @@ fn main() -> ExitCode {
         Cmd::Doctor => doctor::run(&cli.socket),
         Cmd::Demo(args) => demo::run(args),
         Cmd::DemoWorker(args) => demo::worker(&cli.socket, args),
+        Cmd::ChaosWorker(args) => chaos::run_worker(&cli.socket, args),
+        Cmd::ChaosCheck(args) => chaos::run_check(args),
         Cmd::Status { json } => status(&cli.socket, json),
     };
     let result = result.and_then(|code| stdout::flush().map(|()| code));

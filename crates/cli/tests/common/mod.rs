@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod firecracker;
+pub mod netns;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -75,6 +76,31 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// The daemon's exit status if it ended by itself (reaped), without waiting.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let st = self.child.as_mut()?.try_wait().expect("try_wait")?;
+        self.child = None;
+        Some(st)
+    }
+
+    /// Whether the daemon process is running (or stopped): started and not reaped.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Send `sig` (SIGSTOP, SIGCONT) to the daemon, a process this test started.
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = self.pid() as libc::pid_t;
+        // SAFETY: kill(2) with the pid of our own unreaped child; no memory is involved.
+        let r = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            r,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     pub fn log(&self) -> String {
