@@ -644,12 +644,10 @@ fn a_history_under_kills_stops_and_partitions_checks_out() {
     );
 }
 
-/// Found by the history checker: a clear-poison asked of a home that has just restarted, while
-/// it still rebuilds its directory, answers that it cleared nothing; the rebuild then poisons
-/// the pages whose only copy died with the home, and they stay poisoned (SIGBUS everywhere)
-/// until the next clear-poison.
+/// Found by the history checker: a clear-poison asked of a home that has just restarted,
+/// while it still rebuilt its directory, answered that it cleared nothing, and the pages the
+/// rebuild then poisoned stayed poisoned. It now waits for the rebuild and clears them.
 #[test]
-#[ignore = "a clear-poison during a restarted home's rebuild clears nothing, and the pages the rebuild then poisons stay poisoned (found by the history checker)"]
 fn a_clear_poison_asked_while_the_home_rebuilds_leaves_nothing_poisoned() {
     let mut c = Cluster::start(3, &["--dead-after-ms", "1000"]);
     c.create(1, "rb", &["--size", "64KiB", "--home", "1"]);
