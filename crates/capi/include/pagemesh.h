@@ -97,6 +97,10 @@ enum pagemesh_status
    * The segment is in use (attached by a process): nothing was done.
    */
   PAGEMESH_ERR_IN_USE = -14,
+  /**
+   * The caller may not do this (e.g. a file-backed segment by a user other than root).
+   */
+  PAGEMESH_ERR_PERMISSION = -15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

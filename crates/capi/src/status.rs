@@ -49,6 +49,8 @@ pub enum pagemesh_status {
     PAGEMESH_ERR_BUSY = -13,
     /// The segment is in use (attached by a process): nothing was done.
     PAGEMESH_ERR_IN_USE = -14,
+    /// The caller may not do this (e.g. a file-backed segment by a user other than root).
+    PAGEMESH_ERR_PERMISSION = -15,
 }
 
 use pagemesh_status::*;
@@ -112,6 +114,7 @@ fn of_daemon(code: ErrorCode) -> pagemesh_status {
         ErrorCode::TimedOut => PAGEMESH_ERR_TIMED_OUT,
         ErrorCode::Busy => PAGEMESH_ERR_BUSY,
         ErrorCode::InUse => PAGEMESH_ERR_IN_USE,
+        ErrorCode::PermissionDenied => PAGEMESH_ERR_PERMISSION,
         // The client library sends the request again on a new connection; seen only if that
         // fails too.
         ErrorCode::Idle => PAGEMESH_ERR_CONNECT,
@@ -138,6 +141,7 @@ pub extern "C" fn pagemesh_strerror(status: c_int) -> *const c_char {
         -12 => c"PAGEMESH_ERR_INTERNAL",
         -13 => c"PAGEMESH_ERR_BUSY",
         -14 => c"PAGEMESH_ERR_IN_USE",
+        -15 => c"PAGEMESH_ERR_PERMISSION",
         _ => c"unknown pagemesh status",
     };
     name.as_ptr()

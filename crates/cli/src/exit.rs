@@ -84,6 +84,7 @@ impl Exit {
             ClientError::Daemon { code, .. } => match code {
                 ErrorCode::NotFound => Exit::NotFound,
                 ErrorCode::AlreadyExists | ErrorCode::InUse => Exit::Conflict,
+                ErrorCode::PermissionDenied => Exit::Permission,
                 ErrorCode::InvalidArgument => Exit::Usage,
                 ErrorCode::Io | ErrorCode::Poisoned => Exit::Data,
                 ErrorCode::TimedOut | ErrorCode::Busy | ErrorCode::Idle => Exit::Retry,

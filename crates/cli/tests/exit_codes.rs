@@ -85,3 +85,53 @@ fn lost_data_is_a_data_error() {
     assert_eq!(code(&read), Some(65), "{}", read.stderr);
     assert!(read.stderr.contains("poison"), "{}", read.stderr);
 }
+
+/// `pagemesh --socket S args` as uid/gid 65534 (a copy of the CLI any user may run): its exit
+/// code and stderr.
+fn run_as_nobody(d: &Daemon, args: &[&str]) -> (Option<i32>, String) {
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = tempfile::Builder::new()
+        .prefix("pagemesh-exit-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cli = bin.path().join("pagemesh");
+    std::fs::copy(Path::new(env!("CARGO_BIN_EXE_pagemesh")), &cli).unwrap();
+    std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(&cli)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run as nobody");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_user_cannot_make_the_daemon_open_a_file_for_it_or_change_the_node() {
+    let d = Daemon::start_with(&["--socket-mode", "0666"]);
+    // A root-only file, which the daemon (root) could open.
+    let secret = d.path("secret");
+    std::fs::write(&secret, b"root's").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let spec = format!("file:{}", secret.display());
+    for args in [
+        vec!["segment", "create", "s", "--backing", spec.as_str()],
+        vec!["volume", "add", "v", secret.to_str().unwrap()],
+        vec!["partition", "create", "p", "--max", "1M"],
+    ] {
+        let (code, err) = run_as_nobody(&d, &args);
+        assert_eq!(code, Some(77), "{args:?}: {err}");
+        assert!(err.contains("root's to do"), "{err}");
+    }
+    assert!(!d.run(&["segment", "list"]).ok().stdout_str().contains("s "));
+    assert!(d.log().contains("uid 65534: refused"), "{}", d.log());
+    // What needs no file of root's is served.
+    let (code, err) = run_as_nobody(&d, &["segment", "create", "mine", "--size", "1M"]);
+    assert_eq!(code, Some(0), "{err}");
+}

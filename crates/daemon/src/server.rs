@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pagemesh_proto::{
-    read_frame, write_frame, DaemonInfo, ErrorCode, FrameError, Request, Response, MAGIC,
+    read_frame, write_frame, Backing, DaemonInfo, ErrorCode, FrameError, Request, Response, MAGIC,
     PROTOCOL_VERSION,
 };
 use pagemesh_types::PAGE_SIZE;
@@ -77,40 +77,15 @@ impl Daemon {
         let idle = self.config.connections.idle_timeout;
         loop {
             let holds = pending_attach.is_some() || !locks.is_empty();
-            let (req, fds) = match connections::next_request(&sock, holds, idle) {
-                Next::Request(req, fds) => (req, fds),
-                Next::Idle => {
-                    log::debug!("pid {}: idle for {idle:?}; closing", cred.pid);
-                    let why = format!(
-                        "closed after {} s without a request; reconnect",
-                        idle.as_secs()
-                    );
-                    let _ = write_frame(&sock, &err(ErrorCode::Idle, why), &[]);
-                    return;
-                }
-                Next::Stalled => {
-                    log::warn!(
-                        "pid {} (uid {}): a frame began but did not end within {FRAME_TIMEOUT:?}; closing",
-                        cred.pid,
-                        cred.uid
-                    );
-                    return;
-                }
-                Next::Gone(None) => return,
-                Next::Gone(Some(e @ (FrameError::Malformed(_) | FrameError::TooLarge(_)))) => {
-                    log::warn!("pid {}: {e}; disconnecting it", cred.pid);
-                    let _ = write_frame(
-                        &sock,
-                        &err(ErrorCode::Protocol, format!("{e}; closing")),
-                        &[],
-                    );
-                    return;
-                }
-                Next::Gone(Some(e)) => {
-                    log::debug!("pid {}: {e}", cred.pid);
-                    return;
-                }
+            let Some((req, fds)) = request_or_end(&sock, &cred, holds, idle) else {
+                return;
             };
+            if let Some(refused) = root_only(&req, cred.uid) {
+                if write_frame(&sock, &refused, &[]).is_err() {
+                    return;
+                }
+                continue;
+            }
             if let Request::RegisterUffd {
                 attach_id,
                 base,
@@ -330,6 +305,86 @@ impl Daemon {
             data_dir: self.config.data_dir.display().to_string(),
         }
     }
+}
+
+/// The next request on a connection, or `None` when the connection ends: closed, idle (told
+/// so), a stalled frame, a malformed one (told so). Each end is logged.
+fn request_or_end(
+    sock: &UnixStream,
+    cred: &fdpass::PeerCred,
+    holds: bool,
+    idle: Duration,
+) -> Option<(Request, Vec<std::os::fd::OwnedFd>)> {
+    match connections::next_request(sock, holds, idle) {
+        Next::Request(req, fds) => Some((req, fds)),
+        Next::Idle => {
+            log::debug!("pid {}: idle for {idle:?}; closing", cred.pid);
+            let why = format!(
+                "closed after {} s without a request; reconnect",
+                idle.as_secs()
+            );
+            let _ = write_frame(sock, &err(ErrorCode::Idle, why), &[]);
+            None
+        }
+        Next::Stalled => {
+            log::warn!(
+                "pid {} (uid {}): a frame began but did not end within {FRAME_TIMEOUT:?}; closing",
+                cred.pid,
+                cred.uid
+            );
+            None
+        }
+        Next::Gone(None) => None,
+        Next::Gone(Some(e @ (FrameError::Malformed(_) | FrameError::TooLarge(_)))) => {
+            log::warn!("pid {}: {e}; disconnecting it", cred.pid);
+            let _ = write_frame(
+                sock,
+                &err(ErrorCode::Protocol, format!("{e}; closing")),
+                &[],
+            );
+            None
+        }
+        Next::Gone(Some(e)) => {
+            log::debug!("pid {}: {e}", cred.pid);
+            None
+        }
+    }
+}
+
+/// What only root may ask, refused for anyone else (`None`: allowed). A backing file or a
+/// volume image would be opened by the daemon, as root: a user could read or write any file
+/// through it (until the client passes its own open file, a file- or volume-backed segment is
+/// root's to create); partitions and volumes shape the whole node's memory.
+fn root_only(req: &Request, uid: u32) -> Option<Response> {
+    if uid == 0 {
+        return None;
+    }
+    let what = match req {
+        Request::CreateSegment {
+            backing: Backing::File { path },
+            ..
+        } => format!(
+            "creating a segment backed by a file ({path}): the daemon would open it as root"
+        ),
+        Request::CreateSegment {
+            backing: Backing::Volume { name },
+            ..
+        } => format!("creating a segment of volume {name}"),
+        Request::AddVolume { path, .. } => {
+            format!("adding a volume ({path}): the daemon would open it as root")
+        }
+        Request::RemoveVolume { name } => format!("removing volume {name}"),
+        Request::AttachVm { volume, .. } => format!("serving a VM from volume {volume}"),
+        Request::CreatePartition { name, .. }
+        | Request::SetPartition { name, .. }
+        | Request::RemovePartition { name } => format!("changing partition {name}"),
+        _ => return None,
+    };
+    log::warn!("uid {uid}: refused {what} (root only)");
+    Some(err(
+        ErrorCode::PermissionDenied,
+        format!("{what} is root's to do (uid {uid} asked)"),
+    ))
 }
 
 /// The handshake: a hello of this protocol version within `HELLO_TIMEOUT`, or the connection

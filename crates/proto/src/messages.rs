@@ -394,6 +394,8 @@ pub enum ErrorCode {
     Busy,
     /// The object is in use (a segment attached, a volume backing segments): nothing was done.
     InUse,
+    /// The caller may not do this (`SO_PEERCRED`): nothing was done.
+    PermissionDenied,
     /// The daemon closed this connection for being idle; the request sent on it, if any, was
     /// not read: send it again on a new connection (the client library does).
     Idle,
