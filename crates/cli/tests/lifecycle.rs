@@ -165,3 +165,25 @@ fn a_cluster_node_stopped_by_sigterm_loses_no_page() {
     c.restart(2);
     c.node(2).run(&["memtest", "z", "--verify", "5"]).ok();
 }
+
+#[test]
+fn a_shutdown_whose_home_is_unreachable_ends_within_its_timeout_and_says_what_was_not_synced() {
+    let mut c = Cluster::start(
+        3,
+        &["--fault-timeout-ms", "60000", "--shutdown-timeout", "3"],
+    );
+    c.create(1, "far", &["--size", "1M"]);
+    c.node(2).run(&["memtest", "far", "--write", "8"]).ok();
+    // The home is gone: node 2's sync of its pages cannot be answered.
+    c.nodes[0].kill9();
+    let t = std::time::Instant::now();
+    sigterm(c.node(2).pid());
+    let st = c.nodes[1]
+        .wait_exit(Duration::from_secs(30))
+        .expect("node 2 stops");
+    let took = t.elapsed();
+    assert_eq!(st.code(), Some(2), "{}", c.node(2).log());
+    assert!(took < Duration::from_secs(10), "the shutdown took {took:?}");
+    let log = c.node(2).log();
+    assert!(log.contains("shutdown: segment far not synced"), "{log}");
+}

@@ -182,8 +182,19 @@ impl Daemon {
                 failed.push(format!("{name}: out of time"));
                 continue;
             }
-            let req = Request::SyncSegment { name: name.clone() };
-            match self.route(req, &mut HeldLocks::default()).0 {
+            let answer = match (cluster, self.cluster.get()) {
+                // Within what is left of the shutdown: an unreachable home must not hold it.
+                (true, Some(c)) => {
+                    let left = end.saturating_duration_since(Instant::now());
+                    self.cluster_sync_within(c, &name, left)
+                        .unwrap_or_else(|e| e)
+                }
+                _ => {
+                    let req = Request::SyncSegment { name: name.clone() };
+                    self.route(req, &mut HeldLocks::default()).0
+                }
+            };
+            match answer {
                 Response::Synced { pages_written } if cluster => {
                     log::info!("shutdown: cluster segment {name} synced at its home ({pages_written} page(s) from here)")
                 }
