@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use pagemesh_daemon::cluster::pki;
 use pagemesh_daemon::cluster::tls::TlsFiles;
@@ -54,17 +54,29 @@ pub struct ClusterArgs {
 
 fn parse_peer(s: &str) -> Result<(u32, SocketAddr), String> {
     let (id, addr) = s.split_once('=').ok_or_else(|| {
-        format!("peer {s:?}: expected ID=IP:PORT (an IP address, e.g. 2=10.0.0.2:7100)")
+        format!("peer {s:?}: expected ID=HOST:PORT (e.g. 2=10.0.0.2:7100 or 2=node2:7100)")
     })?;
     let id = id
         .trim()
         .parse()
         .map_err(|e| format!("peer {s:?}: node id: {e}"))?;
-    let addr = addr
-        .trim()
-        .parse()
-        .map_err(|e| format!("peer {s:?}: address: {e}"))?;
-    Ok((id, addr))
+    Ok((
+        id,
+        resolve(addr.trim()).map_err(|e| format!("peer {s:?}: {e}"))?,
+    ))
+}
+
+/// `HOST:PORT` (an IP address or a name, resolved once, at start) as one socket address.
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = addr.parse() {
+        return Ok(a);
+    }
+    let mut all = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("address {addr:?}: {e} (expected HOST:PORT)"))?;
+    all.next()
+        .ok_or_else(|| format!("address {addr:?} resolves to nothing"))
 }
 
 /// The TOML form: every field optional, flags win.
@@ -104,7 +116,8 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct PeerEntry {
     pub id: u32,
-    pub addr: SocketAddr,
+    /// `HOST:PORT`: an IP address or a name (resolved at start).
+    pub addr: String,
 }
 
 pub fn read_config(path: &Path) -> anyhow::Result<ConfigFile> {
@@ -119,14 +132,20 @@ pub fn cluster_config(
     file: &ConfigFile,
 ) -> anyhow::Result<Option<ClusterConfig>> {
     let node_id = args.node_id.or(file.node_id);
-    let mut peers: Vec<(u32, SocketAddr)> = file.peer.iter().map(|p| (p.id, p.addr)).collect();
+    let mut peers: Vec<(u32, SocketAddr)> = Vec::new();
+    for p in &file.peer {
+        match resolve(&p.addr) {
+            Ok(a) => peers.push((p.id, a)),
+            Err(e) => usage!("the config's peer {}: {e}", p.id),
+        }
+    }
     for p in &args.peers {
         peers.retain(|q| q.0 != p.0);
         peers.push(*p);
     }
     let Some(node_id) = node_id else {
         if !peers.is_empty() || args.listen.is_some() || file.listen.is_some() {
-            bail!("--peer and --listen need --node-id (or node_id in the config)");
+            usage!("--peer and --listen need --node-id (or node_id in the config)");
         }
         return Ok(None);
     };
@@ -134,16 +153,23 @@ pub fn cluster_config(
         .listen
         .or(file.listen)
         .context("a cluster node needs --listen ADDR (or listen in the config)")?;
-    if let Some(p) = peers.iter().find(|p| p.0 == node_id) {
-        bail!("peer {}={} has this node's own id {node_id}", p.0, p.1);
+    // The same peer list may be given to every node (etcd's --initial-cluster): this node's
+    // own entry is dropped, if it names this node's --listen address.
+    if let Some(p) = peers.iter().find(|p| p.0 == node_id && p.1 != listen) {
+        usage!(
+            "peer {}={} has this node's id {node_id} but not its --listen address {listen}",
+            p.0,
+            p.1
+        );
     }
+    peers.retain(|p| p.0 != node_id);
     let mut c = ClusterConfig::new(node_id, listen, peers);
     if let Some(id) = args.cluster_id.or(file.cluster_id) {
         c.cluster_id = id;
     }
     if let Some(ms) = args.dead_after_ms.or(file.dead_after_ms) {
         if ms < 100 {
-            bail!("--dead-after-ms {ms} is below 100 ms: every hiccup would kill a node");
+            usage!("--dead-after-ms {ms} is below 100 ms: every hiccup would kill a node");
         }
         c.dead_after_ms = ms;
     }
@@ -169,7 +195,7 @@ fn tls_files(args: &ClusterArgs, file: &ConfigFile) -> anyhow::Result<Option<Tls
                 .filter(|(_, v)| v.is_none())
                 .map(|(n, _)| n)
                 .collect();
-            bail!(
+            usage!(
                 "TLS needs --tls-cert, --tls-key and --tls-ca together (or tls_cert, tls_key, \
                  tls_ca in the config); missing {}",
                 missing.join(", ")
@@ -370,5 +396,36 @@ mod tests {
             cluster_config(&ClusterArgs::default(), &ConfigFile::default()).expect("ok"),
             None
         );
+    }
+
+    #[test]
+    fn peers_may_be_host_names_and_the_list_may_name_this_node_at_its_listen_address() {
+        assert_eq!(
+            parse_peer("2=localhost:7312")
+                .expect("a name resolves")
+                .1
+                .port(),
+            7312
+        );
+        let all = |me: u32| ClusterArgs {
+            node_id: Some(me),
+            listen: Some(format!("127.0.0.1:700{me}").parse().expect("addr")),
+            peers: (1..=3)
+                .map(|i| (i, format!("127.0.0.1:700{i}").parse().expect("addr")))
+                .collect(),
+            ..ClusterArgs::default()
+        };
+        for me in 1..=3 {
+            let c = cluster_config(&all(me), &ConfigFile::default())
+                .expect("the same list on every node")
+                .expect("cluster");
+            assert_eq!(c.peers.len(), 2);
+            assert!(c.peers.iter().all(|p| p.0 != me));
+        }
+        // This node's id at another address is a mistake, said so.
+        let mut wrong = all(1);
+        wrong.peers[0].1 = "127.0.0.1:9999".parse().expect("addr");
+        let e = cluster_config(&wrong, &ConfigFile::default()).unwrap_err();
+        assert!(e.to_string().contains("not its --listen address"), "{e}");
     }
 }

@@ -250,7 +250,7 @@ fn print_figures(status: &ClusterStatus) {
 
 pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     if a.nodes == 0 || a.workers_per_node == 0 || a.n < 3 || a.iters == 0 {
-        bail!("--nodes, --workers-per-node and --iters must be >= 1 and --n >= 3");
+        usage!("--nodes, --workers-per-node and --iters must be >= 1 and --n >= 3");
     }
     let ranks = a.nodes * a.workers_per_node;
     outln!(
@@ -294,7 +294,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             outln!("NOT VERIFIED: {e} (checksum {sum:016x}, expected {want:016x})");
-            Ok(ExitCode::from(1))
+            Ok(crate::exit::Exit::CheckFailed.code())
         }
     }
 }

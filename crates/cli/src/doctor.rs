@@ -148,7 +148,7 @@ pub fn run(socket: &Path) -> anyhow::Result<ExitCode> {
     show_settings();
     show_daemon(socket);
     Ok(if checks.contains(&false) {
-        ExitCode::from(1)
+        crate::exit::Exit::CheckFailed.code()
     } else {
         ExitCode::SUCCESS
     })

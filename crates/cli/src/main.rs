@@ -5,6 +5,8 @@
 
 #[macro_use]
 mod stdout;
+#[macro_use]
+mod exit;
 
 mod bench;
 mod bench_baseline;
@@ -17,6 +19,7 @@ mod bench_tls;
 mod bench_vm;
 mod chaos;
 mod cluster_cmd;
+mod daemon_cmd;
 mod demo;
 mod doctor;
 mod harness;
@@ -53,33 +56,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node daemon (pagemeshd) in the foreground.
-    Daemon {
-        /// Where the segment catalog lives (default: /var/lib/pagemesh).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Fault worker threads (default: number of CPUs).
-        #[arg(long)]
-        workers: Option<usize>,
-        /// Faults a volume block needs before it enters the shared volume cache; below that a
-        /// fault gets a private copy read from storage (1: share every block at once).
-        #[arg(long, default_value_t = 1)]
-        share_threshold: u8,
-        /// Memory budget for segment pages (default: half of the machine's RAM). Resident pages
-        /// above it are evicted: clean ones dropped, dirty ones written back or paged out.
-        #[arg(long, value_parser = parse_size)]
-        memory: Option<u64>,
-        /// Paging device file (default: DATA_DIR/paging.swap; recreated at every start).
-        #[arg(long)]
-        paging_device: Option<PathBuf>,
-        /// Paging device size (default: 4 x --memory; the file is sparse).
-        #[arg(long, value_parser = parse_size)]
-        paging_device_size: Option<u64>,
-        /// The least severe messages the daemon logs (on stderr).
-        #[arg(long, env = "PAGEMESH_LOG", value_enum, default_value_t = logger::Level::Info)]
-        log_level: logger::Level,
-        #[command(flatten)]
-        cluster: cluster_cmd::ClusterArgs,
-    },
+    Daemon(Box<daemon_cmd::DaemonArgs>),
     /// The cluster this node belongs to.
     #[command(subcommand)]
     Cluster(cluster_cmd::ClusterCmd),
@@ -129,72 +106,20 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.cmd {
-        Cmd::Daemon {
-            data_dir,
-            workers,
-            share_threshold,
-            memory,
-            paging_device,
-            paging_device_size,
-            log_level,
-            cluster,
-        } => {
-            logger::init(log_level);
-            let file = match &cluster.config {
-                Some(p) => match cluster_cmd::read_config(p) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        eprintln!("pagemesh: error: {e:#}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => cluster_cmd::ConfigFile::default(),
-            };
-            let cluster_cfg = match cluster_cmd::cluster_config(&cluster, &file) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("pagemesh: error: {e:#}");
-                    return ExitCode::from(2);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
                 }
+                _ => exit::Exit::Usage.code(),
             };
-            let data_dir = data_dir
-                .or(file.data_dir.clone())
-                .unwrap_or_else(|| PathBuf::from(pagemesh_daemon::DEFAULT_DATA_DIR));
-            let socket_path = if cli.socket == std::path::Path::new(pagemesh::DEFAULT_SOCKET) {
-                file.socket.clone().unwrap_or(cli.socket)
-            } else {
-                cli.socket
-            };
-            let memory_bytes = memory.unwrap_or_else(pagemesh_daemon::default_memory_bytes);
-            let config = pagemesh_daemon::Config {
-                socket_path,
-                cluster: cluster_cfg,
-                fault_workers: workers
-                    .unwrap_or_else(|| {
-                        std::thread::available_parallelism()
-                            .map(|n| n.get())
-                            .unwrap_or(2)
-                    })
-                    .max(1),
-                share_threshold,
-                memory_bytes,
-                paging_device: paging_device.unwrap_or_else(|| data_dir.join("paging.swap")),
-                paging_device_bytes: paging_device_size.unwrap_or(memory_bytes * 4),
-                data_dir,
-            };
-            match pagemesh_daemon::run(config) {
-                Ok(()) => Ok(ExitCode::SUCCESS),
-                // The node was stopped (fenced, or its page cache diverged from the protocol):
-                // its own exit code, so supervisors and tests can tell why.
-                Err(pagemesh_daemon::StartError::Fatal(f)) => {
-                    log::error!("{f}");
-                    Ok(ExitCode::from(f.exit_code()))
-                }
-                Err(e) => Err(anyhow::Error::from(e)),
-            }
         }
+    };
+    let result = match cli.cmd {
+        Cmd::Daemon(args) => daemon_cmd::run(cli.socket, *args),
         Cmd::Segment(cmd) => segment_cmd::run(&cli.socket, cmd),
         Cmd::Cluster(cmd) => cluster_cmd::run(&cli.socket, cmd),
         Cmd::Volume(cmd) => volume_cmd::run(&cli.socket, cmd),
@@ -216,7 +141,7 @@ fn main() -> ExitCode {
         Err(e) if e.is::<stdout::StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pagemesh: error: {e:#}");
-            ExitCode::from(2)
+            exit::Exit::of(&e).code()
         }
     }
 }
@@ -228,7 +153,7 @@ fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::json!({
                 "pid": s.pid, "version": s.version, "uffd_mode": s.uffd_mode, "fault_workers": s.fault_workers,
-                "segments": s.segments, "attached_clients": s.attached_clients, "data_dir": s.data_dir,
+                "segments": s.segments, "attached_clients": s.attached_clients, "connections": s.connections, "data_dir": s.data_dir,
                 "memory_budget_bytes": s.memory_budget_bytes, "memory_resident_bytes": s.memory_resident_bytes,
                 "paging_device": s.paging_device, "paging_slots_used": s.paging_slots_used,
                 "paging_slots_total": s.paging_slots_total, "backpressure_waits": s.backpressure_waits,
@@ -240,6 +165,7 @@ fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         outln!("fault workers   {}", s.fault_workers);
         outln!("segments        {}", s.segments);
         outln!("attached        {}", s.attached_clients);
+        outln!("connections     {}", s.connections);
         outln!("data dir        {}", s.data_dir);
         outln!(
             "memory          {} resident of a {} pool ({} backpressure waits)",

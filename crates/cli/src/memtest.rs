@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use pagemesh::{Client, Mapping};
 use pagemesh_types::ByteSize;
@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::parse_size;
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("op").required(true).args(["write", "verify", "increment", "sha256"])))]
+#[command(group(clap::ArgGroup::new("op").required(true).args(["write", "verify", "increment", "sha256", "watch_ms"])))]
 pub struct MemtestArgs {
     /// Segment name.
     pub name: String,
@@ -34,6 +34,10 @@ pub struct MemtestArgs {
     /// Print the SHA-256 of the range as read through the mapping.
     #[arg(long)]
     pub sha256: bool,
+    /// Read the u64 at --offset about every millisecond for MS ms, printing one line per read:
+    /// `START_NS END_NS VALUE` (CLOCK_MONOTONIC when the read began and ended).
+    #[arg(long, value_name = "MS")]
+    pub watch_ms: Option<u64>,
     /// Start of the range (8-aligned for patterns).
     #[arg(long, value_parser = parse_size, default_value = "0")]
     pub offset: u64,
@@ -81,7 +85,7 @@ fn rate(bytes: u64, secs: f64) -> String {
 /// The length of the range `a` names in a segment of `size` bytes, or why it is outside.
 fn range_len(a: &MemtestArgs, size: u64) -> anyhow::Result<u64> {
     if a.offset > size {
-        bail!(
+        usage!(
             "offset {} is past the end of segment {} ({})",
             a.offset,
             a.name,
@@ -90,7 +94,7 @@ fn range_len(a: &MemtestArgs, size: u64) -> anyhow::Result<u64> {
     }
     let len = a.len.unwrap_or(size - a.offset);
     if a.offset.checked_add(len).is_none_or(|end| end > size) {
-        bail!(
+        usage!(
             "range {}+{} is outside segment {} ({})",
             a.offset,
             len,
@@ -121,8 +125,11 @@ pub fn run(socket: &Path, a: MemtestArgs) -> anyhow::Result<ExitCode> {
     if a.sha256 {
         return sha256(&m, &a, len);
     }
+    if let Some(ms) = a.watch_ms {
+        return watch(&m, &a, ms);
+    }
     if !a.offset.is_multiple_of(8) || !len.is_multiple_of(8) {
-        bail!("--offset and --len must be multiples of 8 for --write/--verify");
+        usage!("--offset and --len must be multiples of 8 for --write/--verify");
     }
     if let Some(seed) = a.write {
         return write(&m, &a, len, seed);
@@ -131,11 +138,35 @@ pub fn run(socket: &Path, a: MemtestArgs) -> anyhow::Result<ExitCode> {
     verify(&m, &a, len, seed)
 }
 
+/// `--watch-ms MS`: timed reads of one word, each line written out before the next read (a
+/// read that ends in SIGBUS leaves every earlier line behind).
+fn watch(m: &Mapping, a: &MemtestArgs, ms: u64) -> anyhow::Result<ExitCode> {
+    use pagemesh_uffd::clock::monotonic_ns;
+    use std::io::Write;
+    if !a.offset.is_multiple_of(8) {
+        usage!("--offset must be 8-aligned for --watch-ms");
+    }
+    let word = &m.atomics_u64()[(a.offset / 8) as usize];
+    let end = monotonic_ns() + ms * 1_000_000;
+    let mut out = std::io::stdout();
+    loop {
+        let t0 = monotonic_ns();
+        if t0 >= end {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let v = word.load(Ordering::Acquire);
+        let t1 = monotonic_ns();
+        // Stdout is line-buffered: each line is out before the next read.
+        writeln!(out, "{t0} {t1} {v}").context("writing a read to stdout")?;
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// `--increment N`: N atomic fetch_add(1) of the word at `--offset`, shared by the threads.
 fn increment(m: &Mapping, a: &MemtestArgs, n: u64) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     if !a.offset.is_multiple_of(8) {
-        bail!("--offset must be 8-aligned for --increment");
+        usage!("--offset must be 8-aligned for --increment");
     }
     let word = &m.atomics_u64()[(a.offset / 8) as usize];
     let threads = a.threads.max(1) as u64;
@@ -263,7 +294,7 @@ fn verify(m: &Mapping, a: &MemtestArgs, len: u64, seed: u64) -> anyhow::Result<E
                 pattern(seed, o),
                 hi - lo
             );
-            return Ok(ExitCode::from(1));
+            return Ok(crate::exit::Exit::CheckFailed.code());
         }
         outln!(
             "memtest: verified {} at offset {} with seed {seed} in {secs:.3} s ({}, {} thread(s))",

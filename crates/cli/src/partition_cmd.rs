@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::Subcommand;
 use pagemesh::{Client, PartitionLimits, PartitionStat};
 use pagemesh_types::ByteSize;
@@ -157,7 +156,10 @@ pub fn run(socket: &Path, cmd: PartitionCmd) -> anyhow::Result<ExitCode> {
             json,
         } => {
             if min.is_none() && max.is_none() && weight.is_none() {
-                bail!("partition {name}: nothing to change: give --min, --max or --weight");
+                return Err(crate::exit::Usage(format!(
+                    "partition {name}: nothing to change: give --min, --max or --weight"
+                ))
+                .into());
             }
             show(client.set_partition(&name, min, max, weight)?, json);
         }

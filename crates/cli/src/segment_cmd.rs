@@ -4,7 +4,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Subcommand;
 use pagemesh::{Backing, Client, SegmentInfo, SegmentStat};
 use pagemesh_types::ByteSize;
@@ -313,11 +313,17 @@ fn sync(client: &Client, name: &str, json: bool) -> anyhow::Result<()> {
 /// `segment list`: a table, or one JSON array.
 fn list(client: &Client, json: bool) -> anyhow::Result<()> {
     let segs = client.list_segments()?;
+    let unavailable = client.list_unavailable()?;
     if json {
-        outln!(
-            "{}",
-            serde_json::Value::Array(segs.iter().map(info_json).collect())
-        );
+        let all = segs
+            .iter()
+            .map(info_json)
+            .chain(unavailable.iter().map(|u| {
+                let mut v = info_json(&u.info);
+                v["unavailable"] = serde_json::Value::String(u.why.clone());
+                v
+            }));
+        outln!("{}", serde_json::Value::Array(all.collect()));
         return Ok(());
     }
     outln!(
@@ -327,15 +333,21 @@ fn list(client: &Client, json: bool) -> anyhow::Result<()> {
         "SIZE",
         "HOME"
     );
-    for s in segs {
+    let row = |s: &pagemesh::SegmentInfo, note: &str| {
         outln!(
-            "{:<24} {:>14} {:>12} {:>5}  {}",
+            "{:<24} {:>14} {:>12} {:>5}  {}{note}",
             s.name,
             s.id,
             ByteSize(s.size_bytes).to_string(),
             s.home.map_or("-".to_string(), |h| h.to_string()),
             s.backing
         );
+    };
+    for s in &segs {
+        row(s, "");
+    }
+    for u in &unavailable {
+        row(&u.info, &format!("  UNAVAILABLE: {}", u.why));
     }
     Ok(())
 }
@@ -371,7 +383,7 @@ fn range_len(client: &Client, name: &str, offset: u64, len: Option<u64>) -> anyh
 fn read(client: &Client, name: &str, offset: u64, len: Option<u64>) -> anyhow::Result<()> {
     let size = client.stat(name)?.info.size_bytes;
     if offset > size {
-        bail!(
+        usage!(
             "offset {offset} is past the end of segment {name} ({})",
             ByteSize(size)
         );

@@ -35,10 +35,14 @@ fn raw_attach(socket: &Path, name: &str) -> (UnixStream, u64, SharedMapping, u64
     write_frame(&sock, &Request::Attach { name: name.into() }, &[]).expect("attach");
     let (r, mut fds) = read_frame::<Response>(&sock).expect("attach reply");
     let (info, attach_id) = match r {
-        Response::Attached { info, attach_id } => (info, attach_id),
+        Response::Attached {
+            info, attach_id, ..
+        } => (info, attach_id),
         other => panic!("attach: {other:?}"),
     };
-    let memfd = Memfd::from_owned(fds.pop().expect("the memfd"));
+    // The memfd first; for a segment homed elsewhere the node's lease board follows.
+    assert!(!fds.is_empty(), "no memfd with the attach reply");
+    let memfd = Memfd::from_owned(fds.remove(0));
     let len = info.size_bytes.div_ceil(PAGE) * PAGE;
     let map = SharedMapping::map(memfd.as_fd(), len as usize).expect("map the memfd");
     (sock, attach_id, map, len)

@@ -27,6 +27,7 @@ const LAYERS: &[&str] = &[
     "pagemesh-cluster",
     "pagemesh-daemon",
     "pagemesh",
+    "pagemesh-capi",
     "pagemesh-cli",
 ];
 

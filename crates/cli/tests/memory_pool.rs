@@ -74,6 +74,12 @@ fn four_gib_segment_in_a_512mib_budget() {
 
 #[test]
 fn a_partition_min_is_kept_while_another_thrashes() {
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let d = Daemon::start_with(&["--memory", "512MiB", "--paging-device-size", "3GiB"]);
     d.run(&["partition", "create", "gold", "--min", "300MiB"])
         .ok();
@@ -111,11 +117,12 @@ fn a_partition_min_is_kept_while_another_thrashes() {
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
+        // The poller stops however this ends (a failed churn must fail the test, not hang it).
+        let _stop = StopOnDrop(&done);
         for seed in [2, 3] {
             let c = d.spawn_cmd(&["memtest", "churn", "--write", &seed.to_string()], false);
             finish(c, &[], Duration::from_secs(300), &["churn"]).ok();
         }
-        done.store(true, Ordering::Relaxed);
     });
     let low = low.load(Ordering::Relaxed);
     assert!(

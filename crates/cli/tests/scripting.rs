@@ -19,7 +19,7 @@ fn an_unknown_log_level_is_an_error_naming_the_levels() {
     let d = Daemon::unstarted();
     for bad in [["--log-level", "bogus"], ["--log-level", "verbose"]] {
         let out = d.refused_start(&bad);
-        assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{}", out.stderr);
         assert!(
             out.stderr.contains(bad[1]) && out.stderr.contains("error, warn, info, debug, trace"),
             "{}",
@@ -62,7 +62,7 @@ fn a_reader_that_stops_reading_ends_the_output_quietly() {
 fn partition_changes_are_refused_rather_than_altered_or_ignored() {
     let d = Daemon::start_with(&["--memory", "64MiB"]);
     let out = d.run(&["partition", "create", "gold", "--weight", "0"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
     assert!(
         out.stderr.contains("--weight must be at least 1"),
         "{}",
@@ -79,10 +79,10 @@ fn partition_changes_are_refused_rather_than_altered_or_ignored() {
         .ok();
     assert_eq!(json_of(&made)["weight"], 2);
     let out = d.run(&["partition", "set", "gold"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
     assert!(out.stderr.contains("nothing to change"), "{}", out.stderr);
     let out = d.run(&["partition", "set", "gold", "--weight", "0"]);
-    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{}", out.stderr);
     let set = d
         .run(&["partition", "set", "gold", "--weight", "3", "--json"])
         .ok();
@@ -151,7 +151,7 @@ fn messages_name_segments_plainly() {
             .ok();
     }
     let out = d.run(&["volume", "rm", "base"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(73));
     assert!(
         out.stderr.contains("segment(s) vm1, vm2;") || out.stderr.contains("segment(s) vm2, vm1;"),
         "{}",

@@ -402,7 +402,7 @@ fn huge_segment_creation_is_o1_and_atomics_count_exactly() {
 fn errors_say_what_failed_and_what_to_do() {
     let d = Daemon::start();
     let e = d.run(&["segment", "stat", "nope"]);
-    assert_eq!(e.status.code(), Some(2));
+    assert_eq!(e.status.code(), Some(66), "not found");
     assert!(
         e.stderr.contains("no segment named \"nope\"") && e.stderr.contains("segment list"),
         "{}",

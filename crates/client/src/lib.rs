@@ -19,11 +19,12 @@
 
 #![forbid(unsafe_code)]
 
+mod lease_watch;
 mod mapping;
 mod sync;
 pub mod vm;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -33,10 +34,13 @@ use pagemesh_proto::{
     read_frame, write_frame, FrameError, Request, Response, MAGIC, PROTOCOL_VERSION,
 };
 
+use pagemesh_uffd::poll::wait_readable;
+
 pub use mapping::Mapping;
 pub use pagemesh_proto::{
     Backing, ClusterNode, ClusterStatus, DaemonInfo, ErrorCode, PageInfo, PartitionLimits,
-    PartitionStat, SegmentInfo, SegmentStat, VmRegion, VolumeInfo, VolumeStat, MAX_IO_CHUNK_BYTES,
+    PartitionStat, SegmentInfo, SegmentStat, UnavailableSegment, VmRegion, VolumeInfo, VolumeStat,
+    MAX_IO_CHUNK_BYTES,
 };
 pub use sync::{Barrier, LockGuard};
 
@@ -142,7 +146,18 @@ pub(crate) fn roundtrip(
     };
     sock.set_read_timeout(Some(timeout))
         .map_err(|e| frame_err(FrameError::Io(e)))?;
-    write_frame(sock, req, fds).map_err(frame_err)?;
+    if let Err(e) = write_frame(sock, req, fds) {
+        // The daemon may have closed the connection saying why (too many connections, idle):
+        // that answer is more use than "broken pipe".
+        let closed =
+            matches!(&e, FrameError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe);
+        return match read_frame::<Response>(sock) {
+            Ok((Response::Error { code, message }, _)) if closed => {
+                Err(ClientError::Daemon { code, message })
+            }
+            _ => Err(frame_err(e)),
+        };
+    }
     match read_frame::<Response>(sock) {
         Ok((Response::Error { code, message }, _)) => Err(ClientError::Daemon { code, message }),
         Ok(r) => Ok(r),
@@ -152,6 +167,22 @@ pub(crate) fn roundtrip(
             timeout,
         }),
         Err(e) => Err(frame_err(e)),
+    }
+}
+
+/// Whether a request failed because the daemon had closed its connection unread: its idle
+/// notice came back, or the request could not be written at all.
+fn closed_unread(r: &Result<(Response, Vec<OwnedFd>), ClientError>) -> bool {
+    match r {
+        Err(ClientError::Daemon {
+            code: ErrorCode::Idle,
+            ..
+        }) => true,
+        Err(ClientError::Frame {
+            source: FrameError::Io(e),
+            ..
+        }) => e.kind() == std::io::ErrorKind::BrokenPipe,
+        _ => false,
     }
 }
 
@@ -192,14 +223,31 @@ impl Client {
         timeout: Duration,
     ) -> Result<(Response, Vec<OwnedFd>), ClientError> {
         let mut guard = self.inner.sock.lock().unwrap_or_else(|e| e.into_inner());
-        let sock = match guard.take() {
+        // A kept connection with something to read was closed by the daemon while idle (its
+        // notice, or the end): it is not used again.
+        let kept = guard
+            .take()
+            .filter(|s| !matches!(wait_readable(s.as_fd(), 0), Ok(true)));
+        let reused = kept.is_some();
+        let sock = match kept {
             Some(s) => s,
             None => handshake(&self.inner.path)?,
         };
-        let r = roundtrip(&self.inner.path, &sock, &req, &[], what, timeout);
+        let mut r = roundtrip(&self.inner.path, &sock, &req, &[], what, timeout);
+        let mut sock = sock;
+        if reused && closed_unread(&r) {
+            // The daemon closed the idle connection before reading the request: nothing was
+            // done; send it again on a new one.
+            sock = handshake(&self.inner.path)?;
+            r = roundtrip(&self.inner.path, &sock, &req, &[], what, timeout);
+        }
         if !matches!(
             r,
             Err(ClientError::Timeout { .. } | ClientError::Frame { .. })
+                | Err(ClientError::Daemon {
+                    code: ErrorCode::Idle,
+                    ..
+                })
         ) {
             *guard = Some(sock);
         }
@@ -360,6 +408,15 @@ impl Client {
     pub fn list_segments(&self) -> Result<Vec<SegmentInfo>, ClientError> {
         match self.call(Request::ListSegments, "list", DEFAULT_TIMEOUT)? {
             (Response::Segments(v), _) => Ok(v),
+            (r, _) => Err(unexpected("list", r)),
+        }
+    }
+
+    /// The segments of this node's catalog it could not open, and why (`segment rm` forgets
+    /// one).
+    pub fn list_unavailable(&self) -> Result<Vec<UnavailableSegment>, ClientError> {
+        match self.call(Request::ListUnavailable, "list", DEFAULT_TIMEOUT)? {
+            (Response::Unavailable(v), _) => Ok(v),
             (r, _) => Err(unexpected("list", r)),
         }
     }

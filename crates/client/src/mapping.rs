@@ -10,9 +10,11 @@ use std::thread::JoinHandle;
 
 use pagemesh_proto::{Request, Response};
 use pagemesh_types::PAGE_SIZE;
+use pagemesh_uffd::clock::monotonic_ns;
 use pagemesh_uffd::poll::wait_readable;
 use pagemesh_uffd::{features, Event, Memfd, Protect, RegisterMode, SharedMapping, Uffd, Wake};
 
+use crate::lease_watch::{LeaseWatch, Verdict};
 use crate::{handshake, roundtrip, unexpected, Client, ClientError, SegmentInfo, DEFAULT_TIMEOUT};
 
 /// How often the watchdog looks at its stop flag while waiting.
@@ -24,6 +26,8 @@ struct Shared {
     stop: AtomicBool,
     daemon_lost: AtomicBool,
     name: String,
+    /// The node's lease on the segment's home, for a cluster segment homed elsewhere.
+    watch: Option<LeaseWatch>,
 }
 
 /// A segment mapped into this process. Dropping it detaches.
@@ -39,21 +43,6 @@ impl Mapping {
     pub(crate) fn attach(client: Client, name: &str) -> Result<Mapping, ClientError> {
         let path = client.socket_path().to_path_buf();
         let lease = handshake(&path)?;
-        let (info, attach_id, memfd) = match roundtrip(
-            &path,
-            &lease,
-            &Request::Attach { name: name.into() },
-            &[],
-            "attach",
-            DEFAULT_TIMEOUT,
-        )? {
-            (Response::Attached { info, attach_id }, mut fds) if fds.len() == 1 => (
-                info,
-                attach_id,
-                Memfd::from_owned(fds.pop().expect("one fd")),
-            ),
-            (r, _) => return Err(unexpected("attach", r)),
-        };
         let io = |what: &'static str| {
             let segment = name.to_string();
             move |source| ClientError::Attach {
@@ -62,6 +51,7 @@ impl Mapping {
                 source,
             }
         };
+        let (info, attach_id, memfd, watch) = request_attach(&path, &lease, name, io)?;
         let len = info.size_bytes.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         // Volume segments map the volume's shared frames privately: writes stay in this process.
         let volume = matches!(info.backing, crate::Backing::Volume { .. });
@@ -112,6 +102,7 @@ impl Mapping {
             stop: AtomicBool::new(false),
             daemon_lost: AtomicBool::new(false),
             name: name.to_string(),
+            watch,
         });
         let watch_sock = lease.try_clone().map_err(io("cloning the lease socket"))?;
         let s = Arc::clone(&shared);
@@ -206,6 +197,54 @@ impl Mapping {
     }
 }
 
+/// `Attach`: the segment's description, attachment id and memfd, and, for a cluster segment
+/// homed on another node, the node's lease board to watch.
+fn request_attach<E>(
+    path: &std::path::Path,
+    lease: &UnixStream,
+    name: &str,
+    io: impl Fn(&'static str) -> E,
+) -> Result<(SegmentInfo, u64, Memfd, Option<LeaseWatch>), ClientError>
+where
+    E: FnOnce(std::io::Error) -> ClientError,
+{
+    let req = Request::Attach { name: name.into() };
+    let (reply, mut fds) = roundtrip(path, lease, &req, &[], "attach", DEFAULT_TIMEOUT)?;
+    let Response::Attached {
+        info,
+        attach_id,
+        lease_slot,
+    } = reply
+    else {
+        return Err(unexpected("attach", reply));
+    };
+    if fds.len() != 1 + usize::from(lease_slot.is_some()) {
+        let reply = Response::Attached {
+            info,
+            attach_id,
+            lease_slot,
+        };
+        return Err(unexpected("attach", reply));
+    }
+    let watch = match lease_slot {
+        Some(slot) => {
+            let board = fds.pop().expect("the board's fd");
+            // Only a segment homed on another node comes with the board.
+            let home = info.home.ok_or_else(|| {
+                io("reading the node's lease board")(std::io::Error::other(
+                    "the daemon sent a lease board for a segment with no home node",
+                ))
+            })?;
+            let w = LeaseWatch::open(board, slot, home)
+                .map_err(io("reading the node's lease board"))?;
+            Some(w)
+        }
+        None => None,
+    };
+    let memfd = Memfd::from_owned(fds.pop().expect("one fd"));
+    Ok((info, attach_id, memfd, watch))
+}
+
 /// Longest wait, when a mapping is dropped, for the daemon to forget the attachment.
 const DETACH_WAIT_MS: i32 = 5_000;
 
@@ -245,28 +284,48 @@ fn wait_for_close(mut lease: &UnixStream, bound_ms: i32) {
 
 /// Wait for the lease to end. If it ends while the mapping is in use, the daemon is gone:
 /// from then on every fault is answered with poison (SIGBUS), never left hanging or zero-filled.
+/// For a segment homed on another node, also watch the node's lease on that home: zap the
+/// mapping when it lapses, give up on the daemon when it has not run for the fault timeout.
 fn watchdog(s: Arc<Shared>, mut lease: UnixStream) {
     let mut byte = [0u8; 64];
-    loop {
+    let tick = s.watch.as_ref().map_or(WATCH_TICK_MS, LeaseWatch::tick_ms);
+    let mut acted_on = None;
+    let why = loop {
         if s.stop.load(Ordering::SeqCst) {
             return;
         }
-        match wait_readable(lease.as_fd(), WATCH_TICK_MS) {
+        if let Some(w) = &s.watch {
+            match w.check(monotonic_ns(), &mut acted_on) {
+                Verdict::Holds => {}
+                // Every later access faults into the daemon, which serves it only under a
+                // lease. Write protection stays (a zapped protected entry keeps its marker).
+                Verdict::Lapsed => match s.map.zap(0, s.map.len()) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        break format!("zapping the mapping when its lease lapsed failed: {e}")
+                    }
+                },
+                Verdict::GiveUp(why) => break why,
+            }
+        }
+        match wait_readable(lease.as_fd(), tick) {
             Ok(false) => continue,
             Ok(true) => match lease.read(&mut byte) {
-                Ok(0) | Err(_) => break,
+                Ok(0) | Err(_) => break "lost the daemon".to_string(),
                 Ok(_) => continue, // the daemon sends nothing on a lease yet; ignore
             },
-            Err(_) => break,
+            Err(_) => break "lost the daemon".to_string(),
         }
-    }
+    };
     if s.stop.load(Ordering::SeqCst) {
         return;
     }
     s.daemon_lost.store(true, Ordering::SeqCst);
+    // The daemon forgets the attachment whenever it runs again.
+    let _ = lease.shutdown(Shutdown::Both);
     eprintln!(
-        "pagemesh: lost the daemon while segment {} is attached (pid {}); every further access to it raises SIGBUS. \
-         Restart the daemon and re-attach.",
+        "pagemesh: {why} while segment {} is attached (pid {}); every further access to it raises SIGBUS. \
+         Restart the daemon if it is gone, and re-attach.",
         s.name,
         std::process::id()
     );

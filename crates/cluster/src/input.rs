@@ -98,6 +98,11 @@ pub enum Input {
     Status {
         reply: Sender<ClusterStatus>,
     },
+    /// The daemon is shutting down: read no more faults (they wait in their uffds until the
+    /// processes' watchdogs poison them), so that a sync after this captures every write.
+    StopFaults {
+        reply: Sender<()>,
+    },
 }
 
 /// What `segment stat` adds for a cluster segment.

@@ -15,6 +15,7 @@ pub mod files;
 mod input;
 mod intents;
 pub mod io;
+pub mod lease_board;
 mod peer_stream;
 pub mod pki;
 mod segment;
@@ -38,6 +39,7 @@ use pagemesh_types::{NodeId, SegmentId};
 
 use engine::{Engine, EngineSetup, Figures};
 pub use input::{ClusterSegStat, Input};
+use lease_board::LeaseBoard;
 pub use segment::{build_segment, core_info};
 pub use table::Full;
 use transport::Transport;
@@ -239,6 +241,15 @@ pub fn prepare(
     };
     let peers: Vec<(NodeId, SocketAddr)> =
         cfg.peers.iter().map(|(id, a)| (NodeId(*id), *a)).collect();
+    let mut homes: Vec<NodeId> = peers.iter().map(|p| p.0).filter(|&p| p != me).collect();
+    homes.sort();
+    homes.dedup();
+    let board = LeaseBoard::new(
+        &homes,
+        pagemesh_core::lease::lease_ms(cfg.dead_after_ms),
+        cfg.fault_timeout_ms,
+    )
+    .map_err(|e| format!("creating the lease board: {e}"))?;
     let transport = Transport::start(
         me,
         epoch,
@@ -249,6 +260,7 @@ pub fn prepare(
         tx.clone(),
         &fences,
         tls,
+        Arc::new(board),
     )
     .map_err(|e| format!("starting the peer transport: {e}"))?;
     let segs: HashMap<SegmentId, Arc<Segment>> = segments

@@ -26,9 +26,11 @@ use pagemesh_proto::peer::{
     encode_peer_frame, read_peer_frame, write_peer_frame, PeerFrame, PEER_PROTOCOL_VERSION,
 };
 use pagemesh_types::NodeId;
+use pagemesh_uffd::clock::monotonic_ns;
 use pagemesh_uffd::fileio::send_nonblocking;
 
 use crate::input::Input;
+use crate::lease_board::LeaseBoard;
 use crate::peer_stream::{self, InboundStream};
 use crate::tls::PeerTls;
 use crate::Waker;
@@ -98,11 +100,17 @@ pub struct Transport {
     epoch: Epoch,
     cluster_id: u64,
     heartbeat: Duration,
+    /// The lease on a home's pages (half the dead-peer limit).
+    lease_ms: u64,
     /// Bound on a connect, a hello exchange and a write: a third of the dead-peer limit (at
     /// most 2 s), so a stuck write is noticed well before the peer would be declared dead.
     io_timeout: Duration,
     handshakes: std::sync::atomic::AtomicUsize,
     start: Instant,
+    /// `CLOCK_MONOTONIC` at (no later than) `start`: this node's clock in the machine's.
+    start_mono_ns: u64,
+    /// Where the lease on each home is published for clients (`lease_board`).
+    board: Arc<LeaseBoard>,
     links: HashMap<NodeId, Link>,
     engine: Waker,
     /// Lowest epoch accepted from each peer (raised when the peer is declared dead).
@@ -126,6 +134,7 @@ impl Transport {
         engine: Waker,
         fences: &[(NodeId, Epoch)],
         tls: Option<PeerTls>,
+        board: Arc<LeaseBoard>,
     ) -> std::io::Result<Arc<Transport>> {
         let listener = TcpListener::bind(listen).map_err(|e| {
             std::io::Error::new(
@@ -159,9 +168,13 @@ impl Transport {
             epoch,
             cluster_id,
             heartbeat: Duration::from_millis(lease::heartbeat_ms(dead_after.as_millis() as u64)),
+            lease_ms: lease::lease_ms(dead_after.as_millis() as u64),
             io_timeout: (dead_after / 3).clamp(Duration::from_millis(100), Duration::from_secs(2)),
             handshakes: std::sync::atomic::AtomicUsize::new(0),
+            // Read before `start`, so a deadline converted with it is never late.
+            start_mono_ns: monotonic_ns(),
             start: Instant::now(),
+            board,
             links,
             engine,
             fence: Mutex::new(fences.iter().copied().collect()),
@@ -303,11 +316,28 @@ impl Transport {
             return;
         };
         let now = self.now_ms();
-        let answer = lock_lease(&l.lease).on_heartbeat(now, sent_ms, echo_ms);
+        let mut lease = lock_lease(&l.lease);
+        let answer = lease.on_heartbeat(now, sent_ms, echo_ms);
+        // Clients learn at once when the lease moves (they zap their copies at its end).
+        let until = lease
+            .echoed_ms()
+            .map_or(0, |e| self.mono_ns(e + self.lease_ms));
+        drop(lease);
+        self.board.publish(peer, until);
         if answer == lease::Answer::Now {
             l.hb_now.store(true, Ordering::Relaxed);
             l.cv.notify_one();
         }
+    }
+
+    /// This node's clock value `ms` on `CLOCK_MONOTONIC`.
+    fn mono_ns(&self, ms: u64) -> u64 {
+        self.start_mono_ns + ms * 1_000_000
+    }
+
+    /// The node's lease board (the engine says there that it runs).
+    pub fn board(&self) -> &LeaseBoard {
+        &self.board
     }
 
     /// Whether `peer` heard this node within the last `lease_ms` (by its own echo): while it

@@ -17,6 +17,12 @@ pub fn heartbeat_ms(dead_after_ms: u64) -> u64 {
     (dead_after_ms / 8).clamp(20, 500)
 }
 
+/// How long a lease runs from the moment the home provably heard this node, for a dead-peer
+/// limit: half of it, so that it lapses before the home may declare the node dead.
+pub fn lease_ms(dead_after_ms: u64) -> u64 {
+    dead_after_ms / 2
+}
+
 /// Lease bugs that can be switched on to prove the checkers catch them.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

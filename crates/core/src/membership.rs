@@ -128,7 +128,7 @@ impl Membership {
     /// node: half the dead-peer limit, so that it lapses before the home may declare the node
     /// dead and give its pages to others.
     pub fn lease_ms(&self) -> u64 {
-        self.cfg.dead_after_ms / 2
+        crate::lease::lease_ms(self.cfg.dead_after_ms)
     }
 
     /// Whether `peer` is declared dead (and not heard since).

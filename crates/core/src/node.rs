@@ -227,6 +227,12 @@ impl Node {
         self.io.peer_epochs.get(&peer).copied().unwrap_or_default()
     }
 
+    /// Whether this node, `seg`'s home, is still rebuilding its directory after a restart (it
+    /// does not know yet which pages were lost: poisoned pages appear when it ends).
+    pub fn rebuilding(&self, seg: SegmentId) -> bool {
+        self.dir.recovering.contains_key(&seg)
+    }
+
     /// The poisoned pages of `seg` (this node must be its home; empty otherwise).
     pub fn poisoned_pages(&self, seg: SegmentId) -> Vec<u64> {
         self.dir

@@ -35,6 +35,13 @@ pub struct HeldLocks {
     held: Vec<(SegmentId, u32, u64)>,
 }
 
+impl HeldLocks {
+    /// Whether the connection holds no lock.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
 impl Drop for HeldLocks {
     fn drop(&mut self) {
         if let Some(tx) = &self.tx {
@@ -209,11 +216,21 @@ impl Daemon {
     }
 
     fn cluster_sync(&self, c: &ClusterHandle, name: &str) -> Result<Response, Response> {
+        self.cluster_sync_within(c, name, REQUEST_WAIT)
+    }
+
+    /// Sync a cluster segment at its home, waiting at most `bound` for the answer.
+    pub(crate) fn cluster_sync_within(
+        &self,
+        c: &ClusterHandle,
+        name: &str,
+        bound: Duration,
+    ) -> Result<Response, Response> {
         let seg = self.cluster_seg(name)?;
         let (tx, rx) = mpsc::channel();
         c.send(Input::Sync { seg, reply: tx })
             .map_err(|e| err(ErrorCode::Internal, e))?;
-        match wait(rx, REQUEST_WAIT, "sync")? {
+        match wait(rx, bound, "sync")? {
             Ok(()) => Ok(Response::Synced { pages_written: 0 }),
             Err(e) => Err(err(
                 ErrorCode::Io,

@@ -8,7 +8,9 @@
 mod catalog;
 mod cluster_requests;
 mod cluster_segments;
+mod connections;
 pub mod datadir;
+mod lifecycle;
 mod partitions;
 mod pool;
 mod reply;
@@ -26,6 +28,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use connections::ConnectionLimits;
 pub use state::Daemon;
 
 /// Default socket path.
@@ -49,7 +52,14 @@ pub struct Config {
     pub paging_device_bytes: u64,
     /// This node's place in a cluster (`None`: a single node; every segment is local).
     pub cluster: Option<cluster::ClusterConfig>,
+    /// Longest clean stop on `SIGTERM`/`SIGINT` (syncing every segment included).
+    pub shutdown_timeout: std::time::Duration,
+    /// Who may connect, and how much they may hold.
+    pub connections: ConnectionLimits,
 }
+
+/// The default for [`Config::shutdown_timeout`].
+pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The default memory budget: half of the machine's RAM.
 pub fn default_memory_bytes() -> u64 {
@@ -81,6 +91,8 @@ pub enum StartError {
     },
     #[error("another daemon is already listening on {0}; stop it or use --socket")]
     AlreadyRunning(PathBuf),
+    #[error("data dir {dir} is in use by another pagemesh daemon ({holder}); stop it or use another --data-dir")]
+    DataDirInUse { dir: PathBuf, holder: String },
     #[error("binding {path}: {source}")]
     Bind {
         path: PathBuf,
@@ -117,7 +129,7 @@ fn check_kernel() -> Result<String, StartError> {
     Ok(probe.mode.to_string())
 }
 
-fn bind(path: &Path) -> Result<UnixListener, StartError> {
+fn bind(path: &Path, limits: &ConnectionLimits) -> Result<UnixListener, StartError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| StartError::Dir {
             path: dir.to_path_buf(),
@@ -135,30 +147,70 @@ fn bind(path: &Path) -> Result<UnixListener, StartError> {
         path: path.to_path_buf(),
         source,
     })?;
-    // Access is governed by the socket's mode: owner and group (the daemon logs peer creds).
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+    // Who may connect is the socket's mode and group (`--socket-mode`, `--socket-group`).
+    let set = |source| StartError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(gid) = limits.socket_group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(set)?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(limits.socket_mode))
+        .map_err(set)?;
     Ok(l)
 }
 
-/// Start a daemon and serve until the process is killed. The catalog is persisted on every
-/// change, so a kill at any point loses nothing but unsynced page-cache contents.
+/// What ended the daemon.
+enum End {
+    /// `SIGTERM` or `SIGINT`: stop cleanly.
+    Signal(&'static str),
+    /// The socket server or the cluster side ended it.
+    Ended(Result<(), StartError>),
+}
+
+/// Start a daemon and serve until it is stopped: `SIGTERM` or `SIGINT` (a clean stop, see
+/// [`Config::shutdown_timeout`]), or the node stopped by its cluster. The catalog is persisted
+/// on every change, so even a kill at any point loses nothing but unsynced page-cache contents.
+///
+/// `run` takes over `SIGTERM` and `SIGINT`: it blocks them in the calling thread and waits for
+/// them on a thread of its own, so call it before starting other threads.
 pub fn run(config: Config) -> Result<(), StartError> {
     let uffd_mode = check_kernel()?;
+    lifecycle::private_umask();
+    match pagemesh_uffd::process::raise_open_files_limit() {
+        Ok(n) if n < 4096 => log::warn!(
+            "open files are limited to {n}: each client connection and attachment takes some; raise the hard limit (LimitNOFILE=) for many clients"
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("raising the open-files limit: {e}"),
+    }
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::Dir {
         path: config.data_dir.clone(),
         source,
     })?;
+    // One daemon per data dir, before anything in it is read or recreated.
+    let _lock = lifecycle::lock_data_dir(&config.data_dir)?;
     // Before anything in the data dir is read: can this pagemesh read its format?
     datadir::open(&config.data_dir)?;
-    let listener = bind(&config.socket_path)?;
+    let fixed = lifecycle::make_private(&config.data_dir)?;
+    if fixed > 0 {
+        log::info!(
+            "data dir {}: {fixed} file(s) or dir(s) made private to the daemon's user (0600/0700)",
+            config.data_dir.display()
+        );
+    }
+    // Whatever ends the daemon (a stop signal, the socket server failing, the cluster side
+    // stopping the node) comes back here, and `run` returns it: the library never exits the
+    // process.
+    let (ended, end) = std::sync::mpsc::channel::<End>();
+    let on_signal = ended.clone();
+    lifecycle::catch_stop_signals(move |signal| on_signal.send(End::Signal(signal)).is_ok())?;
+    let listener = bind(&config.socket_path, &config.connections)?;
     let daemon = Daemon::new(config.clone(), uffd_mode.clone()).map_err(StartError::State)?;
-    // Whatever ends the daemon (the socket server failing, the cluster side stopping the node)
-    // comes back here, and `run` returns it: the library never exits the process.
-    let (ended, end) = std::sync::mpsc::channel::<Result<(), StartError>>();
     if let Some(c) = &config.cluster {
         let ended = ended.clone();
         let on_fatal = Box::new(move |f: cluster::fatal::Fatal| {
-            let _ = ended.send(Err(StartError::Fatal(f)));
+            let _ = ended.send(End::Ended(Err(StartError::Fatal(f))));
         });
         cluster_segments::start(&daemon, c.clone(), on_fatal).map_err(StartError::State)?;
     }
@@ -178,12 +230,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
             let served = server
                 .serve(listener)
                 .map_err(|e| StartError::State(format!("serving {}: {e}", socket.display())));
-            let _ = ended.send(served);
+            let _ = ended.send(End::Ended(served));
         })
         .map_err(|e| StartError::State(format!("starting the socket server: {e}")))?;
-    end.recv().unwrap_or_else(|_| {
-        Err(StartError::State(
+    match end.recv() {
+        Ok(End::Signal(signal)) => daemon.shutdown(signal, config.shutdown_timeout),
+        Ok(End::Ended(r)) => r,
+        Err(_) => Err(StartError::State(
             "the socket server thread vanished".into(),
-        ))
-    })
+        )),
+    }
 }

@@ -33,16 +33,8 @@ impl Daemon {
             );
         }
         let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
-        if self
-            .segments
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&name)
-        {
-            return err(
-                ErrorCode::AlreadyExists,
-                format!("segment {name:?} already exists (`pagemesh segment rm {name}` first)"),
-            );
+        if let Some(taken) = self.taken(&name, &backing) {
+            return taken;
         }
         let size = match (&backing, size) {
             (Backing::Volume { name: v }, _) => match self.volumes.read().unwrap_or_else(|e| e.into_inner()).get(v) {
@@ -111,7 +103,94 @@ impl Daemon {
         Response::Segment(info)
     }
 
+    /// Why a new segment `name` over `backing` cannot be created: the name is taken (by an
+    /// open segment or one the catalog holds unavailable), or the file backs another segment
+    /// already (two page caches of one file would each overwrite the other's writes).
+    fn taken(&self, name: &str, backing: &Backing) -> Option<Response> {
+        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        let unavailable = self.unavailable.read().unwrap_or_else(|e| e.into_inner());
+        if segments.contains_key(name) {
+            return Some(err(
+                ErrorCode::AlreadyExists,
+                format!("segment {name:?} already exists (`pagemesh segment rm {name}` first)"),
+            ));
+        }
+        if let Some(u) = unavailable.get(name) {
+            return Some(err(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "segment {name:?} exists in the catalog but is unavailable ({})",
+                    u.why
+                ),
+            ));
+        }
+        let Backing::File { path } = backing else {
+            return None;
+        };
+        let id = |p: &str| {
+            std::fs::metadata(p).ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino())
+            })
+        };
+        let mine = id(path);
+        let same = |other: &SegmentInfo| match &other.backing {
+            Backing::File { path: p } => p == path || (mine.is_some() && id(p) == mine),
+            _ => false,
+        };
+        let first = segments
+            .values()
+            .map(|s| &s.info)
+            .chain(unavailable.values().map(|u| &u.info))
+            .find(|o| same(o))?;
+        Some(err(
+            ErrorCode::AlreadyExists,
+            format!(
+                "{path} already backs segment {}: one file backs one segment (use that one, or remove it first)",
+                first.name
+            ),
+        ))
+    }
+
+    /// Forget a segment of the catalog that could not be opened (there is nothing to sync or
+    /// detach); `None` if `name` is not one.
+    fn remove_unavailable(&self, name: &str) -> Option<Response> {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unavailable = self.unavailable.write().unwrap_or_else(|e| e.into_inner());
+        let u = unavailable.get(name)?;
+        if let Some(home) = u.info.home {
+            return Some(err(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "segment {name} is a cluster segment (home node {home}) unavailable here ({}): remove it from a node that has it, or start this daemon with its cluster",
+                    u.why
+                ),
+            ));
+        }
+        if let Err(e) = catalog.remove(name) {
+            return Some(err(ErrorCode::Io, e.to_string()));
+        }
+        unavailable.remove(name);
+        log::info!("removed segment {name} (it was unavailable; its backing was not touched)");
+        Some(Response::Removed)
+    }
+
+    pub(crate) fn list_unavailable(&self) -> Response {
+        let mut v: Vec<_> = self
+            .unavailable
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+        Response::Unavailable(v)
+    }
+
     pub(crate) fn remove(&self, name: &str) -> Response {
+        if let Some(r) = self.remove_unavailable(name) {
+            return r;
+        }
         let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
         let seg = match self.segment(name) {
             Ok(s) => s,
@@ -119,7 +198,7 @@ impl Daemon {
         };
         if let Err(pids) = seg.mark_removed() {
             return err(
-                ErrorCode::InvalidArgument,
+                ErrorCode::InUse,
                 format!(
                     "segment {name} is attached by pid(s) {}; end those processes or detach first",
                     pids.iter()
@@ -197,6 +276,13 @@ impl Daemon {
 
     pub(crate) fn write_segment(&self, name: &str, offset: u64, data: &[u8]) -> Response {
         match self.segment(name) {
+            Ok(_) if data.len() as u64 > MAX_IO_CHUNK_BYTES => err(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "write of {} bytes exceeds {MAX_IO_CHUNK_BYTES} per request",
+                    data.len()
+                ),
+            ),
             Ok(s) => match s.write_at(offset, data) {
                 Ok(()) => Response::Written {
                     bytes: data.len() as u64,
@@ -222,9 +308,23 @@ impl Daemon {
             Ok(s) => {
                 let attach_id = self.next_attach.fetch_add(1, Ordering::Relaxed);
                 let info = s.info.clone();
-                (Response::Attached { info, attach_id }, Some(s))
+                let lease_slot = self.lease_slot(&s);
+                let resp = Response::Attached {
+                    info,
+                    attach_id,
+                    lease_slot,
+                };
+                (resp, Some(s))
             }
             Err(e) => (e, None),
         }
+    }
+
+    /// The lease-board slot of a cluster segment homed on another node: its processes stop
+    /// using their copies when the node's lease on that home ends (`None`: local, or homed here).
+    fn lease_slot(&self, s: &Segment) -> Option<u32> {
+        let home = pagemesh_types::NodeId(s.info.home?);
+        let cluster = self.cluster.get()?;
+        cluster.transport.board().slot(home)
     }
 }

@@ -7,26 +7,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pagemesh_proto::{
-    read_frame, write_frame, DaemonInfo, ErrorCode, FrameError, Request, Response, MAGIC,
+    read_frame, write_frame, Backing, DaemonInfo, ErrorCode, FrameError, Request, Response, MAGIC,
     PROTOCOL_VERSION,
 };
 use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::{fdpass, RegisterMode, Uffd};
 
 use crate::cluster_requests::HeldLocks;
+use crate::connections::{self, Next, FRAME_TIMEOUT};
 use crate::reply::err;
 use crate::state::Daemon;
 use pagemesh_node::segment::{Attachment, Segment};
 
-/// Most client connections at once; more are refused with an error.
-const MAX_CONNECTIONS: usize = 1024;
 /// Time a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Reply = (Response, Option<Arc<Segment>>);
 
 impl Daemon {
-    /// Accept connections until the listener fails.
+    /// Accept connections until the listener fails. Each admitted connection is served by a
+    /// thread of its own (`connections`: how many, and for how long).
     pub fn serve(self: &Arc<Self>, listener: UnixListener) -> std::io::Result<()> {
         for conn in listener.incoming() {
             let conn = match conn {
@@ -36,64 +36,56 @@ impl Daemon {
                     continue;
                 }
             };
-            if self.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                self.connections.fetch_sub(1, Ordering::SeqCst);
-                let _ = write_frame(
-                    &conn,
-                    &err(
-                        ErrorCode::Internal,
-                        format!("the daemon has {MAX_CONNECTIONS} connections; try again later"),
-                    ),
-                    &[],
-                );
-                continue;
-            }
+            let cred = match fdpass::peer_cred(&conn) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("cannot read peer credentials: {e}; closing");
+                    continue;
+                }
+            };
+            let per_uid = self.config.connections.per_uid;
+            let admitted = match connections::admit(&self.admissions, cred.uid, per_uid) {
+                Ok(a) => a,
+                Err(why) => {
+                    log::debug!("pid {} (uid {}): refused: {why}", cred.pid, cred.uid);
+                    // Never wait on a client that does not read.
+                    let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
+                    let _ = write_frame(&conn, &err(ErrorCode::Busy, why), &[]);
+                    continue;
+                }
+            };
             let d = Arc::clone(self);
             let spawned = std::thread::Builder::new()
                 .name("client-conn".into())
                 .spawn(move || {
-                    d.connection(conn);
-                    d.connections.fetch_sub(1, Ordering::SeqCst);
+                    d.connection(conn, cred);
+                    drop(admitted);
                 });
             if let Err(e) = spawned {
-                self.connections.fetch_sub(1, Ordering::SeqCst);
                 log::error!("cannot start a connection thread: {e}");
             }
         }
         Ok(())
     }
 
-    fn connection(&self, sock: UnixStream) {
-        let cred = match fdpass::peer_cred(&sock) {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("cannot read peer credentials: {e}; closing");
-                return;
-            }
-        };
+    fn connection(&self, sock: UnixStream, cred: fdpass::PeerCred) {
         if !hello(&sock, &cred) {
             return;
         }
         let mut pending_attach: Option<(u64, Arc<Segment>)> = None;
         let mut locks = HeldLocks::default();
+        let idle = self.config.connections.idle_timeout;
         loop {
-            let (req, fds) = match read_frame::<Request>(&sock) {
-                Ok(r) => r,
-                Err(FrameError::Closed) => return,
-                Err(e @ (FrameError::Malformed(_) | FrameError::TooLarge(_))) => {
-                    log::warn!("pid {}: {e}; disconnecting it", cred.pid);
-                    let _ = write_frame(
-                        &sock,
-                        &err(ErrorCode::Protocol, format!("{e}; closing")),
-                        &[],
-                    );
-                    return;
-                }
-                Err(e) => {
-                    log::debug!("pid {}: {e}", cred.pid);
-                    return;
-                }
+            let holds = pending_attach.is_some() || !locks.is_empty();
+            let Some((req, fds)) = request_or_end(&sock, &cred, holds, idle) else {
+                return;
             };
+            if let Some(refused) = root_only(&req, cred.uid) {
+                if write_frame(&sock, &refused, &[]).is_err() {
+                    return;
+                }
+                continue;
+            }
             if let Request::RegisterUffd {
                 attach_id,
                 base,
@@ -128,7 +120,18 @@ impl Daemon {
                 return;
             }
             let (resp, memfd_of) = self.route(req, &mut locks);
-            let fds: Vec<_> = memfd_of.iter().map(|s| s.memfd().as_fd()).collect();
+            let mut fds: Vec<_> = memfd_of.iter().map(|s| s.memfd().as_fd()).collect();
+            let board = self.cluster.get().map(|c| c.transport.board().fd());
+            if let (
+                Response::Attached {
+                    lease_slot: Some(_),
+                    ..
+                },
+                Some(b),
+            ) = (&resp, board)
+            {
+                fds.push(b);
+            }
             if let (Response::Attached { attach_id, .. }, Some(seg)) = (&resp, &memfd_of) {
                 pending_attach = Some((*attach_id, Arc::clone(seg)));
             }
@@ -221,7 +224,19 @@ impl Daemon {
 
     /// The request router: a request on a cluster segment (or about the cluster) goes to the
     /// cluster side, every other one to this node's handler for its noun.
-    fn route(&self, req: Request, locks: &mut HeldLocks) -> Reply {
+    pub(crate) fn route(&self, req: Request, locks: &mut HeldLocks) -> Reply {
+        // A segment the catalog holds unavailable is forgotten here (or refused, for a cluster
+        // segment), never asked of the cluster.
+        if let Request::RemoveSegment { name } = &req {
+            if self
+                .unavailable
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(name)
+            {
+                return (self.remove(name), None);
+            }
+        }
         if let Some(resp) = self.cluster_request(&req, locks) {
             return (resp, None);
         }
@@ -236,6 +251,7 @@ impl Daemon {
                 home: _,
             } => r(self.create(name, size_bytes, backing, partition)),
             Request::ListSegments => r(self.list_segments()),
+            Request::ListUnavailable => r(self.list_unavailable()),
             Request::StatSegment { name } => r(self.stat_segment(&name)),
             Request::SyncSegment { name } => r(self.sync_segment(&name)),
             Request::RemoveSegment { name } => r(self.remove(&name)),
@@ -285,9 +301,90 @@ impl Daemon {
                 .unwrap_or_else(|e| e.into_inner())
                 .len() as u64,
             attached_clients: self.workers.count() as u64,
+            connections: self.admissions.total() as u64,
             data_dir: self.config.data_dir.display().to_string(),
         }
     }
+}
+
+/// The next request on a connection, or `None` when the connection ends: closed, idle (told
+/// so), a stalled frame, a malformed one (told so). Each end is logged.
+fn request_or_end(
+    sock: &UnixStream,
+    cred: &fdpass::PeerCred,
+    holds: bool,
+    idle: Duration,
+) -> Option<(Request, Vec<std::os::fd::OwnedFd>)> {
+    match connections::next_request(sock, holds, idle) {
+        Next::Request(req, fds) => Some((req, fds)),
+        Next::Idle => {
+            log::debug!("pid {}: idle for {idle:?}; closing", cred.pid);
+            let why = format!(
+                "closed after {} s without a request; reconnect",
+                idle.as_secs()
+            );
+            let _ = write_frame(sock, &err(ErrorCode::Idle, why), &[]);
+            None
+        }
+        Next::Stalled => {
+            log::warn!(
+                "pid {} (uid {}): a frame began but did not end within {FRAME_TIMEOUT:?}; closing",
+                cred.pid,
+                cred.uid
+            );
+            None
+        }
+        Next::Gone(None) => None,
+        Next::Gone(Some(e @ (FrameError::Malformed(_) | FrameError::TooLarge(_)))) => {
+            log::warn!("pid {}: {e}; disconnecting it", cred.pid);
+            let _ = write_frame(
+                sock,
+                &err(ErrorCode::Protocol, format!("{e}; closing")),
+                &[],
+            );
+            None
+        }
+        Next::Gone(Some(e)) => {
+            log::debug!("pid {}: {e}", cred.pid);
+            None
+        }
+    }
+}
+
+/// What only root may ask, refused for anyone else (`None`: allowed). A backing file or a
+/// volume image would be opened by the daemon, as root: a user could read or write any file
+/// through it (until the client passes its own open file, a file- or volume-backed segment is
+/// root's to create); partitions and volumes shape the whole node's memory.
+fn root_only(req: &Request, uid: u32) -> Option<Response> {
+    if uid == 0 {
+        return None;
+    }
+    let what = match req {
+        Request::CreateSegment {
+            backing: Backing::File { path },
+            ..
+        } => format!(
+            "creating a segment backed by a file ({path}): the daemon would open it as root"
+        ),
+        Request::CreateSegment {
+            backing: Backing::Volume { name },
+            ..
+        } => format!("creating a segment of volume {name}"),
+        Request::AddVolume { path, .. } => {
+            format!("adding a volume ({path}): the daemon would open it as root")
+        }
+        Request::RemoveVolume { name } => format!("removing volume {name}"),
+        Request::AttachVm { volume, .. } => format!("serving a VM from volume {volume}"),
+        Request::CreatePartition { name, .. }
+        | Request::SetPartition { name, .. }
+        | Request::RemovePartition { name } => format!("changing partition {name}"),
+        _ => return None,
+    };
+    log::warn!("uid {uid}: refused {what} (root only)");
+    Some(err(
+        ErrorCode::PermissionDenied,
+        format!("{what} is root's to do (uid {uid} asked)"),
+    ))
 }
 
 /// The handshake: a hello of this protocol version within `HELLO_TIMEOUT`, or the connection

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 
-use pagemesh_proto::{Backing, ErrorCode, Response, SegmentInfo};
+use pagemesh_proto::{Backing, ErrorCode, Response, SegmentInfo, UnavailableSegment};
 use pagemesh_store::{FileMapper, Mapper, ZeroMapper};
 use pagemesh_types::{ByteSize, NodeId};
 
@@ -48,11 +48,15 @@ pub struct Daemon {
     pub uffd_mode: String,
     pub(crate) catalog: Mutex<Catalog>,
     pub(crate) segments: RwLock<HashMap<String, Arc<Segment>>>,
+    /// Segments of the catalog that could not be opened, by name: listed as such, their names
+    /// taken, removable.
+    pub(crate) unavailable: RwLock<HashMap<String, UnavailableSegment>>,
     pub(crate) volumes: RwLock<HashMap<String, Arc<Volume>>>,
     pub(crate) pool: Arc<Pool>,
     pub(crate) workers: Arc<Workers>,
     pub(crate) next_attach: AtomicU64,
-    pub(crate) connections: AtomicUsize,
+    /// Open client connections, per user and in all (`connections::admit`).
+    pub(crate) admissions: Arc<crate::connections::Admissions>,
     /// VMs being served (`vms`), at most `vms::MAX_VMS`.
     pub(crate) vms: AtomicUsize,
     /// Set once the cluster side is started (cluster mode only).
@@ -159,49 +163,7 @@ impl Daemon {
                 ),
             }
         }
-        let mut segments = HashMap::new();
-        for (info, partition) in catalog.segments() {
-            if info.home.is_some() {
-                let Some(me) = config.cluster.as_ref().map(|c| NodeId(c.node_id)) else {
-                    log::error!(
-                        "cluster segment {} (home node {}) is in the catalog, but this daemon was started without \
-                         its cluster (--node-id, --listen, --peer): the segment is unavailable until it is",
-                        info.name,
-                        info.home.unwrap_or(0)
-                    );
-                    continue;
-                };
-                let built =
-                    crate::pool::memory_for(&pool, &info.backing, "default").and_then(|m| {
-                        pagemesh_cluster::build_segment(me, &config.data_dir, &info, false, m)
-                    });
-                match built {
-                    Ok(seg) => {
-                        let seg = Arc::new(seg);
-                        pool.register(seg.info.id, &seg);
-                        segments.insert(info.name.clone(), seg);
-                    }
-                    Err(e) => log::error!(
-                        "cluster segment {} from the catalog is unavailable: {e}",
-                        info.name
-                    ),
-                }
-                continue;
-            }
-            let memory = crate::pool::memory_for(&pool, &info.backing, &partition);
-            match memory.and_then(|m| build_segment(&info, Size::Existing(info.size_bytes), &volumes, m)) {
-                Ok(seg) => {
-                    let seg = Arc::new(seg);
-                    pool.register(seg.info.id, &seg);
-                    segments.insert(info.name.clone(), seg);
-                }
-                Err(e) => log::error!(
-                    "segment {} from the catalog is unavailable: {e}; restore its backing or `pagemesh segment rm {}`",
-                    info.name,
-                    info.name
-                ),
-            }
-        }
+        let (segments, unavailable) = load_segments(&config, &catalog, &pool, &volumes);
         log::info!(
             "catalog: {} segment(s) loaded from {}",
             segments.len(),
@@ -217,12 +179,13 @@ impl Daemon {
             uffd_mode,
             catalog: Mutex::new(catalog),
             segments: RwLock::new(segments),
+            unavailable: RwLock::new(unavailable),
             volumes: RwLock::new(volumes),
             pool,
             workers,
             next_attach: AtomicU64::new(1),
             vms: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
+            admissions: Default::default(),
             cluster: std::sync::OnceLock::new(),
         }))
     }
@@ -230,6 +193,75 @@ impl Daemon {
     // The error is the reply itself, built once per request: its size does not matter here.
     #[allow(clippy::result_large_err)]
     pub(crate) fn segment(&self, name: &str) -> Result<Arc<Segment>, Response> {
-        named(&self.segments, name, "segment")
+        named(&self.segments, name, "segment").map_err(|not_found| {
+            match self
+                .unavailable
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+            {
+                Some(u) => err(
+                    ErrorCode::NotFound,
+                    format!("segment {name} is unavailable: {}", u.why),
+                ),
+                None => not_found,
+            }
+        })
     }
+}
+
+/// Open every segment of the catalog; those that cannot be opened are kept aside with why.
+fn load_segments(
+    config: &Config,
+    catalog: &Catalog,
+    pool: &Arc<Pool>,
+    volumes: &HashMap<String, Arc<Volume>>,
+) -> (
+    HashMap<String, Arc<Segment>>,
+    HashMap<String, UnavailableSegment>,
+) {
+    let mut segments = HashMap::new();
+    let mut unavailable = HashMap::new();
+    for (info, partition) in catalog.segments() {
+        if segments.contains_key(&info.name) || unavailable.contains_key(&info.name) {
+            log::error!(
+                "the catalog lists segment {} twice (an earlier release allowed it); the entry with id {} is ignored",
+                info.name,
+                info.id
+            );
+            continue;
+        }
+        let built = if let Some(home) = info.home {
+            match config.cluster.as_ref().map(|c| NodeId(c.node_id)) {
+                None => Err(format!(
+                    "it is a cluster segment (home node {home}) and this daemon was started without its cluster (--node-id, --listen, --peer)"
+                )),
+                Some(me) => crate::pool::memory_for(pool, &info.backing, "default").and_then(|m| {
+                    pagemesh_cluster::build_segment(me, &config.data_dir, &info, false, m)
+                }),
+            }
+        } else {
+            crate::pool::memory_for(pool, &info.backing, &partition)
+                .and_then(|m| build_segment(&info, Size::Existing(info.size_bytes), volumes, m))
+        };
+        match built {
+            Ok(seg) => {
+                let seg = Arc::new(seg);
+                pool.register(seg.info.id, &seg);
+                segments.insert(info.name.clone(), seg);
+            }
+            Err(e) => {
+                let why = format!(
+                    "{e}; restore it and restart, or `pagemesh segment rm {}`",
+                    info.name
+                );
+                log::error!(
+                    "segment {} from the catalog is unavailable: {why}",
+                    info.name
+                );
+                unavailable.insert(info.name.clone(), UnavailableSegment { info, why });
+            }
+        }
+    }
+    (segments, unavailable)
 }

@@ -102,7 +102,7 @@ impl Daemon {
         let users = self.volume_users(name);
         if !users.is_empty() {
             return err(
-                ErrorCode::InvalidArgument,
+                ErrorCode::InUse,
                 format!(
                     "volume {name} backs segment(s) {}; remove them first",
                     users.join(", ")

@@ -336,7 +336,7 @@ impl Segment {
         memory: Option<Memory>,
     ) -> std::io::Result<Segment> {
         let len = info.size_bytes.div_ceil(PS) * PS;
-        let memfd = Memfd::create(&format!("pagemesh:{}", info.name), len)?;
+        let memfd = Memfd::create_fixed_size(&format!("pagemesh:{}", info.name), len)?;
         Ok(Segment {
             pages: PageTable::new(len / PS),
             memfd,

@@ -147,7 +147,8 @@ impl Volume {
         // read-ahead on the image would only fill the page cache with a second copy.
         let _ = pagemesh_uffd::fileio::advise_random(&file);
         let blocks = info.size_bytes.div_ceil(PS);
-        let memfd = Memfd::create(&format!("pagemesh-volume:{}", info.name), blocks * PS)?;
+        let memfd =
+            Memfd::create_fixed_size(&format!("pagemesh-volume:{}", info.name), blocks * PS)?;
         Ok(Volume {
             file,
             memfd,

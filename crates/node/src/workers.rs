@@ -6,8 +6,10 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::poll::Epoll;
@@ -23,6 +25,10 @@ const IDLE_WAIT_MS: i32 = 500;
 pub struct Workers {
     epoll: Epoll,
     attachments: RwLock<HashMap<u64, Arc<Attachment>>>,
+    /// Set by [`Workers::pause`]: no fault is read from a uffd any more.
+    paused: AtomicBool,
+    /// Workers between taking a uffd from the epoll and serving what they read.
+    busy: AtomicUsize,
 }
 
 impl Workers {
@@ -30,6 +36,8 @@ impl Workers {
         Ok(Arc::new(Workers {
             epoll: Epoll::new()?,
             attachments: RwLock::new(HashMap::new()),
+            paused: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
         }))
     }
 
@@ -95,6 +103,23 @@ impl Workers {
         Some(a)
     }
 
+    /// Stop serving faults for good (the daemon is shutting down): no worker reads a uffd from
+    /// now on, and this returns once no worker is serving a fault it read before, or after
+    /// `within` (false). Faults left unread wait in their uffd until the process's watchdog
+    /// poisons them when the daemon is gone (SIGBUS, never a write that is silently lost).
+    pub fn pause(&self, within: Duration) -> bool {
+        // Either a worker sees `paused` after counting itself busy, or this sees it busy.
+        self.paused.store(true, Ordering::SeqCst);
+        let end = Instant::now() + within;
+        while self.busy.load(Ordering::SeqCst) != 0 {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
     pub fn count(&self) -> usize {
         self.attachments
             .read()
@@ -117,32 +142,41 @@ impl Workers {
                 continue;
             }
             for &t in &tokens {
-                let Some(a) = self
-                    .attachments
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&t)
-                    .cloned()
-                else {
-                    continue;
-                };
-                // Re-armed at once, so another worker can take the next batch of this process;
-                // ENOENT there means the attachment was removed meanwhile: nothing to re-arm.
-                let batch = reader.read(&a.uffd, a.bounds(), || {
-                    let _ = self.epoll.rearm(a.uffd.as_fd(), t);
-                });
-                let batch = match batch {
-                    Ok(batch) => batch,
-                    Err(e) => {
-                        log::error!("pid {}: reading its uffd failed: {e}; detaching it", a.pid);
-                        self.remove(a.id);
-                        continue;
-                    }
-                };
-                for incoming in batch {
-                    serve(&a, incoming, &mut scratch);
+                self.busy.fetch_add(1, Ordering::SeqCst);
+                if !self.paused.load(Ordering::SeqCst) {
+                    self.serve_token(t, &mut reader, &mut scratch);
                 }
+                self.busy.fetch_sub(1, Ordering::SeqCst);
             }
+        }
+    }
+
+    /// Read a batch from the uffd of attachment `t` and serve it.
+    fn serve_token(&self, t: u64, reader: &mut FaultReader, scratch: &mut [u8]) {
+        let Some(a) = self
+            .attachments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&t)
+            .cloned()
+        else {
+            return;
+        };
+        // Re-armed at once, so another worker can take the next batch of this process;
+        // ENOENT there means the attachment was removed meanwhile: nothing to re-arm.
+        let batch = reader.read(&a.uffd, a.bounds(), || {
+            let _ = self.epoll.rearm(a.uffd.as_fd(), t);
+        });
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                log::error!("pid {}: reading its uffd failed: {e}; detaching it", a.pid);
+                self.remove(a.id);
+                return;
+            }
+        };
+        for incoming in batch {
+            serve(&a, incoming, scratch);
         }
     }
 }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod frame;
+pub mod lease_board;
 mod messages;
 pub mod peer;
 
@@ -17,7 +18,7 @@ pub use messages::*;
 /// First bytes of every hello.
 pub const MAGIC: [u8; 4] = *b"PGMS";
 /// Version of the client <-> daemon protocol. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame accepted (a frame announcing more is a protocol error).
 pub const MAX_FRAME_BYTES: u32 = 8 << 20;
 /// Largest `ReadAt`/`WriteAt` payload per request; larger I/O is split by the caller.

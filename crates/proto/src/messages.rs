@@ -72,6 +72,9 @@ pub enum Request {
         home: Option<u32>,
     },
     ListSegments,
+    /// Segments in the catalog that could not be opened (a missing backing file, a cluster
+    /// segment on a daemon started without its cluster), with why.
+    ListUnavailable,
     StatSegment {
         name: String,
     },
@@ -329,6 +332,14 @@ pub struct SegmentInfo {
     pub home: Option<u32>,
 }
 
+/// A segment of the catalog this node could not open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnavailableSegment {
+    pub info: SegmentInfo,
+    /// Why (the error opening it), and what to do.
+    pub why: String,
+}
+
 /// A segment's state on this node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentStat {
@@ -361,6 +372,8 @@ pub struct DaemonInfo {
     pub fault_workers: u32,
     pub segments: u64,
     pub attached_clients: u64,
+    /// Client connections open (attachments included).
+    pub connections: u64,
     pub data_dir: String,
 }
 
@@ -377,6 +390,15 @@ pub enum ErrorCode {
     Internal,
     /// A bounded wait ended (barrier, lock, a node that did not answer).
     TimedOut,
+    /// Too many connections (from this user, or in all); nothing was done: try again later.
+    Busy,
+    /// The object is in use (a segment attached, a volume backing segments): nothing was done.
+    InUse,
+    /// The caller may not do this (`SO_PEERCRED`): nothing was done.
+    PermissionDenied,
+    /// The daemon closed this connection for being idle; the request sent on it, if any, was
+    /// not read: send it again on a new connection (the client library does).
+    Idle,
 }
 
 /// A reply.
@@ -388,6 +410,7 @@ pub enum Response {
     },
     Segment(SegmentInfo),
     Segments(Vec<SegmentInfo>),
+    Unavailable(Vec<UnavailableSegment>),
     Stat(SegmentStat),
     Synced {
         pages_written: u64,
@@ -400,10 +423,12 @@ pub enum Response {
     PoisonCleared {
         pages: u64,
     },
-    /// The memfd comes with this frame.
+    /// The memfd comes with this frame; with `lease_slot`, the node's lease board too
+    /// (`lease_board`: a cluster segment homed on another node, whose lease the client checks).
     Attached {
         info: SegmentInfo,
         attach_id: u64,
+        lease_slot: Option<u32>,
     },
     Registered,
     Status(DaemonInfo),

@@ -6,6 +6,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod clock;
 pub mod fault;
 pub mod fdpass;
 pub mod fileio;
@@ -13,6 +14,7 @@ pub mod memfd;
 pub mod pagemap;
 pub mod pidfd;
 pub mod poll;
+pub mod process;
 pub mod sigbus;
 mod sys;
 pub mod uffd;

@@ -28,6 +28,53 @@ impl Memfd {
         Ok(Memfd { file })
     }
 
+    /// Create a memfd of `len_bytes` that can be sealed ([`Memfd::seal_future_writes`]).
+    pub fn create_sealable(name: &str, len_bytes: u64) -> io::Result<Memfd> {
+        let cname = CString::new(name.replace('\0', "_")).expect("NULs replaced");
+        // SAFETY: `cname` is a valid NUL-terminated string for the duration of the call.
+        let fd = unsafe {
+            libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: memfd_create returned a new fd that nothing else owns.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.set_len(len_bytes)?;
+        Ok(Memfd { file })
+    }
+
+    /// Seal the memfd against growing, shrinking and every write but through mappings that
+    /// exist already: whoever receives the fd afterwards can only read it.
+    pub fn seal_future_writes(&self) -> io::Result<()> {
+        let seals = libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK;
+        // SAFETY: F_ADD_SEALS takes an int argument and touches no memory of ours.
+        let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Nothing may seal further or undo this.
+        // SAFETY: as above.
+        let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SEAL) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Create a memfd of `len_bytes` whose size is sealed: nobody holding it (a client with its
+    /// fd) can grow or shrink it under the daemon. Punching pages out stays possible.
+    pub fn create_fixed_size(name: &str, len_bytes: u64) -> io::Result<Memfd> {
+        let m = Memfd::create_sealable(name, len_bytes)?;
+        let seals = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+        // SAFETY: F_ADD_SEALS takes an int argument and touches no memory of ours.
+        let r = unsafe { libc::fcntl(m.file.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(m)
+    }
+
     /// Wrap a memfd received from the daemon.
     pub fn from_owned(fd: OwnedFd) -> Memfd {
         Memfd {
@@ -327,6 +374,14 @@ impl ReadOnlyMapping {
     /// Copy bytes out of the mapping.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) {
         self.0.read_at(offset, buf)
+    }
+
+    /// Load the `index`th aligned 64-bit word (atomically, acquire), as another process stores
+    /// it through its own shared mapping. Panics if the word is out of the mapping.
+    pub fn load_u64(&self, index: usize) -> u64 {
+        // A load is all this ever does with the word: no store can fault on the read-only
+        // mapping (the atomic type is only how a concurrent writer's word is read).
+        self.0.atomics_u64()[index].load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Length in bytes.

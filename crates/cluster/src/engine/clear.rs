@@ -1,6 +1,7 @@
 //! Clearing a segment's poisoned pages at its home, a bounded window of calls at a time.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use pagemesh_core::{CallId, CallResult, PageKey};
 use pagemesh_proto::peer::{Control, PeerFrame};
@@ -10,6 +11,12 @@ use super::{CallFor, ClearFor, ClearJob, Engine, CLEAR_WINDOW};
 
 impl Engine {
     pub(super) fn start_clear(&mut self, seg: SegmentId, for_: ClearFor) {
+        if self.node.rebuilding(seg) {
+            // Which pages were lost is known only once the rebuild ends: clearing now would
+            // clear nothing and leave what the rebuild poisons poisoned.
+            self.deferred_clears.push((seg, for_, Instant::now()));
+            return;
+        }
         let todo: VecDeque<u64> = self.node.poisoned_pages(seg).into_iter().collect();
         let id = self.req_id();
         self.clear_jobs.insert(
@@ -24,6 +31,37 @@ impl Engine {
             },
         );
         self.clear_step(id, None);
+    }
+
+    /// Start the clears that waited for a rebuild that has ended; fail those that waited the
+    /// fault timeout.
+    pub(super) fn start_deferred_clears(&mut self) {
+        let waiting = std::mem::take(&mut self.deferred_clears);
+        for (seg, for_, since) in waiting {
+            if !self.node.rebuilding(seg) {
+                self.start_clear(seg, for_);
+            } else if since.elapsed() > self.fault_timeout {
+                let why = format!(
+                    "the segment's home is still rebuilding its directory after a restart ({:?}); try again",
+                    since.elapsed()
+                );
+                self.answer_clear(for_, Err(why));
+            } else {
+                self.deferred_clears.push((seg, for_, since));
+            }
+        }
+    }
+
+    fn answer_clear(&mut self, for_: ClearFor, result: Result<u64, String>) {
+        match for_ {
+            ClearFor::Local(r) => {
+                let _ = r.send(result);
+            }
+            ClearFor::Peer(n, req) => self.send_peer(
+                n,
+                PeerFrame::Control(Control::ClearPoisonDone { req, result }),
+            ),
+        }
     }
 
     /// One clear-poison call of job `id` ended (or the job starts): issue more, or answer.
@@ -78,15 +116,7 @@ impl Engine {
                     job.cleared, job.failed
                 ))
             };
-            match job.for_ {
-                ClearFor::Local(r) => {
-                    let _ = r.send(result);
-                }
-                ClearFor::Peer(n, req) => self.send_peer(
-                    n,
-                    PeerFrame::Control(Control::ClearPoisonDone { req, result }),
-                ),
-            }
+            self.answer_clear(job.for_, result);
         }
     }
 }

@@ -20,6 +20,11 @@ use super::{
 
 impl Engine {
     pub(super) fn uffd_ready(&mut self, id: u64) {
+        if self.faults_stopped {
+            // Left unread (and the one-shot registration unarmed): the process's watchdog
+            // poisons it once the daemon is gone.
+            return;
+        }
         let Some(att) = self.attachments.get(&id).cloned() else {
             return;
         };
@@ -79,6 +84,11 @@ impl Engine {
     }
 
     pub(super) fn fault(&mut self, att: Arc<Attachment>, fault: Fault, start: Instant) {
+        if self.faults_stopped {
+            // Shutting down (a parked fault whose lease came back): the thread waits until its
+            // watchdog wakes it with poison.
+            return;
+        }
         if att.is_revoked() {
             att.refuse(
                 &fault,

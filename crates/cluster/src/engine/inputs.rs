@@ -104,6 +104,11 @@ impl Engine {
             } => self.on_lock(seg, lock, token, reply),
             Input::Unlock { seg, lock, token } => self.on_unlock(seg, lock, token),
             Input::Status { reply } => self.on_status(reply),
+            Input::StopFaults { reply } => {
+                log::info!("cluster: no more faults are served here (shutting down)");
+                self.faults_stopped = true;
+                let _ = reply.send(());
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 
 use pagemesh_core::{Epoch, PageKey, PeerSilence, Verdict};
 use pagemesh_types::{NodeId, SegmentId};
+use pagemesh_uffd::clock::monotonic_ns;
 use pagemesh_uffd::Protect;
 
 use crate::files;
@@ -23,6 +24,9 @@ impl Engine {
     /// stays (the home may have died and will want it back), but every access faults, and
     /// faults wait for the lease.
     pub(super) fn check_leases(&mut self) {
+        // Clients give up on a home's lapsed lease (SIGBUS) once the engine has not run for the
+        // fault timeout: say that it runs.
+        self.transport.board().alive(monotonic_ns());
         for p in self.transport.peers() {
             let ok = self.lease(p.id);
             let lapsed = self.lapsed.entry(p.id).or_insert(false);

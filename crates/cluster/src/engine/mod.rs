@@ -228,6 +228,9 @@ pub struct Engine {
     /// Syncs and clear-poison calls in the core, and who each is for.
     calls: Table<CallFor>,
     clear_jobs: HashMap<u64, ClearJob>,
+    /// Clear-poison jobs asked while their segment's directory is being rebuilt (this home
+    /// restarted): they start when it is rebuilt, or fail after the fault timeout.
+    deferred_clears: Vec<(SegmentId, ClearFor, Instant)>,
     /// Clear-poison requests sent to a home: request -> (reply, when).
     clears: HashMap<u64, ClearWait>,
     /// The removals run here as a home and the prepares held here (the rules are the core's).
@@ -273,6 +276,8 @@ pub struct Engine {
     /// Faults on segments whose home's lease lapsed, waiting for it (bounded by the fault
     /// timeout).
     parked: Vec<Parked>,
+    /// Shutting down: faults are left unread in their uffds (`Input::StopFaults`).
+    faults_stopped: bool,
 }
 
 /// Where the work on a segment is done.
@@ -343,6 +348,7 @@ impl Engine {
             faults: Table::new("faults", MAX_FAULTS_IN_FLIGHT),
             calls: Table::new("syncs and clear-poison calls", MAX_CALLS_IN_FLIGHT),
             clear_jobs: HashMap::new(),
+            deferred_clears: Vec::new(),
             clears: HashMap::new(),
             removal: Removals::new(RemovalConfig::DAEMON, RemovalBugs::default(), first_attempt),
             removal_outs: Vec::new(),
@@ -370,6 +376,7 @@ impl Engine {
             fault_timeout: Duration::from_millis(fault_timeout_ms),
             lapsed: HashMap::new(),
             parked: Vec::new(),
+            faults_stopped: false,
             membership: Membership::new(MembershipConfig::new(dead_after_ms), now_ms),
             verdicts: Vec::new(),
         })
@@ -414,6 +421,7 @@ impl Engine {
                 self.pump();
                 self.check_liveness(now);
                 self.check_leases();
+                self.start_deferred_clears();
                 self.give_up_evictions();
                 self.expire_removals();
                 self.pump();
