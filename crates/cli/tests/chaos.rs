@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use common::cluster::Cluster;
 use common::netns::Net;
 use common::{finish, BIN};
+use pagemesh_uffd::clock::monotonic_ns as now_ns;
 
 const NODES: usize = 3;
 const WORKERS_PER_NODE: usize = 2;
@@ -41,17 +42,6 @@ const PAGES: u64 = 64;
 const OWNED_PAGES: u64 = 48;
 const DEAD_AFTER_MS: u64 = 1000;
 const FAULT_TIMEOUT_MS: u64 = 10_000;
-
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(r, 0, "clock_gettime");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// The node of worker `w` (the writers first, then one hot reader per node).
 fn node_of(w: usize) -> usize {
@@ -423,18 +413,7 @@ impl Chaos {
         loop {
             self.reap();
             // A node may be ending (fenced) while it is asked: not connected yet.
-            let all = (1..=NODES).all(|i| {
-                let out = self.cluster.node(i).run(&["cluster", "status", "--json"]);
-                let s: serde_json::Value = match out.status.success() {
-                    true => serde_json::from_slice(&out.stdout).expect("status --json is JSON"),
-                    false => return false,
-                };
-                s["nodes"]
-                    .as_array()
-                    .expect("nodes")
-                    .iter()
-                    .all(|n| n["alive"] == true && n["figures"].is_object())
-            });
+            let all = self.cluster.all_connected();
             if all {
                 return;
             }

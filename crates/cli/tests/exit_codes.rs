@@ -43,29 +43,8 @@ fn usage_not_found_conflict_and_unavailable_have_their_codes() {
 #[test]
 fn a_socket_this_user_may_not_use_is_a_permission_error() {
     let d = Daemon::start_with(&["--socket-mode", "0600"]);
-    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let bin = tempfile::Builder::new()
-        .prefix("pagemesh-exit-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cli = bin.path().join("pagemesh");
-    std::fs::copy(Path::new(env!("CARGO_BIN_EXE_pagemesh")), &cli).unwrap();
-    std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new(&cli)
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(["segment", "list"])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run as nobody");
-    assert_eq!(
-        out.status.code(),
-        Some(77),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, err) = run_as_nobody(&d, &["segment", "list"]);
+    assert_eq!(code, Some(77), "{err}");
 }
 
 #[test]

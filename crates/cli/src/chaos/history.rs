@@ -43,11 +43,8 @@ pub fn version(incarnation: u32, seq: u32) -> u64 {
     u64::from(incarnation) << 32 | u64::from(seq)
 }
 
-/// Nanoseconds of `CLOCK_MONOTONIC`.
-pub fn now_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
+/// Nanoseconds of `CLOCK_MONOTONIC` (the machine-wide clock every process of a history reads).
+pub use pagemesh_uffd::clock::monotonic_ns as now_ns;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {

@@ -127,19 +127,29 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).expect("cluster status --json is JSON")
     }
 
+    /// Whether every node sees every other alive at its current epoch (a node that does not
+    /// answer its status, e.g. one ending, is not).
+    pub fn all_connected(&self) -> bool {
+        (1..=self.nodes.len()).all(|i| {
+            let out = self.node(i).run(&["cluster", "status", "--json"]);
+            if !out.status.success() {
+                return false;
+            }
+            let s: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("cluster status --json is JSON");
+            s["nodes"]
+                .as_array()
+                .expect("nodes")
+                .iter()
+                .all(|n| n["alive"] == true && n["figures"].is_object())
+        })
+    }
+
     /// Wait (bounded) until every node sees every other alive at its current epoch.
     pub fn wait_connected(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let all = (1..=self.nodes.len()).all(|i| {
-                let s = self.status(i);
-                s["nodes"]
-                    .as_array()
-                    .expect("nodes")
-                    .iter()
-                    .all(|n| n["alive"] == true && n["figures"].is_object())
-            });
-            if all {
+            if self.all_connected() {
                 return;
             }
             assert!(
