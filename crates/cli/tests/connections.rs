@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -79,14 +79,6 @@ fn flood_helper() {
     let _ = std::io::stdin().read_line(&mut String::new());
 }
 
-/// A copy of `exe` anyone may run, in a dir anyone may enter.
-fn runnable_copy(dir: &Path, exe: &Path) -> PathBuf {
-    let to = dir.join(exe.file_name().unwrap());
-    std::fs::copy(exe, &to).expect("copy the binary");
-    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
-    to
-}
-
 /// The flooding process (killed, by its pid, whatever happens).
 struct Flood(Child);
 
@@ -123,25 +115,25 @@ fn flood_from_an_unprivileged_user_locks_nobody_out() {
         .tempdir()
         .unwrap();
     std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let me = runnable_copy(bin.path(), &std::env::current_exe().unwrap());
-    let cli = runnable_copy(bin.path(), Path::new(env!("CARGO_BIN_EXE_pagemesh")));
-    let mut child = Command::new(&me)
-        .args([
-            "flood_helper",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(FLOOD_ENV, &d.socket)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the flood as nobody");
+    let me = common::runnable_copy(bin.path(), &std::env::current_exe().unwrap());
+    let cli = common::runnable_copy(bin.path(), Path::new(env!("CARGO_BIN_EXE_pagemesh")));
+    let mut child = common::spawn_copied(
+        Command::new(&me)
+            .args([
+                "flood_helper",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(FLOOD_ENV, &d.socket)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    );
     let out = child.stdout.take().unwrap();
     let flood = Flood(child);
     let mut line = String::new();
@@ -180,20 +172,20 @@ fn flood_from_an_unprivileged_user_locks_nobody_out() {
         "root wrote and verified 8 MiB in {:?} during the flood",
         t.elapsed()
     );
-    let other = Command::new(&cli)
-        .args(["--socket"])
-        .arg(&d.socket)
-        .args(["segment", "list"])
-        .uid(NOBODY - 1)
-        .gid(NOBODY - 1)
-        .output()
-        .expect("run as uid 65533");
-    assert!(
-        other.status.success(),
-        "{}",
-        String::from_utf8_lossy(&other.stderr)
+    let other = common::spawn_copied(
+        Command::new(&cli)
+            .args(["--socket"])
+            .arg(&d.socket)
+            .args(["segment", "list"])
+            .uid(NOBODY - 1)
+            .gid(NOBODY - 1)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
     );
-    assert!(String::from_utf8_lossy(&other.stdout).contains('s'));
+    let other = common::finish(other, &[], Duration::from_secs(30), &["segment list"]);
+    assert!(other.status.success(), "{}", other.stderr);
+    assert!(other.stdout_str().contains('s'));
     // The stalled frames end at the frame deadline, the idle connections at the idle timeout.
     wait_until("the stalls closed", Duration::from_secs(30), || {
         d.log().matches("did not end within").count() == STALLS

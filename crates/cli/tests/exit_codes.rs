@@ -6,7 +6,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::cluster::Cluster;
@@ -74,21 +74,20 @@ fn run_as_nobody(d: &Daemon, args: &[&str]) -> (Option<i32>, String) {
         .tempdir()
         .unwrap();
     std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cli = bin.path().join("pagemesh");
-    std::fs::copy(Path::new(env!("CARGO_BIN_EXE_pagemesh")), &cli).unwrap();
-    std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new(&cli)
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(args)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run as nobody");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let cli = common::runnable_copy(bin.path(), Path::new(env!("CARGO_BIN_EXE_pagemesh")));
+    let child = common::spawn_copied(
+        Command::new(&cli)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let out = common::finish(child, &[], Duration::from_secs(30), args);
+    (out.status.code(), out.stderr)
 }
 
 #[test]

@@ -211,6 +211,34 @@ pub fn finish(mut child: Child, stdin: &[u8], timeout: Duration, what: &[&str]) 
     }
 }
 
+/// A copy of `exe` any user may run, in `dir` (which the caller opens to every user): for
+/// running the CLI or a test binary as another uid, which may not enter the build tree.
+pub fn runnable_copy(dir: &Path, exe: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let to = dir.join(exe.file_name().expect("a file name"));
+    std::fs::copy(exe, &to).expect("copy the binary");
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    to
+}
+
+/// `cmd.spawn()` of a program copied by [`runnable_copy`]: a child that another test thread
+/// forked while the copy was open for writing keeps that descriptor until it execs, and until
+/// then the kernel refuses to run the copy (ETXTBSY). Retried for up to 10 s.
+pub fn spawn_copied(cmd: &mut Command) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cmd.spawn() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r.expect("spawn the copied program"),
+        }
+    }
+}
+
 /// Run the CLI with no daemon involved (e.g. `cluster ca`), bounded.
 pub fn pagemesh(args: &[&str]) -> Out {
     let child = std::process::Command::new(BIN)
