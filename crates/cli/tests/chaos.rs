@@ -629,7 +629,6 @@ fn a_history_under_kills_stops_and_short_partitions_checks_out() {
 /// returns, can declare a healthy node dead and fence it (docs/cluster.md §9;
 /// `a_node_cut_off_past_the_limit_never_fences_a_healthy_node` below).
 #[test]
-#[ignore = "a node cut off past the dead-peer limit can fence a healthy node when the link returns (found by the history checker)"]
 fn a_history_under_kills_stops_and_long_partitions_checks_out() {
     run(
         'e',
@@ -682,7 +681,6 @@ fn a_clear_poison_asked_while_the_home_rebuilds_leaves_nothing_poisoned() {
 /// too (or node 3, not yet declared dead itself, fences a healthy node directly), and the
 /// healthy node's unsynced pages are lost.
 #[test]
-#[ignore = "a node cut off past the dead-peer limit can fence a healthy node when the link returns (found by the history checker)"]
 fn a_node_cut_off_past_the_limit_never_fences_a_healthy_node() {
     let net = Net::build('f', NODES);
     let dead = DEAD_AFTER_MS.to_string();

@@ -42,7 +42,6 @@ const MAX_BACKLOG_BYTES: usize = 64 << 20;
 /// Most handshakes in progress at once (each is a short-lived thread).
 const MAX_HANDSHAKES: usize = 64;
 /// Longest pause between reconnect attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Out {
@@ -92,6 +91,8 @@ pub struct PeerView {
     pub connected: bool,
     pub epoch: u64,
     pub silent_ms: u64,
+    /// How long ago the peer provably heard this node (`u64::MAX`: no echo yet).
+    pub echo_age_ms: u64,
     pub dropped_frames: u64,
 }
 
@@ -100,6 +101,8 @@ pub struct Transport {
     epoch: Epoch,
     cluster_id: u64,
     heartbeat: Duration,
+    /// The longest wait between reconnection attempts (`lease::reconnect_max_ms`).
+    reconnect_max: Duration,
     /// The lease on a home's pages (half the dead-peer limit).
     lease_ms: u64,
     /// Bound on a connect, a hello exchange and a write: a third of the dead-peer limit (at
@@ -168,6 +171,9 @@ impl Transport {
             epoch,
             cluster_id,
             heartbeat: Duration::from_millis(lease::heartbeat_ms(dead_after.as_millis() as u64)),
+            reconnect_max: Duration::from_millis(lease::reconnect_max_ms(
+                dead_after.as_millis() as u64
+            )),
             lease_ms: lease::lease_ms(dead_after.as_millis() as u64),
             io_timeout: (dead_after / 3).clamp(Duration::from_millis(100), Duration::from_secs(2)),
             handshakes: std::sync::atomic::AtomicUsize::new(0),
@@ -302,6 +308,9 @@ impl Transport {
                 connected: l.connected.load(Ordering::Relaxed),
                 epoch: l.epoch.load(Ordering::Relaxed),
                 silent_ms: now.saturating_sub(l.last_heard_ms.load(Ordering::Relaxed)),
+                echo_age_ms: lock_lease(&l.lease)
+                    .echoed_ms()
+                    .map_or(u64::MAX, |e| now.saturating_sub(e)),
                 dropped_frames: l.dropped.load(Ordering::Relaxed),
             })
             .collect();
@@ -375,7 +384,7 @@ impl Transport {
                         logged_down = true;
                     }
                     std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = (backoff * 2).min(self.reconnect_max);
                     continue;
                 }
             };
@@ -507,6 +516,30 @@ impl Transport {
             Some(c) => hello_exchange(&mut rustls::Stream::new(c, &mut s), &hello),
         }?;
         match answer {
+            PeerFrame::Welcome { epoch } if epoch < self.fence_floor(peer) => {
+                // An incarnation this node declared dead (it was cut off, or stopped): it learns
+                // it here if it has not dialled this node since, and stops.
+                let fenced = PeerFrame::Refused {
+                    reason: self.fenced_reason(peer, epoch),
+                    fenced: true,
+                };
+                let told = match tls.as_deref_mut() {
+                    None => write_peer_frame(&mut s, &fenced).is_ok() && s.flush().is_ok(),
+                    Some(c) => {
+                        let mut io = rustls::Stream::new(c, &mut s);
+                        write_peer_frame(&mut io, &fenced).is_ok() && io.flush().is_ok()
+                    }
+                };
+                let told = if told {
+                    "told it so"
+                } else {
+                    "telling it failed"
+                };
+                Err(Dial::Failed(format!(
+                    "it is epoch {}, which this node declared dead ({told})",
+                    epoch.0
+                )))
+            }
             PeerFrame::Welcome { epoch } => {
                 self.links[&peer].epoch.store(epoch.0, Ordering::Relaxed);
                 if let Some(c) = tls.as_deref_mut() {
@@ -671,11 +704,7 @@ impl Transport {
             return refuse(io, r, false);
         }
         if from_epoch < self.fence_floor(from) {
-            let r = format!(
-                "{} declared {from} (epoch {}) dead; restart it so it rejoins with a new epoch",
-                self.me, from_epoch.0
-            );
-            return refuse(io, r, true);
+            return refuse(io, self.fenced_reason(from, from_epoch), true);
         }
         if let Err(e) = write_peer_frame(io, &PeerFrame::Welcome { epoch: self.epoch })
             .map_err(|e| e.to_string())
@@ -685,6 +714,16 @@ impl Transport {
             return None;
         }
         Some((from, from_epoch, n))
+    }
+}
+
+impl Transport {
+    /// What a fenced incarnation of `peer` is told.
+    fn fenced_reason(&self, peer: NodeId, epoch: Epoch) -> String {
+        format!(
+            "{} declared {peer} (epoch {}) dead; restart it so it rejoins with a new epoch",
+            self.me, epoch.0
+        )
     }
 }
 

@@ -17,6 +17,15 @@ pub fn heartbeat_ms(dead_after_ms: u64) -> u64 {
     (dead_after_ms / 8).clamp(20, 500)
 }
 
+/// The longest wait between two attempts to reconnect to a peer, for a dead-peer limit: a
+/// quarter of it, within 20..=1000 ms. A node fenced while it was cut off learns it when it
+/// next dials a node that fenced it (or is dialled by one): within this bound plus one connect
+/// of the link coming back, which is well within the limit during which membership judges no
+/// peer after a node rejoins (`crate::membership`).
+pub fn reconnect_max_ms(dead_after_ms: u64) -> u64 {
+    (dead_after_ms / 4).clamp(20, 1000)
+}
+
 /// How long a lease runs from the moment the home provably heard this node, for a dead-peer
 /// limit: half of it, so that it lapses before the home may declare the node dead.
 pub fn lease_ms(dead_after_ms: u64) -> u64 {

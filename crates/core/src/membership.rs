@@ -22,7 +22,19 @@
 //!   is no incarnation to fence;
 //! - after a pause of this node itself (stopped, starved of CPU: two rounds further apart than
 //!   a quarter of the limit) every peer looks silent, and the peers may have cut it off
-//!   meanwhile, so nothing comes to read: silence is measured from the end of the pause.
+//!   meanwhile, so nothing comes to read: silence is measured from the end of the pause;
+//! - a node that a majority has not provably heard (by the echoes of its heartbeats) within
+//!   the lease is *cut off*: any of them may be about to declare it dead, or have done so.
+//!   It declares nobody until a majority hears it again, and then measures silence from that
+//!   moment, as after a pause (a node that has just started is cut off until a majority
+//!   first hears it). Hearing a peer proves nothing about whether that peer still
+//!   accepts this node: a node cut off past the limit and fenced by the others, hearing one
+//!   of them again before it learned of its fence, counted it towards a fresh majority and
+//!   declared the other (silent only because of the cut) dead, fencing a healthy node (found
+//!   by the history checker on the real cluster, 16 times in 184 long partitions, and by the
+//!   simulator once fenced nodes learn of their fence when they reconnect rather than at the
+//!   heal). Within the limit after it rejoins, a fenced node is told (it redials within
+//!   `lease::reconnect_max_ms`) and stops.
 
 use std::collections::BTreeMap;
 
@@ -33,8 +45,13 @@ use pagemesh_types::NodeId;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MembershipBugs {
     /// A node declares silent peers dead without a majority (the daemon before the quorum
-    /// rule): a node cut off alone voids the copies the others hold.
+    /// rule, which had no cut-off rule either): a node cut off alone voids the copies the
+    /// others hold.
     pub no_quorum: bool,
+    /// A node judges its peers while a majority does not hear it (the daemon before the
+    /// cut-off rule): after a long partition it counts a peer that has fenced it towards a
+    /// majority and fences a healthy node.
+    pub judges_while_cut_off: bool,
 }
 
 /// Configuration of a [`Membership`].
@@ -66,6 +83,10 @@ pub struct PeerSilence {
     pub silent_ms: u64,
     /// Whether any incarnation of it was ever heard (`Node::peer_epoch` is not 0).
     pub ever_heard: bool,
+    /// How long ago the peer provably heard this node: this node's clock now minus the latest
+    /// of its own send times the peer echoed (`lease::LeaseLink::echoed_ms`); `u64::MAX` when
+    /// it echoed none of this incarnation's.
+    pub echo_age_ms: u64,
 }
 
 /// What a round decided.
@@ -90,6 +111,31 @@ pub enum Verdict {
         /// Nodes in the cluster.
         total: usize,
     },
+    /// A majority no longer provably hears this node (fewer than half its peers echoed it
+    /// within the lease): it may be declared dead; it declares nobody until it is heard again.
+    CutOff {
+        /// Nodes that heard this node within the lease, itself included.
+        hearing: usize,
+        /// Nodes in the cluster.
+        total: usize,
+    },
+    /// A majority hears this node again after it was cut off for `after_ms`: silence counts
+    /// from now (a peer that fenced it meanwhile tells it so before it could judge that peer).
+    Rejoined {
+        /// How long it was cut off.
+        after_ms: u64,
+    },
+}
+
+/// Whether a majority hears this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Standing {
+    /// Since it started, until a majority first heard it (silence counts from then).
+    Joining,
+    /// A majority heard it within the lease.
+    Member,
+    /// A majority did not, since this time.
+    CutOff { since_ms: u64 },
 }
 
 /// One node's membership: its verdict on each peer.
@@ -100,6 +146,7 @@ pub struct Membership {
     judged_from_ms: u64,
     dead: BTreeMap<NodeId, bool>,
     minority_reported: bool,
+    standing: Standing,
 }
 
 impl Membership {
@@ -116,6 +163,7 @@ impl Membership {
             judged_from_ms: now_ms,
             dead: BTreeMap::new(),
             minority_reported: false,
+            standing: Standing::Joining,
         }
     }
 
@@ -151,14 +199,16 @@ impl Membership {
             return;
         }
         let limit = self.cfg.dead_after_ms;
+        let total = peers.len() + 1;
+        let bugs = self.cfg.bugs;
+        let judging = self.stand(now_ms, peers, out) || bugs.judges_while_cut_off || bugs.no_quorum;
         let judged = now_ms - self.judged_from_ms;
         let silent = |p: &PeerSilence| p.silent_ms.min(judged);
-        let total = peers.len() + 1;
         for p in peers {
             let dead = self.dead.entry(p.id).or_insert(false);
             let s = silent(p);
             if s > limit && !*dead {
-                if !p.ever_heard {
+                if !p.ever_heard || !judging {
                     continue;
                 }
                 // Reached: heard since `p` passed the limit (this node counts itself).
@@ -181,9 +231,45 @@ impl Membership {
                 self.minority_reported = false;
                 *dead = true;
                 out.push(Verdict::Dead(p.id));
-            } else if s <= limit && *dead {
+            } else if p.silent_ms <= limit && *dead {
                 *dead = false;
                 out.push(Verdict::Alive(p.id));
+            }
+        }
+    }
+}
+
+impl Membership {
+    /// Whether a majority hears this node (the peers that echoed it within the lease, and
+    /// itself): its standing moves, with a verdict when it is cut off or rejoins. Whether it may
+    /// judge its peers this round.
+    fn stand(&mut self, now_ms: u64, peers: &[PeerSilence], out: &mut Vec<Verdict>) -> bool {
+        let lease = self.lease_ms();
+        let total = peers.len() + 1;
+        let hearing = 1 + peers.iter().filter(|q| q.echo_age_ms < lease).count();
+        let majority = hearing * 2 > total;
+        match (self.standing, majority) {
+            (Standing::Member, true) => true,
+            (Standing::Joining, false) | (Standing::CutOff { .. }, false) => false,
+            (Standing::Joining, true) => {
+                // Silence before a majority heard this incarnation may be its own (it started
+                // cut off, or was fenced before it ever joined): it counts from now.
+                self.standing = Standing::Member;
+                self.judged_from_ms = now_ms;
+                true
+            }
+            (Standing::Member, false) => {
+                self.standing = Standing::CutOff { since_ms: now_ms };
+                out.push(Verdict::CutOff { hearing, total });
+                false
+            }
+            (Standing::CutOff { since_ms }, true) => {
+                self.standing = Standing::Member;
+                self.judged_from_ms = now_ms;
+                out.push(Verdict::Rejoined {
+                    after_ms: now_ms - since_ms,
+                });
+                true
             }
         }
     }
@@ -198,6 +284,7 @@ mod tests {
             id: NodeId(id),
             silent_ms,
             ever_heard: true,
+            echo_age_ms: 0,
         }
     }
 
@@ -314,6 +401,7 @@ mod tests {
             id: NodeId(3),
             silent_ms: u64::MAX,
             ever_heard: false,
+            echo_age_ms: u64::MAX,
         };
         for now in (50..5000).step_by(50) {
             m.round(now, &[peer(1, 0), peer(2, 0), never], &mut out);
@@ -344,5 +432,151 @@ mod tests {
         now += 50;
         m.round(now, &[peer(1, now - 50), peer(2, 0)], &mut out);
         assert_eq!(out, vec![Verdict::Dead(NodeId(1))]);
+    }
+
+    /// Silence and echo age of a peer last heard at `heard` that last echoed this node's send
+    /// time `echoed`, at `now`.
+    fn seen(id: u32, now: u64, heard: u64, echoed: u64) -> PeerSilence {
+        PeerSilence {
+            echo_age_ms: now - echoed,
+            ..peer(id, now - heard)
+        }
+    }
+
+    /// This node (of 3) is cut off at 1000 for 1600 ms; peers 1 and 2 declare it dead and fence
+    /// it. At the heal, peer 1 dials it again (it is heard) but, having fenced it, never hears
+    /// it (no echo); peer 2 stays silent a while longer.
+    fn cut_off_then_healed(cfg: MembershipConfig) -> Vec<Verdict> {
+        let mut m = Membership::new(cfg, 0);
+        let mut out = Vec::new();
+        for now in (50u64..=1000).step_by(50) {
+            m.round(
+                now,
+                &[seen(1, now, now, now), seen(2, now, now, now)],
+                &mut out,
+            );
+        }
+        assert!(out.is_empty(), "{out:?}");
+        for now in (1050u64..=2600).step_by(50) {
+            m.round(
+                now,
+                &[seen(1, now, 1000, 1000), seen(2, now, 1000, 1000)],
+                &mut out,
+            );
+        }
+        for now in (2650u64..=3000).step_by(50) {
+            m.round(
+                now,
+                &[seen(1, now, now, 1000), seen(2, now, 1000, 1000)],
+                &mut out,
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn a_node_cut_off_past_the_limit_judges_nobody_when_it_hears_a_peer_that_fenced_it() {
+        let out = cut_off_then_healed(MembershipConfig::new(1000));
+        assert_eq!(
+            out,
+            vec![Verdict::CutOff {
+                hearing: 1,
+                total: 3
+            }]
+        );
+        // The injected bug (the daemon before the rule): hearing peer 1 again makes a fresh
+        // "majority", and healthy peer 2 is declared dead.
+        let mut cfg = MembershipConfig::new(1000);
+        cfg.bugs.judges_while_cut_off = true;
+        let out = cut_off_then_healed(cfg);
+        assert_eq!(out.last(), Some(&Verdict::Dead(NodeId(2))), "{out:?}");
+    }
+
+    #[test]
+    fn a_node_that_rejoins_a_majority_judges_silence_from_then_on() {
+        let mut m = Membership::new(MembershipConfig::new(1000), 0);
+        let mut out = Vec::new();
+        for now in (50u64..=1000).step_by(50) {
+            m.round(
+                now,
+                &[seen(1, now, now, now), seen(2, now, now, now)],
+                &mut out,
+            );
+        }
+        for now in (1050u64..=2600).step_by(50) {
+            m.round(
+                now,
+                &[seen(1, now, 1000, 1000), seen(2, now, 1000, 1000)],
+                &mut out,
+            );
+        }
+        // Peer 2 never fenced it and hears it again from 2650; peer 1 stays silent (it fenced
+        // it, or is dead): not declared within the limit after the rejoin.
+        for now in (2650u64..=3650).step_by(50) {
+            m.round(
+                now,
+                &[seen(1, now, 1000, 1000), seen(2, now, now, now)],
+                &mut out,
+            );
+        }
+        assert_eq!(
+            out,
+            vec![
+                Verdict::CutOff {
+                    hearing: 1,
+                    total: 3
+                },
+                Verdict::Rejoined { after_ms: 1150 },
+            ]
+        );
+        out.clear();
+        m.round(
+            3700,
+            &[seen(1, 3700, 1000, 1000), seen(2, 3700, 3700, 3700)],
+            &mut out,
+        );
+        assert_eq!(out, vec![Verdict::Dead(NodeId(1))]);
+    }
+
+    #[test]
+    fn a_node_judges_nobody_before_a_majority_first_hears_it() {
+        let mut m = Membership::new(MembershipConfig::new(1000), 0);
+        let mut out = Vec::new();
+        for now in (50u64..=3000).step_by(50) {
+            // Peer 1 was heard once (at 10) and went; peer 2 is heard but never echoes.
+            let never = |p: PeerSilence| PeerSilence {
+                echo_age_ms: u64::MAX,
+                ..p
+            };
+            m.round(
+                now,
+                &[never(peer(1, now - 10)), never(peer(2, 0))],
+                &mut out,
+            );
+        }
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_peer_declared_dead_stays_dead_through_a_pause_and_a_rejoin() {
+        // Judging from the end of a pause (or a rejoin) must not make a dead peer look heard:
+        // declared again, its fence would be raised past its next incarnation's epoch.
+        let mut m = Membership::new(MembershipConfig::new(1000), 0);
+        let mut out = Vec::new();
+        for now in (50u64..=3000).step_by(50) {
+            m.round(
+                now,
+                &[peer(1, 0), peer(2, now.saturating_sub(500))],
+                &mut out,
+            );
+        }
+        assert_eq!(out, vec![Verdict::Dead(NodeId(2))]);
+        out.clear();
+        m.round(6000, &[peer(1, 3000), peer(2, 5500)], &mut out);
+        for now in (6050u64..=9000).step_by(50) {
+            m.round(now, &[peer(1, 0), peer(2, now - 500)], &mut out);
+        }
+        assert_eq!(out, vec![Verdict::Paused { gap_ms: 3000 }]);
+        assert!(m.is_dead(NodeId(2)));
     }
 }

@@ -61,6 +61,11 @@ pub struct SimConfig {
     /// use: its own view is no longer checked, only what it leaves behind (mapper contents,
     /// write intents) once it has stopped. The checkers must catch it.
     pub minority_declares: bool,
+    /// The core's injected membership bug `MembershipBugs::judges_while_cut_off`: a node
+    /// judges its peers while a majority does not hear it, as the daemon did before the
+    /// cut-off rule. A node fenced during a long partition, hearing a peer that fenced it again
+    /// before it learns of its fence, declares a healthy node dead. The checkers must catch it.
+    pub cut_off_judges: bool,
     /// A node declared dead while alive stops at the heal only if a node that is up then still
     /// fences it — as in the daemon before it stored its fences, when they lived in memory (the
     /// core's peer epochs, the transport's floor) and were forgotten when the fencing node
@@ -125,6 +130,7 @@ impl Default for SimConfig {
             dead_rate: 0.0,
             dead_after_ms: 1600,
             minority_declares: false,
+            cut_off_judges: false,
             fences_forgotten: false,
             leases: false,
             lease_bypass: false,

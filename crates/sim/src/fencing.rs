@@ -10,11 +10,10 @@
 //! `docs/cluster.md` §7); with leases they wait for the lease of the page's home, and
 //! whatever completes is checked.
 //!
-//! What is checked on such a node without leases: its copies of pages whose home fenced it,
-//! or is on the other side, are orphans (left out of the single-writer and latest-write
-//! checks; its writes to them are not applied to the model); its view of pages homed on its
-//! own side stays checked, since that directory still counts it and nobody outside can change
-//! those pages. With leases, an orphan is left out of the single-writer check only while its
+//! What is checked on such a node without leases: its copies of pages whose home fenced it
+//! are orphans (left out of the single-writer and latest-write checks; its writes to them are
+//! not applied to the model); its view of pages whose home still counts it stays checked,
+//! since nobody can change those pages without invalidating its copy first. With leases, an orphan is left out of the single-writer check only while its
 //! node does not hold the lease of its home (it cannot be used then); every access is checked.
 //! A home that declares a node dead may poison what that node held in M or held unsynced
 //! (`World::mark_lost_by`, the crash rule seen from that home).
@@ -68,10 +67,13 @@ impl World {
     }
 
     /// Whether node `n`'s view of `page` is outside the checked world: `n` was declared dead
-    /// (and has not stopped yet) and the page's home either fenced it or cannot be reached
-    /// from it (it will have fenced it, or will drop what `n` holds, by the time they talk
-    /// again). Pages whose home is on `n`'s side and still counts `n` stay checked: the
-    /// directory there is exact, and nobody outside can change them meanwhile.
+    /// (and has not stopped yet) and the page's home fenced it (its fence stored, if it is down
+    /// or restarted since). Pages whose home still counts
+    /// `n` stay checked, on either side of a partition: that directory is exact, and nobody can
+    /// change them without invalidating `n`'s copy first (a home that declares `n` dead later
+    /// poisons what `n` held in M, the rule of a crash). A fenced node does not stop at the
+    /// heal but when it next reaches a node that fenced it, and a home may not have judged it
+    /// yet by then (its own silence counts from when it rejoined a majority).
     pub(crate) fn fenced_view(&self, n: usize, page: PageKey) -> bool {
         if !self.nodes[n].fenced {
             return false;
@@ -79,7 +81,12 @@ impl World {
         let Some(h) = self.home_of(page) else {
             return false;
         };
-        self.nodes[h].diverged || (h != n && (self.cut(n, h) || self.fences(h, n)))
+        self.nodes[h].diverged
+            || self.fences(h, n)
+            || self
+                .durable_fences
+                .get(&(h, n))
+                .is_some_and(|&e| e > self.nodes[n].epoch)
     }
 
     /// Whether what node `h`'s directory does is outside the checked world (it declared live
@@ -147,6 +154,15 @@ impl World {
             // dead go on (the daemon's race at the heal can also go the other way).
             self.nodes[a].diverged = true;
         } else if alive && fenced.0 > epoch {
+            if self.nodes[a].fenced && !self.nodes[b].fenced && self.nodes[b].core.is_some() {
+                // `a` was itself declared dead: whatever it decides is void, and `b` is a node
+                // nobody cut off or stopped that the cluster now loses.
+                return Err(crate::world::fail(
+                    self,
+                    None,
+                    format!("node{a}, itself declared dead by its peers, declared healthy node{b} dead and fenced it"),
+                ));
+            }
             // `a` refuses it from now on: it learns it was fenced when it reaches `a` again,
             // and stops; at once if they are in touch (a declaration right after a heal).
             self.nodes[b].fenced = true;
@@ -226,8 +242,10 @@ impl World {
     }
 
     /// The partition heals (or the mute node can send again). A node declared dead while it
-    /// was alive hears that it was fenced as soon as it reconnects, and stops (it restarts
-    /// later with a new epoch).
+    /// was alive learns that it was fenced when its transport next dials a node that fenced it
+    /// (or is dialled by one, which tells it): after up to `lease::reconnect_max_ms` of the
+    /// daemon's backoff and a network delay. Until then it runs on, heard by the nodes that did
+    /// not fence it, and hearing all of them.
     pub(crate) fn heal(&mut self) -> Result<(), Violation> {
         if self.partition.is_some() {
             self.log(|| "partition healed".into());
@@ -235,29 +253,43 @@ impl World {
         if let Some(m) = self.mute.take() {
             self.log(|| format!("partition healed: node{m} can send again"));
         }
-        let n = self.nodes.len();
-        let fenced: Vec<usize> = (0..n)
-            .filter(|i| self.nodes[*i].core.is_some() && self.nodes[*i].fenced)
-            .collect();
-        let fenced = if self.cfg.fences_forgotten {
-            let (stop, go_on): (Vec<usize>, Vec<usize>) = fenced
-                .into_iter()
-                .partition(|i| (0..n).any(|h| self.fences(h, *i)));
-            for i in go_on {
-                // Everyone who fenced it restarted since: nobody refuses it, it goes on, and
-                // its copies are checked again.
-                self.log(|| format!("node{i} was declared dead, but every node that fenced it forgot: it goes on"));
-                self.nodes[i].fenced = false;
-            }
-            stop
-        } else {
-            fenced
-        };
-        for i in fenced {
-            // Crash it before the partition goes, so that nothing it sends gets out.
-            self.stop_fenced(i);
-        }
         self.partition = None;
+        let reconnect = pagemesh_core::lease::reconnect_max_ms(self.cfg.dead_after_ms);
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].core.is_some() && self.nodes[i].fenced {
+                let epoch = self.nodes[i].epoch;
+                let after = self.rng.range(1, reconnect + self.cfg.max_delay_ms);
+                self.schedule(after, Ev::LearnFenced { node: i, epoch });
+            }
+        }
         Ok(())
+    }
+
+    /// Node `i`'s incarnation `epoch`, fenced, reaches the nodes again: refused, it stops —
+    /// unless (`SimConfig::fences_forgotten`) every node that fenced it restarted since and
+    /// forgot, and it goes on.
+    pub(crate) fn learn_fenced(&mut self, i: usize, epoch: u64) {
+        let n = &self.nodes[i];
+        if n.core.is_none() || n.epoch != epoch || !n.fenced || self.cut_off(i) {
+            return;
+        }
+        if self.cfg.fences_forgotten && !(0..self.nodes.len()).any(|h| self.fences(h, i)) {
+            // Everyone who fenced it restarted since: nobody refuses it, it goes on, and its
+            // copies are checked again.
+            self.log(|| {
+                format!(
+                    "node{i} was declared dead, but every node that fenced it forgot: it goes on"
+                )
+            });
+            self.nodes[i].fenced = false;
+            return;
+        }
+        self.stop_fenced(i);
+    }
+
+    /// Whether node `i` is cut off from every other node now (a new partition or mute began
+    /// before it learned of its fence: it learns at the next heal).
+    fn cut_off(&self, i: usize) -> bool {
+        (0..self.nodes.len()).all(|h| h == i || self.cut(i, h) || self.cut(h, i))
     }
 }

@@ -63,6 +63,7 @@ impl World {
     pub(crate) fn new_membership(&self, n: usize) -> Membership {
         let mut cfg = MembershipConfig::new(self.cfg.dead_after_ms);
         cfg.bugs.no_quorum = self.cfg.minority_declares;
+        cfg.bugs.judges_while_cut_off = self.cfg.cut_off_judges;
         Membership::new(cfg, self.clock(n))
     }
 
@@ -206,6 +207,7 @@ impl World {
             let Some(core) = self.nodes[a].core.as_ref() else {
                 continue;
             };
+            let clock = self.clock(a);
             let peers: Vec<PeerSilence> = self.nodes[a]
                 .links
                 .iter()
@@ -213,9 +215,9 @@ impl World {
                     id: NodeId(b as u32),
                     silent_ms: self.now - l.last_heard,
                     ever_heard: core.peer_epoch(NodeId(b as u32)).0 != 0,
+                    echo_age_ms: l.lease.echoed_ms().map_or(u64::MAX, |e| clock - e),
                 })
                 .collect();
-            let clock = self.clock(a);
             let mut verdicts = Vec::new();
             if let Some(m) = self.nodes[a].membership.as_mut() {
                 m.round(clock, &peers, &mut verdicts);
@@ -229,6 +231,12 @@ impl World {
                     }
                     Verdict::NoMajority { silent, .. } => self.log(|| {
                         format!("node{a}: {silent} silent, but no majority: nobody declared")
+                    }),
+                    Verdict::CutOff { hearing, total } => self.log(|| {
+                        format!("node{a}: cut off (heard by {hearing} of {total}): judges nobody")
+                    }),
+                    Verdict::Rejoined { after_ms } => self.log(|| {
+                        format!("node{a}: heard by a majority again after {after_ms} ms: silence counts from now")
                     }),
                 }
             }

@@ -28,6 +28,9 @@ const USAGE: &str = "usage: pagemesh-sim (--seed S | --seeds N [--start S]) [opt
   --dead-after MS     dead-peer limit (default 1600)
   --minority-declares nodes on a minority side declare the peers they cannot hear dead too
                       (as the daemon does today, without a quorum rule)
+  --cut-off-judges    nodes judge their peers while a majority does not hear them (the daemon
+                      before its cut-off rule: a node fenced in a long partition fences a
+                      healthy one when the link returns)
   --fences-forgotten  a node declared dead stops at the heal only if an up node still fences
                       it (fences are in memory, forgotten when the fencing node restarts)
   --leases            leases as the daemon keeps them: heartbeats echo the latest send time
@@ -99,6 +102,7 @@ fn parse() -> Result<Args, String> {
             "--dead" => a.cfg.dead_rate = num(&flag, val()?)?,
             "--dead-after" => a.cfg.dead_after_ms = num(&flag, val()?)?,
             "--minority-declares" => a.cfg.minority_declares = true,
+            "--cut-off-judges" => a.cfg.cut_off_judges = true,
             "--fences-forgotten" => a.cfg.fences_forgotten = true,
             "--leases" => a.cfg.leases = true,
             "--mute" => a.cfg.mute_rate = num(&flag, val()?)?,

@@ -127,6 +127,12 @@ pub(crate) enum Ev {
     },
     Restart(usize),
     Heal,
+    /// A node declared dead while alive (`Node::fenced`) reaches a node that fenced it: it is
+    /// refused and stops, if this incarnation still runs.
+    LearnFenced {
+        node: usize,
+        epoch: u64,
+    },
     Heartbeat(Heartbeat),
 }
 
@@ -194,7 +200,8 @@ pub(crate) struct SimNode {
     pub crashable: bool,
     /// This incarnation was declared dead by a node that knew it (its `peer_epoch` of this
     /// node now exceeds `epoch`) while it was alive: it stops when the partition heals (the
-    /// daemon is refused as fenced and exits).
+    /// daemon is refused as fenced and exits) — not at once: when it next reaches a node that
+    /// fenced it (`World::heal`).
     pub fenced: bool,
     /// This incarnation declared a live peer dead from a minority side (only with
     /// `SimConfig::minority_declares`): its directory no longer matches the copies held.
@@ -469,6 +476,10 @@ impl World {
                 Ok(())
             }
             Ev::Heal => self.heal(),
+            Ev::LearnFenced { node, epoch } => {
+                self.learn_fenced(node, epoch);
+                Ok(())
+            }
             Ev::Heartbeat(hb) => self.deliver_heartbeat(hb),
         }
     }

@@ -302,6 +302,34 @@ fn membership_without_its_majority_rule_is_caught() {
     }
 }
 
+/// The core's membership judging while a majority does not hear the node (the daemon before
+/// the cut-off rule, found by the history checker on a real cluster): a node fenced during a
+/// long partition learns of it only when it reconnects to a node that fenced it, and before
+/// that, hearing a peer again, counts it towards a majority and declares a healthy node dead.
+#[test]
+fn membership_that_judges_while_cut_off_is_caught() {
+    for leases in [false, true] {
+        let cfg = SimConfig {
+            dead_rate: 0.003,
+            leases,
+            cut_off_judges: true,
+            ..SimConfig::default()
+        };
+        let out = run_seeds(&cfg, 0, 300, threads());
+        let f = out
+            .failure
+            .as_ref()
+            .expect("the checkers missed a membership that judges while cut off");
+        assert!(
+            f.violation
+                .what
+                .contains("itself declared dead by its peers, declared healthy"),
+            "unexpected violation: {}",
+            f.violation.what
+        );
+    }
+}
+
 #[test]
 fn injected_bug_is_caught_with_nodes_declared_dead() {
     // The checks left out on fenced nodes must not hide a real coherence bug elsewhere.

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use pagemesh_proto::peer::{decode_peer_frame, PeerFrame, MAX_PEER_FRAME_BYTES};
 use pagemesh_types::NodeId;
 
+use crate::fatal::{self, Fatal};
 use crate::peer_stream::Drained;
 use crate::transport::page_sized;
 
@@ -71,6 +72,19 @@ impl Engine {
                 Ok(PeerFrame::Control(msg)) => {
                     self.control(from, msg);
                     self.pump();
+                }
+                Ok(PeerFrame::Refused {
+                    reason,
+                    fenced: true,
+                }) => {
+                    // The peer dialled this node, found an incarnation it declared dead, and
+                    // says so (the link came back after a partition past the limit).
+                    let epoch = self.node.epoch().0;
+                    fatal::stop(Fatal::Fenced {
+                        by: from,
+                        reason,
+                        epoch,
+                    })
                 }
                 Ok(other) => {
                     closed = Some(format!(

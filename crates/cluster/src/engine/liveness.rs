@@ -166,6 +166,7 @@ impl Engine {
                 id: p.id,
                 silent_ms: p.silent_ms,
                 ever_heard: self.node.peer_epoch(p.id) != Epoch(0),
+                echo_age_ms: p.echo_age_ms,
             })
             .collect();
         let mut verdicts = std::mem::take(&mut self.verdicts);
@@ -181,6 +182,12 @@ impl Engine {
                     total,
                 } => log::warn!(
                     "{silent} is silent, but this node reaches only {reachable} of {total} nodes: no majority, so nobody is declared dead; waiting"
+                ),
+                Verdict::CutOff { hearing, total } => log::warn!(
+                    "only {hearing} of {total} nodes heard this node within the lease: it may be declared dead; it declares nobody until a majority hears it again"
+                ),
+                Verdict::Rejoined { after_ms } => log::warn!(
+                    "a majority hears this node again after {after_ms} ms: silence counts from now (a peer that declared it dead meanwhile will refuse it)"
                 ),
                 Verdict::Dead(peer) => {
                     let silent_ms = peers.iter().find(|p| p.id == peer).map_or(0, |p| p.silent_ms);
