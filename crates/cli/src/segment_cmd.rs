@@ -31,6 +31,26 @@ pub enum SegmentCmd {
         /// node this command talks to). The segment is visible on every node.
         #[arg(long)]
         home: Option<u32>,
+        /// Permission bits, octal, as for a file: read lets a user read it through the
+        /// daemon, write lets it attach, write, sync, pin and clear poison (default 0600). You
+        /// own the segment.
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<u32>,
+    },
+    /// Change a segment's permission bits (its owner or root).
+    Chmod {
+        /// Segment name.
+        name: String,
+        /// Permission bits, octal (e.g. 0640).
+        #[arg(value_parser = parse_mode)]
+        mode: u32,
+    },
+    /// Change a segment's owner and group (root only): UID, UID:GID or :GID, numeric.
+    Chown {
+        /// Segment name.
+        name: String,
+        /// The new owner: UID, UID:GID or :GID.
+        owner: String,
     },
     /// Fault in and pin a range: never evicted until unpinned.
     Pin {
@@ -112,6 +132,35 @@ pub enum SegmentCmd {
     },
 }
 
+/// An octal mode of permission bits (e.g. 640 or 0640).
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "{s:?} is not an octal mode of permission bits (000 to 777)"
+        )),
+    }
+}
+
+/// `UID`, `UID:GID` or `:GID` (numeric).
+fn parse_owner(s: &str) -> anyhow::Result<(Option<u32>, Option<u32>)> {
+    let (u, g) = s.split_once(':').unwrap_or((s, ""));
+    let num = |x: &str, what: &str| -> anyhow::Result<Option<u32>> {
+        if x.is_empty() {
+            return Ok(None);
+        }
+        x.parse()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("owner {s:?}: {what} {x:?} is not a number"))
+    };
+    let (uid, gid) = (num(u, "uid")?, num(g, "gid")?);
+    anyhow::ensure!(
+        uid.is_some() || gid.is_some(),
+        "owner {s:?}: give UID, UID:GID or :GID"
+    );
+    Ok((uid, gid))
+}
+
 fn backing_arg(s: &str) -> anyhow::Result<Backing> {
     let b: Backing = s.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     Ok(match b {
@@ -131,7 +180,8 @@ fn backing_arg(s: &str) -> anyhow::Result<Backing> {
 }
 
 pub fn info_json(i: &SegmentInfo) -> serde_json::Value {
-    serde_json::json!({"name": i.name, "id": i.id, "size_bytes": i.size_bytes, "backing": i.backing.to_string(), "home": i.home})
+    serde_json::json!({"name": i.name, "id": i.id, "size_bytes": i.size_bytes, "backing": i.backing.to_string(), "home": i.home,
+        "uid": i.owner.uid, "gid": i.owner.gid, "mode": format!("{:04o}", i.owner.mode)})
 }
 
 pub fn stat_json(s: &SegmentStat) -> serde_json::Value {
@@ -159,6 +209,14 @@ fn print_stat(s: &SegmentStat) {
         s.info.size_bytes
     );
     outln!("backing        {}", s.info.backing);
+    let o = &s.info.owner;
+    outln!(
+        "owner          uid {} gid {}, mode {:04o} ({})",
+        o.uid,
+        o.gid,
+        o.mode,
+        o.mode_string()
+    );
     if let Some(h) = s.info.home {
         outln!("home           node {h} (cluster segment)");
     }
@@ -209,7 +267,32 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             backing,
             partition,
             home,
-        } => create(&client, &name, size, &backing, partition.as_deref(), home)?,
+            mode,
+        } => {
+            let opts = pagemesh::CreateOptions {
+                partition,
+                home,
+                mode,
+            };
+            create(&client, &name, size, &backing, &opts)?
+        }
+        SegmentCmd::Chmod { name, mode } => {
+            let i = client.chmod_segment(&name, mode)?;
+            outln!(
+                "segment {name}: mode {:04o} ({})",
+                i.owner.mode,
+                i.owner.mode_string()
+            );
+        }
+        SegmentCmd::Chown { name, owner } => {
+            let (uid, gid) = parse_owner(&owner)?;
+            let i = client.chown_segment(&name, uid, gid)?;
+            outln!(
+                "segment {name}: owner uid {} gid {}",
+                i.owner.uid,
+                i.owner.gid
+            );
+        }
         SegmentCmd::List { json } => list(&client, json)?,
         SegmentCmd::Stat {
             name,
@@ -263,13 +346,9 @@ fn create(
     name: &str,
     size: Option<u64>,
     backing: &str,
-    partition: Option<&str>,
-    home: Option<u32>,
+    opts: &pagemesh::CreateOptions,
 ) -> anyhow::Result<()> {
-    let info = match home {
-        Some(h) => client.create_cluster_segment(name, size, backing_arg(backing)?, Some(h))?,
-        None => client.create_segment_in(name, size, backing_arg(backing)?, partition)?,
-    };
+    let info = client.create_segment_with(name, size, backing_arg(backing)?, opts)?;
     outln!(
         "created segment {} ({}, {}{})",
         info.name,
@@ -327,19 +406,23 @@ fn list(client: &Client, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     outln!(
-        "{:<24} {:>14} {:>12} {:>5}  BACKING",
+        "{:<24} {:>14} {:>12} {:>5}  {:<9} {:<11}  BACKING",
         "NAME",
         "ID",
         "SIZE",
-        "HOME"
+        "HOME",
+        "MODE",
+        "OWNER"
     );
     let row = |s: &pagemesh::SegmentInfo, note: &str| {
         outln!(
-            "{:<24} {:>14} {:>12} {:>5}  {}{note}",
+            "{:<24} {:>14} {:>12} {:>5}  {:<9} {:<11}  {}{note}",
             s.name,
             s.id,
             ByteSize(s.size_bytes).to_string(),
             s.home.map_or("-".to_string(), |h| h.to_string()),
+            s.owner.mode_string(),
+            format!("{}:{}", s.owner.uid, s.owner.gid),
             s.backing
         );
     };

@@ -60,6 +60,18 @@ fn a_data_dir_of_3291357_is_migrated_and_its_data_kept() {
         "{}",
         d.log()
     );
+    // Its catalog had no owners: the segment is root's, mode 0600, and the log says so.
+    assert!(
+        d.log().contains("migrated from version 1 to 2"),
+        "{}",
+        d.log()
+    );
+    let json = d.run(&["segment", "list", "--json"]).ok();
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(
+        (&json[0]["uid"], &json[0]["mode"]),
+        (&0.into(), &"0600".into())
+    );
     // The epoch went on from the old incarnation's.
     let epoch = std::fs::read_to_string(d.data_dir.join("cluster/epoch")).expect("epoch");
     assert_eq!(epoch.trim(), "2");
@@ -102,7 +114,7 @@ fn a_catalog_of_another_version_is_refused_naming_both() {
     let out = d.refused_start(&[]);
     assert!(!out.status.success());
     assert!(
-        out.stderr.contains("version 7") && out.stderr.contains("reads version 1"),
+        out.stderr.contains("version 7") && out.stderr.contains("reads version 2"),
         "{}",
         out.stderr
     );

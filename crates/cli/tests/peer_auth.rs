@@ -129,6 +129,11 @@ fn forged_frames_without_a_credential_are_refused_and_change_nothing() {
                     backing: Backing::File {
                         path: target.to_str().expect("utf-8").into(),
                     },
+                    owner: pagemesh_proto::Owner {
+                        uid: 0,
+                        gid: 0,
+                        mode: 0o666,
+                    },
                 }),
             ],
         ),
@@ -314,6 +319,11 @@ fn an_authenticated_node_cannot_change_what_another_node_homes() {
         size_bytes: 4096,
         backing: Backing::Zero,
         home: Some(1),
+        owner: pagemesh_proto::Owner {
+            uid: 0,
+            gid: 0,
+            mode: 0o666,
+        },
     };
     for f in [
         Control::RemoveCommit { seg: seg_id },

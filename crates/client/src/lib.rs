@@ -38,7 +38,7 @@ use pagemesh_uffd::poll::wait_readable;
 
 pub use mapping::Mapping;
 pub use pagemesh_proto::{
-    Backing, ClusterNode, ClusterStatus, DaemonInfo, ErrorCode, PageInfo, PartitionLimits,
+    Backing, ClusterNode, ClusterStatus, DaemonInfo, ErrorCode, Owner, PageInfo, PartitionLimits,
     PartitionStat, SegmentInfo, SegmentStat, UnavailableSegment, VmRegion, VolumeInfo, VolumeStat,
     MAX_IO_CHUNK_BYTES,
 };
@@ -193,6 +193,17 @@ pub(crate) fn unexpected(what: &'static str, reply: Response) -> ClientError {
     }
 }
 
+/// How [`Client::create_segment_with`] creates a segment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// The memory partition its pages count against (`None`: "default").
+    pub partition: Option<String>,
+    /// The home node of a cluster segment (`None`: the node this client talks to).
+    pub home: Option<u32>,
+    /// Permission bits (`None`: 0600); the caller owns the segment.
+    pub mode: Option<u32>,
+}
+
 impl Client {
     /// Connect to the daemon at `path`.
     pub fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
@@ -273,16 +284,63 @@ impl Client {
         backing: Backing,
         partition: Option<&str>,
     ) -> Result<SegmentInfo, ClientError> {
+        let opts = CreateOptions {
+            partition: partition.map(str::to_string),
+            ..CreateOptions::default()
+        };
+        self.create_segment_with(name, size_bytes, backing, &opts)
+    }
+
+    /// Create a segment with every option: its partition, its home (a cluster segment) and
+    /// its mode. The caller owns it.
+    pub fn create_segment_with(
+        &self,
+        name: &str,
+        size_bytes: Option<u64>,
+        backing: Backing,
+        opts: &CreateOptions,
+    ) -> Result<SegmentInfo, ClientError> {
         let req = Request::CreateSegment {
             name: name.into(),
             size_bytes,
             backing,
-            partition: partition.map(str::to_string),
-            home: None,
+            partition: opts.partition.clone(),
+            home: opts.home,
+            mode: opts.mode,
         };
         match self.call(req, "create", DEFAULT_TIMEOUT)? {
             (Response::Segment(info), _) => Ok(info),
             (r, _) => Err(unexpected("create", r)),
+        }
+    }
+
+    /// Change a segment's permission bits (its owner or root may).
+    pub fn chmod_segment(&self, name: &str, mode: u32) -> Result<SegmentInfo, ClientError> {
+        let req = Request::ChmodSegment {
+            name: name.into(),
+            mode,
+        };
+        match self.call(req, "chmod", DEFAULT_TIMEOUT)? {
+            (Response::Segment(info), _) => Ok(info),
+            (r, _) => Err(unexpected("chmod", r)),
+        }
+    }
+
+    /// Change a segment's owner and group (root may; `None` keeps either).
+    pub fn chown_segment(
+        &self,
+        name: &str,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<SegmentInfo, ClientError> {
+        let req = Request::ChownSegment {
+            name: name.into(),
+            uid,
+            gid,
+        };
+        match self.call(req, "chown", DEFAULT_TIMEOUT)? {
+            (Response::Segment(info), _) => Ok(info),
+            (r, _) => Err(unexpected("chown", r)),
         }
     }
 
@@ -515,17 +573,11 @@ impl Client {
         backing: Backing,
         home: Option<u32>,
     ) -> Result<SegmentInfo, ClientError> {
-        let req = Request::CreateSegment {
-            name: name.into(),
-            size_bytes,
-            backing,
-            partition: None,
+        let opts = CreateOptions {
             home,
+            ..CreateOptions::default()
         };
-        match self.call(req, "create", DEFAULT_TIMEOUT)? {
-            (Response::Segment(info), _) => Ok(info),
-            (r, _) => Err(unexpected("create", r)),
-        }
+        self.create_segment_with(name, size_bytes, backing, &opts)
     }
 
     /// Wait at barrier `barrier` of cluster segment `segment` until `parties` processes, on any

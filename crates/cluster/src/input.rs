@@ -40,6 +40,7 @@ pub enum Input {
         name: String,
         size_bytes: Option<u64>,
         backing: pagemesh_proto::Backing,
+        owner: pagemesh_proto::Owner,
         reply: Sender<Result<SegmentInfo, String>>,
     },
     Sync {

@@ -112,13 +112,14 @@ pub trait Host: Send + Sync {
     fn segment(&self, id: SegmentId) -> Option<Arc<Segment>>;
     /// Ids of the cluster segments removed from the cluster (they never come back).
     fn removed_ids(&self) -> Vec<u64>;
-    /// Create a cluster segment homed on this node, as a peer asked (the engine tells the
-    /// cluster about it).
+    /// Create a cluster segment homed on this node, as a peer asked for a user of its (the
+    /// engine tells the cluster about it).
     fn create(
         &self,
         name: &str,
         size_bytes: Option<u64>,
         backing: Backing,
+        owner: pagemesh_proto::Owner,
     ) -> Result<Arc<Segment>, String>;
     /// Take a segment a peer announced into this node's catalog: `Ok(None)` if it is known
     /// already or was removed from the cluster.

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use pagemesh_proto::{Backing, PartitionLimits, SegmentInfo, VolumeInfo};
+use pagemesh_proto::{Backing, Owner, PartitionLimits, SegmentInfo, VolumeInfo};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,11 +34,17 @@ pub enum CatalogError {
 }
 
 /// The version of `catalog.json` this pagemesh reads and writes (the data dir's format,
-/// `datadir`, covers the file as a whole; this is the file's own field).
-pub const CATALOG_VERSION: u32 = 1;
+/// `datadir`, covers the file as a whole; this is the file's own field). Version 2 gave
+/// segments owners; a version 1 catalog is migrated when opened (its segments become root's,
+/// mode 0600: who created them was not recorded).
+pub const CATALOG_VERSION: u32 = 2;
 
 fn default_partition() -> String {
     "default".into()
+}
+
+fn default_mode() -> u32 {
+    Owner::DEFAULT_MODE
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -52,6 +58,13 @@ struct Entry {
     /// The home node of a cluster segment.
     #[serde(default)]
     home: Option<u32>,
+    /// Owner and mode (version 2; a version 1 entry is root's, 0600).
+    #[serde(default)]
+    uid: u32,
+    #[serde(default)]
+    gid: u32,
+    #[serde(default = "default_mode")]
+    mode: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -110,11 +123,22 @@ impl Catalog {
             },
             Err(source) => return Err(CatalogError::Read { path, source }),
         };
-        if stored.version != CATALOG_VERSION {
+        let migrate = stored.version == 1;
+        if stored.version != CATALOG_VERSION && !migrate {
             let found = stored.version;
             return Err(CatalogError::Version { path, found });
         }
-        Ok(Catalog { path, stored })
+        let mut catalog = Catalog { path, stored };
+        if migrate {
+            let n = catalog.stored.segments.len();
+            catalog.update(|st| st.version = CATALOG_VERSION)?;
+            log::warn!(
+                "catalog {}: migrated from version 1 to {CATALOG_VERSION}: its {n} segment(s) are now owned by root with mode 0600 \
+                 (their creators were not recorded); give them back with `pagemesh segment chown` and `segment chmod`",
+                catalog.path.display()
+            );
+        }
+        Ok(catalog)
     }
 
     /// Every segment with the name of its partition.
@@ -134,6 +158,11 @@ impl Catalog {
                     size_bytes: e.size_bytes,
                     backing,
                     home: e.home,
+                    owner: Owner {
+                        uid: e.uid,
+                        gid: e.gid,
+                        mode: e.mode,
+                    },
                 };
                 (info, e.partition.clone())
             })
@@ -188,7 +217,19 @@ impl Catalog {
                 backing: info.backing.to_string(),
                 partition: partition.to_string(),
                 home: info.home,
+                uid: info.owner.uid,
+                gid: info.owner.gid,
+                mode: info.owner.mode,
             })
+        })
+    }
+
+    /// Change the owner and mode of segment `id`.
+    pub fn set_owner(&mut self, id: u64, owner: Owner) -> Result<(), CatalogError> {
+        self.update(|st| {
+            for e in st.segments.iter_mut().filter(|e| e.id == id) {
+                (e.uid, e.gid, e.mode) = (owner.uid, owner.gid, owner.mode);
+            }
         })
     }
 
@@ -272,11 +313,26 @@ mod tests {
             size_bytes: 4096,
             backing: Backing::File { path: "/x".into() },
             home: Some(3),
+            owner: Owner {
+                uid: 1000,
+                gid: 100,
+                mode: 0o640,
+            },
         };
         c.add(&info, "default").unwrap();
         let mut c2 = Catalog::open(dir.path()).unwrap();
         assert_eq!(c2.segments(), vec![(info, "default".to_string())]);
         assert!(c2.next_id() > id);
+        let root = Owner {
+            uid: 0,
+            gid: 0,
+            mode: 0o600,
+        };
+        c2.set_owner(id, root).unwrap();
+        assert_eq!(
+            Catalog::open(dir.path()).unwrap().segments()[0].0.owner,
+            root
+        );
         c2.remove("a").unwrap();
         assert!(Catalog::open(dir.path()).unwrap().segments().is_empty());
         fs::write(dir.path().join("catalog.json"), b"{not json").unwrap();
@@ -284,5 +340,40 @@ mod tests {
             Catalog::open(dir.path()),
             Err(CatalogError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_version_1_catalog_is_migrated_and_its_segments_are_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = r#"{"version":1,"next_id":3,"segments":[{"name":"old","id":2,"size_bytes":8192,"backing":"zero"}]}"#;
+        fs::write(dir.path().join("catalog.json"), v1).unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        let (info, partition) = &c.segments()[0];
+        assert_eq!((info.name.as_str(), partition.as_str()), ("old", "default"));
+        assert_eq!(
+            info.owner,
+            Owner {
+                uid: 0,
+                gid: 0,
+                mode: 0o600
+            }
+        );
+        let on_disk: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.path().join("catalog.json")).unwrap()).unwrap();
+        assert_eq!(on_disk["version"], CATALOG_VERSION);
+        // A catalog newer than this pagemesh is refused, naming both versions.
+        fs::write(
+            dir.path().join("catalog.json"),
+            r#"{"version":9,"next_id":1,"segments":[]}"#,
+        )
+        .unwrap();
+        let e = Catalog::open(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("version 9") && e.contains(&format!("version {CATALOG_VERSION}")),
+            "{e}"
+        );
     }
 }

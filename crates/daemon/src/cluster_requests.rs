@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use pagemesh_proto::{Backing, ErrorCode, Request, Response, SegmentCounters, SegmentStat};
+use pagemesh_proto::{Backing, ErrorCode, Owner, Request, Response, SegmentCounters, SegmentStat};
 use pagemesh_types::{NodeId, SegmentId};
 
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use std::sync::Arc;
 use pagemesh_cluster::ClusterHandle;
 use pagemesh_node::segment::Segment;
 
+use crate::access::Caller;
 use crate::reply::err;
 use crate::state::Daemon;
 use pagemesh_cluster::{Input, Waker};
@@ -64,10 +65,23 @@ fn wait<T>(rx: mpsc::Receiver<T>, bound: Duration, what: &str) -> Result<T, Resp
     })
 }
 
+/// What a create asks for.
+struct NewSegment<'a> {
+    name: &'a str,
+    size_bytes: Option<u64>,
+    backing: &'a Backing,
+    owner: Owner,
+}
+
 impl Daemon {
     /// Serve `req` if it concerns the cluster (a cluster segment, a barrier or lock, the
     /// cluster's status); `None` leaves it to the node-local handlers.
-    pub(crate) fn cluster_request(&self, req: &Request, locks: &mut HeldLocks) -> Option<Response> {
+    pub(crate) fn cluster_request(
+        &self,
+        req: &Request,
+        caller: &Caller,
+        locks: &mut HeldLocks,
+    ) -> Option<Response> {
         let Some(c) = self.cluster.get() else {
             return not_in_a_cluster(req);
         };
@@ -79,7 +93,20 @@ impl Daemon {
                 backing,
                 partition,
                 home,
-            } => self.cluster_create(c, name, *size_bytes, backing, partition.as_deref(), *home),
+                mode,
+            } => {
+                let owner = match caller.owner(*mode) {
+                    Ok(o) => o,
+                    Err(resp) => return Some(*resp),
+                };
+                let new = NewSegment {
+                    name,
+                    size_bytes: *size_bytes,
+                    backing,
+                    owner,
+                };
+                self.cluster_create(c, new, partition.as_deref(), *home)
+            }
             Request::SyncSegment { name } => Some(self.cluster_sync(c, name).unwrap_or_else(|e| e)),
             Request::ReadAt { name, offset, len } => Some(
                 self.cluster_io(c, name, *offset, *len, None)
@@ -162,12 +189,16 @@ impl Daemon {
     fn cluster_create(
         &self,
         c: &ClusterHandle,
-        name: &str,
-        size_bytes: Option<u64>,
-        backing: &Backing,
+        new: NewSegment<'_>,
         partition: Option<&str>,
         home: Option<u32>,
     ) -> Option<Response> {
+        let NewSegment {
+            name,
+            size_bytes,
+            backing,
+            owner,
+        } = new;
         if matches!(backing, Backing::Volume { .. }) {
             return home.map(|_| {
                 err(
@@ -188,7 +219,14 @@ impl Daemon {
         }
         if home == c.me() {
             return Some(
-                match self.create_cluster_segment(name, size_bytes, backing.clone(), home, true) {
+                match self.create_cluster_segment(
+                    name,
+                    size_bytes,
+                    backing.clone(),
+                    owner,
+                    home,
+                    true,
+                ) {
                     Ok(seg) => Response::Segment(seg.info.clone()),
                     Err(e) => err(ErrorCode::InvalidArgument, e),
                 },
@@ -200,6 +238,7 @@ impl Daemon {
             name: name.to_string(),
             size_bytes,
             backing: backing.clone(),
+            owner,
             reply: tx,
         });
         if let Err(e) = sent {

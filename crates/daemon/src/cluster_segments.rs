@@ -8,7 +8,7 @@ use std::sync::Arc;
 use pagemesh_cluster::fatal::Fatal;
 use pagemesh_cluster::{ClusterConfig, Host, Input};
 use pagemesh_node::segment::Segment;
-use pagemesh_proto::{Backing, SegmentInfo};
+use pagemesh_proto::{Backing, Owner, SegmentInfo};
 use pagemesh_types::{ByteSize, NodeId, SegmentId};
 
 use crate::pool::memory_for;
@@ -51,9 +51,10 @@ impl Host for Daemon {
         name: &str,
         size_bytes: Option<u64>,
         backing: Backing,
+        owner: Owner,
     ) -> Result<Arc<Segment>, String> {
         let me = self.me()?;
-        self.create_cluster_segment(name, size_bytes, backing, me.0, false)
+        self.create_cluster_segment(name, size_bytes, backing, owner, me.0, false)
     }
 
     fn adopt(&self, info: &SegmentInfo) -> Result<Option<Arc<Segment>>, String> {
@@ -89,6 +90,7 @@ impl Daemon {
         name: &str,
         size_bytes: Option<u64>,
         backing: Backing,
+        owner: Owner,
         home: u32,
         announce: bool,
     ) -> Result<Arc<Segment>, String> {
@@ -129,6 +131,7 @@ impl Daemon {
             size_bytes: size,
             backing,
             home: Some(home),
+            owner,
         };
         let memory = memory_for(&self.pool, &info.backing, "default")?;
         let seg = Arc::new(pagemesh_cluster::build_segment(

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod catalog;
 mod cluster_requests;
 mod cluster_segments;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use pagemesh_proto::{Backing, Request, Response};
 
+use crate::access::Caller;
 use crate::cluster_requests::HeldLocks;
 use crate::state::Daemon;
 use crate::StartError;
@@ -191,7 +192,8 @@ impl Daemon {
                 }
                 _ => {
                     let req = Request::SyncSegment { name: name.clone() };
-                    self.route(req, &mut HeldLocks::default()).0
+                    self.route(req, &Caller::root(), &mut HeldLocks::default())
+                        .0
                 }
             };
             match answer {

@@ -18,6 +18,7 @@ impl Daemon {
         size: Option<u64>,
         backing: Backing,
         partition: Option<String>,
+        owner: pagemesh_proto::Owner,
     ) -> Response {
         let partition = partition.unwrap_or_else(|| "default".to_string());
         if !valid_name(&name) {
@@ -66,6 +67,7 @@ impl Daemon {
             size_bytes: size,
             backing,
             home: None,
+            owner,
         };
         let req_size = if matches!(info0.backing, Backing::File { .. }) && size == 0 {
             None
@@ -182,6 +184,10 @@ impl Daemon {
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
+            .map(|mut u| {
+                u.info = self.with_owner(u.info);
+                u
+            })
             .collect();
         v.sort_by(|a, b| a.info.name.cmp(&b.info.name));
         Response::Unavailable(v)
@@ -235,7 +241,7 @@ impl Daemon {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|s| s.info.clone())
+            .map(|s| self.with_owner(s.info.clone()))
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Response::Segments(v)
@@ -243,7 +249,11 @@ impl Daemon {
 
     pub(crate) fn stat_segment(&self, name: &str) -> Response {
         self.segment(name)
-            .map(|s| Response::Stat(s.stat()))
+            .map(|s| {
+                let mut st = s.stat();
+                st.info = self.with_owner(st.info);
+                Response::Stat(st)
+            })
             .unwrap_or_else(|e| e)
     }
 
@@ -307,7 +317,7 @@ impl Daemon {
         match self.segment(name) {
             Ok(s) => {
                 let attach_id = self.next_attach.fetch_add(1, Ordering::Relaxed);
-                let info = s.info.clone();
+                let info = self.with_owner(s.info.clone());
                 let lease_slot = self.lease_slot(&s);
                 let resp = Response::Attached {
                     info,

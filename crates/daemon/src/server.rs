@@ -13,6 +13,7 @@ use pagemesh_proto::{
 use pagemesh_types::PAGE_SIZE;
 use pagemesh_uffd::{fdpass, RegisterMode, Uffd};
 
+use crate::access::Caller;
 use crate::cluster_requests::HeldLocks;
 use crate::connections::{self, Next, FRAME_TIMEOUT};
 use crate::reply::err;
@@ -74,13 +75,15 @@ impl Daemon {
         }
         let mut pending_attach: Option<(u64, Arc<Segment>)> = None;
         let mut locks = HeldLocks::default();
+        let caller = caller(&sock, &cred);
         let idle = self.config.connections.idle_timeout;
         loop {
             let holds = pending_attach.is_some() || !locks.is_empty();
             let Some((req, fds)) = request_or_end(&sock, &cred, holds, idle) else {
                 return;
             };
-            if let Some(refused) = root_only(&req, cred.uid) {
+            if let Some(refused) = root_only(&req, cred.uid).or_else(|| self.refused(&req, &caller))
+            {
                 if write_frame(&sock, &refused, &[]).is_err() {
                     return;
                 }
@@ -119,7 +122,7 @@ impl Daemon {
                 self.vm_lease(sock, cred, &volume, vmm_pid, &regions, fds);
                 return;
             }
-            let (resp, memfd_of) = self.route(req, &mut locks);
+            let (resp, memfd_of) = self.route(req, &caller, &mut locks);
             let mut fds: Vec<_> = memfd_of.iter().map(|s| s.memfd().as_fd()).collect();
             let board = self.cluster.get().map(|c| c.transport.board().fd());
             if let (
@@ -224,7 +227,7 @@ impl Daemon {
 
     /// The request router: a request on a cluster segment (or about the cluster) goes to the
     /// cluster side, every other one to this node's handler for its noun.
-    pub(crate) fn route(&self, req: Request, locks: &mut HeldLocks) -> Reply {
+    pub(crate) fn route(&self, req: Request, caller: &Caller, locks: &mut HeldLocks) -> Reply {
         // A segment the catalog holds unavailable is forgotten here (or refused, for a cluster
         // segment), never asked of the cluster.
         if let Request::RemoveSegment { name } = &req {
@@ -237,7 +240,7 @@ impl Daemon {
                 return (self.remove(name), None);
             }
         }
-        if let Some(resp) = self.cluster_request(&req, locks) {
+        if let Some(resp) = self.cluster_request(&req, caller, locks) {
             return (resp, None);
         }
         let r = |resp| (resp, None);
@@ -249,7 +252,14 @@ impl Daemon {
                 backing,
                 partition,
                 home: _,
-            } => r(self.create(name, size_bytes, backing, partition)),
+                mode,
+            } => r(match caller.owner(mode) {
+                Ok(owner) => self.create(name, size_bytes, backing, partition, owner),
+                Err(resp) => *resp,
+            }),
+            req @ (Request::ChmodSegment { .. } | Request::ChownSegment { .. }) => {
+                r(self.change_owner(&req))
+            }
             Request::ListSegments => r(self.list_segments()),
             Request::ListUnavailable => r(self.list_unavailable()),
             Request::StatSegment { name } => r(self.stat_segment(&name)),
@@ -385,6 +395,20 @@ fn root_only(req: &Request, uid: u32) -> Option<Response> {
         ErrorCode::PermissionDenied,
         format!("{what} is root's to do (uid {uid} asked)"),
     ))
+}
+
+/// Who is asking on this connection: its uid and groups (the primary group first). Groups
+/// that cannot be read leave the primary group only.
+fn caller(sock: &UnixStream, cred: &fdpass::PeerCred) -> Caller {
+    let mut gids = vec![cred.gid];
+    match fdpass::peer_groups(sock) {
+        Ok(g) => gids.extend(g.into_iter().filter(|&g| g != cred.gid)),
+        Err(e) => log::debug!("pid {}: its groups: {e}", cred.pid),
+    }
+    Caller {
+        uid: cred.uid,
+        gids,
+    }
 }
 
 /// The handshake: a hello of this protocol version within `HELLO_TIMEOUT`, or the connection

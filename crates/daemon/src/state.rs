@@ -47,6 +47,8 @@ pub struct Daemon {
     pub config: Config,
     pub uffd_mode: String,
     pub(crate) catalog: Mutex<Catalog>,
+    /// Owners changed since their segments were loaded (`access`).
+    pub(crate) owners: crate::access::Owners,
     pub(crate) segments: RwLock<HashMap<String, Arc<Segment>>>,
     /// Segments of the catalog that could not be opened, by name: listed as such, their names
     /// taken, removable.
@@ -178,6 +180,7 @@ impl Daemon {
             config,
             uffd_mode,
             catalog: Mutex::new(catalog),
+            owners: Default::default(),
             segments: RwLock::new(segments),
             unavailable: RwLock::new(unavailable),
             volumes: RwLock::new(volumes),

@@ -18,7 +18,7 @@ pub use messages::*;
 /// First bytes of every hello.
 pub const MAGIC: [u8; 4] = *b"PGMS";
 /// Version of the client <-> daemon protocol. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame accepted (a frame announcing more is a protocol error).
 pub const MAX_FRAME_BYTES: u32 = 8 << 20;
 /// Largest `ReadAt`/`WriteAt` payload per request; larger I/O is split by the caller.

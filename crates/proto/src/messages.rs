@@ -70,6 +70,19 @@ pub enum Request {
         partition: Option<String>,
         /// The home node of a cluster segment (`None`: this node). Refused without a cluster.
         home: Option<u32>,
+        /// Permission bits (`None`: [`Owner::DEFAULT_MODE`]); the caller owns it.
+        mode: Option<u32>,
+    },
+    /// Change a segment's permission bits (its owner or root).
+    ChmodSegment {
+        name: String,
+        mode: u32,
+    },
+    /// Change a segment's owner and group (root only).
+    ChownSegment {
+        name: String,
+        uid: Option<u32>,
+        gid: Option<u32>,
     },
     ListSegments,
     /// Segments in the catalog that could not be opened (a missing backing file, a cluster
@@ -330,6 +343,66 @@ pub struct SegmentInfo {
     /// cluster; `None` for a node-local segment (a daemon started without peers, volumes).
     #[serde(default)]
     pub home: Option<u32>,
+    /// Who owns it and what others may do with it.
+    pub owner: Owner,
+}
+
+/// A segment's owner and mode: the creator's uid and gid, and permission bits as for a file
+/// (`0o640`: the owner reads and writes, its group reads, others nothing). One uid namespace
+/// across a cluster. Root may do everything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits (`0o777` at most; execute bits mean nothing).
+    pub mode: u32,
+}
+
+/// What a caller wants of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Its contents (read, page info).
+    Read,
+    /// Change its contents (write, attach, sync, pin, clear poison, barriers and locks).
+    Write,
+    /// Change the segment itself (remove, chmod): the owner's or root's.
+    Own,
+}
+
+impl Owner {
+    /// The mode of a segment created without one.
+    pub const DEFAULT_MODE: u32 = 0o600;
+
+    /// Whether a caller with `uid` and groups `gids` (its primary group first) may do `what`.
+    pub fn allows(&self, uid: u32, gids: &[u32], what: Access) -> bool {
+        if uid == 0 {
+            return true;
+        }
+        let bits = if uid == self.uid {
+            self.mode >> 6
+        } else if gids.contains(&self.gid) {
+            self.mode >> 3
+        } else {
+            self.mode
+        };
+        match what {
+            Access::Read => bits & 0o4 != 0,
+            Access::Write => bits & 0o2 != 0,
+            Access::Own => uid == self.uid,
+        }
+    }
+
+    /// `0o640` as `rw-r-----`.
+    pub fn mode_string(&self) -> String {
+        let mut s = String::with_capacity(9);
+        for shift in [6, 3, 0] {
+            let b = self.mode >> shift;
+            s.push(if b & 4 != 0 { 'r' } else { '-' });
+            s.push(if b & 2 != 0 { 'w' } else { '-' });
+            s.push(if b & 1 != 0 { 'x' } else { '-' });
+        }
+        s
+    }
 }
 
 /// A segment of the catalog this node could not open.

@@ -20,7 +20,7 @@ use crate::SegmentInfo;
 /// First bytes of a peer hello.
 pub const PEER_MAGIC: [u8; 4] = *b"PGMP";
 /// Version of the daemon <-> daemon protocol. Bumped on any incompatible change.
-pub const PEER_PROTOCOL_VERSION: u32 = 3;
+pub const PEER_PROTOCOL_VERSION: u32 = 4;
 /// Largest peer frame accepted (a `Holdings` of a big segment is the largest message).
 pub const MAX_PEER_FRAME_BYTES: u32 = 64 << 20;
 /// Largest page payload accepted in a coherence message.
@@ -114,6 +114,8 @@ pub enum Control {
         size_bytes: Option<u64>,
         /// Backing store on the home.
         backing: crate::Backing,
+        /// The user who asked (on the sender), and the mode asked for.
+        owner: crate::Owner,
     },
     /// The home's answer to `CreateSegment`.
     CreateReply {

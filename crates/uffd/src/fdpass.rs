@@ -123,6 +123,36 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
+/// The peer's supplementary groups (`SO_PEERGROUPS`, as they were when it connected).
+pub fn peer_groups(sock: &UnixStream) -> io::Result<Vec<u32>> {
+    let mut groups = vec![0 as libc::gid_t; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `groups` is valid for writes of `len` bytes, and `len` holds that size.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let e = io::Error::last_os_error();
+        // ERANGE: the kernel said how much room it needs.
+        if e.raw_os_error() == Some(libc::ERANGE) && n > groups.len() && n <= 65536 {
+            groups.resize(n, 0);
+            continue;
+        }
+        return Err(e);
+    }
+}
+
 /// Read the peer's credentials.
 pub fn peer_cred(sock: &UnixStream) -> io::Result<PeerCred> {
     let mut cred = libc::ucred {

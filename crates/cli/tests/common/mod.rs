@@ -239,6 +239,46 @@ pub fn spawn_copied(cmd: &mut Command) -> Child {
     }
 }
 
+impl Daemon {
+    /// `pagemesh --socket S args` run as `uid`/`gid` (a copy of the CLI any user may run; the
+    /// daemon's dir is opened to every user), with `stdin`, bounded.
+    pub fn run_as(&self, uid: u32, gid: u32, args: &[&str], stdin: &[u8]) -> Out {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("open the daemon's dir");
+        let bin = tempfile::Builder::new()
+            .prefix("pagemesh-as-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let cli = runnable_copy(bin.path(), Path::new(BIN));
+        // setpriv drops root's supplementary groups too (std cannot yet); it execs the copy,
+        // which another test thread's fork may briefly hold open for writing (ETXTBSY).
+        for _ in 0..100 {
+            let (u, g) = (uid.to_string(), gid.to_string());
+            let child = Command::new("setpriv")
+                .args(["--reuid", &u, "--regid", &g, "--clear-groups", "--"])
+                .arg(&cli)
+                .arg("--socket")
+                .arg(&self.socket)
+                .args(args)
+                .current_dir("/")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("setpriv (util-linux)");
+            let out = finish(child, stdin, Duration::from_secs(60), args);
+            if !out.stderr.contains("Text file busy") {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{args:?} as uid {uid}: the copied CLI stayed busy for 2 s");
+    }
+}
+
 /// Run the CLI with no daemon involved (e.g. `cluster ca`), bounded.
 pub fn pagemesh(args: &[&str]) -> Out {
     let child = std::process::Command::new(BIN)

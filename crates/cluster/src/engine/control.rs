@@ -16,8 +16,9 @@ impl Engine {
                 name,
                 size_bytes,
                 backing,
+                owner,
             } => {
-                let result = self.create_here(&name, size_bytes, backing);
+                let result = self.create_here(&name, size_bytes, backing, owner);
                 let msg = Control::CreateReply { req, result };
                 self.send_peer(from, PeerFrame::Control(msg));
             }
@@ -170,8 +171,9 @@ impl Engine {
         name: &str,
         size_bytes: Option<u64>,
         backing: Backing,
+        owner: pagemesh_proto::Owner,
     ) -> Result<SegmentInfo, String> {
-        let seg = self.host.create(name, size_bytes, backing)?;
+        let seg = self.host.create(name, size_bytes, backing, owner)?;
         let info = seg.info.clone();
         self.adopt(seg);
         self.broadcast(Control::Catalog {

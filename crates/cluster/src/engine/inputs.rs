@@ -51,6 +51,7 @@ impl Engine {
                 name,
                 size_bytes,
                 backing,
+                owner,
                 reply,
             } => {
                 let req = self.req_id();
@@ -60,6 +61,7 @@ impl Engine {
                     name,
                     size_bytes,
                     backing,
+                    owner,
                 };
                 self.send_peer(home, PeerFrame::Control(msg));
             }

@@ -1,0 +1,225 @@
+//! Segments have owners: the creator's uid and gid and a mode, checked against the caller's
+//! `SO_PEERCRED` and groups (README, "Users and permissions"). Real daemons, real users
+//! (`setpriv` to uid 65534 and 65533 with no supplementary groups).
+
+mod common;
+
+use common::cluster::Cluster;
+use common::{Daemon, Out};
+
+const NOBODY: u32 = 65534;
+const OTHER: u32 = 65533;
+
+fn code(out: &Out) -> Option<i32> {
+    out.status.code()
+}
+
+/// A daemon whose socket every user may reach.
+fn open_daemon() -> Daemon {
+    Daemon::start_with(&["--socket-mode", "0666"])
+}
+
+fn json_of(out: &Out) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[test]
+fn another_users_private_segment_cannot_be_read_written_attached_or_removed() {
+    let d = open_daemon();
+    d.run(&["segment", "create", "priv", "--size", "64K"]).ok();
+    // (`segment sync` of a zero segment writes nothing anywhere: a file segment shows it.)
+    d.file_segment("pfile", 64 << 10);
+    d.run_stdin(&["segment", "write", "priv"], b"root's secret")
+        .ok();
+    let list = json_of(&d.run(&["segment", "list", "--json"]).ok());
+    for seg in list.as_array().expect("an array") {
+        assert_eq!(seg["uid"], 0);
+        assert_eq!(seg["mode"], "0600", "the default mode: {list}");
+    }
+    for args in [
+        vec!["segment", "read", "priv", "--len", "13"],
+        vec!["segment", "write", "priv"],
+        vec!["segment", "sync", "pfile"],
+        vec!["segment", "write", "pfile"],
+        vec!["segment", "clear-poison", "priv"],
+        vec!["segment", "rm", "priv"],
+        vec!["segment", "chmod", "priv", "0666"],
+        vec!["segment", "chown", "priv", "65534"],
+        vec!["memtest", "priv", "--write", "1"],
+    ] {
+        let out = d.run_as(NOBODY, NOBODY, &args, b"evil");
+        assert_eq!(code(&out), Some(77), "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("permission denied") || out.stderr.contains("root's to do"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(!out.stdout_str().contains("secret"), "{args:?}");
+    }
+    assert!(d.log().contains("uid 65534: refused"), "{}", d.log());
+    // Listing is everyone's (as `ls` of a directory), and nothing changed.
+    let theirs = d.run_as(NOBODY, NOBODY, &["segment", "list"], b"");
+    assert_eq!(code(&theirs), Some(0), "{}", theirs.stderr);
+    assert!(
+        theirs.stdout_str().contains("rw-------"),
+        "{}",
+        theirs.stdout_str()
+    );
+    let read = d.run(&["segment", "read", "priv", "--len", "13"]).ok();
+    assert_eq!(read.stdout, b"root's secret");
+}
+
+#[test]
+fn a_segment_shared_with_a_group_is_read_only_when_the_mode_says_so() {
+    let d = open_daemon();
+    d.run(&[
+        "segment", "create", "shared", "--size", "64K", "--mode", "0640",
+    ])
+    .ok();
+    d.run_stdin(&["segment", "write", "shared"], b"for the group")
+        .ok();
+    d.run(&["segment", "chown", "shared", ":65534"]).ok();
+    // A member of the group reads, and may not write or attach (attaching maps it writable).
+    let read = d.run_as(
+        NOBODY,
+        NOBODY,
+        &["segment", "read", "shared", "--len", "13"],
+        b"",
+    );
+    assert_eq!(code(&read), Some(0), "{}", read.stderr);
+    assert_eq!(read.stdout, b"for the group");
+    for args in [
+        vec!["segment", "write", "shared"],
+        vec!["memtest", "shared", "--write", "1"],
+    ] {
+        let out = d.run_as(NOBODY, NOBODY, &args, b"x");
+        assert_eq!(code(&out), Some(77), "{args:?}: {}", out.stderr);
+    }
+    // Someone outside the group reads nothing; the group member may not change the mode.
+    let out = d.run_as(OTHER, OTHER, &["segment", "read", "shared"], b"");
+    assert_eq!(code(&out), Some(77), "{}", out.stderr);
+    let out = d.run_as(NOBODY, NOBODY, &["segment", "chmod", "shared", "0660"], b"");
+    assert_eq!(code(&out), Some(77), "{}", out.stderr);
+    // Once the owner makes it group-writable, the member writes.
+    d.run(&["segment", "chmod", "shared", "0660"]).ok();
+    let out = d.run_as(NOBODY, NOBODY, &["segment", "write", "shared"], b"FOR");
+    assert_eq!(code(&out), Some(0), "{}", out.stderr);
+    let read = d.run(&["segment", "read", "shared", "--len", "13"]).ok();
+    assert_eq!(read.stdout, b"FOR the group");
+}
+
+#[test]
+fn a_user_owns_the_segments_it_creates() {
+    let d = open_daemon();
+    let out = d.run_as(
+        NOBODY,
+        NOBODY,
+        &["segment", "create", "mine", "--size", "64K"],
+        b"",
+    );
+    assert_eq!(code(&out), Some(0), "{}", out.stderr);
+    let list = json_of(&d.run(&["segment", "list", "--json"]).ok());
+    assert_eq!(
+        (&list[0]["uid"], &list[0]["gid"], &list[0]["mode"]),
+        (&NOBODY.into(), &NOBODY.into(), &"0600".into()),
+        "{list}"
+    );
+    let w = d.run_as(NOBODY, NOBODY, &["segment", "write", "mine"], b"its own");
+    assert_eq!(code(&w), Some(0), "{}", w.stderr);
+    let out = d.run_as(OTHER, OTHER, &["segment", "read", "mine"], b"");
+    assert_eq!(code(&out), Some(77), "{}", out.stderr);
+    let out = d.run_as(OTHER, OTHER, &["segment", "rm", "mine"], b"");
+    assert_eq!(code(&out), Some(77), "{}", out.stderr);
+    // Only root gives a segment away; a mode outside the permission bits is refused.
+    let out = d.run_as(NOBODY, NOBODY, &["segment", "chown", "mine", "65533"], b"");
+    assert_eq!(code(&out), Some(77), "{}", out.stderr);
+    let out = d.run_as(NOBODY, NOBODY, &["segment", "chmod", "mine", "4755"], b"");
+    assert_eq!(code(&out), Some(64), "{}", out.stderr);
+    // Root may do everything, and the owner removes its own.
+    assert_eq!(
+        d.run(&["segment", "read", "mine", "--len", "7"])
+            .ok()
+            .stdout,
+        b"its own"
+    );
+    let out = d.run_as(NOBODY, NOBODY, &["segment", "rm", "mine"], b"");
+    assert_eq!(code(&out), Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn owners_and_modes_survive_a_restart() {
+    let mut d = open_daemon();
+    d.run(&[
+        "segment", "create", "kept", "--size", "64K", "--mode", "0604",
+    ])
+    .ok();
+    d.run(&["segment", "chown", "kept", "65533:65533"]).ok();
+    d.kill9();
+    d.spawn_with(&["--socket-mode", "0666"]);
+    let list = json_of(&d.run(&["segment", "list", "--json"]).ok());
+    assert_eq!(
+        (&list[0]["uid"], &list[0]["gid"], &list[0]["mode"]),
+        (&OTHER.into(), &OTHER.into(), &"0604".into()),
+        "{list}"
+    );
+    // Others may read (the last digit), not write.
+    let r = d.run_as(
+        NOBODY,
+        NOBODY,
+        &["segment", "read", "kept", "--len", "1"],
+        b"",
+    );
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    let w = d.run_as(NOBODY, NOBODY, &["segment", "write", "kept"], b"x");
+    assert_eq!(code(&w), Some(77), "{}", w.stderr);
+}
+
+#[test]
+fn a_cluster_segment_is_owned_by_its_creator_on_every_node() {
+    let c = Cluster::start(3, &["--socket-mode", "0666"]);
+    // Created by uid 65534 on node 1, homed on node 2.
+    let out = c.node(1).run_as(
+        NOBODY,
+        NOBODY,
+        &[
+            "segment", "create", "theirs", "--size", "64K", "--home", "2", "--mode", "0600",
+        ],
+        b"",
+    );
+    assert_eq!(code(&out), Some(0), "{}", out.stderr);
+    for n in 1..=3 {
+        c.wait_segment(n, "theirs");
+        let list = json_of(&c.node(n).run(&["segment", "list", "--json"]).ok());
+        assert_eq!(
+            (&list[0]["uid"], &list[0]["mode"]),
+            (&NOBODY.into(), &"0600".into()),
+            "node {n}: {list}"
+        );
+    }
+    let w = c.node(3).run_as(
+        NOBODY,
+        NOBODY,
+        &["segment", "write", "theirs"],
+        b"from node 3",
+    );
+    assert_eq!(code(&w), Some(0), "{}", w.stderr);
+    // Another user reads or removes it on no node.
+    for n in 1..=3 {
+        for args in [
+            vec!["segment", "read", "theirs"],
+            vec!["segment", "rm", "theirs"],
+        ] {
+            let out = c.node(n).run_as(OTHER, OTHER, &args, b"");
+            assert_eq!(code(&out), Some(77), "node {n} {args:?}: {}", out.stderr);
+        }
+    }
+    // Its mode is set at creation: changing it is refused, saying so.
+    let out = c.node(2).run(&["segment", "chmod", "theirs", "0644"]);
+    assert_eq!(code(&out), Some(64), "{}", out.stderr);
+    assert!(out.stderr.contains("cluster segment"), "{}", out.stderr);
+    let r = c
+        .node(2)
+        .run(&["segment", "read", "theirs", "--len", "11"])
+        .ok();
+    assert_eq!(r.stdout, b"from node 3");
+}

@@ -1,0 +1,211 @@
+//! Who may do what to a segment: each segment has an owner (its creator's uid and gid) and a
+//! mode, checked against the caller's `SO_PEERCRED` (and its groups) before a request is served.
+//! Root may do everything. Cluster segments are checked on the node where the request arrives,
+//! against the owner the catalog replicated to it (one uid namespace across the cluster; the
+//! peer links are authenticated, so a node trusts its peers' checks).
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use pagemesh_proto::{Access, ErrorCode, Owner, Request, Response, SegmentInfo};
+
+use crate::reply::err;
+use crate::state::Daemon;
+
+/// The user a request is served for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Caller {
+    pub uid: u32,
+    /// Its groups, the primary one first.
+    pub gids: Vec<u32>,
+}
+
+impl Caller {
+    /// The daemon itself (its own requests, e.g. the syncs at shutdown).
+    pub(crate) fn root() -> Caller {
+        Caller {
+            uid: 0,
+            gids: vec![0],
+        }
+    }
+
+    /// The owner of a segment this caller creates with `mode`.
+    pub(crate) fn owner(&self, mode: Option<u32>) -> Result<Owner, Box<Response>> {
+        let mode = mode.unwrap_or(Owner::DEFAULT_MODE);
+        if mode > 0o777 {
+            return Err(Box::new(err(
+                ErrorCode::InvalidArgument,
+                format!("mode {mode:o}: permission bits only (at most 777, octal)"),
+            )));
+        }
+        Ok(Owner {
+            uid: self.uid,
+            gid: self.gids.first().copied().unwrap_or(self.uid),
+            mode,
+        })
+    }
+}
+
+/// Owners changed (chmod, chown) since the segment was loaded or created: a segment's
+/// `info.owner` is the owner it had then.
+#[derive(Default)]
+pub(crate) struct Owners(RwLock<HashMap<u64, Owner>>);
+
+impl Owners {
+    fn get(&self, info: &SegmentInfo) -> Owner {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&info.id)
+            .copied()
+            .unwrap_or(info.owner)
+    }
+
+    fn set(&self, id: u64, owner: Owner) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, owner);
+    }
+}
+
+/// What `req` needs of the segment it names, if it names one.
+fn needs(req: &Request) -> Option<(&str, Access)> {
+    use Request as R;
+    Some(match req {
+        R::ReadAt { name, .. } | R::PageInfo { name, .. } => (name, Access::Read),
+        R::WriteAt { name, .. }
+        | R::Attach { name }
+        | R::SyncSegment { name }
+        | R::ClearPoison { name }
+        | R::Pin { name, .. }
+        | R::Unpin { name, .. }
+        | R::BarrierWait { name, .. }
+        | R::LockAcquire { name, .. }
+        | R::LockRelease { name, .. } => (name, Access::Write),
+        R::RemoveSegment { name } | R::ChmodSegment { name, .. } => (name, Access::Own),
+        _ => return None,
+    })
+}
+
+impl Daemon {
+    /// The current owner of a segment this node has (available or not).
+    pub(crate) fn owner_of(&self, info: &SegmentInfo) -> Owner {
+        self.owners.get(info)
+    }
+
+    /// `info` with its current owner (for listings).
+    pub(crate) fn with_owner(&self, mut info: SegmentInfo) -> SegmentInfo {
+        info.owner = self.owner_of(&info);
+        info
+    }
+
+    /// Refuse `req` if `caller` may not do it to the segment it names (`None`: allowed, or
+    /// no such segment, which the handler reports).
+    pub(crate) fn refused(&self, req: &Request, caller: &Caller) -> Option<Response> {
+        if caller.uid == 0 {
+            return None;
+        }
+        if let Request::ChownSegment { name, .. } = req {
+            return Some(denied(
+                caller,
+                &format!("changing the owner of segment {name}"),
+                "root's to do",
+            ));
+        }
+        let (name, what) = needs(req)?;
+        let owner = self.current_owner(name)?;
+        if owner.allows(caller.uid, &caller.gids, what) {
+            return None;
+        }
+        let verb = match what {
+            Access::Read => "reading",
+            Access::Write => "writing or attaching",
+            Access::Own => "removing or changing",
+        };
+        let why = format!(
+            "it is uid {}'s, group {}, mode {}",
+            owner.uid,
+            owner.gid,
+            owner.mode_string()
+        );
+        Some(denied(caller, &format!("{verb} segment {name}"), &why))
+    }
+
+    fn current_owner(&self, name: &str) -> Option<Owner> {
+        if let Some(s) = self
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Some(self.owner_of(&s.info));
+        }
+        let unavailable = self.unavailable.read().unwrap_or_else(|e| e.into_inner());
+        unavailable.get(name).map(|u| self.owner_of(&u.info))
+    }
+
+    /// `segment chmod` / `segment chown` (the caller was checked): the catalog first, then the
+    /// segment's owner here.
+    pub(crate) fn change_owner(&self, req: &Request) -> Response {
+        let (name, change): (&str, Box<dyn Fn(Owner) -> Owner>) = match req {
+            Request::ChmodSegment { name, mode } if *mode <= 0o777 => {
+                let mode = *mode;
+                (name, Box::new(move |o| Owner { mode, ..o }))
+            }
+            Request::ChmodSegment { mode, .. } => {
+                return err(
+                    ErrorCode::InvalidArgument,
+                    format!("mode {mode:o}: permission bits only (at most 777, octal)"),
+                )
+            }
+            Request::ChownSegment { name, uid, gid } => {
+                let (uid, gid) = (*uid, *gid);
+                (
+                    name,
+                    Box::new(move |o: Owner| Owner {
+                        uid: uid.unwrap_or(o.uid),
+                        gid: gid.unwrap_or(o.gid),
+                        ..o
+                    }),
+                )
+            }
+            _ => unreachable!("change_owner of {req:?}"),
+        };
+        let seg = match self.segment(name) {
+            Ok(s) => s,
+            Err(resp) => return resp,
+        };
+        if seg.info.home.is_some() {
+            return err(
+                ErrorCode::InvalidArgument,
+                format!("segment {name} is a cluster segment: its owner and mode are set when it is created (--mode), and cannot be changed yet"),
+            );
+        }
+        let owner = change(self.owner_of(&seg.info));
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = catalog.set_owner(seg.info.id, owner) {
+            return err(ErrorCode::Io, e.to_string());
+        }
+        self.owners.set(seg.info.id, owner);
+        drop(catalog);
+        log::info!(
+            "segment {name}: owner uid {} gid {} mode {:o}",
+            owner.uid,
+            owner.gid,
+            owner.mode
+        );
+        Response::Segment(self.with_owner(seg.info.clone()))
+    }
+}
+
+fn denied(caller: &Caller, what: &str, why: &str) -> Response {
+    log::warn!("uid {}: refused {what} ({why})", caller.uid);
+    err(
+        ErrorCode::PermissionDenied,
+        format!(
+            "{what}: permission denied ({why}; uid {} asked)",
+            caller.uid
+        ),
+    )
+}
