@@ -97,6 +97,7 @@ impl From<ClientError> for Failure {
             ClientError::Unexpected { .. } => PAGEMESH_ERR_PROTOCOL,
             ClientError::Attach { .. } => PAGEMESH_ERR_ATTACH,
             ClientError::OutOfRange { .. } => PAGEMESH_ERR_RANGE,
+            ClientError::ReadOnly { .. } => PAGEMESH_ERR_PERMISSION,
         };
         Failure::new(status, e.to_string())
     }

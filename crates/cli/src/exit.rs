@@ -93,6 +93,7 @@ impl Exit {
                 }
             },
             ClientError::OutOfRange { .. } => Exit::Usage,
+            ClientError::ReadOnly { .. } => Exit::Permission,
             ClientError::Frame { .. } | ClientError::Unexpected { .. } => Exit::Error,
             ClientError::Attach { source, .. } if source.kind() == K::PermissionDenied => {
                 Exit::Permission

@@ -114,9 +114,21 @@ fn pause_before(rep: u64, a: &MemtestArgs) {
 
 pub fn run(socket: &Path, a: MemtestArgs) -> anyhow::Result<ExitCode> {
     let client = Client::connect(socket)?;
-    let m = client
-        .attach(&a.name)
-        .with_context(|| format!("attaching segment {}", a.name))?;
+    // What only reads (one operation per run) attaches read-only, so read permission on the
+    // segment is enough; cluster segments cannot be attached read-only yet (the node's own
+    // catalog says which it is: no round trip to a home).
+    let reads = a.verify.is_some() || a.sha256 || a.watch_ms.is_some();
+    let local = || {
+        client
+            .list_segments()
+            .map(|l| l.iter().any(|s| s.name == a.name && s.home.is_none()))
+    };
+    let m = if reads && local()? {
+        client.attach_read_only(&a.name)
+    } else {
+        client.attach(&a.name)
+    }
+    .with_context(|| format!("attaching segment {}", a.name))?;
     pagemesh_uffd::sigbus::report_sigbus_for(m.as_ptr() as u64, m.len() as u64)?;
     let len = range_len(&a, m.len() as u64)?;
     if let Some(n) = a.increment {
@@ -146,7 +158,7 @@ fn watch(m: &Mapping, a: &MemtestArgs, ms: u64) -> anyhow::Result<ExitCode> {
     if !a.offset.is_multiple_of(8) {
         usage!("--offset must be 8-aligned for --watch-ms");
     }
-    let word = &m.atomics_u64()[(a.offset / 8) as usize];
+    let index = (a.offset / 8) as usize;
     let end = monotonic_ns() + ms * 1_000_000;
     let mut out = std::io::stdout();
     loop {
@@ -154,7 +166,7 @@ fn watch(m: &Mapping, a: &MemtestArgs, ms: u64) -> anyhow::Result<ExitCode> {
         if t0 >= end {
             return Ok(ExitCode::SUCCESS);
         }
-        let v = word.load(Ordering::Acquire);
+        let v = m.load_u64(index);
         let t1 = monotonic_ns();
         // Stdout is line-buffered: each line is out before the next read.
         writeln!(out, "{t0} {t1} {v}").context("writing a read to stdout")?;
@@ -248,7 +260,7 @@ fn write(m: &Mapping, a: &MemtestArgs, len: u64, seed: u64) -> anyhow::Result<Ex
 /// One check of the pattern over words `[lo, hi)` by `threads` threads: the number of bad
 /// words and the byte offset of the first (`u64::MAX` when none).
 fn check_pattern(
-    words: &[AtomicU64],
+    load: &(impl Fn(usize) -> u64 + Sync),
     lo: usize,
     hi: usize,
     seed: u64,
@@ -260,9 +272,9 @@ fn check_pattern(
         for (p, q) in parts(lo, hi, threads) {
             let (first_bad, bad) = (&first_bad, &bad);
             s.spawn(move || {
-                for (i, w) in words[p..q].iter().enumerate() {
-                    let o = ((p + i) * 8) as u64;
-                    if w.load(Ordering::Relaxed) != pattern(seed, o) {
+                for i in p..q {
+                    let o = (i * 8) as u64;
+                    if load(i) != pattern(seed, o) {
                         first_bad.fetch_min(o, Ordering::Relaxed);
                         bad.fetch_add(1, Ordering::Relaxed);
                     }
@@ -279,15 +291,16 @@ fn check_pattern(
 /// `--verify SEED`: check the pattern once per repetition; exit 1 at the first mismatch,
 /// naming the first bad offset.
 fn verify(m: &Mapping, a: &MemtestArgs, len: u64, seed: u64) -> anyhow::Result<ExitCode> {
-    let words = m.atomics_u64();
+    // Loads only: a verify attaches read-only.
+    let load = |i: usize| m.load_u64(i);
     let (lo, hi) = word_range(a, len);
     for rep in 0..a.repeat.max(1) {
         pause_before(rep, a);
         let start = Instant::now();
-        let (nbad, o) = check_pattern(words, lo, hi, seed, a.threads);
+        let (nbad, o) = check_pattern(&load, lo, hi, seed, a.threads);
         let secs = start.elapsed().as_secs_f64();
         if nbad > 0 {
-            let found = words[(o / 8) as usize].load(Ordering::Relaxed);
+            let found = load((o / 8) as usize);
             outln!(
                 "memtest: MISMATCH in segment {}: first bad offset {o} ({o:#x}): expected {:#018x}, found {found:#018x}; {nbad} bad word(s) of {}",
                 a.name,

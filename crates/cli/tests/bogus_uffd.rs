@@ -32,7 +32,15 @@ fn raw_attach(socket: &Path, name: &str) -> (UnixStream, u64, SharedMapping, u64
     write_frame(&sock, &hello, &[]).expect("hello");
     let (r, _) = read_frame::<Response>(&sock).expect("hello reply");
     assert!(matches!(r, Response::HelloOk { .. }), "{r:?}");
-    write_frame(&sock, &Request::Attach { name: name.into() }, &[]).expect("attach");
+    write_frame(
+        &sock,
+        &Request::Attach {
+            name: name.into(),
+            read_only: false,
+        },
+        &[],
+    )
+    .expect("attach");
     let (r, mut fds) = read_frame::<Response>(&sock).expect("attach reply");
     let (info, attach_id) = match r {
         Response::Attached {

@@ -223,3 +223,52 @@ fn a_cluster_segment_is_owned_by_its_creator_on_every_node() {
         .ok();
     assert_eq!(r.stdout, b"from node 3");
 }
+
+#[test]
+fn a_read_only_attachment_reads_what_writers_write_and_cannot_write() {
+    let d = open_daemon();
+    d.run(&["segment", "create", "ro", "--size", "64K", "--mode", "0640"])
+        .ok();
+    let client = d.client();
+    let writer = client.attach("ro").expect("attach");
+    let reader = client.attach_read_only("ro").expect("attach read-only");
+    assert!(reader.is_read_only() && !writer.is_read_only());
+    assert_eq!(reader.load_u64(1), 0);
+    // The reader maps the segment's own frames: a later write is seen at once.
+    writer.atomics_u64()[1].store(42, std::sync::atomic::Ordering::Release);
+    assert_eq!(reader.load_u64(1), 42);
+    let e = reader
+        .write_at(0, b"x")
+        .expect_err("a read-only attachment wrote");
+    assert!(e.to_string().contains("read-only"), "{e}");
+    // A verify attaches read-only: a group member with read permission runs it.
+    d.run(&["memtest", "ro", "--write", "7"]).ok();
+    d.run(&["segment", "chown", "ro", ":65534"]).ok();
+    let out = d.run_as(NOBODY, NOBODY, &["memtest", "ro", "--verify", "7"], b"");
+    assert_eq!(code(&out), Some(0), "{}", out.stderr);
+    let out = d.run_as(NOBODY, NOBODY, &["memtest", "ro", "--write", "8"], b"");
+    assert_eq!(code(&out), Some(77), "{}", out.stderr);
+}
+
+#[test]
+fn a_read_only_attachment_of_a_file_segment_reads_pages_never_faulted_in() {
+    let d = open_daemon();
+    let file = d.path("data.img");
+    let bytes: Vec<u8> = (0..(256u32 << 10)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &bytes).expect("the file");
+    let spec = format!("file:{}", file.display());
+    d.run(&["segment", "create", "f", "--backing", &spec]).ok();
+    let m = d.client().attach_read_only("f").expect("attach read-only");
+    let mut got = vec![0u8; bytes.len()];
+    m.read_at(0, &mut got).expect("read");
+    assert!(
+        got == bytes,
+        "a read-only attachment read other bytes than the file's"
+    );
+    // They went through the page cache: a read-write attachment sees the same frames.
+    let w = d.client().attach("f").expect("attach");
+    w.write_at(4096, b"new").expect("write");
+    let mut three = [0u8; 3];
+    m.read_at(4096, &mut three).expect("read");
+    assert_eq!(&three, b"new");
+}

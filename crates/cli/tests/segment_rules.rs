@@ -120,7 +120,15 @@ fn a_client_cannot_grow_or_shrink_the_memfd_it_is_given() {
     let d = Daemon::start();
     d.run(&["segment", "create", "m", "--size", "1M"]).ok();
     let s = raw(&d);
-    write_frame(&s, &Request::Attach { name: "m".into() }, &[]).unwrap();
+    write_frame(
+        &s,
+        &Request::Attach {
+            name: "m".into(),
+            read_only: false,
+        },
+        &[],
+    )
+    .unwrap();
     let (r, mut fds) = read_frame::<Response>(&s).unwrap();
     assert!(matches!(r, Response::Attached { .. }), "{r:?}");
     let file = std::fs::File::from(fds.remove(0));

@@ -79,6 +79,8 @@ pub enum ClientError {
     },
     #[error("range {offset}+{len} is outside the {size}-byte segment")]
     OutOfRange { offset: u64, len: u64, size: u64 },
+    #[error("segment {segment} is attached read-only")]
+    ReadOnly { segment: String },
 }
 
 impl ClientError {
@@ -683,6 +685,13 @@ impl Client {
 
     /// Map a segment into this process. Every access is served by the daemon.
     pub fn attach(&self, name: &str) -> Result<Mapping, ClientError> {
-        Mapping::attach(self.clone(), name)
+        Mapping::attach(self.clone(), name, false)
+    }
+
+    /// Attach a segment read-only: the mapping is readable only (a store is a SIGSEGV from the
+    /// kernel; the daemon hands over a read-only descriptor), and read permission on the
+    /// segment is enough.
+    pub fn attach_read_only(&self, name: &str) -> Result<Mapping, ClientError> {
+        Mapping::attach(self.clone(), name, true)
     }
 }

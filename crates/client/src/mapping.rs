@@ -40,7 +40,11 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    pub(crate) fn attach(client: Client, name: &str) -> Result<Mapping, ClientError> {
+    pub(crate) fn attach(
+        client: Client,
+        name: &str,
+        read_only: bool,
+    ) -> Result<Mapping, ClientError> {
         let path = client.socket_path().to_path_buf();
         let lease = handshake(&path)?;
         let io = |what: &'static str| {
@@ -51,14 +55,18 @@ impl Mapping {
                 source,
             }
         };
-        let (info, attach_id, memfd, watch) = request_attach(&path, &lease, name, io)?;
+        let (info, attach_id, memfd, watch) = request_attach(&path, &lease, name, read_only, io)?;
         let len = info.size_bytes.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         // Volume segments map the volume's shared frames privately: writes stay in this process.
         let volume = matches!(info.backing, crate::Backing::Volume { .. });
-        let map = if volume {
-            SharedMapping::map_private(memfd.as_fd(), len as usize)
-        } else {
-            SharedMapping::map(memfd.as_fd(), len as usize)
+        let map = match (read_only, volume) {
+            // Private: userfaultfd registers only a mapping that may become writable
+            // (VM_MAYWRITE), which a shared mapping of a read-only descriptor never may. A
+            // private one maps the memfd's own frames, sees every write to them, and cannot
+            // write the memfd (a store is a SIGSEGV; after an mprotect, a private copy).
+            (true, _) => SharedMapping::map_read_only(memfd.as_fd(), len as usize, true),
+            (false, true) => SharedMapping::map_private(memfd.as_fd(), len as usize),
+            (false, false) => SharedMapping::map(memfd.as_fd(), len as usize),
         }
         .map_err(io("mapping the segment's memfd"))?;
         drop(memfd); // the mapping keeps the memfd alive
@@ -159,15 +167,35 @@ impl Mapping {
         Ok(())
     }
 
-    /// Copy bytes into the mapping.
+    /// Whether the segment was attached read-only ([`Client::attach_read_only`]).
+    pub fn is_read_only(&self) -> bool {
+        !self.shared.map.is_writable()
+    }
+
+    /// Load the `index`th 64-bit word atomically (acquire), read-only attachments included.
+    pub fn load_u64(&self, index: usize) -> u64 {
+        assert!(
+            index < self.len() / 8,
+            "word {index} is outside the segment"
+        );
+        self.shared.map.load_u64(index)
+    }
+
+    /// Copy bytes into the mapping (refused on a read-only attachment).
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        if self.is_read_only() {
+            return Err(ClientError::ReadOnly {
+                segment: self.info.name.clone(),
+            });
+        }
         self.check(offset, data.len())?;
         self.shared.map.write_at(offset as usize, data);
         Ok(())
     }
 
     /// The segment as `u64` atomics, shared with every attached process (on a volume segment
-    /// the mapping is private: atomics there are this process's own).
+    /// the mapping is private: atomics there are this process's own). Panics on a read-only
+    /// attachment, where a store would fault: use [`Mapping::load_u64`] there.
     pub fn atomics_u64(&self) -> &[AtomicU64] {
         let words = self.len() / 8;
         &self.shared.map.atomics_u64()[..words]
@@ -203,12 +231,16 @@ fn request_attach<E>(
     path: &std::path::Path,
     lease: &UnixStream,
     name: &str,
+    read_only: bool,
     io: impl Fn(&'static str) -> E,
 ) -> Result<(SegmentInfo, u64, Memfd, Option<LeaseWatch>), ClientError>
 where
     E: FnOnce(std::io::Error) -> ClientError,
 {
-    let req = Request::Attach { name: name.into() };
+    let req = Request::Attach {
+        name: name.into(),
+        read_only,
+    };
     let (reply, mut fds) = roundtrip(path, lease, &req, &[], "attach", DEFAULT_TIMEOUT)?;
     let Response::Attached {
         info,

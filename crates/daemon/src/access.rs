@@ -73,9 +73,17 @@ impl Owners {
 fn needs(req: &Request) -> Option<(&str, Access)> {
     use Request as R;
     Some(match req {
-        R::ReadAt { name, .. } | R::PageInfo { name, .. } => (name, Access::Read),
+        R::ReadAt { name, .. }
+        | R::PageInfo { name, .. }
+        | R::Attach {
+            name,
+            read_only: true,
+        } => (name, Access::Read),
         R::WriteAt { name, .. }
-        | R::Attach { name }
+        | R::Attach {
+            name,
+            read_only: false,
+        }
         | R::SyncSegment { name }
         | R::ClearPoison { name }
         | R::Pin { name, .. }
@@ -120,7 +128,7 @@ impl Daemon {
         }
         let verb = match what {
             Access::Read => "reading",
-            Access::Write => "writing or attaching",
+            Access::Write => "writing (or attaching read-write)",
             Access::Own => "removing or changing",
         };
         let why = format!(

@@ -73,7 +73,7 @@ impl Daemon {
         if !hello(&sock, &cred) {
             return;
         }
-        let mut pending_attach: Option<(u64, Arc<Segment>)> = None;
+        let mut pending_attach: Option<(u64, Arc<Segment>, bool)> = None;
         let mut locks = HeldLocks::default();
         let caller = caller(&sock, &cred);
         let idle = self.config.connections.idle_timeout;
@@ -96,8 +96,8 @@ impl Daemon {
             } = req
             {
                 match pending_attach.take() {
-                    Some((id, seg)) if id == attach_id => {
-                        self.lease(sock, cred.pid, id, seg, base, len, fds);
+                    Some((id, seg, read_only)) if id == attach_id => {
+                        self.lease(sock, cred.pid, (id, seg, read_only), base, len, fds);
                     }
                     _ => {
                         let _ = write_frame(
@@ -122,8 +122,33 @@ impl Daemon {
                 self.vm_lease(sock, cred, &volume, vmm_pid, &regions, fds);
                 return;
             }
+            let read_only = matches!(
+                req,
+                Request::Attach {
+                    read_only: true,
+                    ..
+                }
+            );
             let (resp, memfd_of) = self.route(req, &caller, &mut locks);
-            let mut fds: Vec<_> = memfd_of.iter().map(|s| s.memfd().as_fd()).collect();
+            // A read-only attacher gets a read-only descriptor: it cannot map it writable.
+            let (resp, memfd_of, ro) = match (read_only, memfd_of) {
+                (true, Some(seg)) => match seg.memfd().reopen_read_only() {
+                    Ok(fd) => (resp, Some(seg), Some(fd)),
+                    Err(e) => (
+                        err(
+                            ErrorCode::Io,
+                            format!("a read-only descriptor of the segment: {e}"),
+                        ),
+                        None,
+                        None,
+                    ),
+                },
+                (_, m) => (resp, m, None),
+            };
+            let mut fds: Vec<_> = match &ro {
+                Some(fd) => vec![fd.as_fd()],
+                None => memfd_of.iter().map(|s| s.memfd().as_fd()).collect(),
+            };
             let board = self.cluster.get().map(|c| c.transport.board().fd());
             if let (
                 Response::Attached {
@@ -136,7 +161,7 @@ impl Daemon {
                 fds.push(b);
             }
             if let (Response::Attached { attach_id, .. }, Some(seg)) = (&resp, &memfd_of) {
-                pending_attach = Some((*attach_id, Arc::clone(seg)));
+                pending_attach = Some((*attach_id, Arc::clone(seg), read_only));
             }
             if let Err(e) = write_frame(&sock, &resp, &fds) {
                 log::debug!("pid {}: reply failed: {e}", cred.pid);
@@ -151,8 +176,7 @@ impl Daemon {
         &self,
         sock: UnixStream,
         pid: i32,
-        id: u64,
-        seg: Arc<Segment>,
+        (id, seg, read_only): (u64, Arc<Segment>, bool),
         base: u64,
         len: u64,
         mut fds: Vec<std::os::fd::OwnedFd>,
@@ -201,6 +225,7 @@ impl Daemon {
             }),
             volume_user: std::sync::atomic::AtomicBool::new(false),
             revoked: std::sync::atomic::AtomicBool::new(false),
+            read_only,
         });
         if let Err(e) = self.workers.add(att) {
             let _ = write_frame(
@@ -268,7 +293,14 @@ impl Daemon {
             Request::ReadAt { name, offset, len } => r(self.read_segment(&name, offset, len)),
             Request::WriteAt { name, offset, data } => r(self.write_segment(&name, offset, &data)),
             Request::ClearPoison { name } => r(self.clear_segment_poison(&name)),
-            Request::Attach { name } => self.attach(&name),
+            Request::Attach {
+                name,
+                read_only: true,
+            } if self.segment(&name).is_ok_and(|s| s.info.home.is_some()) => r(err(
+                ErrorCode::InvalidArgument,
+                format!("segment {name} is a cluster segment: it cannot be attached read-only yet (attach it read-write, or read it with `segment read`)"),
+            )),
+            Request::Attach { name, .. } => self.attach(&name),
             Request::RegisterUffd { .. } | Request::AttachVm { .. } => {
                 unreachable!("handled by the connection loop")
             }

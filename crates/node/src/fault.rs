@@ -46,6 +46,11 @@ impl Segment {
             self.latency.record(start.elapsed().as_nanos() as u64);
             return;
         }
+        if att.read_only {
+            self.resolve_read_only(att, f, scratch);
+            self.latency.record(start.elapsed().as_nanos() as u64);
+            return;
+        }
         self.pages.touch(page);
         if let Some(m) = &self.memory {
             if matches!(self.pages.get(page), PageState::Absent | PageState::Paged) {
@@ -107,6 +112,54 @@ impl Segment {
             Ok(Filled::Served) => {}
         }
         self.latency.record(start.elapsed().as_nanos() as u64);
+    }
+
+    /// A fault of a read-only attachment, whose mapping is private: what would be installed
+    /// into it (COPY, zero page) would be that process's own page and never reach the page
+    /// cache, so the page is put in the page cache first (loaded from the mapper, the paging
+    /// device or as zeros, Clean) and then mapped from there (CONTINUE), read-only, with the
+    /// fault-around and prefetching of a reader. No install runs (they COPY into the faulting
+    /// mapping). Its faults are never writes (the kernel refuses a store to a readable-only
+    /// mapping before userfaultfd sees it).
+    fn resolve_read_only(&self, att: &Arc<Attachment>, f: &Fault, scratch: &mut [u8]) {
+        let page = f.page;
+        if let Some(m) = &self.memory {
+            if !self.pages.get(page).is_resident() {
+                m.pool.wait_for_room();
+            }
+        }
+        let g = lock(self.stripe(page));
+        match self.pages.get(page) {
+            PageState::Poisoned => {
+                drop(g);
+                att.refuse(
+                    f,
+                    &"the page is poisoned (clear it with `pagemesh segment clear-poison`)",
+                );
+                return;
+            }
+            PageState::Absent | PageState::Paged => {
+                let buf = &mut scratch[..PSU];
+                let loaded = self
+                    .load_whole(page, buf)
+                    .and_then(|()| self.install_page(page, buf));
+                if let Err(e) = loaded {
+                    drop(g);
+                    att.refuse(f, &format_args!("cannot load the page: {e}"));
+                    return;
+                }
+                self.set_state(page, PageState::Clean);
+            }
+            PageState::Clean | PageState::Dirty => {}
+        }
+        let r = resolve_present(&att.uffd, f, Protect::ReadOnly);
+        drop(g);
+        match r {
+            // Fault-around and the prefetcher only map the page cache or fill it: both are
+            // right for a private mapping too.
+            Ok(()) => self.map_ahead(att, page),
+            Err(e) => att.refuse(f, &format_args!("cannot map the page: {e}")),
+        }
     }
 
     /// Claim the pages after `first` for a run: try-lock each one's stripe, up to `end`

@@ -58,6 +58,9 @@ pub struct Attachment {
     pub volume_user: std::sync::atomic::AtomicBool,
     /// Set by `revoke`: the attachment is being dropped and its faults are refused.
     pub revoked: std::sync::atomic::AtomicBool,
+    /// Attached read-only (mapped privately, readable only): its faults only ever map the
+    /// page cache (`Segment::resolve_read_only`).
+    pub read_only: bool,
 }
 
 impl Attachment {

@@ -115,9 +115,12 @@ pub enum Request {
     ClearPoison {
         name: String,
     },
-    /// Ask for the segment's memfd (sent with the reply).
+    /// Ask for the segment's memfd (sent with the reply). `read_only`: a read-only descriptor
+    /// of it, which the client can only map readable (the caller needs read permission, not
+    /// write).
     Attach {
         name: String,
+        read_only: bool,
     },
     /// Hand the daemon the uffd (sent with this frame) that covers the mapping at `base`.
     /// After the reply this connection is the attachment's lease: when it closes, the daemon

@@ -76,6 +76,13 @@ impl Memfd {
     }
 
     /// Wrap a memfd received from the daemon.
+    /// A read-only descriptor of this memfd (`/proc/self/fd/N` opened `O_RDONLY`): whoever
+    /// gets it can read and map it readable, never write it or map it writable and shared.
+    pub fn reopen_read_only(&self) -> io::Result<OwnedFd> {
+        let f = std::fs::File::open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))?;
+        Ok(OwnedFd::from(f))
+    }
+
     pub fn from_owned(fd: OwnedFd) -> Memfd {
         Memfd {
             file: File::from(fd),
@@ -163,6 +170,7 @@ impl AsFd for Memfd {
 pub struct SharedMapping {
     ptr: NonNull<u8>,
     len: usize,
+    writable: bool,
 }
 
 // SAFETY: the mapping is plain shared memory; the struct only holds its address and length, and
@@ -205,6 +213,7 @@ impl SharedMapping {
         let m = SharedMapping {
             ptr: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
             len,
+            writable: prot & libc::PROT_WRITE != 0,
         };
         if dontfork {
             m.advise(0, len, libc::MADV_DONTFORK)?;
@@ -235,6 +244,30 @@ impl SharedMapping {
             libc::MAP_PRIVATE,
             true,
         )
+    }
+
+    /// Map `len` bytes of `fd` readable only (shared, or `private`): a store through it is a
+    /// SIGSEGV from the kernel, and [`SharedMapping::write_at`] and
+    /// [`SharedMapping::atomics_u64`] refuse it (they panic). A read-only `fd` can only be
+    /// mapped so when shared, and userfaultfd refuses to register that (EPERM: it wants
+    /// `VM_MAYWRITE`); privately mapped, it registers and still maps the file's own frames.
+    /// Not forked into children, no THP.
+    pub fn map_read_only(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        private: bool,
+    ) -> io::Result<SharedMapping> {
+        let flags = if private {
+            libc::MAP_PRIVATE
+        } else {
+            libc::MAP_SHARED
+        };
+        Self::mmap(Some(fd), len, libc::PROT_READ, flags, true)
+    }
+
+    /// Whether the mapping may be written.
+    pub fn is_writable(&self) -> bool {
+        self.writable
     }
 
     /// Map `len` bytes of private anonymous memory (for tests and benchmarks).
@@ -310,8 +343,10 @@ impl SharedMapping {
         };
     }
 
-    /// Copy bytes into the mapping (through page faults, like any access).
+    /// Copy bytes into the mapping (through page faults, like any access). Panics on a
+    /// read-only mapping.
     pub fn write_at(&self, offset: usize, data: &[u8]) {
+        assert!(self.writable, "write_at on a read-only mapping");
         self.check(offset, data.len());
         // SAFETY: the destination lies within this live, writable mapping (checked) and cannot
         // overlap `data`, a Rust slice.
@@ -322,7 +357,20 @@ impl SharedMapping {
 
     /// View the mapping as `u64` atomics (the mapping is page-aligned, so 8-aligned). Atomic
     /// operations on it are atomic with respect to every process that maps the segment.
+    /// Panics on a read-only mapping (a store would fault): use [`SharedMapping::load_u64`].
     pub fn atomics_u64(&self) -> &[std::sync::atomic::AtomicU64] {
+        assert!(self.writable, "atomics_u64 on a read-only mapping");
+        self.words()
+    }
+
+    /// Load the `index`th aligned 64-bit word (atomically, acquire), as another process stores
+    /// it through its own shared mapping. Panics if the word is out of the mapping.
+    pub fn load_u64(&self, index: usize) -> u64 {
+        // A load is all this does with the word: it cannot fault on a read-only mapping.
+        self.words()[index].load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn words(&self) -> &[std::sync::atomic::AtomicU64] {
         // SAFETY: the mapping is live for the returned borrow, page-aligned (so aligned for
         // AtomicU64), `len / 8` elements fit inside it, and AtomicU64 has no invalid bit
         // patterns; atomics are the documented way to share this memory between processes.
@@ -379,9 +427,7 @@ impl ReadOnlyMapping {
     /// Load the `index`th aligned 64-bit word (atomically, acquire), as another process stores
     /// it through its own shared mapping. Panics if the word is out of the mapping.
     pub fn load_u64(&self, index: usize) -> u64 {
-        // A load is all this ever does with the word: no store can fault on the read-only
-        // mapping (the atomic type is only how a concurrent writer's word is read).
-        self.0.atomics_u64()[index].load(std::sync::atomic::Ordering::Acquire)
+        self.0.load_u64(index)
     }
 
     /// Length in bytes.

@@ -545,3 +545,42 @@ fn unservable_faults_are_poisoned_or_revoked() {
         Unservable::Revoke
     );
 }
+
+/// A read-only descriptor of a memfd maps readable and shared, never writable and shared; the
+/// read-only mapping registers with every mode (WP included) and its faults resolve with
+/// CONTINUE like a writable one's, read-only.
+#[test]
+fn a_read_only_descriptor_maps_read_only_and_its_faults_resolve() {
+    let memfd = Memfd::create("ro", 2 * PS).unwrap();
+    memfd.write_all_at(&[7u8; PAGE_SIZE], 0).unwrap();
+    let ro = memfd.reopen_read_only().unwrap();
+    let writable = SharedMapping::map(ro.as_fd(), 2 * PAGE_SIZE);
+    assert_eq!(
+        writable.err().map(|e| e.raw_os_error()),
+        Some(Some(libc::EACCES)),
+        "a read-only descriptor mapped writable and shared"
+    );
+    // Shared, it is readable, but userfaultfd refuses to register it (EPERM: the kernel wants
+    // VM_MAYWRITE); private, it registers, and its faults map the memfd's own frames.
+    let shared = SharedMapping::map_read_only(ro.as_fd(), 2 * PAGE_SIZE, false).unwrap();
+    let (uffd, _) = Uffd::open(features::PAGEMESH).unwrap();
+    let refused = uffd.register_mapping(&shared, all_modes()).unwrap_err();
+    assert_eq!(
+        refused.source.raw_os_error(),
+        Some(libc::EPERM),
+        "{refused}"
+    );
+    let map = SharedMapping::map_read_only(ro.as_fd(), 2 * PAGE_SIZE, true).unwrap();
+    assert!(!map.is_writable());
+    uffd.register_mapping(&map, all_modes()).unwrap();
+    let addr = map.addr();
+    thread::scope(|sc| {
+        let m = &map;
+        // The page is in the memfd: a MINOR fault.
+        let h = sc.spawn(move || m.load_u64(0));
+        let (a, kind, write) = next_fault(&uffd);
+        assert_eq!((a, kind, write), (addr, FaultKind::Minor, false));
+        uffd.continue_(a, PS, Protect::ReadOnly, Wake::Yes).unwrap();
+        assert_eq!(h.join().unwrap(), u64::from_ne_bytes([7; 8]));
+    });
+}
