@@ -23,18 +23,24 @@ pub struct ClusterArgs {
     /// Address peers reach this node on (e.g. 10.0.0.1:7100).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Another node: ID=IP:PORT, an IP address, not a host name (repeat for every other
-    /// node).
-    #[arg(long = "peer", value_name = "ID=IP:PORT", value_parser = parse_peer)]
+    /// Another node: ID=HOST:PORT, HOST an IP address or a name resolved once at start
+    /// (repeat for every other node; this node's own entry, at its --listen address, is
+    /// skipped, so every node may be given the same list).
+    #[arg(long = "peer", value_name = "ID=HOST:PORT", value_parser = parse_peer)]
     pub peers: Vec<(u32, SocketAddr)>,
-    /// Nodes of different clusters refuse each other.
-    #[arg(long)]
+    // The next three are options (the config file may set them), so clap cannot show their
+    // defaults itself: the help takes them from `ClusterConfig::new`.
+    #[arg(long, help = with_default("Nodes of different clusters refuse each other", |c| c.cluster_id))]
     pub cluster_id: Option<u64>,
-    /// A peer silent for this long is declared dead (its unsynced pages are poisoned).
-    #[arg(long)]
+    #[arg(long, help = with_default(
+        "A peer silent for this long is declared dead (its unsynced pages are poisoned); at least 100",
+        |c| c.dead_after_ms,
+    ))]
     pub dead_after_ms: Option<u64>,
-    /// A fault or sync with no answer for this long ends in SIGBUS / an error.
-    #[arg(long)]
+    #[arg(long, help = with_default(
+        "A fault or sync with no answer for this long ends in SIGBUS / an error; at least 100",
+        |c| c.fault_timeout_ms,
+    ))]
     pub fault_timeout_ms: Option<u64>,
     /// This node's certificate (from `pagemesh cluster ca issue`): peer links become TLS 1.3,
     /// both ends authenticated by the cluster CA. Needs --tls-key and --tls-ca.
@@ -50,6 +56,12 @@ pub struct ClusterArgs {
     /// anyone who reaches the address can read and write pages).
     #[arg(long)]
     pub insecure_peers: bool,
+}
+
+/// A flag's description with the default `ClusterConfig::new` gives it, in clap's form.
+fn with_default(text: &str, field: fn(&ClusterConfig) -> u64) -> String {
+    let c = ClusterConfig::new(0, SocketAddr::from(([127, 0, 0, 1], 0)), Vec::new());
+    format!("{text} [default: {}]", field(&c))
 }
 
 fn parse_peer(s: &str) -> Result<(u32, SocketAddr), String> {
@@ -174,7 +186,10 @@ pub fn cluster_config(
         c.dead_after_ms = ms;
     }
     if let Some(ms) = args.fault_timeout_ms.or(file.fault_timeout_ms) {
-        c.fault_timeout_ms = ms.max(100);
+        if ms < 100 {
+            usage!("--fault-timeout-ms {ms} is below 100 ms: faults would fail while peers answer");
+        }
+        c.fault_timeout_ms = ms;
     }
     c.tls = tls_files(args, file)?;
     c.insecure_peers = args.insecure_peers || file.insecure_peers;
@@ -396,6 +411,31 @@ mod tests {
             cluster_config(&ClusterArgs::default(), &ConfigFile::default()).expect("ok"),
             None
         );
+    }
+
+    #[test]
+    fn timings_below_100_ms_are_refused_not_raised() {
+        let node = |extra: ClusterArgs| ClusterArgs {
+            node_id: Some(1),
+            listen: Some("127.0.0.1:7001".parse().expect("addr")),
+            ..extra
+        };
+        for (dead, fault) in [(Some(99), None), (None, Some(99)), (None, Some(0))] {
+            let args = node(ClusterArgs {
+                dead_after_ms: dead,
+                fault_timeout_ms: fault,
+                ..ClusterArgs::default()
+            });
+            let e = cluster_config(&args, &ConfigFile::default()).expect_err("refused");
+            assert!(e.is::<crate::exit::Usage>(), "{e:#}");
+            assert!(e.to_string().contains("below 100 ms"), "{e:#}");
+        }
+        let args = node(ClusterArgs {
+            fault_timeout_ms: Some(100),
+            ..ClusterArgs::default()
+        });
+        let c = cluster_config(&args, &ConfigFile::default()).expect("valid");
+        assert_eq!(c.expect("cluster").fault_timeout_ms, 100);
     }
 
     #[test]

@@ -74,14 +74,20 @@ fn check_userfaultfd() -> bool {
     line(
         missing.is_empty(),
         "userfaultfd features",
-        if missing.is_empty() {
-            "all needed present".to_string()
-        } else {
-            format!("missing {missing:?}")
-        },
+        features_verdict(&missing),
     );
     outln!("       kernel offers: {}", have.join(" "));
     missing.is_empty()
+}
+
+/// What the features line says: the missing features by name, space-separated like the
+/// kernel's list below it.
+fn features_verdict(missing: &[&str]) -> String {
+    if missing.is_empty() {
+        "all needed present".to_string()
+    } else {
+        format!("missing {}", missing.join(" "))
+    }
 }
 
 /// Settings worth knowing that fail nothing.
@@ -152,4 +158,16 @@ pub fn run(socket: &Path) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn missing_features_are_named_plainly() {
+        assert_eq!(super::features_verdict(&[]), "all needed present");
+        assert_eq!(
+            super::features_verdict(&["MINOR_SHMEM", "POISON"]),
+            "missing MINOR_SHMEM POISON"
+        );
+    }
 }

@@ -234,7 +234,17 @@ pub fn start_cluster_with(
                 break;
             }
             if Instant::now() > deadline {
-                bail!("the cluster did not connect within 20 s: {s:?}");
+                let unheard: Vec<String> = s
+                    .nodes
+                    .iter()
+                    .filter(|n| !(n.alive && n.figures.is_some()))
+                    .map(|n| format!("node {} at {} (silent {} ms)", n.id, n.addr, n.silent_ms))
+                    .collect();
+                bail!(
+                    "the cluster did not connect within 20 s: node {} does not hear {}",
+                    s.node,
+                    unheard.join(", ")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

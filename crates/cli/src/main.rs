@@ -32,10 +32,11 @@ mod segment_cmd;
 mod vm_cmd;
 mod volume_cmd;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use pagemesh_types::ByteSize;
 
 #[derive(Parser)]
@@ -105,8 +106,35 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The commands that start daemons of their own and never use `--socket`.
+const OWN_DAEMONS: [&str; 2] = ["demo", "bench"];
+
+/// `Cli`'s command line, with the global `--socket` hidden from the help of `demo` and `bench`
+/// (and their subcommands). They still accept it, so a script's `--socket` or
+/// `PAGEMESH_SOCKET` set for every command does not break them; they do not use it. A global
+/// argument is not copied into a subcommand that has one of its own id, so each gets a hidden
+/// copy before the command is built.
+fn command() -> clap::Command {
+    let cmd = Cli::command();
+    let hidden = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == "socket")
+        .expect("Cli has --socket")
+        .clone()
+        .hide(true);
+    OWN_DAEMONS.iter().fold(cmd, |cmd, name| {
+        cmd.mut_subcommand(name, |sub| sub.arg(hidden.clone()))
+    })
+}
+
+fn parse() -> Result<Cli, clap::Error> {
+    let mut cmd = command();
+    let matches = cmd.try_get_matches_from_mut(std::env::args_os())?;
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -140,7 +168,8 @@ fn main() -> ExitCode {
         // The reader of our output went away (`| head`): not a failure of the command.
         Err(e) if e.is::<stdout::StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pagemesh: error: {e:#}");
+            // Not `eprintln!`: a closed stderr (`2>&1 | head`) must not turn into a panic.
+            let _ = writeln!(std::io::stderr(), "pagemesh: error: {e:#}");
             exit::Exit::of(&e).code()
         }
     }

@@ -154,13 +154,11 @@ pub fn run(socket: &Path, a: MemtestArgs) -> anyhow::Result<ExitCode> {
 /// read that ends in SIGBUS leaves every earlier line behind).
 fn watch(m: &Mapping, a: &MemtestArgs, ms: u64) -> anyhow::Result<ExitCode> {
     use pagemesh_uffd::clock::monotonic_ns;
-    use std::io::Write;
     if !a.offset.is_multiple_of(8) {
         usage!("--offset must be 8-aligned for --watch-ms");
     }
     let index = (a.offset / 8) as usize;
     let end = monotonic_ns() + ms * 1_000_000;
-    let mut out = std::io::stdout();
     loop {
         let t0 = monotonic_ns();
         if t0 >= end {
@@ -168,8 +166,9 @@ fn watch(m: &Mapping, a: &MemtestArgs, ms: u64) -> anyhow::Result<ExitCode> {
         }
         let v = m.load_u64(index);
         let t1 = monotonic_ns();
-        // Stdout is line-buffered: each line is out before the next read.
-        writeln!(out, "{t0} {t1} {v}").context("writing a read to stdout")?;
+        // Stdout is line-buffered: each line is out before the next read. A reader that went
+        // away (`| head -1`) ends the watch quietly (`StdoutClosed`, exit 0).
+        crate::stdout::write_bytes(format!("{t0} {t1} {v}\n").as_bytes())?;
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }

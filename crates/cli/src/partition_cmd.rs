@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use pagemesh::{Client, PartitionLimits, PartitionStat};
-use pagemesh_types::ByteSize;
+use pagemesh_types::{ByteSize, PAGE_SIZE};
 
 use crate::parse_size;
 
@@ -110,6 +110,36 @@ fn header() {
     );
 }
 
+/// Say on stderr (stdout stays the result, JSON or text) each limit the daemon stored other
+/// than as asked: limits are whole pages (rounded down), and a max is at most the pool's
+/// budget.
+fn say_what_changed(name: &str, min: Option<u64>, max: Option<u64>, stored: &PartitionLimits) {
+    for (flag, asked, got) in [
+        ("--min", min, stored.min_bytes),
+        ("--max", max, stored.max_bytes),
+    ] {
+        if let Some(note) = asked.and_then(|a| change_note(flag, a, got)) {
+            eprintln!("pagemesh: partition {name}: {note}");
+        }
+    }
+}
+
+/// What a script is told when `asked` was stored as `got`; nothing when it was not changed.
+fn change_note(flag: &str, asked: u64, got: u64) -> Option<String> {
+    if asked == got {
+        return None;
+    }
+    let (asked, got) = (ByteSize(asked), ByteSize(got));
+    Some(if got.0 == asked.0 - asked.0 % PAGE_SIZE {
+        format!(
+            "{flag} {asked} ({} bytes) stored as {got} (limits are whole pages)",
+            asked.0
+        )
+    } else {
+        format!("{flag} {asked} stored as {got} (the pool's budget)")
+    })
+}
+
 pub fn run(socket: &Path, cmd: PartitionCmd) -> anyhow::Result<ExitCode> {
     let client = Client::connect(socket)?;
     let show = |p: PartitionStat, json: bool| {
@@ -133,7 +163,9 @@ pub fn run(socket: &Path, cmd: PartitionCmd) -> anyhow::Result<ExitCode> {
                 max_bytes: max.unwrap_or(u64::MAX),
                 weight,
             };
-            show(client.create_partition(&name, limits)?, json);
+            let p = client.create_partition(&name, limits)?;
+            say_what_changed(&name, Some(min), max, &p.limits);
+            show(p, json);
         }
         PartitionCmd::List { json } => {
             let v = client.list_partitions()?;
@@ -161,7 +193,9 @@ pub fn run(socket: &Path, cmd: PartitionCmd) -> anyhow::Result<ExitCode> {
                 ))
                 .into());
             }
-            show(client.set_partition(&name, min, max, weight)?, json);
+            let p = client.set_partition(&name, min, max, weight)?;
+            say_what_changed(&name, min, max, &p.limits);
+            show(p, json);
         }
         PartitionCmd::Rm { name } => {
             client.remove_partition(&name)?;
@@ -169,4 +203,22 @@ pub fn run(socket: &Path, cmd: PartitionCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::change_note;
+
+    #[test]
+    fn a_limit_stored_otherwise_is_named_with_the_reason() {
+        assert_eq!(change_note("--max", 1 << 30, 1 << 30), None);
+        assert_eq!(
+            change_note("--max", 1 << 30, 64 << 20).as_deref(),
+            Some("--max 1GiB stored as 64MiB (the pool's budget)")
+        );
+        assert_eq!(
+            change_note("--min", (1 << 20) + 100, 1 << 20).as_deref(),
+            Some("--min 1.0MiB (1048676 bytes) stored as 1MiB (limits are whole pages)")
+        );
+    }
 }

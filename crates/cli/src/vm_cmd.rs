@@ -160,7 +160,11 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 fn refuse_and_stop(conn: &UnixStream, why: &str) {
     let _ = conn.shutdown(std::net::Shutdown::Both);
     let pid = fdpass::peer_cred(conn).map(|c| c.pid);
-    eprintln!("pagemesh vm serve: refusing the VMM (pid {pid:?}): {why}; stopping it");
+    let who = match &pid {
+        Ok(pid) => format!("pid {pid}"),
+        Err(e) => format!("pid unknown: {e}"),
+    };
+    eprintln!("pagemesh vm serve: refusing the VMM ({who}): {why}; stopping it");
     if let Ok(vmm) = pid.and_then(PidFd::open) {
         vmm.stop_loudly(VMM_STOP_GRACE);
     }
@@ -195,8 +199,9 @@ fn serve_one(
         Err(e) => {
             let stopped = vmm.stop_loudly(VMM_STOP_GRACE);
             return Err(e.context(format!(
-                "VMM pid {} could not be served; stopped it ({stopped:?})",
-                cred.pid
+                "VMM pid {} could not be served; {}",
+                cred.pid,
+                how_stopped(stopped)
             )));
         }
     };
@@ -216,14 +221,19 @@ fn serve_one(
             "pagemesh vm serve: the daemon went away: vm {} (VMM pid {}) cannot be served; {}",
             lease.vm_id(),
             cred.pid,
-            match how {
-                Stopped::ByBus => "stopped it with SIGBUS",
-                Stopped::ByKill => "it ignored SIGBUS: killed it (SIGKILL)",
-                Stopped::AlreadyGone => "it had exited already",
-            }
+            how_stopped(how)
         ),
     }
     Ok(end)
+}
+
+/// How a VMM was stopped, for a message.
+fn how_stopped(how: Stopped) -> &'static str {
+    match how {
+        Stopped::ByBus => "stopped it with SIGBUS",
+        Stopped::ByKill => "it ignored SIGBUS: killed it (SIGKILL)",
+        Stopped::AlreadyGone => "it had exited already",
+    }
 }
 
 /// Read the VMM's one message: the uffd and the JSON regions.

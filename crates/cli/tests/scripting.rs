@@ -58,6 +58,90 @@ fn a_reader_that_stops_reading_ends_the_output_quietly() {
     }
 }
 
+/// `pagemesh ARGS | READER` through bash with `pipefail` (so the status is pagemesh's unless
+/// the reader failed): a real pipe to a real reader that exits early. Bounded; stdout is
+/// the reader's output, stderr both's.
+fn piped(d: &Daemon, args: &str, reader: &str, timeout: Duration) -> common::Out {
+    let child = std::process::Command::new("bash")
+        .arg("-o")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(format!("\"$PM\" --socket \"$SOCK\" {args} | {reader}"))
+        .env("PM", common::BIN)
+        .env("SOCK", &d.socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bash");
+    finish(child, &[], timeout, &[args, reader])
+}
+
+#[test]
+fn a_shell_pipeline_into_head_ends_quietly() {
+    let d = Daemon::start();
+    d.run(&["segment", "create", "big", "--size", "256MiB"])
+        .ok();
+    d.run_stdin(&["segment", "write", "big"], b"0123456789abcdef")
+        .ok();
+    // The issue's own command: head takes 10 bytes of 256 MiB and exits.
+    let out = piped(
+        &d,
+        "segment read big",
+        "head -c 10",
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert_eq!(out.stderr, "", "nothing on stderr");
+    assert_eq!(out.stdout, b"0123456789");
+
+    // A line a millisecond for 20 s, and a reader that wants one: over as soon as the next
+    // line finds the pipe closed, not when the 20 s are up.
+    d.run(&["segment", "create", "w", "--size", "4KiB"]).ok();
+    let t = std::time::Instant::now();
+    let out = piped(
+        &d,
+        "memtest w --watch-ms 20000",
+        "head -n 1",
+        Duration::from_secs(15),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert_eq!(out.stderr, "", "nothing on stderr");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let line = out.stdout_str();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert_eq!(
+        line.split_whitespace().count(),
+        3,
+        "START_NS END_NS VALUE: {line}"
+    );
+}
+
+#[test]
+fn a_limit_stored_otherwise_than_asked_is_said_on_stderr() {
+    let d = Daemon::start_with(&["--memory", "64MiB"]);
+    let status = json_of(&d.run(&["status", "--json"]).ok());
+    let budget = status["memory_budget_bytes"].as_u64().expect("budget");
+    let out = d
+        .run(&["partition", "create", "p", "--max", "1GiB", "--json"])
+        .ok();
+    let said = format!(
+        "partition p: --max 1GiB stored as {} (the pool's budget)",
+        pagemesh_types::ByteSize(budget)
+    );
+    assert!(out.stderr.contains(&said), "{}", out.stderr);
+    assert_eq!(json_of(&out)["max_bytes"], budget, "stdout stays the JSON");
+    let out = d.run(&["partition", "set", "p", "--min", "5000"]).ok();
+    assert!(
+        out.stderr
+            .contains("--min 4.9KiB (5000 bytes) stored as 4KiB (limits are whole pages)"),
+        "{}",
+        out.stderr
+    );
+    let out = d.run(&["partition", "set", "p", "--max", "32MiB"]).ok();
+    assert_eq!(out.stderr, "", "stored as asked: nothing to say");
+}
+
 #[test]
 fn partition_changes_are_refused_rather_than_altered_or_ignored() {
     let d = Daemon::start_with(&["--memory", "64MiB"]);
