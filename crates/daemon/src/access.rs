@@ -4,9 +4,6 @@
 //! against the owner the catalog replicated to it (one uid namespace across the cluster; the
 //! peer links are authenticated, so a node trusts its peers' checks).
 
-use std::collections::HashMap;
-use std::sync::RwLock;
-
 use pagemesh_proto::{Access, ErrorCode, Owner, Request, Response, SegmentInfo};
 
 use crate::reply::err;
@@ -43,29 +40,6 @@ impl Caller {
             gid: self.gids.first().copied().unwrap_or(self.uid),
             mode,
         })
-    }
-}
-
-/// Owners changed (chmod, chown) since the segment was loaded or created: a segment's
-/// `info.owner` is the owner it had then.
-#[derive(Default)]
-pub(crate) struct Owners(RwLock<HashMap<u64, Owner>>);
-
-impl Owners {
-    fn get(&self, info: &SegmentInfo) -> Owner {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&info.id)
-            .copied()
-            .unwrap_or(info.owner)
-    }
-
-    fn set(&self, id: u64, owner: Owner) {
-        self.0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, owner);
     }
 }
 

@@ -12,6 +12,7 @@ mod cluster_segments;
 mod connections;
 pub mod datadir;
 mod lifecycle;
+mod owners;
 mod partitions;
 mod pool;
 mod reply;

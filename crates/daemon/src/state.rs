@@ -48,7 +48,7 @@ pub struct Daemon {
     pub uffd_mode: String,
     pub(crate) catalog: Mutex<Catalog>,
     /// Owners changed since their segments were loaded (`access`).
-    pub(crate) owners: crate::access::Owners,
+    pub(crate) owners: crate::owners::Owners,
     pub(crate) segments: RwLock<HashMap<String, Arc<Segment>>>,
     /// Segments of the catalog that could not be opened, by name: listed as such, their names
     /// taken, removable.

@@ -139,6 +139,16 @@ impl Segment {
                 return;
             }
             PageState::Absent | PageState::Paged => {
+                if self.memfd.is_present(page * PS).unwrap_or(false) {
+                    // Written past the daemon (see `fill`): never adopted, punched out (which
+                    // zaps every mapping of it) before the page's real data goes in.
+                    log::warn!(
+                        "segment {} page {page}: a page nobody installed was in the page cache; \
+                         replacing it with the page's data",
+                        self.info.name
+                    );
+                    let _ = self.memfd.punch_hole(page * PS, PS);
+                }
                 let buf = &mut scratch[..PSU];
                 let loaded = self
                     .load_whole(page, buf)
