@@ -150,12 +150,20 @@ impl Segment {
                     let _ = self.memfd.punch_hole(page * PS, PS);
                 }
                 let buf = &mut scratch[..PSU];
-                let loaded = self
-                    .load_whole(page, buf)
-                    .and_then(|()| self.install_page(page, buf));
-                if let Err(e) = loaded {
+                match self.load(page, buf) {
+                    Ok(Loaded::Zero) => buf.fill(0),
+                    Ok(Loaded::Data) => {}
+                    Err(e) => {
+                        self.poison_unloadable(att, f, &e);
+                        return;
+                    }
+                }
+                if let Err(e) = self.install_page(page, buf) {
                     drop(g);
-                    att.refuse(f, &format_args!("cannot load the page: {e}"));
+                    att.refuse(
+                        f,
+                        &format_args!("cannot put the page in the page cache: {e}"),
+                    );
                     return;
                 }
                 self.set_state(page, PageState::Clean);
@@ -341,6 +349,26 @@ impl Segment {
         Some(Ok(Filled::Served))
     }
 
+    /// A fault's page could not be loaded: poison it and refuse the fault (SIGBUS), saying
+    /// where and why (caller holds the stripe).
+    fn poison_unloadable(&self, att: &Attachment, f: &Fault, e: &dyn std::fmt::Display) {
+        self.set_state(f.page, PageState::Poisoned);
+        bump(&self.counters.poisonings, 1);
+        let partition = self
+            .memory
+            .as_ref()
+            .map_or("-", |m| m.partition.name.as_str());
+        att.refuse(
+            f,
+            &format_args!(
+                "offset {:#x}, partition {partition}: {e}; the page is poisoned. Fix the backing \
+                 store, then run `pagemesh segment clear-poison {}`",
+                f.page * PS,
+                self.info.name
+            ),
+        );
+    }
+
     /// Bring an Absent page in from the mapper (or as zeros) and map it into `att`.
     fn fill(&self, att: &Attachment, f: &Fault, scratch: &mut [u8]) -> Result<Filled, UffdError> {
         let (page, addr) = (f.page, f.addr);
@@ -349,21 +377,7 @@ impl Segment {
             Ok(Loaded::Zero) => &ZERO_PAGE,
             Ok(Loaded::Data) => &scratch[..PSU],
             Err(e) => {
-                self.set_state(page, PageState::Poisoned);
-                bump(&self.counters.poisonings, 1);
-                let partition = self
-                    .memory
-                    .as_ref()
-                    .map_or("-", |m| m.partition.name.as_str());
-                att.refuse(
-                    f,
-                    &format_args!(
-                        "offset {:#x}, partition {partition}: {e}; the page is poisoned. Fix the backing \
-                         store, then run `pagemesh segment clear-poison {}`",
-                        page * PS,
-                        self.info.name
-                    ),
-                );
+                self.poison_unloadable(att, f, &e);
                 return Ok(Filled::Poisoned);
             }
         };
