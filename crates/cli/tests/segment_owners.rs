@@ -213,15 +213,54 @@ fn a_cluster_segment_is_owned_by_its_creator_on_every_node() {
             assert_eq!(code(&out), Some(77), "node {n} {args:?}: {}", out.stderr);
         }
     }
-    // Its mode is set at creation: changing it is refused, saying so.
-    let out = c.node(2).run(&["segment", "chmod", "theirs", "0644"]);
-    assert_eq!(code(&out), Some(64), "{}", out.stderr);
-    assert!(out.stderr.contains("cluster segment"), "{}", out.stderr);
-    let r = c
-        .node(2)
-        .run(&["segment", "read", "theirs", "--len", "11"])
-        .ok();
-    assert_eq!(r.stdout, b"from node 3");
+    // Its owner, on node 3 (not the home), opens it to others: the home records the change
+    // and every node takes it.
+    let out = c
+        .node(3)
+        .run_as(NOBODY, NOBODY, &["segment", "chmod", "theirs", "0644"], b"");
+    assert_eq!(code(&out), Some(0), "{}", out.stderr);
+    for n in 1..=3 {
+        wait_for(&c, n, "mode", "0644".into());
+        let r = c.node(n).run_as(
+            OTHER,
+            OTHER,
+            &["segment", "read", "theirs", "--len", "11"],
+            b"",
+        );
+        assert_eq!(code(&r), Some(0), "node {n}: {}", r.stderr);
+        assert_eq!(r.stdout, b"from node 3");
+    }
+    // Writing stays the owner's; giving it away stays root's, and root does, from node 1.
+    let w = c
+        .node(1)
+        .run_as(OTHER, OTHER, &["segment", "write", "theirs"], b"x");
+    assert_eq!(code(&w), Some(77), "{}", w.stderr);
+    let out = c.node(1).run_as(
+        NOBODY,
+        NOBODY,
+        &["segment", "chown", "theirs", "65533"],
+        b"",
+    );
+    assert_eq!(code(&out), Some(77), "{}", out.stderr);
+    c.node(1).run(&["segment", "chown", "theirs", "65533"]).ok();
+    wait_for(&c, 3, "uid", OTHER.into());
+    let w = c
+        .node(3)
+        .run_as(OTHER, OTHER, &["segment", "write", "theirs"], b"F");
+    assert_eq!(code(&w), Some(0), "{}", w.stderr);
+}
+
+/// Wait (bounded) until node `n` lists the first segment with `field` = `want`.
+fn wait_for(c: &Cluster, n: usize, field: &str, want: serde_json::Value) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let list = json_of(&c.node(n).run(&["segment", "list", "--json"]).ok());
+        if list[0][field] == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "node {n}: {list}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -121,8 +121,19 @@ pub trait Host: Send + Sync {
         backing: Backing,
         owner: pagemesh_proto::Owner,
     ) -> Result<Arc<Segment>, String>;
+    /// Change the owner or mode of a segment homed here, for caller `uid` (who may: the
+    /// owner or root for the mode, root for the owner): persisted, and the segment as it is now.
+    fn set_owner(
+        &self,
+        seg: SegmentId,
+        change: pagemesh_proto::OwnerChange,
+        uid: u32,
+    ) -> Result<SegmentInfo, String>;
+    /// `info` with the segment's current owner and mode (changed since it was created).
+    fn current(&self, info: &SegmentInfo) -> SegmentInfo;
     /// Take a segment a peer announced into this node's catalog: `Ok(None)` if it is known
-    /// already or was removed from the cluster.
+    /// already (its owner and mode updated to the announced ones) or was removed from the
+    /// cluster.
     fn adopt(&self, info: &SegmentInfo) -> Result<Option<Arc<Segment>>, String>;
     /// Forget a segment the cluster removed (nothing is attached here any more), remembering
     /// its id as removed.

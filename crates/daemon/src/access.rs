@@ -4,7 +4,7 @@
 //! against the owner the catalog replicated to it (one uid namespace across the cluster; the
 //! peer links are authenticated, so a node trusts its peers' checks).
 
-use pagemesh_proto::{Access, ErrorCode, Owner, Request, Response, SegmentInfo};
+use pagemesh_proto::{Access, ErrorCode, Owner, OwnerChange, Request, Response, SegmentInfo};
 
 use crate::reply::err;
 use crate::state::Daemon;
@@ -128,56 +128,85 @@ impl Daemon {
     }
 
     /// `segment chmod` / `segment chown` (the caller was checked): the catalog first, then the
-    /// segment's owner here.
-    pub(crate) fn change_owner(&self, req: &Request) -> Response {
-        let (name, change): (&str, Box<dyn Fn(Owner) -> Owner>) = match req {
-            Request::ChmodSegment { name, mode } if *mode <= 0o777 => {
-                let mode = *mode;
-                (name, Box::new(move |o| Owner { mode, ..o }))
-            }
-            Request::ChmodSegment { mode, .. } => {
-                return err(
-                    ErrorCode::InvalidArgument,
-                    format!("mode {mode:o}: permission bits only (at most 777, octal)"),
-                )
-            }
-            Request::ChownSegment { name, uid, gid } => {
-                let (uid, gid) = (*uid, *gid);
-                (
-                    name,
-                    Box::new(move |o: Owner| Owner {
-                        uid: uid.unwrap_or(o.uid),
-                        gid: gid.unwrap_or(o.gid),
-                        ..o
-                    }),
-                )
-            }
+    /// segment's owner here; a cluster segment's at its home, which checks the caller again and
+    /// announces the change to every node.
+    pub(crate) fn change_owner(&self, req: &Request, caller: &Caller) -> Response {
+        let (name, change) = match req {
+            Request::ChmodSegment { name, mode } => (
+                name,
+                OwnerChange {
+                    mode: Some(*mode),
+                    ..OwnerChange::default()
+                },
+            ),
+            Request::ChownSegment { name, uid, gid } => (
+                name,
+                OwnerChange {
+                    uid: *uid,
+                    gid: *gid,
+                    ..OwnerChange::default()
+                },
+            ),
             _ => unreachable!("change_owner of {req:?}"),
         };
         let seg = match self.segment(name) {
             Ok(s) => s,
             Err(resp) => return resp,
         };
-        if seg.info.home.is_some() {
-            return err(
-                ErrorCode::InvalidArgument,
-                format!("segment {name} is a cluster segment: its owner and mode are set when it is created (--mode), and cannot be changed yet"),
-            );
+        let changed = if seg.info.home.is_some() {
+            self.change_cluster_owner(&seg.info, change, caller)
+        } else {
+            change
+                .apply(self.owner_of(&seg.info), caller.uid)
+                .and_then(|owner| self.record_owner(&seg.info, owner))
+                .map(|()| self.with_owner(seg.info.clone()))
+        };
+        match changed {
+            Ok(info) => {
+                let o = info.owner;
+                log::info!(
+                    "segment {name}: owner uid {} gid {} mode {:o}",
+                    o.uid,
+                    o.gid,
+                    o.mode
+                );
+                Response::Segment(info)
+            }
+            Err(e) => err(ErrorCode::InvalidArgument, format!("segment {name}: {e}")),
         }
-        let owner = change(self.owner_of(&seg.info));
+    }
+
+    /// Persist `owner` as segment `info`'s (catalog first) and use it here from now on.
+    pub(crate) fn record_owner(&self, info: &SegmentInfo, owner: Owner) -> Result<(), String> {
         let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = catalog.set_owner(seg.info.id, owner) {
-            return err(ErrorCode::Io, e.to_string());
-        }
-        self.owners.set(seg.info.id, owner);
-        drop(catalog);
-        log::info!(
-            "segment {name}: owner uid {} gid {} mode {:o}",
-            owner.uid,
-            owner.gid,
-            owner.mode
-        );
-        Response::Segment(self.with_owner(seg.info.clone()))
+        catalog
+            .set_owner(info.id, owner)
+            .map_err(|e| e.to_string())?;
+        self.owners.set(info.id, owner);
+        Ok(())
+    }
+
+    fn change_cluster_owner(
+        &self,
+        info: &SegmentInfo,
+        change: OwnerChange,
+        caller: &Caller,
+    ) -> Result<SegmentInfo, String> {
+        let c = self
+            .cluster
+            .get()
+            .ok_or("this daemon is not part of a cluster")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        c.send(pagemesh_cluster::Input::SetOwner {
+            seg: pagemesh_types::SegmentId(info.id),
+            change,
+            uid: caller.uid,
+            gids: caller.gids.clone(),
+            reply: tx,
+        })?;
+        let home = info.home.unwrap_or_default();
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .map_err(|_| format!("its home, node {home}, did not answer within 10 s: is it up? (`pagemesh cluster status`)"))?
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use pagemesh_cluster::fatal::Fatal;
 use pagemesh_cluster::{ClusterConfig, Host, Input};
 use pagemesh_node::segment::Segment;
-use pagemesh_proto::{Backing, Owner, SegmentInfo};
+use pagemesh_proto::{Backing, Owner, OwnerChange, SegmentInfo};
 use pagemesh_types::{ByteSize, NodeId, SegmentId};
 
 use crate::pool::memory_for;
@@ -55,6 +55,24 @@ impl Host for Daemon {
     ) -> Result<Arc<Segment>, String> {
         let me = self.me()?;
         self.create_cluster_segment(name, size_bytes, backing, owner, me.0, false)
+    }
+
+    fn set_owner(
+        &self,
+        seg: SegmentId,
+        change: OwnerChange,
+        uid: u32,
+    ) -> Result<SegmentInfo, String> {
+        let s = self
+            .cluster_segment(seg.0)
+            .ok_or_else(|| format!("no cluster segment with id {:#x} here", seg.0))?;
+        let owner = change.apply(self.owner_of(&s.info), uid)?;
+        self.record_owner(&s.info, owner)?;
+        Ok(self.with_owner(s.info.clone()))
+    }
+
+    fn current(&self, info: &SegmentInfo) -> SegmentInfo {
+        self.with_owner(info.clone())
     }
 
     fn adopt(&self, info: &SegmentInfo) -> Result<Option<Arc<Segment>>, String> {
@@ -242,6 +260,11 @@ impl Daemon {
             .get(&info.name)
         {
             if s.info.id == info.id {
+                // Known: its home announces it again after a change of owner or mode.
+                if self.owner_of(&s.info) != info.owner {
+                    drop(catalog);
+                    self.record_owner(&s.info, info.owner)?;
+                }
                 return Ok(None);
             }
             return Err(format!(

@@ -283,7 +283,7 @@ impl Daemon {
                 Err(resp) => *resp,
             }),
             req @ (Request::ChmodSegment { .. } | Request::ChownSegment { .. }) => {
-                r(self.change_owner(&req))
+                r(self.change_owner(&req, caller))
             }
             Request::ListSegments => r(self.list_segments()),
             Request::ListUnavailable => r(self.list_unavailable()),

@@ -361,6 +361,43 @@ pub struct Owner {
     pub mode: u32,
 }
 
+/// A change of a segment's owner or mode (`None`: unchanged).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl OwnerChange {
+    /// `owner` changed so, if the caller (`uid`, `gids`) may: the mode by the owner or root,
+    /// the owner and group by root only; a mode of permission bits only.
+    pub fn apply(&self, owner: Owner, uid: u32) -> Result<Owner, String> {
+        if self.mode.is_some_and(|m| m > 0o777) {
+            return Err(format!(
+                "mode {:o}: permission bits only (at most 777, octal)",
+                self.mode.unwrap_or_default()
+            ));
+        }
+        if (self.uid.is_some() || self.gid.is_some()) && uid != 0 {
+            return Err(format!(
+                "changing the owner is root's to do (uid {uid} asked)"
+            ));
+        }
+        if self.mode.is_some() && uid != 0 && uid != owner.uid {
+            return Err(format!(
+                "changing the mode is the owner's (uid {}) or root's (uid {uid} asked)",
+                owner.uid
+            ));
+        }
+        Ok(Owner {
+            uid: self.uid.unwrap_or(owner.uid),
+            gid: self.gid.unwrap_or(owner.gid),
+            mode: self.mode.unwrap_or(owner.mode),
+        })
+    }
+}
+
 /// What a caller wants of a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -572,5 +609,48 @@ mod tests {
             let cut = i % valid.len();
             assert!(postcard::from_bytes::<Request>(&valid[..cut]).is_err() || cut == valid.len());
         }
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    const MINE: Owner = Owner {
+        uid: 1000,
+        gid: 100,
+        mode: 0o640,
+    };
+
+    #[test]
+    fn the_mode_is_read_as_a_files() {
+        assert!(MINE.allows(1000, &[5], Access::Write));
+        assert!(MINE.allows(7, &[5, 100], Access::Read));
+        assert!(!MINE.allows(7, &[5, 100], Access::Write));
+        assert!(!MINE.allows(7, &[5], Access::Read));
+        assert!(!MINE.allows(7, &[100], Access::Own));
+        assert!(MINE.allows(0, &[0], Access::Own));
+        assert_eq!(MINE.mode_string(), "rw-r-----");
+    }
+
+    #[test]
+    fn a_change_is_the_owners_or_roots_and_an_owner_change_roots_only() {
+        let chmod = OwnerChange {
+            mode: Some(0o604),
+            ..OwnerChange::default()
+        };
+        assert_eq!(chmod.apply(MINE, 1000).map(|o| o.mode), Ok(0o604));
+        assert!(chmod.apply(MINE, 7).is_err(), "someone else changed the mode");
+        let chown = OwnerChange {
+            uid: Some(7),
+            ..OwnerChange::default()
+        };
+        assert!(chown.apply(MINE, 1000).is_err(), "the owner gave it away");
+        assert_eq!(chown.apply(MINE, 0).map(|o| (o.uid, o.gid)), Ok((7, 100)));
+        let bad = OwnerChange {
+            mode: Some(0o4755),
+            ..OwnerChange::default()
+        };
+        assert!(bad.apply(MINE, 0).is_err(), "setuid bits taken");
     }
 }

@@ -117,6 +117,25 @@ pub enum Control {
         /// The user who asked (on the sender), and the mode asked for.
         owner: crate::Owner,
     },
+    /// Change the owner or mode of segment `seg` (sent to its home, which checks the caller
+    /// again, records the change and announces the segment anew).
+    SetOwner {
+        /// Matches the reply.
+        req: u64,
+        /// Segment.
+        seg: u64,
+        /// New permission bits, owner, group (`None`: unchanged).
+        change: crate::OwnerChange,
+        /// The user who asked, on the sender: its uid and groups.
+        uid: u32,
+        gids: Vec<u32>,
+    },
+    /// The home's answer to `SetOwner`: the segment as it is now, or why not.
+    SetOwnerDone {
+        /// The request answered.
+        req: u64,
+        result: Result<SegmentInfo, String>,
+    },
     /// The home's answer to `CreateSegment`.
     CreateReply {
         /// The request answered.

@@ -152,6 +152,21 @@ fn all_frames() -> Vec<PeerFrame> {
                 mode: 0o640,
             },
         }),
+        PeerFrame::Control(Control::SetOwner {
+            req: 6,
+            seg: 7,
+            change: crate::OwnerChange {
+                mode: Some(0o644),
+                uid: None,
+                gid: Some(100),
+            },
+            uid: 1000,
+            gids: vec![100, 27],
+        }),
+        PeerFrame::Control(Control::SetOwnerDone {
+            req: 6,
+            result: Err("no".into()),
+        }),
     ]
 }
 
@@ -179,7 +194,7 @@ fn the_wire_bytes_of_every_frame_are_pinned() {
     let hash = wire.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    assert_eq!((wire.len(), hash), (9927, 0xa2fe_0c67_bc6b_bd74));
+    assert_eq!((wire.len(), hash), (9957, 0x9fea_db27_b4a1_1f35));
 }
 
 #[test]

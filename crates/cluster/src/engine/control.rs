@@ -22,6 +22,14 @@ impl Engine {
                 let msg = Control::CreateReply { req, result };
                 self.send_peer(from, PeerFrame::Control(msg));
             }
+            Control::SetOwner {
+                req,
+                seg,
+                change,
+                uid,
+                gids: _,
+            } => self.on_set_owner(from, req, SegmentId(seg), change, uid),
+            Control::SetOwnerDone { req, result } => self.on_set_owner_done(from, req, result),
             msg @ (Control::CreateReply { .. }
             | Control::BarrierRelease { .. }
             | Control::SyncRefused { .. }

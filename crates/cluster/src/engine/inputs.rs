@@ -65,6 +65,21 @@ impl Engine {
                 };
                 self.send_peer(home, PeerFrame::Control(msg));
             }
+            Input::SetOwner {
+                seg,
+                change,
+                uid,
+                gids,
+                reply,
+            } => {
+                let r = super::OwnerRequest {
+                    seg,
+                    change,
+                    uid,
+                    gids,
+                };
+                self.set_owner(r, reply);
+            }
             Input::Sync { seg, reply } => {
                 if let Err(full) = self.calls.room(1) {
                     let _ = reply.send(Err(full.to_string()));
@@ -178,7 +193,7 @@ impl Engine {
             .segs
             .values()
             .filter(|s| s.info.home == me)
-            .map(|s| s.info.clone())
+            .map(|s| self.host.current(&s.info))
             .collect();
         self.send_peer(peer, PeerFrame::Control(Control::Catalog { segments }));
         let mine = Some(self.me());

@@ -16,6 +16,9 @@ mod faults;
 mod inputs;
 mod liveness;
 mod locks;
+mod owners;
+
+pub(crate) use owners::OwnerRequest;
 mod removal;
 mod status;
 
@@ -255,6 +258,8 @@ pub struct Engine {
     lock_client: LockClient,
     lock_waiters: HashMap<u64, Sender<Result<(), String>>>,
     creates: HashMap<u64, CreateWait>,
+    /// Owner changes asked of a segment's home.
+    owner_changes: HashMap<u64, owners::OwnerWait>,
     next_req: u64,
     statuses: HashMap<u64, StatusWait>,
     poisoned_seen: HashMap<SegmentId, std::collections::BTreeSet<u64>>,
@@ -364,6 +369,7 @@ impl Engine {
             lock_client: LockClient::new(),
             lock_waiters: HashMap::new(),
             creates: HashMap::new(),
+            owner_changes: HashMap::new(),
             next_req: 1,
             statuses: HashMap::new(),
             poisoned_seen: HashMap::new(),
@@ -430,6 +436,8 @@ impl Engine {
                 self.finish_statuses(false);
                 // The asking client gave up after 10 s.
                 self.creates
+                    .retain(|_, (_, t, _)| t.elapsed() < Duration::from_secs(15));
+                self.owner_changes
                     .retain(|_, (_, t, _)| t.elapsed() < Duration::from_secs(15));
                 self.clears
                     .retain(|_, (_, t, _)| t.elapsed() < Duration::from_secs(130));
