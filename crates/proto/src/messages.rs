@@ -640,7 +640,10 @@ mod owner_tests {
             ..OwnerChange::default()
         };
         assert_eq!(chmod.apply(MINE, 1000).map(|o| o.mode), Ok(0o604));
-        assert!(chmod.apply(MINE, 7).is_err(), "someone else changed the mode");
+        assert!(
+            chmod.apply(MINE, 7).is_err(),
+            "someone else changed the mode"
+        );
         let chown = OwnerChange {
             uid: Some(7),
             ..OwnerChange::default()
