@@ -107,3 +107,63 @@ mod tests {
         assert!(try_lock_exclusive(b.as_fd()).unwrap());
     }
 }
+
+/// Whose rights a file is opened with ([`open_as`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// Open `path` read-write (never creating it) with the file-system rights of `who`, not this
+/// process's: on a thread of its own, the raw `setgroups`, `setfsgid` and `setfsuid` system
+/// calls change that thread's credentials only (the C library's wrappers would change every
+/// thread's), the file is opened, and the thread ends with its credentials. Refused as the
+/// kernel refuses `who` (EACCES for a file it may not write, ENOENT for a path it may not
+/// reach).
+pub fn open_as(path: &std::path::Path, who: &Identity) -> io::Result<std::fs::File> {
+    let path = path.to_path_buf();
+    let who = who.clone();
+    std::thread::Builder::new()
+        .name("pagemesh-open-as".into())
+        .spawn(move || -> io::Result<std::fs::File> {
+            let groups: Vec<libc::gid_t> = who.groups.clone();
+            // SAFETY: setgroups reads `groups.len()` gids from a live Vec; as a raw system
+            // call it changes this thread's credentials only, and this thread ends below.
+            let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: setfsgid/setfsuid take plain ids and change this thread's file-system
+            // ids only. They return the previous id, not an error: checked below by calling
+            // again with an invalid id, which returns the current one.
+            unsafe {
+                libc::syscall(libc::SYS_setfsgid, who.gid);
+                libc::syscall(libc::SYS_setfsuid, who.uid);
+            }
+            // SAFETY: as above; -1 changes nothing and returns the current id.
+            let (fsgid, fsuid) = unsafe {
+                (
+                    libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
+                    libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32,
+                )
+            };
+            if (fsuid, fsgid) != (who.uid, who.gid) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "could not take uid {} gid {} to open the file",
+                        who.uid, who.gid
+                    ),
+                ));
+            }
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the thread opening the file panicked"))?
+}

@@ -584,3 +584,35 @@ fn a_read_only_descriptor_maps_read_only_and_its_faults_resolve() {
         assert_eq!(h.join().unwrap(), u64::from_ne_bytes([7; 8]));
     });
 }
+
+/// A file opened as another user: only what that user may open, and this process's own
+/// credentials are untouched.
+#[test]
+fn open_as_opens_with_the_rights_of_the_user_named() {
+    use pagemesh_uffd::process::{open_as, Identity};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let roots = dir.path().join("roots");
+    std::fs::write(&roots, b"root's").unwrap();
+    std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let theirs = dir.path().join("theirs");
+    std::fs::write(&theirs, b"nobody's").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let nobody = Identity {
+        uid: 65534,
+        gid: 65534,
+        groups: vec![],
+    };
+    let e = open_as(&roots, &nobody).expect_err("nobody opened root's 0600 file");
+    assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+    let f = open_as(&theirs, &nobody).expect("nobody opens its own file");
+    assert_eq!(f.metadata().unwrap().len(), 8);
+    // This thread is still root: it opens root's file.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&roots)
+        .unwrap();
+}
