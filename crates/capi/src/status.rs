@@ -98,6 +98,18 @@ impl From<ClientError> for Failure {
             ClientError::Attach { .. } => PAGEMESH_ERR_ATTACH,
             ClientError::OutOfRange { .. } => PAGEMESH_ERR_RANGE,
             ClientError::ReadOnly { .. } => PAGEMESH_ERR_PERMISSION,
+            ClientError::Backing { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                PAGEMESH_ERR_PERMISSION
+            }
+            // A backing file that is not there is a wrong argument, as when the daemon opened it.
+            ClientError::Backing { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                PAGEMESH_ERR_INVALID
+            }
+            ClientError::Backing { .. } => PAGEMESH_ERR_IO,
         };
         Failure::new(status, e.to_string())
     }

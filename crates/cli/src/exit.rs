@@ -94,6 +94,12 @@ impl Exit {
             },
             ClientError::OutOfRange { .. } => Exit::Usage,
             ClientError::ReadOnly { .. } => Exit::Permission,
+            ClientError::Backing { source, .. } if source.kind() == K::PermissionDenied => {
+                Exit::Permission
+            }
+            // A backing file that is not there is a wrong argument (as when the daemon opened it).
+            ClientError::Backing { source, .. } if source.kind() == K::NotFound => Exit::Usage,
+            ClientError::Backing { .. } => Exit::Data,
             ClientError::Frame { .. } | ClientError::Unexpected { .. } => Exit::Error,
             ClientError::Attach { source, .. } if source.kind() == K::PermissionDenied => {
                 Exit::Permission

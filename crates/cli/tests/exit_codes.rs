@@ -98,8 +98,11 @@ fn a_user_cannot_make_the_daemon_open_a_file_for_it_or_change_the_node() {
     std::fs::write(&secret, b"root's").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let spec = format!("file:{}", secret.display());
+    // The client opens a backing file itself, as its user: root's file is not its to open.
+    let (code, err) = run_as_nobody(&d, &["segment", "create", "s", "--backing", &spec]);
+    assert_eq!(code, Some(77), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
     for args in [
-        vec!["segment", "create", "s", "--backing", spec.as_str()],
         vec!["volume", "add", "v", secret.to_str().unwrap()],
         vec!["partition", "create", "p", "--max", "1M"],
     ] {

@@ -311,3 +311,65 @@ fn a_read_only_attachment_of_a_file_segment_reads_pages_never_faulted_in() {
     m.read_at(4096, &mut three).expect("read");
     assert_eq!(&three, b"new");
 }
+
+/// A user's file segment: its client opens the file with the user's rights and passes it; at
+/// restart the daemon reopens it as the segment's owner, never as root.
+#[test]
+fn a_users_file_segment_is_opened_with_the_users_rights_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = open_daemon();
+    let home = d.path("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = home.join("mine.img");
+    let spec = format!("file:{}", file.display());
+    let out = d.run_as(
+        NOBODY,
+        NOBODY,
+        &[
+            "segment",
+            "create",
+            "mine",
+            "--backing",
+            &spec,
+            "--size",
+            "64K",
+        ],
+        b"",
+    );
+    assert_eq!(code(&out), Some(0), "{}", out.stderr);
+    let w = d.run_as(NOBODY, NOBODY, &["segment", "write", "mine"], b"its data");
+    assert_eq!(code(&w), Some(0), "{}", w.stderr);
+    let s = d.run_as(NOBODY, NOBODY, &["segment", "sync", "mine"], b"");
+    assert_eq!(code(&s), Some(0), "{}", s.stderr);
+    assert_eq!(&std::fs::read(&file).unwrap()[..8], b"its data");
+    // Reopened at restart as uid 65534: still served.
+    d.kill9();
+    d.spawn_with(&["--socket-mode", "0666"]);
+    let r = d.run_as(
+        NOBODY,
+        NOBODY,
+        &["segment", "read", "mine", "--len", "8"],
+        b"",
+    );
+    assert_eq!(
+        (code(&r), r.stdout.as_slice()),
+        (Some(0), &b"its data"[..]),
+        "{}",
+        r.stderr
+    );
+    // The file becomes root's alone: at the next restart the daemon does not open it for the
+    // user (it would have, as root), and says why.
+    std::os::unix::fs::chown(&file, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    d.kill9();
+    d.spawn_with(&["--socket-mode", "0666"]);
+    let list = json_of(&d.run(&["segment", "list", "--json"]).ok());
+    assert!(
+        list[0]["unavailable"]
+            .as_str()
+            .is_some_and(|w| w.contains("as its owner, uid 65534")),
+        "{list}"
+    );
+}

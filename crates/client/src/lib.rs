@@ -81,6 +81,11 @@ pub enum ClientError {
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("segment {segment} is attached read-only")]
     ReadOnly { segment: String },
+    #[error("backing file {path}: {source}")]
+    Backing {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {
@@ -195,6 +200,28 @@ pub(crate) fn unexpected(what: &'static str, reply: Response) -> ClientError {
     }
 }
 
+/// Open a segment's backing file read-write as this process may (created and extended to
+/// `size` if given).
+fn open_backing(path: &str, size: Option<u64>) -> Result<std::fs::File, ClientError> {
+    let err = |source| ClientError::Backing {
+        path: path.to_string(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(size.is_some())
+        .truncate(false)
+        .open(path)
+        .map_err(err)?;
+    if let Some(size) = size {
+        if f.metadata().map_err(err)?.len() < size {
+            f.set_len(size).map_err(err)?;
+        }
+    }
+    Ok(f)
+}
+
 /// How [`Client::create_segment_with`] creates a segment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CreateOptions {
@@ -235,6 +262,17 @@ impl Client {
         what: &'static str,
         timeout: Duration,
     ) -> Result<(Response, Vec<OwnedFd>), ClientError> {
+        self.call_with(req, &[], what, timeout)
+    }
+
+    /// [`Client::call`], with descriptors passed along (`SCM_RIGHTS`).
+    fn call_with(
+        &self,
+        req: Request,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<(Response, Vec<OwnedFd>), ClientError> {
         let mut guard = self.inner.sock.lock().unwrap_or_else(|e| e.into_inner());
         // A kept connection with something to read was closed by the daemon while idle (its
         // notice, or the end): it is not used again.
@@ -246,13 +284,13 @@ impl Client {
             Some(s) => s,
             None => handshake(&self.inner.path)?,
         };
-        let mut r = roundtrip(&self.inner.path, &sock, &req, &[], what, timeout);
+        let mut r = roundtrip(&self.inner.path, &sock, &req, fds, what, timeout);
         let mut sock = sock;
         if reused && closed_unread(&r) {
             // The daemon closed the idle connection before reading the request: nothing was
             // done; send it again on a new one.
             sock = handshake(&self.inner.path)?;
-            r = roundtrip(&self.inner.path, &sock, &req, &[], what, timeout);
+            r = roundtrip(&self.inner.path, &sock, &req, fds, what, timeout);
         }
         if !matches!(
             r,
@@ -302,6 +340,14 @@ impl Client {
         backing: Backing,
         opts: &CreateOptions,
     ) -> Result<SegmentInfo, ClientError> {
+        // A backing file is opened here, with this process's rights, and passed to the daemon
+        // (which would otherwise open it as root): created if a size is given and extended to
+        // it, never truncated.
+        let file = match &backing {
+            Backing::File { path } => Some(open_backing(path, size_bytes)?),
+            _ => None,
+        };
+        let fds: Vec<_> = file.iter().map(|f| f.as_fd()).collect();
         let req = Request::CreateSegment {
             name: name.into(),
             size_bytes,
@@ -310,7 +356,7 @@ impl Client {
             home: opts.home,
             mode: opts.mode,
         };
-        match self.call(req, "create", DEFAULT_TIMEOUT)? {
+        match self.call_with(req, &fds, "create", DEFAULT_TIMEOUT)? {
             (Response::Segment(info), _) => Ok(info),
             (r, _) => Err(unexpected("create", r)),
         }

@@ -199,6 +199,12 @@ impl Daemon {
             backing,
             owner,
         } = new;
+        if matches!(backing, Backing::File { .. }) && owner.uid != 0 {
+            return Some(err(
+                ErrorCode::PermissionDenied,
+                format!("creating cluster segment {name} backed by a file is root's to do: its home opens the file itself"),
+            ));
+        }
         if matches!(backing, Backing::Volume { .. }) {
             return home.map(|_| {
                 err(

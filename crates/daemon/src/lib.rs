@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod backing;
 mod catalog;
 mod cluster_requests;
 mod cluster_segments;

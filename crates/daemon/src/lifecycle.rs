@@ -192,7 +192,7 @@ impl Daemon {
                 }
                 _ => {
                     let req = Request::SyncSegment { name: name.clone() };
-                    self.route(req, &Caller::root(), &mut HeldLocks::default())
+                    self.route(req, &Caller::root(), None, &mut HeldLocks::default())
                         .0
                 }
             };

@@ -19,6 +19,7 @@ impl Daemon {
         backing: Backing,
         partition: Option<String>,
         owner: pagemesh_proto::Owner,
+        passed: Option<std::fs::File>,
     ) -> Response {
         let partition = partition.unwrap_or_else(|| "default".to_string());
         if !valid_name(&name) {
@@ -80,7 +81,7 @@ impl Daemon {
                 Ok(m) => m,
                 Err(e) => return err(ErrorCode::NotFound, format!("segment {name}: {e}")),
             };
-            match build_segment(&info0, Size::Create(req_size), &volumes, memory) {
+            match build_segment(&info0, Size::Create(req_size), &volumes, memory, passed) {
                 Ok(s) => s,
                 Err(e) => return err(ErrorCode::InvalidArgument, format!("segment {name}: {e}")),
             }

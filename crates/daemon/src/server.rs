@@ -79,11 +79,20 @@ impl Daemon {
         let idle = self.config.connections.idle_timeout;
         loop {
             let holds = pending_attach.is_some() || !locks.is_empty();
-            let Some((req, fds)) = request_or_end(&sock, &cred, holds, idle) else {
+            let Some((req, mut fds)) = request_or_end(&sock, &cred, holds, idle) else {
                 return;
             };
-            if let Some(refused) = root_only(&req, cred.uid).or_else(|| self.refused(&req, &caller))
-            {
+            // A backing file the client opened with its own rights comes with its create.
+            let passed = match &req {
+                Request::CreateSegment {
+                    backing: Backing::File { .. },
+                    ..
+                } if fds.len() == 1 => fds.pop().map(std::fs::File::from),
+                _ => None,
+            };
+            let refused =
+                root_only(&req, cred.uid, passed.is_some()).or_else(|| self.refused(&req, &caller));
+            if let Some(refused) = refused {
                 if write_frame(&sock, &refused, &[]).is_err() {
                     return;
                 }
@@ -129,7 +138,7 @@ impl Daemon {
                     ..
                 }
             );
-            let (resp, memfd_of) = self.route(req, &caller, &mut locks);
+            let (resp, memfd_of) = self.route(req, &caller, passed, &mut locks);
             // A read-only attacher gets a read-only descriptor: it cannot map it writable.
             let (resp, memfd_of, ro) = match (read_only, memfd_of) {
                 (true, Some(seg)) => match seg.memfd().reopen_read_only() {
@@ -252,7 +261,13 @@ impl Daemon {
 
     /// The request router: a request on a cluster segment (or about the cluster) goes to the
     /// cluster side, every other one to this node's handler for its noun.
-    pub(crate) fn route(&self, req: Request, caller: &Caller, locks: &mut HeldLocks) -> Reply {
+    pub(crate) fn route(
+        &self,
+        req: Request,
+        caller: &Caller,
+        passed: Option<std::fs::File>,
+        locks: &mut HeldLocks,
+    ) -> Reply {
         // A segment the catalog holds unavailable is forgotten here (or refused, for a cluster
         // segment), never asked of the cluster.
         if let Request::RemoveSegment { name } = &req {
@@ -279,7 +294,7 @@ impl Daemon {
                 home: _,
                 mode,
             } => r(match caller.owner(mode) {
-                Ok(owner) => self.create(name, size_bytes, backing, partition, owner),
+                Ok(owner) => self.create(name, size_bytes, backing, partition, owner, passed),
                 Err(resp) => *resp,
             }),
             req @ (Request::ChmodSegment { .. } | Request::ChownSegment { .. }) => {
@@ -397,7 +412,7 @@ fn request_or_end(
 /// volume image would be opened by the daemon, as root: a user could read or write any file
 /// through it (until the client passes its own open file, a file- or volume-backed segment is
 /// root's to create); partitions and volumes shape the whole node's memory.
-fn root_only(req: &Request, uid: u32) -> Option<Response> {
+fn root_only(req: &Request, uid: u32, file_passed: bool) -> Option<Response> {
     if uid == 0 {
         return None;
     }
@@ -405,8 +420,8 @@ fn root_only(req: &Request, uid: u32) -> Option<Response> {
         Request::CreateSegment {
             backing: Backing::File { path },
             ..
-        } => format!(
-            "creating a segment backed by a file ({path}): the daemon would open it as root"
+        } if !file_passed => format!(
+            "creating a segment backed by a file ({path}) without passing the open file: the daemon would open it as root"
         ),
         Request::CreateSegment {
             backing: Backing::Volume { name },

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 
-use pagemesh_proto::{Backing, ErrorCode, Response, SegmentInfo, UnavailableSegment};
-use pagemesh_store::{FileMapper, Mapper, ZeroMapper};
+use pagemesh_proto::{Backing, ErrorCode, Owner, Response, SegmentInfo, UnavailableSegment};
+use pagemesh_store::{Mapper, ZeroMapper};
 use pagemesh_types::{ByteSize, NodeId};
 
 use crate::catalog::Catalog;
@@ -82,7 +82,12 @@ pub(crate) enum Size {
     Existing(u64),
 }
 
-fn open_mapper(backing: &Backing, size: Size) -> Result<(Box<dyn Mapper>, u64), String> {
+fn open_mapper(
+    backing: &Backing,
+    size: Size,
+    owner: Owner,
+    passed: Option<std::fs::File>,
+) -> Result<(Box<dyn Mapper>, u64), String> {
     let (size, must_exist) = match size {
         Size::Create(s) => (s, None),
         Size::Existing(n) => (None, Some(n)),
@@ -98,8 +103,7 @@ fn open_mapper(backing: &Backing, size: Size) -> Result<(Box<dyn Mapper>, u64), 
             if !p.is_absolute() {
                 return Err(format!("file backing path {path:?} must be absolute"));
             }
-            let m = FileMapper::open(p, size)
-                .map_err(|e| format!("opening backing file {path}: {e}"))?;
+            let m = crate::backing::file_mapper(p, size, owner, passed)?;
             let len = m
                 .len_bytes()
                 .map_err(|e| format!("reading the size of {path}: {e}"))?;
@@ -123,6 +127,7 @@ pub(crate) fn build_segment(
     size: Size,
     volumes: &HashMap<String, Arc<Volume>>,
     memory: Option<Memory>,
+    passed: Option<std::fs::File>,
 ) -> Result<Segment, String> {
     let mut info = info.clone();
     if let Backing::Volume { name } = &info.backing {
@@ -133,7 +138,7 @@ pub(crate) fn build_segment(
         let frames: Arc<dyn SharedFrames> = Arc::clone(v) as _;
         return Segment::on_volume(info, frames).map_err(|e| format!("creating its memfd: {e}"));
     }
-    let (mapper, size) = open_mapper(&info.backing, size)?;
+    let (mapper, size) = open_mapper(&info.backing, size, info.owner, passed)?;
     if size == 0 || size > MAX_SEGMENT_BYTES {
         return Err(format!(
             "size {size} is outside 1B..{}; give --size",
@@ -244,8 +249,9 @@ fn load_segments(
                 }),
             }
         } else {
-            crate::pool::memory_for(pool, &info.backing, &partition)
-                .and_then(|m| build_segment(&info, Size::Existing(info.size_bytes), volumes, m))
+            crate::pool::memory_for(pool, &info.backing, &partition).and_then(|m| {
+                build_segment(&info, Size::Existing(info.size_bytes), volumes, m, None)
+            })
         };
         match built {
             Ok(seg) => {

@@ -130,6 +130,12 @@ impl FileMapper {
             .create(size_bytes.is_some())
             .truncate(false)
             .open(path)?;
+        FileMapper::from_file(file, path, size_bytes)
+    }
+
+    /// A mapper on a file opened elsewhere (by the client, with its rights; or as a user),
+    /// named `path` in messages: extended to `size_bytes` if given.
+    pub fn from_file(file: File, path: &Path, size_bytes: Option<u64>) -> io::Result<FileMapper> {
         if let Some(size) = size_bytes {
             if file.metadata()?.len() < size {
                 file.set_len(size)?;
