@@ -56,6 +56,10 @@ pub struct ClusterArgs {
     /// anyone who reaches the address can read and write pages).
     #[arg(long)]
     pub insecure_peers: bool,
+    /// For tests: most copies per part of a holdings report to a restarted home (default
+    /// 1048576), to exercise reports in many parts without gigabytes held.
+    #[arg(long, hide = true)]
+    pub holdings_per_message: Option<usize>,
 }
 
 /// A flag's description with the default `ClusterConfig::new` gives it, in clap's form.
@@ -190,6 +194,12 @@ pub fn cluster_config(
             usage!("--fault-timeout-ms {ms} is below 100 ms: faults would fail while peers answer");
         }
         c.fault_timeout_ms = ms;
+    }
+    if let Some(n) = args.holdings_per_message {
+        if n == 0 {
+            usage!("--holdings-per-message must be at least 1");
+        }
+        c.holdings_per_message = n;
     }
     c.tls = tls_files(args, file)?;
     c.insecure_peers = args.insecure_peers || file.insecure_peers;

@@ -744,3 +744,28 @@ fn a_node_declared_dead_while_stalled_stops_with_exit_code_3_when_it_resumes() {
         );
     }
 }
+
+/// A home restarts while a node holds more of its pages than one part of a holdings report
+/// carries (lowered to 16 copies a part): the node reports in 64 parts, the rebuild takes them
+/// all, and every page verifies, on the node that holds them and on another.
+#[test]
+fn a_home_rebuilds_from_holdings_reported_in_many_parts() {
+    let mut c = Cluster::start(3, &["--holdings-per-message", "16"]);
+    c.create(1, "many", &["--size", "4MiB", "--home", "1"]);
+    // 1,024 pages written on node 2, unsynced: node 2 holds the only copies.
+    c.node(2).run(&["memtest", "many", "--write", "5"]).ok();
+    c.nodes[0].kill9();
+    c.restart(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c
+        .node(1)
+        .log()
+        .contains("directory rebuilt after this home restarted")
+    {
+        assert!(Instant::now() < deadline, "no rebuild: {}", c.node(1).log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.node(2).run(&["memtest", "many", "--verify", "5"]).ok();
+    c.node(3).run(&["memtest", "many", "--verify", "5"]).ok();
+    assert_eq!(common::stat_json(c.node(1), "many")["poisoned_pages"], 0);
+}

@@ -68,6 +68,8 @@ pub struct ClusterConfig {
     pub tls: Option<tls::TlsFiles>,
     /// Allow plaintext, unauthenticated peer links on a non-loopback address (labs only).
     pub insecure_peers: bool,
+    /// Most copies per part of a holdings report (`pagemesh_core::HOLDINGS_PER_MESSAGE`).
+    pub holdings_per_message: usize,
 }
 
 impl ClusterConfig {
@@ -82,6 +84,7 @@ impl ClusterConfig {
             fault_timeout_ms: 30_000,
             tls: None,
             insecure_peers: false,
+            holdings_per_message: pagemesh_core::HOLDINGS_PER_MESSAGE,
         }
     }
 }
@@ -292,6 +295,7 @@ pub fn prepare(
     all.sort();
     all.dedup();
     let mut ncfg = NodeConfig::new(me, epoch, all);
+    ncfg.holdings_per_message = cfg.holdings_per_message;
     ncfg.timing = Timing {
         retry_ms: cfg.retry_ms,
         fault_timeout_ms: cfg.fault_timeout_ms,

@@ -298,16 +298,41 @@ impl Cache {
                 self.finish_call(io, req, result);
             }
             Msg::ClearPoisonDone { req, .. } => self.finish_call(io, req, CallResult::Ok),
-            Msg::Recover { seg } => {
-                io.hit(Branch::HoldingsReported);
-                let copies = self
-                    .copies
-                    .range(PageKey::new(seg, 0)..=PageKey::new(seg, u64::MAX))
-                    .map(|(k, c)| (k.page.0, c.state, c.version, c.grant))
-                    .collect();
-                io.send(from, Msg::Holdings { seg, copies });
-            }
+            Msg::Recover { seg } => self.report_holdings(io, from, seg),
             other => io.protocol_error(format!("cache got a home-bound message: {other}")),
+        }
+    }
+
+    /// A restarted home asks what this node holds of `seg`: one snapshot, in parts of at most
+    /// `holdings_per_message` copies (at least one part, empty if it holds nothing).
+    fn report_holdings(&mut self, io: &mut Io, home: NodeId, seg: SegmentId) {
+        io.hit(Branch::HoldingsReported);
+        let copies: Vec<_> = self
+            .copies
+            .range(PageKey::new(seg, 0)..=PageKey::new(seg, u64::MAX))
+            .map(|(k, c)| (k.page.0, c.state, c.version, c.grant))
+            .collect();
+        self.next_req += 1;
+        let snapshot = self.next_req;
+        let per = io.holdings_per_message;
+        let parts = copies.len().div_ceil(per).max(1);
+        if parts > 1 {
+            io.hit(Branch::HoldingsInParts);
+        }
+        for part in 0..parts {
+            let chunk = copies
+                [(part * per).min(copies.len())..((part + 1) * per).min(copies.len())]
+                .to_vec();
+            io.send(
+                home,
+                Msg::Holdings {
+                    seg,
+                    snapshot,
+                    part: part as u32,
+                    parts: parts as u32,
+                    copies: chunk,
+                },
+            );
         }
     }
 

@@ -51,7 +51,13 @@ pub struct SegmentInfo {
 pub struct InjectedBugs {
     /// The home grants write permission while one invalidation ack is still outstanding.
     pub skip_one_inval_ack: bool,
+    /// A rebuilding home takes a node's first part of its holdings for all of them.
+    pub first_holdings_part_only: bool,
 }
+
+/// Most copies one `Holdings` message reports: 1 Mi entries of 25 bytes on the wire (26 MiB),
+/// well within a 64 MiB peer frame. A node holding more of one segment reports them in parts.
+pub const HOLDINGS_PER_MESSAGE: usize = 1 << 20;
 
 /// Configuration of a [`crate::Node`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +74,8 @@ pub struct NodeConfig {
     pub timing: Timing,
     /// Maximum queued requests per page at the home, and in-flight calls per node.
     pub max_queue: usize,
+    /// Most copies per `Holdings` message ([`HOLDINGS_PER_MESSAGE`]; tests lower it).
+    pub holdings_per_message: usize,
     /// Test-only protocol bugs; leave at the default.
     #[doc(hidden)]
     pub bugs: InjectedBugs,
@@ -82,6 +90,7 @@ impl NodeConfig {
             peers,
             timing: Timing::default(),
             max_queue: 256,
+            holdings_per_message: HOLDINGS_PER_MESSAGE,
             bugs: InjectedBugs::default(),
         }
     }

@@ -73,6 +73,8 @@ branches! {
     RebuildPoison,
     RebuildDone,
     HoldingsReported,
+    HoldingsInParts,
+    HoldingsSnapshotReplaced,
     OldIncarnationHello,
     FaultUnknownSegment,
     ClearPoisonDone,

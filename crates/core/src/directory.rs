@@ -220,7 +220,18 @@ pub(crate) struct Recovery {
     pub waiting: BTreeSet<NodeId>,
     /// What the peers reported.
     pub holdings: Vec<(NodeId, u64, CacheState, Version, TxnId)>,
+    /// Peers whose report came in parts and is not complete yet.
+    pub partial: BTreeMap<NodeId, Partial>,
     pub next_retry_ms: u64,
+}
+
+/// The parts received so far of one node's report (`Msg::Holdings`).
+#[derive(Debug, Default)]
+pub(crate) struct Partial {
+    pub snapshot: u64,
+    pub parts: u32,
+    pub got: BTreeSet<u32>,
+    pub copies: Vec<(u64, CacheState, Version, TxnId)>,
 }
 
 pub(crate) fn seg_range(seg: SegmentId) -> std::ops::RangeInclusive<PageKey> {

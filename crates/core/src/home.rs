@@ -27,7 +27,21 @@ impl Directory {
             Msg::Evict { page } => self.on_evict(io, from, page),
             Msg::SyncReq { seg, req } => self.on_sync_req(io, from, seg, req),
             Msg::ClearPoison { page, req } => self.on_clear_poison(io, from, page, req),
-            Msg::Holdings { seg, copies } => self.on_holdings(io, from, seg, copies),
+            Msg::Holdings {
+                seg,
+                snapshot,
+                part,
+                parts,
+                copies,
+            } => {
+                let h = crate::rebuild::Holdings {
+                    snapshot,
+                    part,
+                    parts,
+                    copies,
+                };
+                self.on_holdings(io, from, seg, h)
+            }
             other => io.protocol_error(format!("home got a cache-bound message: {other}")),
         }
     }

@@ -17,6 +17,7 @@ pub(crate) struct Io {
     pub now_ms: u64,
     pub timing: Timing,
     pub max_queue: usize,
+    pub holdings_per_message: usize,
     pub bugs: InjectedBugs,
     pub peer_epochs: BTreeMap<NodeId, Epoch>,
     /// Fence floors reloaded by the driver (set before this incarnation heard the peer): a

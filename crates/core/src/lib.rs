@@ -45,7 +45,7 @@ mod recovery;
 mod removal;
 
 pub use cache::{CopyInfo, EvictStart};
-pub use config::{Backing, InjectedBugs, NodeConfig, SegmentInfo, Timing};
+pub use config::{Backing, InjectedBugs, NodeConfig, SegmentInfo, Timing, HOLDINGS_PER_MESSAGE};
 pub use coverage::{Branch, Coverage};
 pub use directory::DirView;
 pub use ids::{

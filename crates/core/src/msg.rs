@@ -123,10 +123,18 @@ pub enum Msg {
         /// Segment.
         seg: SegmentId,
     },
-    /// node -> home: the copies of `seg` this node holds: page, state, version, grant.
+    /// node -> home: the copies of `seg` this node holds: page, state, version, grant; in
+    /// `parts` messages when there are many (`NodeConfig::holdings_per_message` each), all of
+    /// one answer to `Recover` sharing its `snapshot` (parts of two answers never mix).
     Holdings {
         /// Segment.
         seg: SegmentId,
+        /// Which answer of this node's these parts belong to.
+        snapshot: u64,
+        /// This part, from 0.
+        part: u32,
+        /// How many parts this answer has.
+        parts: u32,
         /// The copies.
         copies: Vec<(u64, CacheState, Version, TxnId)>,
     },
@@ -245,7 +253,16 @@ impl fmt::Display for Msg {
             Msg::InvalAck { page, txn } => write!(f, "InvalAck {page} txn{}", txn.0),
             Msg::Evict { page } => write!(f, "Evict {page}"),
             Msg::Recover { seg } => write!(f, "Recover {seg}"),
-            Msg::Holdings { seg, copies } => write!(f, "Holdings {seg} {copies:?}"),
+            Msg::Holdings {
+                seg,
+                snapshot,
+                part,
+                parts,
+                copies,
+            } => write!(
+                f,
+                "Holdings {seg} #{snapshot} part {part}/{parts} {copies:?}"
+            ),
             Msg::SyncReq { seg, req } => write!(f, "SyncReq {seg} req{}", req.0),
             Msg::SyncDone {
                 seg,

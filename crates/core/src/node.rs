@@ -51,6 +51,7 @@ impl Node {
                 now_ms: 0,
                 timing: cfg.timing,
                 max_queue: cfg.max_queue.max(1),
+                holdings_per_message: cfg.holdings_per_message.max(1),
                 bugs: cfg.bugs,
                 peer_epochs: BTreeMap::new(),
                 fences: BTreeMap::new(),

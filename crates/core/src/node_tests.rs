@@ -317,6 +317,9 @@ fn a_restarted_home_does_not_void_the_holdings_of_a_peer_it_never_heard() {
             to_epoch: Epoch(2),
             msg: Msg::Holdings {
                 seg: SegmentId(1),
+                snapshot: 1,
+                part: 0,
+                parts: 1,
                 copies: vec![(3, CacheState::Modified, Version(4), crate::ids::TxnId(9))],
             },
         },
@@ -401,6 +404,9 @@ fn a_restarted_home_rebuilds_from_holdings_and_intents() {
         0,
         from1(Msg::Holdings {
             seg: SegmentId(1),
+            snapshot: 1,
+            part: 0,
+            parts: 1,
             copies: vec![(4, CacheState::Modified, Version(7), crate::ids::TxnId(9))],
         }),
     );
@@ -415,4 +421,60 @@ fn a_restarted_home_rebuilds_from_holdings_and_intents() {
     assert_eq!((kept.owner, kept.version), (Some(NodeId(1)), Version(7)));
     assert!(kept.durable < kept.version && !kept.poisoned);
     assert!(n.is_idle());
+}
+
+/// A restarted home takes a node's holdings reported in parts: out of order, duplicated, and
+/// an older report's late parts never mixed with a newer one's.
+#[test]
+fn a_rebuild_takes_holdings_in_parts_of_one_report_only() {
+    let mut n = node(0, 0, 2);
+    n.start(0);
+    let token = n
+        .take_outputs()
+        .iter()
+        .find_map(|o| match o {
+            Output::IntentRead { token, .. } => Some(*token),
+            _ => None,
+        })
+        .expect("the home reads its write intents");
+    n.intents_read_done(0, token, Ok(vec![3, 4, 5]));
+    let part = |snapshot, part, page, v| Envelope {
+        from: NodeId(1),
+        from_epoch: Epoch(1),
+        to: NodeId(0),
+        to_epoch: Epoch(2),
+        msg: Msg::Holdings {
+            seg: SegmentId(1),
+            snapshot,
+            part,
+            parts: 3,
+            copies: vec![(page, CacheState::Modified, Version(v), crate::ids::TxnId(9))],
+        },
+    };
+    let recovered = |n: &mut Node| {
+        n.take_outputs()
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event::Recovered { .. })))
+    };
+    // Report 1: parts 2 and 0 come (part 0 twice); not complete.
+    n.step(1, part(1, 2, 5, 7));
+    n.step(2, part(1, 0, 3, 7));
+    n.step(3, part(1, 0, 3, 7));
+    assert!(!recovered(&mut n), "rebuilt before every part came");
+    // A newer report replaces it; a late part of the older one is dropped.
+    n.step(4, part(2, 1, 4, 8));
+    n.step(5, part(1, 1, 4, 7));
+    n.step(6, part(2, 0, 3, 8));
+    assert!(!recovered(&mut n));
+    n.step(7, part(2, 2, 5, 8));
+    assert!(recovered(&mut n), "every part of report 2 is in");
+    for p in [3, 4, 5] {
+        let d = n.dir_page(PageKey::new(SegmentId(1), p)).expect("entry");
+        assert_eq!(
+            (d.owner, d.version, d.poisoned),
+            (Some(NodeId(1)), Version(8), false),
+            "page {p}"
+        );
+    }
+    assert_eq!(n.coverage().count(Branch::HoldingsSnapshotReplaced), 1);
 }

@@ -5,7 +5,7 @@
 //! dropped, and retransmitted by the nodes) until the rebuild is done.
 
 use crate::coverage::Branch;
-use crate::directory::{DirPage, Directory, Recovery};
+use crate::directory::{DirPage, Directory, Partial, Recovery};
 use crate::ids::{CacheState, MapperError, MapperToken, PageKey, TxnId, Version};
 use crate::io::Io;
 use crate::msg::Msg;
@@ -14,6 +14,14 @@ use pagemesh_types::{NodeId, SegmentId};
 use std::collections::{BTreeMap, BTreeSet};
 
 type Reported = (NodeId, CacheState, Version, TxnId);
+
+/// One `Msg::Holdings`.
+pub(crate) struct Holdings {
+    pub snapshot: u64,
+    pub part: u32,
+    pub parts: u32,
+    pub copies: Vec<(u64, CacheState, Version, TxnId)>,
+}
 
 impl Directory {
     /// This home restarted: start rebuilding every segment homed here.
@@ -75,20 +83,41 @@ impl Directory {
     }
 
     /// A node reported what it holds of `seg`.
-    pub(crate) fn on_holdings(
-        &mut self,
-        io: &mut Io,
-        from: NodeId,
-        seg: SegmentId,
-        copies: Vec<(u64, CacheState, Version, TxnId)>,
-    ) {
+    /// One part of a node's report of what it holds of `seg`. The report counts once all its
+    /// parts are in; parts of an older report (a retransmitted `Recover` was answered again)
+    /// are dropped for the newer one's, never mixed with them.
+    pub(crate) fn on_holdings(&mut self, io: &mut Io, from: NodeId, seg: SegmentId, h: Holdings) {
         let Some(r) = self.recovering.get_mut(&seg) else {
             return;
         };
-        if !r.waiting.remove(&from) {
+        if !r.waiting.contains(&from) || h.parts == 0 || h.part >= h.parts {
             return;
         }
-        for (page, state, version, grant) in copies {
+        let p = r.partial.entry(from).or_default();
+        if h.snapshot < p.snapshot {
+            return; // a late part of an older answer
+        }
+        if p.snapshot != h.snapshot {
+            if p.snapshot != 0 {
+                io.hit(Branch::HoldingsSnapshotReplaced);
+            }
+            *p = Partial {
+                snapshot: h.snapshot,
+                parts: h.parts,
+                ..Partial::default()
+            };
+        }
+        if p.parts != h.parts || !p.got.insert(h.part) {
+            return; // a duplicate, or a lying node
+        }
+        p.copies.extend(h.copies);
+        let complete = p.got.len() as u32 == p.parts || io.bugs.first_holdings_part_only;
+        if !complete {
+            return;
+        }
+        let p = r.partial.remove(&from).unwrap_or_default();
+        r.waiting.remove(&from);
+        for (page, state, version, grant) in p.copies {
             r.holdings.push((from, page, state, version, grant));
         }
         self.maybe_finish_rebuild(io, seg);
@@ -101,6 +130,7 @@ impl Directory {
             if let Some(r) = self.recovering.get_mut(&seg) {
                 r.holdings.retain(|h| h.0 != peer);
                 r.waiting.remove(&peer);
+                r.partial.remove(&peer);
             }
             self.maybe_finish_rebuild(io, seg);
         }

@@ -259,7 +259,16 @@ fn header_of(msg: &Msg) -> Fixed {
         Msg::InvalAck { page, txn } => Fixed::page(M_INVAL_ACK, page).txn(*txn),
         Msg::Evict { page } => Fixed::page(M_EVICT, page),
         Msg::Recover { seg } => Fixed::seg(M_RECOVER, *seg),
-        Msg::Holdings { seg, copies } => Fixed::seg(M_HOLDINGS, *seg).extra(copies.len() as u32),
+        Msg::Holdings {
+            seg,
+            snapshot,
+            part,
+            parts,
+            copies,
+        } => Fixed::seg(M_HOLDINGS, *seg)
+            .extra(copies.len() as u32)
+            .req(ReqId(*snapshot))
+            .txn(TxnId((u64::from(*part) << 32) | u64::from(*parts))),
         Msg::SyncReq { seg, req } => Fixed::seg(M_SYNC_REQ, *seg).req(*req),
         Msg::SyncDone {
             seg,
@@ -444,8 +453,12 @@ fn holdings(f: &Fixed, c: &mut Cursor<'_>) -> Result<Msg, PeerFrameError> {
         let t = TxnId(c.u64()?);
         copies.push((p, s, v, t));
     }
+    let parts = f.txn_id().0;
     Ok(Msg::Holdings {
         seg: f.segment(),
+        snapshot: f.req_id().0,
+        part: (parts >> 32) as u32,
+        parts: parts as u32,
         copies,
     })
 }

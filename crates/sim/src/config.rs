@@ -110,6 +110,12 @@ pub struct SimConfig {
     pub crash_homes: bool,
     /// Switch on the core's injected bug (the checkers must catch it).
     pub inject_bug: bool,
+    /// Most copies per `Holdings` message (the daemon: `pagemesh_core::HOLDINGS_PER_MESSAGE`,
+    /// 1 Mi): small, so that every rebuild takes reports in several parts.
+    pub holdings_per_message: usize,
+    /// The core's injected bug `InjectedBugs::first_holdings_part_only`: a rebuilding home
+    /// takes a node's first part of its holdings for all of them. The checkers must catch it.
+    pub holdings_first_part_only: bool,
     /// Record a readable trace (used to replay a failing seed).
     pub trace: bool,
 }
@@ -141,6 +147,8 @@ impl Default for SimConfig {
             max_steps: 5_000_000,
             crash_homes: true,
             inject_bug: false,
+            holdings_per_message: 2,
+            holdings_first_part_only: false,
             trace: false,
         }
     }

@@ -52,6 +52,12 @@ const USAGE: &str = "usage: pagemesh-sim (--seed S | --seeds N [--start S]) [opt
                       peer's known incarnation)
   --no-home-crash     only non-home nodes crash
   --inject-bug        switch on the core's injected bug (skip one invalidation ack)
+  --holdings-per-message N
+                      most copies per Holdings report part (default 2: rebuilds take
+                      reports in parts; the daemon sends up to 1Mi per part)
+  --holdings-first-part-only
+                      injected bug: a rebuilding home takes a node's first part of its
+                      holdings for all of them
   --coverage          list protocol branches no seed reached
   --trace             print the full trace of a single seed";
 
@@ -124,6 +130,8 @@ fn parse() -> Result<Args, String> {
                 a.cfg.lease_bypass = true;
             }
             "--inject-bug" => a.cfg.inject_bug = true,
+            "--holdings-per-message" => a.cfg.holdings_per_message = num(&flag, val()?)?,
+            "--holdings-first-part-only" => a.cfg.holdings_first_part_only = true,
             "--no-home-crash" => a.cfg.crash_homes = false,
             "--coverage" => a.coverage = true,
             "--trace" => a.cfg.trace = true,

@@ -369,6 +369,8 @@ impl World {
             fault_timeout_ms: FAULT_TIMEOUT_MS,
         };
         c.bugs.skip_one_inval_ack = self.cfg.inject_bug;
+        c.bugs.first_holdings_part_only = self.cfg.holdings_first_part_only;
+        c.holdings_per_message = self.cfg.holdings_per_message;
         c
     }
 

@@ -369,6 +369,28 @@ fn injected_bug_is_caught() {
     eprintln!("caught at seed {}: {what}", f.seed);
 }
 
+/// Homes that restart rebuild from holdings reported in parts (two copies a part here), and
+/// a home that takes a node's first part for its whole report is caught.
+#[test]
+fn holdings_in_parts_are_taken_whole_and_a_first_part_only_is_caught() {
+    let out = run_seeds(&SimConfig::default(), 0, 300, threads());
+    assert!(
+        out.failure.is_none(),
+        "{:?}",
+        out.failure.map(|f| f.violation.what)
+    );
+    assert!(
+        out.coverage.count(pagemesh_core::Branch::HoldingsInParts) > 0,
+        "no rebuild took a report in parts"
+    );
+    let cfg = SimConfig {
+        holdings_first_part_only: true,
+        ..SimConfig::default()
+    };
+    let out = run_seeds(&cfg, 0, 300, threads());
+    assert_stale_data_caught(&out, "a rebuild that takes the first part of a report only");
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     let cfg = SimConfig {
