@@ -363,3 +363,39 @@ fn a_working_set_of_another_version_is_refused() {
     );
     assert!(!uds.exists(), "it listened anyway");
 }
+
+/// `vm serve --record` stopped with SIGTERM while its VM runs writes that VM's record before it
+/// exits (0); the daemon then stops the VM, as when `vm serve` goes.
+#[test]
+fn a_stopped_vm_serve_writes_its_record_first() {
+    let d = Daemon::start();
+    let snap = snapshot_volume(&d, None);
+    let ws = d.path("snap.ws");
+    let uds = d.path("uffd.sock");
+    let mut serve =
+        firecracker::vm_serve_with(&d, "snap", &uds, &["--record", ws.to_str().unwrap()]);
+    let mut vm = Vmm::start(d.dir.path(), "vm");
+    assert_eq!(vm.load_uffd(&snap, &uds), 204, "{}", vm.log_text());
+    let ticks = vm.wait_ticks(2, Duration::from_secs(60));
+    assert!(
+        ticks.len() >= 2 && ticks.iter().all(|t| t.1 == 0),
+        "{ticks:x?}"
+    );
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &serve.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let st = serve
+        .wait_exit(Duration::from_secs(10))
+        .expect("vm serve ended");
+    assert!(st.success(), "{st}: {}", serve_log(&uds));
+    let bytes = std::fs::read(&ws).expect("the record was written");
+    let recorded = u64::from_le_bytes(bytes[24..32].try_into().unwrap());
+    assert!(recorded >= AREA / 4096, "{recorded} pages recorded");
+    assert!(!uds.exists(), "the socket stayed");
+    assert!(
+        vm.proc.wait_exit(STOP_BOUND).is_some(),
+        "the VM runs on with nobody to watch it"
+    );
+}
