@@ -2,7 +2,9 @@
 //! lines with its memory served by pagemesh (`vm serve` on a volume of the snapshot), against
 //! Firecracker's own File backend, pairs interleaved in one run, one private daemon for all
 //! (so every pagemesh restore after the first is served from the volume cache, as a fleet's
-//! restores would be).
+//! restores would be). And working-set replay: one restore with `vm serve --record` first,
+//! then in each pair a restore with `--replay` of that record against one without, in
+//! alternating order.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -28,7 +30,7 @@ pub struct VmBench {
         default_value = "../shared/firecracker"
     )]
     pub firecracker_dir: PathBuf,
-    /// Pairs (File backend, then pagemesh).
+    /// Rounds (File backend, pagemesh, pagemesh with --replay).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// TICK lines each restored guest must print.
@@ -43,6 +45,23 @@ pub struct VmBench {
 enum Backend {
     File,
     Pagemesh,
+    /// `vm serve --record FILE`.
+    Record,
+    /// `vm serve --replay FILE`.
+    Replay,
+}
+
+/// How long one restore took from the load request: to the first TICK line, to the last.
+#[derive(Clone, Copy)]
+struct Took {
+    first: Duration,
+    all: Duration,
+}
+
+/// The median of `v` (sorted in place).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 pub fn vm(b: VmBench) -> anyhow::Result<ExitCode> {
@@ -57,49 +76,64 @@ pub fn vm(b: VmBench) -> anyhow::Result<ExitCode> {
     snapshot(&fc, &snap)?;
     let mem = snap.join("snap.mem");
     d.client.add_volume("snap", &mem.display().to_string())?;
-    let mut ratios = Vec::new();
+    let ws = d.dir.path().join("snap.ws");
+    let r = |name: &str, backend| restore(&fc, &d, &snap, &ws, name, backend, b.ticks);
+    // The record (its restore also brings the guest's pages into the volume cache, so every
+    // pagemesh restore below is served from it).
+    r("record", Backend::Record)?;
+    let (mut ratios, mut replay_ratios) = (Vec::new(), Vec::new());
     for i in 0..b.runs {
-        let file = restore(&fc, &d, &snap, &format!("file{i}"), Backend::File, b.ticks)?;
-        let pm = restore(
-            &fc,
-            &d,
-            &snap,
-            &format!("pm{i}"),
-            Backend::Pagemesh,
-            b.ticks,
-        )?;
-        let ratio = pm.as_secs_f64() / file.as_secs_f64();
+        let file = r(&format!("file{i}"), Backend::File)?;
+        let (pm, rp) = if i % 2 == 0 {
+            let pm = r(&format!("pm{i}"), Backend::Pagemesh)?;
+            (pm, r(&format!("replay{i}"), Backend::Replay)?)
+        } else {
+            let rp = r(&format!("replay{i}"), Backend::Replay)?;
+            (r(&format!("pm{i}"), Backend::Pagemesh)?, rp)
+        };
+        let ratio = pm.all.as_secs_f64() / file.all.as_secs_f64();
+        let replay_ratio = rp.all.as_secs_f64() / pm.all.as_secs_f64();
         ratios.push(ratio);
+        replay_ratios.push(replay_ratio);
+        let ms = |d: Duration| d.as_millis() as u64;
         if b.json {
             outln!(
                 "{}",
                 serde_json::json!({"bench": "vm", "pair": i, "ticks": b.ticks,
-                    "file_backend_ms": file.as_millis() as u64, "pagemesh_ms": pm.as_millis() as u64,
-                    "ratio": ratio})
+                    "file_backend_ms": ms(file.all), "pagemesh_ms": ms(pm.all), "ratio": ratio,
+                    "replay_ms": ms(rp.all), "replay_ratio": replay_ratio,
+                    "first_tick_ms": {"file": ms(file.first), "pagemesh": ms(pm.first),
+                        "replay": ms(rp.first)}})
             );
         } else {
             outln!(
-                "pair {i}: {} TICK lines after {:>6} ms (File backend) / {:>6} ms (pagemesh): {ratio:.2}x",
+                "pair {i}: {} TICK lines after {:>6} ms (File backend) / {:>6} ms (pagemesh): {ratio:.2}x; \
+                 with --replay {:>6} ms: {replay_ratio:.2}x (first TICK {} / {} / {} ms)",
                 b.ticks,
-                file.as_millis(),
-                pm.as_millis()
+                ms(file.all),
+                ms(pm.all),
+                ms(rp.all),
+                ms(file.first),
+                ms(pm.first),
+                ms(rp.first)
             );
         }
     }
-    ratios.sort_by(f64::total_cmp);
     let v = d.client.stat_volume("snap")?;
-    let median = ratios[ratios.len() / 2];
+    let (median, replay_median) = (median(&mut ratios), median(&mut replay_ratios));
     if b.json {
         outln!(
             "{}",
             serde_json::json!({"bench": "vm", "median_ratio": median,
+                "replay_median_ratio": replay_median,
                 "storage_reads": v.storage_reads, "storage_bytes_read": v.storage_bytes_read,
                 "image_bytes": v.info.size_bytes})
         );
     } else {
         outln!(
-            "median {median:.2}x the File backend; {} pagemesh restores read {} MiB from storage in {} reads (image: {} MiB)",
-            b.runs,
+            "median {median:.2}x the File backend; with --replay, median {replay_median:.2}x a \
+             restore without; {} pagemesh restores read {} MiB from storage in {} reads (image: {} MiB)",
+            2 * b.runs + 1,
             v.storage_bytes_read >> 20,
             v.storage_reads,
             v.info.size_bytes >> 20
@@ -166,19 +200,27 @@ fn restore(
     fc: &Path,
     d: &PrivateDaemon,
     snap: &Path,
+    ws: &Path,
     name: &str,
     backend: Backend,
     ticks: usize,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<Took> {
     let dir = d.dir.path();
     let uds = dir.join(format!("{name}.uds"));
+    let working_set: &[&str] = match backend {
+        Backend::Record => &["--record"],
+        Backend::Replay => &["--replay"],
+        _ => &[],
+    };
     let serve = match backend {
         Backend::File => None,
-        Backend::Pagemesh => {
+        _ => {
             let args: Vec<String> = ["vm", "serve", "--once", "--snapshot", "snap", "--listen"]
                 .iter()
                 .map(|s| s.to_string())
                 .chain([uds.display().to_string()])
+                .chain(working_set.iter().map(|s| s.to_string()))
+                .chain((!working_set.is_empty()).then(|| ws.display().to_string()))
                 .collect();
             let p = harness::spawn(&d.socket, &args, "vm serve".into())?;
             wait_for(&uds)?;
@@ -205,7 +247,7 @@ fn restore(
             r#"{{"backend_type":"File","backend_path":"{}"}}"#,
             snap.join("snap.mem").display()
         ),
-        Backend::Pagemesh => format!(
+        _ => format!(
             r#"{{"backend_type":"Uffd","backend_path":"{}"}}"#,
             uds.display()
         ),
@@ -219,13 +261,20 @@ fn restore(
     if status != 204 {
         bail!("{name}: the snapshot load answered HTTP {status}");
     }
+    let mut first = None;
     let took = loop {
         let lines = tick_errors(&console);
         if lines.iter().any(|&e| e != 0) {
             bail!("{name}: the guest found wrong pages (errors > 0 in its TICK lines)");
         }
+        if !lines.is_empty() && first.is_none() {
+            first = Some(t0.elapsed());
+        }
         if lines.len() >= ticks {
-            break t0.elapsed();
+            break Took {
+                first: first.unwrap_or_else(|| t0.elapsed()),
+                all: t0.elapsed(),
+            };
         }
         if t0.elapsed() > RESTORE_TIMEOUT {
             bail!("{name}: {} TICK lines in {RESTORE_TIMEOUT:?}", lines.len());

@@ -60,6 +60,9 @@ impl Exit {
             if cause.is::<Usage>() {
                 return Exit::Usage;
             }
+            if cause.is::<crate::working_set::FormatError>() {
+                return Exit::Data;
+            }
             if let Some(c) = cause.downcast_ref::<ClientError>() {
                 return Exit::of_client(c);
             }

@@ -31,6 +31,7 @@ mod partition_cmd;
 mod segment_cmd;
 mod vm_cmd;
 mod volume_cmd;
+mod working_set;
 
 use std::io::Write;
 use std::path::PathBuf;

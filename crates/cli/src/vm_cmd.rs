@@ -7,6 +7,11 @@
 //! peer (SO_PEERCRED), hands the uffd, the regions and a pidfd of the VMM to the daemon, which
 //! serves every fault from the volume's node-wide cache, and watches the daemon: if it dies, the
 //! VMM is stopped loudly (see docs/firecracker.md).
+//!
+//! Working sets: with `--record FILE` the image pages each VM's faults brought in, in order,
+//! are taken from the daemon when the VM ends (or this command is stopped) and written to FILE
+//! (`working_set`); with `--replay FILE` they are handed to the daemon right after each
+//! attach, to be pushed into the guest ahead of its faults.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -14,14 +19,17 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
-use pagemesh::vm::{VmEnd, VMM_STOP_GRACE};
+use pagemesh::vm::{VmEnd, VmLease, VMM_STOP_GRACE};
 use pagemesh::{Client, VmRegion};
+use pagemesh_uffd::process::StopSignals;
 use pagemesh_uffd::{fdpass, PidFd, Stopped};
+
+use crate::working_set::WorkingSet;
 
 /// Most bytes of the VMM's region list.
 const MAX_MESSAGE_BYTES: usize = 64 << 10;
@@ -54,7 +62,31 @@ pub enum VmCmd {
         /// the daemon went away.
         #[arg(long)]
         once: bool,
+        /// Record the order of each VM's first faults (the image pages they brought in, each
+        /// once, at most 262144) and write it to FILE, durably, when the VM ends or this
+        /// command is stopped (SIGTERM, SIGINT); with several VMs, the last to end wins.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        /// Push the pages recorded in FILE (by --record, from this snapshot) into each VM's
+        /// memory, in their order, right after it connects and ahead of its own faults, which
+        /// are still served first.
+        #[arg(long, value_name = "FILE")]
+        replay: Option<PathBuf>,
     },
+}
+
+/// What every VM this command serves shares.
+struct Serving {
+    client: Client,
+    snapshot: String,
+    image_bytes: u64,
+    allowed: Allowed,
+    record: Option<PathBuf>,
+    replay: Option<Vec<u64>>,
+    /// The VMs served now, for a stop signal to take their records.
+    leases: Mutex<Vec<Arc<VmLease>>>,
+    /// One write of the record file at a time.
+    writing: Mutex<()>,
 }
 
 /// The region as Firecracker describes it (`GuestRegionUffdMapping`).
@@ -74,17 +106,37 @@ pub fn run(socket: &Path, cmd: VmCmd) -> anyhow::Result<ExitCode> {
         allow_uid,
         max_vms,
         once,
+        record,
+        replay,
     } = cmd;
     let client = Client::connect(socket)?;
-    client
+    let image_bytes = client
         .stat_volume(&snapshot)
-        .with_context(|| format!("snapshot volume {snapshot:?}"))?;
+        .with_context(|| format!("snapshot volume {snapshot:?}"))?
+        .info
+        .size_bytes;
+    let replay = match replay {
+        Some(path) => Some(replay_pages(&path, &snapshot, image_bytes)?),
+        None => None,
+    };
+    // Blocked here, before any thread starts, so every thread inherits the mask.
+    let signals = StopSignals::block().context("blocking SIGTERM and SIGINT")?;
     let listener = bind(&listen)?;
     eprintln!(
         "pagemesh vm serve: listening on {} for VMMs restoring volume {snapshot}",
         listen.display()
     );
-    let allowed = Arc::new(Allowed::new(allow_uid)?);
+    let serving = Arc::new(Serving {
+        client,
+        snapshot,
+        image_bytes,
+        allowed: Allowed::new(allow_uid)?,
+        record,
+        replay,
+        leases: Mutex::new(Vec::new()),
+        writing: Mutex::new(()),
+    });
+    on_stop_signal(signals, Arc::clone(&serving), listen.clone())?;
     let live = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         let conn = match conn {
@@ -95,7 +147,7 @@ pub fn run(socket: &Path, cmd: VmCmd) -> anyhow::Result<ExitCode> {
             }
         };
         if once {
-            let end = serve_one(&client, &snapshot, &allowed, conn)?;
+            let end = serve_one(&serving, conn)?;
             let _ = std::fs::remove_file(&listen);
             return Ok(match end {
                 VmEnd::VmmExited => ExitCode::SUCCESS,
@@ -107,20 +159,99 @@ pub fn run(socket: &Path, cmd: VmCmd) -> anyhow::Result<ExitCode> {
             refuse_and_stop(&conn, &format!("{max_vms} VMs are served already"));
             continue;
         }
-        let (c, s, a, l) = (
-            client.clone(),
-            snapshot.clone(),
-            Arc::clone(&allowed),
-            Arc::clone(&live),
-        );
+        let (s, l) = (Arc::clone(&serving), Arc::clone(&live));
         std::thread::spawn(move || {
-            if let Err(e) = serve_one(&c, &s, &a, conn) {
+            if let Err(e) = serve_one(&s, conn) {
                 eprintln!("pagemesh vm serve: {e:#}");
             }
             l.fetch_sub(1, Ordering::SeqCst);
         });
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pages of working-set file `path`, checked against the snapshot's image.
+fn replay_pages(path: &Path, snapshot: &str, image_bytes: u64) -> anyhow::Result<Vec<u64>> {
+    let ws = WorkingSet::load(path)?;
+    if ws.image_bytes != image_bytes {
+        bail!(
+            "{}: recorded from an image of {} bytes; volume {snapshot} is {image_bytes} bytes:              record it again from this snapshot",
+            path.display(),
+            ws.image_bytes
+        );
+    }
+    Ok(ws.pages)
+}
+
+/// On SIGTERM or SIGINT: write the records of the VMs served now (with --record), remove the
+/// socket and exit 0. The VMs' leases close with this process, and the daemon stops them.
+fn on_stop_signal(
+    signals: StopSignals,
+    serving: Arc<Serving>,
+    listen: PathBuf,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("stop-signals".into())
+        .spawn(move || {
+            let sig = signals.wait();
+            let leases = serving
+                .leases
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            eprintln!(
+                "pagemesh vm serve: {sig}: stopping; the daemon stops the {} VMs served",
+                leases.len()
+            );
+            for lease in &leases {
+                save_record(&serving, lease);
+            }
+            let _ = std::fs::remove_file(&listen);
+            std::process::exit(0);
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+/// With --record: take the VM's recorded working set from the daemon and write it, durably.
+/// A failure is said, not fatal: the VM's service is not affected.
+fn save_record(serving: &Serving, lease: &VmLease) {
+    let Some(path) = &serving.record else {
+        return;
+    };
+    let id = lease.vm_id();
+    let (pages, dropped) = match lease.record() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pagemesh vm serve: vm {id}: no working set recorded: {e}");
+            return;
+        }
+    };
+    let ws = WorkingSet {
+        image_bytes: serving.image_bytes,
+        pages,
+        dropped,
+    };
+    let _g = serving
+        .writing
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match ws.save(path) {
+        Ok(()) => eprintln!(
+            "pagemesh vm serve: vm {id}: working set of {} pages recorded to {}{}",
+            ws.pages.len(),
+            path.display(),
+            if dropped > 0 {
+                format!(" ({dropped} more past the bound not kept)")
+            } else {
+                String::new()
+            }
+        ),
+        Err(e) => eprintln!(
+            "pagemesh vm serve: vm {id}: writing the working set to {}: {e}",
+            path.display()
+        ),
+    }
 }
 
 /// The uids whose VMMs this command serves.
@@ -171,14 +302,10 @@ fn refuse_and_stop(conn: &UnixStream, why: &str) {
 }
 
 /// Take one VMM's connection: check it, hand its memory to the daemon, watch until it ends.
-fn serve_one(
-    client: &Client,
-    snapshot: &str,
-    allowed: &Allowed,
-    conn: UnixStream,
-) -> anyhow::Result<VmEnd> {
+fn serve_one(serving: &Serving, conn: UnixStream) -> anyhow::Result<VmEnd> {
+    let (client, snapshot) = (&serving.client, serving.snapshot.as_str());
     let cred = fdpass::peer_cred(&conn).context("reading the VMM's credentials")?;
-    if !allowed.uids.contains(&cred.uid) {
+    if !serving.allowed.uids.contains(&cred.uid) {
         // Not stopped: a process of a user it may not serve is none of its business.
         let _ = conn.shutdown(std::net::Shutdown::Both);
         bail!(
@@ -205,12 +332,38 @@ fn serve_one(
             )));
         }
     };
+    let lease = Arc::new(lease);
     eprintln!(
         "pagemesh vm serve: vm {} (VMM pid {}, {n} regions) served from volume {snapshot}",
         lease.vm_id(),
         cred.pid
     );
+    if let Some(pages) = &serving.replay {
+        match lease.replay(pages.clone()) {
+            Ok(()) => eprintln!(
+                "pagemesh vm serve: vm {}: replaying a working set of {} pages",
+                lease.vm_id(),
+                pages.len()
+            ),
+            Err(e) => eprintln!(
+                "pagemesh vm serve: vm {}: the working set could not be handed over (served \
+                 without it): {e}",
+                lease.vm_id()
+            ),
+        }
+    }
+    let leases = || {
+        serving
+            .leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    };
+    leases().push(Arc::clone(&lease));
     let end = lease.watch(&vmm);
+    leases().retain(|l| !Arc::ptr_eq(l, &lease));
+    if end == VmEnd::VmmExited {
+        save_record(serving, &lease);
+    }
     match end {
         VmEnd::VmmExited => eprintln!(
             "pagemesh vm serve: vm {} (VMM pid {}) exited",

@@ -249,3 +249,153 @@ fn guest_memory_given_back_reads_as_zeros() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A figure of the daemon's line on a VM that ended: the number before `what`.
+fn figure(line: &str, what: &str) -> u64 {
+    let at = line
+        .find(what)
+        .unwrap_or_else(|| panic!("no {what:?} in {line}"));
+    line[..at]
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("no number before {what:?} in {line}"))
+}
+
+/// Restore through `vm serve --once extra...`, wait for `ticks` TICK lines (all errors=0,
+/// going on from the snapshot), stop the VMM; what `vm serve` said.
+fn restore_with(d: &Daemon, snap: &Path, name: &str, extra: &[&str], ticks: usize) -> String {
+    let uds = d.path(&format!("{name}.sock"));
+    let mut args = vec!["--once"];
+    args.extend_from_slice(extra);
+    let mut serve = firecracker::vm_serve_with(d, "snap", &uds, &args);
+    let mut vm = Vmm::start(d.dir.path(), name);
+    assert_eq!(vm.load_uffd(snap, &uds), 204, "{}", vm.log_text());
+    let got = vm.wait_ticks(ticks, Duration::from_secs(60));
+    assert!(got.len() >= ticks, "{got:x?}: {}", vm.log_text());
+    assert!(got.iter().all(|t| t.1 == 0), "errors: {got:x?}");
+    assert!(got[0].0 > last_boot_tick(snap), "{got:x?}");
+    vm.proc.kill();
+    let st = serve
+        .wait_exit(Duration::from_secs(10))
+        .expect("vm serve ended");
+    assert!(st.success(), "{st}: {}", serve_log(&uds));
+    serve_log(&uds)
+}
+
+/// Working-set replay: a restore with `--record` writes the order of its faults; the next
+/// restore with `--replay` has the daemon push those pages ahead of the guest's own faults,
+/// and the guest goes on with errors=0.
+#[test]
+fn a_recorded_working_set_is_replayed_into_the_next_restore() {
+    let d = Daemon::start();
+    let snap = snapshot_volume(&d, None);
+    let ws = d.path("snap.ws");
+    let ws_arg = ws.to_str().unwrap();
+    let said = restore_with(&d, &snap, "rec", &["--record", ws_arg], 3);
+    assert!(said.contains("pages recorded to"), "{said}");
+    let bytes = std::fs::read(&ws).expect("the record was written");
+    assert_eq!(&bytes[..8], b"PMWSET\0\n");
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
+    let recorded = u64::from_le_bytes(bytes[24..32].try_into().unwrap());
+    // The guest reads its whole 64 MiB area on its first pass: every page of it came in by a
+    // fault (or a fault's run), so it is in the record, each page once.
+    assert!(
+        (AREA / 4096..=(128 << 20) / 4096).contains(&recorded),
+        "{recorded} pages recorded"
+    );
+
+    let said = restore_with(&d, &snap, "replay", &["--replay", ws_arg], 3);
+    assert!(
+        said.contains(&format!("replaying a working set of {recorded} pages")),
+        "{said}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let log = d.log();
+        if let Some(l) = log.lines().find(|l| l.contains("pages replayed")) {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let pushed = figure(&line, "pages replayed");
+    let present = figure(&line, "present already");
+    let skipped = figure(&line, "skipped");
+    assert!(pushed > 0, "the replay pushed nothing: {line}");
+    assert!(line.contains("replay ended after"), "{line}");
+    assert!(pushed + present <= recorded && skipped == 0, "{line}");
+    assert_eq!(volume_stat(&d, "snap")["poisoned_blocks"], 0);
+    eprintln!("{recorded} pages recorded; replay: {line}");
+}
+
+/// A working-set file of a format version this pagemesh does not read is refused before
+/// anything is served, naming both versions.
+#[test]
+fn a_working_set_of_another_version_is_refused() {
+    let d = Daemon::start();
+    let img = d.path("img");
+    std::fs::write(&img, vec![7u8; 1 << 20]).unwrap();
+    d.run(&["volume", "add", "snap", img.to_str().unwrap()])
+        .ok();
+    let ws = d.path("future.ws");
+    let mut b = b"PMWSET\0\n".to_vec();
+    b.extend_from_slice(&2u32.to_le_bytes());
+    b.extend_from_slice(&[0u8; 48]);
+    std::fs::write(&ws, &b).unwrap();
+    let uds = d.path("uffd.sock");
+    let out = d.run(&[
+        "vm",
+        "serve",
+        "--once",
+        "--snapshot",
+        "snap",
+        "--replay",
+        ws.to_str().unwrap(),
+        "--listen",
+        uds.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(65), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("format version 2") && out.stderr.contains("reads version 1"),
+        "{}",
+        out.stderr
+    );
+    assert!(!uds.exists(), "it listened anyway");
+}
+
+/// `vm serve --record` stopped with SIGTERM while its VM runs writes that VM's record before it
+/// exits (0); the daemon then stops the VM, as when `vm serve` goes.
+#[test]
+fn a_stopped_vm_serve_writes_its_record_first() {
+    let d = Daemon::start();
+    let snap = snapshot_volume(&d, None);
+    let ws = d.path("snap.ws");
+    let uds = d.path("uffd.sock");
+    let mut serve =
+        firecracker::vm_serve_with(&d, "snap", &uds, &["--record", ws.to_str().unwrap()]);
+    let mut vm = Vmm::start(d.dir.path(), "vm");
+    assert_eq!(vm.load_uffd(&snap, &uds), 204, "{}", vm.log_text());
+    let ticks = vm.wait_ticks(2, Duration::from_secs(60));
+    assert!(
+        ticks.len() >= 2 && ticks.iter().all(|t| t.1 == 0),
+        "{ticks:x?}"
+    );
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &serve.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let st = serve
+        .wait_exit(Duration::from_secs(10))
+        .expect("vm serve ended");
+    assert!(st.success(), "{st}: {}", serve_log(&uds));
+    let bytes = std::fs::read(&ws).expect("the record was written");
+    let recorded = u64::from_le_bytes(bytes[24..32].try_into().unwrap());
+    assert!(recorded >= AREA / 4096, "{recorded} pages recorded");
+    assert!(!uds.exists(), "the socket stayed");
+    assert!(
+        vm.proc.wait_exit(STOP_BOUND).is_some(),
+        "the VM runs on with nobody to watch it"
+    );
+}

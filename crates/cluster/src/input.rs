@@ -44,14 +44,7 @@ pub enum Input {
         reply: Sender<Result<SegmentInfo, String>>,
     },
     /// Change a cluster segment's owner or mode (at its home).
-    SetOwner {
-        seg: SegmentId,
-        change: pagemesh_proto::OwnerChange,
-        /// The caller (checked on this node already; the home checks it again).
-        uid: u32,
-        gids: Vec<u32>,
-        reply: Sender<Result<SegmentInfo, String>>,
-    },
+    SetOwner(crate::OwnerRequest, Sender<Result<SegmentInfo, String>>),
     Sync {
         seg: SegmentId,
         reply: Sender<Result<(), String>>,

@@ -37,6 +37,7 @@ use pagemesh_node::segment::{Attachment, ClusterPages, EngineStopped, Segment};
 use pagemesh_proto::{Backing, SegmentInfo};
 use pagemesh_types::{NodeId, SegmentId};
 
+pub use engine::OwnerRequest;
 use engine::{Engine, EngineSetup, Figures};
 pub use input::{ClusterSegStat, Input};
 use lease_board::LeaseBoard;

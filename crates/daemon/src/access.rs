@@ -197,13 +197,13 @@ impl Daemon {
             .get()
             .ok_or("this daemon is not part of a cluster")?;
         let (tx, rx) = std::sync::mpsc::channel();
-        c.send(pagemesh_cluster::Input::SetOwner {
+        let r = pagemesh_cluster::OwnerRequest {
             seg: pagemesh_types::SegmentId(info.id),
             change,
             uid: caller.uid,
             gids: caller.gids.clone(),
-            reply: tx,
-        })?;
+        };
+        c.send(pagemesh_cluster::Input::SetOwner(r, tx))?;
         let home = info.home.unwrap_or_default();
         rx.recv_timeout(std::time::Duration::from_secs(10))
             .map_err(|_| format!("its home, node {home}, did not answer within 10 s: is it up? (`pagemesh cluster status`)"))?

@@ -82,22 +82,11 @@ impl Daemon {
             let Some((req, mut fds)) = request_or_end(&sock, &cred, holds, idle) else {
                 return;
             };
-            // A backing file the client opened with its own rights comes with its create.
-            let passed = match &req {
-                Request::CreateSegment {
-                    backing: Backing::File { .. },
-                    ..
-                } if fds.len() == 1 => fds.pop().map(std::fs::File::from),
-                _ => None,
+            let passed = match self.admit(&req, &mut fds, &caller) {
+                Ok(passed) => passed,
+                Err(refused) if write_frame(&sock, &refused, &[]).is_ok() => continue,
+                Err(_) => return,
             };
-            let refused =
-                root_only(&req, cred.uid, passed.is_some()).or_else(|| self.refused(&req, &caller));
-            if let Some(refused) = refused {
-                if write_frame(&sock, &refused, &[]).is_err() {
-                    return;
-                }
-                continue;
-            }
             if let Request::RegisterUffd {
                 attach_id,
                 base,
@@ -138,22 +127,8 @@ impl Daemon {
                     ..
                 }
             );
-            let (resp, memfd_of) = self.route(req, &caller, passed, &mut locks);
-            // A read-only attacher gets a read-only descriptor: it cannot map it writable.
-            let (resp, memfd_of, ro) = match (read_only, memfd_of) {
-                (true, Some(seg)) => match seg.memfd().reopen_read_only() {
-                    Ok(fd) => (resp, Some(seg), Some(fd)),
-                    Err(e) => (
-                        err(
-                            ErrorCode::Io,
-                            format!("a read-only descriptor of the segment: {e}"),
-                        ),
-                        None,
-                        None,
-                    ),
-                },
-                (_, m) => (resp, m, None),
-            };
+            let reply = self.route(req, &caller, passed, &mut locks);
+            let (resp, memfd_of, ro) = read_only_descriptor(reply, read_only);
             let mut fds: Vec<_> = match &ro {
                 Some(fd) => vec![fd.as_fd()],
                 None => memfd_of.iter().map(|s| s.memfd().as_fd()).collect(),
@@ -442,6 +417,48 @@ fn root_only(req: &Request, uid: u32, file_passed: bool) -> Option<Response> {
         ErrorCode::PermissionDenied,
         format!("{what} is root's to do (uid {uid} asked)"),
     ))
+}
+
+impl Daemon {
+    /// Whether `req` may be served for `caller` (root-only requests, the segment's owner and
+    /// mode): `Err` is the refusal to send. A backing file the client opened with its own
+    /// rights comes with its create, and is taken out of `fds` here.
+    fn admit(
+        &self,
+        req: &Request,
+        fds: &mut Vec<std::os::fd::OwnedFd>,
+        caller: &Caller,
+    ) -> Result<Option<std::fs::File>, Box<Response>> {
+        let passed = match req {
+            Request::CreateSegment {
+                backing: Backing::File { .. },
+                ..
+            } if fds.len() == 1 => fds.pop().map(std::fs::File::from),
+            _ => None,
+        };
+        match root_only(req, caller.uid, passed.is_some()).or_else(|| self.refused(req, caller)) {
+            Some(refused) => Err(Box::new(refused)),
+            None => Ok(passed),
+        }
+    }
+}
+
+/// A read-only attacher gets a read-only descriptor of the memfd (it cannot map it writable)
+/// instead of the memfd itself: the reply, the segment attached, and that descriptor.
+fn read_only_descriptor(
+    (resp, memfd_of): Reply,
+    read_only: bool,
+) -> (Response, Option<Arc<Segment>>, Option<std::os::fd::OwnedFd>) {
+    match (read_only, memfd_of) {
+        (true, Some(seg)) => match seg.memfd().reopen_read_only() {
+            Ok(fd) => (resp, Some(seg), Some(fd)),
+            Err(e) => {
+                let why = format!("a read-only descriptor of the segment: {e}");
+                (err(ErrorCode::Io, why), None, None)
+            }
+        },
+        (_, m) => (resp, m, None),
+    }
 }
 
 /// Who is asking on this connection: its uid and groups (the primary group first). Groups

@@ -11,7 +11,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pagemesh_node::vm::Guest;
-use pagemesh_proto::{read_frame, write_frame, ErrorCode, Request, Response, VmRegion};
+use pagemesh_proto::vm_lease::{VmLeaseReply, VmLeaseRequest};
+use pagemesh_proto::{read_frame, write_frame, ErrorCode, Response, VmRegion};
 use pagemesh_uffd::fdpass::PeerCred;
 use pagemesh_uffd::{PidFd, Uffd};
 
@@ -110,8 +111,7 @@ impl Daemon {
             cred.pid
         );
         if write_frame(&sock, &Response::VmAttached { vm_id: id }, &[]).is_ok() {
-            // Nothing more is expected on a lease: any frame or the close ends it.
-            let _ = read_frame::<Request>(&sock);
+            lease_requests(&sock, &guest);
         }
         guest.detach();
         if !guest.vmm_exited() {
@@ -124,6 +124,33 @@ impl Daemon {
         }
         join_bounded(thread, id);
         log::info!("vm {id} (VMM pid {vmm_pid}) ended: {}", guest.summary());
+    }
+}
+
+/// Answer the working-set requests on a VM's lease until it closes (any other frame ends it
+/// too; see `pagemesh_proto::vm_lease`).
+fn lease_requests(sock: &UnixStream, guest: &Guest) {
+    loop {
+        match read_frame::<VmLeaseRequest>(sock) {
+            Ok((VmLeaseRequest::Replay { pages }, _)) => {
+                if let Err(e) = guest.replay(pages) {
+                    // The VM is served as without a replay: it only goes slower.
+                    log::warn!("vm {}: replay refused: {e}", guest.id);
+                }
+            }
+            Ok((VmLeaseRequest::TakeRecord, _)) => {
+                let (pages, dropped) = guest.record();
+                let reply = VmLeaseReply::Recorded { pages, dropped };
+                if write_frame(sock, &reply, &[]).is_err() {
+                    return;
+                }
+            }
+            Err(pagemesh_proto::FrameError::Closed) => return,
+            Err(e) => {
+                log::warn!("vm {}: its lease ended: {e}", guest.id);
+                return;
+            }
+        }
     }
 }
 

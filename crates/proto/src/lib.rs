@@ -11,6 +11,7 @@ mod frame;
 pub mod lease_board;
 mod messages;
 pub mod peer;
+pub mod vm_lease;
 
 pub use frame::{read_frame, write_frame, FrameError};
 pub use messages::*;

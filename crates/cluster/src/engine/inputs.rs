@@ -65,21 +65,7 @@ impl Engine {
                 };
                 self.send_peer(home, PeerFrame::Control(msg));
             }
-            Input::SetOwner {
-                seg,
-                change,
-                uid,
-                gids,
-                reply,
-            } => {
-                let r = super::OwnerRequest {
-                    seg,
-                    change,
-                    uid,
-                    gids,
-                };
-                self.set_owner(r, reply);
-            }
+            Input::SetOwner(r, reply) => self.set_owner(r, reply),
             Input::Sync { seg, reply } => {
                 if let Err(full) = self.calls.room(1) {
                     let _ = reply.send(Err(full.to_string()));

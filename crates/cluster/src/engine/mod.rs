@@ -18,7 +18,7 @@ mod liveness;
 mod locks;
 mod owners;
 
-pub(crate) use owners::OwnerRequest;
+pub use owners::OwnerRequest;
 mod removal;
 mod status;
 

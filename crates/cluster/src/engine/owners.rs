@@ -14,10 +14,14 @@ use super::{Engine, Route};
 /// A change asked of a segment's home: (reply, when, home).
 pub(super) type OwnerWait = (Sender<Result<SegmentInfo, String>>, Instant, NodeId);
 
-/// Who asked for a change, and what.
-pub(crate) struct OwnerRequest {
+/// Who asked for a change of a cluster segment's owner or mode, and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerRequest {
+    /// The segment.
     pub seg: SegmentId,
+    /// The change.
     pub change: OwnerChange,
+    /// The caller (checked on its node already; the home checks it again): uid and groups.
     pub uid: u32,
     pub gids: Vec<u32>,
 }

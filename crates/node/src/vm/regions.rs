@@ -34,6 +34,18 @@ pub enum Landing {
     Outside,
 }
 
+/// Where an image page is in the VMM, for the replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// At `addr`; a run from it may reach image page `limit` (exclusive: the region's end or
+    /// the next removed page).
+    At { addr: u64, limit: u64 },
+    /// The guest gave it back: never pushed (it reads as zeros).
+    Removed,
+    /// In no region (cut by an unmap, or never mapped).
+    Nowhere,
+}
+
 /// The regions and the removed blocks of one VM.
 #[derive(Debug)]
 pub struct Regions {
@@ -110,6 +122,31 @@ impl Regions {
         Landing::Image {
             block,
             limit: region_end.min(next_removed),
+        }
+    }
+
+    /// Where image page `block` is in the VMM's address space, for a push no fault asked for
+    /// (the replay).
+    pub fn place(&self, block: u64) -> Placement {
+        let at = block.saturating_mul(PS);
+        let Some(r) = self
+            .list
+            .iter()
+            .find(|r| at >= r.offset && at - r.offset < r.len)
+        else {
+            return Placement::Nowhere;
+        };
+        if self.is_removed(block) {
+            return Placement::Removed;
+        }
+        let next_removed = self
+            .removed
+            .range(block..)
+            .next()
+            .map_or(u64::MAX, |(&s, _)| s);
+        Placement::At {
+            addr: r.base + (at - r.offset),
+            limit: ((r.offset + r.len) / PS).min(next_removed),
         }
     }
 
@@ -291,6 +328,37 @@ mod tests {
                 limit: 8 * M / PS
             }
         );
+    }
+
+    #[test]
+    fn image_pages_are_placed_back_where_the_vmm_maps_them() {
+        let mut g = two();
+        let bpm = M / PS;
+        assert_eq!(
+            g.place(4 * bpm + 3),
+            Placement::At {
+                addr: 0x7000_0000 + 3 * PS,
+                limit: 8 * bpm
+            }
+        );
+        assert_eq!(g.place(8 * bpm), Placement::Nowhere);
+        g.apply(Layout::Remove {
+            start: 0x1000_0000 + 8 * PS,
+            end: 0x1000_0000 + 10 * PS,
+        });
+        assert_eq!(g.place(9), Placement::Removed);
+        assert_eq!(
+            g.place(2),
+            Placement::At {
+                addr: 0x1000_0000 + 2 * PS,
+                limit: 8
+            }
+        );
+        g.apply(Layout::Unmap {
+            start: 0x1000_0000,
+            end: 0x1000_0000 + M,
+        });
+        assert_eq!(g.place(2), Placement::Nowhere);
     }
 
     #[test]
