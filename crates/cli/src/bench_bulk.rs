@@ -8,6 +8,11 @@
 //!   the node's page cache, not yet mapped in this process), against the same kernel first
 //!   touch.
 //!
+//! - first touch through a non-home node: a fresh zero *cluster* segment homed on node 1 of a
+//!   two-node cluster on loopback, written whole by a process on node 2 (every page a dormant
+//!   page of another node's), against the local first touch of the same run (at most 64 MiB:
+//!   it is slow, see docs/benchmarks.md).
+//!
 //! Both sides write with `memtest`'s loop (`memtest::write_words`) in a process of their own,
 //! and each process times only its writing loop.
 
@@ -21,7 +26,7 @@ use pagemesh_types::ByteSize;
 use pagemesh_uffd::SharedMapping;
 
 use crate::bench_report::{header, report_pairs};
-use crate::harness::{spawn, wait_all, PrivateDaemon};
+use crate::harness::{spawn, start_cluster, wait_all, PrivateDaemon};
 use crate::memtest::write_words;
 
 const SEED: u64 = 77;
@@ -73,7 +78,10 @@ pub fn bulk(runs: usize, size: u64, json: bool) -> anyhow::Result<ExitCode> {
     }
     let size = size / 4096 * 4096;
     let d = PrivateDaemon::start("pagemesh-bench-", &[])?;
+    let cluster = start_cluster(2, "pagemesh-bench-bulk", &[])?;
+    let remote_size = size.min(64 << 20);
     let (mut kernel, mut first, mut rewrite) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut local, mut remote) = (Vec::new(), Vec::new());
     let bytes = size.to_string();
     for run in 0..runs {
         let name = format!("bulk{run}");
@@ -82,6 +90,15 @@ pub fn bulk(runs: usize, size: u64, json: bool) -> anyhow::Result<ExitCode> {
         first.push(touch_rate(&d, &["--segment", &name], size)?);
         rewrite.push(touch_rate(&d, &["--segment", &name], size)?);
         d.client.remove_segment(&name)?;
+        // The same size both ways for the cluster pair: local first touch, then through node 2.
+        let small = format!("bulk{run}s");
+        d.client.create_segment(&small, Some(remote_size), Backing::Zero)?;
+        local.push(touch_rate(&d, &["--segment", &small], remote_size)?);
+        d.client.remove_segment(&small)?;
+        let far = format!("far{run}");
+        cluster[1].client.create_cluster_segment(&far, Some(remote_size), Backing::Zero, Some(1))?;
+        remote.push(touch_rate(&cluster[1], &["--segment", &far], remote_size)?);
+        cluster[1].client.remove_segment(&far)?;
         if !json {
             eprintln!("run {}/{runs} done", run + 1);
         }
@@ -101,6 +118,26 @@ pub fn bulk(runs: usize, size: u64, json: bool) -> anyhow::Result<ExitCode> {
     for (metric, pm) in rows {
         report_pairs(json, "bulk", metric, "MB/s", pm, &kernel, "higher");
     }
+    header(
+        json,
+        &format!(
+            "{} of a fresh zero cluster segment homed on node 1, written whole by a process on \
+             node 2 of two on loopback, vs the same size written locally; MB/s",
+            ByteSize(remote_size)
+        ),
+    );
+    report_pairs(
+        json,
+        "bulk",
+        "cluster_first_touch_write_vs_local_first_touch",
+        "MB/s",
+        &remote,
+        &local,
+        "higher",
+    );
     d.stop();
+    for n in cluster {
+        n.stop();
+    }
     Ok(ExitCode::SUCCESS)
 }
