@@ -92,11 +92,17 @@ pub fn bulk(runs: usize, size: u64, json: bool) -> anyhow::Result<ExitCode> {
         d.client.remove_segment(&name)?;
         // The same size both ways for the cluster pair: local first touch, then through node 2.
         let small = format!("bulk{run}s");
-        d.client.create_segment(&small, Some(remote_size), Backing::Zero)?;
+        d.client
+            .create_segment(&small, Some(remote_size), Backing::Zero)?;
         local.push(touch_rate(&d, &["--segment", &small], remote_size)?);
         d.client.remove_segment(&small)?;
         let far = format!("far{run}");
-        cluster[1].client.create_cluster_segment(&far, Some(remote_size), Backing::Zero, Some(1))?;
+        cluster[1].client.create_cluster_segment(
+            &far,
+            Some(remote_size),
+            Backing::Zero,
+            Some(1),
+        )?;
         remote.push(touch_rate(&cluster[1], &["--segment", &far], remote_size)?);
         cluster[1].client.remove_segment(&far)?;
         if !json {
