@@ -31,6 +31,11 @@ pub struct DaemonArgs {
     /// Paging device size (default: 4 x --memory; the file is sparse).
     #[arg(long, value_parser = crate::parse_size)]
     pub paging_device_size: Option<u64>,
+    /// Most resident memory the segments of one user other than root may take (default: half
+    /// of --memory): a user's segments count against a partition of its own, uid-N, and are
+    /// paged out beyond it, so no one user fills the pool.
+    #[arg(long, value_parser = crate::parse_size)]
+    pub user_memory: Option<u64>,
     /// The least severe messages the daemon logs (on stderr).
     #[arg(long, env = "PAGEMESH_LOG", value_enum, default_value_t = crate::logger::Level::Info)]
     pub log_level: crate::logger::Level,
@@ -123,6 +128,7 @@ pub fn run(socket: PathBuf, a: DaemonArgs) -> anyhow::Result<ExitCode> {
             .paging_device
             .unwrap_or_else(|| data_dir.join("paging.swap")),
         paging_device_bytes: a.paging_device_size.unwrap_or(memory_bytes * 4),
+        user_memory_bytes: a.user_memory.unwrap_or(memory_bytes / 2),
         data_dir,
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
         connections,

@@ -53,6 +53,9 @@ pub struct Config {
     pub paging_device: PathBuf,
     /// Its size.
     pub paging_device_bytes: u64,
+    /// The most resident memory the segments of one user other than root may take: its
+    /// segments count against a partition of its own (`uid-N`) with this maximum.
+    pub user_memory_bytes: u64,
     /// This node's place in a cluster (`None`: a single node; every segment is local).
     pub cluster: Option<cluster::ClusterConfig>,
     /// Longest clean stop on `SIGTERM`/`SIGINT` (syncing every segment included).

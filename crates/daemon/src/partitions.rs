@@ -48,6 +48,45 @@ impl Daemon {
         }
     }
 
+    /// The partition a new local segment of `owner` counts against: for root, the one asked
+    /// for ("default" if none); for another user, a partition of its own, `uid-N`, created
+    /// with `--user-memory` as its maximum (so no one user fills the pool), and no other.
+    pub(crate) fn partition_for(
+        &self,
+        owner: pagemesh_proto::Owner,
+        asked: Option<String>,
+    ) -> Result<String, Box<Response>> {
+        if owner.uid == 0 {
+            return Ok(asked.unwrap_or_else(|| "default".into()));
+        }
+        let mine = format!("uid-{}", owner.uid);
+        if let Some(p) = asked.filter(|p| p != "default" && *p != mine) {
+            return Err(Box::new(err(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "the segments of uid {} count against its own partition {mine} (at most {}, \
+                     --user-memory); putting one in partition {p} is root's to do",
+                    owner.uid,
+                    ByteSize(self.config.user_memory_bytes)
+                ),
+            )));
+        }
+        if self.find_partition(&mine).is_err() {
+            let limits = PartitionLimits {
+                min_bytes: 0,
+                max_bytes: self.config.user_memory_bytes.max(PAGE_SIZE),
+                weight: 1,
+            };
+            // Another create of the same user's may have made it meanwhile: that is fine.
+            if let Err(e) = self.create_partition(&mine, limits) {
+                if self.find_partition(&mine).is_err() {
+                    return Err(Box::new(e));
+                }
+            }
+        }
+        Ok(mine)
+    }
+
     fn find_partition(&self, name: &str) -> Result<Arc<Partition>, Response> {
         self.pool
             .partitions()

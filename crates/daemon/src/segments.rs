@@ -21,7 +21,10 @@ impl Daemon {
         owner: pagemesh_proto::Owner,
         passed: Option<std::fs::File>,
     ) -> Response {
-        let partition = partition.unwrap_or_else(|| "default".to_string());
+        let partition = match self.partition_for(owner, partition) {
+            Ok(p) => p,
+            Err(resp) => return *resp,
+        };
         if !valid_name(&name) {
             return err(
                 ErrorCode::InvalidArgument,

@@ -56,7 +56,7 @@ impl Segment {
             if matches!(self.pages.get(page), PageState::Absent | PageState::Paged) {
                 // Backpressure: no page comes in while the pool is at its budget (bounded wait,
                 // no lock held).
-                m.pool.wait_for_room();
+                m.pool.wait_for_room_in(&m.partition);
             }
         }
 
@@ -125,7 +125,7 @@ impl Segment {
         let page = f.page;
         if let Some(m) = &self.memory {
             if !self.pages.get(page).is_resident() {
-                m.pool.wait_for_room();
+                m.pool.wait_for_room_in(&m.partition);
             }
         }
         let g = lock(self.stripe(page));

@@ -164,6 +164,74 @@ impl Pool {
         self.budget_pages.saturating_sub(self.resident())
     }
 
+    /// Pages a run of partition `p` may bring in: the pool's room, and no more than `p`'s max
+    /// leaves (a partition's max is hard: it is paged out beyond it whatever the pool's fill).
+    pub fn room_pages_in(&self, p: &Partition) -> u64 {
+        let max = p.limits().max_pages;
+        self.room_pages()
+            .min(max.saturating_sub(p.resident.load(Ordering::Relaxed)))
+    }
+
+    /// Whether some partition with a max below the budget is at it (the evictor's cue,
+    /// whatever the pool's fill; a partition allowed the whole budget follows the pool's
+    /// watermarks).
+    fn at_a_max(&self) -> bool {
+        self.partitions().iter().any(|p| {
+            let max = p.limits().max_pages;
+            max < self.budget_pages && p.resident.load(Ordering::Relaxed) >= max
+        })
+    }
+
+    /// The partition most above its low mark (an eighth below its max: eviction for a max
+    /// goes down to it, so a writer at the max does not wait at every page), if any.
+    fn most_above_max_low(&self) -> Option<Arc<Partition>> {
+        self.partitions()
+            .into_iter()
+            .filter(|p| p.limits().max_pages < self.budget_pages)
+            .filter(|p| p.resident.load(Ordering::Relaxed) > p.pinned.load(Ordering::Relaxed))
+            .map(|p| {
+                (
+                    p.resident
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(max_low(&p)),
+                    p,
+                )
+            })
+            .filter(|(e, _)| *e > 0)
+            .max_by_key(|(e, _)| *e)
+            .map(|(_, p)| p)
+    }
+
+    /// Backpressure for a page of partition `p`: wait (bounded, as [`Pool::wait_for_room`])
+    /// while the pool is at its budget or `p` at its max.
+    pub fn wait_for_room_in(&self, p: &Partition) {
+        let at_max = || p.resident.load(Ordering::Relaxed) >= p.limits().max_pages;
+        if !at_max() {
+            return self.wait_for_room();
+        }
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.kick_evictor();
+        let deadline = Instant::now() + ROOM_WAIT;
+        let (m, cv) = &self.room;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        while at_max() && !self.stuck.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= deadline {
+                log::warn!(
+                    "memory pool: partition {} still at its max after {ROOM_WAIT:?}: nothing evictable; letting the fault proceed",
+                    p.name
+                );
+                return;
+            }
+            g = cv
+                .wait_timeout(g, (deadline - now).min(Duration::from_millis(50)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(g);
+        self.wait_for_room();
+    }
+
     /// Resident pages not already on their way out.
     fn effective_resident(&self) -> u64 {
         self.resident()
@@ -392,7 +460,7 @@ impl Pool {
             {
                 let (m, cv) = &self.kick;
                 let mut kicked = m.lock().unwrap_or_else(|e| e.into_inner());
-                if !*kicked && self.resident() <= self.high_pages {
+                if !*kicked && self.resident() <= self.high_pages && !self.at_a_max() {
                     kicked = cv
                         .wait_timeout(kicked, Duration::from_millis(200))
                         .unwrap_or_else(|e| e.into_inner())
@@ -401,24 +469,32 @@ impl Pool {
                 *kicked = false;
             }
             self.compact_clocks();
-            if self.resident() <= self.high_pages {
+            let over_max = self.at_a_max();
+            if self.resident() <= self.high_pages && !over_max {
                 continue;
             }
             // Pages of cluster segments leave asynchronously (their home takes them back):
             // count the ones asked for as gone, so one round does not ask for everything, and
             // wait for them rather than spin when they are all that is left to wait for.
-            if self.effective_resident() <= self.low_pages {
+            if self.effective_resident() <= self.low_pages && !over_max {
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             }
             let mut stuck = false;
             let mut busy = false;
-            while self.effective_resident() > self.low_pages && !stuck && !busy {
+            // Down to the low watermark, and every partition down to its low mark (taking
+            // only from those above it once the pool is below its own).
+            let more = || self.effective_resident() > self.low_pages;
+            while (more() || self.most_above_max_low().is_some()) && !stuck && !busy {
                 for _ in 0..EVICT_BATCH {
-                    if self.effective_resident() <= self.low_pages {
+                    let sweep = if more() {
+                        self.evict_one()
+                    } else if let Some(p) = self.most_above_max_low() {
+                        self.evict_from(&p)
+                    } else {
                         break;
-                    }
-                    match self.evict_one() {
+                    };
+                    match sweep {
                         // A fault waiting for room goes on as soon as a run has left, not
                         // after the whole batch.
                         Sweep::Evicted => self.notify_room(),
@@ -642,4 +718,11 @@ pub enum ClockVisit {
     Evicted(u64),
     /// Eviction failed: keep the entry; the evictor tries other partitions.
     Failed(String),
+}
+
+/// A partition's low mark: an eighth below its max (at least a page), where eviction for the
+/// max stops.
+fn max_low(p: &Partition) -> u64 {
+    let max = p.limits().max_pages;
+    max - (max / 8).clamp(1, max.max(1)).min(max)
 }

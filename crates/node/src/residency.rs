@@ -88,7 +88,7 @@ impl Segment {
     fn room(&self) -> u64 {
         self.memory
             .as_ref()
-            .map_or(u64::MAX, |m| m.pool.room_pages())
+            .map_or(u64::MAX, |m| m.pool.room_pages_in(&m.partition))
     }
 
     /// `reach` for a reader: the window of a *near* stream ([`Streams::window_near`]), which a
@@ -535,7 +535,7 @@ impl Segment {
         let result = (|| {
             for p in first..first + n {
                 if !self.pages.get(p).is_resident() {
-                    m.pool.wait_for_room();
+                    m.pool.wait_for_room_in(&m.partition);
                 }
                 let _g = lock(self.stripe(p));
                 match self.pages.get(p) {

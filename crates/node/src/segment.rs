@@ -575,7 +575,7 @@ impl Segment {
             let n = (PSU - in_page).min(data.len() - done);
             if let Some(m) = &self.memory {
                 if !self.pages.get(page).is_resident() {
-                    m.pool.wait_for_room();
+                    m.pool.wait_for_room_in(&m.partition);
                 }
             }
             let _g = lock(self.stripe(page));
