@@ -338,6 +338,26 @@ fn an_authenticated_node_cannot_change_what_another_node_homes() {
     wait_log(&c, 3, "only a segment's home runs its removal");
     wait_log(&c, 3, "only a segment's home announces its removal");
     wait_log(&c, 3, "a node announces only the segments it homes");
+    // Asked of its home for a user that does not own it (root's 0600 segment), a removal is
+    // refused there too: the home checks the user a node names.
+    let mut s1 = connect(&listen_of(&c, 1));
+    let mut conn1 = node2.dial(NodeId(1)).expect("dial node 1");
+    let mut st1 = rustls::Stream::new(&mut conn1, &mut s1);
+    write_peer_frame(&mut st1, &hello(2, epoch2, 1)).expect("hello");
+    st1.flush().expect("flush");
+    match read_peer_frame(&mut st1, &mut Vec::new()) {
+        Ok((PeerFrame::Welcome { .. }, _)) => {}
+        other => panic!("node 1 did not welcome node 2's credential: {other:?}"),
+    }
+    let remove = Control::RemoveSegment {
+        req: 77,
+        seg: seg_id,
+        uid: 65534,
+        gids: vec![65534],
+    };
+    write_peer_frame(&mut st1, &PeerFrame::Control(remove)).expect("send");
+    st1.flush().expect("flush");
+    wait_log(&c, 1, "uid 65534 on node2 may not remove segment data");
     assert_eq!(
         cluster_state(&c),
         before,

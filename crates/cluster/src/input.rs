@@ -61,9 +61,12 @@ pub enum Input {
         seg: SegmentId,
         reply: Sender<ClusterSegStat>,
     },
-    /// Remove a cluster segment from the cluster (run by its home).
+    /// Remove a cluster segment from the cluster (run by its home, which checks the caller
+    /// again: the owner or root may).
     Remove {
         seg: SegmentId,
+        uid: u32,
+        gids: Vec<u32>,
         reply: Sender<Result<(), String>>,
     },
     /// The memory pool wants this page out of the node (the home takes it back).

@@ -127,7 +127,7 @@ impl Daemon {
             }
             Request::RemoveSegment { name } => {
                 let s = self.cluster_segment_named(name)?;
-                Some(cluster_remove(c, &s).unwrap_or_else(|e| e))
+                Some(cluster_remove(c, &s, caller).unwrap_or_else(|e| e))
             }
             Request::Pin { name, .. }
             | Request::Unpin { name, .. }
@@ -478,11 +478,17 @@ fn cluster_clear_poison(c: &ClusterHandle, s: &Segment) -> Result<Response, Resp
     }
 }
 
-fn cluster_remove(c: &ClusterHandle, s: &Segment) -> Result<Response, Response> {
+fn cluster_remove(c: &ClusterHandle, s: &Segment, caller: &Caller) -> Result<Response, Response> {
     let (tx, rx) = mpsc::channel();
     let seg = SegmentId(s.info.id);
-    c.send(Input::Remove { seg, reply: tx })
-        .map_err(|e| err(ErrorCode::Internal, e))?;
+    let (uid, gids) = (caller.uid, caller.gids.clone());
+    c.send(Input::Remove {
+        seg,
+        uid,
+        gids,
+        reply: tx,
+    })
+    .map_err(|e| err(ErrorCode::Internal, e))?;
     match wait(rx, Duration::from_secs(30), "remove")? {
         Ok(()) => Ok(Response::Removed),
         Err(e) => Err(err(

@@ -166,12 +166,16 @@ pub enum Control {
         /// Which round of the barrier this was (counts from 1).
         generation: u64,
     },
-    /// Remove cluster segment `seg` (sent to its home, which runs the removal).
+    /// Remove cluster segment `seg` (sent to its home, which checks the user named again and
+    /// runs the removal).
     RemoveSegment {
         /// Matches the reply.
         req: u64,
         /// Segment.
         seg: u64,
+        /// The user who asked, on the sender: its uid and groups.
+        uid: u32,
+        gids: Vec<u32>,
     },
     /// The home's answer to `RemoveSegment`.
     RemoveDone {

@@ -42,9 +42,12 @@ impl Engine {
                 parties,
                 token,
             } => self.barrier_arrive(from, SegmentId(seg), barrier, parties, token),
-            Control::RemoveSegment { req, seg } => {
-                self.on_remove_segment(from, req, SegmentId(seg))
-            }
+            Control::RemoveSegment {
+                req,
+                seg,
+                uid,
+                gids,
+            } => self.on_remove_segment(from, req, SegmentId(seg), (uid, gids)),
             msg @ (Control::RemovePrepare { .. }
             | Control::RemovePrepared { .. }
             | Control::RemoveCommit { .. }
@@ -221,14 +224,45 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_remove_segment(&mut self, from: NodeId, req: u64, seg: SegmentId) {
-        if matches!(self.route(seg), Route::Here) {
-            self.start_remove(seg, RemoveFor::Peer(from, req));
-        } else {
-            let me = self.me();
-            let result = Err(format!("{me} is not the home of segment id {:#x}", seg.0));
-            let msg = Control::RemoveDone { req, result };
-            self.send_peer(from, PeerFrame::Control(msg));
+    /// A peer asks, for one of its users, to remove a segment homed here: the owner or root
+    /// may (checked again here, against this home's catalog).
+    pub(super) fn on_remove_segment(
+        &mut self,
+        from: NodeId,
+        req: u64,
+        seg: SegmentId,
+        (uid, gids): (u32, Vec<u32>),
+    ) {
+        let refused = match (self.route(seg), self.segs.get(&seg)) {
+            (Route::Here, Some(s)) => {
+                let info = self.host.current(&s.info);
+                let o = info.owner;
+                (!o.allows(uid, &gids, pagemesh_proto::Access::Own)).then(|| {
+                    let why = format!(
+                        "uid {uid} on {from} may not remove segment {}: it is uid {}'s (mode {}); the owner or root may",
+                        info.name,
+                        o.uid,
+                        o.mode_string()
+                    );
+                    log::warn!("{why}; refused");
+                    why
+                })
+            }
+            _ => Some(format!(
+                "{} is not the home of segment id {:#x}",
+                self.me(),
+                seg.0
+            )),
+        };
+        match refused {
+            None => self.start_remove(seg, RemoveFor::Peer(from, req)),
+            Some(why) => {
+                let msg = Control::RemoveDone {
+                    req,
+                    result: Err(why),
+                };
+                self.send_peer(from, PeerFrame::Control(msg));
+            }
         }
     }
 

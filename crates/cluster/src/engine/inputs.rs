@@ -85,7 +85,12 @@ impl Engine {
                 data,
                 reply,
             } => self.start_io(seg, offset, len, data, reply),
-            Input::Remove { seg, reply } => self.on_remove(seg, reply),
+            Input::Remove {
+                seg,
+                uid,
+                gids,
+                reply,
+            } => self.on_remove(seg, (uid, gids), reply),
             Input::Evict { seg, page } => self.on_evict(seg, page),
             Input::ClearPoison { seg, reply } => self.on_clear_poison(seg, reply),
             Input::Stat { seg, reply } => {
@@ -192,13 +197,24 @@ impl Engine {
         self.locks_peer_connected(peer);
     }
 
-    pub(super) fn on_remove(&mut self, seg: SegmentId, reply: Sender<Result<(), String>>) {
+    pub(super) fn on_remove(
+        &mut self,
+        seg: SegmentId,
+        (uid, gids): (u32, Vec<u32>),
+        reply: Sender<Result<(), String>>,
+    ) {
         match self.route(seg) {
+            // The caller was checked here, against this home's own catalog.
             Route::Here => self.start_remove(seg, RemoveFor::Local(reply)),
             Route::Home(h) => {
                 let req = self.req_id();
                 self.removes.insert(req, (reply, Instant::now(), h));
-                let msg = Control::RemoveSegment { req, seg: seg.0 };
+                let msg = Control::RemoveSegment {
+                    req,
+                    seg: seg.0,
+                    uid,
+                    gids,
+                };
                 self.send_peer(h, PeerFrame::Control(msg));
             }
             Route::Unknown => {
