@@ -36,6 +36,9 @@ pub enum SegmentCmd {
         /// own the segment.
         #[arg(long, value_parser = parse_mode)]
         mode: Option<u32>,
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
     /// Change a segment's permission bits (its owner or root).
     Chmod {
@@ -44,6 +47,9 @@ pub enum SegmentCmd {
         /// Permission bits, octal (e.g. 0640).
         #[arg(value_parser = parse_mode)]
         mode: u32,
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
     /// Change a segment's owner and group (root only): UID, UID:GID or :GID, numeric.
     Chown {
@@ -51,6 +57,9 @@ pub enum SegmentCmd {
         name: String,
         /// The new owner: UID, UID:GID or :GID.
         owner: String,
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
     /// Fault in and pin a range: never evicted until unpinned.
     Pin {
@@ -62,6 +71,9 @@ pub enum SegmentCmd {
         /// Length of the range (default: to the end of the segment).
         #[arg(long, value_parser = parse_size)]
         len: Option<u64>,
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
     /// Unpin a range.
     Unpin {
@@ -73,6 +85,9 @@ pub enum SegmentCmd {
         /// Length of the range (default: to the end of the segment).
         #[arg(long, value_parser = parse_size)]
         len: Option<u64>,
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
     /// List the segments of this node.
     List {
@@ -105,6 +120,9 @@ pub enum SegmentCmd {
     Rm {
         /// Segment name.
         name: String,
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
     /// Read bytes through the node's page cache to stdout.
     Read {
@@ -129,6 +147,9 @@ pub enum SegmentCmd {
     ClearPoison {
         /// Segment name.
         name: String,
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -268,30 +289,29 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             partition,
             home,
             mode,
+            json,
         } => {
             let opts = pagemesh::CreateOptions {
                 partition,
                 home,
                 mode,
             };
-            create(&client, &name, size, &backing, &opts)?
+            create(&client, &name, size, &backing, &opts, json)?
         }
-        SegmentCmd::Chmod { name, mode } => {
+        SegmentCmd::Chmod { name, mode, json } => {
             let i = client.chmod_segment(&name, mode)?;
-            outln!(
-                "segment {name}: mode {:04o} ({})",
-                i.owner.mode,
-                i.owner.mode_string()
-            );
+            let o = i.owner;
+            let text = format!("segment {name}: mode {:04o} ({})", o.mode, o.mode_string());
+            say(json, text, info_json(&i));
         }
-        SegmentCmd::Chown { name, owner } => {
+        SegmentCmd::Chown { name, owner, json } => {
             let (uid, gid) = parse_owner(&owner)?;
             let i = client.chown_segment(&name, uid, gid)?;
-            outln!(
+            let text = format!(
                 "segment {name}: owner uid {} gid {}",
-                i.owner.uid,
-                i.owner.gid
+                i.owner.uid, i.owner.gid
             );
+            say(json, text, info_json(&i));
         }
         SegmentCmd::List { json } => list(&client, json)?,
         SegmentCmd::Stat {
@@ -299,19 +319,32 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             json,
             page: Some(page),
         } => stat_page(&client, &name, page, json)?,
-        SegmentCmd::Pin { name, offset, len } => {
+        SegmentCmd::Pin {
+            name,
+            offset,
+            len,
+            json,
+        } => {
             let len = range_len(&client, &name, offset, len)?;
             let n = client.pin(&name, offset, len)?;
-            outln!(
+            let text = format!(
                 "segment {name}: {n} page(s) newly pinned ({} from offset {})",
                 ByteSize(len),
                 ByteSize(offset)
             );
+            let v = serde_json::json!({"segment": name, "offset": offset, "len": len, "pages_pinned": n});
+            say(json, text, v);
         }
-        SegmentCmd::Unpin { name, offset, len } => {
+        SegmentCmd::Unpin {
+            name,
+            offset,
+            len,
+            json,
+        } => {
             let len = range_len(&client, &name, offset, len)?;
             let n = client.unpin(&name, offset, len)?;
-            outln!("segment {name}: {n} page(s) unpinned");
+            let v = serde_json::json!({"segment": name, "offset": offset, "len": len, "pages_unpinned": n});
+            say(json, format!("segment {name}: {n} page(s) unpinned"), v);
         }
         SegmentCmd::Stat {
             name,
@@ -326,18 +359,30 @@ pub fn run(socket: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             }
         }
         SegmentCmd::Sync { name, json } => sync(&client, &name, json)?,
-        SegmentCmd::Rm { name } => {
+        SegmentCmd::Rm { name, json } => {
             client.remove_segment(&name)?;
-            outln!("removed segment {name}");
+            let v = serde_json::json!({"segment": name, "removed": true});
+            say(json, format!("removed segment {name}"), v);
         }
         SegmentCmd::Read { name, offset, len } => read(&client, &name, offset, len)?,
         SegmentCmd::Write { name, offset } => write(&client, &name, offset)?,
-        SegmentCmd::ClearPoison { name } => {
+        SegmentCmd::ClearPoison { name, json } => {
             let n = client.clear_poison(&name)?;
-            outln!("segment {name}: {n} poisoned page(s) cleared; they reload from the backing store on next access");
+            let text = format!("segment {name}: {n} poisoned page(s) cleared; they reload from the backing store on next access");
+            let v = serde_json::json!({"segment": name, "pages_cleared": n});
+            say(json, text, v);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Print `value` (with `--json`) or `text`.
+fn say(json: bool, text: String, value: serde_json::Value) {
+    if json {
+        outln!("{value}");
+    } else {
+        outln!("{text}");
+    }
 }
 
 /// `segment create`: a cluster segment when `home` is given, else a local one.
@@ -347,9 +392,10 @@ fn create(
     size: Option<u64>,
     backing: &str,
     opts: &pagemesh::CreateOptions,
+    json: bool,
 ) -> anyhow::Result<()> {
     let info = client.create_segment_with(name, size, backing_arg(backing)?, opts)?;
-    outln!(
+    let text = format!(
         "created segment {} ({}, {}{})",
         info.name,
         ByteSize(info.size_bytes),
@@ -357,6 +403,7 @@ fn create(
         info.home
             .map_or(String::new(), |h| format!(", home node {h}"))
     );
+    say(json, text, info_json(&info));
     Ok(())
 }
 

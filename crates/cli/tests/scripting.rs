@@ -243,3 +243,34 @@ fn messages_name_segments_plainly() {
     );
     assert!(!out.stderr.contains("[\""), "{}", out.stderr);
 }
+
+/// Every segment command that changes something says what it did in JSON with `--json`.
+#[test]
+fn segment_commands_that_change_something_answer_in_json() {
+    let d = Daemon::start();
+    let made = json_of(
+        &d.run(&[
+            "segment", "create", "j", "--size", "64KiB", "--mode", "0640", "--json",
+        ])
+        .ok(),
+    );
+    assert_eq!(
+        (&made["name"], &made["size_bytes"], &made["mode"]),
+        (&"j".into(), &65536.into(), &"0640".into())
+    );
+    let m = json_of(&d.run(&["segment", "chmod", "j", "0600", "--json"]).ok());
+    assert_eq!(m["mode"], "0600");
+    let o = json_of(&d.run(&["segment", "chown", "j", "7:8", "--json"]).ok());
+    assert_eq!((&o["uid"], &o["gid"]), (&7.into(), &8.into()));
+    let p = json_of(
+        &d.run(&["segment", "pin", "j", "--len", "8KiB", "--json"])
+            .ok(),
+    );
+    assert_eq!((&p["pages_pinned"], &p["len"]), (&2.into(), &8192.into()));
+    let u = json_of(&d.run(&["segment", "unpin", "j", "--json"]).ok());
+    assert_eq!(u["pages_unpinned"], 2);
+    let c = json_of(&d.run(&["segment", "clear-poison", "j", "--json"]).ok());
+    assert_eq!(c["pages_cleared"], 0);
+    let r = json_of(&d.run(&["segment", "rm", "j", "--json"]).ok());
+    assert_eq!((&r["segment"], &r["removed"]), (&"j".into(), &true.into()));
+}
