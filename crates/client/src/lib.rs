@@ -342,9 +342,10 @@ impl Client {
     ) -> Result<SegmentInfo, ClientError> {
         // A backing file is opened here, with this process's rights, and passed to the daemon
         // (which would otherwise open it as root): created if a size is given and extended to
-        // it, never truncated.
-        let file = match &backing {
-            Backing::File { path } => Some(open_backing(path, size_bytes)?),
+        // it, never truncated. Not for a segment homed on a named node: the path is that node's,
+        // which opens it itself (root's to ask).
+        let file = match (&backing, opts.home) {
+            (Backing::File { path }, None) => Some(open_backing(path, size_bytes)?),
             _ => None,
         };
         let fds: Vec<_> = file.iter().map(|f| f.as_fd()).collect();

@@ -443,10 +443,9 @@ mod tests {
         }
     }
 
-    /// This node (of 3) is cut off at 1000 for 1600 ms; peers 1 and 2 declare it dead and fence
-    /// it. At the heal, peer 1 dials it again (it is heard) but, having fenced it, never hears
-    /// it (no echo); peer 2 stays silent a while longer.
-    fn cut_off_then_healed(cfg: MembershipConfig) -> Vec<Verdict> {
+    /// A node (of 3) heard by both peers until 1000, then cut off from both until 2600: its
+    /// membership and verdicts so far (none before the cut).
+    fn cut_off_1600(cfg: MembershipConfig) -> (Membership, Vec<Verdict>) {
         let mut m = Membership::new(cfg, 0);
         let mut out = Vec::new();
         for now in (50u64..=1000).step_by(50) {
@@ -464,6 +463,14 @@ mod tests {
                 &mut out,
             );
         }
+        (m, out)
+    }
+
+    /// This node (of 3) is cut off at 1000 for 1600 ms; peers 1 and 2 declare it dead and fence
+    /// it. At the heal, peer 1 dials it again (it is heard) but, having fenced it, never hears
+    /// it (no echo); peer 2 stays silent a while longer.
+    fn cut_off_then_healed(cfg: MembershipConfig) -> Vec<Verdict> {
+        let (mut m, mut out) = cut_off_1600(cfg);
         for now in (2650u64..=3000).step_by(50) {
             m.round(
                 now,
@@ -494,22 +501,7 @@ mod tests {
 
     #[test]
     fn a_node_that_rejoins_a_majority_judges_silence_from_then_on() {
-        let mut m = Membership::new(MembershipConfig::new(1000), 0);
-        let mut out = Vec::new();
-        for now in (50u64..=1000).step_by(50) {
-            m.round(
-                now,
-                &[seen(1, now, now, now), seen(2, now, now, now)],
-                &mut out,
-            );
-        }
-        for now in (1050u64..=2600).step_by(50) {
-            m.round(
-                now,
-                &[seen(1, now, 1000, 1000), seen(2, now, 1000, 1000)],
-                &mut out,
-            );
-        }
+        let (mut m, mut out) = cut_off_1600(MembershipConfig::new(1000));
         // Peer 2 never fenced it and hears it again from 2650; peer 1 stays silent (it fenced
         // it, or is dead): not declared within the limit after the rejoin.
         for now in (2650u64..=3650).step_by(50) {

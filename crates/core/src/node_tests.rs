@@ -22,6 +22,18 @@ fn node(id: u32, home: u32, epoch: u64) -> Node {
     Node::new(cfg, &[seg(home)])
 }
 
+/// Start `n`, a home at epoch 2 (it rebuilds): the token of its write-intent read.
+fn restart_home(n: &mut Node) -> crate::ids::MapperToken {
+    n.start(0);
+    n.take_outputs()
+        .iter()
+        .find_map(|o| match o {
+            Output::IntentRead { token, .. } => Some(*token),
+            _ => None,
+        })
+        .expect("the home reads its write intents")
+}
+
 fn page() -> PageKey {
     PageKey::new(SegmentId(1), 3)
 }
@@ -285,15 +297,7 @@ fn a_restarted_home_does_not_void_the_holdings_of_a_peer_it_never_heard() {
     // go on waiting for its holdings rather than poison page 3 and reuse it while node1,
     // still alive and accepted, writes to its copy.
     let mut n = node(0, 0, 2);
-    n.start(0);
-    let token = n
-        .take_outputs()
-        .iter()
-        .find_map(|o| match o {
-            Output::IntentRead { token, .. } => Some(*token),
-            _ => None,
-        })
-        .expect("the home reads its write intents");
+    let token = restart_home(&mut n);
     n.intents_read_done(0, token, Ok(vec![3]));
     n.peer_dead(5, NodeId(1));
     let outs = n.take_outputs();
@@ -428,15 +432,7 @@ fn a_restarted_home_rebuilds_from_holdings_and_intents() {
 #[test]
 fn a_rebuild_takes_holdings_in_parts_of_one_report_only() {
     let mut n = node(0, 0, 2);
-    n.start(0);
-    let token = n
-        .take_outputs()
-        .iter()
-        .find_map(|o| match o {
-            Output::IntentRead { token, .. } => Some(*token),
-            _ => None,
-        })
-        .expect("the home reads its write intents");
+    let token = restart_home(&mut n);
     n.intents_read_done(0, token, Ok(vec![3, 4, 5]));
     let part = |snapshot, part, page, v| Envelope {
         from: NodeId(1),

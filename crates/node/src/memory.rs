@@ -34,6 +34,8 @@ const PAGING_CACHE_DROP_PAGES: u64 = 4096;
 pub struct Partition {
     pub name: String,
     limits: Mutex<Limits>,
+    /// `limits.max_pages`, readable without the lock (the fault path checks it).
+    max_pages: AtomicU64,
     pub resident: AtomicU64,
     pub pinned: AtomicU64,
     clock: Mutex<VecDeque<(u64, u64)>>,
@@ -47,6 +49,7 @@ impl Partition {
     pub fn new(name: &str, limits: Limits) -> Arc<Partition> {
         Arc::new(Partition {
             name: name.to_string(),
+            max_pages: AtomicU64::new(limits.max_pages),
             limits: Mutex::new(limits),
             resident: AtomicU64::new(0),
             pinned: AtomicU64::new(0),
@@ -63,7 +66,14 @@ impl Partition {
     }
 
     pub fn set_limits(&self, l: Limits) {
-        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = l;
+        let mut g = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        *g = l;
+        self.max_pages.store(l.max_pages, Ordering::Relaxed);
+    }
+
+    /// The most pages it may hold (its limits' max), without taking the lock.
+    pub fn max_pages(&self) -> u64 {
+        self.max_pages.load(Ordering::Relaxed)
     }
 
     fn usage(&self) -> Usage {
@@ -167,9 +177,10 @@ impl Pool {
     /// Pages a run of partition `p` may bring in: the pool's room, and no more than `p`'s max
     /// leaves (a partition's max is hard: it is paged out beyond it whatever the pool's fill).
     pub fn room_pages_in(&self, p: &Partition) -> u64 {
-        let max = p.limits().max_pages;
-        self.room_pages()
-            .min(max.saturating_sub(p.resident.load(Ordering::Relaxed)))
+        self.room_pages().min(
+            p.max_pages()
+                .saturating_sub(p.resident.load(Ordering::Relaxed)),
+        )
     }
 
     /// Whether some partition with a max below the budget is at it (the evictor's cue,
@@ -177,7 +188,7 @@ impl Pool {
     /// watermarks).
     fn at_a_max(&self) -> bool {
         self.partitions().iter().any(|p| {
-            let max = p.limits().max_pages;
+            let max = p.max_pages();
             max < self.budget_pages && p.resident.load(Ordering::Relaxed) >= max
         })
     }
@@ -187,7 +198,7 @@ impl Pool {
     fn most_above_max_low(&self) -> Option<Arc<Partition>> {
         self.partitions()
             .into_iter()
-            .filter(|p| p.limits().max_pages < self.budget_pages)
+            .filter(|p| p.max_pages() < self.budget_pages)
             .filter(|p| p.resident.load(Ordering::Relaxed) > p.pinned.load(Ordering::Relaxed))
             .map(|p| {
                 (
@@ -205,7 +216,11 @@ impl Pool {
     /// Backpressure for a page of partition `p`: wait (bounded, as [`Pool::wait_for_room`])
     /// while the pool is at its budget or `p` at its max.
     pub fn wait_for_room_in(&self, p: &Partition) {
-        let at_max = || p.resident.load(Ordering::Relaxed) >= p.limits().max_pages;
+        // A max of the whole budget is the pool's own condition (`wait_for_room`).
+        let at_max = || {
+            let max = p.max_pages();
+            max < self.budget_pages && p.resident.load(Ordering::Relaxed) >= max
+        };
         if !at_max() {
             return self.wait_for_room();
         }
@@ -723,6 +738,6 @@ pub enum ClockVisit {
 /// A partition's low mark: an eighth below its max (at least a page), where eviction for the
 /// max stops.
 fn max_low(p: &Partition) -> u64 {
-    let max = p.limits().max_pages;
+    let max = p.max_pages();
     max - (max / 8).clamp(1, max.max(1)).min(max)
 }
