@@ -196,7 +196,19 @@ pub fn load_uffd_at(api_sock: &Path, snap: &Path, uds: &Path) -> u16 {
 
 /// One HTTP request on Firecracker's API socket; the response's status (0: no response).
 fn api(sock: &Path, method: &str, path: &str, body: &str) -> u16 {
-    let mut s = UnixStream::connect(sock).expect("connect to the Firecracker API");
+    // The socket file appears at bind, before Firecracker listens: refused until then.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut s = loop {
+        match UnixStream::connect(sock) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => break r.expect("connect to the Firecracker API"),
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     let req = format!(
